@@ -1,0 +1,58 @@
+"""The one image preprocessing, shared by training, evaluation and captioning.
+
+OpenCLIP's transforms, configured as the original run used them: at train
+time RandomResizedCrop(scale 0.9-1.0, bicubic); at eval time resize of the
+short side and a centre crop; OpenAI mean/std unless the checkpoint's own
+preprocess config says otherwise. Only decoding is ours: large JPEGs can be
+decoded at reduced size (PIL draft mode) when the crop is much smaller.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Callable
+
+import torch
+from open_clip.transform import AugmentationCfg, PreprocessCfg, image_transform_v2
+from PIL import Image
+
+#: The train-time crop scale of the original (OpenCLIP's default).
+TRAIN_CROP_SCALE = (0.9, 1.0)
+
+
+def preprocess_cfg(model_or_size) -> PreprocessCfg:
+    """OpenCLIP PreprocessCfg for a BioCAP model (or a plain image size)."""
+    if isinstance(model_or_size, (int, tuple)):
+        size, overrides = model_or_size, {}
+    else:
+        size, overrides = model_or_size.image_size, dict(getattr(model_or_size, "preprocess_cfg", {}) or {})
+    overrides.pop("size", None)
+    fields = {k: v for k, v in overrides.items() if k in PreprocessCfg.__dataclass_fields__}
+    for key in ("mean", "std"):
+        if key in fields:
+            fields[key] = tuple(fields[key])
+    return PreprocessCfg(size=size, **fields)
+
+
+def image_transform(model_or_size, train: bool) -> Callable[[Image.Image], torch.Tensor]:
+    """The train or eval transform, PIL image to normalised tensor."""
+    return image_transform_v2(
+        preprocess_cfg(model_or_size), is_train=train, aug_cfg=AugmentationCfg(scale=TRAIN_CROP_SCALE)
+    )
+
+
+def short_side(size: int | tuple[int, int]) -> int:
+    return size if isinstance(size, int) else min(size)
+
+
+def decode_image(source: bytes | str | os.PathLike, draft_size: int | None = None) -> Image.Image:
+    """Open an image as RGB. With ``draft_size``, a JPEG is decoded at the smallest
+    DCT scale (1/2, 1/4, 1/8) that keeps both sides >= ``draft_size``, which cuts
+    decode time for large images without changing what the crop sees."""
+    img = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+    if draft_size and img.format == "JPEG":
+        img.draft("RGB", (draft_size, draft_size))
+    if img.mode != "RGB":
+        img = img.convert("RGBA").convert("RGB") if img.mode in ("P", "LA") else img.convert("RGB")
+    return img

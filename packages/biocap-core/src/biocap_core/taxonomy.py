@@ -1,0 +1,263 @@
+"""Taxa and the text formats built from them.
+
+Two families of text exist and they differ on purpose, because the published
+models were trained and evaluated with them:
+
+* TreeOfLife-10M training texts (BioCLIP's shard writer): empty ranks are
+  dropped, whitespace is collapsed and the common name falls back to the
+  scientific name, then to the taxonomic name, so ``*_com`` texts always carry
+  " with common name ...".
+* Evaluation label texts (BioCLIP's ``naming_eval.to_classes``): the seven
+  ranks are joined as they are (an empty rank leaves a double space), only
+  genus and species are used when the kingdom is empty, and " with common
+  name ..." is added only when a common name exists.
+
+Both are reproduced byte for byte; :func:`parse_taxon_tag` reads a taxonTag
+text back into a :class:`Taxon`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields, replace
+from typing import Mapping
+
+import polars as pl
+
+from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+from biocap_core.errors import SchemaError, TaxonParseError
+
+RANKS: tuple[str, ...] = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
+"""The seven Linnaean ranks, as named in tags and in our tables."""
+
+#: Text types stored as ``<type>.txt`` members of TreeOfLife-10M shards.
+TOL_TEXT_TYPES: tuple[str, ...] = (
+    "sci",
+    "com",
+    "taxon",
+    "taxonTag",
+    "sci_com",
+    "taxon_com",
+    "taxonTag_com",
+)
+#: The taxonomic text types BioCAP samples from during training (taxonTag is unused).
+TRAIN_TAXONOMIC_TYPES: tuple[str, ...] = ("sci", "com", "taxon", "sci_com", "taxon_com")
+#: Label text types of the zero-shot benchmarks.
+LABEL_TYPES: tuple[str, ...] = ("asis", "sci", "com", "taxon", "sci_com", "taxon_com")
+
+#: The 81 zero-shot templates: "a photo of {}." followed by OpenAI's 80 ImageNet templates.
+TEMPLATES: tuple[str, ...] = ("a photo of {}.",) + tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES)
+
+
+def _collapse(text: str) -> str:
+    return " ".join(text.split())
+
+
+@dataclass(frozen=True)
+class Taxon:
+    """A taxon by its seven ranks; any rank may be empty. ``common_name`` is optional."""
+
+    kingdom: str = ""
+    phylum: str = ""
+    klass: str = ""
+    order: str = ""
+    family: str = ""
+    genus: str = ""
+    species: str = ""
+    common_name: str = ""
+
+    @classmethod
+    def from_mapping(cls, row: Mapping[str, object]) -> "Taxon":
+        """Build from a table row; accepts ``cls`` or ``class`` and ``common_name`` or ``common``.
+
+        ``cls`` wins over ``class`` because the rare-species layout has both, with
+        ``class`` holding the label text and ``cls`` the rank.
+
+        Missing and null values become empty strings (pandas ``fillna('')`` in the original).
+        """
+
+        def get(*names: str) -> str:
+            for name in names:
+                value = row.get(name)
+                if value is not None:
+                    return str(value)
+            return ""
+
+        return cls(
+            kingdom=get("kingdom"),
+            phylum=get("phylum"),
+            klass=get("cls", "class"),
+            order=get("order"),
+            family=get("family"),
+            genus=get("genus"),
+            species=get("species"),
+            common_name=get("common_name", "common"),
+        )
+
+    def ranks(self) -> tuple[str, ...]:
+        return (self.kingdom, self.phylum, self.klass, self.order, self.family, self.genus, self.species)
+
+    def rank(self, name: str) -> str:
+        return self.ranks()[RANKS.index(name)]
+
+    def normalized(self) -> "Taxon":
+        """Capitalised ranks and a lower-case species epithet, as written into the shards."""
+        ranks = [r.strip().capitalize() for r in self.ranks()[:6]] + [self.species.strip().lower()]
+        return replace(self, **dict(zip(_FIELD_NAMES[:7], ranks)), common_name=self.common_name.strip())
+
+    # ---- TreeOfLife-10M training names (empty ranks dropped) ----
+    def tagged(self) -> list[tuple[str, str]]:
+        """(rank, value) pairs of the non-empty ranks, capitalised as in the shards."""
+        n = self.normalized()
+        return [(rank, value) for rank, value in zip(RANKS, n.ranks()) if value]
+
+    @property
+    def scientific(self) -> str:
+        n = self.normalized()
+        return _collapse(f"{n.genus} {n.species}").capitalize()
+
+    @property
+    def taxonomic(self) -> str:
+        return _collapse(" ".join(self.normalized().ranks()))
+
+    @property
+    def common(self) -> str:
+        """The common name, falling back to the scientific, then the taxonomic name."""
+        return self.common_name.strip() or self.scientific or self.taxonomic
+
+    @property
+    def taxonomic_tag(self) -> str:
+        return " ".join(f"{rank} {value}" for rank, value in self.tagged())
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(Taxon))
+
+
+def tol_names(taxon: Taxon) -> dict[str, str]:
+    """The raw name members of a TreeOfLife-10M sample (``scientific_name.txt`` ...)."""
+    return {
+        "scientific_name": taxon.scientific,
+        "taxonomic_name": taxon.taxonomic,
+        "common_name": taxon.common,
+    }
+
+
+def tol_texts(taxon: Taxon) -> dict[str, str]:
+    """All seven TreeOfLife-10M texts of a taxon, keyed by text type (``sci`` ... ``taxonTag_com``)."""
+    sci, taxonomic, tag, common = taxon.scientific, taxon.taxonomic, taxon.taxonomic_tag, taxon.common
+    return {
+        "sci": f"a photo of {sci}.",
+        "com": f"a photo of {common}.",
+        "taxon": f"a photo of {taxonomic}.",
+        "taxonTag": f"a photo of {tag}.",
+        "sci_com": f"a photo of {sci} with common name {common}.",
+        "taxon_com": f"a photo of {taxonomic} with common name {common}.",
+        "taxonTag_com": f"a photo of {tag} with common name {common}.",
+    }
+
+
+def tol_text(taxon: Taxon, text_type: str) -> str:
+    """One TreeOfLife-10M text; ``text_type`` is one of :data:`TOL_TEXT_TYPES`."""
+    if text_type not in TOL_TEXT_TYPES:
+        raise ValueError(f"unknown text type {text_type!r}; expected one of {TOL_TEXT_TYPES}")
+    return tol_texts(taxon)[text_type]
+
+
+_TAG_RE = re.compile(
+    r"^(?:a photo of)?"
+    + "".join(rf"(?:(?:^| ){rank} (?P<{'klass' if rank == 'class' else rank}>.+?))?" for rank in RANKS)
+    + r"(?: with common name (?P<common_name>.+?))?\.?$"
+)
+
+
+def parse_taxon_tag(text: str) -> Taxon:
+    """Parse a ``taxonTag`` or ``taxonTag_com`` text back into a Taxon.
+
+    Accepts the text with or without the "a photo of" prefix and final period.
+    Raises :class:`TaxonParseError` naming the text when it holds no rank tag.
+    """
+    stripped = text.strip()
+    match = _TAG_RE.match(stripped)
+    if match is None or not any(match.group(g) for g in _FIELD_NAMES[:7]):
+        raise TaxonParseError(
+            f"not a taxonTag text: {text!r} (expected 'a photo of kingdom X phylum Y ... species z.')"
+        )
+    return Taxon(**{k: v or "" for k, v in match.groupdict().items()})
+
+
+def class_of_tag(text: str) -> str:
+    """The class rank named in a taxonTag text, lower-cased ("" when absent)."""
+    try:
+        return parse_taxon_tag(text).klass.lower()
+    except TaxonParseError:
+        return ""
+
+
+# ---- Evaluation label texts (BioCLIP naming_eval) ----
+def _eval_scientific(t: Taxon) -> str | None:
+    if t.species:
+        return t.genus.capitalize() + " " + t.species.lower()
+    if t.genus:
+        return t.genus.capitalize()
+    return None
+
+
+def _eval_taxonomic(t: Taxon) -> str:
+    if t.kingdom == "":
+        return " ".join([t.genus.capitalize(), t.species.lower()])
+    return " ".join([r.capitalize() for r in t.ranks()[:6]] + [t.species.lower()])
+
+
+def label_text(taxon: Taxon, label_type: str, asis: str | None = None) -> str | None:
+    """The zero-shot label text of one annotation row, as the original builds it.
+
+    ``asis`` is the row's ``class`` value, used by the ``asis`` type. Returns
+    None where the original would produce no name (``sci`` with no genus).
+    """
+    if label_type == "asis":
+        return asis
+    if label_type == "sci":
+        return _eval_scientific(taxon)
+    if label_type == "com":
+        return taxon.common_name
+    if label_type == "taxon":
+        return _eval_taxonomic(taxon)
+    if label_type == "sci_com":
+        sci = _eval_scientific(taxon)
+        if taxon.common_name == "" or sci is None:
+            return sci
+        return sci + " with common name " + taxon.common_name
+    if label_type == "taxon_com":
+        taxonomic = _eval_taxonomic(taxon)
+        if taxon.common_name == "":
+            return taxonomic
+        return taxonomic + " with common name " + taxon.common_name
+    raise ValueError(f"unknown label type {label_type!r}; expected one of {LABEL_TYPES}")
+
+
+def label_texts(table: pl.DataFrame, label_type: str, source: str = "<table>") -> list[str]:
+    """Label text of every row of a classification table (see :data:`~biocap_core.schemas.LABEL_COLUMNS`).
+
+    Raises :class:`SchemaError` naming the file when the table lacks the columns
+    the label type needs, or rows for which it yields no text.
+    """
+    from biocap_core.schemas import LABEL_COLUMNS
+
+    if label_type not in LABEL_COLUMNS:
+        raise ValueError(f"unknown label type {label_type!r}; expected one of {LABEL_TYPES}")
+    missing = [c for c in LABEL_COLUMNS[label_type] if c not in table.columns]
+    if missing:
+        raise SchemaError(
+            f"{source}: label type {label_type!r} needs column(s) {missing}, which the table lacks "
+            f"(it has {table.columns})"
+        )
+    asis = table["class"].to_list() if "class" in table.columns else [None] * table.height
+    labels = [label_text(Taxon.from_mapping(row), label_type, a) for row, a in zip(table.iter_rows(named=True), asis)]
+    empty = [i for i, label in enumerate(labels) if not label]
+    if empty:
+        raise SchemaError(
+            f"{source}: label type {label_type!r} gives no text for {len(empty)} row(s); first rows (0-based): "
+            f"{empty[:5]}"
+        )
+    return labels

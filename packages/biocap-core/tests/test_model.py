@@ -1,0 +1,80 @@
+"""The BioCAP model: two heads over one backbone, built on OpenCLIP's CLIP."""
+
+from __future__ import annotations
+
+import open_clip
+import pytest
+import torch
+
+from biocap_core.model import MAX_LOGIT_SCALE, BioCAP, build_model
+
+
+def _batch(model, n=4):
+    torch.manual_seed(0)
+    images = torch.randn(n, 3, *model.image_size)
+    text = model.tokenizer()([f"a photo of species {i}." for i in range(n)])
+    return images, text
+
+
+def test_is_an_open_clip_clip_with_a_second_head(tiny_cfg):
+    model = build_model(tiny_cfg)
+    assert isinstance(model, open_clip.CLIP) and isinstance(model, BioCAP)
+    assert model.visual.caption_proj.shape == model.visual.proj.shape
+    keys = set(model.state_dict())
+    assert {"visual.proj", "visual.caption_proj", "logit_scale", "logit_scale_caption"} <= keys
+
+
+def test_heads_share_one_backbone_pass(tiny_cfg):
+    model = build_model(tiny_cfg).eval()
+    images, text = _batch(model)
+    both = model.encode_image_heads(images)
+    assert torch.allclose(both["tax"], model.encode_image(images, head="tax"), atol=1e-6)
+    assert torch.allclose(both["caption"], model.encode_image(images, head="caption"), atol=1e-6)
+    assert not torch.allclose(both["tax"], both["caption"])
+    out = model(images, text)
+    assert set(out) == {"image_features_tax", "image_features_caption", "text_features", "logit_scale",
+                        "logit_scale_caption"}
+    assert torch.allclose(out["image_features_tax"].norm(dim=-1), torch.ones(4))
+    with pytest.raises(ValueError, match="unknown head"):
+        model.encode_image(images, head="wings")
+
+
+@pytest.mark.parametrize("head", ["tax", "caption"])
+def test_one_training_step_with_either_head(tiny_cfg, head):
+    model = build_model(tiny_cfg)
+    images, text = _batch(model)
+    loss_fn = open_clip.ClipLoss()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    out = model(images, text, heads=(head,))
+    scale = out["logit_scale"] if head == "tax" else out["logit_scale_caption"]
+    loss = loss_fn(out[f"image_features_{head}"], out["text_features"], scale)
+    loss.backward()
+    used, unused = ("visual.proj", "logit_scale"), ("visual.caption_proj", "logit_scale_caption")
+    if head == "caption":
+        used, unused = unused, used
+    params = dict(model.named_parameters())
+    assert all(params[n].grad is not None for n in used)
+    assert all(params[n].grad is None for n in unused)  # the other head is out of the graph
+    opt.step()
+    model.clamp_logit_scales()
+    assert all(not torch.equal(before[n], params[n]) for n in used)
+    assert all(torch.equal(before[n], params[n]) for n in unused)
+    assert 0 <= model.logit_scale.item() <= MAX_LOGIT_SCALE
+    assert torch.isfinite(loss)
+
+
+def test_vision_config_is_merged_not_replaced(tiny_cfg):
+    model = build_model(tiny_cfg, vision_cfg={"patch_size": 16})
+    assert model.visual.conv1.kernel_size == (16, 16)
+    assert model.visual.transformer.width == 64  # kept from the config, unlike the original's shallow replace
+
+
+def test_builtin_architecture_and_unknown_names():
+    model = build_model("ViT-B-16")
+    assert tuple(model.visual.caption_proj.shape) == (768, 512)
+    assert model.context_length == 77
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("ViT-Z-99")
+    with pytest.raises(ValueError, match="linear projection `visual.proj`.*ModifiedResNet has none"):
+        build_model("RN50")

@@ -1,0 +1,69 @@
+"""One preprocessing: OpenCLIP's transforms as the original used them, plus draft decoding."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import open_clip
+import torch
+from PIL import Image
+from torchvision.transforms import functional as TF
+
+from biocap_core.model import build_model
+from biocap_core.preprocess import decode_image, image_transform, preprocess_cfg
+
+
+def _gradient(w, h):
+    x = np.linspace(0, 255, w, dtype=np.float32)[None, :, None]
+    y = np.linspace(0, 255, h, dtype=np.float32)[:, None, None]
+    rgb = np.concatenate([np.broadcast_to(x, (h, w, 1)), np.broadcast_to(y, (h, w, 1)),
+                          np.full((h, w, 1), 128, np.float32)], axis=2)
+    return Image.fromarray(rgb.astype(np.uint8))
+
+
+def test_eval_transform_resizes_short_side_then_centre_crops_a_non_square_image():
+    img = _gradient(300, 150)  # landscape
+    out = image_transform(224, train=False)(img)
+    assert out.shape == (3, 224, 224)
+    resized = TF.resize(img, 224, interpolation=TF.InterpolationMode.BICUBIC)
+    assert resized.size == (448, 224)
+    expected = TF.normalize(TF.to_tensor(TF.center_crop(resized, 224)), open_clip.OPENAI_DATASET_MEAN,
+                            open_clip.OPENAI_DATASET_STD)
+    assert torch.allclose(out, expected, atol=1e-5)
+    # the centre crop keeps the middle: the left and right thirds of the gradient are gone
+    assert out[0, :, 0].mean() > expected.new_tensor(-1.0).item()
+
+
+def test_train_transform_is_random_resized_crop_of_the_right_size():
+    img = _gradient(220, 200)  # RandomResizedCrop falls back to a centre crop when no 0.9-area crop fits
+    t = image_transform(64, train=True)
+    torch.manual_seed(0)
+    a = t(img)
+    torch.manual_seed(1)
+    b = t(img)
+    assert a.shape == b.shape == (3, 64, 64)
+    assert not torch.equal(a, b)
+    rrc = [s for s in t.transforms if type(s).__name__ == "RandomResizedCrop"]
+    assert rrc and rrc[0].scale == (0.9, 1.0)
+
+
+def test_model_preprocess_cfg_follows_checkpoint(tiny_cfg):
+    model = build_model(tiny_cfg)
+    assert preprocess_cfg(model).size == (32, 32)
+    assert preprocess_cfg(model).mean == open_clip.OPENAI_DATASET_MEAN
+    model.preprocess_cfg = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+    assert preprocess_cfg(model).mean == (0.5, 0.5, 0.5)
+
+
+def test_draft_decoding_shrinks_large_jpegs_but_keeps_the_crop_size():
+    buf = io.BytesIO()
+    _gradient(1600, 1200).save(buf, format="JPEG")
+    full = decode_image(buf.getvalue())
+    small = decode_image(buf.getvalue(), draft_size=224)
+    assert full.size == (1600, 1200)
+    assert min(small.size) >= 224 and small.size[0] < 800  # 1/4 scale: 400 x 300
+    assert small.mode == "RGB"
+    png = io.BytesIO()
+    _gradient(40, 30).convert("P").save(png, format="PNG")
+    assert decode_image(png.getvalue(), draft_size=16).mode == "RGB"

@@ -1,0 +1,119 @@
+"""The toy tree of life: real TreeOfLife layout, every table valid, traits true of the images."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import polars as pl
+import pytest
+from PIL import Image
+
+from biocap_core import schemas
+from biocap_core.errors import ShardError
+from biocap_core.shards import TOL_MEMBERS, count_samples, expand_urls, iter_samples, read_sizes
+from biocap_core.taxonomy import label_texts, parse_taxon_tag, tol_names, tol_texts
+from biocap_core.toy import COLOURS, ToyConfig, generate, make_species
+
+
+def test_shards_have_the_treeoflife_members(toy_dir):
+    sizes = read_sizes(toy_dir / "train")
+    assert sum(sizes.values()) == 12 * 6 and len(sizes) == 4
+    urls = expand_urls(str(toy_dir / "train" / "shard-{000000..000003}.tar"))
+    assert count_samples(urls) == 72
+    with tarfile.open(urls[0]) as tar:
+        names = tar.getnames()
+    key = names[0].split(".", 1)[0]
+    assert {f"{key}.{m}" for m in TOL_MEMBERS} <= set(names)  # taxonTag.txt keeps its capital T on disk
+    samples = list(iter_samples(urls))
+    assert len(samples) == 72 and len({s["__key__"] for s in samples}) == 72
+    for s in samples:
+        taxon = parse_taxon_tag(s["taxontag_com.txt"].decode())
+        assert {k: s[f"{k.lower()}.txt"].decode() for k in tol_texts(taxon)} == tol_texts(taxon)
+        assert {k: s[f"{k}.txt"].decode() for k in tol_names(taxon)} == tol_names(taxon)
+        assert Image.open(io.BytesIO(s["jpg"])).size == (48, 48)
+
+
+def test_catalog_and_every_table_validate(toy_dir):
+    catalog = schemas.CATALOG.read(toy_dir / "catalog.parquet")
+    assert catalog.height == 12 * 6 + 12 * 4
+    assert set(catalog["split"]) == {"train", "val"}
+    for layout, label_type in (("camera_trap.csv", "taxon_com"), ("metadata.csv", "asis"),
+                               ("rare_species.csv", "taxon_com"), ("rare_species.csv", "sci")):
+        table = schemas.CLASSIFICATION.read(toy_dir / "zeroshot" / layout)
+        labels = label_texts(table, label_type)
+        assert len(set(labels)) == 12
+        assert all((toy_dir / "zeroshot" / p).is_file() for p in table["filepath"])
+    retrieval = schemas.RETRIEVAL.read(toy_dir / "retrieval" / "toy_retrieval.csv")
+    assert all((toy_dir / "retrieval" / "images" / f"{i}.jpg").is_file() for i in retrieval["id"])
+    queries = schemas.INQUIRE_QUERIES.read(toy_dir / "inquire" / "queries.csv")
+    rerank = schemas.INQUIRE_RERANK.read(toy_dir / "inquire" / "rerank.parquet")
+    per_query = rerank.group_by("query").agg(pl.len(), pl.col("relevant").sum())
+    assert per_query.height == queries.height
+    assert (per_query["len"] <= 100).all() and (per_query["len"] > per_query["relevant"]).all()
+    assert (per_query["relevant"] >= 1).all()
+    assert set(queries["supercategory"]) == {"Appearance", "Behavior", "Context", "Species"}
+    schemas.WIKI_DESCRIPTIONS.read(toy_dir / "wiki" / "wiki_descriptions.parquet")
+    schemas.SPECIES_LIST.read(toy_dir / "wiki" / "species.csv")
+    schemas.FORMAT_EXAMPLES.read(toy_dir / "format_examples.parquet")
+    manifest = json.loads((toy_dir / "manifest.json").read_text())
+    assert manifest["species"] == 12
+
+
+def test_traits_follow_the_taxonomy():
+    species = make_species(64, seed=3)
+    by_class, by_family = {}, {}
+    for sp in species:
+        by_class.setdefault(sp.taxon.klass, set()).add(sp.colour)
+        by_family.setdefault(sp.taxon.family, set()).add(sp.pattern)
+    assert all(len(colours) == 1 for colours in by_class.values())
+    assert all(len(patterns) == 1 for patterns in by_family.values())
+    combos = {(sp.plan, sp.colour, sp.shape, sp.pattern, sp.pattern_colour, sp.marks) for sp in species}
+    assert len(combos) == 64  # every species looks different
+    assert len({sp.scientific for sp in species}) == 64
+    assert any(sp.taxon.common_name == "" for sp in species)  # some fall back to the scientific name
+
+
+def test_body_colour_in_caption_is_visible_in_the_image(toy_dir):
+    table = schemas.CLASSIFICATION.read(toy_dir / "zeroshot" / "rare_species.csv")
+    species = {sp.scientific: sp for sp in make_species(12, seed=0)}
+    for path, label in zip(table["filepath"], table["class"]):
+        sp = species[label]
+        assert sp.colour in sp.trait_caption()
+        pixels = np.asarray(Image.open(toy_dir / "zeroshot" / path).convert("RGB")).reshape(-1, 3).astype(int)
+        share = {name: (np.abs(pixels - rgb).sum(1) < 90).mean() for name, rgb in COLOURS.items()}
+        assert max(share, key=share.get) == sp.colour
+
+
+def test_generation_is_deterministic(tmp_path):
+    cfg = ToyConfig(species=4, images_per_species=3, val_per_species=1, eval_per_species=1, inquire_queries=4,
+                    image_size=32, shard_size=5, seed=7)
+    generate(tmp_path / "a", cfg)
+    generate(tmp_path / "b", cfg)
+    for rel in ("train/shard-000000.tar", "train/sizes.json", "catalog.parquet", "zeroshot/camera_trap.csv"):
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+
+
+def test_missing_member_names_shard_sample_and_member(toy_dir, tmp_path):
+    src = toy_dir / "val" / "shard-000000.tar"
+    bad = tmp_path / "shard-000000.tar"
+    with tarfile.open(src) as tin, tarfile.open(bad, "w") as tout:
+        for member in tin.getmembers():
+            if member.name.endswith(".caption.txt") and not tout.getmembers():
+                continue  # drop the very first caption
+            tout.addfile(member, tin.extractfile(member))
+    with pytest.raises(ShardError, match=r"shard-000000.tar: sample '[0-9a-f-]+' has no member\(s\) \['caption.txt'\]"):
+        list(iter_samples(str(bad)))
+
+
+def test_cli_validate_reports_bad_tables(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id\n1\n")
+    run = subprocess.run([sys.executable, "-m", "biocap_core", "validate", str(bad), "--schema", "retrieval"],
+                         capture_output=True, text=True)
+    assert run.returncode == 1
+    assert "bad.csv" in run.stderr and "'captions'" in run.stderr

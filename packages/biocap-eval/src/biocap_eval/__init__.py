@@ -1,0 +1,5 @@
+"""biocap-eval."""
+
+from importlib.metadata import version as _version
+
+__version__ = _version("biocap-eval")

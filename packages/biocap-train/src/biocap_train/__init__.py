@@ -1,0 +1,5 @@
+"""biocap-train."""
+
+from importlib.metadata import version as _version
+
+__version__ = _version("biocap-train")

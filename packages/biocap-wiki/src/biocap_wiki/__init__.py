@@ -1,0 +1,5 @@
+"""biocap-wiki."""
+
+from importlib.metadata import version as _version
+
+__version__ = _version("biocap-wiki")
