@@ -78,3 +78,12 @@ def test_builtin_architecture_and_unknown_names():
         build_model("ViT-Z-99")
     with pytest.raises(ValueError, match="linear projection `visual.proj`.*ModifiedResNet has none"):
         build_model("RN50")
+
+
+def test_pure_bf16_casts_both_heads(tiny_cfg):
+    model = build_model(tiny_cfg, precision="bf16").eval()
+    assert model.visual.proj.dtype == model.visual.caption_proj.dtype == torch.bfloat16
+    images, _ = _batch(model, n=2)
+    with torch.no_grad():
+        feats = model.encode_image_heads(images.to(torch.bfloat16))
+    assert all(f.dtype == torch.bfloat16 and torch.isfinite(f).all() for f in feats.values())

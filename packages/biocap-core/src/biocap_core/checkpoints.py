@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from biocap_core.errors import CheckpointError
 from biocap_core.fileio import atomic_write
-from biocap_core.model import BioCAP, build_model, resolve_config
+from biocap_core.model import BioCAP, build_model, resolve_config, set_precision
 
 #: Keys a single-projector checkpoint lacks; filled from their taxonomic twins.
 CAPTION_KEYS = {
@@ -227,11 +227,7 @@ def load_model(
     net.preprocess_cfg = dict(preprocess)
     if weights:
         net.load_report = load_weights(net, weights)
-    net.to(device)
-    if precision in ("fp16", "bf16"):
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        net.to(dtype)
-    return net
+    return set_precision(net.to(device), precision)
 
 
 def save_weights(model: BioCAP, path: str | os.PathLike) -> Path:

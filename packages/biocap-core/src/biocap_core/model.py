@@ -64,6 +64,7 @@ class BioCAP(open_clip.CLIP):
                                           "text_cfg": dict(text_cfg), **kwargs}
         self.model_cfg.pop("cast_dtype", None)
         self.preprocess_cfg: dict[str, Any] = {}
+        self.load_report = None  # set by biocap_core.checkpoints when weights are loaded
 
     # ---- image side ----
     def _projection(self, head: str) -> torch.Tensor:
@@ -182,7 +183,12 @@ def build_model(
             cfg[key] = value
     cfg.pop("custom_text", None)
     model = BioCAP(**cfg, cast_dtype=get_cast_dtype(precision))
-    model.to(device)
+    return set_precision(model.to(device), precision)
+
+
+def set_precision(model: BioCAP, precision: str) -> BioCAP:
+    """Cast weights for pure ``fp16``/``bf16`` the OpenCLIP way (norms stay fp32); other precisions
+    (``fp32``, ``amp``, ``amp_bf16``) keep fp32 weights and use autocast."""
     if precision in ("fp16", "bf16"):
         dtype = torch.bfloat16 if precision == "bf16" else torch.float16
         open_clip.model.convert_weights_to_lp(model, dtype=dtype)
