@@ -62,7 +62,7 @@ def test_bad_values_name_column_and_rows(tmp_path):
 
 def test_empty_required_values_are_reported(tmp_path):
     path = tmp_path / "r.csv"
-    path.write_text("id,captions\n1,a\n2,\n3,\n")
+    path.write_text('id,captions\n1,a\n2,\n3," "\n')
     with pytest.raises(SchemaError, match=r"column 'captions'.*2 empty value\(s\); first rows \(0-based\): \[1, 2\]"):
         schemas.RETRIEVAL.read(path)
 

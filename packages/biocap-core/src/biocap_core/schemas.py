@@ -119,7 +119,10 @@ class Schema:
         df = df.with_columns(casts)
         for c in self.columns:
             if c.name in df.columns and not c.nullable and (c.required or c.name in require):
-                bad = df.with_row_index("_row").filter(pl.col(c.name).is_null())
+                empty = pl.col(c.name).is_null()
+                if c.dtype == pl.String:
+                    empty = empty | (pl.col(c.name).str.strip_chars() == "")
+                bad = df.with_row_index("_row").filter(empty)
                 if bad.height:
                     raise SchemaError(
                         f"{source}: column {c.name!r} of the {self.name} table has {bad.height} empty "

@@ -1,0 +1,1 @@
+"""Spiders of the biocap-wiki Scrapy project."""

@@ -1,0 +1,45 @@
+"""Reading MediaWiki responses and building requests."""
+
+from urllib.parse import parse_qs, urlparse
+
+from biocap_wiki.api import clean_title, query_url, read_query, search_url
+from biocap_wiki.middlewares import retry_after_seconds
+
+
+def test_clean_title_follows_the_original():
+    assert clean_title("  Puma_concolor  (Linnaeus, 1771)") == "Puma concolor"
+    assert clean_title("Abronia  umbellata") == "Abronia umbellata"
+    assert clean_title("Foo|bar") is None and clean_title("  ") is None
+
+
+def test_query_url_batches_titles_and_asks_for_everything_at_once():
+    params = parse_qs(urlparse(query_url("http://h/w/api.php", ["A b", "C d"], maxlag=5)).query)
+    assert params["titles"] == ["A b|C d"] and params["maxlag"] == ["5"] and params["redirects"] == ["1"]
+    assert params["prop"] == ["info|pageprops|revisions"] and params["formatversion"] == ["2"]
+    assert parse_qs(urlparse(search_url("http://h/w/api.php", "A b", 5)).query)["srsearch"] == ["A b"]
+
+
+def test_read_query_follows_normalisation_and_redirects_and_defers_continued_pages():
+    payload = {"continue": {"rvcontinue": "3|30", "continue": "||"}, "query": {
+        "normalized": [{"from": "felis catus", "to": "Felis catus"}],
+        "redirects": [{"from": "Felis catus", "to": "Cat"}],
+        "pages": [
+            {"ns": 0, "title": "Nope", "missing": True},
+            {"pageid": 2, "ns": 0, "title": "Cat", "fullurl": "https://w/Cat",
+             "revisions": [{"revid": 20, "slots": {"main": {"content": "Cat text"}}}]},
+            {"pageid": 3, "ns": 0, "title": "Dog"},
+            {"pageid": 4, "ns": 0, "title": "Mercury", "pageprops": {"disambiguation": ""},
+             "revisions": [{"revid": 40, "slots": {"main": {"content": "may refer to"}}}]},
+        ]}}
+    pages, cont = read_query(payload, ["felis catus", "Nope", "Dog", "Mercury"], "2026-01-01T00:00:00+00:00")
+    assert cont == {"rvcontinue": "3|30", "continue": "||"}
+    assert set(pages) == {"felis catus", "Nope", "Mercury"}  # Dog's content comes with the continuation
+    cat = pages["felis catus"]
+    assert (cat.title, cat.pageid, cat.revid, cat.wikitext, cat.url) == ("Cat", 2, 20, "Cat text", "https://w/Cat")
+    assert pages["Nope"].missing and pages["Mercury"].disambiguation and not pages["Mercury"].is_article
+
+
+def test_retry_after_accepts_seconds_and_http_dates():
+    assert retry_after_seconds(b"3") == 3.0
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
+    assert retry_after_seconds(None) is None and retry_after_seconds("soon") is None

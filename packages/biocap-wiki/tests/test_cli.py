@@ -1,0 +1,83 @@
+"""`biocap-wiki crawl / tables / merge` as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import polars as pl
+from biocap_core import schemas
+from biocap_wiki.cli import app
+from typer.testing import CliRunner
+from wikitest import CONTACT, EXPECTED, FAST, PLANT, make_wiki
+
+FAST_SETS = [arg for name, value in FAST.items() for arg in ("--set", f"{name}={value}")]
+
+
+def biocap_wiki(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "biocap_wiki", *args], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "BIOCAP_WIKI_CONTACT": ""})
+
+
+def test_crawl_writes_schema_tables_resumes_idempotently_and_merges_onto_a_catalog(tmp_path, species_csv):
+    wiki, rows = make_wiki(0)
+    species = species_csv(rows)
+    out = tmp_path / "descriptions.parquet"
+    crawl = ["crawl", str(species), "--out", str(out), "--contact", CONTACT,
+             "--cache-dir", str(tmp_path / "cache"), *FAST_SETS]
+    with wiki:
+        first = biocap_wiki(*crawl, "--api", wiki.api_url)
+        assert first.returncode == 0, first.stderr[-3000:]
+        sent = len(wiki.log)
+        again = biocap_wiki(*crawl, "--api", wiki.api_url)  # the finished job is kept: nothing to do
+        assert again.returncode == 0 and len(wiki.log) == sent
+
+    descriptions = schemas.WIKI_DESCRIPTIONS.read(out)
+    errors = schemas.WIKI_ERRORS.read(tmp_path / "descriptions_errors.parquet")
+    described = {k for k, v in EXPECTED.items() if v[0] == "description"}
+    assert set(descriptions.select(schemas.SPECIES_LIST.column_names).rows()) == described
+    assert dict(errors.select("binomial", "reason").rows()) == {
+        k[0]: v[1] for k, v in EXPECTED.items() if v[0] == "error" and k[0] != "Abronia umbellata"
+    } | {"Abronia umbellata": "taxonomy mismatch"}
+    assert f"{len(described)} descriptions" in first.stdout and "taxonomy mismatch: 1" in first.stdout
+
+    # the plant and the lizard Abronia umbellata, two images of one taxon, and an unknown taxon
+    plant = (*PLANT, "Caryophyllales", "Nyctaginaceae", "Abronia", "umbellata")
+    lizard = ("Animalia", "Chordata", "Reptilia", "Squamata", "Anguidae", "Abronia", "umbellata")
+    aotus_plant = (*PLANT, "Fabales", "Fabaceae", "Aotus", "gracilis")
+    catalog = pl.DataFrame(
+        [("u1", *plant), ("u2", *lizard), ("u3", *aotus_plant), ("u4", *aotus_plant), ("u5", *lizard[:-1], "x")],
+        schema=["uuid", "kingdom", "phylum", "class", "order", "family", "genus", "species"], orient="row")
+    catalog.write_parquet(tmp_path / "catalog.parquet")
+    merged_path = tmp_path / "uuid_descriptions.parquet"
+    merged = biocap_wiki("merge", str(tmp_path / "catalog.parquet"), str(out), "--out", str(merged_path))
+    assert merged.returncode == 0, merged.stderr
+    assert "3 of 5 images have a description" in merged.stdout
+    by_uuid = dict(schemas.UUID_DESCRIPTIONS.read(merged_path).select("uuid", "description").rows())
+    assert "prostrate perennial" in by_uuid["u1"] and by_uuid["u2"] is None and by_uuid["u5"] is None
+    assert "yellow pea flowers" in by_uuid["u3"] and by_uuid["u3"] == by_uuid["u4"]
+
+
+def test_wikimedia_is_refused_without_contact_and_bad_lists_are_named(tmp_path, species_csv):
+    runner = CliRunner()
+    species = species_csv([dict(zip(("binomial", "kingdom", "phylum", "class", "order", "family", "genus",
+                                     "species"), ("Puma concolor", "Animalia", "", "", "", "", "Puma", "concolor")))])
+    refused = runner.invoke(app, ["crawl", str(species), "--out", str(tmp_path / "d.parquet")],
+                            env={"BIOCAP_WIKI_CONTACT": ""})
+    assert refused.exit_code == 1 and "contact" in refused.output and "en.wikipedia.org" in refused.output
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("name,kingdom\nPuma concolor,Animalia\n")
+    failed = runner.invoke(app, ["crawl", str(bad), "--out", str(tmp_path / "d.parquet"), "--contact", "x"])
+    assert failed.exit_code == 1 and "bad.csv" in failed.output and "binomial" in failed.output
+
+
+def test_tables_converts_a_scrapy_feed(tmp_path):
+    feed = tmp_path / "feed.jsonl"
+    feed.write_text('{"binomial": "A b", "kingdom": "K", "phylum": "P", "class": "C", "order": "O", '
+                    '"family": "F", "genus": "A", "species": "b", "reason": "not found", "detail": "none"}\n')
+    result = CliRunner().invoke(app, ["tables", str(feed), "--out", str(tmp_path / "d.parquet")])
+    assert result.exit_code == 0, result.output
+    assert schemas.WIKI_DESCRIPTIONS.read(tmp_path / "d.parquet").height == 0
+    assert schemas.WIKI_ERRORS.read(tmp_path / "d_errors.parquet")["reason"].to_list() == ["not found"]
