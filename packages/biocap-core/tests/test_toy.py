@@ -117,3 +117,38 @@ def test_cli_validate_reports_bad_tables(tmp_path):
                          capture_output=True, text=True)
     assert run.returncode == 1
     assert "bad.csv" in run.stderr and "'captions'" in run.stderr
+
+
+def _tar(path, members):
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_reader_groups_like_webdataset_with_long_names_and_directories(tmp_path):
+    import webdataset as wds
+
+    long_dir = "d" * 120
+    members = [(f"{long_dir}/k1.jpg", b"img1"), (f"{long_dir}/k1.taxonTag.txt", b"t1"),
+               ("k2.jpg", b"img2"), ("k2.sci.txt", b"s2"), ("README", b"no extension")]
+    _tar(tmp_path / "s.tar", members)
+    ours = list(iter_samples(str(tmp_path / "s.tar"), require=("jpg",)))
+    theirs = list(wds.WebDataset(str(tmp_path / "s.tar"), shardshuffle=False))
+    assert [s["__key__"] for s in ours] == [f"{long_dir}/k1", "k2"]
+    assert ours == theirs
+
+
+def test_truncated_tar_names_the_shard(toy_dir, tmp_path):
+    data = (toy_dir / "val" / "shard-000000.tar").read_bytes()
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(data[: len(data) // 2 + 100])
+    with pytest.raises(ShardError, match=r"cut.tar: truncated tar"):
+        list(iter_samples(str(cut), require=()))
+
+
+def test_reading_text_and_shards_does_not_import_torch():
+    code = "import sys, biocap_core.shards, biocap_core.taxonomy, biocap_core.schemas; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

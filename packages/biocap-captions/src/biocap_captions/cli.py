@@ -1,13 +1,181 @@
-"""``biocap-captions`` entry point (commands land with the captions issue)."""
+"""``biocap-captions``: caption shards or a catalog (``run``), summarise a run (``stats``), show the prompt."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
 
 import typer
+from biocap_core import schemas
+from biocap_core.errors import BioCAPError
+from biocap_core.fileio import atomic_write
 
-app = typer.Typer(help="biocap-captions (not implemented yet).", no_args_is_help=True)
+from biocap_captions.engine import DEFAULT_MODEL, Engine, EngineBroken, SamplingConfig
+from biocap_captions.jobs import JobSpecError, resolve_job, select
+from biocap_captions.prompt import PROMPT_VERSION, FormatExamples, PromptBuilder, PromptParts
+
+app = typer.Typer(help="Trait captions for TreeOfLife images with vLLM or an OpenAI-compatible server.",
+                  no_args_is_help=True)
+
+
+def make_engine(name: str, model: str, sampling: SamplingConfig, **options) -> Engine:
+    """An engine by name; ``options`` are that engine's own keyword arguments."""
+    if name == "vllm":
+        from biocap_captions.vllm_engine import VLLMEngine
+
+        return VLLMEngine(model=model, sampling=sampling, **options)
+    if name == "openai":
+        from biocap_captions.openai_engine import OpenAIEngine
+
+        return OpenAIEngine(model=model, sampling=sampling, **options)
+    raise typer.BadParameter(f"unknown engine {name!r}; use vllm or openai", param_hint="--engine")
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+@app.command()
+def run(
+    out: Path = typer.Option(..., "--out", help="Output folder: captions/, errors/ and partial/ per unit."),
+    shards: Optional[str] = typer.Option(None, help="Input shards: brace pattern, '::' joins patterns."),
+    catalog: Optional[Path] = typer.Option(
+        None, help="Catalog table. Without --shards its image_path rows are the input; it also carries the "
+                   "7 ranks that species-level --wiki descriptions are joined on."),
+    image_root: Optional[Path] = typer.Option(None, help="Folder image_path is relative to (default: the catalog's)."),
+    rows_per_unit: int = typer.Option(10_000, help="Catalog rows per output unit."),
+    wiki: Optional[Path] = typer.Option(None, help="Wiki descriptions: uuid,description or species-level (needs --catalog)."),
+    format_examples: Optional[Path] = typer.Option(None, help="class,description table (default: the original's 347 classes)."),
+    max_wiki_chars: int = typer.Option(600, help="Wiki excerpt length, cut at a sentence boundary."),
+    word_limit: int = typer.Option(20, help="Word limit asked for in the prompt and flagged in the table."),
+    engine: str = typer.Option("vllm", help="vllm (offline, in this process) or openai (a chat-completions server)."),
+    model: str = typer.Option(DEFAULT_MODEL, help="Model path or name (for openai: the served model name)."),
+    temperature: float = typer.Option(0.6),
+    top_p: float = typer.Option(0.8),
+    max_tokens: int = typer.Option(50),
+    seed: Optional[int] = typer.Option(None, help="Sampling seed (per request)."),
+    quantization: str = typer.Option("awq", help="vllm: quantization method; 'none' disables it."),
+    tensor_parallel_size: int = typer.Option(1, help="vllm: GPUs per model."),
+    max_model_len: int = typer.Option(2048, help="vllm: context length."),
+    dtype: str = typer.Option("auto", help="vllm: weight dtype."),
+    image_placeholder: str = typer.Option(
+        "<image>", help="vllm: image placeholder for chat templates that take only text ('' to require image parts)."),
+    max_image_side: Optional[int] = typer.Option(None, help="vllm: shrink decoded images to this longest side."),
+    base_url: str = typer.Option("http://127.0.0.1:8000/v1", help="openai: server URL up to /v1."),
+    api_key: Optional[str] = typer.Option(None, envvar="OPENAI_API_KEY", help="openai: bearer token."),
+    concurrency: int = typer.Option(16, help="openai: requests in flight."),
+    timeout: float = typer.Option(120.0, help="openai: seconds per request before a retry."),
+    max_retries: int = typer.Option(5, help="openai: retries on 429, 5xx and timeouts."),
+    batch_size: int = typer.Option(256, help="Samples per engine call; bounds memory."),
+    num_shards: Optional[int] = typer.Option(None, help="Number of jobs the units are split over (else SLURM array)."),
+    shard_index: Optional[int] = typer.Option(None, help="This job's index, 0-based."),
+    write_shards: Optional[Path] = typer.Option(None, help="Also write each shard again with caption.txt here."),
+    checkpoint_seconds: float = typer.Option(60.0, help="Checkpoint unfinished units this often."),
+    max_consecutive_failures: int = typer.Option(100, help="Stop when this many samples fail in a row."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Caption every image of this job's units; a rerun skips finished units and finishes partial ones."""
+    from biocap_captions.pipeline import Captioner, RunOptions
+    from biocap_captions.sources import catalog_units, load_descriptions, shard_units
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if shards is None and catalog is None:
+        raise typer.BadParameter("give --shards, or --catalog with an image_path column", param_hint="--shards")
+    try:
+        jobs, index = resolve_job(num_shards, shard_index)
+        catalog_df = schemas.CATALOG.read(catalog) if catalog else None
+        if shards is not None:
+            units = shard_units(shards)
+        else:
+            units = catalog_units(catalog_df, str(catalog), image_root or catalog.parent, rows_per_unit)
+        mine = select(units, jobs, index)
+        descriptions = load_descriptions(wiki, catalog_df, str(catalog)) if wiki else None
+        prompts = PromptBuilder(FormatExamples.load(format_examples), max_wiki_chars, word_limit)
+    except (BioCAPError, JobSpecError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    typer.echo(f"job {index + 1}/{jobs}: {len(mine)} of {len(units)} units; prompt {PROMPT_VERSION}", err=True)
+    if not mine:
+        return
+    sampling = SamplingConfig(temperature, top_p, max_tokens, seed)
+    if engine == "vllm":
+        options = dict(quantization=quantization, tensor_parallel_size=tensor_parallel_size,
+                       max_model_len=max_model_len, dtype=dtype, image_placeholder=image_placeholder or None,
+                       max_image_side=max_image_side)
+    else:
+        options = dict(base_url=base_url, api_key=api_key, concurrency=concurrency, timeout=timeout,
+                       max_retries=max_retries)
+    settings = {"argv": sys.argv, "engine": engine, "model": model, "prompt_version": PROMPT_VERSION,
+                "sampling": sampling.__dict__, "job": [index, jobs], "units": [u.name for u in mine],
+                "options": {k: v for k, v in options.items() if k != "api_key"}}
+    started = datetime.now(timezone.utc)
+    atomic_write(out / "runs" / f"{started:%Y%m%dT%H%M%S}-job{index}of{jobs}-{os.getpid()}.json",
+                 lambda tmp: tmp.write_text(json.dumps(settings, indent=2, default=str)))
+    try:
+        captioner_engine = make_engine(engine, model, sampling, **options)
+    except (ImportError, BioCAPError) as exc:
+        _fail(str(exc))
+    try:
+        report = Captioner(
+            captioner_engine, prompts,
+            RunOptions(out=out, batch_size=batch_size, checkpoint_seconds=checkpoint_seconds,
+                       write_shards=write_shards, max_consecutive_failures=max_consecutive_failures,
+                       progress=progress),
+            descriptions,
+        ).run(mine)
+    except (EngineBroken, BioCAPError) as exc:
+        _fail(str(exc))
+    finally:
+        captioner_engine.close()
+    rate = (report.captions + report.errors) / report.seconds if report.seconds else 0.0
+    typer.echo(f"finished {len(report.finished)} units ({len(report.skipped)} were already done): "
+               f"{report.captions} captions, {report.errors} errors, {rate:.1f} images/s", err=True)
+    if report.failed:
+        for name, reason in report.failed.items():
+            typer.echo(f"unit {name} failed: {reason}", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def stats(
+    out: Path = typer.Argument(..., help="Output folder of one or more runs."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+) -> None:
+    """Summarise a run: counts, failures, length histogram, share naming the species."""
+    from biocap_captions.stats import render, summarize
+
+    try:
+        summary = summarize(out)
+    except (BioCAPError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(summary, indent=2) if as_json else render(summary))
+
+
+@app.command("show-prompt")
+def show_prompt(
+    name: str = typer.Option(..., help="Display (common) name."),
+    scientific: str = typer.Option("", help="Scientific name."),
+    klass: str = typer.Option("", "--class", help="Taxonomic class (selects the format examples)."),
+    wiki: str = typer.Option("", help="Wiki text to excerpt."),
+    format_examples: Optional[Path] = typer.Option(None),
+    max_wiki_chars: int = typer.Option(600),
+    word_limit: int = typer.Option(20),
+) -> None:
+    """Print the instruction one sample would get (before the model's chat template)."""
+    builder = PromptBuilder(FormatExamples.load(format_examples), max_wiki_chars, word_limit)
+    built = builder.build(PromptParts(name, scientific, klass, wiki or None))
+    typer.echo(f"# prompt {PROMPT_VERSION}; class examples: {built.class_examples}; wiki used: {built.wiki_used}")
+    typer.echo(built.instruction)
 
 
 @app.command()
 def version() -> None:
-    """Print the package version."""
+    """Print the package version and the prompt version."""
     from biocap_captions import __version__
 
-    typer.echo(__version__)
+    typer.echo(f"{__version__} (prompt {PROMPT_VERSION})")

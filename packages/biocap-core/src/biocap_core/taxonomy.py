@@ -24,8 +24,6 @@ from typing import Mapping
 
 import polars as pl
 
-from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
-
 from biocap_core.errors import SchemaError, TaxonParseError
 
 RANKS: tuple[str, ...] = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
@@ -46,8 +44,17 @@ TRAIN_TAXONOMIC_TYPES: tuple[str, ...] = ("sci", "com", "taxon", "sci_com", "tax
 #: Label text types of the zero-shot benchmarks.
 LABEL_TYPES: tuple[str, ...] = ("asis", "sci", "com", "taxon", "sci_com", "taxon_com")
 
-#: The 81 zero-shot templates: "a photo of {}." followed by OpenAI's 80 ImageNet templates.
-TEMPLATES: tuple[str, ...] = ("a photo of {}.",) + tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES)
+
+def __getattr__(name: str):
+    """``TEMPLATES``, the 81 zero-shot templates ("a photo of {}." then OpenAI's 80 ImageNet ones),
+    built on first use so that importing text helpers does not import open_clip and torch."""
+    if name == "TEMPLATES":
+        from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+        templates = ("a photo of {}.",) + tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES)
+        globals()["TEMPLATES"] = templates
+        return templates
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _collapse(text: str) -> str:

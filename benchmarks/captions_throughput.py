@@ -1,0 +1,225 @@
+"""biocap-captions throughput: the pipeline's own overhead, and its memory against shard size.
+
+1. Overhead: a zero-latency engine (answers at once with a fixed caption)
+   over a 10,000-sample toy shard, pinned to one CPU core, from shard to
+   parquet: samples/s. Goal: >= 2,000/s, so the pipeline never starves a GPU.
+2. Memory: peak RSS of the same run on shards of 1,000 and 10,000 samples
+   (each in a fresh process). Goal: flat in shard size (the batch bounds it).
+3. With ``--vllm`` on a machine with vLLM (a CUDA venv with
+   ``biocap-captions[vllm]``): images/s through the real VLLMEngine with the
+   tiny random-weight InternVL of packages/biocap-captions/scripts/tiny_vlm.py.
+
+Rates are samples per CPU-second of the pinned process, which the other load
+of a shared machine does not change; wall-clock rates are printed beside them.
+
+Run: ``uv run python benchmarks/captions_throughput.py`` (about two minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "packages" / "biocap-captions" / "scripts"
+
+
+class ZeroLatencyEngine:
+    """Answers every request at once: what is left to measure is the pipeline."""
+
+    model = "zero-latency"
+
+    def generate(self, requests):
+        from biocap_captions.engine import Completion
+
+        return [Completion("The toy crawler shows a rounded red body with three dark marks.", "stop", 12)] * len(requests)
+
+    def close(self):
+        pass
+
+
+def make_shards(out: Path) -> dict[int, str]:
+    """Shards of 1,000 and 10,000 samples (toy images reused under new uuids) and a catalog covering them."""
+    import uuid
+
+    import polars as pl
+    import webdataset as wds
+    from biocap_core import schemas
+    from biocap_core.shards import iter_samples
+    from biocap_core.toy import ToyConfig, generate
+
+    generate(out, ToyConfig(species=20, images_per_species=50, val_per_species=1, eval_per_species=1,
+                            inquire_queries=2, inquire_candidates=4, image_size=64, shard_size=1000))
+    base = list(iter_samples(str(out / "train" / "shard-000000.tar"), require=()))
+    catalog = schemas.CATALOG.read(out / "catalog.parquet")
+    by_uuid = {row["uuid"]: row for row in catalog.iter_rows(named=True)}
+    shards, rows = {}, []
+    for size in (1000, 10_000):
+        path = out / "bench" / f"shard-{size:06d}.tar"
+        path.parent.mkdir(exist_ok=True)
+        with wds.TarWriter(str(path)) as sink:
+            for i in range(size):
+                sample = base[i % len(base)]
+                key = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{size}/{i}"))
+                sink.write({"__key__": key, **{k: v for k, v in sample.items() if not k.startswith("__")}})
+                rows.append(by_uuid[sample["__key__"]] | {"uuid": key})
+        shards[size] = str(path)
+    schemas.write_parquet_atomic(pl.DataFrame(rows, schema=catalog.schema), out / "bench" / "catalog.parquet")
+    return shards
+
+
+class RSSSampler:
+    """Peak resident memory during a block, sampled from /proc every 2 ms (ru_maxrss would report
+    the import-time peak instead)."""
+
+    def __init__(self):
+        import threading
+
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.peak = self.start = self.rss()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def rss(self) -> int:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * self.page
+
+    def _run(self):
+        while not self.stop.wait(0.002):
+            self.peak = max(self.peak, self.rss())
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        self.peak = max(self.peak, self.rss())
+
+
+class InMemoryUnit:
+    """A shard's samples already read, to time the pipeline without the reading."""
+
+    def __init__(self, unit, samples):
+        self.name, self.label, self.expected, self.items = unit.name, unit.label, unit.expected, samples
+
+    def samples(self):
+        return iter(self.items)
+
+
+def child(shard: str, toy: Path, out: Path, engine_name: str, batch_size: int) -> dict:
+    """One measured run in this (fresh) process; returns its figures."""
+    from biocap_captions.pipeline import Captioner, RunOptions
+    from biocap_captions.prompt import FormatExamples, PromptBuilder
+    from biocap_captions.sources import load_descriptions, shard_units
+    from biocap_core import schemas
+
+    catalog = schemas.CATALOG.read(toy / "bench" / "catalog.parquet")
+    descriptions = load_descriptions(toy / "wiki" / "wiki_descriptions.parquet", catalog)
+    if engine_name == "vllm":
+        sys.path.insert(0, str(SCRIPTS))
+        from biocap_captions.vllm_engine import VLLMEngine
+        from tiny_vlm import build
+
+        engine = VLLMEngine(model=str(build(out / "tiny-internvl")), quantization=None, max_model_len=4096,
+                            llm_kwargs=dict(limit_mm_per_prompt={"image": 1, "video": 0}))
+    else:
+        engine = ZeroLatencyEngine()
+    prompts = PromptBuilder(FormatExamples.load())
+    [unit] = shard_units(shard)
+    captioner = Captioner(engine, prompts, RunOptions(out=out / "captions", batch_size=batch_size, progress=False),
+                          descriptions)
+    with RSSSampler() as memory:  # first, so nothing before it has grown the heap
+        wall, cpu = time.perf_counter(), time.process_time()
+        report = captioner.run([unit])
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+
+    read_cpu = time.process_time()
+    loaded = InMemoryUnit(unit, list(unit.samples()))  # what reading the shard costs (webdataset, via biocap-core)
+    read_cpu = time.process_time() - read_cpu
+    own_cpu = time.process_time()
+    Captioner(engine, prompts, RunOptions(out=out / "own", batch_size=batch_size, progress=False),
+              descriptions).run([loaded])
+    own_cpu = time.process_time() - own_cpu
+    engine.close()
+    n = report.captions + report.errors
+    return {"samples": n, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
+            "per_s_wall": round(n / wall, 1), "per_s_cpu": round(n / cpu, 1),
+            "read_only_per_s_cpu": round(n / read_cpu, 1), "own_per_s_cpu": round(n / own_cpu, 1),
+            "rss_before_mb": round(memory.start / 2**20, 1), "rss_peak_mb": round(memory.peak / 2**20, 1)}
+
+
+def measure(shard: str, toy: Path, engine: str, batch_size: int, one_core: bool) -> dict:
+    env = dict(os.environ, TQDM_DISABLE="1")
+    if one_core:
+        env.update(POLARS_MAX_THREADS="1", OMP_NUM_THREADS="1")
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [sys.executable, __file__, "--child", shard, "--toy", str(toy), "--out", tmp,
+                   "--engine", engine, "--batch-size", str(batch_size)]
+        if one_core:
+            command += ["--pin"]
+        run = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if run.returncode:
+        raise RuntimeError(f"benchmark child failed:\n{run.stderr[-4000:]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--toy", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--pin", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--engine", default="zero", choices=["zero", "vllm"], help=argparse.SUPPRESS)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--vllm", action="store_true", help="also time the real vLLM engine (needs vLLM and a GPU)")
+    args = parser.parse_args()
+    if args.child:
+        if args.pin:
+            os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+        print(json.dumps(child(args.child, args.toy, args.out, args.engine, args.batch_size)))
+        return
+
+    os.environ["TQDM_DISABLE"] = "1"
+    with tempfile.TemporaryDirectory() as tmp:
+        toy = Path(tmp) / "toy"
+        t0 = time.perf_counter()
+        shards = make_shards(toy)
+        print(f"shards of 1,000 and 10,000 toy samples (64 px JPEG + 11 text members) written in "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)
+
+        memory = {size: measure(shards[size], toy, "zero", args.batch_size, one_core=True) for size in (1000, 10_000)}
+        runs = [memory[10_000], measure(shards[10_000], toy, "zero", args.batch_size, one_core=True)]
+        best = max(runs, key=lambda r: r["per_s_cpu"])
+        rates = ", ".join(f"{r['per_s_cpu']:,.0f}" for r in runs)
+        print(f"zero-latency engine, one core, batch {args.batch_size}, 10,000-sample shard -> parquet "
+              "(wiki join, prompts, checks, checkpoints), best of 2 by CPU time:")
+        print(f"  end to end: {best['per_s_cpu']:,.0f} samples per CPU-second "
+              f"({best['per_s_wall']:,.0f}/s wall on this shared machine; runs: {rates})")
+        print(f"  reading the shard alone (biocap_core.shards.iter_samples, webdataset): "
+              f"{best['read_only_per_s_cpu']:,.0f} samples per CPU-second")
+        print(f"  the pipeline's own work (the same samples already in memory): {best['own_per_s_cpu']:,.0f} "
+              "samples per CPU-second (goal >= 2,000)")
+        print("memory during the run (resident set, sampled every 2 ms):")
+        for size, r in memory.items():
+            print(f"  shard of {size:>6,} samples: {r['rss_before_mb']:.0f} MB before, peak {r['rss_peak_mb']:.0f} MB "
+                  f"(+{r['rss_peak_mb'] - r['rss_before_mb']:.0f} MB)")
+        growth = (memory[10_000]["rss_peak_mb"] - memory[10_000]["rss_before_mb"]) - (
+            memory[1000]["rss_peak_mb"] - memory[1000]["rss_before_mb"])
+        print(f"  10x the samples in one shard -> {growth:+.0f} MB more growth (goal: flat in shard size)")
+
+        if args.vllm:
+            r = measure(shards[1000], toy, "vllm", args.batch_size, one_core=False)
+            print(f"vLLM, tiny random-weight InternVL, 1,000 toy images: {r['per_s_wall']:,.1f} images/s "
+                  f"({r['wall_s']} s)")
+
+
+if __name__ == "__main__":
+    main()

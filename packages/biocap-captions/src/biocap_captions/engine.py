@@ -1,0 +1,93 @@
+"""The small interface every caption engine implements, and failure isolation around it.
+
+An engine turns a batch of (image bytes, instruction) requests into one result
+per request, in order: a :class:`Completion`, or a :class:`Failure` when the
+engine can pin the problem on that request (an undecodable image, an HTTP 400).
+When it cannot (vLLM rejects a whole ``generate`` call for one over-long
+prompt), it raises; :func:`generate_isolated` then splits the batch in halves
+until the failing requests stand alone, so one bad sample never costs the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+from biocap_core.errors import BioCAPError
+
+#: The original's captioner.
+DEFAULT_MODEL = "OpenGVLab/InternVL3-38B-AWQ"
+#: Stop strings of the original (InternVL's and Qwen's end-of-turn markers).
+STOP_STRINGS: tuple[str, ...] = ("<|im_end|>", "</s>", "<|endoftext|>")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Sampling parameters; the defaults are the original's."""
+
+    temperature: float = 0.6
+    top_p: float = 0.8
+    max_tokens: int = 50
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class CaptionRequest:
+    uuid: str
+    image: bytes
+    instruction: str
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str | None
+    n_tokens: int | None
+
+
+@dataclass(frozen=True)
+class Failure:
+    reason: str
+
+
+Result = Completion | Failure
+
+
+class Engine(Protocol):
+    """What the pipeline needs from an engine."""
+
+    #: Recorded in the ``model`` column of every caption.
+    model: str
+
+    def generate(self, requests: Sequence[CaptionRequest]) -> list[Result]:
+        """One result per request, in order; raise when the batch fails as a whole."""
+
+    def close(self) -> None:
+        """Release the engine's resources (processes, connections)."""
+
+
+class EngineBroken(BioCAPError, RuntimeError):
+    """The engine fails every request, so going on would log every sample as failed."""
+
+
+def describe(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}"[:500]
+
+
+def generate_isolated(engine: Engine, requests: Sequence[CaptionRequest]) -> list[Result]:
+    """``engine.generate`` with a failing batch split in halves until each failure stands alone."""
+    if not requests:
+        return []
+    try:
+        results = engine.generate(requests)
+    except EngineBroken:
+        raise
+    except Exception as exc:
+        if len(requests) == 1:
+            return [Failure(describe(exc))]
+        mid = len(requests) // 2
+        return generate_isolated(engine, requests[:mid]) + generate_isolated(engine, requests[mid:])
+    if len(results) != len(requests):
+        raise EngineBroken(f"engine {engine.model} returned {len(results)} results for {len(requests)} requests")
+    return results

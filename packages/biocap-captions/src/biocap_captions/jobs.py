@@ -1,0 +1,57 @@
+"""Splitting units across jobs: ``--num-shards/--shard-index`` or a SLURM job array.
+
+Job ``i`` of ``n`` takes units ``i, i+n, i+2n, ...`` of the sorted unit list,
+so every unit belongs to exactly one job and the jobs get near-equal shares
+whatever the count.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping, Sequence, TypeVar
+
+T = TypeVar("T")
+
+
+class JobSpecError(ValueError):
+    """The job split is inconsistent (index out of range, half-given, bad SLURM variables)."""
+
+
+def job_from_env(env: Mapping[str, str] = os.environ) -> tuple[int, int] | None:
+    """(num_jobs, job_index) of a SLURM array task, or None outside one.
+
+    The index is ``SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN`` and the count
+    ``SLURM_ARRAY_TASK_COUNT`` (or MAX - MIN + 1), so ``--array=1-12`` works.
+    """
+    if "SLURM_ARRAY_TASK_ID" not in env:
+        return None
+    try:
+        task = int(env["SLURM_ARRAY_TASK_ID"])
+        low = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+        if "SLURM_ARRAY_TASK_COUNT" in env:
+            count = int(env["SLURM_ARRAY_TASK_COUNT"])
+        else:
+            count = int(env["SLURM_ARRAY_TASK_MAX"]) - low + 1
+    except (KeyError, ValueError) as exc:
+        raise JobSpecError(f"cannot read the SLURM array variables: {exc}") from exc
+    return count, task - low
+
+
+def resolve_job(num_shards: int | None, shard_index: int | None,
+                env: Mapping[str, str] = os.environ) -> tuple[int, int]:
+    """The (num_jobs, job_index) to use: explicit flags win over SLURM, default one job."""
+    if (num_shards is None) != (shard_index is None):
+        raise JobSpecError("give both --num-shards and --shard-index, or neither")
+    if num_shards is not None:
+        job = (num_shards, shard_index)
+    else:
+        job = job_from_env(env) or (1, 0)
+    count, index = job
+    if count < 1 or not 0 <= index < count:
+        raise JobSpecError(f"job index {index} is outside 0..{count - 1}")
+    return count, index
+
+
+def select(units: Sequence[T], num_jobs: int, job_index: int) -> list[T]:
+    """This job's share of the units."""
+    return list(units[job_index::num_jobs])

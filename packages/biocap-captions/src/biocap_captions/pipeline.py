@@ -1,0 +1,230 @@
+"""The captioning loop: stream each unit in batches, caption, check, checkpoint, finish.
+
+Memory is bounded by one batch of images plus the unit's caption rows (text
+only). Every sample ends in exactly one place: the captions table, or the
+errors table with its reason. Failures are isolated per sample
+(:func:`~biocap_captions.engine.generate_isolated`); an unreadable shard is
+reported and skipped without touching the others; an engine that fails
+``max_consecutive_failures`` samples in a row stops the run, keeping those
+samples out of the errors table so a rerun retries them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+import polars as pl
+from biocap_core import schemas
+from biocap_core.errors import ShardError
+from tqdm import tqdm
+
+from biocap_captions.checks import check_caption
+from biocap_captions.engine import CaptionRequest, Completion, Engine, EngineBroken, generate_isolated
+from biocap_captions.output_shards import write_captioned_shard
+from biocap_captions.prompt import PROMPT_VERSION, PromptBuilder, PromptParts
+from biocap_captions.sources import DescriptionLookup, Sample, ShardUnit, Unit
+from biocap_captions.store import UnitStore
+
+log = logging.getLogger("biocap_captions")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    out: Path
+    batch_size: int = 256
+    #: Checkpoint a unit's new rows after this many seconds or rows, whichever comes first.
+    checkpoint_seconds: float = 60.0
+    checkpoint_rows: int = 4096
+    #: Also write each input shard again, with caption.txt, into this folder.
+    write_shards: Path | None = None
+    max_consecutive_failures: int = 100
+    progress: bool = True
+
+
+@dataclass
+class RunReport:
+    finished: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    captions: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+class _Pending:
+    """Rows of one unit not yet checkpointed; engine failures of the current streak kept apart."""
+
+    def __init__(self) -> None:
+        self.captions: list[dict] = []
+        self.errors: list[dict] = []
+        self.streak: list[dict] = []
+
+    def __len__(self) -> int:
+        return len(self.captions) + len(self.errors) + len(self.streak)
+
+    def take(self, include_streak: bool = True) -> tuple[pl.DataFrame, pl.DataFrame]:
+        errors = self.errors + (self.streak if include_streak else [])
+        frames = schemas.CAPTIONS.frame(self.captions), schemas.CAPTION_ERRORS.frame(errors)
+        self.captions, self.errors = [], []
+        if include_streak:
+            self.streak = []
+        return frames
+
+
+class Captioner:
+    """Runs an engine over units, writing one captions and one errors table per unit."""
+
+    def __init__(self, engine: Engine, prompts: PromptBuilder, options: RunOptions,
+                 descriptions: DescriptionLookup | None = None):
+        self.engine = engine
+        self.prompts = prompts
+        self.options = options
+        self.descriptions = descriptions
+        self._failures_in_a_row = 0
+
+    def run(self, units: Sequence[Unit]) -> RunReport:
+        report, start = RunReport(), time.monotonic()
+        stores = {u.name: UnitStore(self.options.out, u.name) for u in units}
+        todo = [u for u in units if not stores[u.name].finished()]
+        for unit in todo:  # refuse to mix models or prompts before any work is done
+            stores[unit.name].check_resumable(stores[unit.name].load_partial()[0], self.engine.model, PROMPT_VERSION)
+        for unit in units:
+            if stores[unit.name].finished():
+                self._already_finished(unit, stores[unit.name])
+                report.skipped.append(unit.name)
+        expected = [u.expected for u in todo]
+        total = sum(expected) if all(e is not None for e in expected) else None
+        with tqdm(total=total, unit="img", desc="captions", disable=not self.options.progress,
+                  dynamic_ncols=True, smoothing=0.05) as bar:
+            for unit in todo:
+                try:
+                    captions, errors = self._unit(unit, stores[unit.name], bar)
+                except EngineBroken:
+                    raise
+                except Exception as exc:  # an unreadable shard or image folder: report it, go on with the rest
+                    log.error("unit %s failed and stays unfinished: %s", unit.name, exc)
+                    report.failed[unit.name] = f"{type(exc).__name__}: {exc}"
+                    continue
+                report.finished.append(unit.name)
+                report.captions += captions
+                report.errors += errors
+        report.seconds = time.monotonic() - start
+        return report
+
+    def _already_finished(self, unit: Unit, store: UnitStore) -> None:
+        store.drop_partial()  # left over when a run died between the final write and the cleanup
+        target = self._shard_target(unit)
+        if target is not None and not target.is_file():
+            captions = store.read_final()
+            write_captioned_shard(unit.url, target, dict(zip(captions["uuid"], captions["caption"])))
+
+    def _shard_target(self, unit: Unit) -> Path | None:
+        if self.options.write_shards is None or not isinstance(unit, ShardUnit):
+            return None
+        return self.options.write_shards / unit.label
+
+    def _unit(self, unit: Unit, store: UnitStore, bar: tqdm) -> tuple[int, int]:
+        done_captions, done_errors = store.load_partial()
+        done = set(done_captions["uuid"].to_list()) | set(done_errors["uuid"].to_list())
+        if done and bar.total is not None:
+            bar.total -= len(done)
+            log.info("resuming %s: %d samples already done", unit.name, len(done))
+        bar.set_postfix_str(unit.name, refresh=False)
+        pending, batch, seen, read = _Pending(), [], set(), 0
+        last_checkpoint = time.monotonic()
+        try:
+            for sample in unit.samples():
+                read += 1
+                if sample.uuid in done:
+                    if sample.uuid in seen:
+                        log.warning("%s: uuid %s occurs twice; the second is skipped", unit.label, sample.uuid)
+                    continue
+                done.add(sample.uuid)
+                seen.add(sample.uuid)
+                if sample.problem:
+                    pending.errors.append(self._error_row(sample.uuid, unit.label, sample.problem))
+                    bar.update(1)
+                    continue
+                batch.append(sample)
+                if len(batch) == self.options.batch_size:
+                    self._caption_batch(batch, unit.label, pending)
+                    bar.update(len(batch))
+                    batch = []
+                    if (len(pending) >= self.options.checkpoint_rows
+                            or time.monotonic() - last_checkpoint >= self.options.checkpoint_seconds):
+                        store.write_checkpoint(*pending.take(include_streak=False))
+                        last_checkpoint = time.monotonic()
+            if batch:
+                self._caption_batch(batch, unit.label, pending)
+                bar.update(len(batch))
+            if unit.expected is not None and read != unit.expected:
+                raise ShardError(f"{unit.label}: read {read} samples where {unit.expected} were expected "
+                                 "(sizes.json); the shard may be truncated")
+        except BaseException as exc:
+            # keep what was captioned; a broken engine's failure streak is left out so a rerun retries it
+            store.write_checkpoint(*pending.take(include_streak=not isinstance(exc, EngineBroken)))
+            raise
+        new_captions, new_errors = pending.take()
+        saved_captions, saved_errors = store.load_partial()  # earlier runs' checkpoints and this run's
+        captions = pl.concat([saved_captions, new_captions], how="vertical")
+        errors = pl.concat([saved_errors, new_errors], how="vertical")
+        target = self._shard_target(unit)
+        if target is not None:
+            write_captioned_shard(unit.url, target, dict(zip(captions["uuid"], captions["caption"])))
+        store.finalize(captions, errors)
+        return captions.height, errors.height
+
+    def _caption_batch(self, batch: list[Sample], shard: str, pending: _Pending) -> None:
+        wikis = self.descriptions.get_many([s.uuid for s in batch]) if self.descriptions else [None] * len(batch)
+        prompts = [
+            self.prompts.build(PromptParts(s.display_name, s.scientific_name, s.klass, wiki))
+            for s, wiki in zip(batch, wikis)
+        ]
+        requests = [CaptionRequest(s.uuid, s.image, p.instruction) for s, p in zip(batch, prompts)]
+        results = generate_isolated(self.engine, requests)
+        now = datetime.now(timezone.utc)
+        for sample, prompt, result in zip(batch, prompts, results):
+            if not isinstance(result, Completion):
+                pending.streak.append(self._error_row(sample.uuid, shard, result.reason, now))
+                self._failures_in_a_row += 1
+                if self._failures_in_a_row >= self.options.max_consecutive_failures:
+                    raise EngineBroken(
+                        f"{self._failures_in_a_row} samples in a row failed (last: {result.reason}); "
+                        f"stopping. Captions so far are checkpointed; rerun to resume"
+                    )
+                continue
+            self._failures_in_a_row = 0
+            pending.errors.extend(pending.streak)
+            pending.streak = []
+            checked = check_caption(result.text, result.finish_reason, sample.display_name,
+                                    sample.scientific_name, self.prompts.word_limit)
+            if not checked.caption:
+                pending.errors.append(self._error_row(sample.uuid, shard, f"empty caption: raw completion {result.text[:100]!r}", now))
+                continue
+            pending.captions.append({
+                "uuid": sample.uuid,
+                "caption": checked.caption,
+                "model": self.engine.model,
+                "prompt_version": PROMPT_VERSION,
+                "finish_reason": result.finish_reason,
+                "n_tokens": result.n_tokens,
+                "wiki_used": prompt.wiki_used,
+                "created_at": now,
+                "shard": shard,
+                "word_count": checked.word_count,
+                "names_species": checked.names_species,
+                "flags": checked.flags,
+            })
+
+    @staticmethod
+    def _error_row(uuid: str, shard: str, reason: str, now: datetime | None = None) -> dict:
+        return {"uuid": uuid, "shard": shard, "reason": reason, "created_at": now or datetime.now(timezone.utc)}

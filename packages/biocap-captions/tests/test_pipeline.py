@@ -1,0 +1,279 @@
+"""The captioning loop with a deterministic fake engine: coverage, isolation, resume, outputs."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import polars as pl
+import pytest
+import webdataset as wds
+from biocap_captions.engine import EngineBroken, Failure
+from biocap_captions.pipeline import Captioner, RunOptions
+from biocap_captions.prompt import PROMPT_VERSION, FormatExamples, PromptBuilder
+from biocap_captions.sources import catalog_units, load_descriptions, shard_units
+from biocap_captions.stats import summarize
+from biocap_captions.store import ResumeMismatch
+from biocap_core import schemas
+from biocap_core.errors import SchemaError, ShardError
+from biocap_core.shards import iter_samples
+
+
+def shard_uuids(toy: Path) -> list[str]:
+    return [s["__key__"] for s in iter_samples(str(toy / "train" / "shard-{000000..000003}.tar"), require=())]
+
+
+def units_of(toy: Path):
+    return shard_units(str(toy / "train" / "shard-{000000..000003}.tar"))
+
+
+def captioner(engine, out: Path, toy: Path, wiki=True, **options) -> Captioner:
+    descriptions = None
+    if wiki:
+        catalog = schemas.CATALOG.read(toy / "catalog.parquet")
+        descriptions = load_descriptions(toy / "wiki" / "wiki_descriptions.parquet", catalog)
+    opts = dict(out=out, batch_size=3, progress=False, checkpoint_seconds=0.0) | options
+    return Captioner(engine, PromptBuilder(FormatExamples.load(toy / "format_examples.parquet")), RunOptions(**opts),
+                     descriptions)
+
+
+def outputs(out: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    caps = [schemas.CAPTIONS.read(p) for p in sorted((out / "captions").glob("*.parquet"))]
+    errs = [schemas.CAPTION_ERRORS.read(p) for p in sorted((out / "errors").glob("*.parquet"))]
+    return pl.concat(caps), pl.concat(errs)
+
+
+def test_every_uuid_gets_exactly_one_caption_with_provenance(toy_dir, tmp_path, fake_engine):
+    engine = fake_engine()
+    report = captioner(engine, tmp_path, toy_dir).run(units_of(toy_dir))
+    captions, errors = outputs(tmp_path)
+    assert report.ok and report.captions == 40 and report.errors == 0
+    assert sorted(captions["uuid"]) == sorted(shard_uuids(toy_dir))
+    assert errors.height == 0
+    assert set(captions["model"]) == {"fake-vlm"} and set(captions["prompt_version"]) == {PROMPT_VERSION}
+    assert captions["wiki_used"].all() and captions["names_species"].all()
+    assert set(captions["shard"]) == {f"shard-00000{i}.tar" for i in range(4)}
+    assert captions["created_at"].dtype == pl.Datetime("us", "UTC")
+    assert max(len(call) for call in engine.calls) == 3
+    assert not (tmp_path / "partial").exists() or not any((tmp_path / "partial").iterdir())
+    # the species-level wiki text reached the prompt of each sample
+    some = engine.requests[captions["uuid"][0]].instruction
+    assert "Reference text about" in some and "Description. Adults have a" in some
+
+
+def test_a_failing_sample_is_isolated_by_splitting_the_batch(toy_dir, tmp_path, fake_engine):
+    uuids = shard_uuids(toy_dir)
+    poison, rejected = uuids[4], uuids[7]
+    engine = fake_engine(raise_on={poison}, fail={rejected: "HTTP 400: image too large"})
+    report = captioner(engine, tmp_path, toy_dir).run(units_of(toy_dir))
+    captions, errors = outputs(tmp_path)
+    assert report.ok
+    assert sorted(errors["uuid"]) == sorted([poison, rejected])
+    reasons = dict(zip(errors["uuid"], errors["reason"]))
+    assert reasons[poison] == f"ValueError: prompt of {poison} is too long"
+    assert reasons[rejected] == "HTTP 400: image too large"
+    assert sorted(captions["uuid"]) == sorted(set(uuids) - {poison, rejected})
+    assert [poison] in engine.calls  # the batch was split down to the poisoned sample
+
+
+def test_batches_stream_from_the_shard(toy_dir, tmp_path, fake_engine):
+    """The engine sees batch_size samples before the unit yields more: memory follows the batch."""
+    pulled = []
+
+    class Counting:
+        def __init__(self, unit):
+            self.unit, self.name, self.label, self.expected = unit, unit.name, unit.label, unit.expected
+
+        def samples(self):
+            for sample in self.unit.samples():
+                pulled.append(sample.uuid)
+                yield sample
+
+    class Recording(fake_engine):
+        seen_at_call: list[int] = []
+
+        def generate(self, requests):
+            self.seen_at_call.append(len(pulled))
+            return super().generate(requests)
+
+    engine = Recording()
+    captioner(engine, tmp_path, toy_dir).run([Counting(units_of(toy_dir)[0])])
+    assert engine.seen_at_call == [3, 6, 9, 10]
+
+
+def test_samples_without_an_image_or_with_an_empty_caption_are_errors(toy_dir, tmp_path, fake_engine):
+    src = toy_dir / "train" / "shard-000000.tar"
+    samples = list(iter_samples(str(src), require=()))
+    shard = tmp_path / "in" / "shard-000000.tar"
+    shard.parent.mkdir()
+    with wds.TarWriter(str(shard)) as sink:
+        for i, s in enumerate(samples):
+            sink.write({k: v for k, v in s.items() if not (i == 2 and k == "jpg") and k != "__url__"})
+    no_image, empty = samples[2]["__key__"], samples[5]["__key__"]
+    engine = fake_engine(texts={empty: "<|im_end|>"})
+    captioner(engine, tmp_path / "out", toy_dir, wiki=False).run(shard_units(str(shard)))
+    captions, errors = outputs(tmp_path / "out")
+    reasons = dict(zip(errors["uuid"], errors["reason"]))
+    assert reasons[no_image].startswith("no jpg member: sample")
+    assert reasons[empty].startswith("empty caption")
+    assert captions.height == 8 and no_image not in engine.requests
+
+
+def test_rerun_skips_finished_units_and_finishes_partial_ones(toy_dir, tmp_path, fake_engine):
+    class Interrupted(fake_engine):
+        def generate(self, requests):
+            if len(self.calls) == 5:  # mid second shard (batches of 3 over shards of 10)
+                raise KeyboardInterrupt
+            return super().generate(requests)
+
+    with pytest.raises(KeyboardInterrupt):
+        captioner(Interrupted(), tmp_path, toy_dir).run(units_of(toy_dir))
+    assert (tmp_path / "captions" / "shard-000000.parquet").is_file()
+    assert sorted(p.name for p in (tmp_path / "partial" / "shard-000001").iterdir()) == ["000000.captions.parquet"]
+    engine = fake_engine()
+    report = captioner(engine, tmp_path, toy_dir).run(units_of(toy_dir))
+    assert report.skipped == ["shard-000000"]
+    captions, _ = outputs(tmp_path)
+    assert sorted(captions["uuid"]) == sorted(shard_uuids(toy_dir))
+    assert sum(len(c) for c in engine.calls) == 40 - 10 - 3  # only what was not done before
+    assert not (tmp_path / "partial" / "shard-000001").exists()
+    rerun = fake_engine()
+    assert captioner(rerun, tmp_path, toy_dir).run(units_of(toy_dir)).skipped == [u.name for u in units_of(toy_dir)]
+    assert rerun.calls == []
+
+
+def test_resuming_with_another_model_is_refused(toy_dir, tmp_path, fake_engine):
+    class Interrupted(fake_engine):
+        def generate(self, requests):
+            if self.calls:
+                raise KeyboardInterrupt
+            return super().generate(requests)
+
+    with pytest.raises(KeyboardInterrupt):
+        captioner(Interrupted(), tmp_path, toy_dir).run(units_of(toy_dir))
+    other = fake_engine()
+    other.model = "another-vlm"
+    with pytest.raises(ResumeMismatch, match="model 'fake-vlm'"):
+        captioner(other, tmp_path, toy_dir).run(units_of(toy_dir))
+
+
+def test_a_broken_engine_stops_the_run_and_its_failures_are_retried(toy_dir, tmp_path, fake_engine):
+    class Dies(fake_engine):
+        def generate(self, requests):
+            if len(self.calls) >= 2:
+                self.calls.append([r.uuid for r in requests])
+                return [Failure("RuntimeError: CUDA error: device lost")] * len(requests)
+            return super().generate(requests)
+
+    with pytest.raises(EngineBroken, match="4 samples in a row failed"):
+        captioner(Dies(), tmp_path, toy_dir, max_consecutive_failures=4).run(units_of(toy_dir))
+    assert not (tmp_path / "errors").exists()
+    captioner(fake_engine(), tmp_path, toy_dir).run(units_of(toy_dir))
+    captions, errors = outputs(tmp_path)
+    assert errors.height == 0 and sorted(captions["uuid"]) == sorted(shard_uuids(toy_dir))
+
+
+def test_captioned_shards_keep_every_member_and_add_the_caption(toy_dir, tmp_path, fake_engine):
+    first = shard_uuids(toy_dir)[0]
+    engine = fake_engine(fail={first: "HTTP 400: bad"})
+    captioner(engine, tmp_path, toy_dir, write_shards=tmp_path / "shards").run(units_of(toy_dir)[:1])
+    captions, _ = outputs(tmp_path)
+    by_uuid = dict(zip(captions["uuid"], captions["caption"]))
+    with tarfile.open(toy_dir / "train" / "shard-000000.tar") as src, tarfile.open(tmp_path / "shards" / "shard-000000.tar") as dst:
+        original = {m.name: src.extractfile(m).read() for m in src.getmembers()}
+        copied = {m.name: dst.extractfile(m).read() for m in dst.getmembers()}
+    assert {n for n in original if not n.endswith("caption.txt")} == {n for n in copied if not n.endswith("caption.txt")}
+    assert all(copied[n] == original[n] for n in copied if not n.endswith("caption.txt"))
+    assert any(n.endswith(".taxonTag.txt") for n in copied)  # member names keep their case
+    assert f"{first}.caption.txt" not in copied
+    for uuid, caption in by_uuid.items():
+        assert copied[f"{uuid}.caption.txt"].decode() == caption
+
+
+def test_finished_units_get_their_missing_captioned_shard_on_rerun(toy_dir, tmp_path, fake_engine):
+    captioner(fake_engine(), tmp_path, toy_dir).run(units_of(toy_dir)[:1])
+    engine = fake_engine()
+    captioner(engine, tmp_path, toy_dir, write_shards=tmp_path / "shards").run(units_of(toy_dir)[:1])
+    assert engine.calls == [] and (tmp_path / "shards" / "shard-000000.tar").is_file()
+
+
+def test_catalog_input_reads_image_paths(toy_dir, tmp_path, fake_engine):
+    samples = list(iter_samples(str(toy_dir / "train" / "shard-000000.tar"), require=()))
+    (tmp_path / "img").mkdir()
+    for s in samples[:5]:
+        (tmp_path / "img" / f"{s['__key__']}.jpg").write_bytes(s["jpg"])
+    catalog = schemas.CATALOG.read(toy_dir / "catalog.parquet").filter(
+        pl.col("uuid").is_in([s["__key__"] for s in samples[:6]])
+    ).with_columns((pl.lit("img/") + pl.col("uuid") + ".jpg").alias("image_path"))
+    units = catalog_units(catalog, "catalog.parquet", tmp_path, rows_per_unit=4)
+    assert [u.name for u in units] == ["part-000000", "part-000001"]
+    engine = fake_engine()
+    captioner(engine, tmp_path / "out", toy_dir).run(units)
+    captions, errors = outputs(tmp_path / "out")
+    assert sorted(captions["uuid"]) == sorted(s["__key__"] for s in samples[:5])
+    missing = samples[5]["__key__"]
+    assert errors["uuid"].to_list() == [missing]
+    assert errors["reason"][0].startswith(f"unreadable image file: {tmp_path / 'img' / missing}.jpg")
+    assert engine.requests[samples[0]["__key__"]].image == samples[0]["jpg"]
+
+
+def test_uuid_level_descriptions_are_used_where_present(toy_dir, tmp_path, fake_engine):
+    uuids = shard_uuids(toy_dir)[:10]
+    wiki = tmp_path / "uuid_descriptions.parquet"
+    pl.DataFrame({"uuid": uuids[:4], "caption": ["x"] * 4,
+                  "description": ["A crawler with a striped shell. It is found under logs."] * 3 + [""]}).write_parquet(wiki)
+    engine = fake_engine()
+    c = captioner(engine, tmp_path / "out", toy_dir, wiki=False)
+    c.descriptions = load_descriptions(wiki)
+    c.run(units_of(toy_dir)[:1])
+    captions, _ = outputs(tmp_path / "out")
+    used = dict(zip(captions["uuid"], captions["wiki_used"]))
+    assert [used[u] for u in uuids] == [True] * 3 + [False] * 7
+    assert '"""A crawler with a striped shell. It is found under logs."""' in engine.requests[uuids[0]].instruction
+
+
+def test_species_level_descriptions_need_a_catalog(toy_dir):
+    with pytest.raises(SchemaError, match="pass --catalog"):
+        load_descriptions(toy_dir / "wiki" / "wiki_descriptions.parquet")
+
+
+def test_shards_with_the_same_name_are_refused(toy_dir):
+    with pytest.raises(ShardError, match="share the name 'shard-000000'"):
+        shard_units(f"{toy_dir}/train/shard-000000.tar::{toy_dir}/val/shard-000000.tar")
+
+
+@pytest.mark.parametrize("damage", ["cut-mid-member", "whole-samples-missing"])
+def test_a_damaged_shard_is_reported_and_the_others_finish(toy_dir, tmp_path, fake_engine, damage):
+    (tmp_path / "in").mkdir()
+    for name in ("shard-000000.tar", "shard-000002.tar", "sizes.json"):
+        (tmp_path / "in" / name).write_bytes((toy_dir / "train" / name).read_bytes())
+    data = (toy_dir / "train" / "shard-000001.tar").read_bytes()
+    if damage == "cut-mid-member":
+        data = data[: len(data) // 2 + 100]
+    else:  # a tar that ends cleanly but lacks samples: only sizes.json tells
+        with tarfile.open(toy_dir / "train" / "shard-000001.tar") as src:
+            members = src.getmembers()
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w") as dst:
+                for m in members[: len(members) // 2]:
+                    dst.addfile(m, src.extractfile(m))
+        data = buf.getvalue()
+    (tmp_path / "in" / "shard-000001.tar").write_bytes(data)
+    report = captioner(fake_engine(), tmp_path / "out", toy_dir, wiki=False).run(
+        shard_units(str(tmp_path / "in" / "shard-{000000..000002}.tar")))
+    assert report.finished == ["shard-000000", "shard-000002"] and list(report.failed) == ["shard-000001"]
+    assert not (tmp_path / "out" / "captions" / "shard-000001.parquet").exists()
+
+
+def test_stats_summarise_a_run(toy_dir, tmp_path, fake_engine):
+    uuids = shard_uuids(toy_dir)
+    texts = {uuids[0]: "A small animal.", uuids[1]: " ".join(["long"] * 31)}
+    engine = fake_engine(fail={uuids[2]: "HTTP 400: too big", uuids[3]: "HTTP 400: too big"}, texts=texts)
+    captioner(engine, tmp_path, toy_dir).run(units_of(toy_dir))
+    summary = summarize(tmp_path)
+    assert summary["units_finished"] == 4 and summary["captions"] == 38 and summary["errors"] == 2
+    assert summary["error_kinds"] == {"HTTP 400": 2}
+    assert summary["names_species"] == round(36 / 38, 4)
+    assert summary["flags"]["no_species_name"] == 2 and summary["flags"]["over_word_limit"] == 1
+    assert summary["word_histogram"][">30"] == 1 and sum(summary["word_histogram"].values()) == 38
