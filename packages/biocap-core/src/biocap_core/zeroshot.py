@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+import polars as pl
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
@@ -22,6 +23,12 @@ from biocap_core import schemas
 from biocap_core.errors import SchemaError
 from biocap_core.preprocess import decode_image, image_transform, short_side
 from biocap_core.taxonomy import TEMPLATES, label_texts
+
+
+def read_labels(csv: str | os.PathLike, label_type: str) -> tuple[pl.DataFrame, list[str]]:
+    """An annotation table and the label text of each row, without looking at images."""
+    table = schemas.CLASSIFICATION.read(csv)
+    return table, label_texts(table, label_type, source=str(csv))
 
 
 @dataclass
@@ -45,10 +52,10 @@ class ClassificationSet:
         """Read an annotation CSV in any of the original layouts; images are ``image_root/filepath``.
 
         Missing images are an error naming the CSV and the first missing files, or,
-        with ``skip_missing``, dropped and listed in :attr:`skipped`.
+        with ``skip_missing``, dropped and listed in :attr:`skipped`; their classes
+        stay candidates, so the label space is the annotation's whatever is on disk.
         """
-        table = schemas.CLASSIFICATION.read(csv)
-        names = label_texts(table, label_type, source=str(csv))
+        table, names = read_labels(csv, label_type)
         root = Path(image_root)
         paths = [root / p for p in table["filepath"]]
         present = [p.is_file() for p in paths]
@@ -93,10 +100,21 @@ def autocast(device: torch.device | str, precision: str):
     return contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module):
+    """Eval mode (no dropout) for the block, then the caller's mode again (e.g. inside a training loop)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def encode_images(
     model,
-    paths: Sequence[Path],
+    images: Sequence[Path] | Dataset,
     head: str = "tax",
     batch_size: int = 64,
     workers: int = 0,
@@ -104,15 +122,22 @@ def encode_images(
     precision: str = "fp32",
     progress: bool = False,
 ) -> torch.Tensor:
-    """L2-normalised image embeddings (N, D) of image files with the chosen head."""
-    transform = image_transform(model, train=False)
-    dataset = ImageFiles(paths, transform, draft_size=short_side(model.image_size))
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False,
-                        persistent_workers=False, pin_memory=torch.device(device).type == "cuda")
+    """L2-normalised image embeddings (N, D) with the chosen head, float32 on the CPU.
+
+    ``images`` is a list of files, or any Dataset of preprocessed image tensors.
+    """
+    if not isinstance(images, Dataset):
+        images = ImageFiles(images, image_transform(model, train=False), draft_size=short_side(model.image_size))
+    device = torch.device(device)
+    loader = DataLoader(images, batch_size=batch_size, num_workers=workers, shuffle=False,
+                        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
     feats = []
-    for images in tqdm(loader, desc="images", unit="batch", disable=not progress, leave=False):
-        with autocast(device, precision):
-            feats.append(model.encode_image(images.to(device, non_blocking=True), normalize=True, head=head).float())
+    with eval_mode(model):
+        for batch in tqdm(loader, desc="images", unit="batch", disable=not progress, leave=False):
+            with autocast(device, precision):
+                feats.append(model.encode_image(batch.to(device, non_blocking=True), normalize=True, head=head).float())
+    if not feats:
+        return torch.empty(0, model.visual.proj.shape[1])
     return torch.cat(feats).cpu()
 
 
@@ -131,9 +156,11 @@ def classifier_weights(
     tokenizer = model.tokenizer()
     texts = [t.format(c) for c in classnames for t in templates]
     feats = []
-    for i in tqdm(range(0, len(texts), batch_size), desc="class texts", disable=not progress, leave=False):
-        with autocast(device, precision):
-            feats.append(model.encode_text(tokenizer(texts[i:i + batch_size]).to(device), normalize=True).float())
+    with eval_mode(model):
+        for i in tqdm(range(0, len(texts), batch_size), desc="class texts", disable=not progress, leave=False):
+            with autocast(device, precision):
+                tokens = tokenizer(texts[i:i + batch_size]).to(device)
+                feats.append(model.encode_text(tokens, normalize=True).float())
     per_class = torch.cat(feats).view(len(classnames), len(templates), -1).mean(dim=1)
     return F.normalize(per_class, dim=-1).T.cpu()
 

@@ -1,8 +1,167 @@
-"""``biocap-eval`` entry point (commands land with the eval issue)."""
+"""``biocap-eval``: list the registry's benchmarks, run them on a model, report the results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
 
 import typer
 
-app = typer.Typer(help="biocap-eval (not implemented yet).", no_args_is_help=True)
+from biocap_core.errors import BioCAPError
+from biocap_core.taxonomy import LABEL_TYPES
+
+app = typer.Typer(help="Biology benchmarks for CLIP-style models: zero-shot classification, INQUIRE-Rerank, "
+                       "text-image retrieval.", no_args_is_help=True)
+
+PRECISIONS = ("fp32", "amp", "amp_bf16", "fp16", "bf16")
+DATA_ROOT = typer.Option(Path("."), "--data-root", envvar="BIOCAP_EVAL_DATA",
+                         help="Folder the registry's paths are relative to (env BIOCAP_EVAL_DATA).")
+REGISTRY = typer.Option(None, "--registry", help="A registry TOML file instead of the shipped one.")
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(1)
+
+
+def read_templates(path: Path) -> tuple[str, ...]:
+    """Templates from a text file (one per line, ``{}`` marks the class; blank lines and ``#`` comments
+    skipped) or a JSON list of strings."""
+    from biocap_eval.tasks import EvalError
+
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise EvalError(f"{path}: cannot read the templates file: {exc}") from exc
+    if path.suffix == ".json":
+        items = json.loads(text)
+        if not isinstance(items, list) or not all(isinstance(t, str) for t in items):
+            raise EvalError(f"{path}: a JSON templates file must hold a list of strings")
+        numbered = list(enumerate(items, start=1))
+    else:
+        numbered = [(i, line.strip()) for i, line in enumerate(text.splitlines(), start=1)
+                    if line.strip() and not line.lstrip().startswith("#")]
+    bad = [n for n, t in numbered if not (t.count("{}") == t.count("{") == t.count("}") == 1)]
+    if bad:
+        raise EvalError(f"{path}: template(s) at line/item {bad[:5]} need exactly one '{{}}' where the class goes")
+    if not numbered:
+        raise EvalError(f"{path}: no templates")
+    return tuple(t for _, t in numbered)
+
+
+@app.command("list")
+def list_benchmarks(data_root: Path = DATA_ROOT, registry: Optional[Path] = REGISTRY) -> None:
+    """Show every benchmark of the registry and whether its annotations and images are on disk."""
+    from biocap_eval.registry import load_registry
+    from biocap_eval.runner import status
+
+    try:
+        benchmarks = load_registry(registry)
+    except BioCAPError as exc:
+        raise _fail(exc)
+    typer.echo(f"data root: {data_root.resolve()}")
+    typer.echo(f"{'benchmark':<16} {'task':<10} {'status':<10} {'images':>15}  details")
+    for bench in benchmarks.values():
+        st = status(bench, data_root)
+        images = f"{st.images_found}/{st.images_expected}" if st.images_expected else "-"
+        typer.echo(f"{bench.name:<16} {bench.task:<10} {st.state:<10} {images:>15}  {st.detail}")
+        for note in st.notes:
+            typer.echo(f"{'':<39}{'':>15}  {note}")
+
+
+@app.command()
+def run(
+    model: str = typer.Option(..., "--model",
+                              help="OpenCLIP name, hf-hub:/local-dir: name, JSON config or checkpoint."),
+    pretrained: Optional[str] = typer.Option(None, help="OpenCLIP tag (e.g. openai) or checkpoint file."),
+    benchmarks: list[str] = typer.Option(["all"], "--benchmarks", "-b",
+                                         help="'all', names, tasks (zeroshot, inquire, retrieval) or tags "
+                                              "(paper, toy); repeat or separate with commas."),
+    data_root: Path = DATA_ROOT,
+    out: Path = typer.Option(Path("eval-results"), "--out", help="Results folder: OUT/<model>/<benchmark>.json."),
+    name: Optional[str] = typer.Option(None, help="Model label in results and reports (default: from --model)."),
+    head: str = typer.Option("tax", help="Visual projector: tax (as the original) or caption."),
+    label_type: Optional[str] = typer.Option(None, help=f"Override zero-shot label texts: {', '.join(LABEL_TYPES)}."),
+    templates: Optional[Path] = typer.Option(None, help="Zero-shot templates file (.txt, one per line, or .json)."),
+    per_class: bool = typer.Option(False, "--per-class", help="Store per-class zero-shot recall in the results."),
+    inquire_k: Optional[int] = typer.Option(None, help="Rank cut-off for INQUIRE metrics (default: all candidates)."),
+    retrieval_prefix: str = typer.Option("a photo of", help="Text put before each retrieval caption."),
+    prefix_bug: bool = typer.Option(False, "--prefix-bug",
+                                    help="Join prefix and caption with no space, as the original did."),
+    skip_missing: bool = typer.Option(False, "--skip-missing", help="Evaluate without missing images (counted)."),
+    force: bool = typer.Option(False, "--force", help="Re-run benchmarks that have finished results."),
+    batch_size: int = typer.Option(64, min=1),
+    workers: int = typer.Option(4, min=0, help="Image decoding worker processes."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available)."),
+    precision: Optional[str] = typer.Option(None, help=f"{', '.join(PRECISIONS)} (default: amp on GPU, else fp32)."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Image embedding cache (default: OUT/.embeddings)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the embedding cache."),
+    registry: Optional[Path] = REGISTRY,
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Evaluate one model on benchmarks; one result JSON per benchmark, finished ones skipped."""
+    from biocap_eval.registry import load_registry, select
+    from biocap_eval.runner import ModelSpec, RunOptions, default_device, default_precision, status
+    from biocap_eval.runner import run as run_benchmarks
+    from biocap_eval.tasks import Settings
+
+    try:
+        if head not in ("tax", "caption"):
+            raise typer.BadParameter(f"--head must be tax or caption, not {head!r}")
+        if label_type is not None and label_type not in LABEL_TYPES:
+            raise typer.BadParameter(f"--label-type must be one of {LABEL_TYPES}, not {label_type!r}")
+        if inquire_k is not None and inquire_k < 1:
+            raise typer.BadParameter("--inquire-k must be at least 1")
+        device = device or default_device()
+        precision = precision or default_precision(device)
+        if precision not in PRECISIONS:
+            raise typer.BadParameter(f"--precision must be one of {PRECISIONS}, not {precision!r}")
+        settings = Settings(label_type=label_type, per_class=per_class, inquire_k=inquire_k,
+                            retrieval_prefix=retrieval_prefix, prefix_bug=prefix_bug, skip_missing=skip_missing)
+        if templates is not None:
+            settings = Settings(**{**settings.__dict__, "templates": read_templates(templates),
+                                   "templates_source": str(templates.resolve())})
+        reg = load_registry(registry)
+        selectors = [s.strip() for item in benchmarks for s in item.split(",") if s.strip()]
+        chosen = select(reg, selectors)
+        explicit = {s for s in selectors if s in reg}
+        runnable = []
+        for bench in chosen:
+            st = status(bench, data_root)
+            if bench.name in explicit or st.runnable(skip_missing):
+                runnable.append(bench)
+            else:
+                typer.echo(f"{bench.name}: not run ({st.state}: {st.detail})", err=True)
+        if not runnable:
+            raise BioCAPError(f"none of {selectors} can run from data root {data_root.resolve()} "
+                              "(see `biocap-eval list --data-root ...`)")
+        spec = ModelSpec(model, pretrained, head=head, precision=precision, name=name)
+        options = RunOptions(data_root=data_root, out_dir=out, device=device, batch_size=batch_size,
+                             workers=workers, cache_dir=None if no_cache else (cache_dir or out / ".embeddings"),
+                             force=force, progress=not quiet)
+        summary = run_benchmarks(spec, runnable, settings, options, log=typer.echo, keep_going=True)
+    except (BioCAPError, ValueError, FileNotFoundError) as exc:
+        raise _fail(exc)
+    if summary.failed:
+        raise _fail(BioCAPError(f"{len(summary.failed)} benchmark(s) failed: {', '.join(summary.failed)}"))
+
+
+@app.command()
+def report(
+    results_dir: Path = typer.Argument(..., help="Folder of result JSONs (a `run --out` folder)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where to write the report (default: RESULTS_DIR)."),
+) -> None:
+    """Write the comparison tables (markdown, CSV) and a bar chart (PNG), laid out as the paper's."""
+    from biocap_eval.report import write_report
+
+    try:
+        files = write_report(results_dir, out)
+    except BioCAPError as exc:
+        raise _fail(exc)
+    typer.echo((files["markdown"]).read_text())
+    for kind, path in files.items():
+        typer.echo(f"{kind}: {path}")
 
 
 @app.command()

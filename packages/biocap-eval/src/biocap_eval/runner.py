@@ -1,0 +1,206 @@
+"""Run benchmarks for one model and write one result JSON per (model, benchmark).
+
+A result is finished when its JSON exists and was made by the same model
+(name, weights source, head, precision) with the same task settings; finished
+pairs are skipped (the model is not even loaded when all are), unless ``force``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from biocap_core.errors import BioCAPError
+from biocap_core.fileio import atomic_write
+
+from biocap_eval.embedding import Encoder
+from biocap_eval.registry import Benchmark, Status
+from biocap_eval.tasks import Settings, TaskResult, inquire, retrieval, zeroshot
+
+TASK_MODULES = {"zeroshot": zeroshot, "inquire": inquire, "retrieval": retrieval}
+RESULT_VERSION = 1
+
+
+def status(bench: Benchmark, data_root: Path) -> Status:
+    """Whether ``bench`` can run from ``data_root`` (see :class:`~biocap_eval.registry.Status`)."""
+    return TASK_MODULES[bench.task].status(bench, data_root)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to load and how to name it in results."""
+
+    model: str
+    pretrained: str | None = None
+    head: str = "tax"
+    precision: str = "fp32"
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        label = Path(self.model).stem if self.model.endswith(".json") else self.model
+        if self.pretrained:
+            label += "/" + (Path(self.pretrained).stem if Path(self.pretrained).is_file() else self.pretrained)
+        return label + ("#caption" if self.head == "caption" else "")
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9._#@+-]+", "_", self.label).strip("_")
+
+    def identity(self) -> dict:
+        """What makes two runs the same model; a weights file adds its size and mtime."""
+        out = {"model": self.model, "pretrained": self.pretrained, "head": self.head, "precision": self.precision}
+        for key in ("model", "pretrained"):
+            value = getattr(self, key)
+            if value and Path(value).is_file():
+                st = Path(value).stat()
+                out[f"{key}_file"] = {"path": str(Path(value).resolve()), "size": st.st_size,
+                                      "mtime_ns": st.st_mtime_ns}
+        return out
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for dist in ("biocap-eval", "biocap-core", "torch", "open_clip_torch"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def result_path(out_dir: Path, spec: ModelSpec, bench: Benchmark) -> Path:
+    return out_dir / spec.slug / f"{bench.name}.json"
+
+
+def is_finished(path: Path, spec: ModelSpec, bench: Benchmark, settings: Settings) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        done = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return (done.get("model", {}).get("identity") == spec.identity()
+            and done.get("settings") == settings.for_task(bench.task, bench.label_type))
+
+
+@dataclass
+class RunOptions:
+    data_root: Path
+    out_dir: Path
+    device: str = "cpu"
+    batch_size: int = 64
+    workers: int = 0
+    cache_dir: Path | None = None
+    force: bool = False
+    progress: bool = False
+
+
+@dataclass
+class RunSummary:
+    """Result files of a run (written now or finished earlier) and the benchmarks that failed, with why."""
+
+    paths: dict[str, Path] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def run(
+    spec: ModelSpec,
+    benchmarks: list[Benchmark],
+    settings: Settings,
+    options: RunOptions,
+    log: Callable[[str], None] = print,
+    model=None,
+    keep_going: bool = False,
+) -> RunSummary:
+    """Evaluate ``spec`` on ``benchmarks``, writing one result JSON each.
+
+    ``model`` may be an already loaded BioCAP (the Python API); otherwise ``spec`` is
+    loaded through biocap-core's loader, and only if some benchmark needs running.
+    With ``keep_going`` a benchmark whose input is bad is logged in ``failed`` and the
+    others still run; otherwise its error propagates.
+    """
+    summary, todo = RunSummary(), []
+    for bench in benchmarks:
+        path = result_path(options.out_dir, spec, bench)
+        if not options.force and is_finished(path, spec, bench, settings):
+            log(f"{spec.label} / {bench.name}: finished earlier ({path}); skipped (--force re-runs it)")
+            summary.paths[bench.name] = path
+        else:
+            todo.append((bench, path))
+    if not todo:
+        return summary
+    if model is None:
+        from biocap_core.checkpoints import load_model
+
+        log(f"loading {spec.model}" + (f" ({spec.pretrained})" if spec.pretrained else ""))
+        model = load_model(spec.model, spec.pretrained or None, device=options.device, precision=spec.precision)
+    enc = Encoder(model, head=spec.head, device=options.device, precision=spec.precision,
+                  batch_size=options.batch_size, workers=options.workers, cache_dir=options.cache_dir,
+                  progress=options.progress)
+    for bench, path in todo:
+        log(f"{spec.label} / {bench.name}: running {bench.task}")
+        start, encoded_before = time.perf_counter(), enc.encoded
+        try:
+            result = TASK_MODULES[bench.task].evaluate(bench, options.data_root, enc, settings)
+        except BioCAPError as exc:
+            if not keep_going:
+                raise
+            summary.failed[bench.name] = str(exc)
+            log(f"{spec.label} / {bench.name}: FAILED: {exc}")
+            continue
+        seconds = time.perf_counter() - start
+        write_result(path, spec, bench, settings, result, enc, options, seconds, enc.encoded - encoded_before)
+        summary.paths[bench.name] = path
+        shown = ", ".join(f"{k} {v:.2f}" for k, v in list(result.metrics.items())[:4])
+        log(f"{spec.label} / {bench.name}: {shown} ({seconds:.1f} s, {enc.encoded - encoded_before} images "
+            f"encoded) -> {path}")
+    return summary
+
+
+def write_result(path: Path, spec: ModelSpec, bench: Benchmark, settings: Settings, result: TaskResult,
+                 enc: Encoder, options: RunOptions, seconds: float, encoded: int) -> None:
+    doc = {
+        "format": RESULT_VERSION,
+        "model": {"label": spec.label, "identity": spec.identity(), "fingerprint": enc.fingerprint},
+        "benchmark": bench.to_dict(),
+        "settings": settings.for_task(bench.task, bench.label_type),
+        "metrics": result.metrics,
+        "counts": result.counts,
+        "details": result.details,
+        "run": {
+            "data_root": str(Path(options.data_root).resolve()),
+            "device": str(options.device),
+            "batch_size": options.batch_size,
+            "workers": options.workers,
+            "seconds": round(seconds, 3),
+            "images_encoded": encoded,
+            "cache_dir": str(options.cache_dir) if options.cache_dir else None,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(sys.argv),
+        },
+        "versions": versions(),
+    }
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(doc, indent=1)))
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_precision(device: str) -> str:
+    """The original's ``amp`` on GPUs; fp32 elsewhere (CPU autocast is slow and lossy)."""
+    return "amp" if torch.device(device).type == "cuda" else "fp32"
+

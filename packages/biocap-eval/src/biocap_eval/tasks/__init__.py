@@ -1,0 +1,68 @@
+"""The three evaluations. Each task module has ``status`` (is it on disk?) and ``evaluate``.
+
+``evaluate(bench, data_root, encoder, settings)`` returns a :class:`TaskResult`;
+metrics are percentages except INQUIRE's MRR (a fraction, as INQUIRE prints it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from biocap_core.errors import BioCAPError
+from biocap_core.taxonomy import TEMPLATES
+
+#: How many missing files an error or a result lists by name.
+SHOW_MISSING = 5
+
+
+class EvalError(BioCAPError, ValueError):
+    """A benchmark's input is unusable (missing images, empty after filtering, no candidates ...)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Options that change what a task computes (recorded in every result, compared on re-runs).
+
+    ``label_type`` overrides the registry's label text type of zero-shot benchmarks;
+    ``inquire_k`` None ranks all candidates, as the original script does;
+    ``prefix_bug`` joins the retrieval prefix and caption with no space, as the original did.
+    """
+
+    label_type: str | None = None
+    templates: tuple[str, ...] = TEMPLATES
+    templates_source: str = "builtin: 81 OpenAI ImageNet templates"
+    per_class: bool = False
+    inquire_k: int | None = None
+    retrieval_prefix: str = "a photo of"
+    prefix_bug: bool = False
+    skip_missing: bool = False
+
+    def for_task(self, task: str, registry_label_type: str | None = None) -> dict:
+        """The settings a task's numbers depend on, as JSON-able values."""
+        if task == "zeroshot":
+            out = {"label_type": self.label_type or registry_label_type, "templates": list(self.templates),
+                   "templates_source": self.templates_source, "per_class": self.per_class}
+        elif task == "inquire":
+            out = {"k": self.inquire_k}
+        else:
+            out = {"prefix": self.retrieval_prefix, "prefix_bug": self.prefix_bug}
+        return {**out, "skip_missing": self.skip_missing}
+
+
+@dataclass
+class TaskResult:
+    metrics: dict[str, float]
+    counts: dict[str, int]
+    details: dict = field(default_factory=dict)
+
+
+def missing_error(source: Path | str, missing: list[str], total: int, root: Path) -> EvalError:
+    return EvalError(
+        f"{source}: {len(missing)} of {total} image(s) missing under {root}; first: {missing[:SHOW_MISSING]} "
+        "(use --skip-missing to evaluate the rest)"
+    )
+
+
+def count_present(paths: list[Path]) -> int:
+    return sum(p.is_file() for p in paths)

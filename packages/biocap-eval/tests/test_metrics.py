@@ -1,0 +1,113 @@
+"""Metrics against independent references: scikit-learn (as INQUIRE calls it) and brute force."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score, ndcg_score
+
+from biocap_eval.metrics import average_precision, ndcg, recall_at_k, reciprocal_rank, rerank_metrics, true_item_ranks
+
+
+def inquire_reference(y_true: np.ndarray, y_pred: np.ndarray, count_pos: int, k: int):
+    """INQUIRE's src/metrics.py, written out with scikit-learn, on a list already cut to the top k."""
+    in_list = int(y_true[:k].sum())
+    ap = average_precision_score(y_true[:k], y_pred[:k]) * in_list / min(count_pos, k) if in_list else 0.0
+    missed = count_pos - int(y_true.sum())
+    if count_pos:
+        nd = ndcg_score([y_true.tolist() + [1] * missed], [y_pred.tolist() + [-100] * missed], k=k)
+    else:
+        nd = 0.0
+    first = next((i for i, j in enumerate(np.argsort(-y_pred, kind="stable")) if y_true[j] == 1), None)
+    mrr = 0.0 if first is None else 1 / (first + 1)
+    return ap, nd, mrr
+
+
+def random_lists(seed: int):
+    """Lists with heavy ties (scores on a coarse grid), some with no positive, some all positive."""
+    rng = np.random.default_rng(seed)
+    for _ in range(150):
+        n = int(rng.integers(2, 40))
+        if rng.random() < 0.6:
+            scores = rng.integers(0, int(rng.integers(1, 8)), n).astype(float) / 4
+        else:
+            scores = rng.normal(size=n)
+        p = rng.choice([0.0, 0.2, 0.5, 1.0])
+        relevant = (rng.random(n) < p).astype(int)
+        yield relevant, scores
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_rerank_metrics_match_inquire_with_sklearn_on_all_candidates(seed):
+    for relevant, scores in random_lists(seed):
+        got = rerank_metrics(relevant, scores)
+        ap, nd, mrr = inquire_reference(relevant, scores, int(relevant.sum()), len(relevant))
+        assert got.ap == pytest.approx(ap, abs=1e-12)
+        assert got.ndcg == pytest.approx(nd, abs=1e-12)
+        assert got.mrr == pytest.approx(mrr, abs=1e-12)
+
+
+def test_rerank_metrics_at_k_renormalise_and_pad_the_missed_positives():
+    for relevant, scores in random_lists(2):
+        k = max(2, len(relevant) // 3)
+        order = np.argsort(-scores, kind="stable")[:k]
+        ap, nd, mrr = inquire_reference(relevant[order], scores[order], int(relevant.sum()), k)
+        got = rerank_metrics(relevant, scores, k=k)
+        assert (got.ap, got.mrr) == (pytest.approx(ap, abs=1e-12), pytest.approx(mrr, abs=1e-12))
+        assert got.ndcg == pytest.approx(nd, abs=1e-12)
+
+
+def test_missed_positives_lower_ap_and_ndcg_by_hand():
+    # top-2 of 4 candidates; 2 positives, one ranked first, one cut off
+    relevant, scores = np.array([1, 0, 1, 0]), np.array([0.9, 0.8, 0.1, 0.0])
+    got = rerank_metrics(relevant, scores, k=2)
+    assert got.ap == pytest.approx(0.5)  # plain AP within the list is 1, times 1 / min(2, 2)
+    assert got.ndcg == pytest.approx(1 / (1 + 1 / np.log2(3)))
+    assert got.mrr == 1.0
+    assert rerank_metrics(relevant, scores).ap == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_no_positive_gives_zero_and_count_below_the_list_is_refused():
+    assert rerank_metrics(np.zeros(5), np.arange(5.0)) == rerank_metrics(np.zeros(5), np.zeros(5))
+    assert (average_precision(np.zeros(3), np.ones(3)), ndcg(np.zeros(3), np.ones(3))) == (0.0, 0.0)
+    assert reciprocal_rank(np.zeros(3), np.ones(3)) == 0.0
+    with pytest.raises(ValueError, match="count_pos=1"):
+        average_precision(np.array([1, 1]), np.array([0.3, 0.2]), count_pos=1)
+
+
+def test_ties_share_a_threshold_in_ap_and_keep_input_order_in_mrr():
+    relevant, scores = np.array([0, 1]), np.array([0.5, 0.5])
+    assert average_precision(relevant, scores) == pytest.approx(average_precision_score(relevant, scores)) == 0.5
+    assert reciprocal_rank(relevant, scores) == 0.5  # the tied negative comes first
+    assert ndcg(relevant, scores) == pytest.approx(ndcg_score([relevant], [scores]))
+
+
+def brute_force_recall(sim: np.ndarray, k: int) -> float:
+    """Row i is a hit when fewer than k items come before item i in a stable descending sort."""
+    hits = [list(np.argsort(-row, kind="stable")).index(i) < k for i, row in enumerate(sim)]
+    return float(np.mean(hits))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_recall_matches_brute_force_with_duplicate_items(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(3, 60))
+    texts = rng.normal(size=(n, 8))
+    dup = rng.choice(n, size=n // 3, replace=False)
+    texts[dup] = texts[rng.choice(n, size=len(dup))]  # identical captions give exactly tied scores
+    images = rng.normal(size=(n, 8))
+    sim = images @ texts.T
+    if seed == 3:
+        sim = np.round(sim)  # coarse scores: ties everywhere
+    t = torch.from_numpy(sim)
+    for direction in (sim, sim.T):
+        got = recall_at_k(torch.from_numpy(np.ascontiguousarray(direction)), ks=(1, 5, 10))
+        assert got == {k: pytest.approx(brute_force_recall(direction, k)) for k in (1, 5, 10)}
+    assert torch.equal(true_item_ranks(t, block=7), true_item_ranks(t))
+
+
+def test_identical_items_cannot_both_rank_first():
+    sim = torch.tensor([[1.0, 1.0], [1.0, 1.0]])
+    assert true_item_ranks(sim).tolist() == [0, 1]
+    assert recall_at_k(sim, ks=(1, 2)) == {1: 0.5, 2: 1.0}

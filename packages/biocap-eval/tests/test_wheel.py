@@ -1,0 +1,71 @@
+"""biocap-eval installs alone: wheels of biocap-core and biocap-eval into a fresh venv, outside the workspace.
+
+uv installs them (``uv pip install``, pip's interface) with the workspace lock's versions as
+constraints, so every third-party wheel comes from uv's cache instead of a multi-GB download, and
+links files from the cache instead of copying them. The constraints only pin versions; what gets
+installed is what the two wheels' metadata asks for, which is what the test checks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+pytestmark = pytest.mark.slow
+FORBIDDEN = ("biocap-train", "biocap-captions", "biocap-wiki", "vllm", "scrapy")
+
+
+def uv() -> str:
+    found = os.environ.get("UV") or shutil.which("uv")
+    if not found:
+        pytest.skip("uv is not installed")
+    return found
+
+
+def sh(*args, cwd: Path, env: dict | None = None) -> str:
+    done = subprocess.run([str(a) for a in args], check=False, cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, f"{args}\nstdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+def test_wheels_install_alone_and_run_the_toy_benchmarks(tmp_path, toy_dir, tiny_json):
+    wheels = tmp_path / "wheels"
+    for package in ("biocap-core", "biocap-eval"):
+        sh(uv(), "build", "--package", package, "--wheel", "--out-dir", wheels, "-q", cwd=REPO)
+    constraints = tmp_path / "constraints.txt"
+    constraints.write_text(sh(uv(), "export", "--package", "biocap-eval", "--no-emit-workspace", "--no-hashes",
+                              "--no-dev", "--frozen", "--no-header", "-q", cwd=REPO))
+    # a clean environment: no workspace venv, no project discovery (cwd is outside the repo)
+    # bytecode may be written: the fresh venv has none, and the second process should not recompile torch
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("VIRTUAL_ENV", "UV_PROJECT", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "CONDA"))}
+    venv = tmp_path / "venv"
+    sh(uv(), "venv", "-q", "--python", sys.executable, venv, cwd=tmp_path, env=env)
+    python = venv / "bin" / "python"
+    sh(uv(), "pip", "install", "-q", "--python", python, "--link-mode", "symlink", "-c", constraints,
+       *sorted(wheels.glob("*.whl")), cwd=tmp_path, env=env)
+
+    installed = json.loads(sh(python, "-c", "import importlib.metadata as m, json; "
+                                            "print(json.dumps(sorted(d.metadata['Name'].lower() "
+                                            "for d in m.distributions())))", cwd=tmp_path, env=env))
+    assert {"biocap-core", "biocap-eval", "torch", "matplotlib"} <= set(installed)
+    assert not set(FORBIDDEN) & set(installed)
+    assert "datasets" not in installed  # the [hf] extra stays optional
+
+    out = tmp_path / "results"
+    log = sh(venv / "bin" / "biocap-eval", "run", "--model", tiny_json, "--data-root", toy_dir, "--benchmarks",
+             "toy", "--out", out, "--workers", "0", "--quiet", cwd=tmp_path, env=env)
+    results = {p.stem: json.loads(p.read_text()) for p in (out / "tiny").glob("*.json")}
+    assert sorted(results) == ["toy-inquire", "toy-retrieval", "toy-zeroshot", "toy-zeroshot-asis"], log
+    assert str(venv) in sh(python, "-c", "import biocap_eval; print(biocap_eval.__file__)", cwd=tmp_path, env=env)
+    assert results["toy-inquire"]["versions"]["biocap-eval"] == "0.1.0"
+    report = sh(venv / "bin" / "biocap-eval", "report", out, cwd=tmp_path, env=env)
+    assert "| Model |" in report and (out / "report.png").is_file()
