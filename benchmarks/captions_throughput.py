@@ -142,7 +142,7 @@ def child(shard: str, toy: Path, out: Path, engine_name: str, batch_size: int) -
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
 
     read_cpu = time.process_time()
-    loaded = InMemoryUnit(unit, list(unit.samples()))  # what reading the shard costs (webdataset, via biocap-core)
+    loaded = InMemoryUnit(unit, list(unit.samples()))  # what reading the shard costs (biocap-core's tar reader)
     read_cpu = time.process_time() - read_cpu
     own_cpu = time.process_time()
     Captioner(engine, prompts, RunOptions(out=out / "own", batch_size=batch_size, progress=False),
@@ -203,7 +203,7 @@ def main() -> None:
               "(wiki join, prompts, checks, checkpoints), best of 2 by CPU time:")
         print(f"  end to end: {best['per_s_cpu']:,.0f} samples per CPU-second "
               f"({best['per_s_wall']:,.0f}/s wall on this shared machine; runs: {rates})")
-        print(f"  reading the shard alone (biocap_core.shards.iter_samples, webdataset): "
+        print(f"  reading the shard alone (biocap_core.shards.iter_samples): "
               f"{best['read_only_per_s_cpu']:,.0f} samples per CPU-second")
         print(f"  the pipeline's own work (the same samples already in memory): {best['own_per_s_cpu']:,.0f} "
               "samples per CPU-second (goal >= 2,000)")
