@@ -27,14 +27,32 @@ def member_key(member: str) -> str:
     return member.lower()
 
 
+def expand_sources(spec: str, weights: str | None = None) -> tuple[list[str], list[float] | None]:
+    """Brace-expand ``a-{000000..000009}.tar::b-{0..3}.tar`` (``::`` joins sources, as OpenCLIP).
+
+    With ``weights`` (``"1::2"``, one per source) also returns one weight per shard.
+    """
+    sources = [s.strip() for s in spec.split("::") if s.strip()]
+    factors = [float(x) for x in weights.split("::")] if weights else None
+    if factors is not None and len(factors) != len(sources):
+        raise ShardError(f"weights {weights!r}: {len(factors)} weight(s) for {len(sources)} source(s) in {spec!r}")
+    urls: list[str] = []
+    per_shard: list[float] = []
+    for i, source in enumerate(sources):
+        expanded = list(braceexpand.braceexpand(source))
+        urls += expanded
+        if factors is not None:
+            per_shard += [factors[i]] * len(expanded)
+    if not urls:
+        raise ShardError(f"no shards in {spec!r}")
+    return urls, (per_shard if factors is not None else None)
+
+
 def expand_urls(spec: str | Iterable[str]) -> list[str]:
-    """Brace-expand a shard pattern (``shard-{000000..000159}.tar``); ``::`` joins several patterns."""
+    """The shard list of one pattern (see :func:`expand_sources`) or of several."""
     if not isinstance(spec, str):
         return [url for part in spec for url in expand_urls(part)]
-    urls = []
-    for part in spec.split("::"):
-        urls.extend(braceexpand.braceexpand(part.strip()))
-    return urls
+    return expand_sources(spec)[0]
 
 
 def read_sizes(shard_dir: str | os.PathLike) -> dict[str, int]:

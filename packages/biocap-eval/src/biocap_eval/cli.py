@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -92,7 +93,7 @@ def run(
     skip_missing: bool = typer.Option(False, "--skip-missing", help="Evaluate without missing images (counted)."),
     force: bool = typer.Option(False, "--force", help="Re-run benchmarks that have finished results."),
     batch_size: int = typer.Option(64, min=1),
-    workers: int = typer.Option(4, min=0, help="Image decoding worker processes."),
+    workers: int = typer.Option(min(4, os.cpu_count() or 1), min=0, help="Image decoding worker processes."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available)."),
     precision: Optional[str] = typer.Option(None, help=f"{', '.join(PRECISIONS)} (default: amp on GPU, else fp32)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Image embedding cache (default: OUT/.embeddings)."),

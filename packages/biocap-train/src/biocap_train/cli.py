@@ -1,7 +1,43 @@
-"""``biocap-train`` entry point (the training loop lands with the training issue)."""
+"""``biocap-train``: flags (OpenCLIP's names), an optional TOML/YAML config, or nothing for the demo."""
+
+from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
+
+from biocap_core.errors import BioCAPError
+
+from biocap_train.config import parse_args
+from biocap_train.demo import demo_config
+from biocap_train.trainer import TrainingDiverged, train
 
 
-def main() -> None:
-    sys.exit("biocap-train: the training loop is not implemented yet; see the training issue")
+def main(argv: Sequence[str] | None = None) -> None:
+    cfg, user_set = parse_args(argv)
+    if cfg.train_data is None:
+        print("biocap-train: no --train-data given, running the demo on the toy tree of life "
+              "(see biocap-train --help for the full recipe)", file=sys.stderr, flush=True)
+        cfg = demo_config(cfg, user_set)
+    try:
+        result = train(cfg)
+    except TrainingDiverged as exc:
+        sys.exit(f"biocap-train: training diverged: {exc}")
+    except (BioCAPError, ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
+        sys.exit(f"biocap-train: error: {exc}")
+    if result.rank != 0:
+        return
+    lines = [f"trained {result.step} steps in {result.seconds:.0f} s"]
+    if "after" in result.zeroshot:
+        before = result.zeroshot.get("before")
+        lines.append(
+            f"zero-shot top-1 ({cfg.zeroshot_data}): "
+            + (f"before {100 * before:.1f}% -> " if before is not None else "")
+            + f"after {100 * result.zeroshot['after']:.1f}% (chance {100 * result.chance:.1f}%)"
+        )
+    if result.data_problems:
+        lines.append(f"skipped inputs: {result.data_problems}")
+    checkpoint = result.checkpoint.resolve()
+    lines.append(f"checkpoint: {checkpoint}")
+    lines.append(f"metrics: {(result.run_dir / 'metrics.jsonl').resolve()}")
+    lines.append(f"load it: biocap_core.checkpoints.load_model({cfg.model!r}, {str(checkpoint)!r})")
+    print("\n".join(lines), flush=True)

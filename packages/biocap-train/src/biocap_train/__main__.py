@@ -1,0 +1,3 @@
+from biocap_train.cli import main
+
+main()

@@ -1,0 +1,295 @@
+"""The shard pipeline: deterministic, resumable webdataset streams of ready-made batches.
+
+Each rank runs ``W = max(1, workers)`` *logical* streams per epoch. Stream
+``w`` of rank ``r`` in epoch ``e`` is a pure function of ``(seed, e, r, w)``:
+its shard sequence (resampled with replacement, or the epoch's shuffled shard
+list split across ranks and workers and repeated), webdataset's tar reader and
+a shuffle buffer with a seeded generator. Stream ``w`` produces the epoch's
+micro-batches ``i`` with ``i % W == w``; the DataLoader's round-robin over
+workers therefore returns them in order ``0, 1, 2 ...``.
+
+Because a batch knows its index it knows its global step, hence its text type
+(:func:`~biocap_train.schedule.text_type_for_step`): workers load and tokenize
+only the text that step trains on, and seed the image augmentation with the
+batch index. Every batch reports how many raw samples its stream has consumed.
+To resume mid-epoch a stream discards that many raw samples (tar bytes only,
+no JPEG decoding) and physical worker ``p`` takes logical stream
+``(p + k) % W`` after ``k`` micro-batches, so the resumed run sees exactly
+the batches the uninterrupted run would have seen.
+
+Bad data never stops the stream: an unreadable tar (the rest of that shard),
+an undecodable image or a sample without the needed text is skipped and
+counted; the trainer reports the counts at the end of each epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import webdataset as wds
+from biocap_core.errors import ShardError
+from biocap_core.preprocess import decode_image
+from biocap_core.shards import expand_sources, iter_samples, member_key
+from torch.utils.data import IterableDataset, get_worker_info
+from webdataset.filters import _shuffle
+
+from biocap_train.captions import CaptionIndex
+from biocap_train.schedule import text_type_for_step, val_text_type
+
+IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp")
+#: Examples of each problem kept for the epoch report.
+_MAX_EXAMPLES = 3
+
+
+@dataclass
+class DataCounts:
+    """Problems met by one stream: counts per kind and a few examples."""
+
+    counts: Counter = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, kind: str, detail: str) -> None:
+        self.counts[kind] += 1
+        kept = self.examples.setdefault(kind, [])
+        if len(kept) < _MAX_EXAMPLES:
+            kept.append(detail[:300])
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"counts": dict(self.counts), "examples": {k: list(v) for k, v in self.examples.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> DataCounts:
+        data = data or {}
+        return cls(Counter(data.get("counts", {})), {k: list(v) for k, v in data.get("examples", {}).items()})
+
+    @staticmethod
+    def merge(items) -> DataCounts:
+        out = DataCounts()
+        for item in items:
+            item = item if isinstance(item, DataCounts) else DataCounts.from_dict(item)
+            out.counts.update(item.counts)
+            for kind, examples in item.examples.items():
+                kept = out.examples.setdefault(kind, [])
+                kept += examples[:_MAX_EXAMPLES - len(kept)]
+        return out
+
+    def summary(self) -> str:
+        if not self.counts:
+            return "no bad samples"
+        names = {"corrupt_image": "undecodable image", "no_image": "no image", "no_text": "no text",
+                 "tar_error": "unreadable tar data (rest of shard skipped)"}
+        parts = [f"{names.get(k, k)}: {n}" for k, n in sorted(self.counts.items())]
+        lines = [", ".join(parts)]
+        for kind, examples in sorted(self.examples.items()):
+            lines += [f"    e.g. {names.get(kind, kind)}: {e}" for e in examples]
+        return "\n".join(lines)
+
+
+def _seed_of(*parts: Any) -> int:
+    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def _raw_samples(urls: Iterator[str], counts: DataCounts, limit_empty: int) -> Iterator[dict]:
+    """Raw samples (bytes per member) of a shard sequence; unreadable data is counted and the rest
+    of that shard skipped. Reads through biocap-core's tar reader (far less CPU than ``tarfile``)."""
+    empty_shards = 0
+    for url in urls:
+        produced = False
+        try:
+            for sample in iter_samples(url, require=()):
+                produced, empty_shards = True, 0
+                yield sample
+        except (ShardError, OSError) as exc:
+            counts.add("tar_error", f"{exc} ({type(exc).__name__})")
+        if not produced:
+            empty_shards += 1
+            if empty_shards >= limit_empty:
+                raise ShardError(f"{limit_empty} shards in a row gave no sample (last: {url}); "
+                                 "are the shards readable webdataset tar files?")
+
+
+@dataclass
+class StreamSpec:
+    """Everything a data worker needs to produce its share of one epoch (picklable)."""
+
+    urls: list[str]
+    weights: list[float] | None
+    resampled: bool
+    batch_size: int
+    seed: int
+    epoch: int
+    rank: int
+    world_size: int
+    num_streams: int
+    microbatches: int
+    first_step: int
+    accum_freq: int
+    transform: Callable
+    tokenizer: Callable
+    text_type: str = "random"
+    caption_share: float = 1 / 6
+    joint: bool = False
+    captions: CaptionIndex | None = None
+    draft_size: int | None = None
+    shuffle_buffer: int = 5000
+    start: int = 0
+    skip: dict[int, int] = field(default_factory=dict)
+    counts: dict[int, dict] = field(default_factory=dict)
+
+    def text_type_of(self, index: int) -> str:
+        step = self.first_step + index // self.accum_freq
+        return text_type_for_step(step, self.seed, self.text_type, self.caption_share, self.joint)
+
+
+def sample_text(sample: dict, text_type: str, captions: CaptionIndex | None) -> str | None:
+    """The text of ``text_type`` for a raw sample (captions from the index when one is given)."""
+    if text_type == "caption" and captions is not None:
+        text = captions.get(sample["__key__"])
+    else:
+        data = sample.get(member_key(f"{text_type}.txt"))
+        text = data.decode("utf-8", errors="replace") if data is not None else None
+    return text if text and text.strip() else None
+
+
+def _image_bytes(sample: dict) -> bytes | None:
+    for ext in IMAGE_MEMBERS:
+        if ext in sample:
+            return sample[ext]
+    return None
+
+
+class BatchMaker:
+    """Turns raw samples into a batch: decode, augment, tokenize; skips and counts bad samples."""
+
+    def __init__(self, transform, tokenizer, captions, draft_size, counts: DataCounts):
+        self.transform, self.tokenizer, self.captions = transform, tokenizer, captions
+        self.draft_size, self.counts = draft_size, counts
+
+    def example(self, sample: dict, text_types: tuple[str, ...]):
+        """(image tensor, texts) of one sample, or None if it must be skipped."""
+        key = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
+        texts = [sample_text(sample, t, self.captions) for t in text_types]
+        if any(t is None for t in texts):
+            missing = [tt for tt, t in zip(text_types, texts) if t is None]
+            self.counts.add("no_text", f"{key} has no {missing[0]} text")
+            return None
+        data = _image_bytes(sample)
+        if data is None:
+            self.counts.add("no_image", f"{key} has no image member")
+            return None
+        try:
+            image = self.transform(decode_image(data, draft_size=self.draft_size))
+        except Exception as exc:  # PIL raises many types for bad bytes
+            self.counts.add("corrupt_image", f"{key}: {type(exc).__name__}: {exc}")
+            return None
+        return image, texts
+
+    def collate(self, examples: list, text_types: tuple[str, ...]) -> dict[str, Any]:
+        batch = {"image": torch.stack([e[0] for e in examples])}
+        for j, name in enumerate(("text", "caption_text")[:len(text_types)]):
+            batch[name] = self.tokenizer([e[1][j] for e in examples])
+        return batch
+
+
+class TrainStream(IterableDataset):
+    """One rank's training batches for one epoch (see the module docstring)."""
+
+    def __init__(self, spec: StreamSpec):
+        super().__init__()
+        self.spec = spec
+
+    def shard_urls(self, stream: int) -> Iterator[str]:
+        s = self.spec
+        if s.resampled:
+            rng = random.Random(_seed_of(s.seed, "shards", s.epoch, s.rank, stream))
+            while True:
+                yield rng.choices(s.urls, weights=s.weights, k=1)[0]
+        readers = s.world_size * s.num_streams
+        position = s.rank * s.num_streams + stream
+        n_pass = 0
+        while True:  # repeat this reader's shards until the epoch has all its batches
+            order = list(s.urls)
+            random.Random(_seed_of(s.seed, "order", s.epoch, n_pass)).shuffle(order)
+            yield from order[position::readers]
+            n_pass += 1
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        s = self.spec
+        info = get_worker_info()
+        physical = info.id if info is not None else 0
+        stream = (physical + s.start) % s.num_streams
+        indices = range(s.start + (stream - s.start) % s.num_streams, s.microbatches, s.num_streams)
+        if not indices:
+            return
+        counts = DataCounts.from_dict(s.counts.get(stream))
+        limit = max(100, 2 * len(s.urls))
+        raw = _raw_samples(self.shard_urls(stream), counts, limit)
+        rng = random.Random(_seed_of(s.seed, "shuffle", s.epoch, s.rank, stream))
+        shuffled = _shuffle(raw, bufsize=s.shuffle_buffer, initial=max(1, s.shuffle_buffer // 5), rng=rng)
+        consumed = 0
+        for _ in range(s.skip.get(stream, 0)):
+            next(shuffled)
+            consumed += 1
+        maker = BatchMaker(s.transform, s.tokenizer, s.captions, s.draft_size, counts)
+        for index in indices:
+            text_type = s.text_type_of(index)
+            text_types = (text_type, "caption") if s.joint else (text_type,)
+            examples, keys = [], []
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(_seed_of(s.seed, "augment", s.epoch, s.rank, index))
+                while len(examples) < s.batch_size:
+                    sample = next(shuffled)
+                    consumed += 1
+                    example = maker.example(sample, text_types)
+                    if example is not None:
+                        examples.append(example)
+                        keys.append(sample["__key__"])
+            batch = maker.collate(examples, text_types)
+            batch.update(index=index, stream=stream, text_type=text_type, consumed=consumed, keys=keys,
+                         counts=counts.as_dict())
+            yield batch
+
+
+class ValStream(IterableDataset):
+    """Validation batches: every sample once, with a taxonomic text and the caption."""
+
+    def __init__(self, urls: list[str], batch_size: int, seed: int, transform, tokenizer,
+                 captions: CaptionIndex | None = None, draft_size: int | None = None):
+        super().__init__()
+        self.urls, self.batch_size, self.seed = urls, batch_size, seed
+        self.transform, self.tokenizer, self.captions, self.draft_size = transform, tokenizer, captions, draft_size
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        counts = DataCounts()
+        maker = BatchMaker(self.transform, self.tokenizer, self.captions, self.draft_size, counts)
+        raw = _raw_samples(iter(self.urls[worker::n_workers]), counts, limit_empty=len(self.urls) + 1)
+        n_batch, examples = 0, []
+        text_type = val_text_type(worker, self.seed)
+        for sample in raw:
+            example = maker.example(sample, (text_type, "caption"))
+            if example is not None:
+                examples.append(example)
+            if len(examples) == self.batch_size:
+                yield {**maker.collate(examples, (text_type, "caption")), "text_type": text_type,
+                       "counts": counts.as_dict()}
+                n_batch, examples = n_batch + 1, []
+                text_type = val_text_type(n_batch * n_workers + worker, self.seed)
+        if examples:
+            yield {**maker.collate(examples, (text_type, "caption")), "text_type": text_type,
+                   "counts": counts.as_dict()}
+
+
+def loader(dataset: IterableDataset, workers: int, pin_memory: bool = False) -> wds.WebLoader:
+    """A DataLoader over a stream of ready batches."""
+    return wds.WebLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
+                         persistent_workers=False, pin_memory=pin_memory,
+                         prefetch_factor=4 if workers else None)

@@ -1,0 +1,57 @@
+"""What each optimisation step does: which text supervises it, and its learning rate.
+
+Both are pure functions of the global step, so every rank, every data worker
+and a resumed run compute the same answer without talking to each other.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+from biocap_core.taxonomy import TRAIN_TAXONOMIC_TYPES
+
+
+def step_rng(seed: int, step: int, purpose: str = "text") -> random.Random:
+    """A generator seeded by the run seed and the global step only."""
+    return random.Random(f"{seed}/{purpose}/{step}")
+
+
+def text_type_for_step(step: int, seed: int, text_type: str = "random", caption_share: float = 1 / 6,
+                       joint: bool = False) -> str:
+    """The text type of global step ``step``, the same on every rank.
+
+    ``random``: ``caption`` with probability ``caption_share``, otherwise one of
+    the five taxonomic types uniformly (with the default share of 1/6 this is the
+    original's uniform draw over six types). With ``joint`` the caption head is
+    trained every step anyway, so only the taxonomic type is drawn.
+    """
+    if text_type != "random":
+        return text_type
+    rng = step_rng(seed, step)
+    if not joint and rng.random() < caption_share:
+        return "caption"
+    return rng.choice(TRAIN_TAXONOMIC_TYPES)
+
+
+def val_text_type(batch_index: int, seed: int) -> str:
+    """The taxonomic text type of a validation batch (the original seeds it with the batch index)."""
+    return step_rng(seed, batch_index, "val").choice(TRAIN_TAXONOMIC_TYPES)
+
+
+def head_of(text_type: str) -> str:
+    """The image head a text type trains: ``caption`` or ``tax``."""
+    return "caption" if text_type == "caption" else "tax"
+
+
+def learning_rate(step: int, base_lr: float, warmup: int, total_steps: int, kind: str = "cosine") -> float:
+    """OpenCLIP's schedule: linear warm-up from base/warmup, then cosine to 0 (or constant)."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    if kind == "const":
+        return base_lr
+    if kind != "cosine":
+        raise ValueError(f"unknown --lr-scheduler {kind!r}")
+    decay_steps = max(1, total_steps - warmup)
+    progress = min(1.0, (step - warmup) / decay_steps)
+    return 0.5 * (1 + math.cos(math.pi * progress)) * base_lr

@@ -1,0 +1,135 @@
+"""The shard pipeline: exact mid-epoch restart, per-step texts, captions by uuid, bad data skipped."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+import webdataset as wds
+from biocap_core.model import build_model
+from biocap_core.preprocess import image_transform
+from biocap_core.shards import expand_sources, iter_samples
+from biocap_train.captions import CaptionIndex
+from biocap_train.config import TrainConfig
+from biocap_train.data import StreamSpec, TrainStream, loader
+from biocap_train.distributed import DistInfo
+from biocap_train.trainer import plan_run
+
+
+@pytest.fixture(scope="module")
+def model(tiny_cfg):
+    return build_model(tiny_cfg)
+
+
+def make_spec(urls, model, **kw) -> StreamSpec:
+    args = dict(urls=urls, weights=None, resampled=False, batch_size=8, seed=3, epoch=1, rank=0, world_size=1,
+                num_streams=1, microbatches=4, first_step=40, accum_freq=1,
+                transform=image_transform(model, train=True), tokenizer=model.tokenizer(), shuffle_buffer=50)
+    args.update(kw)
+    return StreamSpec(**args)
+
+
+def collect(spec, workers):
+    return {b["index"]: b for b in loader(TrainStream(spec), workers)}
+
+
+@pytest.mark.parametrize("resampled", [False, True])
+def test_a_restarted_stream_continues_exactly_mid_epoch(toy_train, model, resampled):
+    urls, _ = expand_sources(toy_train)
+    spec = make_spec(urls, model, num_streams=2, microbatches=7, resampled=resampled)
+    full = collect(spec, workers=2)
+    assert sorted(full) == list(range(7))
+    assert {full[i]["stream"] for i in range(7)} == {0, 1}
+    # after 3 micro-batches: stream 0 produced 0 and 2, stream 1 produced 1
+    skip = {0: full[2]["consumed"], 1: full[1]["consumed"]}
+    rest = collect(make_spec(urls, model, num_streams=2, microbatches=7, resampled=resampled, start=3, skip=skip),
+                   workers=2)
+    assert sorted(rest) == [3, 4, 5, 6]
+    for i in rest:
+        assert rest[i]["keys"] == full[i]["keys"]
+        assert torch.equal(rest[i]["image"], full[i]["image"])  # augmentation seeded by the batch
+        assert torch.equal(rest[i]["text"], full[i]["text"])
+
+
+def test_batches_carry_only_the_text_of_their_step(toy_train, model):
+    from biocap_train.schedule import text_type_for_step
+
+    urls, _ = expand_sources(toy_train)
+    spec = make_spec(urls, model, microbatches=6, accum_freq=2)
+    tok = model.tokenizer()
+    for index, batch in collect(spec, workers=0).items():
+        expected = text_type_for_step(40 + index // 2, seed=3)
+        assert batch["text_type"] == expected and "caption_text" not in batch
+        sample = next(s for s in iter_samples(urls, require=()) if s["__key__"] == batch["keys"][0])
+        member = "caption.txt" if expected == "caption" else f"{expected.lower()}.txt"
+        assert torch.equal(batch["text"][0], tok([sample[member].decode()])[0])
+    joint = collect(make_spec(urls, model, joint=True, microbatches=2), workers=0)
+    assert all("caption_text" in b and b["text_type"] != "caption" for b in joint.values())
+
+
+def test_captions_from_a_parquet_table_by_uuid(toy_train, model, tmp_path):
+    urls, _ = expand_sources(toy_train)
+    keys = [s["__key__"] for s in iter_samples(urls, require=())]
+    table = pl.DataFrame({"uuid": keys[::2], "caption": [f"parquet caption {i}" for i in range(len(keys[::2]))]})
+    table.write_parquet(tmp_path / "captions.parquet")
+    index = CaptionIndex.build(tmp_path / "captions.parquet", tmp_path / "index")
+    assert len(index) == len(keys[::2]) and index.get(keys[2]) == "parquet caption 1" and index.get(keys[1]) is None
+    assert len(pickle.dumps(index)) < 1000  # workers receive the folder name, not the captions
+    spec = make_spec(urls, model, text_type="caption", captions=index, microbatches=3)
+    batches = collect(spec, workers=0)
+    tok = model.tokenizer()
+    wanted = dict(zip(table["uuid"], table["caption"]))
+    for batch in batches.values():
+        assert all(k in wanted for k in batch["keys"])
+        assert torch.equal(batch["text"], tok([wanted[k] for k in batch["keys"]]))
+    assert batches[2]["counts"]["counts"]["no_text"] > 0  # samples the table has no caption for
+
+
+def test_duplicate_uuids_in_the_caption_table_are_an_error(tmp_path):
+    pl.DataFrame({"uuid": ["a", "b", "a"], "caption": ["x", "y", "z"]}).write_parquet(tmp_path / "c.parquet")
+    with pytest.raises(ValueError, match="1 duplicate uuid"):
+        CaptionIndex.build(tmp_path / "c.parquet", tmp_path / "index")
+
+
+def write_bad_shards(toy: Path, out: Path) -> list[str]:
+    """Shard A: one undecodable JPEG, one sample with no text; shard B: cut off mid-way."""
+    samples = [{k: v for k, v in s.items() if not k.startswith("__") or k == "__key__"}
+               for s in iter_samples(str(toy / "train" / "shard-000000.tar"), require=())]
+    samples[3]["jpg"] = b"\xff\xd8 this is not a jpeg"
+    samples[5] = {"__key__": samples[5]["__key__"], "jpg": samples[5]["jpg"]}
+    paths = [out / "bad-a.tar", out / "bad-b.tar"]
+    for path, part in zip(paths, (samples[:16], samples[16:])):
+        with wds.TarWriter(str(path)) as sink:
+            for s in part:
+                sink.write(s)
+    data = paths[1].read_bytes()
+    paths[1].write_bytes(data[: int(len(data) * 0.6)])
+    return [str(p) for p in paths]
+
+
+def test_bad_samples_and_truncated_tars_are_skipped_and_counted(toy, model, tmp_path):
+    urls = write_bad_shards(toy, tmp_path)
+    batches = collect(make_spec(urls, model, text_type="sci", microbatches=6), workers=0)
+    assert sorted(batches) == list(range(6)) and all(len(b["keys"]) == 8 for b in batches.values())
+    counts = batches[5]["counts"]["counts"]
+    assert counts["corrupt_image"] >= 1 and counts["no_text"] >= 1 and counts["tar_error"] >= 1
+    assert "bad-b.tar" in " ".join(batches[5]["counts"]["examples"]["tar_error"])
+
+
+def test_unreadable_shards_fail_with_a_clear_error_not_a_hang(model, tmp_path):
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"not a tar file at all" * 100)
+    with pytest.raises(Exception, match="shards in a row gave no sample"):
+        collect(make_spec([str(junk)], model, text_type="sci"), workers=0)
+
+
+def test_fewer_shards_than_readers_is_an_error_before_training(toy):
+    cfg = TrainConfig(train_data=str(toy / "train" / "shard-00000{0..2}.tar"), workers=2)
+    with pytest.raises(ValueError, match="3 shard.*2 rank.*4 readers.*--dataset-resampled"):
+        plan_run(cfg, DistInfo(rank=0, world_size=2))
+    cfg.dataset_resampled = True
+    plan = plan_run(cfg, DistInfo(rank=0, world_size=2))
+    assert plan.samples_per_epoch == 96 and plan.steps_per_epoch == 1  # 96 / (64 x 2) rounded up

@@ -1,0 +1,156 @@
+"""One optimisation step: which parameters move, scale clamping, accumulation, divergence, outputs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from biocap_core.checkpoints import load_model, read_checkpoint
+from biocap_train import TrainConfig, TrainingDiverged, train
+from biocap_train.distributed import DistInfo
+from biocap_train.trainer import Trainer
+
+
+def make_trainer(tiny_model, **kw) -> Trainer:
+    args = dict(model=tiny_model, precision="fp32", lr=1e-2, warmup=1, wd=0.1, progress=False)
+    args.update(kw)
+    return Trainer(TrainConfig(**args), DistInfo(), total_steps=10)
+
+
+def batch(trainer: Trainer, n=8, seed=0, joint=False) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    tok = trainer.model.tokenizer()
+    out = {"image": torch.randn(n, 3, *trainer.model.image_size, generator=g),
+           "text": tok([f"a photo of species {seed}-{i}." for i in range(n)])}
+    if joint:
+        out["caption_text"] = tok([f"a round body with {i} marks" for i in range(n)])
+    return out
+
+
+def params(trainer):
+    return {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+
+
+@pytest.mark.parametrize("text_type,trained,frozen", [
+    ("sci", ("visual.proj", "logit_scale"), ("visual.caption_proj", "logit_scale_caption")),
+    ("caption", ("visual.caption_proj", "logit_scale_caption"), ("visual.proj", "logit_scale")),
+])
+def test_a_step_trains_only_its_head(tiny_model, text_type, trained, frozen):
+    trainer = make_trainer(tiny_model, text_type=text_type)
+    before = params(trainer)
+    out = trainer.train_step(0, [batch(trainer)])
+    assert out["text_type"] == text_type and math.isfinite(out["loss"])
+    after = params(trainer)
+    for name in trained + ("transformer.resblocks.0.mlp.c_fc.weight", "visual.conv1.weight"):
+        assert not torch.equal(before[name], after[name]), name
+    for name in frozen:  # out of the graph: no gradient, no Adam update, no weight decay
+        assert torch.equal(before[name], after[name]), name
+        assert dict(trainer.model.named_parameters())[name].grad is None
+
+
+def test_joint_loss_trains_both_heads(tiny_model):
+    trainer = make_trainer(tiny_model, joint_loss=True, caption_loss_weight=0.5)
+    before = params(trainer)
+    out = trainer.train_step(0, [batch(trainer, joint=True)])
+    after = params(trainer)
+    assert {"loss_tax", "loss_caption"} <= set(out)
+    assert out["loss"] == pytest.approx(out["loss_tax"] + 0.5 * out["loss_caption"], rel=1e-5)
+    for name in ("visual.proj", "visual.caption_proj", "logit_scale", "logit_scale_caption"):
+        assert not torch.equal(before[name], after[name]), name
+
+
+def test_logit_scales_are_clamped_to_ln_100(tiny_model):
+    trainer = make_trainer(tiny_model, text_type="caption", lr=0.5, warmup=1)
+    with torch.no_grad():
+        trainer.model.logit_scale_caption.fill_(7.0)
+        trainer.model.logit_scale.fill_(-1.0)
+    trainer.train_step(0, [batch(trainer)])
+    assert trainer.model.logit_scale_caption.item() <= math.log(100) + 1e-6
+    assert trainer.model.logit_scale.item() == 0.0
+
+
+@pytest.mark.parametrize("option", [{"accum_freq": 2}, {"grad_checkpointing": True}])
+def test_accumulation_and_checkpointing_give_the_plain_step(tiny_model, option):
+    """Accumulating two halves (cached features as negatives) equals one step on the whole batch."""
+    plain = make_trainer(tiny_model, text_type="taxon")
+    whole = batch(plain, n=12)
+    plain.train_step(0, [whole])
+    other = make_trainer(tiny_model, text_type="taxon", **option)
+    if option.get("accum_freq") == 2:
+        halves = [{k: v[:6] for k, v in whole.items()}, {k: v[6:] for k, v in whole.items()}]
+        other.train_step(0, halves)
+    else:
+        other.train_step(0, [whole])
+    # compare gradients: Adam's first step is ~lr * sign(grad), which would magnify float noise
+    for (name, a), b in zip(plain.model.named_parameters(), other.model.parameters()):
+        assert (a.grad is None) == (b.grad is None), name
+        if a.grad is not None:
+            assert torch.allclose(a.grad, b.grad, atol=1e-5, rtol=1e-4), name
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(base_args, monkeypatch):
+    calls = {"n": 0}
+    real = Trainer._losses
+
+    def poisoned(self, *args, **kwargs):
+        calls["n"] += 1
+        losses = real(self, *args, **kwargs)
+        if calls["n"] > 3:
+            losses["loss"] = losses["loss"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(Trainer, "_losses", poisoned)
+    cfg = TrainConfig(**{**base_args, "save_every_n_steps": 2, "keep_checkpoints": 0})
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at step 3 .*last good checkpoint: .*step_00000002\.pt"):
+        train(cfg)
+    ckpts = sorted(p.name for p in (cfg.run_dir / "checkpoints").glob("*.pt"))
+    assert ckpts == ["step_00000002.pt"]
+    state = read_checkpoint(cfg.run_dir / "checkpoints" / ckpts[0])["state_dict"]
+    assert all(torch.isfinite(v).all() for v in state.values())
+    last = json.loads((cfg.run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["kind"] == "diverged"
+
+
+def test_a_run_logs_validates_and_keeps_the_last_checkpoints(base_args, toy):
+    cfg = TrainConfig(**{**base_args, "val_data": str(toy / "val" / "shard-000000.tar"), "save_every_n_steps": 2,
+                         "keep_checkpoints": 2, "zeroshot_data": str(toy / "zeroshot" / "metadata.csv"),
+                         "zeroshot_label_type": "asis", "zeroshot_templates": 2})
+    result = train(cfg)
+    assert result.step == 10 and result.checkpoint.name == "step_00000010.pt"
+    assert sorted(p.name for p in (cfg.run_dir / "checkpoints").iterdir()) == ["step_00000008.pt",
+                                                                               "step_00000010.pt"]
+    records = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    kinds = {r["kind"] for r in records}
+    assert {"train", "val", "zeroshot", "data", "checkpoint"} <= kinds
+    trains = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in trains] == list(range(1, 11))
+    for key in ("loss", "lr", "text_type", "scale_tax", "scale_caption", "share_tax", "share_caption",
+                "samples_per_s", "data_wait_s"):
+        assert key in trains[-1], key
+    assert trains[-1]["share_tax"] + trains[-1]["share_caption"] == pytest.approx(1.0)
+    assert max(r["scale_tax"] for r in trains) <= 100.0 + 1e-4
+    val = [r for r in records if r["kind"] == "val"]
+    assert len(val) == 2 and all(v["loss_tax"] > 0 and v["loss_caption"] > 0 and v["samples"] == 32 for v in val)
+    assert set(result.zeroshot) == {"before", "after"} and result.chance == 1 / 16
+    ckpt = read_checkpoint(result.checkpoint)  # weights_only: plain containers only
+    assert ckpt["step"] == 10 and ckpt["config"]["batch_size"] == 16 and "optimizer" in ckpt
+    model = load_model(ckpt["model_cfg"], result.checkpoint)
+    assert torch.equal(model.visual.caption_proj, ckpt["state_dict"]["visual.caption_proj"])
+
+
+def test_an_existing_run_needs_resume_or_a_new_name(base_args):
+    train(TrainConfig(**{**base_args, "steps": 2}))
+    with pytest.raises(FileExistsError, match="--resume latest"):
+        train(TrainConfig(**{**base_args, "steps": 2}))
+
+
+def test_asking_for_a_missing_logger_is_a_clear_error(base_args):
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+        pytest.skip("tensorboard is installed")
+    except ImportError:
+        pass
+    with pytest.raises(RuntimeError, match=r"biocap-train\[tensorboard\]"):
+        train(TrainConfig(**{**base_args, "report_to": "tensorboard", "steps": 1}))
