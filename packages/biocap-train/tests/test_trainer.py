@@ -154,3 +154,14 @@ def test_asking_for_a_missing_logger_is_a_clear_error(base_args):
         pass
     with pytest.raises(RuntimeError, match=r"biocap-train\[tensorboard\]"):
         train(TrainConfig(**{**base_args, "report_to": "tensorboard", "steps": 1}))
+
+
+@pytest.mark.parametrize("precision", ["amp", "amp_bf16", "bf16"])
+def test_mixed_and_low_precision_steps_train(tiny_model, precision):
+    trainer = make_trainer(tiny_model, precision=precision, text_type="taxon")
+    before = params(trainer)
+    losses = [trainer.train_step(step, [batch(trainer, seed=step % 2)])["loss"] for step in range(3)]
+    after = params(trainer)
+    assert all(math.isfinite(x) for x in losses)
+    assert not torch.equal(before["visual.proj"], after["visual.proj"])
+    assert 0 <= trainer.model.logit_scale.item() <= math.log(100)
