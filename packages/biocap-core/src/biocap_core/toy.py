@@ -58,6 +58,14 @@ BACKGROUNDS = {"pale": (215, 210, 195), "dark": (60, 62, 58)}
 TILTS = ("upright", "leaning left", "leaning right")
 SUPERCATEGORIES = ("Appearance", "Behavior", "Context", "Species")
 
+#: A tiny OpenCLIP CLIP config (2-layer towers of width 64, 32 px images) for tests and
+#: examples on the toy data: random init, CPU speed.
+TINY_MODEL_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
 _RANK_SUFFIX = {
     "kingdom": ("ia", "ae"),
     "phylum": ("ota", "phyta"),
