@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from biocap_core.checkpoints import read_checkpoint
 
@@ -54,3 +55,21 @@ def test_the_cli_under_torchrun_splits_data_and_checkpoints_every_rank_position(
     assert all(state["microbatches"] == 4 for state in ckpt["data_state"])
     keys = [line for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines() if '"train"' in line]
     assert len(keys) == 4
+
+
+def test_slurm_variables_give_the_ranks_without_torchrun(monkeypatch):
+    from biocap_train.distributed import _env_ranks
+
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    monkeypatch.setenv("SLURM_PROCID", "5")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    with pytest.raises(RuntimeError, match=r"8 tasks but \['MASTER_ADDR', 'MASTER_PORT'\] unset"):
+        _env_ranks()
+    monkeypatch.setenv("MASTER_ADDR", "node001")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    assert _env_ranks() == (5, 8, 1)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun inside an allocation wins
+    monkeypatch.setenv("RANK", "1")
+    assert _env_ranks() == (1, 2, 0)
