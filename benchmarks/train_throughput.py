@@ -9,8 +9,9 @@
    (warm-up). Prints both figures and ours/OpenCLIP.
 2. Loader: samples/s of biocap-train's data stream on TreeOfLife-size JPEGs (toy images
    rendered at 512 and 1024 px) with and without PIL draft decoding, for a 224 px crop.
-3. On a CUDA machine: ViT-B-16, bf16 autocast, one GPU, synthetic batches: samples/s and
-   model FLOPs utilisation (FLOPs counted by torch.utils.flop_counter for one step).
+3. On a CUDA machine: ViT-B-16, one GPU, synthetic batches, bf16 autocast and pure bf16, eager
+   and torch.compile: samples/s and model FLOPs utilisation (FLOPs counted by
+   torch.utils.flop_counter for one step; writes gpu.json in the work folder).
 
 Prints figures only; nothing here is a test.
 """
@@ -137,38 +138,78 @@ def loader_comparison(root: Path, sizes=(512, 1024), n_images=128) -> None:
               f"draft decode {rates[224]:.1f} samples/s ({rates[224] / rates[None]:.2f}x)", flush=True)
 
 
-def gpu_benchmark(steps: int = 30, batch: int = 256) -> None:
+GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
+# (batch, precision, torchcompile): eager first, so a figure is printed before any compile starts
+GPU_CONFIGS = [(256, "amp_bf16", False), (512, "amp_bf16", False), (512, "amp_bf16", True),
+               (512, "bf16", True)]
+
+
+def gpu_benchmark(device: str = "cuda", model: str = "ViT-B-16", configs=GPU_CONFIGS, steps: int = 30,
+                  warmup: int = 5, budget_s: float = 420.0) -> list[dict]:
+    """Samples/s and MFU of :meth:`Trainer.train_step` on synthetic batches, one line per config.
+
+    FLOPs are counted eagerly, per batch size, by torch.utils.flop_counter over a whole step
+    (forward and backward; attention included) and reused for the compiled runs, which do the
+    same arithmetic. Configs that would start after ``budget_s`` are skipped, so a lease is
+    never overrun by a slow compile."""
     import torch
     from biocap_train import TrainConfig
     from biocap_train.distributed import DistInfo
     from biocap_train.trainer import Trainer
     from torch.utils.flop_counter import FlopCounterMode
 
-    name = torch.cuda.get_device_name()
-    peaks = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
-    peak = next((v for k, v in peaks.items() if k in name), None)
-    cfg = TrainConfig(model="ViT-B-16", precision="amp_bf16", text_type=TEXT_TYPE, lr=1e-4, warmup=10,
-                      progress=False, grad_checkpointing=False)
-    trainer = Trainer(cfg, DistInfo(device=torch.device("cuda")), total_steps=steps + 5)
-    images = torch.randn(batch, 3, 224, 224, device="cuda")
-    texts = torch.randint(1, 49000, (batch, 77), device="cuda")
-    micro = [{"image": images, "text": texts}]
-    with FlopCounterMode(display=False) as counter:
-        trainer.train_step(0, micro)
-    flops_per_step = counter.get_total_flops()
-    for step in range(1, 5):
-        trainer.train_step(step, micro)
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for step in range(5, 5 + steps):
-        trainer.train_step(step, micro)
-    torch.cuda.synchronize()
-    seconds = (time.perf_counter() - start) / steps
-    line = (f"GPU ({name}): ViT-B-16, amp_bf16, batch {batch}, synthetic data: {batch / seconds:.0f} samples/s, "
-            f"{flops_per_step / 1e12:.2f} TFLOP/step")
-    if peak:
-        line += f", MFU {100 * flops_per_step / seconds / peak:.1f}% of {peak / 1e12:.0f} TFLOP/s bf16 peak"
-    print(line, flush=True)
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    name = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"
+    peak = next((v for k, v in GPU_PEAK_BF16.items() if k in name), None)
+    def setup(batch: int, precision: str, compiled: bool) -> tuple[Trainer, list[dict]]:
+        torch._dynamo.reset()
+        cfg = TrainConfig(model=model, precision=precision, text_type=TEXT_TYPE, lr=1e-4, warmup=10,
+                          progress=False, grad_checkpointing=False, torchcompile=compiled)
+        trainer = Trainer(cfg, DistInfo(device=dev), total_steps=steps + warmup + 1)
+        ctx, size = trainer.model.context_length, trainer.model.visual.image_size
+        return trainer, [{"image": torch.randn(batch, 3, *size, device=dev),
+                          "text": torch.randint(1, trainer.model.vocab_size - 1, (batch, ctx), device=dev)}]
+
+    began, flops, results = time.perf_counter(), {}, []
+    for batch, precision, compiled in configs:
+        label = f"{model}, {precision}{' + torch.compile' if compiled else ''}, batch {batch}"
+        if time.perf_counter() - began > budget_s:
+            print(f"GPU ({name}): {label}: skipped (past the {budget_s:.0f} s budget)", flush=True)
+            continue
+        if batch not in flops:
+            trainer, micro = setup(batch, "amp_bf16", False)
+            with FlopCounterMode(display=False) as counter:
+                trainer.train_step(0, micro)
+            flops[batch] = counter.get_total_flops()
+        flops_per_sample = flops[batch] / batch
+        trainer, micro = setup(batch, precision, compiled)
+        t0 = time.perf_counter()
+        for step in range(1, 1 + warmup):
+            trainer.train_step(step, micro)
+        sync()
+        warm_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for step in range(1 + warmup, 1 + warmup + steps):
+            trainer.train_step(step, micro)
+        sync()
+        seconds = (time.perf_counter() - t0) / steps
+        rate = batch / seconds
+        row = {"device": name, "model": model, "batch": batch, "precision": precision, "torchcompile": compiled,
+               "samples_per_s": rate, "tflop_per_sample": flops_per_sample / 1e12, "warmup_s": warm_s,
+               "mfu": flops_per_sample * rate / peak if peak else None,
+               "max_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None}
+        results.append(row)
+        line = (f"GPU ({name}): {label}, synthetic data: {rate:.0f} samples/s, "
+                f"{flops_per_sample * batch / 1e12:.2f} TFLOP/step, warm-up {warm_s:.0f} s")
+        if peak:
+            line += f", MFU {100 * row['mfu']:.1f}% of {peak / 1e12:.0f} TFLOP/s bf16 peak"
+        print(line, flush=True)
+        del trainer, micro
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+    return results
 
 
 def main() -> None:
@@ -177,6 +218,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="work folder (default: a temp folder)")
     parser.add_argument("--threads", default="1", help="OMP_NUM_THREADS for both trainers ('' = unset)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["trainer", "loader", "gpu"])
+    parser.add_argument("--gpu-budget-s", type=float, default=420.0,
+                        help="start no further GPU config after this many seconds")
     args = parser.parse_args()
     root = args.out or Path(tempfile.mkdtemp(prefix="biocap-bench-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -189,7 +232,8 @@ def main() -> None:
         import torch
 
         if torch.cuda.is_available():
-            gpu_benchmark()
+            results = gpu_benchmark(budget_s=args.gpu_budget_s)
+            (root / "gpu.json").write_text(json.dumps(results, indent=1))
         else:
             print("GPU: no CUDA device here; the ViT-B-16 bf16 samples/s and MFU figures need one")
 
