@@ -138,7 +138,8 @@ def loader_comparison(root: Path, sizes=(512, 1024), n_images=128) -> None:
               f"draft decode {rates[224]:.1f} samples/s ({rates[224] / rates[None]:.2f}x)", flush=True)
 
 
-GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
+# dense bf16 peaks from the datasheets; the first name contained in the device's name wins
+GPU_PEAK_BF16 = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
 # (batch, precision, torchcompile): eager first, so a figure is printed before any compile starts
 GPU_CONFIGS = [(256, "amp_bf16", False), (512, "amp_bf16", False), (512, "amp_bf16", True),
                (512, "bf16", True)]
@@ -162,6 +163,7 @@ def gpu_benchmark(device: str = "cuda", model: str = "ViT-B-16", configs=GPU_CON
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     name = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"
     peak = next((v for k, v in GPU_PEAK_BF16.items() if k in name), None)
+
     def setup(batch: int, precision: str, compiled: bool) -> tuple[Trainer, list[dict]]:
         torch._dynamo.reset()
         cfg = TrainConfig(model=model, precision=precision, text_type=TEXT_TYPE, lr=1e-4, warmup=10,
