@@ -107,8 +107,8 @@ def loader_comparison(root: Path, sizes=(512, 1024), n_images=128) -> None:
     import open_clip
     import torch
     from biocap_core.preprocess import image_transform
-    from biocap_core.toy import ToyConfig, generate
     from biocap_core.shards import expand_sources
+    from biocap_core.toy import ToyConfig, generate
     from biocap_train.data import StreamSpec, TrainStream, loader
 
     torch.set_num_threads(1)  # as inside a DataLoader worker

@@ -35,7 +35,7 @@ import torch
 import webdataset as wds
 from biocap_core.errors import ShardError
 from biocap_core.preprocess import decode_image
-from biocap_core.shards import expand_sources, iter_samples, member_key
+from biocap_core.shards import iter_samples, member_key
 from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.filters import _shuffle
 
