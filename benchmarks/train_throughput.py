@@ -70,8 +70,8 @@ def run_ours(shards: str, logs: Path, name: str, env: dict) -> float:
 
 
 _OPEN_CLIP_MAIN = (
-    "import sys, open_clip, biocap_train, pathlib;"
-    "open_clip.add_model_config(pathlib.Path(biocap_train.__file__).parent / 'model_configs');"
+    "import sys, open_clip, biocap_core.model;"
+    "open_clip.add_model_config(biocap_core.model.MODEL_CONFIG_DIR);"
     "from open_clip_train.main import main; main(sys.argv[1:])"
 )
 

@@ -87,3 +87,26 @@ def test_pure_bf16_casts_both_heads(tiny_cfg):
     with torch.no_grad():
         feats = model.encode_image_heads(images.to(torch.bfloat16))
     assert all(f.dtype == torch.bfloat16 and torch.isfinite(f).all() for f in feats.values())
+
+
+def test_toolkit_model_names_resolve_without_side_effects():
+    """`BioCAP-toy` is a core name: a fresh interpreter resolves it without importing any app."""
+    import subprocess
+    import sys
+
+    code = ("import sys, open_clip; from biocap_core.model import resolve_config, toolkit_models;"
+            "cfg = resolve_config('BioCAP-toy');"
+            "assert 'BioCAP-toy' in toolkit_models();"
+            "assert open_clip.get_model_config('BioCAP-toy') is None, 'import registered configs globally';"
+            "assert not any(m.startswith('biocap_train') for m in sys.modules);"
+            "print(cfg['embed_dim'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "64"
+
+
+def test_unknown_model_error_lists_toolkit_models():
+    import pytest
+    from biocap_core.model import resolve_config
+
+    with pytest.raises(ValueError, match="BioCAP-toy"):
+        resolve_config("no-such-model")

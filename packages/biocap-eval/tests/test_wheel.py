@@ -36,7 +36,7 @@ def sh(*args, cwd: Path, env: dict | None = None) -> str:
     return done.stdout
 
 
-def test_wheels_install_alone_and_run_the_toy_benchmarks(tmp_path, toy_dir, tiny_json):
+def test_wheels_install_alone_and_run_the_toy_benchmarks(tmp_path, toy_dir):
     wheels = tmp_path / "wheels"
     for package in ("biocap-core", "biocap-eval"):
         sh(uv(), "build", "--package", package, "--wheel", "--out-dir", wheels, "-q", cwd=REPO)
@@ -60,10 +60,10 @@ def test_wheels_install_alone_and_run_the_toy_benchmarks(tmp_path, toy_dir, tiny
     assert not set(FORBIDDEN) & set(installed)
     assert "datasets" not in installed  # the [hf] extra stays optional
 
-    out = tmp_path / "results"
-    log = sh(venv / "bin" / "biocap-eval", "run", "--model", tiny_json, "--data-root", toy_dir, "--benchmarks",
+    out = tmp_path / "results"  # a core model name: resolves with eval installed alone
+    log = sh(venv / "bin" / "biocap-eval", "run", "--model", "BioCAP-toy", "--data-root", toy_dir, "--benchmarks",
              "toy", "--out", out, "--workers", "0", "--quiet", cwd=tmp_path, env=env)
-    results = {p.stem: json.loads(p.read_text()) for p in (out / "tiny").glob("*.json")}
+    results = {p.stem: json.loads(p.read_text()) for p in (out / "BioCAP-toy").glob("*.json")}
     assert sorted(results) == ["toy-inquire", "toy-retrieval", "toy-zeroshot", "toy-zeroshot-asis"], log
     assert str(venv) in sh(python, "-c", "import biocap_eval; print(biocap_eval.__file__)", cwd=tmp_path, env=env)
     assert results["toy-inquire"]["versions"]["biocap-eval"] == "0.1.0"

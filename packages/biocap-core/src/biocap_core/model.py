@@ -138,18 +138,35 @@ class BioCAP(open_clip.CLIP):
         return (size, size) if isinstance(size, int) else tuple(size)
 
 
+#: The toolkit's own architectures (``BioCAP-toy``): one JSON file each, named like OpenCLIP's.
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+
+
+def toolkit_models() -> list[str]:
+    """Names of the toolkit's own model configs, usable wherever an OpenCLIP name is."""
+    return sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.json"))
+
+
 def resolve_config(arch: str | Mapping[str, Any]) -> dict[str, Any]:
-    """An OpenCLIP model config from a built-in name, ``hf-hub:``/``local-dir:`` name, JSON file or dict."""
+    """An OpenCLIP model config from a toolkit or OpenCLIP name, ``hf-hub:``/``local-dir:`` name,
+    JSON file or dict.
+
+    Toolkit names are looked up here rather than registered into OpenCLIP's global registry, so
+    no import has side effects and every app resolves the same names.
+    """
+    own = MODEL_CONFIG_DIR / f"{arch}.json" if isinstance(arch, str) else None
     if isinstance(arch, Mapping):
         cfg = copy.deepcopy(dict(arch))
+    elif own is not None and own.is_file():
+        cfg = json.loads(own.read_text())
     elif str(arch).endswith(".json") and Path(arch).is_file():
         cfg = json.loads(Path(arch).read_text())
     else:
         cfg = open_clip.get_model_config(str(arch))
         if cfg is None:
             raise ValueError(
-                f"unknown model {arch!r}: not an OpenCLIP architecture, hf-hub:/local-dir: name or JSON "
-                f"config file (see open_clip.list_models())"
+                f"unknown model {arch!r}: not a toolkit model ({', '.join(toolkit_models())}), an OpenCLIP "
+                f"architecture (see open_clip.list_models()), hf-hub:/local-dir: name or JSON config file"
             )
     cfg = cfg.get("model_cfg", cfg)
     if "hf_model_name" in cfg.get("text_cfg", {}) or cfg.get("custom_text"):

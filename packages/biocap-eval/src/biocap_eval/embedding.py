@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from biocap_core.preprocess import decode_image, image_transform, short_side
 from biocap_core.zeroshot import ImageFiles, classifier_weights, encode_images
 
-from biocap_eval.cache import EmbeddingCache, file_key, model_fingerprint
+from biocap_core.embedding_cache import EmbeddingCache, file_key, model_fingerprint
 
 
 class HFImages(Dataset):

@@ -9,14 +9,8 @@ Python API::
 """
 
 from importlib.metadata import version as _version
-from pathlib import Path as _Path
-
-import open_clip as _open_clip
 
 __version__ = _version("biocap-train")
-
-# Our small architectures (BioCAP-toy) become OpenCLIP model names, usable as --model.
-_open_clip.add_model_config(_Path(__file__).parent / "model_configs")
 
 from biocap_train.config import TrainConfig
 from biocap_train.trainer import TrainingDiverged, TrainResult, train
