@@ -160,7 +160,7 @@ def test_inquire_supercategories_come_from_the_candidates_without_a_queries_file
         toy_dir / "inquire" / "plain.csv")
     plain = inquire.evaluate(bench(tmp_path, task="inquire", candidates="inquire/plain.csv", images="inquire"),
                              toy_dir, enc, Settings())
-    assert set(plain.metrics) == {"ap", "ndcg", "mrr"} and plain.counts["queries_without_supercategory"] == 8
+    assert set(plain.metrics) == {"ap", "ndcg", "mrr", "precision", "recall"} and plain.counts["queries_without_supercategory"] == 8
     assert plain.metrics["ap"] == pytest.approx(with_column.metrics["ap"])
 
 

@@ -184,7 +184,8 @@ def evaluate(bench: Benchmark, data_root: Path, enc: Encoder, settings: Settings
         scores = (images[image_index[rows]] @ text).numpy()
         m = rerank_metrics(relevant[rows], scores, settings.inquire_k)
         per_query.append({"query": q, "supercategory": cands.supercategory.get(q), "candidates": m.n_candidates,
-                          "relevant": m.n_relevant, "ap": 100 * m.ap, "ndcg": 100 * m.ndcg, "mrr": m.mrr})
+                          "relevant": m.n_relevant, "ap": 100 * m.ap, "ndcg": 100 * m.ndcg, "mrr": m.mrr,
+                          "precision": 100 * m.precision, "recall": 100 * m.recall})
     metrics = _means(per_query, "")
     groups = sorted({r["supercategory"] for r in per_query if r["supercategory"]})
     for g in groups:
@@ -200,4 +201,4 @@ def evaluate(bench: Benchmark, data_root: Path, enc: Encoder, settings: Settings
 
 
 def _means(rows: list[dict], suffix: str) -> dict[str, float]:
-    return {f"{m}{suffix}": float(np.mean([r[m] for r in rows])) for m in ("ap", "ndcg", "mrr")}
+    return {f"{m}{suffix}": float(np.mean([r[m] for r in rows])) for m in ("ap", "ndcg", "mrr", "precision", "recall")}
