@@ -165,8 +165,10 @@ def run(
         write_result(path, spec, bench, settings, result, enc, options, seconds, enc.encoded - encoded_before)
         summary.paths[bench.name] = path
         shown = ", ".join(f"{k} {v:.2f}" for k, v in list(result.metrics.items())[:4])
+        unreadable = result.counts.get("unreadable", 0)
+        skipped = f", {unreadable} undecodable image(s) skipped, named in the result" if unreadable else ""
         log(f"{spec.label} / {bench.name}: {shown} ({seconds:.1f} s, {enc.encoded - encoded_before} images "
-            f"encoded) -> {path}")
+            f"encoded{skipped}) -> {path}")
     return summary
 
 
