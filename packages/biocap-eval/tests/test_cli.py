@@ -162,3 +162,15 @@ def test_an_undecodable_image_fails_only_its_benchmark_with_strict_and_is_skippe
     assert doc["counts"]["unreadable"] == 1 and doc["counts"]["pairs"] == 23
     assert list(doc["details"]["unreadable"]) == [str(broken)]
 
+
+def test_an_unwritable_cache_is_warned_about_once_and_the_run_goes_on(toy_dir, tiny_model, tmp_path, caplog):
+    reg = load_registry()
+    blocked = tmp_path / "cache"
+    blocked.write_text("a file where the cache folder should be")
+    options = RunOptions(data_root=toy_dir, out_dir=tmp_path / "out", cache_dir=blocked)
+    summary = run(ModelSpec("tiny", name="tiny"), [reg["toy-retrieval"], reg["toy-zeroshot"]], Settings(), options,
+                  log=lambda _: None, model=tiny_model)
+    assert sorted(summary.paths) == ["toy-retrieval", "toy-zeroshot"] and not summary.failed
+    warnings = [r.getMessage() for r in caplog.records if "cache" in r.getMessage()]
+    assert len(warnings) == 1 and str(blocked) in warnings[0] and "Not a directory" in warnings[0]
+

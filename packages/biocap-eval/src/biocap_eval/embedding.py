@@ -9,6 +9,7 @@ An image that cannot be decoded (a truncated JPEG, an HTML error page saved as
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -17,12 +18,15 @@ from typing import Callable, Sequence
 
 import torch
 from PIL import Image
+from safetensors import SafetensorError
 from torch.utils.data import Dataset
 
 from biocap_core.preprocess import decode_image, image_transform, short_side
 from biocap_core.zeroshot import classifier_weights, encode_images
 
 from biocap_eval.cache import EmbeddingCache, file_key, model_fingerprint
+
+log = logging.getLogger("biocap_eval")
 
 
 class Images(Dataset):
@@ -108,7 +112,9 @@ class ImageEmbeddings:
 class Encoder:
     """A loaded model with the settings every task encodes with.
 
-    ``cache_dir`` None turns the embedding cache off.
+    ``cache_dir`` None turns the embedding cache off. The cache only saves time,
+    so a cache that cannot be written (read-only, disk full) is warned about
+    once and then left alone for the rest of the run.
     """
 
     model: torch.nn.Module
@@ -124,6 +130,7 @@ class Encoder:
         self.transform = image_transform(self.model, train=False)
         self.draft_size = short_side(self.model.image_size)
         self.encoded = 0  # images run through the model (cache misses), for reports and tests
+        self.cache_writable = True
 
     @cached_property
     def fingerprint(self) -> str:
@@ -163,8 +170,20 @@ class Encoder:
             good = [j for j, bad in enumerate(failed) if not bad]
             self.encoded += len(good)
             if self.cache is not None:
-                self.cache.put([keys[missing[j]] for j in good], fresh[good])
+                self._store([keys[missing[j]] for j in good], fresh[good])
         return ImageEmbeddings(out, unreadable)
+
+    def _store(self, keys: list[str], embeddings: torch.Tensor) -> None:
+        """Add embeddings to the cache, or warn once that it cannot be written and stop trying."""
+        if not self.cache_writable:
+            return
+        try:
+            self.cache.put(keys, embeddings)
+        except (OSError, SafetensorError) as exc:  # safetensors reports I/O errors (disk full) as its own type
+            self.cache_writable = False
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            log.warning("warning: embedding cache %s cannot be written (%s); going on without it",
+                        self.cache.dir, reason)
 
     def encode(self, dataset: Dataset) -> torch.Tensor:
         """Run a dataset of preprocessed images through the model, batched; (N, D) float32 on the CPU."""
