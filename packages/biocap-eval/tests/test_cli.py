@@ -174,3 +174,12 @@ def test_an_unwritable_cache_is_warned_about_once_and_the_run_goes_on(toy_dir, t
     warnings = [r.getMessage() for r in caplog.records if "cache" in r.getMessage()]
     assert len(warnings) == 1 and str(blocked) in warnings[0] and "Not a directory" in warnings[0]
 
+
+def test_an_out_folder_that_cannot_be_made_is_one_line(toy_dir, tiny_json, tmp_path):
+    blocker = tmp_path / "plain-file"
+    blocker.write_text("")
+    result = invoke("run", "--model", tiny_json, "--data-root", toy_dir, "-b", "toy-retrieval",
+                    "--out", blocker / "results", "--workers", 0, "--quiet")
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert f"error: cannot create the results folder {blocker / 'results'}: {blocker} is a file" in result.output
+    assert "Traceback" not in result.output and "loading" not in result.output
