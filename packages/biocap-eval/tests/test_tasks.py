@@ -223,6 +223,10 @@ def test_undecodable_images_are_skipped_named_and_left_out_of_the_metrics(data_c
     assert "truncated" in got.details["unreadable"][str(broken)].lower()  # why, as PIL says it
     with pytest.raises(EvalError, match=r"broken.csv: 1 image\(s\) cannot be decoded; first: .*broken.jpg"):
         zeroshot.evaluate(b, data_copy, enc, Settings(strict=True))
+    table.head(1).with_columns(pl.lit("images/broken.jpg").alias("filepath")).write_csv(root / "only-broken.csv")
+    with pytest.raises(EvalError, match=r"only-broken.csv: no images to evaluate \(no image could be decoded\)"):
+        zeroshot.evaluate(bench(tmp_path, task="zeroshot", annotation="zeroshot/only-broken.csv",
+                                label_type="taxon_com"), data_copy, enc, Settings())
     # retrieval: an image that is not an image at all drops its pair
     pairs = retrieval.read(reg["toy-retrieval"], data_copy)
     pairs.paths[3].write_bytes(b"<html>404 not found</html>")

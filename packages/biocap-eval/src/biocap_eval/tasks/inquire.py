@@ -187,7 +187,7 @@ def evaluate(bench: Benchmark, data_root: Path, enc: Encoder, settings: Settings
         if cands.image[row] not in embedded.unreadable:
             by_query[q].append(row)
     if not by_query:
-        raise EvalError(f"{cands.source}: no candidates to evaluate (every image cannot be decoded)")
+        raise EvalError(f"{cands.source}: no candidates to evaluate (no image could be decoded)")
     names = list(by_query)
     texts = enc.texts(names)
     image_index = np.asarray(cands.image)

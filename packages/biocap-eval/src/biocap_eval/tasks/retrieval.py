@@ -77,7 +77,7 @@ def evaluate(bench: Benchmark, data_root: Path, enc: Encoder, settings: Settings
     keep, unreadable = readable(data_root / bench.annotation, embedded, pairs.paths, settings.strict)
     if not keep:
         raise EvalError(f"{data_root / bench.annotation}: no image-caption pairs to evaluate "
-                        "(every image cannot be decoded)")
+                        "(no image could be decoded)")
     captions = [pairs.captions[i] for i in keep]
     texts = enc.texts([text_of(c, settings.retrieval_prefix, settings.prefix_bug) for c in captions])
     similarity = embedded.vectors[keep] @ texts.T

@@ -68,7 +68,7 @@ def _classify(data: ClassificationSet, enc: Encoder, settings: Settings) -> Task
     embedded = enc.image_files(data.paths)
     keep, unreadable = readable(data.source, embedded, data.paths, settings.strict)
     if not keep:
-        raise EvalError(f"{data.source}: no images to evaluate (every image cannot be decoded)")
+        raise EvalError(f"{data.source}: no images to evaluate (no image could be decoded)")
     # The original multiplies by exp(logit_scale); a positive scale changes no ranking.
     logits = embedded.vectors[keep] @ enc.classifier(data.classnames, settings.templates)
     labels = torch.tensor([data.labels[i] for i in keep])
