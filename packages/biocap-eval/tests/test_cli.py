@@ -137,3 +137,49 @@ def test_templates_file(tmp_path, toy_dir, tiny_json):
     assert result.exit_code == 0, result.output
     doc = json.loads((tmp_path / "r" / "tiny" / "toy-zeroshot.json").read_text())
     assert doc["settings"]["templates"] == ["a photo of {}.", "itap of a {}."]
+
+
+def test_an_undecodable_image_fails_only_its_benchmark_with_strict_and_is_skipped_without(
+        toy_dir, tiny_json, tmp_path):
+    import shutil
+
+    data = shutil.copytree(toy_dir, tmp_path / "data")
+    broken = data / "retrieval" / "images" / "100000.jpg"
+    broken.write_bytes(broken.read_bytes()[:200])
+    out = tmp_path / "results"
+    base = ["run", "--model", tiny_json, "--data-root", data, "-b", "toy-retrieval,toy-zeroshot", "--out", out,
+            "--workers", 0, "--quiet"]
+    strict = invoke(*base, "--strict")
+    assert strict.exit_code == 1 and isinstance(strict.exception, SystemExit), strict.output
+    assert f"toy-retrieval: FAILED: {data / 'retrieval' / 'toy_retrieval.csv'}: 1 image(s) cannot be decoded; " \
+           f"first: {broken}" in strict.output
+    assert "1 benchmark(s) failed: toy-retrieval" in strict.output
+    assert (out / "tiny" / "toy-zeroshot.json").is_file()  # the benchmark after it still ran
+    lenient = invoke(*base)
+    assert lenient.exit_code == 0, lenient.output
+    assert "1 undecodable image(s) skipped, named in the result" in lenient.output
+    doc = json.loads((out / "tiny" / "toy-retrieval.json").read_text())
+    assert doc["counts"]["unreadable"] == 1 and doc["counts"]["pairs"] == 23
+    assert list(doc["details"]["unreadable"]) == [str(broken)]
+
+
+def test_an_unwritable_cache_is_warned_about_once_and_the_run_goes_on(toy_dir, tiny_model, tmp_path, caplog):
+    reg = load_registry()
+    blocked = tmp_path / "cache"
+    blocked.write_text("a file where the cache folder should be")
+    options = RunOptions(data_root=toy_dir, out_dir=tmp_path / "out", cache_dir=blocked)
+    summary = run(ModelSpec("tiny", name="tiny"), [reg["toy-retrieval"], reg["toy-zeroshot"]], Settings(), options,
+                  log=lambda _: None, model=tiny_model)
+    assert sorted(summary.paths) == ["toy-retrieval", "toy-zeroshot"] and not summary.failed
+    warnings = [r.getMessage() for r in caplog.records if "cache" in r.getMessage()]
+    assert len(warnings) == 1 and str(blocked) in warnings[0] and "Not a directory" in warnings[0]
+
+
+def test_an_out_folder_that_cannot_be_made_is_one_line(toy_dir, tiny_json, tmp_path):
+    blocker = tmp_path / "plain-file"
+    blocker.write_text("")
+    result = invoke("run", "--model", tiny_json, "--data-root", toy_dir, "-b", "toy-retrieval",
+                    "--out", blocker / "results", "--workers", 0, "--quiet")
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert f"error: cannot create the results folder {blocker / 'results'}: {blocker} is a file" in result.output
+    assert "Traceback" not in result.output and "loading" not in result.output

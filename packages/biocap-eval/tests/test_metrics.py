@@ -11,17 +11,32 @@ from biocap_eval.metrics import average_precision, ndcg, recall_at_k, reciprocal
 
 
 def inquire_reference(y_true: np.ndarray, y_pred: np.ndarray, count_pos: int, k: int):
-    """INQUIRE's src/metrics.py, written out with scikit-learn, on a list already cut to the top k."""
-    in_list = int(y_true[:k].sum())
-    ap = average_precision_score(y_true[:k], y_pred[:k]) * in_list / min(count_pos, k) if in_list else 0.0
+    """INQUIRE's src/metrics.py restated with scikit-learn: ap_at_k, ndcg_at_k and mrr called on a whole
+    list at k, precision and recall as compute_retrieval_metrics counts them over the top k.
+
+    The list must come sorted by score (ties in the order they should keep): INQUIRE's AP cuts by
+    position, and its mrr's unstable argsort would otherwise pick an arbitrary order among ties.
+    """
+    found = int(y_true[:k].sum())
+    ap = average_precision_score(y_true[:k], y_pred[:k]) * found / min(count_pos, k) if found else 0.0
     missed = count_pos - int(y_true.sum())
     if count_pos:
         nd = ndcg_score([y_true.tolist() + [1] * missed], [y_pred.tolist() + [-100] * missed], k=k)
     else:
         nd = 0.0
-    first = next((i for i, j in enumerate(np.argsort(-y_pred, kind="stable")) if y_true[j] == 1), None)
-    mrr = 0.0 if first is None else 1 / (first + 1)
-    return ap, nd, mrr
+    first = np.flatnonzero(y_true)
+    mrr = 1 / (first[0] + 1) if len(first) else 0.0
+    return {"ap": ap, "ndcg": nd, "mrr": mrr, "precision": found / k, "recall": found / count_pos if count_pos else 0.0}
+
+
+def by_score(relevant: np.ndarray, scores: np.ndarray):
+    order = np.argsort(-scores, kind="stable")
+    return relevant[order], scores[order]
+
+
+def assert_matches(got, expected: dict):
+    for name, value in expected.items():
+        assert getattr(got, name) == pytest.approx(value, abs=1e-12), name
 
 
 def random_lists(seed: int):
@@ -42,20 +57,47 @@ def random_lists(seed: int):
 def test_rerank_metrics_match_inquire_with_sklearn_on_all_candidates(seed):
     for relevant, scores in random_lists(seed):
         got = rerank_metrics(relevant, scores)
-        ap, nd, mrr = inquire_reference(relevant, scores, int(relevant.sum()), len(relevant))
-        assert got.ap == pytest.approx(ap, abs=1e-12)
-        assert got.ndcg == pytest.approx(nd, abs=1e-12)
-        assert got.mrr == pytest.approx(mrr, abs=1e-12)
+        assert_matches(got, inquire_reference(*by_score(relevant, scores), int(relevant.sum()), len(relevant)))
 
 
-def test_rerank_metrics_at_k_renormalise_and_pad_the_missed_positives():
-    for relevant, scores in random_lists(2):
-        k = max(2, len(relevant) // 3)
-        order = np.argsort(-scores, kind="stable")[:k]
-        ap, nd, mrr = inquire_reference(relevant[order], scores[order], int(relevant.sum()), k)
-        got = rerank_metrics(relevant, scores, k=k)
-        assert (got.ap, got.mrr) == (pytest.approx(ap, abs=1e-12), pytest.approx(mrr, abs=1e-12))
-        assert got.ndcg == pytest.approx(nd, abs=1e-12)
+@pytest.mark.parametrize("seed", [2, 3])
+def test_rerank_metrics_at_k_match_inquire_with_sklearn(seed):
+    """k below and above the list length, count_pos at and above the list's positives, ties across the cut."""
+    rng = np.random.default_rng(seed)
+    for relevant, scores in random_lists(seed):
+        n, in_list = len(relevant), int(relevant.sum())
+        for k in (1, max(2, n // 3), n, n + 7):
+            for count_pos in (in_list, in_list + int(rng.integers(1, 60))):
+                got = rerank_metrics(relevant, scores, k=k, count_pos=count_pos)
+                assert_matches(got, inquire_reference(*by_score(relevant, scores), count_pos, k))
+                assert got.n_relevant == count_pos
+
+
+def test_mrr_ranks_the_whole_list_whatever_k():
+    relevant = np.zeros(50, dtype=int)
+    relevant[35] = 1
+    scores = -np.arange(50.0)  # candidate i ranks i + 1
+    assert rerank_metrics(relevant, scores, k=10).mrr == pytest.approx(1 / 36)
+
+
+def test_ndcg_at_k_averages_tied_gains_across_the_cut():
+    # the positive ties with a negative at ranks 2-3; the cut at 2 keeps half of the group's gain
+    relevant, scores = np.array([0, 0, 1]), np.array([0.9, 0.5, 0.5])
+    got = rerank_metrics(relevant, scores, k=2)
+    assert got.ndcg == pytest.approx(ndcg_score([relevant], [scores], k=2)) == pytest.approx(0.5 / np.log2(3))
+    assert (got.precision, got.recall) == (0.0, 0.0)  # the stable order puts the negative first
+
+
+def test_k_above_the_list_keeps_k_in_the_normaliser_and_the_missing_positives():
+    # 4 candidates, 2 positive, 6 positives exist (as in a full ranking), k = 10
+    relevant, scores = np.array([1, 0, 1, 0]), np.array([0.9, 0.8, 0.7, 0.1])
+    got = rerank_metrics(relevant, scores, k=10, count_pos=6)
+    assert got.ap == pytest.approx((1 + 2 / 3) / 6)
+    discount = 1 / np.log2(np.arange(8) + 2)
+    dcg = discount[0] + discount[2] + discount[4:8].sum()  # the 4 stand-ins rank 5-8, inside the top 10
+    ideal = discount[:6].sum()
+    assert got.ndcg == pytest.approx(dcg / ideal)
+    assert (got.precision, got.recall) == (pytest.approx(2 / 10), pytest.approx(2 / 6))
 
 
 def test_missed_positives_lower_ap_and_ndcg_by_hand():
@@ -66,6 +108,7 @@ def test_missed_positives_lower_ap_and_ndcg_by_hand():
     assert got.ndcg == pytest.approx(1 / (1 + 1 / np.log2(3)))
     assert got.mrr == 1.0
     assert rerank_metrics(relevant, scores).ap == pytest.approx((1 + 2 / 3) / 2)
+    assert (got.precision, got.recall) == (0.5, 0.5)
 
 
 def test_no_positive_gives_zero_and_count_below_the_list_is_refused():
@@ -74,6 +117,8 @@ def test_no_positive_gives_zero_and_count_below_the_list_is_refused():
     assert reciprocal_rank(np.zeros(3), np.ones(3)) == 0.0
     with pytest.raises(ValueError, match="count_pos=1"):
         average_precision(np.array([1, 1]), np.array([0.3, 0.2]), count_pos=1)
+    with pytest.raises(ValueError, match="k=0"):
+        rerank_metrics(np.array([1, 0]), np.array([0.3, 0.2]), k=0)
 
 
 def test_ties_share_a_threshold_in_ap_and_keep_input_order_in_mrr():

@@ -39,7 +39,7 @@ def test_zeroshot_matches_biocap_core_pieces(toy_dir, tiny_model):
     acc = topk_accuracy(logits, torch.tensor(data.labels), (1, 3, 5))
     assert result.metrics["top1"] == pytest.approx(100 * acc[1])
     assert result.metrics["top5"] == pytest.approx(100 * acc[5])
-    assert result.counts == {"images": 48, "classes": 12, "skipped": 0}
+    assert result.counts == {"images": 48, "classes": 12, "skipped": 0, "unreadable": 0}
     per_class = result.details["per_class"]
     assert [c["class"] for c in per_class] == data.classnames and sum(c["images"] for c in per_class) == 48
     assert result.metrics["mean_per_class_recall"] == pytest.approx(np.mean([c["top1_recall"] for c in per_class]))
@@ -91,7 +91,7 @@ def test_bad_zeroshot_input_names_file_column_and_rows(toy_dir, tiny_model, tmp_
         zeroshot.evaluate(gone, toy_dir, enc, Settings())
     kept = zeroshot.evaluate(gone, toy_dir, enc, Settings(skip_missing=True))
     # the class of the skipped image stays a candidate: the label set is the annotation's
-    assert kept.counts == {"images": 48, "classes": 13, "skipped": 1}
+    assert kept.counts == {"images": 48, "classes": 13, "skipped": 1, "unreadable": 0}
     assert kept.details["skipped_first"][0].endswith("images/gone.jpg")
 
 
@@ -109,7 +109,7 @@ def test_retrieval_recall_and_the_prefix(toy_dir, tiny_model):
     sim = encode_images(tiny_model, pairs.paths) @ texts.T
     assert fixed.metrics["i2t_R@5"] == pytest.approx(100 * recall_at_k(sim, (5,))[5], abs=1e-4)
     assert fixed.metrics["t2i_R@1"] == pytest.approx(100 * recall_at_k(sim.T, (1,))[1], abs=1e-4)
-    assert fixed.counts == {"pairs": 24, "distinct_captions": 12, "skipped": 0}
+    assert fixed.counts == {"pairs": 24, "distinct_captions": 12, "skipped": 0, "unreadable": 0}
 
 
 def test_retrieval_missing_images_and_empty_table(toy_dir, tiny_model, tmp_path):
@@ -160,7 +160,8 @@ def test_inquire_supercategories_come_from_the_candidates_without_a_queries_file
         toy_dir / "inquire" / "plain.csv")
     plain = inquire.evaluate(bench(tmp_path, task="inquire", candidates="inquire/plain.csv", images="inquire"),
                              toy_dir, enc, Settings())
-    assert set(plain.metrics) == {"ap", "ndcg", "mrr"} and plain.counts["queries_without_supercategory"] == 8
+    assert set(plain.metrics) == {"ap", "ndcg", "mrr", "precision", "recall"}
+    assert plain.counts["queries_without_supercategory"] == 8
     assert plain.metrics["ap"] == pytest.approx(with_column.metrics["ap"])
 
 
@@ -185,3 +186,78 @@ def test_inquire_from_a_hugging_face_dataset_matches_the_local_files(toy_dir, ti
     assert from_hub.counts["images"] == local.counts["images"] == enc.encoded
     inquire.evaluate(b, toy_dir, enc, Settings())
     assert enc.encoded == local.counts["images"]  # second run: every image from the cache
+
+
+def truncate(path, keep=0.5):
+    """Cut a JPEG short, as an interrupted download leaves it: the header still opens, decoding fails."""
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * keep)])
+
+
+@pytest.fixture
+def data_copy(toy_dir, tmp_path):
+    """A private copy of the toy data, so breaking images here leaves the shared one alone."""
+    import shutil
+
+    return shutil.copytree(toy_dir, tmp_path / "data")
+
+
+def test_undecodable_images_are_skipped_named_and_left_out_of_the_metrics(data_copy, tiny_model, tmp_path):
+    reg = load_registry()
+    enc = Encoder(tiny_model, workers=1)  # the flag must come back from a loader worker process
+    clean = {name: evaluate(tiny_model, [name], data_copy)[name]
+             for name in ("toy-zeroshot", "toy-retrieval", "toy-inquire")}
+    # zero-shot: one more row whose image is truncated
+    root = data_copy / "zeroshot"
+    table = pl.read_csv(root / "camera_trap.csv")
+    broken = root / "images" / "broken.jpg"
+    broken.write_bytes((root / table["filepath"][0]).read_bytes())
+    truncate(broken)
+    pl.concat([table, table.head(1).with_columns(pl.lit("images/broken.jpg").alias("filepath"))]
+              ).write_csv(root / "broken.csv")
+    b = bench(tmp_path, task="zeroshot", annotation="zeroshot/broken.csv", label_type="taxon_com")
+    got = zeroshot.evaluate(b, data_copy, enc, Settings())
+    assert got.counts == {"images": 48, "classes": 12, "skipped": 0, "unreadable": 1}
+    assert got.metrics == pytest.approx(clean["toy-zeroshot"].metrics)  # the sample is dropped, label and all
+    assert list(got.details["unreadable"]) == [str(broken)]
+    assert "truncated" in got.details["unreadable"][str(broken)].lower()  # why, as PIL says it
+    with pytest.raises(EvalError, match=r"broken.csv: 1 image\(s\) cannot be decoded; first: .*broken.jpg"):
+        zeroshot.evaluate(b, data_copy, enc, Settings(strict=True))
+    table.head(1).with_columns(pl.lit("images/broken.jpg").alias("filepath")).write_csv(root / "only-broken.csv")
+    with pytest.raises(EvalError, match=r"only-broken.csv: no images to evaluate \(no image could be decoded\)"):
+        zeroshot.evaluate(bench(tmp_path, task="zeroshot", annotation="zeroshot/only-broken.csv",
+                                label_type="taxon_com"), data_copy, enc, Settings())
+    # retrieval: an image that is not an image at all drops its pair
+    pairs = retrieval.read(reg["toy-retrieval"], data_copy)
+    pairs.paths[3].write_bytes(b"<html>404 not found</html>")
+    got = retrieval.evaluate(reg["toy-retrieval"], data_copy, enc, Settings())
+    assert got.counts["pairs"] == 23 and got.counts["unreadable"] == 1
+    assert list(got.details["unreadable"]) == [str(pairs.paths[3])]
+    kept = [i for i in range(24) if i != 3]
+    texts = enc.texts([f"a photo of {pairs.captions[i]}" for i in kept])
+    sim = encode_images(tiny_model, [pairs.paths[i] for i in kept]) @ texts.T
+    assert got.metrics["i2t_R@1"] == pytest.approx(100 * recall_at_k(sim, (1,))[1], abs=1e-4)
+    # INQUIRE: a truncated relevant candidate leaves its query's list and positives
+    rows = pl.read_parquet(data_copy / "inquire" / "rerank.parquet")
+    q = rows["query"][0]
+    extra = rows.filter(pl.col("query") == q).head(1).with_columns(
+        pl.lit("images/broken.jpg").alias("filepath"), pl.lit(1).cast(rows["relevant"].dtype).alias("relevant"))
+    broken_inquire = data_copy / "inquire" / "images" / "broken.jpg"
+    broken_inquire.write_bytes(broken.read_bytes())
+    pl.concat([rows, extra]).write_parquet(data_copy / "inquire" / "broken.parquet")
+    got = inquire.evaluate(bench(tmp_path, task="inquire", candidates="inquire/broken.parquet", images="inquire",
+                                 queries="inquire/queries.csv"), data_copy, enc, Settings())
+    assert got.metrics == pytest.approx(clean["toy-inquire"].metrics)
+    assert got.counts["unreadable"] == 1 and got.counts["candidates"] == rows.height
+    assert list(got.details["unreadable"]) == [str(broken_inquire)]
+
+
+def test_undecodable_images_are_not_cached(data_copy, tiny_model, tmp_path):
+    b = load_registry()["toy-retrieval"]
+    truncate(retrieval.read(b, data_copy).paths[0])
+    enc = Encoder(tiny_model, cache_dir=tmp_path / "cache")
+    first = retrieval.evaluate(b, data_copy, enc, Settings())
+    second = retrieval.evaluate(b, data_copy, enc, Settings())
+    assert first.counts["unreadable"] == second.counts["unreadable"] == 1  # tried again, not read from the cache
+    assert enc.encoded == 23 and len(enc.cache) == 23
+    assert second.metrics == first.metrics

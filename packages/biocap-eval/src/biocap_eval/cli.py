@@ -91,6 +91,8 @@ def run(
     prefix_bug: bool = typer.Option(False, "--prefix-bug",
                                     help="Join prefix and caption with no space, as the original did."),
     skip_missing: bool = typer.Option(False, "--skip-missing", help="Evaluate without missing images (counted)."),
+    strict: bool = typer.Option(False, "--strict", help="Fail a benchmark on an undecodable image instead of "
+                                                        "skipping it (skipped ones are counted and named)."),
     force: bool = typer.Option(False, "--force", help="Re-run benchmarks that have finished results."),
     batch_size: int = typer.Option(64, min=1),
     workers: int = typer.Option(min(4, os.cpu_count() or 1), min=0, help="Image decoding worker processes."),
@@ -119,7 +121,8 @@ def run(
         if precision not in PRECISIONS:
             raise typer.BadParameter(f"--precision must be one of {PRECISIONS}, not {precision!r}")
         settings = Settings(label_type=label_type, per_class=per_class, inquire_k=inquire_k,
-                            retrieval_prefix=retrieval_prefix, prefix_bug=prefix_bug, skip_missing=skip_missing)
+                            retrieval_prefix=retrieval_prefix, prefix_bug=prefix_bug, skip_missing=skip_missing,
+                            strict=strict)
         if templates is not None:
             settings = Settings(**{**settings.__dict__, "templates": read_templates(templates),
                                    "templates_source": str(templates.resolve())})

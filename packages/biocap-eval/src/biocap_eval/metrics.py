@@ -1,12 +1,19 @@
 """Ranking metrics, in numpy/torch so the package needs no scikit-learn at run time.
 
 INQUIRE's definitions (its ``src/metrics.py``) are reproduced exactly, ties
-included: AP is scikit-learn's ``average_precision_score`` over the top ``k``
-re-normalised by ``min(count_pos, k)``; nDCG is ``ndcg_score`` at ``k`` with
-the positives that missed the top ``k`` appended at the bottom; MRR is the
-reciprocal rank of the first positive. Where an order must be chosen among
-tied scores (MRR, the top-``k`` cut, recall), ties keep the input order, as a
-stable sort does.
+included, as INQUIRE's functions would score a whole candidate list at ``k``:
+AP is scikit-learn's ``average_precision_score`` over the top ``k``
+re-normalised by ``min(count_pos, k)``; nDCG is ``ndcg_score(k=k)`` over the
+whole list with the positives absent from it appended at the bottom; MRR is the
+reciprocal rank of the first positive in the whole list (INQUIRE's ``mrr`` has
+no ``k``); precision and recall count the positives in the top ``k``. Where an
+order must be chosen among tied scores (MRR, the top-``k`` cut of AP,
+precision and recall), ties keep the input order, as a stable sort does.
+
+One deliberate difference: INQUIRE's AP cuts its list at position ``k`` as
+given, which is the top ``k`` only when the list comes sorted by score (as its
+full-ranking lists do); here the top ``k`` is always taken by score, so the
+order candidates are stored in cannot change the number.
 """
 
 from __future__ import annotations
@@ -22,40 +29,48 @@ def descending(scores: np.ndarray) -> np.ndarray:
     return np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
 
 
-def average_precision(relevant: np.ndarray, scores: np.ndarray, count_pos: int | None = None) -> float:
-    """INQUIRE's AP of a ranked list: scikit-learn's AP (tied scores form one threshold),
-    times positives-in-list / ``min(count_pos, len(list))``; 0 when the list holds no positive."""
+def average_precision(relevant: np.ndarray, scores: np.ndarray, count_pos: int | None = None,
+                      k: int | None = None) -> float:
+    """INQUIRE's AP at ``k`` (default: the list length) of a scored list.
+
+    scikit-learn's AP over the top ``k`` by score (tied scores form one
+    threshold), times positives-in-top-``k`` / ``min(count_pos, k)``, so positives
+    below the cut or absent from the list lower it; 0 when the top ``k`` holds no
+    positive. ``k`` may exceed the list: the normaliser still uses ``k``, as
+    INQUIRE's does.
+    """
     relevant = np.asarray(relevant, dtype=np.float64)
     scores = np.asarray(scores, dtype=np.float64)
-    k = len(relevant)
+    k = _check_k(len(relevant), k)
     in_list = int(relevant.sum())
     count_pos = in_list if count_pos is None else count_pos
     _check_count(in_list, count_pos)
-    if in_list == 0:
+    top = descending(scores)[:k]
+    hits = np.cumsum(relevant[top])
+    if not len(top) or hits[-1] == 0:
         return 0.0
-    order = descending(scores)
-    hits = np.cumsum(relevant[order])
-    seen = np.arange(1, k + 1)
-    sorted_scores = scores[order]
+    seen = np.arange(1, len(top) + 1)
+    sorted_scores = scores[top]
     # the last position of each group of tied scores is one threshold
     last = np.r_[sorted_scores[1:] != sorted_scores[:-1], True]
     tp, n = hits[last], seen[last]
     gained = np.diff(np.r_[0.0, tp])
-    # sklearn's AP is sum(gained / in_list * precision); INQUIRE rescales by in_list / min(count_pos, k)
+    # sklearn's AP is sum(gained / found * precision); INQUIRE rescales by found / min(count_pos, k)
     return float((gained * tp / n).sum() / min(count_pos, k))
 
 
 def ndcg(relevant: np.ndarray, scores: np.ndarray, count_pos: int | None = None, k: int | None = None) -> float:
-    """INQUIRE's nDCG at ``k`` (default: the list length) of a ranked list.
+    """INQUIRE's nDCG at ``k`` (default: the list length) of a whole scored list.
 
     Positives counted in ``count_pos`` but absent from the list are appended with
     score -100, as INQUIRE does, so they raise the ideal DCG. Tied scores share
-    their positions' discounts (scikit-learn's tie-averaged DCG). 0 when there is
-    no positive at all.
+    their positions' discounts (scikit-learn's tie-averaged DCG), so a group of
+    ties straddling position ``k`` contributes the mean gain of the group to the
+    positions above the cut. 0 when there is no positive at all.
     """
     relevant = np.asarray(relevant, dtype=np.float64)
     scores = np.asarray(scores, dtype=np.float64)
-    k = len(relevant) if k is None else k
+    k = _check_k(len(relevant), k)
     in_list = int(relevant.sum())
     count_pos = in_list if count_pos is None else count_pos
     _check_count(in_list, count_pos)
@@ -77,13 +92,21 @@ def ndcg(relevant: np.ndarray, scores: np.ndarray, count_pos: int | None = None,
     return float((mean_gain * group_discount).sum() / ideal)
 
 
+def _check_k(n: int, k: int | None) -> int:
+    if k is None:
+        return n
+    if k < 1:
+        raise ValueError(f"k={k}: the rank cut-off must be at least 1")
+    return k
+
+
 def _check_count(in_list: int, count_pos: int) -> None:
     if count_pos < in_list:
         raise ValueError(f"count_pos={count_pos} is below the {in_list} positive(s) in the list")
 
 
 def reciprocal_rank(relevant: np.ndarray, scores: np.ndarray) -> float:
-    """1 / rank of the first positive after sorting by score (0 when none)."""
+    """1 / rank of the first positive after sorting the whole list by score (0 when none)."""
     ranked = np.asarray(relevant)[descending(scores)]
     first = np.flatnonzero(ranked)
     return 1.0 / (first[0] + 1) if len(first) else 0.0
@@ -96,26 +119,34 @@ class RerankScores:
     ap: float
     ndcg: float
     mrr: float
+    precision: float
+    recall: float
     n_candidates: int
     n_relevant: int
 
 
-def rerank_metrics(relevant: np.ndarray, scores: np.ndarray, k: int | None = None) -> RerankScores:
-    """INQUIRE-Rerank metrics of one query over its fixed candidates.
+def rerank_metrics(relevant: np.ndarray, scores: np.ndarray, k: int | None = None,
+                   count_pos: int | None = None) -> RerankScores:
+    """INQUIRE's metrics of one query's scored candidates at ``k`` (default: all of them).
 
-    The candidates are ranked by score and cut to the top ``k`` (default: all of
-    them, as the original script); every relevant candidate counts as a positive
-    (``count_pos``), so positives below the cut lower AP and nDCG.
+    ``count_pos`` is how many positives exist (default: the relevant candidates);
+    more than the list holds, as in INQUIRE's full ranking, lowers AP, nDCG and
+    recall for the positives the list never reached. Precision is the positives
+    in the top ``k`` over ``k``, even when the list is shorter (it counts as
+    padded with negatives, as AP's normaliser does). MRR ignores ``k``, as
+    INQUIRE's ``mrr`` does.
     """
     relevant = np.asarray(relevant)
     scores = np.asarray(scores)
-    k = len(relevant) if k is None else min(k, len(relevant))
-    top = descending(scores)[:k]
-    count_pos = int(relevant.sum())
+    k = _check_k(len(relevant), k)
+    count_pos = int(relevant.sum()) if count_pos is None else count_pos
+    found = int(np.asarray(relevant)[descending(scores)[:k]].sum())
     return RerankScores(
-        ap=average_precision(relevant[top], scores[top], count_pos),
-        ndcg=ndcg(relevant[top], scores[top], count_pos, k),
-        mrr=reciprocal_rank(relevant[top], scores[top]),
+        ap=average_precision(relevant, scores, count_pos, k),
+        ndcg=ndcg(relevant, scores, count_pos, k),
+        mrr=reciprocal_rank(relevant, scores),
+        precision=found / k,
+        recall=found / count_pos if count_pos else 0.0,
         n_candidates=len(relevant),
         n_relevant=count_pos,
     )

@@ -8,6 +8,7 @@ pairs are skipped (the model is not even loaded when all are), unless ``force``.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
 import sys
@@ -142,6 +143,7 @@ def run(
             todo.append((bench, path))
     if not todo:
         return summary
+    results_folder(options.out_dir)
     if model is None:
         from biocap_core.checkpoints import load_model
 
@@ -162,12 +164,30 @@ def run(
             log(f"{spec.label} / {bench.name}: FAILED: {exc}")
             continue
         seconds = time.perf_counter() - start
-        write_result(path, spec, bench, settings, result, enc, options, seconds, enc.encoded - encoded_before)
+        try:
+            write_result(path, spec, bench, settings, result, enc, options, seconds, enc.encoded - encoded_before)
+        except OSError as exc:  # e.g. the disk filled up since the results folder was checked
+            raise BioCAPError(f"cannot write the result {path}: {exc.strerror or exc}") from exc
         summary.paths[bench.name] = path
         shown = ", ".join(f"{k} {v:.2f}" for k, v in list(result.metrics.items())[:4])
+        unreadable = result.counts.get("unreadable", 0)
+        skipped = f", {unreadable} undecodable image(s) skipped, named in the result" if unreadable else ""
         log(f"{spec.label} / {bench.name}: {shown} ({seconds:.1f} s, {enc.encoded - encoded_before} images "
-            f"encoded) -> {path}")
+            f"encoded{skipped}) -> {path}")
     return summary
+
+
+def results_folder(path: Path) -> None:
+    """Make sure results can be written under ``path`` before any model is loaded or image encoded,
+    failing with one line that says what is in the way rather than an OSError deep in a write."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        why = f"{blocker} is a file, not a folder" if blocker else (exc.strerror or str(exc))
+        raise BioCAPError(f"cannot create the results folder {path}: {why}") from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise BioCAPError(f"cannot write in the results folder {path}: permission denied or read-only")
 
 
 def write_result(path: Path, spec: ModelSpec, bench: Benchmark, settings: Settings, result: TaskResult,

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 from biocap_core.errors import BioCAPError
 from biocap_core.taxonomy import TEMPLATES
+
+from biocap_eval.embedding import ImageEmbeddings
 
 #: How many missing files an error or a result lists by name.
 SHOW_MISSING = 5
@@ -26,7 +29,9 @@ class Settings:
 
     ``label_type`` overrides the registry's label text type of zero-shot benchmarks;
     ``inquire_k`` None ranks all candidates, as the original script does;
-    ``prefix_bug`` joins the retrieval prefix and caption with no space, as the original did.
+    ``prefix_bug`` joins the retrieval prefix and caption with no space, as the original did;
+    ``strict`` fails a benchmark on its first undecodable image instead of skipping it. It is not
+    recorded: it decides whether a run fails, never its numbers (the skipped images are counted).
     """
 
     label_type: str | None = None
@@ -37,6 +42,7 @@ class Settings:
     retrieval_prefix: str = "a photo of"
     prefix_bug: bool = False
     skip_missing: bool = False
+    strict: bool = False
 
     def for_task(self, task: str, registry_label_type: str | None = None) -> dict:
         """The settings a task's numbers depend on, as JSON-able values."""
@@ -66,3 +72,18 @@ def missing_error(source: Path | str, missing: list[str], total: int, root: Path
 
 def count_present(paths: list[Path]) -> int:
     return sum(p.is_file() for p in paths)
+
+
+def readable(source: Path | str, embedded: ImageEmbeddings, names: Sequence[str],
+             strict: bool) -> tuple[list[int], dict[str, str]]:
+    """Positions of the images that decoded, and the undecodable ones by name with why.
+
+    With ``strict`` an undecodable image is an error naming it (and so fails only
+    this benchmark); otherwise the task drops it and records it in the result.
+    """
+    unreadable = {str(names[i]): why for i, why in sorted(embedded.unreadable.items())}
+    if unreadable and strict:
+        name, why = next(iter(unreadable.items()))
+        raise EvalError(f"{source}: {len(unreadable)} image(s) cannot be decoded; first: {name} ({why}); "
+                        "without --strict they are skipped and counted")
+    return embedded.readable(), unreadable

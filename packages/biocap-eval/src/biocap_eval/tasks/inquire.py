@@ -17,15 +17,14 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 
 from biocap_core import schemas
 from biocap_core.errors import BioCAPError
 
-from biocap_eval.embedding import Encoder
+from biocap_eval.embedding import Encoder, ImageEmbeddings
 from biocap_eval.metrics import rerank_metrics
 from biocap_eval.registry import Benchmark, Status, hf_available
-from biocap_eval.tasks import SHOW_MISSING, EvalError, Settings, TaskResult, count_present, missing_error
+from biocap_eval.tasks import SHOW_MISSING, EvalError, Settings, TaskResult, count_present, missing_error, readable
 
 
 @dataclass
@@ -37,7 +36,8 @@ class Candidates:
     relevant: list[int]
     supercategory: dict[str, str]
     n_images: int
-    embed: Callable[[Encoder], torch.Tensor]  # (n_images, D) embeddings of the distinct images
+    embed: Callable[[Encoder], ImageEmbeddings]  # embeddings of the distinct images
+    names: list[str]  # of the distinct images, for errors and the result
     source: str
     skipped: list[str]
 
@@ -75,6 +75,7 @@ def read_local(bench: Benchmark, data_root: Path, skip_missing: bool = False) ->
         supercategory=_supercategories(bench, data_root, _row_supercategories(queries, rows_super)),
         n_images=len(paths),
         embed=lambda enc: enc.image_files(paths),
+        names=[str(p) for p in paths],
         source=str(path),
         skipped=skipped,
     )
@@ -113,6 +114,7 @@ def read_hf(bench: Benchmark, data_root: Path) -> Candidates:
         supercategory=_supercategories(bench, data_root, _row_supercategories(queries, supers)),
         n_images=len(rows),
         embed=lambda enc: enc.hf_images(ds, rows, keys),
+        names=[f"{bench.hf_dataset} inat24_image_id {image_id}" for image_id in first_row],
         source=source,
         skipped=[],
     )
@@ -167,13 +169,25 @@ def status(bench: Benchmark, data_root: Path) -> Status:
 
 
 def evaluate(bench: Benchmark, data_root: Path, enc: Encoder, settings: Settings) -> TaskResult:
+    """Metrics per query over its candidates whose image decodes.
+
+    An undecodable image leaves every query it is a candidate of, as a missing
+    one does with ``skip_missing``: a relevant one then no longer counts in the
+    query's positives, so scores are over what the model could rank; a query
+    left with no candidate is not scored.
+    """
     cands = read(bench, data_root, settings.skip_missing)
     if not cands.queries:
         raise EvalError(f"{cands.source}: no candidates to evaluate (empty table, or every image missing)")
-    images = cands.embed(enc)
+    embedded = cands.embed(enc)
+    _, unreadable = readable(cands.source, embedded, cands.names, settings.strict)
+    images = embedded.vectors
     by_query: dict[str, list[int]] = defaultdict(list)
     for row, q in enumerate(cands.queries):
-        by_query[q].append(row)
+        if cands.image[row] not in embedded.unreadable:
+            by_query[q].append(row)
+    if not by_query:
+        raise EvalError(f"{cands.source}: no candidates to evaluate (no image could be decoded)")
     names = list(by_query)
     texts = enc.texts(names)
     image_index = np.asarray(cands.image)
@@ -184,20 +198,25 @@ def evaluate(bench: Benchmark, data_root: Path, enc: Encoder, settings: Settings
         scores = (images[image_index[rows]] @ text).numpy()
         m = rerank_metrics(relevant[rows], scores, settings.inquire_k)
         per_query.append({"query": q, "supercategory": cands.supercategory.get(q), "candidates": m.n_candidates,
-                          "relevant": m.n_relevant, "ap": 100 * m.ap, "ndcg": 100 * m.ndcg, "mrr": m.mrr})
+                          "relevant": m.n_relevant, "ap": 100 * m.ap, "ndcg": 100 * m.ndcg, "mrr": m.mrr,
+                          "precision": 100 * m.precision, "recall": 100 * m.recall})
     metrics = _means(per_query, "")
     groups = sorted({r["supercategory"] for r in per_query if r["supercategory"]})
     for g in groups:
         metrics.update(_means([r for r in per_query if r["supercategory"] == g], f"_{g}"))
-    counts = {"queries": len(per_query), "candidates": len(cands.queries), "images": cands.n_images,
-              "skipped": len(cands.skipped),
+    counts = {"queries": len(per_query), "candidates": sum(len(rows) for rows in by_query.values()),
+              "images": cands.n_images - len(unreadable), "skipped": len(cands.skipped),
+              "unreadable": len(unreadable),
               "queries_without_supercategory": sum(1 for r in per_query if not r["supercategory"])}
     counts.update({f"queries_{g}": sum(1 for r in per_query if r["supercategory"] == g) for g in groups})
     details = {"source": cands.source, "per_query": per_query}
     if cands.skipped:
         details["skipped_first"] = cands.skipped[:SHOW_MISSING]
+    if unreadable:
+        details["unreadable"] = unreadable
     return TaskResult(metrics, counts, details)
 
 
 def _means(rows: list[dict], suffix: str) -> dict[str, float]:
-    return {f"{m}{suffix}": float(np.mean([r[m] for r in rows])) for m in ("ap", "ndcg", "mrr")}
+    return {f"{m}{suffix}": float(np.mean([r[m] for r in rows]))
+            for m in ("ap", "ndcg", "mrr", "precision", "recall")}

@@ -17,7 +17,7 @@ from biocap_core.errors import BioCAPError
 from biocap_eval.embedding import Encoder
 from biocap_eval.metrics import recall_at_k
 from biocap_eval.registry import Benchmark, Status
-from biocap_eval.tasks import SHOW_MISSING, EvalError, Settings, TaskResult, count_present, missing_error
+from biocap_eval.tasks import SHOW_MISSING, EvalError, Settings, TaskResult, count_present, missing_error, readable
 
 KS = (1, 5, 10)
 
@@ -70,16 +70,26 @@ def status(bench: Benchmark, data_root: Path) -> Status:
 
 
 def evaluate(bench: Benchmark, data_root: Path, enc: Encoder, settings: Settings) -> TaskResult:
+    """Recall over the pairs whose image decodes: an undecodable image drops its whole pair (its
+    caption would otherwise be a query whose right answer is absent), as a missing one does."""
     pairs = read(bench, data_root, settings.skip_missing)
-    images = enc.image_files(pairs.paths)
-    texts = enc.texts([text_of(c, settings.retrieval_prefix, settings.prefix_bug) for c in pairs.captions])
-    similarity = images @ texts.T
+    embedded = enc.image_files(pairs.paths)
+    keep, unreadable = readable(data_root / bench.annotation, embedded, pairs.paths, settings.strict)
+    if not keep:
+        raise EvalError(f"{data_root / bench.annotation}: no image-caption pairs to evaluate "
+                        "(no image could be decoded)")
+    captions = [pairs.captions[i] for i in keep]
+    texts = enc.texts([text_of(c, settings.retrieval_prefix, settings.prefix_bug) for c in captions])
+    similarity = embedded.vectors[keep] @ texts.T
     metrics = {}
     for direction, sim in (("i2t", similarity), ("t2i", similarity.T)):
         for k, value in recall_at_k(sim, KS).items():
             metrics[f"{direction}_R@{k}"] = 100 * value
-    counts = {"pairs": len(pairs.ids), "distinct_captions": len(set(pairs.captions)), "skipped": len(pairs.skipped)}
-    details = {"example_text": text_of(pairs.captions[0], settings.retrieval_prefix, settings.prefix_bug)}
+    counts = {"pairs": len(keep), "distinct_captions": len(set(captions)), "skipped": len(pairs.skipped),
+              "unreadable": len(unreadable)}
+    details = {"example_text": text_of(captions[0], settings.retrieval_prefix, settings.prefix_bug)}
     if pairs.skipped:
         details["skipped_first"] = pairs.skipped[:SHOW_MISSING]
+    if unreadable:
+        details["unreadable"] = unreadable
     return TaskResult(metrics, counts, details)

@@ -17,7 +17,7 @@ from biocap_core.zeroshot import ClassificationSet, per_class_recall, read_label
 
 from biocap_eval.embedding import Encoder
 from biocap_eval.registry import Benchmark, Status
-from biocap_eval.tasks import SHOW_MISSING, Settings, TaskResult, count_present
+from biocap_eval.tasks import SHOW_MISSING, EvalError, Settings, TaskResult, count_present, readable
 
 KS = (1, 3, 5)
 
@@ -63,18 +63,26 @@ def evaluate(bench: Benchmark, data_root: Path, enc: Encoder, settings: Settings
 
 
 def _classify(data: ClassificationSet, enc: Encoder, settings: Settings) -> TaskResult:
-    images = enc.image_files(data.paths)
+    """Metrics over the images that decode: an undecodable image is dropped with its label (its
+    class stays a candidate), so accuracies are over the images the model actually saw."""
+    embedded = enc.image_files(data.paths)
+    keep, unreadable = readable(data.source, embedded, data.paths, settings.strict)
+    if not keep:
+        raise EvalError(f"{data.source}: no images to evaluate (no image could be decoded)")
     # The original multiplies by exp(logit_scale); a positive scale changes no ranking.
-    logits = images @ enc.classifier(data.classnames, settings.templates)
-    labels = torch.tensor(data.labels)
+    logits = embedded.vectors[keep] @ enc.classifier(data.classnames, settings.templates)
+    labels = torch.tensor([data.labels[i] for i in keep])
     acc = topk_accuracy(logits, labels, KS)
     recall = per_class_recall(logits, labels, len(data.classnames))
     metrics = {f"top{k}": 100 * acc[k] for k in KS}
     metrics["mean_per_class_recall"] = 100 * recall.nanmean().item()
-    counts = {"images": len(data.paths), "classes": len(data.classnames), "skipped": len(data.skipped)}
+    counts = {"images": len(keep), "classes": len(data.classnames), "skipped": len(data.skipped),
+              "unreadable": len(unreadable)}
     details: dict = {"source": data.source}
     if data.skipped:
         details["skipped_first"] = data.skipped[:SHOW_MISSING]
+    if unreadable:
+        details["unreadable"] = unreadable
     if settings.per_class:
         n = torch.bincount(labels, minlength=len(data.classnames))
         details["per_class"] = [
