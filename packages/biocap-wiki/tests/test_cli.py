@@ -40,7 +40,7 @@ def test_crawl_writes_schema_tables_resumes_idempotently_and_merges_onto_a_catal
     assert dict(errors.select("binomial", "reason").rows()) == {
         k[0]: v[1] for k, v in EXPECTED.items() if v[0] == "error" and k[0] != "Abronia umbellata"
     } | {"Abronia umbellata": "taxonomy mismatch"}
-    assert f"{len(described)} descriptions" in first.stdout and "taxonomy mismatch: 1" in first.stdout
+    assert f"{len(described)} descriptions" in first.stdout and "taxonomy mismatch: 3" in first.stdout
 
     # the plant and the lizard Abronia umbellata, two images of one taxon, and an unknown taxon
     plant = (*PLANT, "Caryophyllales", "Nyctaginaceae", "Abronia", "umbellata")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from http import HTTPStatus
 from time import monotonic
 
 from scrapy import signals
@@ -42,6 +43,15 @@ def retry_after_seconds(value: bytes | str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def status_message(status: int) -> str:
+    """``"429 Too Many Requests"``: Scrapy's ``response_status_message`` reads Twisted's
+    table, which lacks 429 and prints "429 Unknown Status" for the status that matters most here."""
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return response_status_message(status)
 
 
 class RetryAfterMiddleware(RetryMiddleware):
@@ -78,7 +88,7 @@ class RetryAfterMiddleware(RetryMiddleware):
         if api_error in self.api_error_codes:
             return f"API error {api_error}"
         if response.status in self.retry_http_codes:
-            return response_status_message(response.status)
+            return status_message(response.status)
         return None
 
     def response_downloaded(self, response: Response, request: Request, spider=None) -> None:

@@ -132,7 +132,7 @@ class WikispeciesSpider(scrapy.Spider):
                                     _FOLLOW_UP_PRIORITY, "search")
             elif isinstance(action, Render):
                 yield self._request(api.parse_url(self.api, action.revid, self.maxlag), self.parse_render,
-                                    {"binomial": lookup.binomial, "title": action.title},
+                                    {"binomial": lookup.binomial, "title": action.title, "revid": action.revid},
                                     _FOLLOW_UP_PRIORITY, "parse")
             else:
                 yield self._item(lookup.binomial, action)
@@ -212,7 +212,7 @@ class WikispeciesSpider(scrapy.Spider):
     def parse_render(self, response):
         binomial, title = response.meta["binomial"], response.meta["title"]
         try:
-            ranks = rendered_ranks(api.read_parse(self._payload(response)))
+            ranks = rendered_ranks(api.read_parse(self._payload(response), response.meta["revid"]))
         except (api.ApiError, ValueError) as exc:
             yield from self._fail([binomial], str(exc))
             return
