@@ -118,5 +118,14 @@ def test_duplicate_answers_are_ignored_and_resend_repeats_what_is_awaited():
     lookup.on_page("Abronia umbellata", page("Abronia umbellata"))
     assert lookup.on_page("Abronia umbellata", page("Abronia umbellata")) == []
     assert lookup.resend() == [Render("Abronia umbellata", 11)]
+
+
+def test_a_request_failure_is_reported_but_the_lookup_stays_open_to_ask_again():
+    lookup = Lookup.new("Abronia umbellata", [PLANT, LIZARD])
+    lookup.start()
+    lookup.on_page("Abronia umbellata", page("Abronia umbellata"))
     failed = lookup.fail("HTTP 503")
-    assert [f.reason for f in failed] == ["request failed"] * 2 and lookup.done
+    assert [f.reason for f in failed] == ["request failed"] * 2
+    assert not lookup.done and lookup.resend() == [Render("Abronia umbellata", 11)]
+    [found] = lookup.on_render("Abronia umbellata", RENDERED_PLANT)[:1]
+    assert found.taxon == PLANT

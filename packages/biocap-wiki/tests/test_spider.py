@@ -60,12 +60,13 @@ def test_every_species_gets_its_outcome_despite_429_503_maxlag_and_continuation(
 
 def test_http_cache_replays_a_finished_crawl_without_requests(tmp_path, species_csv):
     wiki, rows = make_wiki(10)
-    cache = {"HTTPCACHE_DIR": str(tmp_path / "cache")}
+    user_cache = {"XDG_CACHE_HOME": str(tmp_path / "xdg")}  # the default cache lives there, not in the checkout
     with wiki:
         species = species_csv(rows)
-        run_scrapy(scrapy_command(species, wiki.api_url, tmp_path / "a.jsonl", settings=cache))
+        run_scrapy(scrapy_command(species, wiki.api_url, tmp_path / "a.jsonl"), env=user_cache)
         sent = len(wiki.log)
-        run_scrapy(scrapy_command(species, wiki.api_url, tmp_path / "b.jsonl", settings=cache))
+        run_scrapy(scrapy_command(species, wiki.api_url, tmp_path / "b.jsonl"), env=user_cache)
     assert len(wiki.log) == sent, "the second crawl is served from the cache"
+    assert any((tmp_path / "xdg" / "biocap-wiki" / "httpcache").iterdir())
     strip = lambda recs: sorted((r["binomial"], r.get("content") or "", r.get("reason") or "") for r in recs)
     assert strip(read_jsonl(tmp_path / "a.jsonl")) == strip(read_jsonl(tmp_path / "b.jsonl"))

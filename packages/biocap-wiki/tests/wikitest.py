@@ -235,9 +235,10 @@ def scrapy_command(species: Path, api_url: str, feed: Path, *extra: str, setting
     return cmd + list(extra)
 
 
-def run_scrapy(cmd: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+def run_scrapy(cmd: list[str], timeout: float = 120, env: dict[str, str] | None = None
+               ) -> subprocess.CompletedProcess:
     result = subprocess.run(cmd, cwd=PROJECT, capture_output=True, text=True, timeout=timeout,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     assert result.returncode == 0, result.stderr[-4000:]
     return result
 

@@ -20,7 +20,9 @@ taxonomy
   The genus alone does not count: every homonym shares it, so a page whose
   taxobox shows nothing above the genus is a ``taxonomy mismatch``.
 
-Every taxonomy ends as exactly one :class:`Found` or :class:`Failed`.
+Every taxonomy ends as exactly one :class:`Found` or :class:`Failed`, except
+that a ``request failed`` is provisional (see :meth:`Lookup.fail`): the next
+run asks again and its outcome supersedes it.
 """
 
 from __future__ import annotations
@@ -149,10 +151,12 @@ class Lookup:
         return self._advance()
 
     def fail(self, detail: str) -> list[Action]:
-        """End every remaining taxonomy with ``request failed`` (retries exhausted)."""
-        out: list[Action] = [Failed(t, REQUEST_FAILED, detail) for t in self.taxa]
-        self.taxa, self.waiting = [], set()
-        return out
+        """``request failed`` for every remaining taxonomy (a request's retries are spent).
+
+        Not a final outcome: the lookup keeps its taxonomies and what it waits for, so
+        :meth:`resend` asks again in the next run, whose outcome supersedes these rows.
+        """
+        return [Failed(t, REQUEST_FAILED, detail) for t in self.taxa]
 
     def resend(self) -> list[Action]:
         """The requests this lookup waits for, again (they were lost with an interrupted run)."""
