@@ -48,7 +48,8 @@ def crawl(
 ) -> None:
     """Describe every species of SPECIES; Ctrl-C pauses, the same command resumes.
 
-    Exit status: 0 done, 1 bad input or request failures (the same command retries them), 130 paused.
+    Exit status: 0 done; 1 bad input, an unreachable API, or request failures (the same command
+    retries them); 130 paused.
     """
     from biocap_wiki.crawl import crawl as run_crawl
     from biocap_wiki.crawl import default_cache_dir, default_errors_path

@@ -10,6 +10,7 @@ call it once per process (run it in a subprocess to crawl again).
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -68,7 +69,7 @@ def check_writable(path: str | os.PathLike, *, folder: bool = False) -> None:
     where = path if folder else path.parent
     try:
         if not folder and path.is_dir():
-            raise IsADirectoryError(21, "it is a folder")
+            raise IsADirectoryError(errno.EISDIR, "it is a folder")
         where.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=where).close()
     except OSError as exc:

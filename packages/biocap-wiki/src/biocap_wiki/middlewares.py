@@ -22,11 +22,11 @@ from time import monotonic
 
 from scrapy import signals
 from scrapy.downloadermiddlewares.retry import RetryMiddleware
+from scrapy.exceptions import CannotResolveHostError, DownloadConnectionRefusedError
 from scrapy.extensions.httpcache import DummyPolicy
 from scrapy.http import Request, Response
 from scrapy.utils.asyncio import call_later
 from scrapy.utils.response import response_status_message
-from scrapy.exceptions import CannotResolveHostError, DownloadConnectionRefusedError
 from twisted.internet.error import ConnectError
 
 logger = logging.getLogger(__name__)
