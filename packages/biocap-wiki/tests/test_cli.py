@@ -143,7 +143,9 @@ def test_request_failures_exit_non_zero_and_the_same_command_retries_only_them(t
         assert first.returncode == 1, first.stderr[-3000:]
         assert "request failures; run the same command again to retry them" in first.stderr
         errors = schemas.WIKI_ERRORS.read(tmp_path / "descriptions_errors.parquet")
-        failed = set(errors.filter(pl.col("reason") == "request failed")["binomial"])
+        failed_rows = errors.filter(pl.col("reason") == "request failed")
+        assert set(failed_rows["detail"]) == {"HTTP 503 Service Unavailable after every retry"}
+        failed = set(failed_rows["binomial"])
         assert {"Quercus alba", "Aotus gracilis", "Nonexistus imaginarius"} <= failed
         wiki.outage, sent = None, len(wiki.log)
         second = biocap_wiki(*crawl, "--api", wiki.api_url)

@@ -4,7 +4,7 @@ Scrapy's LogStats reports pages and items per minute through the log; a
 person running the CLI wants to know how many species are done. :class:`Progress`
 reads the spider's stats every ``WIKI_PROGRESS_INTERVAL`` seconds and writes
 one line to stderr: rewritten in place on a terminal, a new line otherwise
-(a log file). It is off unless ``WIKI_PROGRESS`` is set; the CLI sets it
+(a log file), and a last one when the crawl closes. It is off unless ``WIKI_PROGRESS`` is set; the CLI sets it
 unless ``-v`` asks for Scrapy's own log.
 """
 
@@ -55,8 +55,11 @@ class Progress:
                 f"{requests} requests")
 
     def report(self, last: bool = False) -> None:
-        if self.stream.isatty():
-            self.stream.write("\r\x1b[K" + self.line() + ("\n" if last else ""))
+        line = self.line()
+        if not self.stream.isatty():
+            self.stream.write(line + "\n")
         else:
-            self.stream.write(self.line() + "\n")
+            # cleared and rewritten, the cursor left at its start: the next report, or a log line
+            # (a warning, a retry given up), writes over it rather than after it
+            self.stream.write(f"\x1b[K{line}" + ("\n" if last else "\r"))
         self.stream.flush()

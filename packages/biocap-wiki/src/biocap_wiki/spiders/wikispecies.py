@@ -33,12 +33,13 @@ import scrapy
 from biocap_core.schemas import RANK_COLUMNS
 from scrapy import signals
 from scrapy.exceptions import CloseSpider, DontCloseSpider
+from scrapy.spidermiddlewares.httperror import HttpError
 from scrapy.utils.asyncio import sleep
 from scrapy.utils.defer import deferred_from_coro
 
 from biocap_wiki import __version__, api
 from biocap_wiki.items import WikiDescription, WikiError
-from biocap_wiki.middlewares import CONNECT_ERRORS
+from biocap_wiki.middlewares import CONNECT_ERRORS, status_message
 from biocap_wiki.resolve import Action, Failed, Fetch, Found, Lookup, Render, Search
 from biocap_wiki.tables import fingerprint, load_species
 from biocap_wiki.taxobox import rendered_ranks
@@ -253,13 +254,16 @@ class WikispeciesSpider(scrapy.Spider):
         meta = request.meta
         binomials = [b for bs in meta["titles"].values() for b in bs] if "titles" in meta else [meta["binomial"]]
         self.crawler.stats.inc_value("wiki/request_failures")
+        detail = failure.getErrorMessage()
+        if failure.check(HttpError):  # "Ignoring non-200 response" would not say which
+            detail = f"HTTP {status_message(failure.value.response.status)} after every retry"
         if failure.check(*CONNECT_ERRORS) and not self.crawler.stats.get_value("response_received_count"):
             self.logger.error("cannot connect to the API at %s: %s", self.api, failure.getErrorMessage())
             # what raising CloseSpider does, without Scrapy logging the failure's traceback
             deferred_from_coro(self.crawler.engine.close_spider_async(reason=API_UNREACHABLE))
             return []
-        self.logger.error("giving up on %s: %s", request.url[:200], failure.getErrorMessage())
-        return list(self._fail(binomials, failure.getErrorMessage()))
+        self.logger.error("giving up on %s: %s", request.url[:200], detail)
+        return list(self._fail(binomials, detail))
 
     def _fail(self, binomials: Iterable[str], detail: str) -> Iterator[Any]:
         """``request failed`` rows, with the lookups kept open for the next run to ask again.
