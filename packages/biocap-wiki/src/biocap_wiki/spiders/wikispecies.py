@@ -278,11 +278,11 @@ class WikispeciesSpider(scrapy.Spider):
                 yield from self._act(self.lookups[binomial], self.lookups[binomial].fail(detail))
 
     def spider_idle(self) -> None:
-        """Send the last partial batch; re-send what lookups restored from a JOBDIR still wait for."""
+        """Send the last partial batch; re-send what lookups restored from a JOBDIR still wait for
+        (requests lost with an interrupted run, or failed for good in an earlier run), once a run."""
         requests = list(self._flush(everything=True))
         if not requests:
             for binomial, lookup in list(self.lookups.items()):
-                # its requests were lost with an interrupted run, or failed in an earlier run
                 if binomial not in self.not_again:
                     self.not_again.add(binomial)
                     requests.extend(self._act(lookup, lookup.resend()))
