@@ -2,7 +2,8 @@
 
 from urllib.parse import parse_qs, urlparse
 
-from biocap_wiki.api import clean_title, query_url, read_query, search_url
+import pytest
+from biocap_wiki.api import clean_title, query_url, read_parse, read_query, search_url
 from biocap_wiki.middlewares import retry_after_seconds
 
 
@@ -43,3 +44,10 @@ def test_retry_after_accepts_seconds_and_http_dates():
     assert retry_after_seconds(b"3") == 3.0
     assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
     assert retry_after_seconds(None) is None and retry_after_seconds("soon") is None
+
+
+def test_a_parse_answer_for_another_revision_is_refused():
+    answer = {"parse": {"title": "Abronia umbellata", "pageid": 1, "revid": 12, "text": "<table></table>"}}
+    assert read_parse(answer, 12) == "<table></table>"
+    with pytest.raises(ValueError, match="revision 12, asked for 11"):
+        read_parse(answer, 11)

@@ -57,6 +57,29 @@ def test_homonym_each_taxonomy_gets_its_own_matching_page_or_a_mismatch():
     assert "Sand verbena" in failed.detail
 
 
+def test_homonym_page_without_ranks_beyond_the_genus_is_a_mismatch_for_every_taxonomy():
+    # the rendered taxobox shows nothing (e.g. a broken Template:Taxonomy): only the genus, which both share
+    lookup = Lookup.new("Abronia umbellata", [PLANT, LIZARD])
+    lookup.start()
+    assert lookup.on_page("Abronia umbellata", page("Abronia umbellata")) == [Render("Abronia umbellata", 11)]
+    assert lookup.on_render("Abronia umbellata", {}) == [Search("Abronia umbellata")]
+    failed = lookup.on_search("Abronia umbellata", ["Abronia umbellata"])
+    assert [(f.taxon, f.reason) for f in failed] == [(PLANT, TAXONOMY_MISMATCH), (LIZARD, TAXONOMY_MISMATCH)]
+    assert "Abronia umbellata (genus=Abronia" in failed[0].detail
+
+
+def test_candidates_arriving_in_one_batch_render_a_page_once():
+    lookup = Lookup.new("Abronia umbellata", [PLANT, LIZARD])
+    lookup.start()
+    lookup.on_page("Abronia umbellata", Page("Abronia umbellata", missing=True))
+    assert lookup.on_search("Abronia umbellata", ["Sand verbena", "Abronia (lizard)"]) == [
+        Fetch(("Sand verbena", "Abronia (lizard)"))]
+    actions = (lookup.on_page("Sand verbena", page("Sand verbena", revid=12))
+               + lookup.on_page("Abronia (lizard)", page("Abronia (lizard)", revid=13)))
+    assert actions == [Render("Sand verbena", 12)]
+    assert lookup.resend() == [Render("Sand verbena", 12)]
+
+
 def test_disambiguation_only_not_found_and_no_content():
     lookup = Lookup.new("Mercurius vulgaris", [PLANT])
     lookup.start()
@@ -95,5 +118,14 @@ def test_duplicate_answers_are_ignored_and_resend_repeats_what_is_awaited():
     lookup.on_page("Abronia umbellata", page("Abronia umbellata"))
     assert lookup.on_page("Abronia umbellata", page("Abronia umbellata")) == []
     assert lookup.resend() == [Render("Abronia umbellata", 11)]
+
+
+def test_a_request_failure_is_reported_but_the_lookup_stays_open_to_ask_again():
+    lookup = Lookup.new("Abronia umbellata", [PLANT, LIZARD])
+    lookup.start()
+    lookup.on_page("Abronia umbellata", page("Abronia umbellata"))
     failed = lookup.fail("HTTP 503")
-    assert [f.reason for f in failed] == ["request failed"] * 2 and lookup.done
+    assert [f.reason for f in failed] == ["request failed"] * 2
+    assert not lookup.done and lookup.resend() == [Render("Abronia umbellata", 11)]
+    [found] = lookup.on_render("Abronia umbellata", RENDERED_PLANT)[:1]
+    assert found.taxon == PLANT

@@ -15,9 +15,17 @@ from wikitest import PROJECT, check_outcomes, make_wiki, read_jsonl, run_scrapy,
 def test_interrupted_crawl_resumes_with_each_species_exactly_once(tmp_path, species_csv):
     wiki, rows = make_wiki(200)  # 209 binomials: five start batches
     title_queries = itertools.count()
+    held: list[dict] = []
+
+    def third_batch(params: dict) -> bool:
+        if "titles" in params and next(title_queries) == 2:
+            held.append(params)
+            return True
+        return False
+
     # hold the third batch until the spider has been told to stop, so the interruption is mid-crawl:
     # with one request at a time per host, nothing else completes while it is held
-    arrived, release = wiki.hold(lambda p: "titles" in p and next(title_queries) == 2)
+    arrived, release = wiki.hold(third_batch)
     feed, job = tmp_path / "feed.jsonl", tmp_path / "job"
     cmd = scrapy_command(species_csv(rows), "", feed, overwrite=False,  # -o appends across the two runs
                          settings={"JOBDIR": str(job), "HTTPCACHE_DIR": str(tmp_path / "cache")})
@@ -43,6 +51,10 @@ def test_interrupted_crawl_resumes_with_each_species_exactly_once(tmp_path, spec
         assert first.wait(60) == 0
         reader.join(10)
         assert "Spider closed (shutdown)" in "".join(log)
+        # the pause stops the requests at once: the one in flight was the last
+        last = max(i for i, e in enumerate(wiki.log) if e.params is held[0])
+        assert not wiki.log[last + 1:], f"{len(wiki.log) - last - 1} requests sent after the pause"
+        assert "paused with" in "".join(log) and "'wiki/paused': True" in "".join(log)
         done_first = len(read_jsonl(feed))
         assert 0 < done_first < len(rows)
         assert (job / "spider.state").exists()

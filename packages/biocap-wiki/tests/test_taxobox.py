@@ -22,7 +22,14 @@ def test_ranks_agree_compares_only_shared_ranks_kingdom_to_genus():
     assert ranks_agree(LIZARD, rendered) is False
     assert ranks_agree(PLANT, {"species": "umbellata"}) is None  # species is not compared
     assert ranks_agree(PLANT, {"phylum": "Tracheophytes"}) is True  # soft match
-    assert ranks_agree({**PLANT, "family": ""}, {"family": "Fabaceae", "genus": "Abronia"}) is True
+    assert ranks_agree({**PLANT, "family": ""}, {"family": "Fabaceae", "order": "Caryophyllales"}) is True
+
+
+def test_the_genus_alone_is_no_evidence_but_a_different_genus_is():
+    # every homonym shares the genus: it is the first word of the binomial
+    assert ranks_agree(LIZARD, {"genus": "Abronia", "species": "umbellata"}) is None
+    assert ranks_agree({**PLANT, "family": ""}, {"family": "Fabaceae", "genus": "Abronia"}) is None
+    assert ranks_agree(LIZARD, {"genus": "Quercus"}) is False
 
 
 def test_wikitext_ranks_of_manual_and_automatic_taxoboxes():

@@ -122,6 +122,29 @@ It has '''yellow pea flowers'''.
 == References ==
 {{reflist}}
 """),
+    # a homonym's page whose rendered taxobox shows nothing above the genus (no ranks): no evidence
+    WikiPage("Abronia graminea", """{{Speciesbox|genus=Abronia|species=graminea}}
+'''''Abronia graminea''''' is an arboreal alligator lizard.
+== Description ==
+It has '''green scales'''.
+"""),
+    # a homonym whose two pages are found by search and arrive in one batch, both to be rendered
+    WikiPage("Morus minor", """'''Morus minor''' may refer to:
+* [[Morus minor (gannet)]]
+* [[Morus minor (mulberry)]]
+{{disambiguation}}
+""", disambiguation=True),
+    WikiPage("Morus minor (gannet)", """{{Speciesbox|genus=Morus|species=minor}}
+'''''Morus minor''''' is a small gannet.
+== Description ==
+It '''plunge-dives''' for fish.
+""", [("Kingdom", "Animalia"), ("Phylum", "Chordata"), ("Class", "Aves"), ("Order", "Suliformes"),
+      ("Family", "Sulidae"), ("Genus", "Morus")]),
+    WikiPage("Morus minor (mulberry)", """{{Speciesbox|genus=Morus|species=minor}}
+'''''Morus minor''''' is a shrub.
+== Description ==
+It bears '''dark purple fruit'''.
+""", RANKS_PLANT + [("Order", "Rosales"), ("Family", "Moraceae"), ("Genus", "Morus")]),
 ]
 REDIRECTS = {"Felis catus": "Cat"}
 
@@ -149,6 +172,14 @@ EXPECTED = {
     ("Aotus gracilis", *PLANT, "Fabales", "Fabaceae", "Aotus", "gracilis"):
         ("description", "Aotus gracilis (plant)", "Description", "yellow pea flowers"),
     ("Stubbia minima", *PLANT, "Fabales", "Fabaceae", "Stubbia", "minima"): ("error", "no content"),
+    ("Abronia graminea", *PLANT, "Caryophyllales", "Nyctaginaceae", "Abronia", "graminea"):
+        ("error", "taxonomy mismatch"),
+    ("Abronia graminea", "Animalia", "Chordata", "Reptilia", "Squamata", "Anguidae", "Abronia", "graminea"):
+        ("error", "taxonomy mismatch"),
+    ("Morus minor", "Animalia", "Chordata", "Aves", "Suliformes", "Sulidae", "Morus", "minor"):
+        ("description", "Morus minor (gannet)", "Description", "plunge-dives"),
+    ("Morus minor", *PLANT, "Rosales", "Moraceae", "Morus", "minor"):
+        ("description", "Morus minor (mulberry)", "Description", "dark purple fruit"),
 }
 COLUMNS = ("binomial", "kingdom", "phylum", "class", "order", "family", "genus", "species")
 
@@ -204,9 +235,10 @@ def scrapy_command(species: Path, api_url: str, feed: Path, *extra: str, setting
     return cmd + list(extra)
 
 
-def run_scrapy(cmd: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+def run_scrapy(cmd: list[str], timeout: float = 120, env: dict[str, str] | None = None
+               ) -> subprocess.CompletedProcess:
     result = subprocess.run(cmd, cwd=PROJECT, capture_output=True, text=True, timeout=timeout,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     assert result.returncode == 0, result.stderr[-4000:]
     return result
 

@@ -164,7 +164,15 @@ def read_search(payload: Mapping) -> list[str]:
     return [hit["title"] for hit in check(payload).get("query", {}).get("search", [])]
 
 
-def read_parse(payload: Mapping) -> str:
-    """Rendered HTML of an ``action=parse`` response."""
-    text = check(payload).get("parse", {}).get("text", "")
+def read_parse(payload: Mapping, revid: int) -> str:
+    """Rendered HTML of an ``action=parse`` response for revision ``revid``.
+
+    The ranks read from it decide which taxonomy a page describes, so an answer
+    for another revision (a stale cache, a proxy, an API change) is refused
+    rather than trusted.
+    """
+    parsed = check(payload).get("parse", {})
+    if parsed.get("revid") != revid:
+        raise ValueError(f"action=parse answered for revision {parsed.get('revid')}, asked for {revid}")
+    text = parsed.get("text", "")
     return text if isinstance(text, str) else text.get("*", "")

@@ -10,8 +10,10 @@ call it once per process (run it in a subprocess to crawl again).
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ from pathlib import Path
 import polars as pl
 from biocap_core import schemas
 
+from biocap_wiki.resolve import REQUEST_FAILED
 from biocap_wiki.tables import load_species, read_feed
 
 FEED_NAME = "feed.jsonl"
@@ -38,6 +41,11 @@ class CrawlResult:
     def finished(self) -> bool:
         return self.finish_reason == "finished"
 
+    @property
+    def request_failures(self) -> int:
+        """(binomial, taxonomy) rows whose last outcome is ``request failed``: the next run asks again."""
+        return self.errors.filter(pl.col("reason") == REQUEST_FAILED).height
+
 
 def default_errors_path(out: str | os.PathLike) -> Path:
     out = Path(out)
@@ -45,7 +53,29 @@ def default_errors_path(out: str | os.PathLike) -> Path:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "biocap-wiki" / "httpcache"
+    """The project settings' HTTP cache folder (``$XDG_CACHE_HOME/biocap-wiki/httpcache``)."""
+    from biocap_wiki.settings import HTTPCACHE_DIR
+
+    return Path(HTTPCACHE_DIR)
+
+
+def check_writable(path: str | os.PathLike, *, folder: bool = False) -> None:
+    """Create the folder of ``path`` (or ``path`` itself with ``folder``) and make sure a file can be
+    written in it; raise :class:`OSError` naming ``path`` otherwise.
+
+    Called before crawling, so a mistyped ``--out`` fails at once rather than after the crawl.
+    """
+    path = Path(path)
+    where = path if folder else path.parent
+    try:
+        if not folder and path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "it is a folder")
+        where.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=where).close()
+    except OSError as exc:
+        blocker = next((p for p in (where, *where.parents) if p.exists() and not p.is_dir()), None)
+        reason = f"{blocker} is a file, not a folder" if blocker else exc.strerror
+        raise OSError(exc.errno, f"cannot write here: {reason}", str(path)) from None
 
 
 def crawl_settings(jobdir: Path, *, api: str | None = None, contact: str | None = None,
@@ -84,7 +114,10 @@ def crawl(species: str | os.PathLike, out: str | os.PathLike | None = None,
     pass ``fresh=True`` to start over. ``cache_dir`` holds the HTTP cache (none
     if ``None``). ``settings`` override Scrapy or ``WIKI_*`` settings. The
     tables are written to ``out`` and ``errors`` (default
-    ``<out stem>_errors.parquet``) only if the crawl finished.
+    ``<out stem>_errors.parquet``) only if the crawl finished; they can hold
+    ``request failed`` rows (:attr:`CrawlResult.request_failures`), which the
+    next run with the same ``jobdir`` asks for again. Folders that cannot be
+    written raise :class:`OSError` before the crawl starts.
     """
     from scrapy.crawler import CrawlerProcess
 
@@ -96,9 +129,14 @@ def crawl(species: str | os.PathLike, out: str | os.PathLike | None = None,
             raise ValueError("give out= or jobdir= so the crawl has a folder for its job state")
         jobdir = Path(out).with_suffix(".job")
     jobdir = Path(jobdir)
-    if fresh and jobdir.exists():
+    if out is not None:
+        check_writable(out)
+        check_writable(errors or default_errors_path(out))
+    if cache_dir is not None:
+        check_writable(cache_dir, folder=True)
+    if fresh and jobdir.is_dir():
         shutil.rmtree(jobdir)
-    jobdir.mkdir(parents=True, exist_ok=True)
+    check_writable(jobdir, folder=True)
     scrapy_settings = crawl_settings(jobdir, api=api, contact=contact,
                                      cache_dir=Path(cache_dir) if cache_dir else None, overrides=settings)
     check_contact(scrapy_settings.get("WIKI_API"), scrapy_settings.get("WIKI_CONTACT"))

@@ -7,7 +7,9 @@ flagged by the ``MediaWiki-API-Error`` header, also with ``Retry-After``.
 :class:`RetryAfterMiddleware` keeps RetryMiddleware's counting, stats and
 give-up logging and adds the wait: it pauses the host's download slot for the
 Retry-After time (or an exponential backoff when there is none), so no request
-to that host leaves before then, not only the retried one.
+to that host leaves before then, not only the retried one. A failed
+connection before any response came is not retried: the host is unreachable
+(down, offline, a wrong URL), and minutes of backoff would only delay saying so.
 """
 
 from __future__ import annotations
@@ -15,17 +17,23 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from http import HTTPStatus
 from time import monotonic
 
 from scrapy import signals
 from scrapy.downloadermiddlewares.retry import RetryMiddleware
+from scrapy.exceptions import CannotResolveHostError, DownloadConnectionRefusedError
 from scrapy.extensions.httpcache import DummyPolicy
 from scrapy.http import Request, Response
 from scrapy.utils.asyncio import call_later
 from scrapy.utils.response import response_status_message
+from twisted.internet.error import ConnectError
 
 logger = logging.getLogger(__name__)
 API_ERROR_HEADER = b"MediaWiki-API-Error"
+#: Failures that mean no connection to the host at all: Scrapy's wrappers of Twisted's
+#: "connection refused" and DNS errors, and the Twisted errors it passes on (connect timeout, no route).
+CONNECT_ERRORS = (DownloadConnectionRefusedError, CannotResolveHostError, ConnectError)
 
 
 def retry_after_seconds(value: bytes | str | None) -> float | None:
@@ -42,6 +50,15 @@ def retry_after_seconds(value: bytes | str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def status_message(status: int) -> str:
+    """``"429 Too Many Requests"``: Scrapy's ``response_status_message`` reads Twisted's
+    table, which lacks 429 and prints "429 Unknown Status" for the status that matters most here."""
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return response_status_message(status)
 
 
 class RetryAfterMiddleware(RetryMiddleware):
@@ -78,7 +95,7 @@ class RetryAfterMiddleware(RetryMiddleware):
         if api_error in self.api_error_codes:
             return f"API error {api_error}"
         if response.status in self.retry_http_codes:
-            return response_status_message(response.status)
+            return status_message(response.status)
         return None
 
     def response_downloaded(self, response: Response, request: Request, spider=None) -> None:
@@ -93,6 +110,8 @@ class RetryAfterMiddleware(RetryMiddleware):
         return self._retry(request, reason) or response
 
     def process_exception(self, request: Request, exception: Exception, spider=None):
+        if isinstance(exception, CONNECT_ERRORS) and not self.crawler.stats.get_value("response_received_count"):
+            return None  # unreachable from the start: the spider's errback says so (and stops)
         retry = super().process_exception(request, exception)
         if isinstance(retry, Request):
             self._wait(request, type(exception).__name__, None)

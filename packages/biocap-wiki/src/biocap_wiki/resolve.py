@@ -17,8 +17,12 @@ taxonomy
 * otherwise (ambiguous binomial, or a search hit) only if its taxobox ranks
   agree (:func:`~biocap_wiki.taxobox.ranks_agree` returns ``True``); ranks
   above the genus come from the rendered taxobox when the wikitext lacks them.
+  The genus alone does not count: every homonym shares it, so a page whose
+  taxobox shows nothing above the genus is a ``taxonomy mismatch``.
 
-Every taxonomy ends as exactly one :class:`Found` or :class:`Failed`.
+Every taxonomy ends as exactly one :class:`Found` or :class:`Failed`, except
+that a ``request failed`` is provisional (see :meth:`Lookup.fail`): the next
+run asks again and its outcome supersedes it.
 """
 
 from __future__ import annotations
@@ -147,10 +151,12 @@ class Lookup:
         return self._advance()
 
     def fail(self, detail: str) -> list[Action]:
-        """End every remaining taxonomy with ``request failed`` (retries exhausted)."""
-        out: list[Action] = [Failed(t, REQUEST_FAILED, detail) for t in self.taxa]
-        self.taxa, self.waiting = [], set()
-        return out
+        """``request failed`` for every remaining taxonomy (a request's retries are spent).
+
+        Not a final outcome: the lookup keeps its taxonomies and what it waits for, so
+        :meth:`resend` asks again in the next run, whose outcome supersedes these rows.
+        """
+        return [Failed(t, REQUEST_FAILED, detail) for t in self.taxa]
 
     def resend(self) -> list[Action]:
         """The requests this lookup waits for, again (they were lost with an interrupted run)."""
@@ -167,13 +173,12 @@ class Lookup:
         return actions
 
     def _judge(self, page: Page, strict: bool) -> list[Action] | None:
-        """Accept or reject ``page`` for each remaining taxonomy; ``None`` while ranks are pending."""
+        """Accept or reject ``page`` for each remaining taxonomy; ``None`` while its rendered ranks are needed."""
         code = parse(page.wikitext or "")
         ranks = wikitext_ranks(code)
         if strict and not has_higher_ranks(ranks):
             if page.title not in self.rendered:
                 if page.revid is not None:
-                    self.waiting.add(("render", page.title))
                     return None
                 self.rendered[page.title] = {}
             ranks = {**ranks, **self.rendered[page.title]}
@@ -205,6 +210,11 @@ class Lookup:
             if page.is_article and page.title not in self.evaluated:
                 judged = self._judge(page, strict=self.ambiguous or via_search)
                 if judged is None:
+                    # Later candidates can arrive in the same batch and come back here while the
+                    # render is on its way: ask for it once.
+                    if ("render", page.title) in self.waiting:
+                        return actions
+                    self.waiting.add(("render", page.title))
                     return actions + [Render(page.title, page.revid)]
                 actions.extend(judged)
             self.cursor += 1

@@ -8,6 +8,7 @@ Override any of them with ``-s NAME=VALUE`` (or ``--set`` in ``biocap-wiki crawl
 """
 
 import os
+from pathlib import Path
 
 BOT_NAME = "biocap-wiki"
 SPIDER_MODULES = ["biocap_wiki.spiders"]
@@ -59,9 +60,10 @@ DOWNLOADER_MIDDLEWARES = {
     "biocap_wiki.middlewares.RetryAfterMiddleware": 550,
 }
 
-# --- HTTP cache on disk (under .scrapy/ inside the project, or --cache-dir) ---------------------
+# --- HTTP cache on disk: the user's cache folder (or --cache-dir, -s HTTPCACHE_DIR=...) ---------
+# Absolute: Scrapy puts a relative HTTPCACHE_DIR under the project's .scrapy/, inside the checkout.
 HTTPCACHE_ENABLED = True
-HTTPCACHE_DIR = "httpcache"
+HTTPCACHE_DIR = str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "biocap-wiki" / "httpcache")
 HTTPCACHE_EXPIRATION_SECS = 30 * 24 * 3600
 HTTPCACHE_POLICY = "biocap_wiki.middlewares.ApiCachePolicy"
 HTTPCACHE_IGNORE_HTTP_CODES = RETRY_HTTP_CODES
@@ -69,3 +71,8 @@ HTTPCACHE_GZIP = True
 
 FEED_EXPORT_ENCODING = "utf-8"
 LOG_LEVEL = "INFO"
+
+# --- A progress line on stderr (biocap-wiki crawl turns it on, and the log down to WARNING) -----
+EXTENSIONS = {"biocap_wiki.extensions.Progress": 500}
+WIKI_PROGRESS = False
+WIKI_PROGRESS_INTERVAL = 5.0  # seconds

@@ -6,8 +6,9 @@ Wikipedia returns (``formatversion=2``): batched ``action=query`` with
 wikitext (continuing with ``rvcontinue`` past ``content_limit`` pages),
 ``list=search``, and ``action=parse`` of a lead whose taxobox is rendered from
 the page's ``ranks`` (as an automatic taxobox is from Template:Taxonomy).
-Faults (a 429 with Retry-After, a 503, a ``maxlag`` error) can be queued, and
-a request can be held until the test releases it. Every request is logged.
+Faults (a 429 with Retry-After, a 503, a ``maxlag`` error) can be queued, an
+outage answers 503 to every request it matches until it is lifted, and a
+request can be held until the test releases it. Every request is logged.
 
 Run ``python -m biocap_wiki.standin --synthetic 5000 --species-out s.csv`` to
 serve a synthetic wiki from another process (the benchmark does).
@@ -91,6 +92,8 @@ class StandinWiki:
         self.redirects = dict(redirects or {})
         self.content_limit = content_limit
         self.faults: list[Fault] = []
+        #: while set, the requests it matches are answered 503 (the API is down)
+        self.outage: Callable[[dict[str, str]], bool] | None = None
         self.log: list[Logged] = []
         self.holds: list[tuple[Callable[[dict[str, str]], bool], threading.Event, threading.Event]] = []
         self._lock = threading.Lock()
@@ -110,6 +113,8 @@ class StandinWiki:
             fault = next((f for f in self.faults if f.when(params)), None)
             if fault:
                 self.faults.remove(fault)
+            elif self.outage is not None and self.outage(params):
+                fault = Fault(self.outage, 503)
             hold = next((h for h in self.holds if h[0](params)), None)
             if hold:
                 self.holds.remove(hold)

@@ -110,14 +110,17 @@ def same_name(expected: str, found: str) -> bool:
 def ranks_agree(expected: Mapping[str, str], found: Mapping[str, str]) -> bool | None:
     """Compare kingdom to genus where both sides name the rank.
 
-    ``True`` if every shared rank matches, ``False`` if one differs, ``None``
-    when no rank is shared (no evidence either way).
+    ``False`` if a shared rank differs; ``True`` if every shared rank matches
+    and one of them is above the genus; ``None`` otherwise (no evidence either
+    way). The genus alone is no evidence: it is the first word of the binomial,
+    so every homonym of a name shares it (the plant and the lizard *Abronia
+    umbellata* both have "Abronia" in their taxobox).
     """
-    compared = False
+    evidence = False
     for rank in COMPARED_RANKS:
         a, b = (expected.get(rank) or "").strip(), (found.get(rank) or "").strip()
         if a and b:
-            compared = True
             if not same_name(a, b):
                 return False
-    return True if compared else None
+            evidence = evidence or rank in _HIGHER_RANKS
+    return True if evidence else None

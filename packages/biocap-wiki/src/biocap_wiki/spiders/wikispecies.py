@@ -13,6 +13,13 @@ and their hits fetched in shared batches too. All progress lives in
 titles waiting for a batch), which Scrapy's ``JOBDIR`` saves on pause, so a
 resumed job neither repeats nor loses a species. Use ``-o`` (append), not
 ``-O``, when resuming, or the first run's items are overwritten.
+
+A request that fails for good (no connection, or 5xx after every retry) is
+not an outcome: its species get ``request failed`` rows but stay open in the
+state, so the next run with the same ``JOBDIR`` asks again. How a crawl ended
+is in the stats: ``wiki/paused`` after Ctrl-C, ``wiki/open`` for the species
+still open, and the finish reason ``api_unreachable`` when the very first
+requests could not connect.
 """
 
 from __future__ import annotations
@@ -26,16 +33,21 @@ import scrapy
 from biocap_core.schemas import RANK_COLUMNS
 from scrapy import signals
 from scrapy.exceptions import CloseSpider, DontCloseSpider
+from scrapy.spidermiddlewares.httperror import HttpError
 from scrapy.utils.asyncio import sleep
+from scrapy.utils.defer import deferred_from_coro
 
 from biocap_wiki import __version__, api
 from biocap_wiki.items import WikiDescription, WikiError
+from biocap_wiki.middlewares import CONNECT_ERRORS, status_message
 from biocap_wiki.resolve import Action, Failed, Fetch, Found, Lookup, Render, Search
 from biocap_wiki.tables import fingerprint, load_species
 from biocap_wiki.taxobox import rendered_ranks
 
 _WIKIMEDIA_HOSTS = ("wikipedia.org", "wikimedia.org", "wikidata.org", "wikispecies.org", "wiktionary.org")
 _FOLLOW_UP_PRIORITY = 10  # finish started species before starting new ones
+#: Finish reason of a crawl whose first requests could not connect.
+API_UNREACHABLE = "api_unreachable"
 
 
 def check_contact(api_url: str, contact: str) -> None:
@@ -68,6 +80,11 @@ class WikispeciesSpider(scrapy.Spider):
         super().update_settings(settings)
         # Below -s USER_AGENT=..., above the project default.
         settings.set("USER_AGENT", user_agent(settings.get("WIKI_CONTACT", "")), priority="spider")
+        # Every request goes to one host, so the engine hands the downloader no more requests than
+        # that host's slot sends at once (below -s CONCURRENT_REQUESTS=...). The others wait in the
+        # scheduler, which JOBDIR saves, and not in the downloader's queue, which a pause would
+        # still send one by one at the polite pace (Scrapy's default lets 16 wait there).
+        settings.set("CONCURRENT_REQUESTS", settings.getint("CONCURRENT_REQUESTS_PER_DOMAIN"), priority="spider")
 
     @classmethod
     def from_crawler(cls, crawler, *args: Any, **kwargs: Any) -> WikispeciesSpider:
@@ -81,7 +98,9 @@ class WikispeciesSpider(scrapy.Spider):
         spider.search_limit = s.getint("WIKI_SEARCH_LIMIT")
         spider.license = s.get("WIKI_LICENSE")
         check_contact(spider.api, s.get("WIKI_CONTACT"))
-        spider.resent: set[str] = set()
+        # binomials whose requests were re-sent, or failed for good, in this run: not re-sent again
+        # before the next run (a failed request has had all its retries)
+        spider.not_again: set[str] = set()
         crawler.signals.connect(spider.spider_idle, signal=signals.spider_idle)
         return spider
 
@@ -132,7 +151,7 @@ class WikispeciesSpider(scrapy.Spider):
                                     _FOLLOW_UP_PRIORITY, "search")
             elif isinstance(action, Render):
                 yield self._request(api.parse_url(self.api, action.revid, self.maxlag), self.parse_render,
-                                    {"binomial": lookup.binomial, "title": action.title},
+                                    {"binomial": lookup.binomial, "title": action.title, "revid": action.revid},
                                     _FOLLOW_UP_PRIORITY, "parse")
             else:
                 yield self._item(lookup.binomial, action)
@@ -158,6 +177,11 @@ class WikispeciesSpider(scrapy.Spider):
         self._open_state()
         self.logger.info("%d binomials to describe; %d done or started before, %d open",
                          len(self.species), self.state["next"], len(self.lookups))
+        # for the progress line: (binomial, taxonomy) rows in the list, and those ended in earlier runs
+        stats = self.crawler.stats
+        stats.set_value("wiki/rows", sum(len(taxa) for _, taxa in self.species))
+        stats.set_value("wiki/rows_before", sum(len(taxa) for _, taxa in self.species[: self.state["next"]])
+                        - sum(len(lookup.taxa) for lookup in self.lookups.values()))
         engine = self.crawler.engine
         while self.state["next"] < len(self.species):
             # Scrapy reads start() eagerly; waiting while the downloader is full keeps the open
@@ -212,46 +236,82 @@ class WikispeciesSpider(scrapy.Spider):
     def parse_render(self, response):
         binomial, title = response.meta["binomial"], response.meta["title"]
         try:
-            ranks = rendered_ranks(api.read_parse(self._payload(response)))
+            ranks = rendered_ranks(api.read_parse(self._payload(response), response.meta["revid"]))
         except (api.ApiError, ValueError) as exc:
             yield from self._fail([binomial], str(exc))
             return
         if binomial in self.lookups:
             yield from self._act(self.lookups[binomial], self.lookups[binomial].on_render(title, ranks))
 
-    def on_error(self, failure):
-        """Retries are exhausted (or the request cannot succeed): the species it served end as errors."""
-        meta = failure.request.meta
+    def on_error(self, failure) -> list[Any]:
+        """A request failed for good: retries are spent (5xx, maxlag), or there is no connection.
+
+        Before any answer came, a failed connection means the API is unreachable (down, offline, or
+        a wrong ``api``): stop at once rather than fail every species in turn. Otherwise the
+        species it served get ``request failed`` rows and stay open (see :meth:`_fail`).
+        """
+        request = failure.request
+        meta = request.meta
         binomials = [b for bs in meta["titles"].values() for b in bs] if "titles" in meta else [meta["binomial"]]
-        self.logger.error("giving up on %s: %s", failure.request.url[:200], failure.getErrorMessage())
-        yield from self._fail(binomials, failure.getErrorMessage())
+        self.crawler.stats.inc_value("wiki/request_failures")
+        detail = failure.getErrorMessage()
+        if failure.check(HttpError):  # "Ignoring non-200 response" would not say which
+            detail = f"HTTP {status_message(failure.value.response.status)} after every retry"
+        if failure.check(*CONNECT_ERRORS) and not self.crawler.stats.get_value("response_received_count"):
+            self.logger.error("cannot connect to the API at %s: %s", self.api, failure.getErrorMessage())
+            # what raising CloseSpider does, without Scrapy logging the failure's traceback
+            deferred_from_coro(self.crawler.engine.close_spider_async(reason=API_UNREACHABLE))
+            return []
+        self.logger.error("giving up on %s: %s", request.url[:200], detail)
+        return list(self._fail(binomials, detail))
 
     def _fail(self, binomials: Iterable[str], detail: str) -> Iterator[Any]:
+        """``request failed`` rows, with the lookups kept open for the next run to ask again.
+
+        A request failure says nothing about the species, so it is not a final outcome; the rows
+        say what happened in this run, and a later run's outcome supersedes them (the tables
+        keep the last row of each species).
+        """
         for binomial in dict.fromkeys(binomials):
             if binomial in self.lookups:
+                self.not_again.add(binomial)
                 yield from self._act(self.lookups[binomial], self.lookups[binomial].fail(detail))
 
     def spider_idle(self) -> None:
-        """Send the last partial batch; re-send what lookups restored from a JOBDIR still wait for."""
+        """Send the last partial batch; re-send what lookups restored from a JOBDIR still wait for
+        (requests lost with an interrupted run, or failed for good in an earlier run), once a run."""
         requests = list(self._flush(everything=True))
         if not requests:
             for binomial, lookup in list(self.lookups.items()):
-                if binomial not in self.resent:  # its requests were lost with an interrupted run
-                    self.resent.add(binomial)
+                if binomial not in self.not_again:
+                    self.not_again.add(binomial)
                     requests.extend(self._act(lookup, lookup.resend()))
             requests.extend(self._flush(everything=True))
         if requests:
             for request in requests:
                 self.crawler.engine.crawl(request)
             raise DontCloseSpider
-        if self.lookups:
-            self.logger.error("%d species got no answer and stay open in JOBDIR for the next run: %s",
-                              len(self.lookups), ", ".join(list(self.lookups)[:10]))
 
     def closed(self, reason: str) -> None:
+        """Log how the crawl ended, and leave it in the stats: ``scrapy crawl`` exits 0 either way."""
         stats = self.crawler.stats
         errors = {k.rsplit("/", 1)[1]: v for k, v in stats.get_stats().items() if k.startswith("wiki/errors/")}
         self.logger.info("closed (%s): %d descriptions, errors %s, requests: %d query, %d search, %d parse",
                          reason, stats.get_value("wiki/descriptions", 0), errors or "none",
                          stats.get_value("wiki/requests/query", 0), stats.get_value("wiki/requests/search", 0),
                          stats.get_value("wiki/requests/parse", 0))
+        state = getattr(self, "state", None) or {}  # empty if the crawl closed before start()
+        lookups = state.get("lookups", {})
+        stats.set_value("wiki/open", len(lookups))
+        jobdir = self.crawler.settings.get("JOBDIR")
+        if reason == "shutdown":
+            stats.set_value("wiki/paused", True)
+            self.logger.warning("paused with %d species open and %d not started; %s", len(lookups),
+                                len(self.species) - state.get("next", 0),
+                                f"the same command with JOBDIR={jobdir} resumes" if jobdir
+                                else "without a JOBDIR nothing is kept, the next run starts over")
+        elif reason == "finished" and lookups:
+            self.logger.error("%d species ended with request failures (%s); %s", len(lookups),
+                              ", ".join(list(lookups)[:10]),
+                              f"the same command with JOBDIR={jobdir} asks for them again" if jobdir
+                              else "set a JOBDIR to retry only them")
