@@ -6,7 +6,10 @@ errors table with its reason. Failures are isolated per sample
 (:func:`~biocap_captions.engine.generate_isolated`); an unreadable shard is
 reported and skipped without touching the others; an engine that fails
 ``max_consecutive_failures`` samples in a row stops the run, keeping those
-samples out of the errors table so a rerun retries them.
+samples out of the errors table so a rerun retries them. So does an output
+file that cannot be written: the units after it could not be kept either.
+With ``retry_errors``, finished units that have error rows are reopened and
+those samples captioned again (:meth:`~biocap_captions.store.UnitStore.reopen`).
 """
 
 from __future__ import annotations
@@ -22,13 +25,14 @@ import polars as pl
 from biocap_core import schemas
 from biocap_core.errors import ShardError
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from biocap_captions.checks import check_caption
 from biocap_captions.engine import CaptionRequest, Completion, Engine, EngineBroken, generate_isolated
 from biocap_captions.output_shards import write_captioned_shard
 from biocap_captions.prompt import PROMPT_VERSION, PromptBuilder, PromptParts
 from biocap_captions.sources import DescriptionLookup, Sample, ShardUnit, Unit
-from biocap_captions.store import UnitStore
+from biocap_captions.store import OutputError, UnitStore, writing
 
 log = logging.getLogger("biocap_captions")
 
@@ -44,6 +48,8 @@ class RunOptions:
     write_shards: Path | None = None
     max_consecutive_failures: int = 100
     progress: bool = True
+    #: Caption again the error rows of finished units (a transient fault must not leave a permanent hole).
+    retry_errors: bool = False
 
 
 @dataclass
@@ -54,6 +60,8 @@ class RunReport:
     captions: int = 0
     errors: int = 0
     seconds: float = 0.0
+    #: Error rows in all finished units of the run, finished now or before: what ``retry_errors`` would retry.
+    errors_left: int = 0
 
     @property
     def ok(self) -> bool:
@@ -94,21 +102,29 @@ class Captioner:
     def run(self, units: Sequence[Unit]) -> RunReport:
         report, start = RunReport(), time.monotonic()
         stores = {u.name: UnitStore(self.options.out, u.name) for u in units}
-        todo = [u for u in units if not stores[u.name].finished()]
+        retry = {u.name for u in units if self.options.retry_errors
+                 and stores[u.name].finished() and stores[u.name].error_count()}
+        todo = [u for u in units if u.name in retry or not stores[u.name].finished()]
         for unit in todo:  # refuse to mix models or prompts before any work is done
-            stores[unit.name].check_resumable(stores[unit.name].load_partial()[0], self.engine.model, PROMPT_VERSION)
+            store = stores[unit.name]
+            done = store.read_final() if unit.name in retry else store.load_partial()[0]
+            store.check_resumable(done, self.engine.model, PROMPT_VERSION)
         for unit in units:
-            if stores[unit.name].finished():
+            if unit.name not in retry and stores[unit.name].finished():
                 self._already_finished(unit, stores[unit.name])
                 report.skipped.append(unit.name)
         expected = [u.expected for u in todo]
         total = sum(expected) if all(e is not None for e in expected) else None
         with tqdm(total=total, unit="img", desc="captions", disable=not self.options.progress,
-                  dynamic_ncols=True, smoothing=0.05) as bar:
+                  dynamic_ncols=True, smoothing=0.05) as bar, logging_redirect_tqdm():
             for unit in todo:
                 try:
+                    if unit.name in retry:
+                        log.info("retrying the %d samples of %s that have no caption",
+                                 stores[unit.name].error_count(), unit.name)
+                        stores[unit.name].reopen()
                     captions, errors = self._unit(unit, stores[unit.name], bar)
-                except EngineBroken:
+                except (EngineBroken, OutputError):
                     raise
                 except Exception as exc:  # an unreadable shard or image folder: report it, go on with the rest
                     log.error("unit %s failed and stays unfinished: %s", unit.name, exc)
@@ -117,6 +133,7 @@ class Captioner:
                 report.finished.append(unit.name)
                 report.captions += captions
                 report.errors += errors
+        report.errors_left = sum(stores[u.name].error_count() for u in units if stores[u.name].finished())
         report.seconds = time.monotonic() - start
         return report
 
@@ -125,7 +142,8 @@ class Captioner:
         target = self._shard_target(unit)
         if target is not None and not target.is_file():
             captions = store.read_final()
-            write_captioned_shard(unit.url, target, dict(zip(captions["uuid"], captions["caption"])))
+            with writing(target):
+                write_captioned_shard(unit.url, target, dict(zip(captions["uuid"], captions["caption"])))
 
     def _shard_target(self, unit: Unit) -> Path | None:
         if self.options.write_shards is None or not isinstance(unit, ShardUnit):
@@ -179,7 +197,8 @@ class Captioner:
         errors = pl.concat([saved_errors, new_errors], how="vertical")
         target = self._shard_target(unit)
         if target is not None:
-            write_captioned_shard(unit.url, target, dict(zip(captions["uuid"], captions["caption"])))
+            with writing(target):
+                write_captioned_shard(unit.url, target, dict(zip(captions["uuid"], captions["caption"])))
         store.finalize(captions, errors)
         return captions.height, errors.height
 
