@@ -83,12 +83,14 @@ class FakeChatServer:
     choices / without JSON; ``[400]``: a 400; ``[always429]``: 429 forever. Untagged prompts
     get a caption naming the species after ``delay`` seconds. 429s carry ``Retry-After:
     retry_after``. With ``flaky``, every seventh request (whatever its tag) gets, in turn, a 429,
-    a 500 or a 200 whose JSON body is cut off. ``GET /v1/models`` lists ``models``.
+    a 500 or a 200 whose JSON body is cut off; the requests numbered in ``throttle`` (1-based,
+    in order of arrival) get a 429. ``GET /v1/models`` lists ``models``.
     """
 
     def __init__(self, delay: float = 0.0, slow: float = 1.0, retry_after: str = "0", flaky: bool = False,
-                 models: tuple[str, ...] = ("tiny-vlm",)):
+                 throttle: tuple[int, ...] = (), models: tuple[str, ...] = ("tiny-vlm",)):
         self.delay, self.slow, self.retry_after, self.flaky, self.models = delay, slow, retry_after, flaky, models
+        self.throttle = throttle
         self.bodies: list[dict] = []
         self.user_agents: set[str] = set()
         self.requests = 0
@@ -145,6 +147,8 @@ class FakeChatServer:
             attempt = self.attempts[text] = self.attempts.get(text, 0) + 1
             self.requests += 1
             fault = self.requests // 7 % 3 if self.flaky and self.requests % 7 == 0 else None
+            if self.requests in self.throttle:
+                fault = 0
         if fault == 0:
             return 429, {"error": {"message": "rate limited"}}, {"Retry-After": self.retry_after}
         if fault == 1:

@@ -106,6 +106,25 @@ def test_a_request_waiting_to_retry_leaves_its_slot_to_the_others(chat_server):
     assert sorted(order[:2]) == throttled and sorted(order[2:8]) == plain and sorted(order[8:]) == throttled
 
 
+def test_a_throttled_request_does_not_hold_up_the_next_batch(toy_dir, tmp_path, chat_server):
+    """The first request of a 10-sample shard (two batches of 5) waits 1 s to retry; the second batch
+    must be sent meanwhile, so the window stays full instead of idling at the batch's end."""
+    from biocap_captions.pipeline import Captioner, RunOptions
+    from biocap_captions.prompt import FormatExamples, PromptBuilder
+    from biocap_captions.sources import shard_units
+
+    with chat_server(delay=0.02, retry_after="1", throttle=(1,)) as server:
+        engine = engine_for(server, concurrency=2, max_backoff=5.0)
+        report = Captioner(engine, PromptBuilder(FormatExamples.load()),
+                           RunOptions(out=tmp_path, batch_size=5, progress=False)
+                           ).run(shard_units(str(toy_dir / "train" / "shard-000000.tar")))
+        engine.close()
+    assert report.captions == 10
+    order = [body["messages"][0]["content"][0]["image_url"]["url"] for body in server.bodies]
+    assert len(order) == 11 and len(set(order)) == 10
+    assert order[-1] == order[0]  # the retry came after every other request, those of the next batch included
+
+
 def test_a_dead_server_is_refused_when_the_engine_is_built(tmp_path):
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))

@@ -26,6 +26,7 @@ import logging
 import random
 import threading
 import time
+from concurrent.futures import Future
 from typing import Sequence
 
 import httpx
@@ -157,8 +158,12 @@ class OpenAIEngine:
             body["seed"] = self.sampling.seed
         return body
 
+    def submit(self, requests: Sequence[CaptionRequest]) -> Future[list[Result]]:
+        """Start a batch and return at once; its requests share the window with those of earlier batches."""
+        return asyncio.run_coroutine_threadsafe(self._batch(requests), self._loop)
+
     def generate(self, requests: Sequence[CaptionRequest]) -> list[Result]:
-        future = asyncio.run_coroutine_threadsafe(self._batch(requests), self._loop)
+        future = self.submit(requests)
         try:
             return future.result()
         except BaseException:

@@ -1,8 +1,9 @@
 """The captioning loop: stream each unit in batches, caption, check, checkpoint, finish.
 
-Memory is bounded by one batch of images plus the unit's caption rows (text
-only). Every sample ends in exactly one place: the captions table, or the
-errors table with its reason. Failures are isolated per sample
+Memory is bounded by two batches of images (an engine that can ``submit``
+gets the next batch while the current one finishes) plus the unit's caption
+rows (text only). Every sample ends in exactly one place: the captions table,
+or the errors table with its reason. Failures are isolated per sample
 (:func:`~biocap_captions.engine.generate_isolated`); an unreadable shard is
 reported and skipped without touching the others; an engine that fails
 ``max_consecutive_failures`` samples in a row stops the run, keeping those
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,9 +31,9 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from biocap_captions.checks import check_caption
-from biocap_captions.engine import CaptionRequest, Completion, Engine, EngineBroken, generate_isolated
+from biocap_captions.engine import CaptionRequest, Completion, Engine, EngineBroken, Result, generate_isolated
 from biocap_captions.output_shards import write_captioned_shard
-from biocap_captions.prompt import PROMPT_VERSION, PromptBuilder, PromptParts
+from biocap_captions.prompt import PROMPT_VERSION, BuiltPrompt, PromptBuilder, PromptParts
 from biocap_captions.sources import DescriptionLookup, Sample, ShardUnit, Unit
 from biocap_captions.store import OutputError, UnitStore, writing
 
@@ -86,6 +89,16 @@ class _Pending:
         if include_streak:
             self.streak = []
         return frames
+
+
+@dataclass
+class _Batch:
+    """Samples sent to the engine together; ``submitted`` while the engine works on it in the background."""
+
+    samples: list[Sample]
+    prompts: list[BuiltPrompt]
+    requests: list[CaptionRequest]
+    submitted: Future[list[Result]] | None
 
 
 class Captioner:
@@ -158,6 +171,8 @@ class Captioner:
             log.info("resuming %s: %d samples already done", unit.name, len(done))
         bar.set_postfix_str(unit.name, refresh=False)
         pending, batch, seen, read = _Pending(), [], set(), 0
+        in_flight: deque[_Batch] = deque()
+        depth = 2 if hasattr(self.engine, "submit") else 1
         last_checkpoint = time.monotonic()
         try:
             for sample in unit.samples():
@@ -174,20 +189,25 @@ class Captioner:
                     continue
                 batch.append(sample)
                 if len(batch) == self.options.batch_size:
-                    self._caption_batch(batch, unit.label, pending)
-                    bar.update(len(batch))
+                    in_flight.append(self._start(batch))
                     batch = []
+                    if len(in_flight) == depth:
+                        self._finish(in_flight.popleft(), unit.label, pending, bar)
                     if (len(pending) >= self.options.checkpoint_rows
                             or time.monotonic() - last_checkpoint >= self.options.checkpoint_seconds):
                         store.write_checkpoint(*pending.take(include_streak=False))
                         last_checkpoint = time.monotonic()
             if batch:
-                self._caption_batch(batch, unit.label, pending)
-                bar.update(len(batch))
+                in_flight.append(self._start(batch))
+            while in_flight:
+                self._finish(in_flight.popleft(), unit.label, pending, bar)
             if unit.expected is not None and read != unit.expected:
                 raise ShardError(f"{unit.label}: read {read} samples where {unit.expected} were expected "
                                  "(sizes.json); the shard may be truncated")
         except BaseException as exc:
+            for started in in_flight:  # never recorded, so a rerun sends them again
+                if started.submitted is not None:
+                    started.submitted.cancel()
             # keep what was captioned; a broken engine's failure streak is left out so a rerun retries it
             store.write_checkpoint(*pending.take(include_streak=not isinstance(exc, EngineBroken)))
             raise
@@ -202,16 +222,22 @@ class Captioner:
         store.finalize(captions, errors)
         return captions.height, errors.height
 
-    def _caption_batch(self, batch: list[Sample], shard: str, pending: _Pending) -> None:
+    def _start(self, batch: list[Sample]) -> _Batch:
+        """Build the batch's prompts and, if the engine can take it now, submit it."""
         wikis = self.descriptions.get_many([s.uuid for s in batch]) if self.descriptions else [None] * len(batch)
         prompts = [
             self.prompts.build(PromptParts(s.display_name, s.scientific_name, s.klass, wiki))
             for s, wiki in zip(batch, wikis)
         ]
         requests = [CaptionRequest(s.uuid, s.image, p.instruction) for s, p in zip(batch, prompts)]
-        results = generate_isolated(self.engine, requests)
+        submit = getattr(self.engine, "submit", None)
+        return _Batch(batch, prompts, requests, submit(requests) if submit else None)
+
+    def _finish(self, batch: _Batch, shard: str, pending: _Pending, bar: tqdm) -> None:
+        """Wait for the batch's results and record each as a caption or an error row."""
+        results = generate_isolated(self.engine, batch.requests, batch.submitted)
         now = datetime.now(timezone.utc)
-        for sample, prompt, result in zip(batch, prompts, results):
+        for sample, prompt, result in zip(batch.samples, batch.prompts, results):
             if not isinstance(result, Completion):
                 pending.streak.append(self._error_row(sample.uuid, shard, result.reason, now))
                 self._failures_in_a_row += 1
@@ -243,6 +269,7 @@ class Captioner:
                 "names_species": checked.names_species,
                 "flags": checked.flags,
             })
+        bar.update(len(batch.samples))
 
     @staticmethod
     def _error_row(uuid: str, shard: str, reason: str, now: datetime | None = None) -> dict:
