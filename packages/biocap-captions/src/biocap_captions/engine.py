@@ -82,6 +82,20 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:500]
 
 
+def result_of(future: Future[list[Result]]) -> list[Result]:
+    """``future.result()``, waking twice a second.
+
+    Ctrl-C may be delivered to another thread (polars' pool, the engine's own);
+    the main thread raises KeyboardInterrupt only when it next runs Python code,
+    which an untimed wait would put off until the whole batch is done.
+    """
+    while True:
+        try:
+            return future.result(timeout=0.5)
+        except TimeoutError:
+            continue
+
+
 def generate_isolated(engine: Engine, requests: Sequence[CaptionRequest],
                       submitted: Future[list[Result]] | None = None) -> list[Result]:
     """``engine.generate`` with a failing batch split in halves until each failure stands alone.
@@ -92,7 +106,7 @@ def generate_isolated(engine: Engine, requests: Sequence[CaptionRequest],
     if not requests:
         return []
     try:
-        results = submitted.result() if submitted is not None else engine.generate(requests)
+        results = result_of(submitted) if submitted is not None else engine.generate(requests)
     except EngineBroken:
         raise
     except Exception as exc:

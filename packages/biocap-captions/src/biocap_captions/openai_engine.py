@@ -41,6 +41,7 @@ from biocap_captions.engine import (
     Result,
     SamplingConfig,
     describe,
+    result_of,
 )
 from biocap_captions.prompt import chat_messages
 
@@ -165,7 +166,7 @@ class OpenAIEngine:
     def generate(self, requests: Sequence[CaptionRequest]) -> list[Result]:
         future = self.submit(requests)
         try:
-            return future.result()
+            return result_of(future)
         except BaseException:
             future.cancel()  # interrupted (or the server is gone): stop the batch's other requests
             raise
@@ -225,7 +226,14 @@ class OpenAIEngine:
         return parse_completion(payload)
 
     def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.client.aclose(), self._loop).result()
+        async def shut_down() -> None:
+            # requests of a batch given up on (an interrupted run) must not outlive the client
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+            await self.client.aclose()
+
+        asyncio.run_coroutine_threadsafe(shut_down(), self._loop).result()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()
