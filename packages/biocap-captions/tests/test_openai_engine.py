@@ -12,7 +12,14 @@ import pytest
 import typer
 from biocap_captions import __version__
 from biocap_captions.cli import app
-from biocap_captions.engine import STOP_STRINGS, CaptionRequest, Completion, EngineBroken, Failure, SamplingConfig
+from biocap_captions.engine import (
+    STOP_STRINGS,
+    CaptionRequest,
+    Completion,
+    EngineBroken,
+    Failure,
+    SamplingConfig,
+)
 from biocap_captions.openai_engine import OpenAIEngine, image_mime, retry_after_seconds
 from biocap_core import schemas
 from typer.testing import CliRunner

@@ -44,7 +44,7 @@ def test_a_flaky_server_still_gives_every_image_a_caption(toy_dir, tmp_path, cha
     out = tmp_path / "out"
     with chat_server(flaky=True) as server:
         command = [sys.executable, "-m", "biocap_captions", *run_args(toy_dir, out, server.url), "--progress"]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr
     captions, errors = tables(out)
     assert sorted(captions["uuid"]) == uuids(toy_dir) and errors.height == 0

@@ -31,7 +31,14 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from biocap_captions.checks import check_caption
-from biocap_captions.engine import CaptionRequest, Completion, Engine, EngineBroken, Result, generate_isolated
+from biocap_captions.engine import (
+    CaptionRequest,
+    Completion,
+    Engine,
+    EngineBroken,
+    Result,
+    generate_isolated,
+)
 from biocap_captions.output_shards import write_captioned_shard
 from biocap_captions.prompt import PROMPT_VERSION, BuiltPrompt, PromptBuilder, PromptParts
 from biocap_captions.sources import DescriptionLookup, Sample, ShardUnit, Unit
