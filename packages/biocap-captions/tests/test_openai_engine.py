@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
+import signal
 import socket
+import threading
 import time
 
 import polars as pl
@@ -130,6 +133,19 @@ def test_a_throttled_request_does_not_hold_up_the_next_batch(toy_dir, tmp_path, 
     order = [body["messages"][0]["content"][0]["image_url"]["url"] for body in server.bodies]
     assert len(order) == 11 and len(set(order)) == 10
     assert order[-1] == order[0]  # the retry came after every other request, those of the next batch included
+
+
+def test_ctrl_c_ends_the_wait_for_a_batch_at_once(chat_server):
+    """SIGINT may land on any thread (here the test server's); the wait must not last until the batch is done."""
+    with chat_server(delay=2.0) as server:
+        engine = engine_for(server, concurrency=2, timeout=10.0)
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+        start = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            engine.generate([CaptionRequest(str(i), JPEG, f"{PROMPT} #{i}") for i in range(8)])  # 8 s of work
+        elapsed = time.monotonic() - start
+        engine.close()
+    assert elapsed < 2.5
 
 
 def test_a_dead_server_is_refused_when_the_engine_is_built(tmp_path):

@@ -88,6 +88,18 @@ def test_a_dead_server_stops_the_run_at_once_naming_the_url(toy_dir, tmp_path):
     assert not (tmp_path / "out" / "errors").exists()
 
 
+def test_an_output_write_failing_mid_run_stops_it_in_one_line(toy_dir, tmp_path, chat_server):
+    """The first unit's final tables cannot be written: stop there, do not caption the other 30 images."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "errors").write_text("a file where the errors folder should be")
+    with chat_server() as server:
+        result = CliRunner().invoke(app, run_args(toy_dir, out, server.url))
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert f"error: cannot write {out / 'errors' / 'shard-000000.parquet'}: File exists ({out / 'errors'})" in result.output
+    assert len(server.bodies) == 10
+
+
 @pytest.mark.parametrize("where", ["under-a-file", "unwritable"])
 @pytest.mark.parametrize("option", ["--out", "--write-shards"])
 def test_an_output_path_that_cannot_be_written_fails_in_one_line(toy_dir, tmp_path, chat_server, where, option):
