@@ -139,7 +139,8 @@ class UnitStore:
         """
         self.drop_partial()
         self.write_checkpoint(self.read_final(), schemas.CAPTION_ERRORS.empty())
-        self.captions_path.unlink()
+        with writing(self.captions_path):
+            self.captions_path.unlink()
 
     def drop_partial(self) -> None:
         if self.partial_dir.is_dir():
