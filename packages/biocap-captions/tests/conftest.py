@@ -81,12 +81,19 @@ class FakeChatServer:
     ``[429x2]``/``[500x1]``: that many 429/500 answers before a good one; ``[slowx1]``: one
     answer slower than the client's timeout; ``[malformed]``/``[notjson]``: a 200 without
     choices / without JSON; ``[400]``: a 400; ``[always429]``: 429 forever. Untagged prompts
-    get a caption naming the species after ``delay`` seconds.
+    get a caption naming the species after ``delay`` seconds. 429s carry ``Retry-After:
+    retry_after``. With ``flaky``, every seventh request (whatever its tag) gets, in turn, a 429,
+    a 500 or a 200 whose JSON body is cut off; the requests numbered in ``throttle`` (1-based,
+    in order of arrival) get a 429. ``GET /v1/models`` lists ``models``.
     """
 
-    def __init__(self, delay: float = 0.0, slow: float = 1.0):
-        self.delay, self.slow = delay, slow
+    def __init__(self, delay: float = 0.0, slow: float = 1.0, retry_after: str = "0", flaky: bool = False,
+                 throttle: tuple[int, ...] = (), models: tuple[str, ...] = ("tiny-vlm",)):
+        self.delay, self.slow, self.retry_after, self.flaky, self.models = delay, slow, retry_after, flaky, models
+        self.throttle = throttle
         self.bodies: list[dict] = []
+        self.user_agents: set[str] = set()
+        self.requests = 0
         self.attempts: dict[str, int] = {}
         self.in_flight = self.max_in_flight = 0
         self.lock = threading.Lock()
@@ -96,14 +103,25 @@ class FakeChatServer:
             def log_message(self, *args):
                 pass
 
+            def do_GET(self):
+                assert self.path == "/v1/models", self.path
+                data = json.dumps({"object": "list", "data": [{"id": m, "object": "model"} for m in server.models]})
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data.encode())
+
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with server.lock:
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                    server.user_agents.add(self.headers["User-Agent"])
                 try:
                     status, payload, headers = server.answer(self.path, body)
                     data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                    if headers.pop("X-Cut-Body", None):
+                        data = data[: len(data) // 2]
                     self.send_response(status)
                     for k, v in headers.items():
                         self.send_header(k, v)
@@ -127,10 +145,18 @@ class FakeChatServer:
         with self.lock:
             self.bodies.append(body)
             attempt = self.attempts[text] = self.attempts.get(text, 0) + 1
+            self.requests += 1
+            fault = self.requests // 7 % 3 if self.flaky and self.requests % 7 == 0 else None
+            if self.requests in self.throttle:
+                fault = 0
+        if fault == 0:
+            return 429, {"error": {"message": "rate limited"}}, {"Retry-After": self.retry_after}
+        if fault == 1:
+            return 500, {"error": {"message": "internal error"}}, {}
         tag = re.search(r"\[(\w+?)(?:x(\d+))?\]", text)
         kind, times = (tag.group(1), int(tag.group(2) or 0)) if tag else ("", 0)
         if kind in ("429", "500") and attempt <= times:
-            return int(kind), {"error": {"message": "busy"}}, {"Retry-After": "0"} if kind == "429" else {}
+            return int(kind), {"error": {"message": "busy"}}, {"Retry-After": self.retry_after} if kind == "429" else {}
         if kind == "slow" and attempt <= times:
             time.sleep(self.slow)
         if kind == "always429":
@@ -146,7 +172,7 @@ class FakeChatServer:
         return 200, {
             "choices": [{"index": 0, "message": {"role": "assistant", "content": caption}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 100, "completion_tokens": 9},
-        }, {}
+        }, {"X-Cut-Body": "1"} if fault == 2 else {}
 
     def __enter__(self):
         self.thread.start()

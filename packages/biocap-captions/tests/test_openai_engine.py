@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import base64
+import logging
+import os
+import signal
+import socket
+import threading
 import time
 
 import polars as pl
+import pytest
+import typer
+from biocap_captions import __version__
 from biocap_captions.cli import app
-from biocap_captions.engine import STOP_STRINGS, CaptionRequest, Completion, Failure, SamplingConfig
+from biocap_captions.engine import (
+    STOP_STRINGS,
+    CaptionRequest,
+    Completion,
+    EngineBroken,
+    Failure,
+    SamplingConfig,
+)
 from biocap_captions.openai_engine import OpenAIEngine, image_mime, retry_after_seconds
 from biocap_core import schemas
 from typer.testing import CliRunner
@@ -37,6 +52,7 @@ def test_request_carries_the_image_prompt_and_sampling(chat_server):
     prefix = "data:image/jpeg;base64,"
     assert image["type"] == "image_url" and image["image_url"]["url"].startswith(prefix)
     assert base64.b64decode(image["image_url"]["url"][len(prefix):]) == JPEG
+    assert server.user_agents == {f"biocap-captions/{__version__}"}  # not the bare python-httpx/x.y
 
 
 def test_retries_on_429_5xx_and_timeouts_then_succeeds(chat_server):
@@ -69,7 +85,9 @@ def test_failures_are_per_sample_and_say_why(chat_server):
     assert isinstance(limited, Failure) and limited.reason.startswith("gave up after 3 attempts: HTTP 429")
     assert isinstance(bad, Failure) and bad.reason.startswith("HTTP 400:") and server.attempts[PROMPT + " [400]"] == 1
     assert malformed.reason.startswith("malformed response (no choices[0].message.content")
-    assert html.reason.startswith("malformed response (not JSON)")
+    # a body that does not parse is retried like a 5xx (a proxy cut it off), a JSON body without a completion is not
+    assert html.reason.startswith("gave up after 3 attempts: malformed response (not JSON)")
+    assert server.attempts[PROMPT + " [notjson]"] == 3 and server.attempts[PROMPT + " [malformed]"] == 1
     assert not_image.reason.startswith("not a JPEG, PNG, GIF or WebP image")
 
 
@@ -83,6 +101,88 @@ def test_concurrency_is_bounded(chat_server):
     assert all(isinstance(r, Completion) for r in results)
     assert server.max_in_flight == 3
     assert elapsed >= 4 * 0.05  # 12 requests, 3 at a time
+
+
+def test_a_request_waiting_to_retry_leaves_its_slot_to_the_others(chat_server):
+    """Two throttled requests (Retry-After 1 s) at concurrency 2 must not stall the other six for that second."""
+    throttled = [f"{PROMPT} [429x1] #{i}" for i in range(2)]
+    plain = [f"{PROMPT} #{i}" for i in range(6)]
+    with chat_server(delay=0.02, retry_after="1") as server:
+        engine = engine_for(server, concurrency=2, max_backoff=5.0)
+        results = engine.generate([CaptionRequest(t, JPEG, t) for t in throttled + plain])
+        engine.close()
+    assert all(isinstance(r, Completion) for r in results)
+    order = [body["messages"][0]["content"][1]["text"] for body in server.bodies]
+    assert sorted(order[:2]) == throttled and sorted(order[2:8]) == plain and sorted(order[8:]) == throttled
+
+
+def test_a_throttled_request_does_not_hold_up_the_next_batch(toy_dir, tmp_path, chat_server):
+    """The first request of a 10-sample shard (two batches of 5) waits 1 s to retry; the second batch
+    must be sent meanwhile, so the window stays full instead of idling at the batch's end."""
+    from biocap_captions.pipeline import Captioner, RunOptions
+    from biocap_captions.prompt import FormatExamples, PromptBuilder
+    from biocap_captions.sources import shard_units
+
+    with chat_server(delay=0.02, retry_after="1", throttle=(1,)) as server:
+        engine = engine_for(server, concurrency=2, max_backoff=5.0)
+        report = Captioner(engine, PromptBuilder(FormatExamples.load()),
+                           RunOptions(out=tmp_path, batch_size=5, progress=False)
+                           ).run(shard_units(str(toy_dir / "train" / "shard-000000.tar")))
+        engine.close()
+    assert report.captions == 10
+    order = [body["messages"][0]["content"][0]["image_url"]["url"] for body in server.bodies]
+    assert len(order) == 11 and len(set(order)) == 10
+    assert order[-1] == order[0]  # the retry came after every other request, those of the next batch included
+
+
+def test_ctrl_c_ends_the_wait_for_a_batch_at_once(chat_server):
+    """SIGINT may land on any thread (here the test server's); the wait must not last until the batch is done."""
+    with chat_server(delay=2.0) as server:
+        engine = engine_for(server, concurrency=2, timeout=10.0)
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+        start = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            engine.generate([CaptionRequest(str(i), JPEG, f"{PROMPT} #{i}") for i in range(8)])  # 8 s of work
+        elapsed = time.monotonic() - start
+        engine.close()
+    assert elapsed < 2.5
+
+
+def test_a_dead_server_is_refused_when_the_engine_is_built(tmp_path):
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    start = time.monotonic()
+    with pytest.raises(EngineBroken, match=f"cannot reach the chat-completions server at {url}/models: ConnectError"):
+        OpenAIEngine(model="tiny-vlm", base_url=url)
+    assert time.monotonic() - start < 5
+
+
+def test_losing_the_server_mid_run_stops_the_engine_and_is_logged_once(chat_server, caplog):
+    with chat_server() as server:
+        engine = engine_for(server, max_retries=2)
+    # the server is gone now: every connection is refused
+    with caplog.at_level(logging.WARNING, logger="biocap_captions"), pytest.raises(EngineBroken, match=f"lost the server at {server.url}"):
+        engine.generate([CaptionRequest(str(i), JPEG, f"{PROMPT} #{i}") for i in range(8)])
+    engine.close()
+    [warning] = [r.getMessage() for r in caplog.records if "cannot connect" in r.getMessage()]
+    assert warning.startswith(f"cannot connect to {server.url}/chat/completions (ConnectError")
+
+
+def test_an_unknown_model_is_warned_about_at_start(chat_server, caplog):
+    with chat_server(models=("other-vlm",)) as server, caplog.at_level(logging.WARNING, logger="biocap_captions"):
+        engine_for(server).close()
+    assert f"model 'tiny-vlm' is not among those {server.url} serves (other-vlm)" in caplog.text
+
+
+def test_run_help_shows_every_option_name_whole():
+    """Piped help (not a terminal) used to cut names at 80 columns: '--max-consecutive-fa…'."""
+    result = CliRunner().invoke(app, ["run", "--help"], terminal_width=80)
+    assert result.exit_code == 0
+    run = typer.main.get_command(app).commands["run"]
+    names = [opt for param in run.params for opt in param.opts + param.secondary_opts]
+    assert "--max-consecutive-failures" in names and "--retry-errors" in names
+    assert [n for n in names if n not in result.output] == []
 
 
 def test_mime_and_retry_after_parsing():

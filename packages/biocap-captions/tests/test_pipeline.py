@@ -14,7 +14,7 @@ from biocap_captions.pipeline import Captioner, RunOptions
 from biocap_captions.prompt import PROMPT_VERSION, FormatExamples, PromptBuilder
 from biocap_captions.sources import catalog_units, load_descriptions, shard_units
 from biocap_captions.stats import summarize
-from biocap_captions.store import ResumeMismatch
+from biocap_captions.store import OutputError, ResumeMismatch
 from biocap_core import schemas
 from biocap_core.errors import SchemaError, ShardError
 from biocap_core.shards import iter_samples
@@ -172,6 +172,46 @@ def test_a_broken_engine_stops_the_run_and_its_failures_are_retried(toy_dir, tmp
     captioner(fake_engine(), tmp_path, toy_dir).run(units_of(toy_dir))
     captions, errors = outputs(tmp_path)
     assert errors.height == 0 and sorted(captions["uuid"]) == sorted(shard_uuids(toy_dir))
+
+
+def test_an_output_write_failure_stops_the_run_naming_the_file(toy_dir, tmp_path, fake_engine, monkeypatch):
+    """A full disk must stop the run, not let it caption the remaining units only to lose them."""
+    write = schemas.write_parquet_atomic
+
+    def disk_full_for_final_tables(df, path):
+        if Path(path).parent.name == "errors":
+            df.write_parquet("/dev/full")  # the error polars really raises: ... No space left on device
+        return write(df, path)
+
+    monkeypatch.setattr(schemas, "write_parquet_atomic", disk_full_for_final_tables)
+    engine = fake_engine()
+    with pytest.raises(OutputError, match=r"cannot write .*errors/shard-000000\.parquet: .*No space left on device"):
+        captioner(engine, tmp_path, toy_dir).run(units_of(toy_dir))
+    assert sum(len(call) for call in engine.calls) == 10  # the first unit only
+    monkeypatch.undo()  # space freed: the rerun finishes from the checkpoints
+    rerun = fake_engine()
+    captioner(rerun, tmp_path, toy_dir).run(units_of(toy_dir))
+    captions, errors = outputs(tmp_path)
+    assert sorted(captions["uuid"]) == sorted(shard_uuids(toy_dir)) and errors.height == 0
+    assert sum(len(call) for call in rerun.calls) == 30 + 1  # and the first unit's last batch, never checkpointed
+
+
+def test_retrying_error_rows_is_safe_against_a_kill(toy_dir, tmp_path, fake_engine):
+    """A kill while error rows are retried leaves a unit that any rerun finishes, each uuid once."""
+    uuids = shard_uuids(toy_dir)
+    captioner(fake_engine(fail={uuids[1]: "HTTP 503", uuids[2]: "HTTP 503"}), tmp_path, toy_dir).run(units_of(toy_dir)[:1])
+
+    class Killed(fake_engine):
+        def generate(self, requests):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        captioner(Killed(), tmp_path, toy_dir, retry_errors=True).run(units_of(toy_dir)[:1])
+    engine = fake_engine()
+    report = captioner(engine, tmp_path, toy_dir).run(units_of(toy_dir)[:1])  # no retry_errors needed now
+    assert engine.calls == [[uuids[1], uuids[2]]] and report.errors_left == 0
+    captions, errors = outputs(tmp_path)
+    assert sorted(captions["uuid"]) == sorted(uuids[:10]) and errors.height == 0
 
 
 def test_captioned_shards_keep_every_member_and_add_the_caption(toy_dir, tmp_path, fake_engine):

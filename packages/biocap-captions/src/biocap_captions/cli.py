@@ -19,8 +19,10 @@ from biocap_captions.engine import DEFAULT_MODEL, Engine, EngineBroken, Sampling
 from biocap_captions.jobs import JobSpecError, resolve_job, select
 from biocap_captions.prompt import PROMPT_VERSION, FormatExamples, PromptBuilder, PromptParts
 
+# Plain help text: rich's table cuts long option names ("--max-consecutive-fa…") at 80 columns
+# when the output is not a terminal (piped to less, grep, CI logs).
 app = typer.Typer(help="Trait captions for TreeOfLife images with vLLM or an OpenAI-compatible server.",
-                  no_args_is_help=True)
+                  no_args_is_help=True, rich_markup_mode=None)
 
 
 def make_engine(name: str, model: str, sampling: SamplingConfig, **options) -> Engine:
@@ -78,16 +80,23 @@ def run(
     write_shards: Optional[Path] = typer.Option(None, help="Also write each shard again with caption.txt here."),
     checkpoint_seconds: float = typer.Option(60.0, help="Checkpoint unfinished units this often."),
     max_consecutive_failures: int = typer.Option(100, help="Stop when this many samples fail in a row."),
+    retry_errors: bool = typer.Option(False, help="Caption again the samples of finished units that got an error."),
+    strict: bool = typer.Option(False, help="Exit 1 when any sample of this job's units has no caption."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Caption every image of this job's units; a rerun skips finished units and finishes partial ones."""
     from biocap_captions.pipeline import Captioner, RunOptions
     from biocap_captions.sources import catalog_units, load_descriptions, shard_units
+    from biocap_captions.store import prepare_output, writing
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request would bury the progress bar
     if shards is None and catalog is None:
         raise typer.BadParameter("give --shards, or --catalog with an image_path column", param_hint="--shards")
     try:
+        prepare_output(out)
+        if write_shards is not None:
+            prepare_output(write_shards)
         jobs, index = resolve_job(num_shards, shard_index)
         catalog_df = schemas.CATALOG.read(catalog) if catalog else None
         if shards is not None:
@@ -114,9 +123,10 @@ def run(
                 "sampling": sampling.__dict__, "job": [index, jobs], "units": [u.name for u in mine],
                 "options": {k: v for k, v in options.items() if k != "api_key"}}
     started = datetime.now(timezone.utc)
-    atomic_write(out / "runs" / f"{started:%Y%m%dT%H%M%S}-job{index}of{jobs}-{os.getpid()}.json",
-                 lambda tmp: tmp.write_text(json.dumps(settings, indent=2, default=str)))
+    settings_path = out / "runs" / f"{started:%Y%m%dT%H%M%S}-job{index}of{jobs}-{os.getpid()}.json"
     try:
+        with writing(settings_path):
+            atomic_write(settings_path, lambda tmp: tmp.write_text(json.dumps(settings, indent=2, default=str)))
         captioner_engine = make_engine(engine, model, sampling, **options)
     except (ImportError, BioCAPError) as exc:
         _fail(str(exc))
@@ -125,7 +135,7 @@ def run(
             captioner_engine, prompts,
             RunOptions(out=out, batch_size=batch_size, checkpoint_seconds=checkpoint_seconds,
                        write_shards=write_shards, max_consecutive_failures=max_consecutive_failures,
-                       progress=progress),
+                       progress=progress, retry_errors=retry_errors),
             descriptions,
         ).run(mine)
     except (EngineBroken, BioCAPError) as exc:
@@ -135,9 +145,12 @@ def run(
     rate = (report.captions + report.errors) / report.seconds if report.seconds else 0.0
     typer.echo(f"finished {len(report.finished)} units ({len(report.skipped)} were already done): "
                f"{report.captions} captions, {report.errors} errors, {rate:.1f} images/s", err=True)
-    if report.failed:
-        for name, reason in report.failed.items():
-            typer.echo(f"unit {name} failed: {reason}", err=True)
+    if report.errors_left:
+        typer.echo(f"{report.errors_left} samples of this job's units have no caption (reasons in {out / 'errors'}); "
+                   "rerun with --retry-errors to try them again", err=True)
+    for name, reason in report.failed.items():
+        typer.echo(f"unit {name} failed: {reason}", err=True)
+    if report.failed or (strict and report.errors_left):
         raise typer.Exit(1)
 
 

@@ -6,10 +6,17 @@ engine can pin the problem on that request (an undecodable image, an HTTP 400).
 When it cannot (vLLM rejects a whole ``generate`` call for one over-long
 prompt), it raises; :func:`generate_isolated` then splits the batch in halves
 until the failing requests stand alone, so one bad sample never costs the rest.
+
+An engine that can take a second batch while the first is still running (a
+server with a concurrency window) also offers ``submit(requests)``, returning
+a :class:`concurrent.futures.Future` of the same list. The pipeline then keeps
+two batches in flight, so the window stays full while a batch's last requests
+wait out a retry instead of idling until they are done.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
@@ -54,7 +61,7 @@ Result = Completion | Failure
 
 
 class Engine(Protocol):
-    """What the pipeline needs from an engine."""
+    """What the pipeline needs from an engine (``submit`` is optional; see the module docs)."""
 
     #: Recorded in the ``model`` column of every caption.
     model: str
@@ -75,12 +82,31 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:500]
 
 
-def generate_isolated(engine: Engine, requests: Sequence[CaptionRequest]) -> list[Result]:
-    """``engine.generate`` with a failing batch split in halves until each failure stands alone."""
+def result_of(future: Future[list[Result]]) -> list[Result]:
+    """``future.result()``, waking twice a second.
+
+    Ctrl-C may be delivered to another thread (polars' pool, the engine's own);
+    the main thread raises KeyboardInterrupt only when it next runs Python code,
+    which an untimed wait would put off until the whole batch is done.
+    """
+    while True:
+        try:
+            return future.result(timeout=0.5)
+        except TimeoutError:
+            continue
+
+
+def generate_isolated(engine: Engine, requests: Sequence[CaptionRequest],
+                      submitted: Future[list[Result]] | None = None) -> list[Result]:
+    """``engine.generate`` with a failing batch split in halves until each failure stands alone.
+
+    ``submitted`` is the batch already started with ``engine.submit``; its
+    outcome stands for the first ``generate`` call.
+    """
     if not requests:
         return []
     try:
-        results = engine.generate(requests)
+        results = result_of(submitted) if submitted is not None else engine.generate(requests)
     except EngineBroken:
         raise
     except Exception as exc:

@@ -1,18 +1,24 @@
 """The captioning loop: stream each unit in batches, caption, check, checkpoint, finish.
 
-Memory is bounded by one batch of images plus the unit's caption rows (text
-only). Every sample ends in exactly one place: the captions table, or the
-errors table with its reason. Failures are isolated per sample
+Memory is bounded by two batches of images (an engine that can ``submit``
+gets the next batch while the current one finishes) plus the unit's caption
+rows (text only). Every sample ends in exactly one place: the captions table,
+or the errors table with its reason. Failures are isolated per sample
 (:func:`~biocap_captions.engine.generate_isolated`); an unreadable shard is
 reported and skipped without touching the others; an engine that fails
 ``max_consecutive_failures`` samples in a row stops the run, keeping those
-samples out of the errors table so a rerun retries them.
+samples out of the errors table so a rerun retries them. So does an output
+file that cannot be written: the units after it could not be kept either.
+With ``retry_errors``, finished units that have error rows are reopened and
+those samples captioned again (:meth:`~biocap_captions.store.UnitStore.reopen`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,13 +28,21 @@ import polars as pl
 from biocap_core import schemas
 from biocap_core.errors import ShardError
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from biocap_captions.checks import check_caption
-from biocap_captions.engine import CaptionRequest, Completion, Engine, EngineBroken, generate_isolated
+from biocap_captions.engine import (
+    CaptionRequest,
+    Completion,
+    Engine,
+    EngineBroken,
+    Result,
+    generate_isolated,
+)
 from biocap_captions.output_shards import write_captioned_shard
-from biocap_captions.prompt import PROMPT_VERSION, PromptBuilder, PromptParts
+from biocap_captions.prompt import PROMPT_VERSION, BuiltPrompt, PromptBuilder, PromptParts
 from biocap_captions.sources import DescriptionLookup, Sample, ShardUnit, Unit
-from biocap_captions.store import UnitStore
+from biocap_captions.store import OutputError, UnitStore, writing
 
 log = logging.getLogger("biocap_captions")
 
@@ -44,6 +58,8 @@ class RunOptions:
     write_shards: Path | None = None
     max_consecutive_failures: int = 100
     progress: bool = True
+    #: Caption again the error rows of finished units (a transient fault must not leave a permanent hole).
+    retry_errors: bool = False
 
 
 @dataclass
@@ -54,6 +70,8 @@ class RunReport:
     captions: int = 0
     errors: int = 0
     seconds: float = 0.0
+    #: Error rows in all finished units of the run, finished now or before: what ``retry_errors`` would retry.
+    errors_left: int = 0
 
     @property
     def ok(self) -> bool:
@@ -80,6 +98,16 @@ class _Pending:
         return frames
 
 
+@dataclass
+class _Batch:
+    """Samples sent to the engine together; ``submitted`` while the engine works on it in the background."""
+
+    samples: list[Sample]
+    prompts: list[BuiltPrompt]
+    requests: list[CaptionRequest]
+    submitted: Future[list[Result]] | None
+
+
 class Captioner:
     """Runs an engine over units, writing one captions and one errors table per unit."""
 
@@ -94,21 +122,29 @@ class Captioner:
     def run(self, units: Sequence[Unit]) -> RunReport:
         report, start = RunReport(), time.monotonic()
         stores = {u.name: UnitStore(self.options.out, u.name) for u in units}
-        todo = [u for u in units if not stores[u.name].finished()]
+        retry = {u.name for u in units if self.options.retry_errors
+                 and stores[u.name].finished() and stores[u.name].error_count()}
+        todo = [u for u in units if u.name in retry or not stores[u.name].finished()]
         for unit in todo:  # refuse to mix models or prompts before any work is done
-            stores[unit.name].check_resumable(stores[unit.name].load_partial()[0], self.engine.model, PROMPT_VERSION)
+            store = stores[unit.name]
+            done = store.read_final() if unit.name in retry else store.load_partial()[0]
+            store.check_resumable(done, self.engine.model, PROMPT_VERSION)
         for unit in units:
-            if stores[unit.name].finished():
+            if unit.name not in retry and stores[unit.name].finished():
                 self._already_finished(unit, stores[unit.name])
                 report.skipped.append(unit.name)
         expected = [u.expected for u in todo]
         total = sum(expected) if all(e is not None for e in expected) else None
         with tqdm(total=total, unit="img", desc="captions", disable=not self.options.progress,
-                  dynamic_ncols=True, smoothing=0.05) as bar:
+                  dynamic_ncols=True, smoothing=0.05) as bar, logging_redirect_tqdm():
             for unit in todo:
                 try:
+                    if unit.name in retry:
+                        log.info("retrying the %d samples of %s that have no caption",
+                                 stores[unit.name].error_count(), unit.name)
+                        stores[unit.name].reopen()
                     captions, errors = self._unit(unit, stores[unit.name], bar)
-                except EngineBroken:
+                except (EngineBroken, OutputError):
                     raise
                 except Exception as exc:  # an unreadable shard or image folder: report it, go on with the rest
                     log.error("unit %s failed and stays unfinished: %s", unit.name, exc)
@@ -117,6 +153,7 @@ class Captioner:
                 report.finished.append(unit.name)
                 report.captions += captions
                 report.errors += errors
+        report.errors_left = sum(stores[u.name].error_count() for u in units if stores[u.name].finished())
         report.seconds = time.monotonic() - start
         return report
 
@@ -125,7 +162,8 @@ class Captioner:
         target = self._shard_target(unit)
         if target is not None and not target.is_file():
             captions = store.read_final()
-            write_captioned_shard(unit.url, target, dict(zip(captions["uuid"], captions["caption"])))
+            with writing(target):
+                write_captioned_shard(unit.url, target, dict(zip(captions["uuid"], captions["caption"])))
 
     def _shard_target(self, unit: Unit) -> Path | None:
         if self.options.write_shards is None or not isinstance(unit, ShardUnit):
@@ -140,6 +178,8 @@ class Captioner:
             log.info("resuming %s: %d samples already done", unit.name, len(done))
         bar.set_postfix_str(unit.name, refresh=False)
         pending, batch, seen, read = _Pending(), [], set(), 0
+        in_flight: deque[_Batch] = deque()
+        depth = 2 if hasattr(self.engine, "submit") else 1
         last_checkpoint = time.monotonic()
         try:
             for sample in unit.samples():
@@ -156,20 +196,25 @@ class Captioner:
                     continue
                 batch.append(sample)
                 if len(batch) == self.options.batch_size:
-                    self._caption_batch(batch, unit.label, pending)
-                    bar.update(len(batch))
+                    in_flight.append(self._start(batch))
                     batch = []
+                    if len(in_flight) == depth:
+                        self._finish(in_flight.popleft(), unit.label, pending, bar)
                     if (len(pending) >= self.options.checkpoint_rows
                             or time.monotonic() - last_checkpoint >= self.options.checkpoint_seconds):
                         store.write_checkpoint(*pending.take(include_streak=False))
                         last_checkpoint = time.monotonic()
             if batch:
-                self._caption_batch(batch, unit.label, pending)
-                bar.update(len(batch))
+                in_flight.append(self._start(batch))
+            while in_flight:
+                self._finish(in_flight.popleft(), unit.label, pending, bar)
             if unit.expected is not None and read != unit.expected:
                 raise ShardError(f"{unit.label}: read {read} samples where {unit.expected} were expected "
                                  "(sizes.json); the shard may be truncated")
         except BaseException as exc:
+            for started in in_flight:  # never recorded, so a rerun sends them again
+                if started.submitted is not None:
+                    started.submitted.cancel()
             # keep what was captioned; a broken engine's failure streak is left out so a rerun retries it
             store.write_checkpoint(*pending.take(include_streak=not isinstance(exc, EngineBroken)))
             raise
@@ -179,20 +224,27 @@ class Captioner:
         errors = pl.concat([saved_errors, new_errors], how="vertical")
         target = self._shard_target(unit)
         if target is not None:
-            write_captioned_shard(unit.url, target, dict(zip(captions["uuid"], captions["caption"])))
+            with writing(target):
+                write_captioned_shard(unit.url, target, dict(zip(captions["uuid"], captions["caption"])))
         store.finalize(captions, errors)
         return captions.height, errors.height
 
-    def _caption_batch(self, batch: list[Sample], shard: str, pending: _Pending) -> None:
+    def _start(self, batch: list[Sample]) -> _Batch:
+        """Build the batch's prompts and, if the engine can take it now, submit it."""
         wikis = self.descriptions.get_many([s.uuid for s in batch]) if self.descriptions else [None] * len(batch)
         prompts = [
             self.prompts.build(PromptParts(s.display_name, s.scientific_name, s.klass, wiki))
             for s, wiki in zip(batch, wikis)
         ]
         requests = [CaptionRequest(s.uuid, s.image, p.instruction) for s, p in zip(batch, prompts)]
-        results = generate_isolated(self.engine, requests)
+        submit = getattr(self.engine, "submit", None)
+        return _Batch(batch, prompts, requests, submit(requests) if submit else None)
+
+    def _finish(self, batch: _Batch, shard: str, pending: _Pending, bar: tqdm) -> None:
+        """Wait for the batch's results and record each as a caption or an error row."""
+        results = generate_isolated(self.engine, batch.requests, batch.submitted)
         now = datetime.now(timezone.utc)
-        for sample, prompt, result in zip(batch, prompts, results):
+        for sample, prompt, result in zip(batch.samples, batch.prompts, results):
             if not isinstance(result, Completion):
                 pending.streak.append(self._error_row(sample.uuid, shard, result.reason, now))
                 self._failures_in_a_row += 1
@@ -224,6 +276,7 @@ class Captioner:
                 "names_species": checked.names_species,
                 "flags": checked.flags,
             })
+        bar.update(len(batch.samples))
 
     @staticmethod
     def _error_row(uuid: str, shard: str, reason: str, now: datetime | None = None) -> dict:

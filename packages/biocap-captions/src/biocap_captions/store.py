@@ -11,12 +11,18 @@ Every file is written to a temp name and renamed. A rerun skips finished units,
 reads the checkpoints of unfinished ones to skip their uuids, and finishes
 them; each uuid is in exactly one checkpoint, so the final tables hold each
 uuid once. Checkpoints are deleted only after the final files exist.
+
+A write that fails (disk full, read-only mount) raises :class:`OutputError`
+naming the file: going on would caption units whose results cannot be kept.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import polars as pl
@@ -28,6 +34,40 @@ CAPTIONS_DIR, ERRORS_DIR, PARTIAL_DIR = "captions", "errors", "partial"
 
 class ResumeMismatch(BioCAPError, ValueError):
     """Checkpoints in the output folder were made with another model or prompt version."""
+
+
+class OutputError(BioCAPError, RuntimeError):
+    """An output file or folder cannot be written; the run must stop, not go on losing work."""
+
+
+@contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a failed write of ``path`` into an :class:`OutputError` that names it and says why.
+
+    polars reports I/O failures as its own errors (``ComputeError: ... No space
+    left on device``), so those count as write failures too.
+    """
+    try:
+        yield
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else " ".join(str(exc).split())
+        where = getattr(exc, "filename", None)
+        detail = f" ({where})" if where and Path(where) != Path(path) else ""
+        raise OutputError(f"cannot write {path}: {reason}{detail}") from exc
+
+
+def prepare_output(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` and prove a file can be written in it, before any work is done.
+
+    An ``--out`` below a regular file or on a read-only mount then fails in one
+    line at the start, not with a traceback after the model is loaded.
+    """
+    folder = Path(folder)
+    with writing(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    return folder
 
 
 class UnitStore:
@@ -72,15 +112,35 @@ class UnitStore:
         existing = [int(p.name.split(".", 1)[0]) for p in self.partial_dir.glob("*.parquet")] if self.partial_dir.is_dir() else []
         number = max(existing, default=-1) + 1
         if errors.height:
-            schemas.write_parquet_atomic(errors, self.partial_dir / f"{number:06d}.errors.parquet")
+            _write(errors, self.partial_dir / f"{number:06d}.errors.parquet")
         if captions.height:
-            schemas.write_parquet_atomic(captions, self.partial_dir / f"{number:06d}.captions.parquet")
+            _write(captions, self.partial_dir / f"{number:06d}.captions.parquet")
 
     def finalize(self, captions: pl.DataFrame, errors: pl.DataFrame) -> None:
         """Write the final tables (errors, then captions, which marks the unit done), then drop checkpoints."""
-        schemas.write_parquet_atomic(errors, self.errors_path)
-        schemas.write_parquet_atomic(captions, self.captions_path)
+        _write(errors, self.errors_path)
+        _write(captions, self.captions_path)
         self.drop_partial()
+
+    def error_count(self) -> int:
+        """Error rows of a finished unit (read from the parquet footer, not the rows)."""
+        if not self.errors_path.is_file():
+            return 0
+        return pl.scan_parquet(self.errors_path).select(pl.len()).collect().item()
+
+    def reopen(self) -> None:
+        """Make a finished unit unfinished again, with all its captions checkpointed.
+
+        The normal resume path then captions exactly the uuids that have no
+        caption (its error rows) and finalizes the unit with new tables. The
+        captions file is removed only after the checkpoint holding its rows
+        exists, so a kill at any moment leaves either the finished unit or a
+        resumable one: no caption is lost or duplicated.
+        """
+        self.drop_partial()
+        self.write_checkpoint(self.read_final(), schemas.CAPTION_ERRORS.empty())
+        with writing(self.captions_path):
+            self.captions_path.unlink()
 
     def drop_partial(self) -> None:
         if self.partial_dir.is_dir():
@@ -88,3 +148,8 @@ class UnitStore:
 
     def read_final(self) -> pl.DataFrame:
         return schemas.CAPTIONS.read(self.captions_path)
+
+
+def _write(df: pl.DataFrame, path: Path) -> None:
+    with writing(path):
+        schemas.write_parquet_atomic(df, path)
