@@ -35,6 +35,7 @@ Usage: python3 setup_vllm_cpu.py VENV_DIR
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import json
 import os
 import re
@@ -67,9 +68,17 @@ def uv() -> list[str]:
     return [found] if found else [sys.executable, "-m", "uv"]
 
 
+def pip() -> list[str]:
+    """A pip to ask for its settings: this Python's, else the first on PATH (uv's venvs have none)."""
+    if importlib.util.find_spec("pip"):
+        return [sys.executable, "-m", "pip"]
+    found = shutil.which("pip3") or shutil.which("pip")
+    return [found] if found else []
+
+
 def pip_sources() -> list[str]:
     """uv flags for the package sources pip is configured with here (env vars and config files)."""
-    config = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
+    config = subprocess.run([*pip(), "config", "list"], capture_output=True, text=True).stdout if pip() else ""
     values: dict[str, list[str]] = {}
     for line in config.splitlines():
         key, _, value = line.partition("=")
