@@ -213,11 +213,13 @@ class Taxon:
 
     @property
     def scientific(self) -> str:
+        """Genus and species epithet (``scientific_name.txt``)."""
         written = self._written()
         return _collapse(f"{written[5]} {written[6]}").capitalize()
 
     @property
     def taxonomic(self) -> str:
+        """The non-empty ranks, kingdom first (``taxonomic_name.txt``)."""
         return _collapse(" ".join(self._written()))
 
     @property
@@ -233,13 +235,13 @@ class Taxon:
 _FIELD_NAMES = tuple(f.name for f in fields(Taxon))
 
 
-def _writable(taxon: Taxon) -> Taxon:
-    """The taxon, unless BioCLIP's writer would fail its ``not taxon.empty`` assertion on it."""
+def _refuse_empty(taxon: Taxon) -> None:
+    """Raise where BioCLIP's writer fails its ``not taxon.empty`` assertion, rather than write
+    "a photo of ." for a taxon whose every rank was cleaned away."""
     if not any(taxon.cleaned.ranks()):
         raise EmptyTaxonError(
             f"{taxon}: no rank is left after BioCLIP's cleaning, so the shard writer has no text for it"
         )
-    return taxon
 
 
 def tol_names(taxon: Taxon) -> dict[str, str]:
@@ -247,7 +249,7 @@ def tol_names(taxon: Taxon) -> dict[str, str]:
 
     Raises :class:`EmptyTaxonError` for a taxon with no rank left after cleaning.
     """
-    taxon = _writable(taxon)
+    _refuse_empty(taxon)
     return {
         "scientific_name": taxon.scientific,
         "taxonomic_name": taxon.taxonomic,
@@ -260,7 +262,7 @@ def tol_texts(taxon: Taxon) -> dict[str, str]:
 
     Raises :class:`EmptyTaxonError` for a taxon with no rank left after cleaning.
     """
-    taxon = _writable(taxon)
+    _refuse_empty(taxon)
     sci, taxonomic, tag, common = taxon.scientific, taxon.taxonomic, taxon.taxonomic_tag, taxon.common
     return {
         "sci": f"a photo of {sci}.",
