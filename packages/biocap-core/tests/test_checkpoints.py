@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import pickle
+import random
 import shutil
 from pathlib import Path
 
@@ -159,3 +161,22 @@ def test_local_dir_without_weights(trained, tmp_path):
     with pytest.raises(FileNotFoundError, match="no weights file"):
         load_model(f"local-dir:{out}")
     shutil.rmtree(out)
+
+
+@pytest.mark.parametrize("content", [
+    random.Random(0).randbytes(4096),  # starts with neither zip nor pickle bytes
+    b"",
+    b"epoch 50, loss 0.3\n" * 20,
+    pickle.dumps({"visual.proj": [[0.0]]}),  # a pickle, but not one torch.save wrote
+], ids=["random", "empty", "text", "plain-pickle"])
+def test_a_file_that_is_not_a_checkpoint_is_named_as_such(tmp_path, content):
+    (tmp_path / "junk.pt").write_bytes(content)
+    with pytest.raises(CheckpointError, match=r"junk.pt: not a checkpoint") as info:
+        read_checkpoint(tmp_path / "junk.pt")
+    assert "pickled code" not in str(info.value)
+
+
+def test_legacy_torch_save_files_are_still_read(trained, tmp_path):
+    state = single_projector_state_dict(trained)
+    torch.save(state, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    assert read_checkpoint(tmp_path / "legacy.pt")["state_dict"].keys() == state.keys()

@@ -48,6 +48,9 @@ _DIR_WEIGHTS = (
     "open_clip_pytorch_model.pth",
 )
 _MAX_LISTED = 20
+#: How every ``torch.save`` file begins: a zip archive (the default since torch 1.6) or, in the
+#: legacy format, the pickled magic number 0x1950a86a20f9469cfc6c.
+_TORCH_SAVE_HEADERS = (b"PK\x03\x04", b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19")
 
 
 @dataclass
@@ -69,6 +72,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
+    if path.suffix != ".safetensors" and not _is_torch_save_file(path):
+        raise CheckpointError(
+            f"{path}: not a checkpoint: it begins as no torch.save file does (zip or legacy format), "
+            "and only files named .safetensors are read as safetensors"
+        )
     try:
         if path.suffix == ".safetensors":
             obj: Any = load_file(str(path), device="cpu")
@@ -88,6 +96,14 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             raise CheckpointError(f"{path}: 'state_dict' is a {type(obj['state_dict']).__name__}, not a dict")
         return obj
     return {"state_dict": obj}
+
+
+def _is_torch_save_file(path: Path) -> bool:
+    """Whether the file starts like a ``torch.save`` output, so that a failure of the weights-only
+    unpickler on it means pickled objects that are not tensors, not bytes of some other kind."""
+    with path.open("rb") as fh:
+        head = fh.read(max(len(h) for h in _TORCH_SAVE_HEADERS))
+    return head.startswith(_TORCH_SAVE_HEADERS)
 
 
 def _strip_module(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

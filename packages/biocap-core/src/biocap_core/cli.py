@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 
@@ -12,6 +13,25 @@ from biocap_core import schemas
 from biocap_core.errors import BioCAPError
 
 app = typer.Typer(help="BioCAP core tools: toy data, table validation, checkpoint export.", no_args_is_help=True)
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def _make_out_dir(out: Path) -> None:
+    """Create ``--out`` before any work, so that a path that cannot be a writable folder (under a
+    file, or where nothing may be written) fails at once in one line naming it, instead of in a
+    traceback after a model load or thousands of images."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+        reason = f"{blocker} is not a folder" if blocker else f"{exc.strerror or exc}: {exc.filename or out}"
+        _fail(f"--out {out}: cannot create the folder ({reason})")
+    if not os.access(out, os.W_OK | os.X_OK):
+        _fail(f"--out {out}: the folder is not writable")
 
 
 @app.command()
@@ -28,6 +48,7 @@ def toy(
     """Generate the toy tree of life (shards, catalog and every benchmark layout)."""
     from biocap_core.toy import ToyConfig, generate
 
+    _make_out_dir(out)
     manifest = generate(out, ToyConfig(species=species, images_per_species=images_per_species,
                                        val_per_species=val_per_species, eval_per_species=eval_per_species,
                                        image_size=image_size, shard_size=shard_size, seed=seed))
@@ -47,8 +68,7 @@ def validate(
     try:
         df = schemas.ALL[schema].read(table, require=require)
     except BioCAPError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1)
+        _fail(str(exc))
     typer.echo(f"{table}: {df.height} rows fit the {schema} schema")
 
 
@@ -62,10 +82,10 @@ def export(
     """Export a BioCAP checkpoint as a plain single-projector OpenCLIP model folder."""
     from biocap_core.checkpoints import export_open_clip, load_model
 
+    _make_out_dir(out)
     try:
         net = load_model(model, pretrained)
         export_open_clip(net, out, head=head)
     except (BioCAPError, ValueError, FileNotFoundError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1)
+        _fail(str(exc))
     typer.echo(f"exported the {head} head to {out} (load with open_clip.create_model('local-dir:{out}'))")

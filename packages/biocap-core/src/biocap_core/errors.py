@@ -19,3 +19,7 @@ class CheckpointError(BioCAPError, RuntimeError):
 
 class ShardError(BioCAPError, ValueError):
     """A webdataset shard or one of its samples is malformed."""
+
+
+class EmptyTaxonError(BioCAPError, ValueError):
+    """A taxon has no rank left after BioCLIP's cleaning, so it has no TreeOfLife-10M text."""

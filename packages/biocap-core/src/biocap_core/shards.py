@@ -31,6 +31,8 @@ def expand_sources(spec: str, weights: str | None = None) -> tuple[list[str], li
     """Brace-expand ``a-{000000..000009}.tar::b-{0..3}.tar`` (``::`` joins sources, as OpenCLIP).
 
     With ``weights`` (``"1::2"``, one per source) also returns one weight per shard.
+    Local shards must exist: a name that matches no file raises :class:`ShardError` naming it,
+    before any reader meets it. Remote URLs (``pipe:``, ``http://`` ...) are not checked.
     """
     sources = [s.strip() for s in spec.split("::") if s.strip()]
     factors = [float(x) for x in weights.split("::")] if weights else None
@@ -45,7 +47,16 @@ def expand_sources(spec: str, weights: str | None = None) -> tuple[list[str], li
             per_shard += [factors[i]] * len(expanded)
     if not urls:
         raise ShardError(f"no shards in {spec!r}")
+    missing = [url for url in urls if _is_local(url) and not Path(url).is_file()]
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise ShardError(f"no such shard file(s): {', '.join(missing[:5])}{more} (from {spec!r})")
     return urls, (per_shard if factors is not None else None)
+
+
+def _is_local(url: str) -> bool:
+    """A path, as opposed to a URL webdataset opens through a scheme (``pipe:``, ``s3://`` ...)."""
+    return "://" not in url and not url.startswith("pipe:")
 
 
 def expand_urls(spec: str | Iterable[str]) -> list[str]:

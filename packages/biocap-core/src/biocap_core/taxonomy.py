@@ -3,28 +3,33 @@
 Two families of text exist and they differ on purpose, because the published
 models were trained and evaluated with them:
 
-* TreeOfLife-10M training texts (BioCLIP's shard writer): empty ranks are
-  dropped, whitespace is collapsed and the common name falls back to the
-  scientific name, then to the taxonomic name, so ``*_com`` texts always carry
-  " with common name ...".
-* Evaluation label texts (BioCLIP's ``naming_eval.to_classes``): the seven
-  ranks are joined as they are (an empty rank leaves a double space), only
-  genus and species are used when the kingdom is empty, and " with common
+* TreeOfLife-10M training texts (BioCLIP's shard writer, ``make_txt`` in
+  ``scripts/evobio10m/make_wds.py``): the ranks are first cleaned as BioCLIP's
+  ``naming.Taxon`` constructor cleans them (:meth:`Taxon.cleaned`: HTML,
+  placeholders, authors and years, subspecies, the genus repeated in the
+  species ...); then empty ranks are dropped, whitespace is collapsed and the
+  common name falls back to the scientific name, then to the taxonomic name, so
+  ``*_com`` texts always carry " with common name ...". A taxon with no rank
+  left after cleaning is refused, as the writer's assertion refuses it.
+* Evaluation label texts (BioCLIP's ``naming_eval.to_classes``): no cleaning;
+  the seven ranks are joined as they are (an empty rank leaves a double space),
+  only genus and species are used when the kingdom is empty, and " with common
   name ..." is added only when a common name exists.
 
-Both are reproduced byte for byte; :func:`parse_taxon_tag` reads a taxonTag
-text back into a :class:`Taxon`.
+Both are reproduced byte for byte, whitespace and case included, on any input
+strings; :func:`parse_taxon_tag` reads a taxonTag text back into a :class:`Taxon`.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, fields, replace
+from functools import cached_property
 from typing import Mapping
 
 import polars as pl
 
-from biocap_core.errors import SchemaError, TaxonParseError
+from biocap_core.errors import EmptyTaxonError, SchemaError, TaxonParseError
 
 RANKS: tuple[str, ...] = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
 """The seven Linnaean ranks, as named in tags and in our tables."""
@@ -61,9 +66,77 @@ def _collapse(text: str) -> str:
     return " ".join(text.split())
 
 
+# ---- BioCLIP's cleaning (imageomics/naming.py: clean_rank, strip_html, clean_name, Taxon.__post_init__) ----
+#: Values that mean "not known" in the source catalogs; compared after lower-casing, not stripped.
+_PLACEHOLDERS = ("(unidentified)", "unknown", "pleasehelp")
+#: Kingdom names of other classifications, mapped to the ones the rest of the data uses.
+_KINGDOM_SYNONYMS = {"metazoa": "animalia", "archaeplastida": "plantae", "chloroplastida": "plantae"}
+#: A paired tag such as ``<i>...</i>``; unpaired tags (``<br>``) are left to :data:`_EPITHET_CUTS`.
+_HTML_PAIR = re.compile(r"<.*?>(.*?)</.*?>")
+#: Where a species epithet ends and authors, years, subspecies or markup begin; each cuts what
+#: follows its first match, in this order. ``[A-z]`` is the original's: it also takes the six
+#: ASCII characters between ``Z`` and ``a``.
+_EPITHET_CUTS = tuple(
+    re.compile(p)
+    for p in (
+        r"\(",
+        r"ssp\.",
+        r"subsp\.",
+        r"var\.",
+        r"\w+, \w+ & \w+",
+        r"\w+ & \w+",
+        r"\w+ \d\d\d\d",
+        r"\w+, \d\d\d\d",
+        r"\d\d\d\d",
+        r" [A-z]\.",
+        r"<br ?>",
+    )
+)
+
+
+def _strip_html(text: str) -> str:
+    """Unwrap paired tags until none is left (nested ones included)."""
+    while (unwrapped := _HTML_PAIR.sub(r"\1", text)) != text:
+        text = unwrapped
+    return text
+
+
+def _clean_rank(value: str) -> str:
+    value = _strip_html(value).lower()
+    return "" if value in _PLACEHOLDERS else value
+
+
+def _clean_epithet(name: str) -> str:
+    name = _strip_html(name.lower()).strip()
+    for pattern in _EPITHET_CUTS:
+        match = pattern.search(name)
+        if match:
+            name = name[: match.start()].strip()
+    return name
+
+
+def _split_genus(genus: str, species: str) -> tuple[str, str]:
+    """Take a genus written into the species value out of it, and undo a doubled epithet."""
+    first, *rest = species.split()
+    if rest and first == genus:
+        species = " ".join(rest)
+    elif rest and not genus:
+        genus, species = first, " ".join(rest)
+    words = species.split()
+    if len(words) == 2 and words[0] == words[1]:
+        species = words[0]
+    return genus, species
+
+
 @dataclass(frozen=True)
 class Taxon:
-    """A taxon by its seven ranks; any rank may be empty. ``common_name`` is optional."""
+    """A taxon by its seven ranks, as read; any rank may be empty. ``common_name`` is optional.
+
+    The TreeOfLife-10M names (:attr:`scientific`, :attr:`taxonomic`, :attr:`common`,
+    :attr:`taxonomic_tag`) are computed from :attr:`cleaned`, so build a Taxon from the
+    ranks as a catalog holds them and never from a cleaned one (cleaning twice can cut more).
+    The evaluation labels (:func:`label_text`) use the ranks as read.
+    """
 
     kingdom: str = ""
     phylum: str = ""
@@ -108,30 +181,51 @@ class Taxon:
     def rank(self, name: str) -> str:
         return self.ranks()[RANKS.index(name)]
 
-    def normalized(self) -> "Taxon":
-        """Capitalised ranks and a lower-case species epithet, as written into the shards."""
-        ranks = [r.strip().capitalize() for r in self.ranks()[:6]] + [self.species.strip().lower()]
-        return replace(self, **dict(zip(_FIELD_NAMES[:7], ranks)), common_name=self.common_name.strip())
+    @cached_property
+    def cleaned(self) -> "Taxon":
+        """The ranks as BioCLIP's ``naming.Taxon`` constructor leaves them before the shard writer runs.
 
-    # ---- TreeOfLife-10M training names (empty ranks dropped) ----
+        Every rank loses paired HTML tags and is lower-cased; the placeholders ``unknown``,
+        ``(unidentified)`` and ``pleasehelp`` become empty; the species epithet is cut before
+        authors, years, ``ssp.``/``subsp.``/``var.``, initials (``L.``) and ``<br>``; Metazoa,
+        Archaeplastida and Chloroplastida become Animalia and Plantae; a genus written into the
+        species is dropped from it (or fills an empty genus rank) and a doubled epithet
+        (``leo leo``) becomes one. Whitespace is stripped only around the epithet, as in the
+        original, and the common name is kept as it is.
+        """
+        kingdom, phylum, klass, order, family, genus, species = (_clean_rank(r) for r in self.ranks())
+        kingdom = _KINGDOM_SYNONYMS.get(kingdom, kingdom)
+        species = _clean_epithet(species)
+        if species:
+            genus, species = _split_genus(genus, species)
+        ranks = (_clean_rank(r) for r in (kingdom, phylum, klass, order, family, genus, species))
+        return replace(self, **dict(zip(_FIELD_NAMES, ranks)))
+
+    # ---- TreeOfLife-10M training names, from the cleaned ranks ----
+    def _written(self) -> tuple[str, ...]:
+        """The cleaned ranks as the writer prints them: capitalised, the species epithet lower-case."""
+        clean = self.cleaned.ranks()
+        return tuple(r.capitalize() for r in clean[:6]) + (clean[6].lower(),)
+
     def tagged(self) -> list[tuple[str, str]]:
-        """(rank, value) pairs of the non-empty ranks, capitalised as in the shards."""
-        n = self.normalized()
-        return [(rank, value) for rank, value in zip(RANKS, n.ranks()) if value]
+        """(rank, value) pairs of the ranks the writer tags (those not empty)."""
+        return [(rank, value) for rank, value in zip(RANKS, self._written()) if value]
 
     @property
     def scientific(self) -> str:
-        n = self.normalized()
-        return _collapse(f"{n.genus} {n.species}").capitalize()
+        """Genus and species epithet (``scientific_name.txt``)."""
+        written = self._written()
+        return _collapse(f"{written[5]} {written[6]}").capitalize()
 
     @property
     def taxonomic(self) -> str:
-        return _collapse(" ".join(self.normalized().ranks()))
+        """The non-empty ranks, kingdom first (``taxonomic_name.txt``)."""
+        return _collapse(" ".join(self._written()))
 
     @property
     def common(self) -> str:
         """The common name, falling back to the scientific, then the taxonomic name."""
-        return self.common_name.strip() or self.scientific or self.taxonomic
+        return self.common_name or self.scientific or self.taxonomic
 
     @property
     def taxonomic_tag(self) -> str:
@@ -141,8 +235,21 @@ class Taxon:
 _FIELD_NAMES = tuple(f.name for f in fields(Taxon))
 
 
+def _refuse_empty(taxon: Taxon) -> None:
+    """Raise where BioCLIP's writer fails its ``not taxon.empty`` assertion, rather than write
+    "a photo of ." for a taxon whose every rank was cleaned away."""
+    if not any(taxon.cleaned.ranks()):
+        raise EmptyTaxonError(
+            f"{taxon}: no rank is left after BioCLIP's cleaning, so the shard writer has no text for it"
+        )
+
+
 def tol_names(taxon: Taxon) -> dict[str, str]:
-    """The raw name members of a TreeOfLife-10M sample (``scientific_name.txt`` ...)."""
+    """The raw name members of a TreeOfLife-10M sample (``scientific_name.txt`` ...).
+
+    Raises :class:`EmptyTaxonError` for a taxon with no rank left after cleaning.
+    """
+    _refuse_empty(taxon)
     return {
         "scientific_name": taxon.scientific,
         "taxonomic_name": taxon.taxonomic,
@@ -151,7 +258,11 @@ def tol_names(taxon: Taxon) -> dict[str, str]:
 
 
 def tol_texts(taxon: Taxon) -> dict[str, str]:
-    """All seven TreeOfLife-10M texts of a taxon, keyed by text type (``sci`` ... ``taxonTag_com``)."""
+    """All seven TreeOfLife-10M texts of a taxon, keyed by text type (``sci`` ... ``taxonTag_com``).
+
+    Raises :class:`EmptyTaxonError` for a taxon with no rank left after cleaning.
+    """
+    _refuse_empty(taxon)
     sci, taxonomic, tag, common = taxon.scientific, taxon.taxonomic, taxon.taxonomic_tag, taxon.common
     return {
         "sci": f"a photo of {sci}.",
