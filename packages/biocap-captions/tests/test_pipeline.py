@@ -258,6 +258,31 @@ def test_catalog_input_reads_image_paths(toy_dir, tmp_path, fake_engine):
     assert engine.requests[samples[0]["__key__"]].image == samples[0]["jpg"]
 
 
+def test_a_catalog_row_with_no_rank_left_after_cleaning_is_an_error_row(toy_dir, tmp_path, fake_engine):
+    """BioCLIP's cleaning empties placeholder ranks; such a row has no name to prompt with, and the rest go on."""
+    samples = list(iter_samples(str(toy_dir / "train" / "shard-000000.tar"), require=()))[:3]
+    (tmp_path / "img").mkdir()
+    for s in samples:
+        (tmp_path / "img" / f"{s['__key__']}.jpg").write_bytes(s["jpg"])
+    ranks = ["kingdom", "phylum", "class", "order", "family", "genus", "species"]
+    nameless = samples[1]["__key__"]
+    catalog = schemas.CATALOG.read(toy_dir / "catalog.parquet").filter(
+        pl.col("uuid").is_in([s["__key__"] for s in samples])
+    ).with_columns((pl.lit("img/") + pl.col("uuid") + ".jpg").alias("image_path"),
+                   *[pl.when(pl.col("uuid") == nameless).then(pl.lit("Unknown")).otherwise(pl.col(r)).alias(r)
+                     for r in ranks],
+                   pl.when(pl.col("uuid") == nameless).then(pl.lit("")).otherwise(pl.col("common_name"))
+                   .alias("common_name"))
+    engine = fake_engine()
+    captioner(engine, tmp_path / "out", toy_dir, wiki=False).run(
+        catalog_units(catalog, "catalog.parquet", tmp_path, rows_per_unit=8))
+    captions, errors = outputs(tmp_path / "out")
+    assert sorted(captions["uuid"]) == sorted(s["__key__"] for s in samples if s["__key__"] != nameless)
+    assert errors["uuid"].to_list() == [nameless]
+    assert errors["reason"][0].startswith("no taxonomic rank left after cleaning (catalog.parquet row")
+    assert nameless not in engine.requests
+
+
 def test_uuid_level_descriptions_are_used_where_present(toy_dir, tmp_path, fake_engine):
     uuids = shard_uuids(toy_dir)[:10]
     wiki = tmp_path / "uuid_descriptions.parquet"

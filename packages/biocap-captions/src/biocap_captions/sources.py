@@ -16,7 +16,7 @@ from typing import Iterator, Protocol
 import polars as pl
 from biocap_core import schemas
 from biocap_core.descriptions import per_uuid_descriptions
-from biocap_core.errors import SchemaError, ShardError
+from biocap_core.errors import EmptyTaxonError, SchemaError, ShardError
 from biocap_core.shards import expand_urls, iter_samples, read_sizes
 from biocap_core.taxonomy import Taxon, class_of_tag, tol_names
 
@@ -99,9 +99,6 @@ def shard_units(pattern: str) -> list[ShardUnit]:
     urls = sorted(dict.fromkeys(expand_urls(pattern)))
     if not urls:
         raise ShardError(f"no shards match {pattern!r}")
-    missing = [u for u in urls if "://" not in u and not Path(u).is_file()]
-    if missing:
-        raise ShardError(f"no such shard file(s): {missing[:5]}" + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
     sizes: dict[Path, dict[str, int]] = {}
     units, seen = [], {}
     for url in urls:
@@ -139,12 +136,16 @@ class CatalogUnit:
     def samples(self) -> Iterator[Sample]:
         for index, row in enumerate(self.rows.iter_rows(named=True)):
             taxon = Taxon.from_mapping(row)
-            n = tol_names(taxon)
-            display, scientific = names(row.get("common_name") or "", n["scientific_name"], n["taxonomic_name"])
             path = self.image_root / row["image_path"]
             image, problem = None, None
             try:
-                image = path.read_bytes()
+                n = tol_names(taxon)
+            except EmptyTaxonError:  # BioCLIP's cleaning left no rank: nothing to name in the prompt
+                n = {"scientific_name": "", "taxonomic_name": ""}
+                problem = f"no taxonomic rank left after cleaning ({self.catalog_path} row {row['_row']})"
+            display, scientific = names(row.get("common_name") or "", n["scientific_name"], n["taxonomic_name"])
+            try:
+                image = None if problem else path.read_bytes()
             except OSError as exc:
                 problem = (f"unreadable image file: {path} ({exc.strerror or exc}; "
                            f"{self.catalog_path} row {row['_row']})")
