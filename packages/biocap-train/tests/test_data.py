@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import tarfile
 from pathlib import Path
 
 import polars as pl
@@ -202,5 +203,9 @@ def test_the_check_names_missing_taxonomic_texts_and_undecodable_images(toy, tmp
 
 
 def test_a_missing_shard_is_named_before_training(toy, tmp_path):
-    with pytest.raises(DataUnusable, match=r"--train-data: no sample could be read from .*nowhere/shard-000000\.tar"):
-        plan([str(tmp_path / "nowhere" / "shard-{000000..000001}.tar")])
+    with pytest.raises(DataUnusable, match=r"--train-data: no sample could be read from .*nowhere/shard-000000\.tar"
+                                           r"\.\.shard-000002\.tar \(3 shards\): .*No such file.*and 2 more error"):
+        plan([str(tmp_path / "nowhere" / "shard-{000000..000009}.tar")])
+    tarfile.open(tmp_path / "empty.tar", "w").close()
+    with pytest.raises(DataUnusable, match=r"empty\.tar: they hold no samples"):
+        plan([str(tmp_path / "empty.tar")])

@@ -148,8 +148,8 @@ def preflight(urls: list[str], candidates: tuple[str, ...]) -> tuple[str, set[st
     The caller refuses a run whose steps need a text type they lack; otherwise the stream would skip every
     sample of those steps. Raises :class:`DataUnusable` if nothing can be read or no image decodes.
     """
-    samples, errors = [], []
-    for url in urls:
+    samples, errors, tried = [], [], urls[:3]
+    for url in tried:
         try:
             for sample in iter_samples(url, require=()):
                 samples.append(sample)
@@ -157,11 +157,13 @@ def preflight(urls: list[str], candidates: tuple[str, ...]) -> tuple[str, set[st
                     break
         except (ShardError, OSError) as exc:
             errors.append(f"{exc} ({type(exc).__name__})")
-        if samples or len(errors) == 3:
+        if samples:
             break
     if not samples:
-        more = f" (and the next {len(errors) - 1} shard(s) failed too)" if len(errors) > 1 else ""
-        raise DataUnusable(f"no sample could be read from {describe_shards(urls[:len(errors)])}: {errors[0]}{more}")
+        why = errors[0] if errors else "they hold no samples"
+        if len(errors) > 1:
+            why += f" (and {len(errors) - 1} more error(s) like it)"
+        raise DataUnusable(f"no sample could be read from {describe_shards(tried)}: {why}")
     where = f"the first {len(samples)} samples of {samples[0]['__url__']}"
 
     def decodes(sample: dict) -> bool:
