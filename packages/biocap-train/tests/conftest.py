@@ -61,3 +61,33 @@ def child_env() -> dict:
                                                               "MASTER_PORT", "LOCAL_WORLD_SIZE")}
     env["OMP_NUM_THREADS"] = "1"
     return env
+
+
+def _rewrite_shards(urls, out: Path, change) -> list[str]:
+    import webdataset as wds
+    from biocap_core.shards import iter_samples
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for url in urls:
+        path = out / Path(url).name
+        with wds.TarWriter(str(path)) as sink:
+            for s in iter_samples(url, require=()):
+                sink.write(change({k: v for k, v in s.items() if not k.startswith("__") or k == "__key__"}))
+        paths.append(str(path))
+    return paths
+
+
+@pytest.fixture(scope="session")
+def rewrite_shards():
+    """``rewrite_shards(urls, out_dir, change)``: copies of the shards with ``change(sample)`` applied to
+    every sample (it returns the sample to write); returns the new paths."""
+    return _rewrite_shards
+
+
+@pytest.fixture(scope="session")
+def no_caption_shards(toy, tmp_path_factory) -> list[str]:
+    """The toy training shards without caption.txt, like real TreeOfLife-10M shards."""
+    urls = sorted(str(p) for p in (toy / "train").glob("shard-*.tar"))
+    return _rewrite_shards(urls, tmp_path_factory.mktemp("no-caption"),
+                           lambda s: {k: v for k, v in s.items() if k != "caption.txt"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import tarfile
 from pathlib import Path
 
 import polars as pl
@@ -14,7 +15,8 @@ from biocap_core.preprocess import image_transform
 from biocap_core.shards import expand_sources, iter_samples
 from biocap_train.captions import CaptionIndex
 from biocap_train.config import TrainConfig
-from biocap_train.data import StreamSpec, TrainStream, loader
+from biocap_train import data
+from biocap_train.data import DataUnusable, StreamSpec, TrainStream, loader
 from biocap_train.distributed import DistInfo
 from biocap_train.trainer import plan_run
 
@@ -133,3 +135,77 @@ def test_fewer_shards_than_readers_is_an_error_before_training(toy):
     cfg.dataset_resampled = True
     plan = plan_run(cfg, DistInfo(rank=0, world_size=2))
     assert plan.samples_per_epoch == 96 and plan.steps_per_epoch == 1  # 96 / (64 x 2) rounded up
+
+
+@pytest.mark.timeout(120)
+def test_a_text_no_sample_has_stops_the_stream_with_one_line_not_a_hang(no_caption_shards, model):
+    """Before: the worker looped forever at full CPU looking for a caption. The error raised in the worker
+    process comes out with its own message, not the DataLoader's traceback dump."""
+    spec = make_spec(no_caption_shards, model, text_type="caption")
+    with pytest.raises(DataUnusable) as caught:
+        collect(spec, workers=1)
+    message = str(caught.value)
+    assert "\n" not in message and "Traceback" not in message
+    assert "10000 samples in a row" in message and "has caption.txt: pass --captions" in message
+    assert "shard-000000.tar..shard-000005.tar (6 shards)" in message
+
+
+@pytest.mark.timeout(120)
+def test_undecodable_images_everywhere_stop_the_stream(toy, model, tmp_path, rewrite_shards, monkeypatch):
+    monkeypatch.setattr(data, "MAX_UNUSABLE_IN_A_ROW", 500)  # failed decodes cost about 1 ms each
+    urls = rewrite_shards(sorted(str(p) for p in (toy / "train").glob("shard-*.tar")), tmp_path,
+                          lambda s: {**s, "jpg": b"\xff\xd8 not a jpeg"})
+    with pytest.raises(DataUnusable, match="no image read from .* could be decoded"):
+        collect(make_spec(urls, model, text_type="sci"), workers=0)
+
+
+def test_a_few_bad_samples_in_a_row_do_not_stop_the_stream(toy, model, tmp_path, monkeypatch):
+    """The bound counts skipped samples in a row: a good sample resets it."""
+    monkeypatch.setattr(data, "MAX_UNUSABLE_IN_A_ROW", 3)
+    urls = write_bad_shards(toy, tmp_path)  # isolated bad samples between good ones
+    batches = collect(make_spec(urls, model, text_type="sci", microbatches=4), workers=0)
+    assert sorted(batches) == list(range(4))
+
+
+def plan(train_data, **kw):
+    return plan_run(TrainConfig(train_data="::".join(train_data), train_num_samples=64, workers=1, **kw), DistInfo())
+
+
+@pytest.mark.parametrize("options", [{}, {"text_type": "caption"}, {"text_type": "taxon", "joint_loss": True}])
+def test_shards_without_captions_are_refused_before_training(no_caption_shards, options):
+    with pytest.raises(DataUnusable, match=r"--train-data: none of the first 32 samples of .*shard-000000\.tar "
+                                           r"has caption\.txt, .*pass --captions TABLE\.parquet"):
+        plan(no_caption_shards, **options)
+
+
+def test_runs_the_data_can_serve_pass_the_check(no_caption_shards, toy, tmp_path):
+    plan(no_caption_shards, text_type="taxon_com")
+    plan(no_caption_shards, caption_share=0.0)
+    keys = [s["__key__"] for s in iter_samples(no_caption_shards, require=())]
+    pl.DataFrame({"uuid": keys, "caption": ["a caption"] * len(keys)}).write_parquet(tmp_path / "c.parquet")
+    plan(no_caption_shards, captions=str(tmp_path / "c.parquet"))
+    plan(no_caption_shards, text_type="taxon_com", val_data=str(toy / "val" / "shard-000000.tar"))
+
+
+def test_the_check_names_missing_taxonomic_texts_and_undecodable_images(toy, tmp_path, rewrite_shards):
+    urls = sorted(str(p) for p in (toy / "train").glob("shard-*.tar"))
+    no_com = rewrite_shards(urls, tmp_path / "no-com", lambda s: {k: v for k, v in s.items() if k != "com.txt"})
+    with pytest.raises(DataUnusable, match=r"has com\.txt, which --text-type random trains on; they have sci, "
+                                           r"sci_com, taxon, taxon_com"):
+        plan(no_com)
+    val = rewrite_shards([str(toy / "val" / "shard-000000.tar")], tmp_path / "val",
+                         lambda s: {k: v for k, v in s.items() if k != "caption.txt"})
+    with pytest.raises(DataUnusable, match=r"--val-data: .*has caption\.txt; validation scores .*leave out --val-data"):
+        plan(urls, val_data=val[0])
+    broken = rewrite_shards(urls, tmp_path / "broken", lambda s: {**s, "jpg": b"not an image"})
+    with pytest.raises(DataUnusable, match=r"--train-data: none of the first 32 samples of .* has a decodable image"):
+        plan(broken, text_type="sci")
+
+
+def test_a_missing_shard_is_named_before_training(toy, tmp_path):
+    with pytest.raises(DataUnusable, match=r"--train-data: no sample could be read from .*nowhere/shard-000000\.tar"
+                                           r"\.\.shard-000002\.tar \(3 shards\): .*No such file.*and 2 more error"):
+        plan([str(tmp_path / "nowhere" / "shard-{000000..000009}.tar")])
+    tarfile.open(tmp_path / "empty.tar", "w").close()
+    with pytest.raises(DataUnusable, match=r"empty\.tar: they hold no samples"):
+        plan([str(tmp_path / "empty.tar")])

@@ -140,6 +140,22 @@ def test_a_run_logs_validates_and_keeps_the_last_checkpoints(base_args, toy):
     assert torch.equal(model.visual.caption_proj, ckpt["state_dict"]["visual.caption_proj"])
 
 
+def test_bad_validation_samples_are_counted_and_reported(base_args, toy, tmp_path, rewrite_shards, capfd,
+                                                        monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # one console line per message
+    val = str(toy / "val" / "shard-000000.tar")
+    bad = rewrite_shards([val], tmp_path / "val", lambda s: {**s, "jpg": b"\xff\xd8 not a jpeg"}
+                         if s["__key__"].endswith(("0", "1", "2")) else s)
+    cfg = TrainConfig(**{**base_args, "val_data": bad[0], "steps": 5})
+    result = train(cfg)
+    records = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    (val_record,) = [r for r in records if r["kind"] == "val"]
+    skipped = val_record["skipped"]["corrupt_image"]
+    assert skipped > 0 and val_record["samples"] + skipped == 32
+    assert f"epoch 0 validation: skipped {skipped} bad input(s): undecodable image: {skipped}" in capfd.readouterr().err
+    assert result.step == 5
+
+
 def test_an_existing_run_needs_resume_or_a_new_name(base_args):
     train(TrainConfig(**{**base_args, "steps": 2}))
     with pytest.raises(FileExistsError, match="--resume latest"):

@@ -4,18 +4,33 @@ A checkpoint holds only tensors and plain containers, so biocap-core's
 ``read_checkpoint`` loads it with ``weights_only=True``: the model
 (``state_dict``, both heads), optimizer and loss-scaler state, the step, the
 model config, the run config and every rank's data-stream position.
+
+A write goes to ``.step_N.pt.tmp-PID`` and is renamed when complete. A kill
+mid-write leaves that temp file behind (a whole checkpoint's size):
+:func:`remove_partial_checkpoints` deletes such files when a run starts. A
+checkpoint that cannot be read is renamed ``step_N.pt.unreadable`` by
+:func:`set_aside`, out of ``--resume latest``'s and pruning's way.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+from biocap_core.errors import CheckpointError
 from biocap_core.fileio import atomic_write
 
 _NAME = re.compile(r"^step_(\d+)\.pt$")
+_PARTIAL = re.compile(r"^\.step_\d+\.pt\.tmp-\d+$")
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (full disk, quota, permissions); names the file and the cause."""
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -44,11 +59,78 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+def remove_partial_checkpoints(run_dir: Path) -> list[Path]:
+    """Delete the temp files of checkpoint writes that a kill interrupted; returns them.
+
+    Call only before this run writes a checkpoint: a temp file is then never one being written.
+    """
+    folder = checkpoint_dir(run_dir)
+    partial = sorted(p for p in folder.iterdir() if _PARTIAL.match(p.name)) if folder.is_dir() else []
+    for path in partial:
+        path.unlink(missing_ok=True)
+    return partial
+
+
+def set_aside(path: Path) -> Path:
+    """Rename an unreadable checkpoint to ``step_N.pt.unreadable``: kept for inspection, but no longer a
+    checkpoint that ``--resume latest`` would pick or that pruning would keep instead of a good one."""
+    aside = path.with_name(path.name + ".unreadable")
+    path.rename(aside)
+    return aside
+
+
 def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int) -> Path:
-    """Write ``state`` as ``checkpoints/step_N.pt`` (temp file + rename), then drop all but the newest ``keep``."""
+    """Write ``state`` as ``checkpoints/step_N.pt`` (temp file + rename), then drop all but the newest ``keep``.
+
+    Raises :class:`CheckpointWriteError` naming the file and the cause if the write fails: on a full disk
+    torch only says ``[enforce fail at inline_container.cc:...] unexpected pos ...``.
+    """
     path = checkpoint_path(run_dir, step)
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    try:
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
+    except (OSError, RuntimeError) as exc:
+        raise CheckpointWriteError(_write_failure(path, state, exc)) from exc
     if keep > 0:
         for _, old in list_checkpoints(run_dir)[:-keep]:
             old.unlink(missing_ok=True)
     return path
+
+
+def _write_failure(path: Path, state: dict[str, Any], exc: BaseException) -> str:
+    """Why writing ``path`` failed, with the free space against the checkpoint's size."""
+    need = _tensor_bytes(state)
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    space = f"{_size(free)} free in {path.parent}, " if free is not None else ""
+    space += f"the checkpoint needs about {_size(need)}"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        why = f"{os.strerror(exc.errno).lower()} ({space})"
+    elif free is not None and free < need:
+        why = f"no space left on device ({space})"
+    elif isinstance(exc, OSError):
+        why = f"{exc.strerror or exc} ({space})"
+    else:
+        why = (f"torch failed writing it ({str(exc).splitlines()[0]}); a full disk or quota is the usual "
+               f"cause ({space})")
+    return (f"cannot write checkpoint {path}: {why}. Earlier checkpoints are untouched; make room, then "
+            "rerun with --resume latest")
+
+
+def _tensor_bytes(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.nbytes
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"

@@ -26,7 +26,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(f"biocap-train: error: {exc}")
     if result.rank != 0:
         return
-    lines = [f"trained {result.step} steps in {result.seconds:.0f} s"]
+    lines = [f"already finished at step {result.step}; nothing trained or written" if result.finished
+             else f"trained {result.step} steps in {result.seconds:.0f} s"]
     if "after" in result.zeroshot:
         before = result.zeroshot.get("before")
         lines.append(

@@ -17,15 +17,20 @@ no JPEG decoding) and physical worker ``p`` takes logical stream
 ``(p + k) % W`` after ``k`` micro-batches, so the resumed run sees exactly
 the batches the uninterrupted run would have seen.
 
-Bad data never stops the stream: an unreadable tar (the rest of that shard),
+Bad data does not stop the stream: an unreadable tar (the rest of that shard),
 an undecodable image or a sample without the needed text is skipped and
-counted; the trainer reports the counts at the end of each epoch.
+counted; the trainer reports the counts at the end of each epoch. Data that
+can never serve a step must not spin forever either: :func:`preflight` reads
+the first samples of every source before training and refuses text types they
+do not carry, and :data:`MAX_UNUSABLE_IN_A_ROW` skipped samples in a row stop
+the stream with :class:`DataUnusable`, saying what is missing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
+import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,18 +38,31 @@ from typing import Any
 
 import torch
 import webdataset as wds
-from biocap_core.errors import ShardError
+from biocap_core.errors import BioCAPError, ShardError
 from biocap_core.preprocess import decode_image
-from biocap_core.shards import iter_samples, member_key
+from biocap_core.shards import expand_sources, iter_samples, member_key
+from biocap_core.taxonomy import TRAIN_TAXONOMIC_TYPES
 from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.filters import _shuffle
 
 from biocap_train.captions import CaptionIndex
-from biocap_train.schedule import text_type_for_step, val_text_type
+from biocap_train.config import TrainConfig
+from biocap_train.schedule import text_type_for_step, text_types_of_run, val_text_type
 
 IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp")
 #: Examples of each problem kept for the epoch report.
 _MAX_EXAMPLES = 3
+#: Skipped samples in a row after which a stream gives up. Without a bound, data that lacks the step's
+#: text (TreeOfLife-10M shards have no caption.txt) or whose images all fail to decode makes a worker loop
+#: forever at full CPU with nothing printed. Large enough that a gap in a partial --captions table or a
+#: run of bad images in otherwise good shards does not stop a run; it takes seconds to reach.
+MAX_UNUSABLE_IN_A_ROW = 10_000
+#: Samples of each source that the pre-flight check reads.
+PREFLIGHT_SAMPLES = 64
+
+
+class DataUnusable(BioCAPError, ValueError):
+    """The data cannot serve the run as configured (a text member missing everywhere, no decodable image)."""
 
 
 @dataclass
@@ -115,6 +133,103 @@ def _raw_samples(urls: Iterator[str], counts: DataCounts, limit_empty: int) -> I
                                  "are the shards readable webdataset tar files?")
 
 
+def describe_shards(urls) -> str:
+    """A short name for a set of shards: ``a.tar``, ``a.tar and b.tar`` or ``dir/a.tar..z.tar (N shards)``."""
+    urls = sorted(urls)
+    if len(urls) <= 2:
+        return " and ".join(urls)
+    return f"{urls[0]}..{urls[-1].rsplit('/', 1)[-1]} ({len(urls)} shards)"
+
+
+def preflight(urls: list[str], candidates: tuple[str, ...]) -> tuple[str, set[str]]:
+    """Read the first :data:`PREFLIGHT_SAMPLES` samples of one source (its first readable shard) before
+    training: (a description of them, the ``candidates`` text types at least one of them carries).
+
+    The caller refuses a run whose steps need a text type they lack; otherwise the stream would skip every
+    sample of those steps. Raises :class:`DataUnusable` if nothing can be read or no image decodes.
+    """
+    samples, errors, tried = [], [], urls[:3]
+    for url in tried:
+        try:
+            for sample in iter_samples(url, require=()):
+                samples.append(sample)
+                if len(samples) == PREFLIGHT_SAMPLES:
+                    break
+        except (ShardError, OSError) as exc:
+            errors.append(f"{exc} ({type(exc).__name__})")
+        if samples:
+            break
+    if not samples:
+        why = errors[0] if errors else "they hold no samples"
+        if len(errors) > 1:
+            why += f" (and {len(errors) - 1} more error(s) like it)"
+        raise DataUnusable(f"no sample could be read from {describe_shards(tried)}: {why}")
+    where = f"the first {len(samples)} samples of {samples[0]['__url__']}"
+
+    def decodes(sample: dict) -> bool:
+        data = _image_bytes(sample)
+        if data is None:
+            return False
+        try:
+            decode_image(data).load()
+        except Exception:  # PIL raises many types for bad bytes
+            return False
+        return True
+
+    if not any(decodes(s) for s in samples):
+        raise DataUnusable(f"none of {where} has a decodable image ({'/'.join(IMAGE_MEMBERS)} member)")
+    return where, {t for t in candidates if any(sample_text(s, t, None) for s in samples)}
+
+
+def check_data(cfg: TrainConfig) -> None:
+    """Refuse, before any model is built, a run that the data cannot serve: a text type that the first
+    samples of a source lack (TreeOfLife-10M shards have no caption.txt) would make the data workers skip
+    every sample of those steps, and validation would fail only after the first epoch."""
+    needs = [t for t in text_types_of_run(cfg.text_type, cfg.caption_share, cfg.joint_loss)
+             if not (t == "caption" and cfg.captions)]
+    for urls in _sources(cfg.train_data):
+        where, carried = _preflight(urls, tuple(needs), "--train-data")
+        missing = [t for t in needs if t not in carried]
+        if "caption" in missing:
+            need = "--joint-loss" if cfg.joint_loss else f"--text-type {cfg.text_type}"
+            if cfg.text_type == "random" and not cfg.joint_loss:
+                need += f" (its caption steps, --caption-share {cfg.caption_share:.3g})"
+            raise DataUnusable(
+                f"--train-data: none of {where} has caption.txt, which {need} needs: pass --captions "
+                "TABLE.parquet (uuid, caption), or train the taxonomic head only (a taxonomic --text-type such "
+                "as taxon_com, or --caption-share 0; no --joint-loss)")
+        if missing:
+            have = sorted(t for t in carried if t != "caption")
+            raise DataUnusable(
+                f"--train-data: none of {where} has {', '.join(t + '.txt' for t in missing)}, which --text-type "
+                f"{cfg.text_type} trains on; "
+                + (f"they have {', '.join(have)}: use one of those as --text-type" if have
+                   else "these are not TreeOfLife shards with taxonomic texts"))
+    if cfg.val_data:
+        needs = TRAIN_TAXONOMIC_TYPES + (() if cfg.captions else ("caption",))
+        for urls in _sources(cfg.val_data):
+            where, carried = _preflight(urls, needs, "--val-data")
+            missing = [t for t in needs if t not in carried]
+            if missing:
+                fix = ("pass --captions TABLE.parquet with their captions, or leave out --val-data"
+                       if "caption" in missing else "leave out --val-data")
+                raise DataUnusable(
+                    f"--val-data: none of {where} has {', '.join(t + '.txt' for t in missing)}; validation "
+                    f"scores the caption and every taxonomic text type: {fix}")
+
+
+def _sources(spec: str) -> list[list[str]]:
+    """The shard lists of the '::'-joined sources of ``spec``: each source may differ in its members."""
+    return [expand_sources(source)[0] for source in spec.split("::") if source.strip()]
+
+
+def _preflight(urls: list[str], needs: tuple[str, ...], flag: str) -> tuple[str, set[str]]:
+    try:
+        return preflight(urls, needs)
+    except DataUnusable as exc:
+        raise DataUnusable(f"{flag}: {exc}") from None
+
+
 @dataclass
 class StreamSpec:
     """Everything a data worker needs to produce its share of one epoch (picklable)."""
@@ -166,11 +281,15 @@ def _image_bytes(sample: dict) -> bytes | None:
 
 
 class BatchMaker:
-    """Turns raw samples into a batch: decode, augment, tokenize; skips and counts bad samples."""
+    """Turns raw samples into a batch: decode, augment, tokenize; skips and counts bad samples, and gives
+    up with :class:`DataUnusable` after :data:`MAX_UNUSABLE_IN_A_ROW` skipped samples in a row."""
 
     def __init__(self, transform, tokenizer, captions, draft_size, counts: DataCounts):
         self.transform, self.tokenizer, self.captions = transform, tokenizer, captions
         self.draft_size, self.counts = draft_size, counts
+        self._run: Counter = Counter()  # (kind, text type) of the skipped samples since the last usable one
+        self._run_shards: set[str] = set()
+        self._run_example = ""
 
     def example(self, sample: dict, text_types: tuple[str, ...]):
         """(image tensor, texts) of one sample, or None if it must be skipped."""
@@ -178,18 +297,46 @@ class BatchMaker:
         texts = [sample_text(sample, t, self.captions) for t in text_types]
         if any(t is None for t in texts):
             missing = [tt for tt, t in zip(text_types, texts) if t is None]
-            self.counts.add("no_text", f"{key} has no {missing[0]} text")
-            return None
+            return self._skip(sample, "no_text", f"{key} has no {missing[0]} text", missing[0])
         data = _image_bytes(sample)
         if data is None:
-            self.counts.add("no_image", f"{key} has no image member")
-            return None
+            return self._skip(sample, "no_image", f"{key} has no image member")
         try:
             image = self.transform(decode_image(data, draft_size=self.draft_size))
         except Exception as exc:  # PIL raises many types for bad bytes
-            self.counts.add("corrupt_image", f"{key}: {type(exc).__name__}: {exc}")
-            return None
+            return self._skip(sample, "corrupt_image", f"{key}: {type(exc).__name__}: {exc}")
+        self._run.clear()
+        self._run_shards.clear()
         return image, texts
+
+    def _skip(self, sample: dict, kind: str, detail: str, text_type: str | None = None) -> None:
+        self.counts.add(kind, detail)
+        if not self._run:
+            self._run_example = detail[:300]
+        self._run[kind, text_type] += 1
+        self._run_shards.add(sample.get("__url__", "?"))
+        if self._run.total() >= MAX_UNUSABLE_IN_A_ROW:
+            raise DataUnusable(self._explain())
+        return None
+
+    def _explain(self) -> str:
+        """What the skipped run of samples lacked, and how to fix it."""
+        (kind, text_type), _ = self._run.most_common(1)[0]
+        where = describe_shards(self._run_shards)
+        head = f"{MAX_UNUSABLE_IN_A_ROW} samples in a row could not be used, so no batch can be made: "
+        if kind == "no_text" and text_type == "caption" and self.captions is not None:
+            return head + (f"no sample read from {where} has a caption in the --captions table "
+                           f"{self.captions.meta.get('source')}; its uuid column must hold the shards' sample keys "
+                           f"(e.g. {self._run_example})")
+        if kind == "no_text" and text_type == "caption":
+            return head + (f"no sample read from {where} has caption.txt: pass --captions TABLE.parquet "
+                           "(uuid, caption), or train the taxonomic head only (a taxonomic --text-type such as "
+                           "taxon_com, or --caption-share 0; no --joint-loss)")
+        if kind == "no_text":
+            return head + f"no sample read from {where} has {text_type}.txt: choose a --text-type these shards carry"
+        if kind == "no_image":
+            return head + f"no sample read from {where} has an image member ({'/'.join(IMAGE_MEMBERS)})"
+        return head + f"no image read from {where} could be decoded (e.g. {self._run_example})"
 
     def collate(self, examples: list, text_types: tuple[str, ...]) -> dict[str, Any]:
         batch = {"image": torch.stack([e[0] for e in examples])}
@@ -258,7 +405,11 @@ class TrainStream(IterableDataset):
 
 
 class ValStream(IterableDataset):
-    """Validation batches: every sample once, with a taxonomic text and the caption."""
+    """Validation batches: every sample once, with a taxonomic text and the caption.
+
+    Each batch carries its worker's skipped-sample counts so far (``counts``, ``worker``); a worker whose
+    last samples were all skipped ends with a record of only those two, so no skipped sample goes unreported.
+    """
 
     def __init__(self, urls: list[str], batch_size: int, seed: int, transform, tokenizer,
                  captions: CaptionIndex | None = None, draft_size: int | None = None):
@@ -280,16 +431,40 @@ class ValStream(IterableDataset):
                 examples.append(example)
             if len(examples) == self.batch_size:
                 yield {**maker.collate(examples, (text_type, "caption")), "text_type": text_type,
-                       "counts": counts.as_dict()}
+                       "counts": counts.as_dict(), "worker": worker}
                 n_batch, examples = n_batch + 1, []
                 text_type = val_text_type(n_batch * n_workers + worker, self.seed)
         if examples:
             yield {**maker.collate(examples, (text_type, "caption")), "text_type": text_type,
-                   "counts": counts.as_dict()}
+                   "counts": counts.as_dict(), "worker": worker}
+        elif counts.counts:
+            yield {"counts": counts.as_dict(), "worker": worker}
 
 
-def loader(dataset: IterableDataset, workers: int, pin_memory: bool = False) -> wds.WebLoader:
-    """A DataLoader over a stream of ready batches."""
-    return wds.WebLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
-                         persistent_workers=False, pin_memory=pin_memory,
-                         prefetch_factor=4 if workers else None)
+def loader(dataset: IterableDataset, workers: int, pin_memory: bool = False) -> Iterator[dict[str, Any]]:
+    """The batches of a stream through a DataLoader.
+
+    A data error (:class:`BioCAPError`) raised in a worker process comes out with its own message: the
+    DataLoader re-raises it with the worker's whole traceback prepended, which the CLI would print instead
+    of one line saying what is wrong. Other exceptions (bugs) keep the traceback.
+    """
+    batches = wds.WebLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
+                            persistent_workers=False, pin_memory=pin_memory,
+                            prefetch_factor=4 if workers else None)
+    try:
+        yield from batches
+    except BioCAPError as exc:
+        message = _worker_message(exc)
+        if message is None:
+            raise
+        raise type(exc)(message) from None
+
+
+def _worker_message(exc: BaseException) -> str | None:
+    """The original message of an exception re-raised by a DataLoader ("Caught X in DataLoader worker
+    process N. Original Traceback ... X: message"), or None if it was not re-raised by one."""
+    text = str(exc)
+    if not text.startswith("Caught ") or "Original Traceback" not in text:
+        return None
+    starts = [m.end() for m in re.finditer(rf"^(?:[\w.]+\.)?{re.escape(type(exc).__name__)}: ", text, re.M)]
+    return text[starts[-1]:].rstrip() if starts else None

@@ -34,6 +34,18 @@ def text_type_for_step(step: int, seed: int, text_type: str = "random", caption_
     return rng.choice(TRAIN_TAXONOMIC_TYPES)
 
 
+def text_types_of_run(text_type: str = "random", caption_share: float = 1 / 6, joint: bool = False) -> tuple[str, ...]:
+    """Every text type some step of such a run may train on: what the data must carry.
+
+    ``random`` can draw any taxonomic type, and ``caption`` unless ``caption_share`` is 0; ``joint`` adds
+    the caption to every step and never draws it as the step's own type.
+    """
+    if text_type != "random":
+        return (text_type, "caption") if joint else (text_type,)
+    types = TRAIN_TAXONOMIC_TYPES if caption_share < 1 or joint else ()
+    return types + ("caption",) if joint or caption_share > 0 else types
+
+
 def val_text_type(batch_index: int, seed: int) -> str:
     """The taxonomic text type of a validation batch (the original seeds it with the batch index)."""
     return step_rng(seed, batch_index, "val").choice(TRAIN_TAXONOMIC_TYPES)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from typing import Any
 
 import torch
 from biocap_core.checkpoints import load_model, load_weights, read_checkpoint
+from biocap_core.errors import BioCAPError, CheckpointError
 from biocap_core.fileio import atomic_write
 from biocap_core.model import build_model
 from biocap_core.preprocess import image_transform, short_side
@@ -42,9 +44,15 @@ from torch.nn.parallel import DistributedDataParallel
 
 from biocap_train import distributed
 from biocap_train.captions import CaptionIndex, index_dir_for
-from biocap_train.checkpointing import latest_checkpoint, list_checkpoints, save_checkpoint
+from biocap_train.checkpointing import (
+    latest_checkpoint,
+    list_checkpoints,
+    remove_partial_checkpoints,
+    save_checkpoint,
+    set_aside,
+)
 from biocap_train.config import TrainConfig
-from biocap_train.data import DataCounts, StreamSpec, TrainStream, ValStream, loader
+from biocap_train.data import DataCounts, StreamSpec, TrainStream, ValStream, check_data, loader
 from biocap_train.distributed import DistInfo
 from biocap_train.optim import make_optimizer
 from biocap_train.reporting import MetricsLog, ProgressDisplay
@@ -82,6 +90,8 @@ class TrainResult:
     data_problems: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     rank: int = 0
+    #: --resume found the run already at its last step: nothing was trained or written.
+    finished: bool = False
 
 
 def plan_run(cfg: TrainConfig, info: DistInfo) -> RunPlan:
@@ -94,6 +104,7 @@ def plan_run(cfg: TrainConfig, info: DistInfo) -> RunPlan:
             f"= {info.world_size * streams} readers each need at least one; use --dataset-resampled "
             f"(shards drawn with replacement), fewer --workers, or split the data into more shards"
         )
+    check_data(cfg)
     if cfg.train_num_samples is not None:
         samples = cfg.train_num_samples
     else:
@@ -105,6 +116,19 @@ def plan_run(cfg: TrainConfig, info: DistInfo) -> RunPlan:
     steps_per_epoch = max(1, math.ceil(samples / global_batch))
     total = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
     return RunPlan(urls, weights, samples, steps_per_epoch, total, streams)
+
+
+def prepare_run_dir(run_dir: Path) -> None:
+    """Create the run folder and check it takes files, before the model is built: a --logs path under a
+    regular file or in an unwritable place then fails at once, naming the path, not as a traceback later."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=run_dir):
+            pass
+    except OSError as exc:
+        blocking = next((p for p in (run_dir, *run_dir.parents) if p.exists() and not p.is_dir()), None)
+        why = f"{blocking} is a file, not a folder" if blocking is not None else exc.strerror or str(exc)
+        raise BioCAPError(f"--logs: cannot write the run folder {run_dir}: {why}") from exc
 
 
 def default_name(cfg: TrainConfig) -> str:
@@ -256,17 +280,22 @@ class Trainer:
         return topk_accuracy(feats @ weights, torch.tensor(dataset.labels), ks=(1,))[1]
 
     @torch.no_grad()
-    def validate(self, captions: CaptionIndex | None, draft_size: int | None) -> dict[str, float]:
-        """Mean taxonomic and caption CLIP loss over every validation sample (rank 0, one process)."""
+    def validate(self, captions: CaptionIndex | None, draft_size: int | None) -> tuple[dict[str, float], DataCounts]:
+        """Mean taxonomic and caption CLIP loss over every validation sample (rank 0, one process), and the
+        validation samples skipped as bad."""
         cfg = self.cfg
         urls, _ = expand_sources(cfg.val_data)
         stream = ValStream(urls, cfg.batch_size, cfg.seed, image_transform(self.model, train=False),
                            self.model.tokenizer(), captions, draft_size)
         loss = ClipLoss()
         totals, n = {"tax": 0.0, "caption": 0.0}, 0
+        counts = {}  # worker -> its skipped samples so far
         self.model.eval()
         try:
             for batch in loader(stream, min(cfg.workers, len(urls))):
+                counts[batch["worker"]] = batch["counts"]
+                if "image" not in batch:
+                    continue
                 size = len(batch["image"])
                 with autocast(self.device, cfg.precision if cfg.precision != "bf16" else "fp32"):
                     out = self.model(batch["image"].to(self.device, dtype=self.input_dtype),
@@ -278,34 +307,46 @@ class Trainer:
                 n += size
         finally:
             self.model.train()
+        problems = DataCounts.merge(counts.values())
         if n == 0:
-            raise ValueError(f"--val-data {cfg.val_data}: no readable validation samples")
+            raise ValueError(f"--val-data {cfg.val_data}: no readable validation samples ({problems.summary()})")
         result = {f"loss_{h}": v / n for h, v in totals.items()}
         result["loss"] = (1 - cfg.caption_share) * result["loss_tax"] + cfg.caption_share * result["loss_caption"]
         result["samples"] = n
-        return result
+        return result, problems
 
     # ---- the run ----
     def fit(self, plan: RunPlan) -> TrainResult:
         cfg, info = self.cfg, self.info
         started = time.time()
         run_dir = cfg.run_dir
-        resume = resolve_resume(cfg)
-        if resume is None and info.is_main and list_checkpoints(run_dir):
-            raise FileExistsError(f"{run_dir} already has checkpoints; pass --resume latest to continue it "
-                                  "or choose another --name")
-        metrics = MetricsLog(run_dir, cfg.report_to, cfg.to_dict(), cfg.wandb_project_name, enabled=info.is_main)
-        if info.is_main:
-            atomic_write(run_dir / "config.json", lambda tmp: tmp.write_text(json.dumps(cfg.to_dict(), indent=2)))
         console = Console(stderr=True, highlight=False)
 
         def say(message: str) -> None:
             if info.is_main:
                 console.print(message, markup=False)
 
+        resume, ckpt = self._resume_checkpoint(say)
+        if resume is None and info.is_main and list_checkpoints(run_dir):
+            raise FileExistsError(f"{run_dir} already has checkpoints; pass --resume latest to continue it "
+                                  "or choose another --name")
+        if ckpt is not None and int(ckpt["step"]) >= plan.total_steps:
+            # Saving again would rewrite the final checkpoint (new mtime, no data position), and eval
+            # would take it for a new model.
+            say(f"{run_dir} already finished: {resume} is at step {ckpt['step']} of {plan.total_steps}; "
+                "nothing to do (raise --epochs or --steps to train further)")
+            return TrainResult(run_dir, resume, int(ckpt["step"]), rank=info.rank, finished=True)
+        if info.is_main:
+            removed = remove_partial_checkpoints(run_dir)
+            if removed:
+                say(f"removed {len(removed)} partial checkpoint file(s) of an interrupted write: "
+                    + ", ".join(p.name for p in removed))
+        metrics = MetricsLog(run_dir, cfg.report_to, cfg.to_dict(), cfg.wandb_project_name, enabled=info.is_main)
+        if info.is_main:
+            atomic_write(run_dir / "config.json", lambda tmp: tmp.write_text(json.dumps(cfg.to_dict(), indent=2)))
+
         start_step, data_state = 0, None
-        if resume is not None:
-            ckpt = read_checkpoint(resume)
+        if ckpt is not None:
             self.load_state(ckpt)
             start_step = int(ckpt["step"])
             data_state = self._data_state_for_resume(ckpt, say)
@@ -426,8 +467,11 @@ class Trainer:
                     completed = epoch + 1
                     if cfg.val_data and (completed % cfg.val_frequency == 0 or step == plan.total_steps):
                         if info.is_main:
-                            val = self.validate(captions, draft)
-                            metrics.write("val", step, epoch=epoch, **val)
+                            val, val_problems = self.validate(captions, draft)
+                            metrics.write("val", step, epoch=epoch, **val, skipped=dict(val_problems.counts))
+                            if val_problems.counts:
+                                say(f"epoch {epoch} validation: skipped {sum(val_problems.counts.values())} bad "
+                                    f"input(s): {val_problems.summary()}")
                             say(f"epoch {epoch} validation: taxonomic loss {val['loss_tax']:.4f}, caption loss "
                                 f"{val['loss_caption']:.4f} ({val['samples']} samples)")
                         distributed.barrier(info)
@@ -472,6 +516,41 @@ class Trainer:
             return None
         return states[self.info.rank]
 
+    def _resume_checkpoint(self, say) -> tuple[Path | None, dict[str, Any] | None]:
+        """The checkpoint to resume from and its contents; (None, None) for a fresh run.
+
+        ``--resume latest`` skips an unreadable newest checkpoint (a bad disk, a copy cut short), saying
+        so, sets it aside and takes the one before; rank 0 decides, so every rank resumes from the same
+        one. If none is readable the run stops rather than silently starting over.
+        """
+        cfg = self.cfg
+        if not cfg.resume:
+            return None, None
+        if cfg.resume != "latest":
+            path = Path(cfg.resume)
+            if not path.is_file():
+                raise FileNotFoundError(f"--resume {cfg.resume}: no such checkpoint file")
+            return path, read_checkpoint(path)
+        path, ckpt, unreadable = None, None, []
+        if self.info.is_main:
+            for _, candidate in reversed(list_checkpoints(cfg.run_dir)):
+                try:
+                    ckpt = read_checkpoint(candidate)
+                except CheckpointError as exc:
+                    unreadable.append((candidate, exc))
+                    continue
+                path = candidate
+                break
+            if unreadable and path is None:
+                raise CheckpointError(f"--resume latest: no checkpoint of {cfg.run_dir} is readable; newest: "
+                                      f"{unreadable[0][1]}")
+            for bad, exc in unreadable:
+                say(f"warning: {exc}; set aside as {set_aside(bad).name}, resuming from {path.name} instead")
+        path = distributed.broadcast_object(self.info, path)
+        if ckpt is None and path is not None:
+            ckpt = read_checkpoint(path)
+        return path, ckpt
+
     def _caption_index(self, run_dir: Path) -> CaptionIndex | None:
         if not self.cfg.captions:
             return None
@@ -488,18 +567,6 @@ class Trainer:
         return ClassificationSet.from_csv(self.cfg.zeroshot_data, root, self.cfg.zeroshot_label_type)
 
 
-def resolve_resume(cfg: TrainConfig) -> Path | None:
-    """The checkpoint to resume from: None (fresh run, or ``latest`` with no checkpoint yet) or a path."""
-    if not cfg.resume:
-        return None
-    if cfg.resume == "latest":
-        return latest_checkpoint(cfg.run_dir)
-    path = Path(cfg.resume)
-    if not path.is_file():
-        raise FileNotFoundError(f"--resume {cfg.resume}: no such checkpoint file")
-    return path
-
-
 def train(cfg: TrainConfig) -> TrainResult:
     """Run a whole training (single process, or one rank of a torchrun/SLURM job)."""
     cfg.validate()
@@ -508,6 +575,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     try:
         plan = plan_run(cfg, info)
         cfg.name = distributed.broadcast_object(info, cfg.name or default_name(cfg))
+        prepare_run_dir(cfg.run_dir)
         return Trainer(cfg, info, plan.total_steps).fit(plan)
     finally:
         distributed.cleanup(info)
