@@ -64,8 +64,7 @@ def test_predict_names_the_true_species_and_the_taxa_of_every_rank(client, toy_p
     rows = toy_predictor.predict([(photo["name"], photo["bytes"])], rank="all", k=3)
     for group in result["taxa"]:
         expected = [r for r in rows if r["rank"] == group["rank"]]
-        key = "species" if group["rank"] == "species" else group["rank"]
-        assert [p["name"] for p in group["predictions"]] == [r[key] for r in expected]
+        assert [p["name"] for p in group["predictions"]] == [r[group["rank"]] for r in expected]
         assert [p["score"] for p in group["predictions"]] == pytest.approx([r["score"] for r in expected], abs=1e-5)
         scores = [p["score"] for p in group["predictions"]]
         assert scores == sorted(scores, reverse=True) and len(scores) <= 3

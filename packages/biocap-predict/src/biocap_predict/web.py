@@ -88,20 +88,13 @@ class _BodyLimit:
         await self.app(scope, counted, send)
 
 
-def _taxon_name(row: dict[str, Any], rank: str) -> str:
-    """The name a row gives its taxon at ``rank``: the binomial for species, else that rank's name."""
-    if rank == "species":
-        return row.get("species") or " ".join(filter(None, (row.get("genus"), row.get("species_epithet"))))
-    return row.get(rank) or ""
-
-
 def _group_by_rank(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Predictor rows (one per answer, each tagged with its rank) as one list per rank, kingdom first,
-    each answer with the display ``name`` of its taxon at that rank."""
+    each answer with the ``name`` of its taxon at that rank (for species, the binomial)."""
     by_rank: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         answer = {key: value for key, value in row.items() if key not in ("file_name", "rank")}
-        answer["name"] = _taxon_name(row, row["rank"])
+        answer["name"] = row[row["rank"]]
         by_rank.setdefault(row["rank"], []).append(answer)
     return [{"rank": rank, "predictions": by_rank[rank]} for rank in RANKS if rank in by_rank]
 
@@ -117,7 +110,7 @@ def _labels(text: str) -> list[str]:
 
 def create_app(predictor, *, model_name: str = "", max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> FastAPI:
     """The demo app around a loaded ``predictor`` (anything with ``predict``, ``nearest_captions``,
-    ``classify`` and ``index.has_captions``, as ``biocap_predict.Predictor`` has)."""
+    ``classify``, and an ``index`` with ``len`` and ``has_captions``, as ``biocap_predict.Predictor`` has)."""
     app = FastAPI(title="BioCAP predict", docs_url=None, redoc_url=None)  # /docs and /redoc load from a CDN
     # One inference at a time: the model is shared, and one batch already uses every core.
     model_lock = threading.Lock()
@@ -179,19 +172,10 @@ def _listen(host: str, port: int) -> socket.socket:
     """A listening socket on ``host:port``; port 0 lets the OS pick a free one, which the caller reads
     back so it can print the real URL (uvicorn alone would report port 0)."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                              flags=socket.AI_PASSIVE)[0]
-    except OSError as exc:  # the CLI prints a BioCAPError as one line instead of a traceback
+        return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                    backlog=128)
+    except OSError as exc:  # port taken, unknown host: the CLI prints a BioCAPError as one line
         raise BioCAPError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(128)
-    except OSError as exc:  # e.g. the port is taken
-        sock.close()
-        raise BioCAPError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-    return sock
 
 
 def serve(index, model: str, pretrained: str | None = None, host: str = "127.0.0.1", port: int = 0,
