@@ -10,8 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 MODEL = "BioCAP-toy"
+
+# The toy models are too small to gain from more threads, and on a shared machine idle-spinning
+# OpenMP threads make each small op up to 10x slower.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -27,14 +32,16 @@ def toy_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_checkpoint(toy_dir, tmp_path_factory) -> Path:
-    """A BioCAP-toy checkpoint trained for a few dozen steps: far from good, well above chance."""
+    """A BioCAP-toy checkpoint trained for 200 small steps (about a minute): far from good, well above chance."""
     biocap_train = pytest.importorskip("biocap_train")
     logs = tmp_path_factory.mktemp("train")
-    run = biocap_train.train(biocap_train.TrainConfig(
-        train_data="::".join(str(p) for p in sorted((toy_dir / "train").glob("shard-*.tar"))), model=MODEL,
-        batch_size=32, steps=120, lr=4e-3, warmup=10, precision="fp32", workers=0, shuffle_buffer=256,
-        logs=str(logs), name="predict", save_frequency=0, zeroshot_frequency=1000, progress=False,
-        device="cpu", seed=0))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")  # else the trainer sizes its thread pool to the machine
+        run = biocap_train.train(biocap_train.TrainConfig(
+            train_data="::".join(str(p) for p in sorted((toy_dir / "train").glob("shard-*.tar"))), model=MODEL,
+            batch_size=32, steps=200, lr=5e-3, warmup=5, precision="fp32", workers=0, shuffle_buffer=256,
+            logs=str(logs), name="predict", save_frequency=0, zeroshot_frequency=1000, progress=False,
+            device="cpu", seed=0))
     return Path(run.checkpoint)
 
 

@@ -57,20 +57,27 @@ def read_subset(path: str | os.PathLike) -> Filters:
     return {table.columns[0].strip().lower(): values}
 
 
-def restrict(index: TaxaIndex, filters: Filters) -> TaxaIndex:
-    """The part of ``index`` matching every filter (names of one rank are alternatives)."""
-    if not filters:
-        return index
+def matching(index: TaxaIndex, filters: Filters) -> np.ndarray:
+    """Boolean mask of the taxa matching every filter (names of one rank are alternatives)."""
     keep = np.ones(len(index), dtype=bool)
     for rank, values in filters.items():
         column = index.binomials() if rank == "species" else index.taxa[rank]
         lowered = column.str.to_lowercase()
-        wanted = pl.Series([v.lower() for v in values])
-        unknown = [v for v, ok in zip(values, wanted.is_in(lowered.unique()).to_list()) if not ok]
+        wanted = [v.lower() for v in values]
+        present = set(lowered.unique().to_list())
+        unknown = [v for v, low in zip(values, wanted) if low not in present]
         if unknown:
             raise PredictInputError(f"unknown {rank} name(s) {unknown[:10]}: the index has no such {rank}"
                                     + (" (species are named 'Genus epithet')" if rank == "species" else ""))
         keep &= lowered.is_in(wanted).to_numpy()
+    return keep
+
+
+def restrict(index: TaxaIndex, filters: Filters) -> TaxaIndex:
+    """The part of ``index`` matching every filter."""
+    if not filters:
+        return index
+    keep = matching(index, filters)
     if not keep.any():
         raise PredictInputError(f"no taxon of the index matches all of {filters}")
     return index.select(keep)

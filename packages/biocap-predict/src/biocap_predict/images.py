@@ -120,7 +120,11 @@ class ImageInputs(Dataset):
             return i, exc
 
 
-def _collate(batch: list[tuple[int, Any]]) -> tuple[list[int], torch.Tensor | None, list[tuple[int, ImageError]]]:
+#: (positions decoded, their stacked tensors or None, failures as (position, error))
+Batch = tuple[list[int], torch.Tensor | None, list[tuple[int, ImageError]]]
+
+
+def _collate(batch: list[tuple[int, Any]]) -> Batch:
     good = [(i, t) for i, t in batch if isinstance(t, torch.Tensor)]
     bad = [(i, e) for i, e in batch if not isinstance(e, torch.Tensor)]
     tensors = torch.stack([t for _, t in good]) if good else None
@@ -128,7 +132,7 @@ def _collate(batch: list[tuple[int, Any]]) -> tuple[list[int], torch.Tensor | No
 
 
 def image_batches(items: Sequence[Named], model, batch_size: int, workers: int = 0,
-                  pin_memory: bool = False) -> Iterator[tuple[list[int], torch.Tensor | None, list[tuple[int, ImageError]]]]:
+                  pin_memory: bool = False) -> Iterator[Batch]:
     """Batches of (positions decoded, image tensor, failures as (position, error))."""
     loader = DataLoader(ImageInputs(items, model), batch_size=batch_size, num_workers=workers, shuffle=False,
                         collate_fn=_collate, pin_memory=pin_memory, prefetch_factor=4 if workers else None,

@@ -190,7 +190,8 @@ class TaxaIndex:
         path = Path(path)
         meta_path = path / "index.json"
         if not meta_path.is_file():
-            hint = " (an unfinished build: run `biocap-predict index` again to resume)" if (path / ".build").is_dir() else ""
+            unfinished = (path / ".build").is_dir()
+            hint = " (an unfinished build: run `biocap-predict index` again to resume)" if unfinished else ""
             raise TaxaIndexError(f"{path}: not a taxa index, {meta_path.name} is missing{hint}")
         meta = json.loads(meta_path.read_text())
         if meta.get("format") != FORMAT:

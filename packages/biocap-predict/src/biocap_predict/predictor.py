@@ -54,12 +54,8 @@ class Predictor:
         self.batch_size, self.workers, self.progress = batch_size, workers, progress
         self.templates = tuple(templates or TEMPLATES)
         self.model_name = model_name
-        self.index = TaxaIndex.load(index) if isinstance(index, (str, os.PathLike)) else index
-        if self.index is not None:
-            self.index.check_model(self.fingerprint, model_name)
-        self._views: dict[Any, TaxaIndex] = {}
-        self._texts: dict[int, torch.Tensor] = {}
         self._labels: dict[tuple[str, ...], torch.Tensor] = {}
+        self.use_index(index)
 
     @classmethod
     def from_pretrained(cls, model: str, pretrained: str | None = None,
@@ -111,26 +107,31 @@ class Predictor:
             yield names, {h: f.cpu() for h, f in feats.items()}
 
     # ---- tree of life ----
-    def _view(self, within: Any) -> TaxaIndex:
+    def use_index(self, index: TaxaIndex | str | os.PathLike | None) -> None:
+        """Predict over ``index`` from now on (refused when it was built with other weights)."""
+        index = TaxaIndex.load(index) if isinstance(index, (str, os.PathLike)) else index
+        if index is not None:
+            index.check_model(self.fingerprint, self.model_name)
+        self.index = index
+        self._views: dict[Any, tuple[TaxaIndex, torch.Tensor]] = {}
+        self._captions: torch.Tensor | None = None
+
+    def _view(self, within: Any) -> tuple[TaxaIndex, torch.Tensor]:
+        """The index restricted by ``within``, and its text matrix on the device (both cached)."""
         if self.index is None:
             raise PredictInputError("no taxa index: pass index= (or --index) for open-ended prediction")
         filters = parse_within(within)
         key = tuple(sorted((k, tuple(v)) for k, v in filters.items()))
         if key not in self._views:
-            self._views[key] = restrict(self.index, filters)
+            view = restrict(self.index, filters)
+            self._views[key] = view, view.embeddings.to(self.device, torch.float32)
         return self._views[key]
-
-    def _matrix(self, matrix: torch.Tensor) -> torch.Tensor:
-        if id(matrix) not in self._texts:
-            self._texts[id(matrix)] = matrix.to(self.device, torch.float32)
-        return self._texts[id(matrix)]
 
     def _tree_task(self, rank: str, k: int, within: Any, captions: int) -> _Task:
         levels = parse_rank(rank)
-        view = self._view(within)
+        view, text = self._view(within)
         if captions and not view.has_captions:
             raise PredictInputError(f"{view.path or 'the index'} has no trait captions; build it with --captions")
-        text = self._matrix(view.embeddings)
         scale = self.model.logit_scale.exp().item()
 
         def rows(names: list[str], feats: Features) -> list[dict]:
@@ -192,8 +193,9 @@ class Predictor:
     # ---- trait captions ----
     def _nearest(self, caption_feats: torch.Tensor, k: int) -> list[list[dict]]:
         captions = self.index.captions
-        scores, ids = (caption_feats @ self._matrix(self.index.caption_embeddings).T).topk(min(k, len(captions)),
-                                                                                           dim=1)
+        if self._captions is None:
+            self._captions = self.index.caption_embeddings.to(self.device, torch.float32)
+        scores, ids = (caption_feats @ self._captions.T).topk(min(k, len(captions)), dim=1)
         return [[{"caption": captions[i], "score": s} for s, i in zip(srow, irow)]
                 for srow, irow in zip(scores.tolist(), ids.tolist())]
 
