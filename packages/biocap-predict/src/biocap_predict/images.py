@@ -64,11 +64,11 @@ def expand_paths(paths: Sequence[str | os.PathLike], recursive: bool = False,
     for name in names:
         p = Path(name)
         if p.is_dir():
-            found = sorted(f for f in (p.rglob("*") if recursive else p.iterdir())
+            found = sorted(str(f) for f in (p.rglob("*") if recursive else p.iterdir())
                            if f.is_file() and not f.name.startswith("."))
             if not found:
                 raise ImageError(f"{p}: folder holds no files" + ("" if recursive else " (use --recursive?)"))
-            files += [str(f) for f in found]
+            files += found
         elif p.is_file():
             files.append(name)
         else:

@@ -45,15 +45,15 @@ class RowWriter:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fh: IO[str] | None = (open(self.path, "w", newline="") if self.path else sys.stdout) \
             if fmt in ("csv", "jsonl") else None
-        self._csv = csv.DictWriter(self._fh, self.columns, extrasaction="ignore") if fmt == "csv" else None
+        self._csv = csv.writer(self._fh) if fmt == "csv" else None
         if self._csv:
-            self._csv.writeheader()
+            self._csv.writerow(self.columns)
 
     def write(self, rows: list[dict]) -> None:
         if not rows:
             return
         if self._csv:
-            self._csv.writerows(rows)
+            self._csv.writerows([r.get(c, "") for c in self.columns] for r in rows)
         elif self.fmt == "jsonl":
             self._fh.writelines(json.dumps({c: r.get(c) for c in self.columns}) + "\n" for r in rows)
         elif self.fmt == "table":
