@@ -39,10 +39,10 @@ class RowWriter:
         self.path, self.fmt, self.columns = (Path(path) if path else None), fmt, list(columns)
         self.count = 0
         self._table: list[dict] = []
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         self._parts: Path | None = Path(tempfile.mkdtemp(prefix=".parts-", dir=self.path.parent)) \
             if fmt == "parquet" else None
-        if self.path and fmt != "parquet":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fh: IO[str] | None = (open(self.path, "w", newline="") if self.path else sys.stdout) \
             if fmt in ("csv", "jsonl") else None
         self._csv = csv.writer(self._fh) if fmt == "csv" else None
@@ -60,8 +60,7 @@ class RowWriter:
             self._table += rows
         else:
             frame = pl.DataFrame([{c: r.get(c) for c in self.columns} for r in rows],
-                                 schema={c: pl.Float64 if c == "score" else pl.String for c in self.columns},
-                                 orient="row")
+                                 schema=self._schema(), orient="row")
             frame.write_parquet(self._parts / f"{self.count:012d}.parquet")
         self.count += len(rows)
 
@@ -70,13 +69,16 @@ class RowWriter:
             self._write_text(format_table(self._table, self.columns))
         elif self.fmt == "parquet":
             parts = sorted(self._parts.glob("*.parquet"))
-            frame = pl.scan_parquet(parts) if parts else pl.LazyFrame(schema={c: pl.String for c in self.columns})
+            frame = pl.scan_parquet(parts) if parts else pl.LazyFrame(schema=self._schema())
             atomic_write(self.path, lambda tmp: frame.sink_parquet(tmp))
             shutil.rmtree(self._parts, ignore_errors=True)
         elif self._fh is not sys.stdout:
             self._fh.close()
         else:
             self._fh.flush()
+
+    def _schema(self) -> dict[str, pl.DataType]:
+        return {c: pl.Float64 if c == "score" else pl.String for c in self.columns}
 
     def _write_text(self, text: str) -> None:
         if self.path:
