@@ -176,3 +176,18 @@ def test_label_type_the_table_cannot_supply_names_file_and_columns(original_data
     table = schemas.CLASSIFICATION.read(path)
     with pytest.raises(SchemaError, match=r"metadata.csv.*'taxon_com'.*\['kingdom'"):
         label_texts(table, "taxon_com", source=str(path))
+
+
+def test_templates_files_are_read_with_the_bad_lines_named(tmp_path):
+    from biocap_core.taxonomy import read_templates
+
+    good = tmp_path / "t.txt"
+    good.write_text("# ours\na photo of {}.\n\nitap of a {}.\n")
+    assert read_templates(good) == ("a photo of {}.", "itap of a {}.")
+    as_json = tmp_path / "t.json"
+    as_json.write_text('["{}", "a {} in the wild"]')
+    assert read_templates(as_json) == ("{}", "a {} in the wild")
+    bad = tmp_path / "bad.txt"
+    bad.write_text("a photo of {}.\nno slot\n{} and {}\n")
+    with pytest.raises(SchemaError, match=r"bad.txt: template\(s\) at line/item \[2, 3\]"):
+        read_templates(bad)

@@ -278,6 +278,13 @@ FORMAT_EXAMPLES = Schema(
     (Column("class", S), Column("description", S, nullable=True)),
 )
 
+TAXA = Schema(
+    "taxa",
+    "One row per taxon of a prediction index: the 7 ranks (species = epithet) and the common name.",
+    _ranks(required=True, fill="", class_alias=("cls",))
+    + (Column("common_name", S, required=False, nullable=True, fill="", aliases=("common",)),),
+)
+
 CLASSIFICATION = Schema(
     "classification",
     "Zero-shot annotations: filepath plus a class label and/or the 7 ranks and common name.",
@@ -353,6 +360,7 @@ ALL: dict[str, Schema] = {
         CAPTIONS,
         CAPTION_ERRORS,
         SPECIES_LIST,
+        TAXA,
         WIKI_DESCRIPTIONS,
         WIKI_ERRORS,
         UUID_DESCRIPTIONS,

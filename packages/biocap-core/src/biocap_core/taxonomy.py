@@ -22,6 +22,8 @@ strings; :func:`parse_taxon_tag` reads a taxonTag text back into a :class:`Taxon
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from dataclasses import dataclass, fields, replace
 from functools import cached_property
@@ -60,6 +62,31 @@ def __getattr__(name: str):
         globals()["TEMPLATES"] = templates
         return templates
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def read_templates(path: str | os.PathLike) -> tuple[str, ...]:
+    """Templates from a text file (one per line, ``{}`` marks the class; blank lines and ``#`` comments
+    skipped) or a JSON list of strings. Raises :class:`SchemaError` naming the file and the bad lines."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise SchemaError(f"{path}: cannot read the templates file: {exc}") from exc
+    if path.endswith(".json"):
+        items = json.loads(text)
+        if not isinstance(items, list) or not all(isinstance(t, str) for t in items):
+            raise SchemaError(f"{path}: a JSON templates file must hold a list of strings")
+        numbered = list(enumerate(items, start=1))
+    else:
+        numbered = [(i, line.strip()) for i, line in enumerate(text.splitlines(), start=1)
+                    if line.strip() and not line.lstrip().startswith("#")]
+    bad = [n for n, t in numbered if not (t.count("{}") == t.count("{") == t.count("}") == 1)]
+    if bad:
+        raise SchemaError(f"{path}: template(s) at line/item {bad[:5]} need exactly one '{{}}' where the class goes")
+    if not numbered:
+        raise SchemaError(f"{path}: no templates")
+    return tuple(t for _, t in numbered)
 
 
 def _collapse(text: str) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Optional
@@ -10,12 +9,12 @@ from typing import Optional
 import typer
 
 from biocap_core.errors import BioCAPError
+from biocap_core.runtime import PRECISIONS
 from biocap_core.taxonomy import LABEL_TYPES
 
 app = typer.Typer(help="Biology benchmarks for CLIP-style models: zero-shot classification, INQUIRE-Rerank, "
                        "text-image retrieval.", no_args_is_help=True)
 
-PRECISIONS = ("fp32", "amp", "amp_bf16", "fp16", "bf16")
 DATA_ROOT = typer.Option(Path("."), "--data-root", envvar="BIOCAP_EVAL_DATA",
                          help="Folder the registry's paths are relative to (env BIOCAP_EVAL_DATA).")
 REGISTRY = typer.Option(None, "--registry", help="A registry TOML file instead of the shipped one.")
@@ -27,28 +26,14 @@ def _fail(exc: Exception) -> typer.Exit:
 
 
 def read_templates(path: Path) -> tuple[str, ...]:
-    """Templates from a text file (one per line, ``{}`` marks the class; blank lines and ``#`` comments
-    skipped) or a JSON list of strings."""
+    """Core's template reader, failing as an :class:`EvalError` like every other bad eval input."""
+    from biocap_core.taxonomy import read_templates as read
     from biocap_eval.tasks import EvalError
 
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise EvalError(f"{path}: cannot read the templates file: {exc}") from exc
-    if path.suffix == ".json":
-        items = json.loads(text)
-        if not isinstance(items, list) or not all(isinstance(t, str) for t in items):
-            raise EvalError(f"{path}: a JSON templates file must hold a list of strings")
-        numbered = list(enumerate(items, start=1))
-    else:
-        numbered = [(i, line.strip()) for i, line in enumerate(text.splitlines(), start=1)
-                    if line.strip() and not line.lstrip().startswith("#")]
-    bad = [n for n, t in numbered if not (t.count("{}") == t.count("{") == t.count("}") == 1)]
-    if bad:
-        raise EvalError(f"{path}: template(s) at line/item {bad[:5]} need exactly one '{{}}' where the class goes")
-    if not numbered:
-        raise EvalError(f"{path}: no templates")
-    return tuple(t for _, t in numbered)
+        return read(path)
+    except BioCAPError as exc:
+        raise EvalError(str(exc)) from exc
 
 
 @app.command("list")

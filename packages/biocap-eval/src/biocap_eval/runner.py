@@ -19,10 +19,9 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from biocap_core.errors import BioCAPError
 from biocap_core.fileio import atomic_write
+from biocap_core.runtime import default_device, default_precision  # noqa: F401 (re-exported to cli, api)
 
 from biocap_eval.embedding import Encoder
 from biocap_eval.registry import Benchmark, Status
@@ -214,13 +213,3 @@ def write_result(path: Path, spec: ModelSpec, bench: Benchmark, settings: Settin
         "versions": versions(),
     }
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(doc, indent=1)))
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def default_precision(device: str) -> str:
-    """The original's ``amp`` on GPUs; fp32 elsewhere (CPU autocast is slow and lossy)."""
-    return "amp" if torch.device(device).type == "cuda" else "fp32"
-

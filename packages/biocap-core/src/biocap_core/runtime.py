@@ -1,0 +1,22 @@
+"""Where and at what precision to run a model when the user does not say: shared by every app."""
+
+from __future__ import annotations
+
+import torch
+
+#: Precisions every inference app accepts (training has its own, narrower list).
+PRECISIONS: tuple[str, ...] = ("fp32", "amp", "amp_bf16", "fp16", "bf16")
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_device(device: str | None) -> str:
+    """``None`` or ``"auto"`` picks CUDA when available; anything else is passed through."""
+    return default_device() if device in (None, "", "auto") else device
+
+
+def default_precision(device: str) -> str:
+    """The original's ``amp`` on GPUs; fp32 elsewhere (CPU autocast is slow and lossy)."""
+    return "amp" if torch.device(device).type == "cuda" else "fp32"

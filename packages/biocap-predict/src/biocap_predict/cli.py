@@ -1,0 +1,166 @@
+"""``biocap-predict``: build a taxa index, predict, embed, list taxa and models, serve the demo page.
+
+Each command parses its flags and calls one function of :mod:`biocap_predict.runs` (or the web
+module); errors on bad input are printed as one line naming the input, with exit status 1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from biocap_core.errors import BioCAPError
+from biocap_core.runtime import PRECISIONS
+
+app = typer.Typer(help="Name the organism in a photo with any BioCAP/BioCLIP-style model.", no_args_is_help=True)
+
+MODEL = typer.Option("hf-hub:imageomics/biocap", "--model",
+                     help="OpenCLIP/toolkit architecture, hf-hub: or local-dir: name, or JSON config.")
+PRETRAINED = typer.Option(None, "--pretrained", help="OpenCLIP tag or checkpoint file (e.g. a biocap-train run's).")
+DEVICE = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
+PRECISION = typer.Option(None, "--precision", help=f"{', '.join(PRECISIONS)} (default: amp on GPU, else fp32).")
+BATCH = typer.Option(32, "--batch-size", min=1, help="Images per forward pass.")
+WORKERS = typer.Option(2, "--workers", min=0, help="Image-decoding worker processes.")
+LOG = typer.Option(None, "--log", help="Write a JSON provenance record (versions, command, model, inputs) here.")
+QUIET = typer.Option(False, "--quiet", help="No progress bars.")
+RECURSIVE = typer.Option(False, "--recursive", "-r", help="Descend into sub-folders of folder inputs.")
+FROM_LIST = typer.Option(None, "--from-list", help="A file naming one image per line.")
+
+
+def _run(call):
+    """Run a command body; bad input ends the command with its message instead of a traceback."""
+    try:
+        return call()
+    except (BioCAPError, FileNotFoundError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _options(model, pretrained, device, precision, batch_size, workers, quiet):
+    from biocap_predict.runs import ModelOptions
+
+    if precision is not None and precision not in PRECISIONS:
+        raise typer.BadParameter(f"--precision must be one of {PRECISIONS}, not {precision!r}")
+    return ModelOptions(model, pretrained, device, precision, batch_size, workers, progress=not quiet)
+
+
+@app.command()
+def index(
+    out: Path = typer.Option(..., "--out", help="Index folder to write (resumed or reused when it matches)."),
+    taxa: Optional[Path] = typer.Option(None, "--taxa", help="Catalog parquet, species CSV or any 7-rank table."),
+    from_tol: Optional[Path] = typer.Option(None, "--from-tol", help="Folder with a published "
+                                            "txt_emb_species.npy + .json pair to import instead."),
+    label_type: str = typer.Option("taxon_com", "--label-type", help="Text per taxon: sci, com, taxon, sci_com, "
+                                   "taxon_com."),
+    templates: Optional[Path] = typer.Option(None, "--templates", help="Templates file (.txt one per line, or "
+                                             ".json); default the 81 zero-shot templates."),
+    captions: Optional[Path] = typer.Option(None, "--captions", help="Trait captions table to index too."),
+    model: str = MODEL, pretrained: Optional[str] = PRETRAINED, device: str = DEVICE,
+    precision: Optional[str] = PRECISION, batch_size: int = typer.Option(256, "--batch-size", min=1),
+    log: Optional[Path] = LOG, quiet: bool = QUIET,
+) -> None:
+    """Build a taxa index: one text embedding per taxon (and trait caption) for one model."""
+    from biocap_predict.runs import build_index
+
+    options = _options(model, pretrained, device, precision, batch_size, 0, quiet)
+    built = _run(lambda: build_index(options, str(out), taxa=taxa and str(taxa), from_tol=from_tol and str(from_tol),
+                                     label_type=label_type, templates=templates and str(templates),
+                                     captions=captions and str(captions), log=log and str(log)))
+    typer.echo(f"{built!r}", err=True)
+
+
+@app.command()
+def predict(
+    paths: List[str] = typer.Argument(None, help="Image files and folders."),
+    index: Optional[Path] = typer.Option(None, "--index", help="Taxa index: open-ended tree-of-life prediction."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Custom labels: 'a,b,c' or a file, one per line."),
+    bins: Optional[Path] = typer.Option(None, "--bins", help="CSV of label,bin: probabilities summed per bin."),
+    embeddings: Optional[Path] = typer.Option(None, "--embeddings", help="Stored image embeddings instead of images."),
+    recursive: bool = RECURSIVE, from_list: Optional[Path] = FROM_LIST,
+    rank: str = typer.Option("species", "--rank", help="kingdom ... species, or all (every rank in one pass)."),
+    k: int = typer.Option(5, "--k", min=1, help="Hits per image and rank."),
+    within: Optional[List[str]] = typer.Option(None, "--within", help="Restrict the index, e.g. order=Lepidoptera."),
+    subset: Optional[Path] = typer.Option(None, "--subset", help="CSV whose first column, named after a rank, "
+                                          "lists the names to keep."),
+    captions: int = typer.Option(0, "--captions", min=0, help="Also give this many nearest trait captions."),
+    fmt: str = typer.Option("csv", "--format", help="csv, table, jsonl or parquet."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output file (default: stdout)."),
+    model: str = MODEL, pretrained: Optional[str] = PRETRAINED, device: str = DEVICE,
+    precision: Optional[str] = PRECISION, batch_size: int = BATCH, workers: int = WORKERS,
+    log: Optional[Path] = LOG, quiet: bool = QUIET,
+) -> None:
+    """Predict taxa (or custom labels, or bins) for images or stored embeddings."""
+    from biocap_predict.runs import Inputs, PredictRequest, predict as run_predict
+
+    options = _options(model, pretrained, device, precision, batch_size, workers, quiet)
+    inputs = Inputs(paths or (), recursive, from_list and str(from_list), embeddings and str(embeddings))
+    request = PredictRequest(index and str(index), labels, bins and str(bins), rank, k, within or (),
+                             subset and str(subset), captions, fmt, output and str(output))
+    summary = _run(lambda: run_predict(options, inputs, request, log=log and str(log),
+                                       echo=lambda m: typer.echo(m, err=True)))
+    if summary.skipped:
+        typer.echo(f"{len(summary.skipped)} input(s) skipped, {summary.images} predicted", err=True)
+
+
+@app.command()
+def embed(
+    paths: List[str] = typer.Argument(None, help="Image files and folders."),
+    output: Path = typer.Option(..., "--output", "-o", help="Embeddings file (.parquet, .npz or .jsonl)."),
+    head: str = typer.Option("tax", "--head", help="tax, caption or both."),
+    normalize: bool = typer.Option(True, "--normalize/--raw", help="Unit-length embeddings, or the raw projections."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="parquet, npz or jsonl (default: from the suffix)."),
+    recursive: bool = RECURSIVE, from_list: Optional[Path] = FROM_LIST,
+    model: str = MODEL, pretrained: Optional[str] = PRETRAINED, device: str = DEVICE,
+    precision: Optional[str] = PRECISION, batch_size: int = BATCH, workers: int = WORKERS,
+    log: Optional[Path] = LOG, quiet: bool = QUIET,
+) -> None:
+    """Write image embeddings (one or both heads) that `predict --embeddings` reads back."""
+    from biocap_predict.runs import Inputs, embed as run_embed
+
+    options = _options(model, pretrained, device, precision, batch_size, workers, quiet)
+    inputs = Inputs(paths or (), recursive, from_list and str(from_list))
+    fmt = fmt or output.suffix.lstrip(".") or "parquet"
+    summary = _run(lambda: run_embed(options, inputs, str(output), head=head, normalize=normalize, fmt=fmt,
+                                     log=log and str(log), echo=lambda m: typer.echo(m, err=True)))
+    typer.echo(f"{summary.images} image(s) embedded -> {output}", err=True)
+
+
+@app.command("list-taxa")
+def list_taxa(index: Path = typer.Option(..., "--index", help="Taxa index folder."),
+              rank: str = typer.Option("species", "--rank", help="kingdom ... species.")) -> None:
+    """Print the distinct names at one rank of an index (species as binomials)."""
+    from biocap_predict.runs import list_taxa as names
+
+    for name in _run(lambda: names(str(index), rank)):
+        typer.echo(name)
+
+
+@app.command("list-models")
+def list_models() -> None:
+    """Print the toolkit's model configs and OpenCLIP's architectures with their pretrained tags."""
+    from biocap_predict.runs import list_models as models
+
+    for line in models():
+        typer.echo(line)
+
+
+@app.command()
+def serve(
+    index: Path = typer.Option(..., "--index", help="Taxa index folder."),
+    model: str = MODEL, pretrained: Optional[str] = PRETRAINED,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface; "
+                             "the page has no login)."),
+    port: int = typer.Option(8000, "--port", min=0, help="Port; 0 picks a free one. The URL is printed."),
+    max_upload_mb: float = typer.Option(10.0, "--max-upload-mb", min=0.01, help="Largest upload accepted."),
+    device: str = DEVICE, precision: Optional[str] = PRECISION,
+) -> None:
+    """Serve the demo page and its JSON API (needs the [web] extra: pip install 'biocap-predict[web]')."""
+    try:
+        from biocap_predict.web import serve as run_serve
+    except ImportError as exc:  # the web module's message names the missing package and the install command
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    _run(lambda: run_serve(index, model, pretrained, host=host, port=port, device=device, precision=precision,
+                           max_upload_mb=max_upload_mb))

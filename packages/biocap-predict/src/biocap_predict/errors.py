@@ -1,0 +1,15 @@
+"""Errors of biocap-predict; every one names the input that was wrong so the user can fix it."""
+
+from biocap_core.errors import BioCAPError
+
+
+class ImageError(BioCAPError, ValueError):
+    """An input image is missing or cannot be decoded."""
+
+
+class TaxaIndexError(BioCAPError, ValueError):
+    """A taxa index is missing, incomplete, or was built with another model."""
+
+
+class PredictInputError(BioCAPError, ValueError):
+    """A label list, bins file, rank, subset or embeddings file cannot be used."""

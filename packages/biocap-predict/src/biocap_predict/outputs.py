@@ -1,0 +1,181 @@
+"""Writing prediction rows and image embeddings, and reading embeddings back.
+
+Rows are written a batch at a time (CSV and JSONL lines as they come; parquet as part files joined
+by a streaming sink at the end), so a long run holds one batch in memory. The ``table`` format is
+for people reading a terminal, so it is laid out once at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import IO, Sequence
+
+import numpy as np
+import polars as pl
+import torch
+
+from biocap_core.fileio import atomic_write
+from biocap_predict.errors import PredictInputError
+
+ROW_FORMATS = ("csv", "table", "jsonl", "parquet")
+EMBEDDING_FORMATS = ("parquet", "npz", "jsonl")
+
+
+class RowWriter:
+    """Streams rows to ``path`` (stdout when None) in one of :data:`ROW_FORMATS`."""
+
+    def __init__(self, path: str | os.PathLike | None, fmt: str, columns: Sequence[str]):
+        if fmt not in ROW_FORMATS:
+            raise PredictInputError(f"unknown format {fmt!r}; expected one of {ROW_FORMATS}")
+        if fmt == "parquet" and path is None:
+            raise PredictInputError("--format parquet needs --output FILE")
+        self.path, self.fmt, self.columns = (Path(path) if path else None), fmt, list(columns)
+        self.count = 0
+        self._table: list[dict] = []
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._parts: Path | None = Path(tempfile.mkdtemp(prefix=".parts-", dir=self.path.parent)) \
+            if fmt == "parquet" else None
+        self._fh: IO[str] | None = (open(self.path, "w", newline="") if self.path else sys.stdout) \
+            if fmt in ("csv", "jsonl") else None
+        self._csv = csv.writer(self._fh) if fmt == "csv" else None
+        if self._csv:
+            self._csv.writerow(self.columns)
+
+    def write(self, rows: list[dict]) -> None:
+        if not rows:
+            return
+        if self._csv:
+            self._csv.writerows([r.get(c, "") for c in self.columns] for r in rows)
+        elif self.fmt == "jsonl":
+            self._fh.writelines(json.dumps({c: r.get(c) for c in self.columns}) + "\n" for r in rows)
+        elif self.fmt == "table":
+            self._table += rows
+        else:
+            frame = pl.DataFrame([{c: r.get(c) for c in self.columns} for r in rows],
+                                 schema=self._schema(), orient="row")
+            frame.write_parquet(self._parts / f"{self.count:012d}.parquet")
+        self.count += len(rows)
+
+    def close(self) -> None:
+        if self.fmt == "table":
+            self._write_text(format_table(self._table, self.columns))
+        elif self.fmt == "parquet":
+            parts = sorted(self._parts.glob("*.parquet"))
+            frame = pl.scan_parquet(parts) if parts else pl.LazyFrame(schema=self._schema())
+            atomic_write(self.path, lambda tmp: frame.sink_parquet(tmp))
+            shutil.rmtree(self._parts, ignore_errors=True)
+        elif self._fh is not sys.stdout:
+            self._fh.close()
+        else:
+            self._fh.flush()
+
+    def _schema(self) -> dict[str, pl.DataType]:
+        return {c: pl.Float64 if c == "score" else pl.String for c in self.columns}
+
+    def _write_text(self, text: str) -> None:
+        if self.path:
+            self.path.write_text(text)
+        else:
+            sys.stdout.write(text)
+
+
+def format_table(rows: list[dict], columns: Sequence[str]) -> str:
+    """A plain aligned text table (scores with 4 decimals)."""
+    cells = [[f"{r[c]:.4f}" if c == "score" else str(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join(lines) + "\n"
+
+
+def read_rows(path: str | os.PathLike, fmt: str) -> list[dict]:
+    """Rows of a prediction file written by :class:`RowWriter` (not ``table``), scores as floats."""
+    path = Path(path)
+    if fmt == "csv":
+        with open(path, newline="") as fh:
+            return [{**r, "score": float(r["score"])} for r in csv.DictReader(fh)]
+    if fmt == "jsonl":
+        return [json.loads(line) for line in path.read_text().splitlines() if line]
+    if fmt == "parquet":
+        return pl.read_parquet(path).to_dicts()
+    raise PredictInputError(f"cannot read rows back from format {fmt!r}")
+
+
+# ---- embeddings ----
+class EmbeddingWriter:
+    """Image embeddings with their file names, heads and the model fingerprint, in one of
+    :data:`EMBEDDING_FORMATS`; ``predict --embeddings`` reads any of them back."""
+
+    def __init__(self, path: str | os.PathLike, fmt: str, fingerprint: str, normalized: bool):
+        if fmt not in EMBEDDING_FORMATS:
+            raise PredictInputError(f"unknown embedding format {fmt!r}; expected one of {EMBEDDING_FORMATS}")
+        self.path, self.fmt = Path(path), fmt
+        self.meta = {"model_fingerprint": fingerprint, "normalized": normalized}
+        self.count = 0
+        self._names: list[str] = []
+        self._feats: dict[str, list[torch.Tensor]] = {}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "w") if fmt == "jsonl" else None
+
+    def write(self, names: list[str], feats: dict[str, torch.Tensor]) -> None:
+        if self._fh:
+            lists = {h: f.tolist() for h, f in feats.items()}
+            for i, name in enumerate(names):
+                self._fh.write(json.dumps({"file_name": name, **self.meta, **{h: v[i] for h, v in lists.items()}})
+                               + "\n")
+        else:
+            self._names += names
+            for head, f in feats.items():
+                self._feats.setdefault(head, []).append(f.float().cpu())
+        self.count += len(names)
+
+    def close(self) -> None:
+        if self._fh:
+            self._fh.close()
+            return
+        feats = {h: torch.cat(parts).numpy() for h, parts in self._feats.items()}
+        if self.fmt == "npz":
+            def save(tmp: Path) -> None:
+                with open(tmp, "wb") as fh:
+                    np.savez(fh, file_name=np.array(self._names), meta=np.array(json.dumps(self.meta)), **feats)
+            atomic_write(self.path, save)
+        else:
+            frame = pl.DataFrame({"file_name": self._names, **{h: list(v) for h, v in feats.items()}})
+            frame = frame.with_columns(pl.lit(self.meta["model_fingerprint"]).alias("model_fingerprint"),
+                                       pl.lit(self.meta["normalized"]).alias("normalized"))
+            atomic_write(self.path, frame.write_parquet)
+
+
+def read_embeddings(path: str | os.PathLike) -> tuple[list[str], dict[str, torch.Tensor], str | None]:
+    """(file names, {head: (n, dim) tensor}, model fingerprint or None) of an embeddings file."""
+    path = Path(path)
+    if not path.is_file():
+        raise PredictInputError(f"{path}: no such embeddings file")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path) as z:
+                meta = json.loads(str(z["meta"])) if "meta" in z else {}
+                feats = {h: torch.from_numpy(z[h].astype(np.float32)) for h in ("tax", "caption") if h in z}
+                names = [str(n) for n in z["file_name"]]
+            return names, feats, meta.get("model_fingerprint")
+        frame = (pl.read_parquet(path) if path.suffix == ".parquet"
+                 else pl.read_ndjson(io.BytesIO(path.read_bytes()), infer_schema_length=None))
+    except (OSError, ValueError, KeyError, pl.exceptions.PolarsError) as exc:
+        raise PredictInputError(f"{path}: cannot read as embeddings (.parquet, .npz or .jsonl from "
+                                f"`biocap-predict embed`): {exc}") from exc
+    heads = [h for h in ("tax", "caption") if h in frame.columns]
+    if "file_name" not in frame.columns or not heads:
+        raise PredictInputError(f"{path}: needs a file_name column and a tax and/or caption column; "
+                                f"has {frame.columns}")
+    feats = {h: torch.tensor(np.array(frame[h].to_list(), dtype=np.float32)) for h in heads}
+    fingerprint = frame["model_fingerprint"][0] if "model_fingerprint" in frame.columns and frame.height else None
+    return frame["file_name"].to_list(), feats, fingerprint

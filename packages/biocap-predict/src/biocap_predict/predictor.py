@@ -1,0 +1,287 @@
+"""The Python API: a model plus (optionally) a taxa index, predicting from images or stored embeddings.
+
+Every method streams: images are decoded and encoded a batch at a time and each batch's rows are
+produced before the next is read, so memory does not grow with the number of images (the ``iter_``
+methods hand the rows out per batch; the list methods collect them for convenience).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from biocap_core.runtime import default_precision, resolve_device
+from biocap_core.taxonomy import TEMPLATES
+from biocap_core.zeroshot import autocast, classifier_weights
+from biocap_predict.errors import ImageError, PredictInputError
+from biocap_predict.filters import parse_within, restrict
+from biocap_predict.images import image_batches, name_inputs
+from biocap_predict.index import TaxaIndex, weights_fingerprint
+from biocap_predict.rows import caption_row, parse_rank, taxon_row
+from biocap_predict.scoring import SPECIES, TopK, label_topk, rank_topk
+
+Features = dict[str, torch.Tensor]
+OnSkip = Callable[[ImageError], None] | None
+
+
+@dataclass
+class _Task:
+    """What to do with each batch of embeddings: the heads it needs and the function making rows."""
+
+    heads: tuple[str, ...]
+    rows: Callable[[list[str], Features], list[dict]]
+
+
+class Predictor:
+    """A BioCAP model ready to predict: open-ended over a :class:`TaxaIndex`, or over custom labels.
+
+    ``device`` ``"auto"`` picks CUDA when available; ``precision`` defaults to amp on GPU, fp32 on CPU.
+    """
+
+    def __init__(self, model, index: TaxaIndex | str | os.PathLike | None = None, *, device: str = "auto",
+                 precision: str | None = None, batch_size: int = 32, workers: int = 0,
+                 templates: Sequence[str] | None = None, progress: bool = False, model_name: str = "the model"):
+        self.device = torch.device(resolve_device(device))
+        self.precision = precision or default_precision(str(self.device))
+        self.model = model.to(self.device).eval()
+        self.batch_size, self.workers, self.progress = batch_size, workers, progress
+        self.templates = tuple(templates or TEMPLATES)
+        self.model_name = model_name
+        self._labels: dict[tuple[str, ...], torch.Tensor] = {}
+        self.use_index(index)
+
+    @classmethod
+    def from_pretrained(cls, model: str, pretrained: str | None = None,
+                        index: str | Path | TaxaIndex | None = None, *, device: str = "auto",
+                        precision: str | None = None, batch_size: int = 32, **kwargs: Any) -> "Predictor":
+        """Load any model core can load (OpenCLIP name/tag, hf-hub:, local-dir:, a checkpoint file)."""
+        from biocap_core.checkpoints import load_model
+
+        device = resolve_device(device)
+        precision = precision or default_precision(device)
+        net = load_model(model, pretrained, device=device, precision=precision)
+        label = model + (f" ({pretrained})" if pretrained else "")
+        return cls(net, index, device=device, precision=precision, batch_size=batch_size, model_name=label,
+                   **kwargs)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """The weights fingerprint an index must have been built with."""
+        return weights_fingerprint(self.model)
+
+    # ---- encoding ----
+    @torch.no_grad()
+    def _encode(self, images: Iterable[Any], heads: Sequence[str], on_skip: OnSkip,
+                normalize: bool = True) -> Iterator[tuple[list[str], Features]]:
+        items = name_inputs(images)
+        bar = tqdm(total=len(items), unit="img", desc="images", disable=not self.progress)
+        with bar:
+            for positions, batch, failed in image_batches(items, self.model, self.batch_size, self.workers,
+                                                          pin_memory=self.device.type == "cuda"):
+                for _, error in failed:
+                    if on_skip is None:
+                        raise error
+                    on_skip(error)
+                bar.update(len(positions) + len(failed))
+                if batch is None:
+                    continue
+                with autocast(self.device, self.precision):
+                    feats = self.model.encode_image_heads(batch.to(self.device, non_blocking=True), heads,
+                                                          normalize=normalize)
+                yield [items[p].name for p in positions], {h: f.float() for h, f in feats.items()}
+
+    def embed(self, images: Iterable[Any], head: str = "tax", normalize: bool = True,
+              on_skip: OnSkip = None) -> Iterator[tuple[list[str], Features]]:
+        """Image embeddings per batch: (names, {head: (batch, dim)}); ``head`` is tax, caption or both."""
+        heads = ("tax", "caption") if head == "both" else (head,)
+        if not set(heads) <= {"tax", "caption"}:
+            raise PredictInputError(f"unknown head {head!r}; expected tax, caption or both")
+        for names, feats in self._encode(images, heads, on_skip, normalize):
+            yield names, {h: f.cpu() for h, f in feats.items()}
+
+    # ---- tree of life ----
+    def use_index(self, index: TaxaIndex | str | os.PathLike | None) -> None:
+        """Predict over ``index`` from now on (refused when it was built with other weights)."""
+        index = TaxaIndex.load(index) if isinstance(index, (str, os.PathLike)) else index
+        if index is not None:
+            index.check_model(self.fingerprint, self.model_name)
+        self.index = index
+        self._views: dict[Any, tuple[TaxaIndex, torch.Tensor]] = {}
+        self._captions: torch.Tensor | None = None
+
+    def _view(self, within: Any) -> tuple[TaxaIndex, torch.Tensor]:
+        """The index restricted by ``within``, and its text matrix on the device (both cached)."""
+        if self.index is None:
+            raise PredictInputError("no taxa index: pass index= (or --index) for open-ended prediction")
+        filters = parse_within(within)
+        key = tuple(sorted((k, tuple(v)) for k, v in filters.items()))
+        if key not in self._views:
+            view = restrict(self.index, filters)
+            self._views[key] = view, view.embeddings.to(self.device, torch.float32)
+        return self._views[key]
+
+    def _tree_task(self, rank: str, k: int, within: Any, captions: int) -> _Task:
+        levels = parse_rank(rank)
+        view, text = self._view(within)
+        if captions and not view.has_captions:
+            raise PredictInputError(f"{view.path or 'the index'} has no trait captions; build it with --captions")
+        scale = self.model.logit_scale.exp().item()
+
+        def rows(names: list[str], feats: Features) -> list[dict]:
+            tops = rank_topk(feats["tax"], text, scale, view.groups, levels, k)
+            out = _taxon_rows(view, names, tops)
+            if not captions:
+                return out
+            nearest, step, merged = self._nearest(feats["caption"], captions), len(out) // len(names), []
+            for i, (name, hits) in enumerate(zip(names, nearest)):
+                merged += [{**r, "caption": ""} for r in out[i * step:(i + 1) * step]]
+                merged += [caption_row(name, c["caption"], c["score"]) for c in hits]
+            return merged
+
+        return _Task(("tax", "caption") if captions else ("tax",), rows)
+
+    def iter_predict(self, images: Iterable[Any], rank: str = "all", k: int = 5, within: Any = None, *,
+                     captions: int = 0, on_skip: OnSkip = None) -> Iterator[list[dict]]:
+        """Rows per batch of images (see :meth:`predict`); ``captions`` adds that many nearest captions."""
+        task = self._tree_task(rank, k, within, captions)
+        for names, feats in self._encode(images, task.heads, on_skip):
+            yield task.rows(names, feats)
+
+    def predict(self, images: Iterable[Any], rank: str = "all", k: int = 5, within: Any = None, *,
+                on_skip: OnSkip = None) -> list[dict]:
+        """One row per (image, rank, hit), sorted by image, rank (kingdom first) and score.
+
+        Higher ranks sum the species probabilities of the index (restricted by ``within``, e.g.
+        ``"order=Lepidoptera"``) before taking the top ``k``. An undecodable image raises
+        :class:`ImageError`, unless ``on_skip`` is given: then it is passed the error and skipped.
+        """
+        return [row for rows in self.iter_predict(images, rank, k, within, on_skip=on_skip) for row in rows]
+
+    def iter_predict_embeddings(self, names: Sequence[str], features: torch.Tensor | Features, rank: str = "all",
+                                k: int = 5, within: Any = None, *, captions: int = 0) -> Iterator[list[dict]]:
+        """As :meth:`iter_predict`, from stored image embeddings (``tax`` head; ``caption`` for captions)."""
+        task = self._tree_task(rank, k, within, captions)
+        yield from self._over_features(task, names, features)
+
+    def predict_embeddings(self, features: torch.Tensor | Features, names: Sequence[str] | None = None,
+                           rank: str = "all", k: int = 5, within: Any = None) -> list[dict]:
+        names = names or [str(i) for i in range(_rows_of(features))]
+        return [r for rows in self.iter_predict_embeddings(names, features, rank, k, within) for r in rows]
+
+    def _over_features(self, task: _Task, names: Sequence[str], features: torch.Tensor | Features):
+        feats = features if isinstance(features, Mapping) else {"tax": features}
+        missing = [h for h in task.heads if h not in feats]
+        if missing:
+            raise PredictInputError(f"the embeddings lack the {missing} head(s); embed with --head both")
+        dim = self.model.visual.proj.shape[1]
+        for head in task.heads:
+            if feats[head].ndim != 2 or feats[head].shape[1] != dim or feats[head].shape[0] != len(names):
+                raise PredictInputError(f"{head} embeddings of shape {tuple(feats[head].shape)} do not fit "
+                                        f"{len(names)} names and the model's dimension {dim}")
+        for start in range(0, len(names), self.batch_size):
+            batch = {h: F.normalize(feats[h][start:start + self.batch_size].to(self.device).float(), dim=-1)
+                     for h in task.heads}
+            yield task.rows(list(names[start:start + self.batch_size]), batch)
+
+    # ---- trait captions ----
+    def _nearest(self, caption_feats: torch.Tensor, k: int) -> list[list[dict]]:
+        captions = self.index.captions
+        if self._captions is None:
+            self._captions = self.index.caption_embeddings.to(self.device, torch.float32)
+        scores, ids = (caption_feats @ self._captions.T).topk(min(k, len(captions)), dim=1)
+        return [[{"caption": captions[i], "score": s} for s, i in zip(srow, irow)]
+                for srow, irow in zip(scores.tolist(), ids.tolist())]
+
+    def nearest_captions(self, images: Iterable[Any], k: int = 5, *, on_skip: OnSkip = None) -> list[list[dict]]:
+        """Per image, the ``k`` trait captions of the index closest to it under the caption head
+        (``caption``, cosine ``score``)."""
+        if self.index is None or not self.index.has_captions:
+            raise PredictInputError(f"{getattr(self.index, 'path', None) or 'the index'} has no trait captions; "
+                                    "build it with `biocap-predict index --captions`")
+        return [hits for _, feats in self._encode(images, ("caption",), on_skip)
+                for hits in self._nearest(feats["caption"], k)]
+
+    # ---- custom labels and bins ----
+    def _label_task(self, labels: Sequence[str] | None, bins: Mapping[str, Sequence[str]] | None, k: int) -> _Task:
+        if (labels is None) == (bins is None):
+            raise PredictInputError("give exactly one of labels or bins")
+        names, bin_ids, bin_names = _label_space(labels, bins)
+        key = tuple(names)
+        if key not in self._labels:
+            self._labels[key] = classifier_weights(self.model, names, self.templates, device=self.device,
+                                                   precision=self.precision).T.contiguous().to(self.device)
+        text, scale = self._labels[key], self.model.logit_scale.exp().item()
+        shown = bin_names or names
+
+        def rows(batch_names: list[str], feats: Features) -> list[dict]:
+            top = label_topk(feats["tax"], text, scale, k, bin_ids, len(bin_names))
+            return [{"file_name": n, "classification": shown[i], "score": s}
+                    for n, srow, irow in zip(batch_names, top.scores.tolist(), top.ids.tolist())
+                    for s, i in zip(srow, irow)]
+
+        return _Task(("tax",), rows)
+
+    def iter_classify(self, images: Iterable[Any], labels: Sequence[str] | None = None,
+                      bins: Mapping[str, Sequence[str]] | None = None, k: int = 5, *,
+                      on_skip: OnSkip = None) -> Iterator[list[dict]]:
+        task = self._label_task(labels, bins, k)
+        for names, feats in self._encode(images, task.heads, on_skip):
+            yield task.rows(names, feats)
+
+    def classify(self, images: Iterable[Any], labels: Sequence[str] | None = None,
+                 bins: Mapping[str, Sequence[str]] | None = None, k: int = 5, *, on_skip: OnSkip = None) -> list[dict]:
+        """Rows ``file_name, classification, score``: the top ``k`` labels, or bins (``{bin: [labels]}``,
+        probabilities of a bin's labels summed), per image. Label texts go through the templates."""
+        return [r for rows in self.iter_classify(images, labels, bins, k, on_skip=on_skip) for r in rows]
+
+    def iter_classify_embeddings(self, names: Sequence[str], features: torch.Tensor | Features,
+                                 labels: Sequence[str] | None = None, bins: Mapping[str, Sequence[str]] | None = None,
+                                 k: int = 5) -> Iterator[list[dict]]:
+        yield from self._over_features(self._label_task(labels, bins, k), names, features)
+
+
+def _rows_of(features: torch.Tensor | Features) -> int:
+    return (next(iter(features.values())) if isinstance(features, Mapping) else features).shape[0]
+
+
+def _label_space(labels, bins) -> tuple[list[str], torch.Tensor | None, list[str]]:
+    """Label texts, and for bins each label's bin id and the bin names."""
+    if labels is not None:
+        names = [str(label).strip() for label in labels]
+        if not names or not all(names):
+            raise PredictInputError("the label list is empty or has empty labels")
+        return names, None, []
+    names, ids, bin_names = [], [], []
+    for b, (bin_name, members) in enumerate(bins.items()):
+        members = [str(m).strip() for m in ([members] if isinstance(members, str) else members)]
+        if not str(bin_name).strip() or not members or not all(members):
+            raise PredictInputError(f"bin {bin_name!r} has no name or no labels")
+        bin_names.append(str(bin_name))
+        names += members
+        ids += [b] * len(members)
+    if len(set(names)) != len(names):
+        raise PredictInputError("a label appears in more than one bin")
+    return names, torch.tensor(ids), bin_names
+
+
+def _taxon_rows(view: TaxaIndex, names: list[str], tops: dict[int, TopK]) -> list[dict]:
+    """Rows for one batch, by image then rank (kingdom first) then score; names are read in one take."""
+    levels = sorted(tops)
+    scores = {lv: tops[lv].scores.tolist() for lv in levels}
+    taxon_of = {}
+    for lv in levels:
+        ids = tops[lv].ids.cpu()
+        rows = ids if lv == SPECIES else torch.from_numpy(view.groups.first[lv])[ids]
+        taxon_of[lv] = rows.tolist()
+    wanted = sorted({r for lv in levels for image in taxon_of[lv] for r in image})
+    taxa = dict(zip(wanted, view.taxa[wanted].rows()))
+    return [taxon_row(name, taxa[r], lv, s)
+            for i, name in enumerate(names) for lv in levels
+            for s, r in zip(scores[lv][i], taxon_of[lv][i])]

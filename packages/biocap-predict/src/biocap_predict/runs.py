@@ -1,0 +1,232 @@
+"""What each command does, as functions: the CLI parses flags and calls exactly one of these.
+
+Each run reads its inputs, streams its outputs a batch at a time, reports skipped images through
+``echo`` and, with ``log``, writes a provenance record (versions, command, model fingerprint,
+inputs, start and end).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import polars as pl
+
+from biocap_core.runtime import default_precision, resolve_device
+from biocap_core.taxonomy import RANKS, read_templates
+from biocap_predict.errors import ImageError, PredictInputError
+from biocap_predict.filters import parse_within, read_subset
+from biocap_predict.images import expand_paths
+from biocap_predict.index import TaxaIndex
+from biocap_predict.outputs import EmbeddingWriter, RowWriter, read_embeddings
+from biocap_predict.predictor import Predictor
+from biocap_predict.provenance import RunLog
+from biocap_predict.rows import LABEL_COLUMNS, TAXON_COLUMNS
+
+Echo = Callable[[str], None]
+
+
+@dataclass
+class ModelOptions:
+    """Which model, and how to run it (as biocap-eval's flags)."""
+
+    model: str
+    pretrained: str | None = None
+    device: str = "auto"
+    precision: str | None = None
+    batch_size: int = 32
+    workers: int = 0
+    progress: bool = True
+
+    def load(self, index: TaxaIndex | None = None) -> Predictor:
+        from biocap_core.checkpoints import load_model
+
+        device = resolve_device(self.device)
+        precision = self.precision or default_precision(device)
+        net = load_model(self.model, self.pretrained, device=device, precision=precision)
+        label = self.model + (f" ({self.pretrained})" if self.pretrained else "")
+        return Predictor(net, index, device=device, precision=precision, batch_size=self.batch_size,
+                         workers=self.workers, progress=self.progress, model_name=label)
+
+
+@dataclass
+class Inputs:
+    """Images (files, folders, a list file) or stored embeddings: exactly one kind."""
+
+    paths: Sequence[str] = ()
+    recursive: bool = False
+    from_list: str | None = None
+    embeddings: str | None = None
+
+    def files(self) -> list[str]:
+        if self.embeddings and (self.paths or self.from_list):
+            raise PredictInputError("give images or --embeddings, not both")
+        return [] if self.embeddings else expand_paths(self.paths, self.recursive, self.from_list)
+
+
+@dataclass
+class RunSummary:
+    rows: int = 0
+    images: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+
+def read_label_list(value: str) -> list[str]:
+    """``--labels``: a file with one label per line, or a comma-separated list."""
+    path = Path(value)
+    if path.is_file():
+        labels = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        if not labels:
+            raise PredictInputError(f"{path}: the label file is empty")
+        return labels
+    labels = [v.strip() for v in value.split(",") if v.strip()]
+    if not labels:
+        raise PredictInputError(f"--labels {value!r}: no labels (give 'a,b,c' or a file, one label per line)")
+    return labels
+
+
+def read_bins(path: str | os.PathLike) -> dict[str, list[str]]:
+    """``--bins``: a CSV whose first column is a label and second its bin (pybioclip's layout)."""
+    try:
+        table = pl.read_csv(path, infer_schema=False)
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        raise PredictInputError(f"{path}: cannot read the bins CSV: {exc}") from exc
+    if table.width < 2 or table.height == 0:
+        raise PredictInputError(f"{path}: the bins CSV needs rows of two columns: label, bin")
+    bins: dict[str, list[str]] = {}
+    for i, (label, bin_name) in enumerate(table.select(table.columns[:2]).iter_rows()):
+        if not (label or "").strip() or not (bin_name or "").strip():
+            raise PredictInputError(f"{path}: row {i + 1} has an empty label or bin")
+        bins.setdefault(bin_name.strip(), []).append(label.strip())
+    return bins
+
+
+def build_index(options: ModelOptions, out: str, *, taxa: str | None = None, from_tol: str | None = None,
+                label_type: str = "taxon_com", templates: str | None = None, captions: str | None = None,
+                log: str | None = None) -> TaxaIndex:
+    """``biocap-predict index``: build (or resume, or reuse) an index, or import a published one."""
+    if (taxa is None) == (from_tol is None):
+        raise PredictInputError("give exactly one of --taxa or --from-tol")
+    record = RunLog(log, model=options.model, pretrained=options.pretrained, out=out,
+                    inputs={"taxa": taxa, "from_tol": from_tol, "captions": captions, "templates": templates})
+    predictor = options.load()
+    kwargs = {"model_name": options.model, "pretrained": options.pretrained}
+    if from_tol:
+        index = TaxaIndex.from_tol(predictor.model, from_tol, out, **kwargs)
+    else:
+        index = TaxaIndex.build(predictor.model, taxa, out, label_type=label_type,
+                                templates=read_templates(templates) if templates else None, captions=captions,
+                                device=str(predictor.device), precision=predictor.precision,
+                                progress=options.progress, **kwargs)
+    record.update(model_fingerprint=index.fingerprint, taxa=len(index))
+    record.write()
+    return index
+
+
+@dataclass
+class PredictRequest:
+    """One ``predict`` run: its label source (index, labels or bins), ranks, filters and output."""
+
+    index: str | None = None
+    labels: str | None = None
+    bins: str | None = None
+    rank: str = "species"
+    k: int = 5
+    within: Sequence[str] = ()
+    subset: str | None = None
+    captions: int = 0
+    fmt: str = "csv"
+    output: str | None = None
+
+
+def predict(options: ModelOptions, inputs: Inputs, request: PredictRequest, *, log: str | None = None,
+            echo: Echo = print) -> RunSummary:
+    """``biocap-predict predict``: stream rows for every input image (or stored embedding)."""
+    if sum(x is not None for x in (request.index, request.labels, request.bins)) != 1:
+        raise PredictInputError("give exactly one of --index, --labels or --bins")
+    files = inputs.files()
+    labels = read_label_list(request.labels) if request.labels is not None else None
+    bins = read_bins(request.bins) if request.bins is not None else None
+    within = {**parse_within(list(request.within)), **(read_subset(request.subset) if request.subset else {})}
+    index = TaxaIndex.load(request.index) if request.index else None
+    record = RunLog(log, model=options.model, pretrained=options.pretrained, request=request.__dict__,
+                    inputs=inputs.embeddings or files)
+    predictor = options.load(index)
+    record.update(model_fingerprint=predictor.fingerprint)
+    summary = RunSummary()
+
+    def skip(error: ImageError) -> None:
+        summary.skipped.append(str(error))
+        echo(f"skipped: {error}")
+
+    columns = LABEL_COLUMNS if index is None else TAXON_COLUMNS + (("caption",) if request.captions else ())
+    writer = RowWriter(request.output, request.fmt, columns)
+    try:
+        for rows in _row_batches(predictor, files, inputs.embeddings, labels, bins, within, request, skip):
+            writer.write(rows)
+            summary.rows += len(rows)
+            summary.images += len({r["file_name"] for r in rows})
+    finally:
+        writer.close()
+    record.update(rows=summary.rows, images=summary.images, skipped=summary.skipped)
+    record.write()
+    return summary
+
+
+def _row_batches(predictor: Predictor, files, embeddings, labels, bins, within, request, skip):
+    if embeddings:
+        names, feats, fingerprint = read_embeddings(embeddings)
+        if fingerprint and fingerprint != predictor.fingerprint:
+            raise PredictInputError(f"{embeddings}: embeddings of another model (fingerprint {fingerprint}); "
+                                    f"{predictor.model_name} has {predictor.fingerprint}")
+        if predictor.index is None:
+            return predictor.iter_classify_embeddings(names, feats, labels, bins, request.k)
+        return predictor.iter_predict_embeddings(names, feats, request.rank, request.k, within,
+                                                 captions=request.captions)
+    if predictor.index is None:
+        return predictor.iter_classify(files, labels, bins, request.k, on_skip=skip)
+    return predictor.iter_predict(files, request.rank, request.k, within, captions=request.captions, on_skip=skip)
+
+
+def embed(options: ModelOptions, inputs: Inputs, out: str, *, head: str = "tax", normalize: bool = True,
+          fmt: str = "parquet", log: str | None = None, echo: Echo = print) -> RunSummary:
+    """``biocap-predict embed``: image embeddings that ``predict --embeddings`` reads back."""
+    files = inputs.files()
+    record = RunLog(log, model=options.model, pretrained=options.pretrained, inputs=files, head=head)
+    predictor = options.load()
+    writer = EmbeddingWriter(out, fmt, predictor.fingerprint, normalize)
+    summary = RunSummary()
+
+    def skip(error: ImageError) -> None:
+        summary.skipped.append(str(error))
+        echo(f"skipped: {error}")
+
+    for names, feats in predictor.embed(files, head, normalize, on_skip=skip):
+        writer.write(names, feats)
+        summary.images += len(names)
+    writer.close()
+    record.update(model_fingerprint=predictor.fingerprint, images=summary.images, skipped=summary.skipped)
+    record.write()
+    return summary
+
+
+def list_taxa(index: str, rank: str = "species") -> list[str]:
+    """Distinct names at a rank of an index (species by binomial)."""
+    if rank not in RANKS:
+        raise PredictInputError(f"unknown rank {rank!r}; expected one of {', '.join(RANKS)}")
+    return TaxaIndex.load(index).rank_values(RANKS.index(rank))
+
+
+def list_models() -> list[str]:
+    """The toolkit's own configs, then every OpenCLIP architecture with its pretrained tags."""
+    import open_clip
+
+    from biocap_core.model import toolkit_models
+
+    tags: dict[str, list[str]] = {}
+    for arch, tag in open_clip.list_pretrained():
+        tags.setdefault(arch, []).append(tag)
+    own = [f"{name}\t(biocap toolkit)" for name in toolkit_models()]
+    return own + [f"{arch}\t{', '.join(tags.get(arch, [])) or '-'}" for arch in open_clip.list_models()]

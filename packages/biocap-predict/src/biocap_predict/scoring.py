@@ -1,0 +1,88 @@
+"""Scores of a batch of image embeddings against a taxa index, at any set of ranks, in bounded memory.
+
+The species softmax is computed over the index in column chunks with an online log-sum-exp, so a
+batch never holds more than (batch, chunk) logits however many taxa there are. Alongside, the
+probability mass of each genus is accumulated with ``index_add_`` over precomputed group ids; the
+ranks above genus are sums of genera (then families ...), so the full-width scatter happens once per
+chunk. Only the top k of each rank leaves the device: nothing per image is kept at full width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from biocap_predict.index import RankGroups
+
+CHUNK = 65536
+SPECIES = 6
+
+
+@dataclass
+class TopK:
+    """Per image, the k best scores and the row (species) or group (higher ranks) they belong to."""
+
+    scores: torch.Tensor  # (batch, k) probabilities, descending
+    ids: torch.Tensor  # (batch, k)
+
+
+def _merge_topk(best: TopK | None, logits: torch.Tensor, offset: int, k: int) -> TopK:
+    values, ids = logits.topk(min(k, logits.shape[1]), dim=1)
+    if best is not None:
+        values, ids = torch.cat([best.scores, values], 1), torch.cat([best.ids, ids + offset], 1)
+        values, order = values.topk(min(k, values.shape[1]), dim=1)
+        return TopK(values, ids.gather(1, order))
+    return TopK(values, ids + offset)
+
+
+@torch.no_grad()
+def rank_topk(image: torch.Tensor, text: torch.Tensor, scale: float, groups: RankGroups | None,
+              levels: tuple[int, ...], k: int, chunk: int = CHUNK) -> dict[int, TopK]:
+    """Top-k probabilities at each rank level in ``levels`` (0 kingdom .. 6 species).
+
+    ``image`` (batch, dim) and ``text`` (taxa, dim) are unit rows on the same device; probabilities
+    are the softmax of ``scale`` times the cosine over all taxa, summed per group for higher ranks.
+    """
+    batch, n = image.shape[0], text.shape[0]
+    higher = [lv for lv in levels if lv < SPECIES]
+    run_max = torch.full((batch,), float("-inf"), device=image.device)
+    run_sum = torch.zeros(batch, device=image.device)
+    genus = torch.zeros(batch, groups.size(5), device=image.device) if higher else None
+    genus_ids = groups.ids[5].to(image.device) if higher else None
+    species: TopK | None = None
+    for start in range(0, n, chunk):
+        logits = scale * (image @ text[start:start + chunk].T)
+        new_max = torch.maximum(run_max, logits.max(dim=1).values)
+        rescale = torch.exp(run_max - new_max)
+        weights = torch.exp(logits - new_max[:, None])
+        run_sum = run_sum * rescale + weights.sum(dim=1)
+        if genus is not None:
+            genus.mul_(rescale[:, None]).index_add_(1, genus_ids[start:start + chunk], weights)
+        if SPECIES in levels:
+            species = _merge_topk(species, logits, start, k)
+        run_max = new_max
+    out: dict[int, TopK] = {}
+    if species is not None:
+        out[SPECIES] = TopK(torch.exp(species.scores - run_max[:, None]) / run_sum[:, None], species.ids)
+    if higher:
+        mass = genus / run_sum[:, None]
+        for level in range(5, min(higher) - 1, -1):
+            if level < 5:
+                parent = groups.parent[level + 1].to(image.device)
+                mass = torch.zeros(batch, groups.size(level), device=image.device).index_add_(1, parent, mass)
+            if level in higher:
+                scores, ids = mass.topk(min(k, mass.shape[1]), dim=1)
+                out[level] = TopK(scores, ids)
+    return out
+
+
+@torch.no_grad()
+def label_topk(image: torch.Tensor, text: torch.Tensor, scale: float, k: int,
+               bins: torch.Tensor | None = None, n_bins: int = 0) -> TopK:
+    """Top-k over custom labels (softmax of scaled cosines), or over bins when each label has a bin id."""
+    probs = (scale * image @ text.T).softmax(dim=1)
+    if bins is not None:
+        probs = torch.zeros(probs.shape[0], n_bins, device=probs.device).index_add_(1, bins.to(probs.device), probs)
+    scores, ids = probs.topk(min(k, probs.shape[1]), dim=1)
+    return TopK(scores, ids)

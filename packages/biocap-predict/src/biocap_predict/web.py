@@ -1,0 +1,201 @@
+"""The demo page and its JSON API: upload a photo, get taxa at every rank and the nearest trait captions.
+
+``create_app`` wraps any loaded ``Predictor`` in a FastAPI app; ``serve`` loads one and runs it with
+uvicorn (what ``biocap-predict serve`` calls). The page is plain HTML/CSS/JS from package data, with no
+CDN, no web fonts and FastAPI's CDN-backed ``/docs`` turned off, so it works on a closed network.
+
+API (``POST /api/predict`` takes a multipart form):
+
+- ``image``: the photo (any format Pillow reads).
+- ``labels``: optional; one label per line. When given, the photo is classified among these labels
+  instead of the taxa index (the page's "My labels" mode).
+- ``k``: how many answers per rank (or labels) to return, 1-50.
+
+A file that is not a readable image gets 422 with the decoder's message, a body over the upload limit
+413, and neither stops the server.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+try:
+    import uvicorn
+    from fastapi import FastAPI, File, Form, HTTPException, UploadFile
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import FileResponse, JSONResponse
+    from fastapi.staticfiles import StaticFiles
+    from starlette.datastructures import Headers
+except ImportError as exc:  # the [web] extra is optional: the library and CLI work without it
+    raise ImportError(
+        f"the demo page needs the web extra ({exc.name} is missing): pip install 'biocap-predict[web]'"
+    ) from exc
+
+from biocap_core.errors import BioCAPError
+from biocap_core.taxonomy import RANKS
+
+from biocap_predict.errors import ImageError
+
+STATIC = Path(__file__).with_name("static")
+DEFAULT_MAX_UPLOAD_MB = 10.0
+MAX_K = 50
+MAX_LABELS = 200
+# Pillow names an in-memory upload by its repr ("cannot identify image file <_io.BytesIO object at 0x…>");
+# the file name is already in the message, so the repr is only noise to a user.
+_BUFFER_REPR = re.compile(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>")
+
+
+class _BodyLimit:
+    """Refuses request bodies over ``limit`` bytes with 413.
+
+    Starlette's multipart parser spools a file part of any size to disk before the endpoint runs, so
+    the limit has to be enforced here: from Content-Length up front when the client sends one, and by
+    counting bytes as they arrive when it does not (chunked uploads).
+    """
+
+    def __init__(self, app, limit: int, shown_limit: int):
+        self.app = app
+        self.limit = limit
+        self.shown_limit = shown_limit
+
+    def message(self, size: int | None = None) -> str:
+        mb = self.shown_limit / 2**20
+        got = f"{size / 2**20:.1f} MB; " if size is not None else ""
+        return f"The upload is too large ({got}the limit is {mb:g} MB). Choose a smaller photo."
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = Headers(scope=scope).get("content-length", "")
+        if length.isdigit() and int(length) > self.limit:
+            response = JSONResponse({"detail": self.message(int(length))}, status_code=413)
+            return await response(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                # FastAPI re-raises an HTTPException raised while it reads the body.
+                raise HTTPException(413, self.message())
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def _group_by_rank(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Predictor rows (one per answer, each tagged with its rank) as one list per rank, kingdom first,
+    each answer with the ``name`` of its taxon at that rank (for species, the binomial)."""
+    by_rank: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        answer = {key: value for key, value in row.items() if key not in ("file_name", "rank")}
+        answer["name"] = row[row["rank"]]
+        by_rank.setdefault(row["rank"], []).append(answer)
+    return [{"rank": rank, "predictions": by_rank[rank]} for rank in RANKS if rank in by_rank]
+
+
+def _labels(text: str) -> list[str]:
+    labels = list(dict.fromkeys(line.strip() for line in text.splitlines() if line.strip()))
+    if not labels:
+        raise HTTPException(422, "Type at least one label, one per line.")
+    if len(labels) > MAX_LABELS:
+        raise HTTPException(422, f"Too many labels ({len(labels)}); the limit is {MAX_LABELS}.")
+    return labels
+
+
+def create_app(predictor, *, model_name: str = "", max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> FastAPI:
+    """The demo app around a loaded ``predictor`` (anything with ``predict``, ``nearest_captions``,
+    ``classify``, and an ``index`` with ``len`` and ``has_captions``, as ``biocap_predict.Predictor`` has)."""
+    app = FastAPI(title="BioCAP predict", docs_url=None, redoc_url=None)  # /docs and /redoc load from a CDN
+    # One inference at a time: the model is shared, and one batch already uses every core.
+    model_lock = threading.Lock()
+    max_upload = int(max_upload_mb * 2**20)
+
+    @app.exception_handler(RequestValidationError)
+    async def readable_validation_error(request, exc: RequestValidationError):
+        """A form field that is missing or malformed, said in one line the page can show."""
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or 'request'}: {e['msg']}" for e in exc.errors())
+        return JSONResponse({"detail": f"Bad request: {problems}"}, status_code=422)
+
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/api/health")
+    def health() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "model": model_name,
+            "taxa": len(predictor.index),
+            "captions": bool(predictor.index.has_captions),
+            "ranks": list(RANKS),
+            "max_upload_bytes": max_upload,
+        }
+
+    def taxa(upload, k: int) -> dict[str, Any]:
+        captions = predictor.nearest_captions(upload, k=k)[0] if predictor.index.has_captions else []
+        return {"mode": "taxa", "taxa": _group_by_rank(predictor.predict(upload, rank="all", k=k)),
+                "captions": captions}
+
+    def custom_labels(upload, labels: list[str], k: int) -> dict[str, Any]:
+        rows = predictor.classify(upload, labels=labels, k=min(k, len(labels)))
+        return {"mode": "labels", "labels": [{"label": r["classification"], "score": r["score"]} for r in rows]}
+
+    @app.post("/api/predict")
+    def predict(image: UploadFile = File(...), labels: str | None = Form(None), k: int = Form(5)) -> dict[str, Any]:
+        if not 1 <= k <= MAX_K:
+            raise HTTPException(422, f"k must be between 1 and {MAX_K}, not {k}.")
+        label_list = None if labels is None else _labels(labels)
+        name = image.filename or "upload"
+        upload = [(name, image.file.read())]
+        try:
+            with model_lock:
+                result = taxa(upload, k) if label_list is None else custom_labels(upload, label_list, k)
+        except ImageError as exc:
+            raise HTTPException(422, f"Not a readable image: {_BUFFER_REPR.sub('', str(exc))}") from exc
+        except BioCAPError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        return {"file_name": name, **result}
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    # The limit is on the photo; the slack covers the form's other fields and boundaries.
+    app.add_middleware(_BodyLimit, limit=max_upload + 64 * 1024, shown_limit=max_upload)
+    return app
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``; port 0 lets the OS pick a free one, which the caller reads
+    back so it can print the real URL (uvicorn alone would report port 0)."""
+    try:
+        return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                    backlog=128)
+    except OSError as exc:  # port taken, unknown host: the CLI prints a BioCAPError as one line
+        raise BioCAPError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+
+def serve(index, model: str, pretrained: str | None = None, host: str = "127.0.0.1", port: int = 0,
+          device: str = "auto", precision: str | None = None,
+          max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> None:
+    """Load the model and index, then serve the demo page until interrupted.
+
+    The line ``BioCAP demo page: http://HOST:PORT/`` goes to stdout once the socket is listening, so a
+    script (or a test) that started ``serve --port 0`` can read where to connect.
+    """
+    from biocap_predict import Predictor
+
+    predictor = Predictor.from_pretrained(model, pretrained, index, device=device, precision=precision)
+    app = create_app(predictor, model_name=model, max_upload_mb=max_upload_mb)
+    sock = _listen(host, port)
+    bound_host, bound_port = sock.getsockname()[:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    print(f"BioCAP demo page: http://{shown}:{bound_port}/", flush=True)
+    config = uvicorn.Config(app, host=bound_host, port=bound_port, log_level="info")  # for its own log lines
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
