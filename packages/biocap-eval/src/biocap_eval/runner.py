@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Callable
 
 from biocap_core.errors import BioCAPError
 from biocap_core.fileio import atomic_write
-from biocap_core.runtime import default_device, default_precision  # noqa: F401 (re-exported to cli, api)
+from biocap_core.runtime import default_device, default_precision, versions  # noqa: F401 (re-exported to cli, api)
 
 from biocap_eval.embedding import Encoder
 from biocap_eval.registry import Benchmark, Status
@@ -69,16 +67,6 @@ class ModelSpec:
                 out[f"{key}_file"] = {"path": str(Path(value).resolve()), "size": st.st_size,
                                       "mtime_ns": st.st_mtime_ns}
         return out
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "platform": platform.platform()}
-    for dist in ("biocap-eval", "biocap-core", "torch", "open_clip_torch"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            out[dist] = "not installed"
-    return out
 
 
 def result_path(out_dir: Path, spec: ModelSpec, bench: Benchmark) -> Path:
@@ -210,6 +198,6 @@ def write_result(path: Path, spec: ModelSpec, bench: Benchmark, settings: Settin
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join(sys.argv),
         },
-        "versions": versions(),
+        "versions": versions("biocap-eval"),
     }
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(doc, indent=1)))

@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import json
-import platform
 import sys
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from biocap_core import runtime
 from biocap_core.fileio import atomic_write
 
 
 def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for dist in ("biocap-predict", "biocap-core", "torch", "open_clip_torch"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            out[dist] = "not installed"
-    return out
+    return runtime.versions("biocap-predict")
 
 
 def now() -> str:
