@@ -11,7 +11,7 @@ from PIL import Image
 from torchvision.transforms import functional as TF
 
 from biocap_core.model import build_model
-from biocap_core.preprocess import decode_image, image_transform, preprocess_cfg
+from biocap_core.preprocess import decode_image, image_transform, preprocess_cfg, split_eval_transform
 
 
 def _gradient(w, h):
@@ -33,6 +33,20 @@ def test_eval_transform_resizes_short_side_then_centre_crops_a_non_square_image(
     assert torch.allclose(out, expected, atol=1e-5)
     # the centre crop keeps the middle: the left and right thirds of the gradient are gone
     assert out[0, :, 0].mean() > expected.new_tensor(-1.0).item()
+
+
+def test_split_eval_transform_gives_the_eval_transforms_tensors_batched(tiny_cfg):
+    model = build_model(tiny_cfg)
+    model.preprocess_cfg = {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}
+    to_uint8, to_float = split_eval_transform(model)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+              for w, h in ((32, 32), (300, 150), (40, 90), (17, 200))]
+    images.append(_gradient(64, 48))
+    crops = [to_uint8(img) for img in images]
+    assert all(c.dtype == torch.uint8 and c.shape == (3, 32, 32) for c in crops)
+    expected = torch.stack([image_transform(model, train=False)(img) for img in images])
+    assert torch.equal(to_float(torch.stack(crops)), expected)
 
 
 def test_train_transform_is_random_resized_crop_of_the_right_size():

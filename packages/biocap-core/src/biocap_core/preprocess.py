@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import io
 import os
+from functools import partial
 from typing import Callable
 
 import torch
-from open_clip.transform import AugmentationCfg, PreprocessCfg, image_transform_v2
+from open_clip.transform import AugmentationCfg, MaybeToTensor, PreprocessCfg, image_transform_v2
 from PIL import Image
+from torchvision.transforms import Compose, Normalize, PILToTensor
+from torchvision.transforms import functional as F
 
 #: The train-time crop scale of the original (OpenCLIP's default).
 TRAIN_CROP_SCALE = (0.9, 1.0)
@@ -40,6 +43,27 @@ def image_transform(model_or_size, train: bool) -> Callable[[Image.Image], torch
     return image_transform_v2(
         preprocess_cfg(model_or_size), is_train=train, aug_cfg=AugmentationCfg(scale=TRAIN_CROP_SCALE)
     )
+
+
+def split_eval_transform(model_or_size) -> tuple[Callable[[Image.Image], torch.Tensor],
+                                                 Callable[[torch.Tensor], torch.Tensor]]:
+    """The eval transform in two stages: PIL image to a uint8 (3, H, W) tensor, and a uint8 batch
+    (B, 3, H, W), on any device, to the normalised float batch (the same values as the eval
+    transform per image). Both come from the eval transform itself, so size, mean and std stay there.
+
+    Data loaders pass the uint8 batch between processes (4x fewer bytes than float32) and normalise
+    it where the model runs.
+    """
+    steps = image_transform(model_or_size, train=False).transforms
+    *pil_steps, to_tensor, normalize = steps
+    if not isinstance(to_tensor, MaybeToTensor) or not isinstance(normalize, Normalize):
+        raise TypeError(f"the eval transform does not end in ToTensor, Normalize: {steps}")
+    return Compose([*pil_steps, PILToTensor()]), partial(_uint8_to_float, mean=normalize.mean, std=normalize.std)
+
+
+def _uint8_to_float(batch: torch.Tensor, mean, std) -> torch.Tensor:
+    """ToTensor's conversion, then Normalize: the same ops over a batch (in place on the new float copy)."""
+    return F.normalize(batch.float().div_(255), mean, std, inplace=True)
 
 
 def short_side(size: int | tuple[int, int]) -> int:
