@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from biocap_core.model import build_model
+from biocap_core.preprocess import image_transform
 from biocap_predict import Predictor, TaxaIndex
 from biocap_predict import index as index_module
 from biocap_predict.errors import ImageError, PredictInputError, TaxaIndexError
@@ -105,8 +106,10 @@ def assert_same_rows(got: list[dict], expected: list[dict]) -> None:
 def test_inputs_may_be_pil_images_bytes_or_tensors_and_keep_their_names(toy_predictor, zeroshot_images):
     path = zeroshot_images[0][0]
     by_path = toy_predictor.predict([path], rank="genus", k=1)[0]
-    rows = toy_predictor.predict([("photo.jpg", Image.open(path)), path.read_bytes()], rank="genus", k=1)
-    assert [r["file_name"] for r in rows] == ["photo.jpg", "1"]
+    tensor = image_transform(toy_predictor.model, train=False)(Image.open(path).convert("RGB"))
+    rows = toy_predictor.predict([("photo.jpg", Image.open(path)), path.read_bytes(), ("tensor", tensor)],
+                                 rank="genus", k=1)  # one batch: decoded images and a preprocessed tensor
+    assert [r["file_name"] for r in rows] == ["photo.jpg", "1", "tensor"]
     assert all(r["genus"] == by_path["genus"] and r["score"] == pytest.approx(by_path["score"], abs=1e-5) for r in rows)
     with pytest.raises(ImageError, match="notes.txt: cannot decode"):
         toy_predictor.predict([("notes.txt", b"not an image")])

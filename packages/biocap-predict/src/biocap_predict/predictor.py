@@ -84,7 +84,7 @@ class Predictor:
         bar = tqdm(total=len(items), unit="img", desc="images", disable=not self.progress)
         with bar:
             for positions, batch, failed in image_batches(items, self.model, self.batch_size, self.workers,
-                                                          pin_memory=self.device.type == "cuda"):
+                                                          self.device):
                 for _, error in failed:
                     if on_skip is None:
                         raise error
@@ -93,8 +93,7 @@ class Predictor:
                 if batch is None:
                     continue
                 with autocast(self.device, self.precision):
-                    feats = self.model.encode_image_heads(batch.to(self.device, non_blocking=True), heads,
-                                                          normalize=normalize)
+                    feats = self.model.encode_image_heads(batch, heads, normalize=normalize)
                 yield [items[p].name for p in positions], {h: f.float() for h, f in feats.items()}
 
     def embed(self, images: Iterable[Any], head: str = "tax", normalize: bool = True,
