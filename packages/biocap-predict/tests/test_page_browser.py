@@ -60,22 +60,6 @@ def server(toy_index, trained_checkpoint, tmp_path_factory):
             process.kill()
 
 
-@pytest.fixture(scope="module")
-def photo(zeroshot_images, toy_predictor) -> dict:
-    """A toy zero-shot photo that the fixture model gets right, its species and three other species
-    (the briefly trained model is right on only some; see test_web.py)."""
-    named = {row["file_name"]: row["species"]
-             for row in toy_predictor.predict([str(p) for p, _ in zeroshot_images], rank="species", k=1)}
-    for path, truth in zeroshot_images:
-        others = list(dict.fromkeys(t for _, t in zeroshot_images if t != truth))[:3]
-        if named[str(path)] != truth:
-            continue
-        if toy_predictor.classify([path], labels=[*others, truth], k=1)[0]["classification"] == truth:
-            return {"path": path, "name": path.name, "bytes": path.read_bytes(), "scientific": truth,
-                    "others": others}
-    pytest.fail("the fixture model gets no toy zero-shot photo right")
-
-
 def api_predict(url: str, path: Path) -> dict:
     """What /api/predict answers for ``path``, posted by hand as a multipart form."""
     boundary = "biocap-test-boundary"

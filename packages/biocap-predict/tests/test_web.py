@@ -22,26 +22,6 @@ def client(toy_predictor):
     return TestClient(create_app(toy_predictor, model_name="BioCAP-toy", max_upload_mb=MAX_UPLOAD_MB))
 
 
-@pytest.fixture(scope="module")
-def photo(zeroshot_images, toy_predictor) -> dict:
-    """A toy zero-shot photo that the fixture model gets right, its species and three other species.
-
-    The briefly trained fixture model is right on only some toy photos; these tests check that the API
-    reports the model's answers faithfully, which needs a photo whose right answers the model gives:
-    its species on top of the index, and first among its own and three other species' names.
-    """
-    named = {row["file_name"]: row["species"]
-             for row in toy_predictor.predict([str(p) for p, _ in zeroshot_images], rank="species", k=1)}
-    for path, truth in zeroshot_images:
-        others = list(dict.fromkeys(t for _, t in zeroshot_images if t != truth))[:3]
-        if named[str(path)] != truth:
-            continue
-        if toy_predictor.classify([path], labels=[*others, truth], k=1)[0]["classification"] == truth:
-            return {"path": path, "name": path.name, "bytes": path.read_bytes(), "scientific": truth,
-                    "others": others}
-    pytest.fail("the fixture model gets no toy zero-shot photo right")
-
-
 def post(client, name: str, data: bytes, **form):
     return client.post("/api/predict", files={"image": (name, data, "image/jpeg")}, data=form)
 
