@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 import polars as pl
 from biocap_core import schemas
 from biocap_core.errors import BioCAPError
+from biocap_core.fileio import writable_folder
 
 CAPTIONS_DIR, ERRORS_DIR, PARTIAL_DIR = "captions", "errors", "partial"
 
@@ -62,12 +62,8 @@ def prepare_output(folder: str | os.PathLike) -> Path:
     An ``--out`` below a regular file or on a read-only mount then fails in one
     line at the start, not with a traceback after the model is loaded.
     """
-    folder = Path(folder)
     with writing(folder):
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    return folder
+        return writable_folder(folder)
 
 
 class UnitStore:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import NoReturn, Optional
 
 import typer
 
 from biocap_core import schemas
-from biocap_core.errors import BioCAPError
+from biocap_core.errors import BioCAPError, UnwritableFolder
+from biocap_core.fileio import writable_folder
 
 app = typer.Typer(help="BioCAP core tools: toy data, table validation, checkpoint export.", no_args_is_help=True)
 
@@ -25,13 +25,10 @@ def _make_out_dir(out: Path) -> None:
     file, or where nothing may be written) fails at once in one line naming it, instead of in a
     traceback after a model load or thousands of images."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
-        reason = f"{blocker} is not a folder" if blocker else f"{exc.strerror or exc}: {exc.filename or out}"
-        _fail(f"--out {out}: cannot create the folder ({reason})")
-    if not os.access(out, os.W_OK | os.X_OK):
-        _fail(f"--out {out}: the folder is not writable")
+        writable_folder(out)
+    except UnwritableFolder as exc:
+        _fail(f"--out {out}: " + ("the folder is not writable" if out.is_dir() else
+                                  f"cannot create the folder ({exc.reason})"))
 
 
 @app.command()

@@ -21,5 +21,16 @@ class ShardError(BioCAPError, ValueError):
     """A webdataset shard or one of its samples is malformed."""
 
 
+class UnwritableFolder(BioCAPError, OSError):
+    """An output folder cannot be created or written; ``reason`` says what is in the way.
+
+    An ``OSError`` too (the original's errno and strerror), so callers that report write failures
+    by the OS's words keep doing so."""
+
+    def __init__(self, path, cause: OSError, reason: str):
+        super().__init__(cause.errno, cause.strerror or str(cause), str(path))
+        self.reason = reason
+
+
 class EmptyTaxonError(BioCAPError, ValueError):
     """A taxon has no rank left after BioCLIP's cleaning, so it has no TreeOfLife-10M text."""

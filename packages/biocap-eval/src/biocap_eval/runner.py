@@ -8,7 +8,6 @@ pairs are skipped (the model is not even loaded when all are), unless ``force``.
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 import time
@@ -17,8 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from biocap_core.errors import BioCAPError
-from biocap_core.fileio import atomic_write
+from biocap_core.errors import BioCAPError, UnwritableFolder
+from biocap_core.fileio import atomic_write, writable_folder
 from biocap_core.runtime import default_device, default_precision, versions  # noqa: F401 (re-exported to cli, api)
 
 from biocap_eval.embedding import Encoder
@@ -168,13 +167,9 @@ def results_folder(path: Path) -> None:
     """Make sure results can be written under ``path`` before any model is loaded or image encoded,
     failing with one line that says what is in the way rather than an OSError deep in a write."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
-        why = f"{blocker} is a file, not a folder" if blocker else (exc.strerror or str(exc))
-        raise BioCAPError(f"cannot create the results folder {path}: {why}") from exc
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise BioCAPError(f"cannot write in the results folder {path}: permission denied or read-only")
+        writable_folder(path)
+    except UnwritableFolder as exc:
+        raise BioCAPError(f"cannot create the results folder {path}: {exc.reason}") from exc
 
 
 def write_result(path: Path, spec: ModelSpec, bench: Benchmark, settings: Settings, result: TaskResult,

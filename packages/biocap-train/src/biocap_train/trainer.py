@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -25,8 +24,8 @@ from typing import Any
 
 import torch
 from biocap_core.checkpoints import load_model, load_weights, read_checkpoint
-from biocap_core.errors import BioCAPError, CheckpointError
-from biocap_core.fileio import atomic_write
+from biocap_core.errors import BioCAPError, CheckpointError, UnwritableFolder
+from biocap_core.fileio import atomic_write, writable_folder
 from biocap_core.model import build_model
 from biocap_core.preprocess import image_transform, short_side
 from biocap_core.shards import count_samples, expand_sources
@@ -122,13 +121,9 @@ def prepare_run_dir(run_dir: Path) -> None:
     """Create the run folder and check it takes files, before the model is built: a --logs path under a
     regular file or in an unwritable place then fails at once, naming the path, not as a traceback later."""
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=run_dir):
-            pass
-    except OSError as exc:
-        blocking = next((p for p in (run_dir, *run_dir.parents) if p.exists() and not p.is_dir()), None)
-        why = f"{blocking} is a file, not a folder" if blocking is not None else exc.strerror or str(exc)
-        raise BioCAPError(f"--logs: cannot write the run folder {run_dir}: {why}") from exc
+        writable_folder(run_dir)
+    except UnwritableFolder as exc:
+        raise BioCAPError(f"--logs: cannot write the run folder {run_dir}: {exc.reason}") from exc
 
 
 def default_name(cfg: TrainConfig) -> str:

@@ -13,13 +13,14 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 from biocap_core import schemas
+from biocap_core.errors import UnwritableFolder
+from biocap_core.fileio import writable_folder
 
 from biocap_wiki.resolve import REQUEST_FAILED
 from biocap_wiki.tables import load_species, read_feed
@@ -66,16 +67,12 @@ def check_writable(path: str | os.PathLike, *, folder: bool = False) -> None:
     Called before crawling, so a mistyped ``--out`` fails at once rather than after the crawl.
     """
     path = Path(path)
-    where = path if folder else path.parent
+    if not folder and path.is_dir():
+        raise OSError(errno.EISDIR, "cannot write here: it is a folder", str(path))
     try:
-        if not folder and path.is_dir():
-            raise IsADirectoryError(errno.EISDIR, "it is a folder")
-        where.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=where).close()
-    except OSError as exc:
-        blocker = next((p for p in (where, *where.parents) if p.exists() and not p.is_dir()), None)
-        reason = f"{blocker} is a file, not a folder" if blocker else exc.strerror
-        raise OSError(exc.errno, f"cannot write here: {reason}", str(path)) from None
+        writable_folder(path if folder else path.parent)
+    except UnwritableFolder as exc:
+        raise OSError(exc.errno, f"cannot write here: {exc.reason}", str(path)) from None
 
 
 def crawl_settings(jobdir: Path, *, api: str | None = None, contact: str | None = None,
