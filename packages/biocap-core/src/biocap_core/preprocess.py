@@ -71,12 +71,16 @@ def short_side(size: int | tuple[int, int]) -> int:
 
 
 def decode_image(source: bytes | str | os.PathLike, draft_size: int | None = None) -> Image.Image:
-    """Open an image as RGB. With ``draft_size``, a JPEG is decoded at the smallest
+    """Decode an image as RGB. With ``draft_size``, a JPEG is decoded at the smallest
     DCT scale (1/2, 1/4, 1/8) that keeps both sides >= ``draft_size``, which cuts
-    decode time for large images without changing what the crop sees."""
+    decode time for large images without changing what the crop sees.
+
+    The pixels are decoded here, not lazily by the first transform, so bad data (a
+    truncated JPEG) fails in this call, where callers catch it and name the image."""
     img = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
     if draft_size and img.format == "JPEG":
         img.draft("RGB", (draft_size, draft_size))
     if img.mode != "RGB":
         img = img.convert("RGBA").convert("RGB") if img.mode in ("P", "LA") else img.convert("RGB")
+    img.load()
     return img

@@ -47,9 +47,7 @@ class Images(Dataset):
         raise NotImplementedError
 
     def decode(self, i: int) -> Image.Image:
-        image = decode_image(self.source(i), draft_size=self.draft_size)
-        image.load()  # an RGB JPEG is decoded lazily; a truncated one fails only here
-        return image
+        return decode_image(self.source(i), draft_size=self.draft_size)
 
     def why(self, i: int) -> str:
         """Why image ``i`` cannot be decoded (it is decoded again: only called for flagged images)."""
