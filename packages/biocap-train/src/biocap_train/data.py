@@ -57,6 +57,9 @@ _MAX_EXAMPLES = 3
 #: forever at full CPU with nothing printed. Large enough that a gap in a partial --captions table or a
 #: run of bad images in otherwise good shards does not stop a run; it takes seconds to reach.
 MAX_UNUSABLE_IN_A_ROW = 10_000
+#: What to do when shards have no caption.txt, as both the pre-flight check and a stream that gives up say.
+CAPTIONS_FIX = ("pass --captions TABLE.parquet (uuid, caption), or train the taxonomic head only (a taxonomic "
+                "--text-type such as taxon_com, or --caption-share 0; no --joint-loss)")
 #: Samples of each source that the pre-flight check reads.
 PREFLIGHT_SAMPLES = 64
 
@@ -171,7 +174,7 @@ def preflight(urls: list[str], candidates: tuple[str, ...]) -> tuple[str, set[st
         if data is None:
             return False
         try:
-            decode_image(data).load()
+            decode_image(data)
         except Exception:  # PIL raises many types for bad bytes
             return False
         return True
@@ -195,9 +198,7 @@ def check_data(cfg: TrainConfig) -> None:
             if cfg.text_type == "random" and not cfg.joint_loss:
                 need += f" (its caption steps, --caption-share {cfg.caption_share:.3g})"
             raise DataUnusable(
-                f"--train-data: none of {where} has caption.txt, which {need} needs: pass --captions "
-                "TABLE.parquet (uuid, caption), or train the taxonomic head only (a taxonomic --text-type such "
-                "as taxon_com, or --caption-share 0; no --joint-loss)")
+                f"--train-data: none of {where} has caption.txt, which {need} needs: " + CAPTIONS_FIX)
         if missing:
             have = sorted(t for t in carried if t != "caption")
             raise DataUnusable(
@@ -329,9 +330,7 @@ class BatchMaker:
                            f"{self.captions.meta.get('source')}; its uuid column must hold the shards' sample keys "
                            f"(e.g. {self._run_example})")
         if kind == "no_text" and text_type == "caption":
-            return head + (f"no sample read from {where} has caption.txt: pass --captions TABLE.parquet "
-                           "(uuid, caption), or train the taxonomic head only (a taxonomic --text-type such as "
-                           "taxon_com, or --caption-share 0; no --joint-loss)")
+            return head + f"no sample read from {where} has caption.txt: " + CAPTIONS_FIX
         if kind == "no_text":
             return head + f"no sample read from {where} has {text_type}.txt: choose a --text-type these shards carry"
         if kind == "no_image":
