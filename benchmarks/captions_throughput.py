@@ -56,7 +56,7 @@ def make_shards(out: Path) -> dict[int, str]:
 
     generate(out, ToyConfig(species=20, images_per_species=50, val_per_species=1, eval_per_species=1,
                             inquire_queries=2, inquire_candidates=4, image_size=64, shard_size=1000))
-    base = list(iter_samples(str(out / "train" / "shard-000000.tar"), require=()))
+    base = list(iter_samples(str(out / "train" / "shard-000000.tar")))
     catalog = schemas.CATALOG.read(out / "catalog.parquet")
     by_uuid = {row["uuid"]: row for row in catalog.iter_rows(named=True)}
     shards, rows = {}, []

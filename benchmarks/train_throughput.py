@@ -48,7 +48,7 @@ def bench_shards(root: Path) -> str:
         target = out / shard.name
         if not target.exists():
             with wds.TarWriter(str(target)) as sink:
-                for s in iter_samples(str(shard), require=()):
+                for s in iter_samples(str(shard)):
                     sample = {k: v for k, v in s.items() if not k.startswith("__") or k == "__key__"}
                     sample["txt"] = sample[f"{TEXT_TYPE}.txt"]
                     sink.write(sample)

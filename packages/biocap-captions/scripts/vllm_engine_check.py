@@ -78,7 +78,7 @@ def main() -> None:
     engine.llm.generate = spy
 
     pattern = str(args.toy / "train" / f"{args.shards}.tar")
-    samples = list(iter_samples(pattern, require=()))
+    samples = list(iter_samples(pattern))
     uuids = [s["__key__"] for s in samples]
     too_long = uuids[1]  # its wiki text makes the prompt longer than max_model_len
     descriptions = DescriptionLookup(pl.DataFrame({"uuid": [too_long], "description": ["Long text. " * 2000]}))

@@ -21,7 +21,7 @@ from biocap_core.shards import iter_samples
 
 
 def shard_uuids(toy: Path) -> list[str]:
-    return [s["__key__"] for s in iter_samples(str(toy / "train" / "shard-{000000..000003}.tar"), require=())]
+    return [s["__key__"] for s in iter_samples(str(toy / "train" / "shard-{000000..000003}.tar"))]
 
 
 def units_of(toy: Path):
@@ -104,7 +104,7 @@ def test_batches_stream_from_the_shard(toy_dir, tmp_path, fake_engine):
 
 def test_samples_without_an_image_or_with_an_empty_caption_are_errors(toy_dir, tmp_path, fake_engine):
     src = toy_dir / "train" / "shard-000000.tar"
-    samples = list(iter_samples(str(src), require=()))
+    samples = list(iter_samples(str(src)))
     shard = tmp_path / "in" / "shard-000000.tar"
     shard.parent.mkdir()
     with wds.TarWriter(str(shard)) as sink:
@@ -239,7 +239,7 @@ def test_finished_units_get_their_missing_captioned_shard_on_rerun(toy_dir, tmp_
 
 
 def test_catalog_input_reads_image_paths(toy_dir, tmp_path, fake_engine):
-    samples = list(iter_samples(str(toy_dir / "train" / "shard-000000.tar"), require=()))
+    samples = list(iter_samples(str(toy_dir / "train" / "shard-000000.tar")))
     (tmp_path / "img").mkdir()
     for s in samples[:5]:
         (tmp_path / "img" / f"{s['__key__']}.jpg").write_bytes(s["jpg"])
@@ -260,7 +260,7 @@ def test_catalog_input_reads_image_paths(toy_dir, tmp_path, fake_engine):
 
 def test_a_catalog_row_with_no_rank_left_after_cleaning_is_an_error_row(toy_dir, tmp_path, fake_engine):
     """BioCLIP's cleaning empties placeholder ranks; such a row has no name to prompt with, and the rest go on."""
-    samples = list(iter_samples(str(toy_dir / "train" / "shard-000000.tar"), require=()))[:3]
+    samples = list(iter_samples(str(toy_dir / "train" / "shard-000000.tar")))[:3]
     (tmp_path / "img").mkdir()
     for s in samples:
         (tmp_path / "img" / f"{s['__key__']}.jpg").write_bytes(s["jpg"])

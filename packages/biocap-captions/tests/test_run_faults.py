@@ -32,7 +32,7 @@ def tables(out: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
 
 
 def uuids(toy: Path) -> list[str]:
-    return sorted(s["__key__"] for s in iter_samples(shard_pattern(toy), require=()))
+    return sorted(s["__key__"] for s in iter_samples(shard_pattern(toy)))
 
 
 def test_a_flaky_server_still_gives_every_image_a_caption(toy_dir, tmp_path, chat_server):

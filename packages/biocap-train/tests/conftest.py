@@ -72,7 +72,7 @@ def _rewrite_shards(urls, out: Path, change) -> list[str]:
     for url in urls:
         path = out / Path(url).name
         with wds.TarWriter(str(path)) as sink:
-            for s in iter_samples(url, require=()):
+            for s in iter_samples(url):
                 sink.write(change({k: v for k, v in s.items() if not k.startswith("__") or k == "__key__"}))
         paths.append(str(path))
     return paths

@@ -66,7 +66,7 @@ def test_batches_carry_only_the_text_of_their_step(toy_train, model):
     for index, batch in collect(spec, workers=0).items():
         expected = text_type_for_step(40 + index // 2, seed=3)
         assert batch["text_type"] == expected and "caption_text" not in batch
-        sample = next(s for s in iter_samples(urls, require=()) if s["__key__"] == batch["keys"][0])
+        sample = next(s for s in iter_samples(urls) if s["__key__"] == batch["keys"][0])
         member = "caption.txt" if expected == "caption" else f"{expected.lower()}.txt"
         assert torch.equal(batch["text"][0], tok([sample[member].decode()])[0])
     joint = collect(make_spec(urls, model, joint=True, microbatches=2), workers=0)
@@ -75,7 +75,7 @@ def test_batches_carry_only_the_text_of_their_step(toy_train, model):
 
 def test_captions_from_a_parquet_table_by_uuid(toy_train, model, tmp_path):
     urls, _ = expand_sources(toy_train)
-    keys = [s["__key__"] for s in iter_samples(urls, require=())]
+    keys = [s["__key__"] for s in iter_samples(urls)]
     table = pl.DataFrame({"uuid": keys[::2], "caption": [f"parquet caption {i}" for i in range(len(keys[::2]))]})
     table.write_parquet(tmp_path / "captions.parquet")
     index = CaptionIndex.build(tmp_path / "captions.parquet", tmp_path / "index")
@@ -100,7 +100,7 @@ def test_duplicate_uuids_in_the_caption_table_are_an_error(tmp_path):
 def write_bad_shards(toy: Path, out: Path) -> list[str]:
     """Shard A: one undecodable JPEG, one sample with no text; shard B: cut off mid-way."""
     samples = [{k: v for k, v in s.items() if not k.startswith("__") or k == "__key__"}
-               for s in iter_samples(str(toy / "train" / "shard-000000.tar"), require=())]
+               for s in iter_samples(str(toy / "train" / "shard-000000.tar"))]
     samples[3]["jpg"] = b"\xff\xd8 this is not a jpeg"
     samples[5] = {"__key__": samples[5]["__key__"], "jpg": samples[5]["jpg"]}
     paths = [out / "bad-a.tar", out / "bad-b.tar"]
@@ -182,7 +182,7 @@ def test_shards_without_captions_are_refused_before_training(no_caption_shards, 
 def test_runs_the_data_can_serve_pass_the_check(no_caption_shards, toy, tmp_path):
     plan(no_caption_shards, text_type="taxon_com")
     plan(no_caption_shards, caption_share=0.0)
-    keys = [s["__key__"] for s in iter_samples(no_caption_shards, require=())]
+    keys = [s["__key__"] for s in iter_samples(no_caption_shards)]
     pl.DataFrame({"uuid": keys, "caption": ["a caption"] * len(keys)}).write_parquet(tmp_path / "c.parquet")
     plan(no_caption_shards, captions=str(tmp_path / "c.parquet"))
     plan(no_caption_shards, text_type="taxon_com", val_data=str(toy / "val" / "shard-000000.tar"))

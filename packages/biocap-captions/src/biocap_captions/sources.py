@@ -73,7 +73,7 @@ class ShardUnit:
         return Path(self.url).name
 
     def samples(self) -> Iterator[Sample]:
-        for raw in iter_samples(self.url, require=()):
+        for raw in iter_samples(self.url):
             uuid = raw["__key__"]
             display, scientific = names(
                 _text(raw, "common_name.txt"), _text(raw, "scientific_name.txt"), _text(raw, "taxonomic_name.txt")

@@ -1,25 +1,19 @@
-"""TreeOfLife-10M webdataset shards: member names, shard lists, sizes and checked reading."""
+"""Webdataset tar shards, the one reader and writer: shard lists, ``sizes.json``, reading samples,
+writing shards. Training, captioning and the toy data all go through it, so every shard the
+toolkit writes is one any of them reads."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator, Mapping
 
 import braceexpand
 
 from biocap_core.errors import ShardError
-from biocap_core.taxonomy import TOL_TEXT_TYPES
-
-#: Text members written by BioCLIP's shard writer, as stored in the tar (case kept).
-TOL_TEXT_MEMBERS: tuple[str, ...] = tuple(f"{t}.txt" for t in TOL_TEXT_TYPES) + (
-    "scientific_name.txt",
-    "taxonomic_name.txt",
-    "common_name.txt",
-)
-#: Every member of a BioCAP training sample: the image, the TreeOfLife texts and the caption.
-TOL_MEMBERS: tuple[str, ...] = ("jpg",) + TOL_TEXT_MEMBERS + ("caption.txt",)
+from biocap_core.fileio import atomic_write
 
 
 def member_key(member: str) -> str:
@@ -145,19 +139,11 @@ def _open(url: str) -> BinaryIO:
     return gopen(url, "rb")
 
 
-def iter_samples(urls: str | Iterable[str], require: Iterable[str] = TOL_MEMBERS) -> Iterator[dict]:
+def iter_samples(urls: str | Iterable[str], keep_case: bool = False) -> Iterator[dict]:
     """Samples of the shards in order, grouped as webdataset groups them: members sharing the
-    basename up to the first dot form one sample keyed by lower-cased extension, plus
-    ``__key__`` and ``__url__``. A sample missing a required member raises
-    :class:`ShardError` naming the shard, the sample key and the member."""
-    required = [member_key(m) for m in require]
-
-    def finish(sample: dict) -> dict:
-        missing = [m for m in required if m not in sample]
-        if missing:
-            raise ShardError(f"{sample['__url__']}: sample {sample['__key__']!r} has no member(s) {missing}")
-        return sample
-
+    basename up to the first dot form one sample keyed by extension, plus ``__key__`` and
+    ``__url__``. Extensions are lower-cased as webdataset does (``taxontag.txt``) unless
+    ``keep_case``, which keeps the stored name (``taxonTag.txt``) for copying a shard as it is."""
     for url in expand_urls(urls):
         sample: dict | None = None
         with _open(url) as stream:
@@ -169,8 +155,49 @@ def iter_samples(urls: str | Iterable[str], require: Iterable[str] = TOL_MEMBERS
                 key = f"{directory}/{stem}" if directory else stem
                 if sample is None or sample["__key__"] != key:
                     if sample is not None:
-                        yield finish(sample)
+                        yield sample
                     sample = {"__key__": key, "__url__": url}
-                sample[ext.lower()] = data
+                sample[ext if keep_case else ext.lower()] = data
         if sample is not None:
-            yield finish(sample)
+            yield sample
+
+
+def write_shard(path: str | os.PathLike, samples: Iterable[Mapping[str, object]]) -> int:
+    """Write ``samples`` to one tar shard at ``path``, atomically; returns how many were written.
+
+    A sample is ``__key__`` plus one member per extension (bytes, or str written as UTF-8); each
+    member is stored as ``{key}.{ext}`` in sorted order with mtime 0, so the same samples always
+    give the same bytes. Other keys starting with ``_`` (``__url__``) are not written.
+    """
+    from webdataset import TarWriter  # imports torch: only when writing
+
+    count = 0
+
+    def write(tmp: Path) -> None:
+        nonlocal count
+        with TarWriter(str(tmp), mtime=0) as sink:
+            for sample in samples:
+                sink.write(sample)
+                count += 1
+
+    atomic_write(path, write)
+    return count
+
+
+def write_shards(samples: Iterable[Mapping[str, object]], out_dir: str | os.PathLike,
+                 shard_size: int) -> dict[str, int]:
+    """Write ``shard-000000.tar``, ``shard-000001.tar`` ... of ``shard_size`` samples each under
+    ``out_dir``, then their ``sizes.json``; returns the per-shard counts.
+
+    Not webdataset's ``ShardWriter``: it writes straight to the final name (a killed run leaves a
+    cut shard where a finished one is expected) and keeps no per-shard counts for ``sizes.json``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sizes: dict[str, int] = {}
+    stream = iter(samples)
+    for first in stream:  # each shard: the next sample and up to shard_size - 1 after it
+        name = f"shard-{len(sizes):06d}.tar"
+        sizes[name] = write_shard(out_dir / name, itertools.chain([first], itertools.islice(stream, shard_size - 1)))
+    atomic_write(out_dir / "sizes.json", lambda tmp: tmp.write_text(json.dumps(sizes, indent=1)))
+    return sizes

@@ -124,7 +124,7 @@ def _raw_samples(urls: Iterator[str], counts: DataCounts, limit_empty: int) -> I
     for url in urls:
         produced = False
         try:
-            for sample in iter_samples(url, require=()):
+            for sample in iter_samples(url):
                 produced, empty_shards = True, 0
                 yield sample
         except (ShardError, OSError) as exc:
@@ -154,7 +154,7 @@ def preflight(urls: list[str], candidates: tuple[str, ...]) -> tuple[str, set[st
     samples, errors, tried = [], [], urls[:3]
     for url in tried:
         try:
-            for sample in iter_samples(url, require=()):
+            for sample in iter_samples(url):
                 samples.append(sample)
                 if len(samples) == PREFLIGHT_SAMPLES:
                     break
