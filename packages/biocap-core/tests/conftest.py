@@ -5,12 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from biocap_core.toy import TINY_MODEL_CONFIG
 
 REPO = Path(__file__).resolve().parents[3]
 ORIGINAL_DATA = REPO.parent / "shared" / "data" / "biocap-original"
 
-TINY_CFG = TINY_MODEL_CONFIG
+#: A tiny OpenCLIP CLIP config (2-layer towers of width 64, 32 px images), smaller than the toolkit's
+#: BioCAP-toy so model tests run at CPU speed.
+TINY_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
 
 
 @pytest.fixture

@@ -1,0 +1,115 @@
+"""Drawing toy images: one species' traits on a varied background, as JPEG bytes.
+
+Position, size, tilt and background vary per image so that only the traits identify the
+species; every image has its own seeded generator, so the same arguments give the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from PIL import Image, ImageChops, ImageDraw, ImageFilter
+
+from biocap_core.toy.species import COLOURS, PATTERN_COLOURS, ToySpecies
+
+BACKGROUNDS = {"pale": (215, 210, 195), "dark": (60, 62, 58)}
+TILTS = ("upright", "leaning left", "leaning right")
+
+
+@dataclass(frozen=True)
+class ToyImage:
+    """One rendered image with its nuisance variables (used by the INQUIRE-style queries)."""
+
+    uuid: str
+    species: ToySpecies
+    background: str
+    tilt: str
+    jpeg: bytes = field(repr=False)
+
+
+def render(sp: ToySpecies, rng: random.Random, size: int, background: str, tilt: str) -> Image.Image:
+    """Draw one image of a species at ``size`` x ``size`` pixels (drawn at 2x, then downsampled)."""
+    s = size * 2
+    bg = tuple(max(0, min(255, c + rng.randint(-20, 20))) for c in BACKGROUNDS[background])
+    img = Image.new("RGB", (s, s), bg)
+    body = Image.new("RGBA", (s, s), (0, 0, 0, 0))
+    d = ImageDraw.Draw(body)
+    cx, cy = s / 2 + rng.uniform(-0.06, 0.06) * s, s / 2 + rng.uniform(-0.06, 0.06) * s
+    scale = rng.uniform(0.85, 1.1) * s
+    w, h = {"round": (0.5, 0.5), "long": (0.66, 0.36), "tall": (0.36, 0.62), "square": (0.48, 0.48)}[sp.shape]
+    w, h = w * scale, h * scale
+    colour = tuple(max(0, min(255, c + rng.randint(-15, 15))) for c in COLOURS[sp.colour])
+    dark = tuple(c // 2 for c in colour)
+    box = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+    lw = max(2, s // 40)
+    if sp.plan == "crawler":  # legs under an oval body, a head on the right
+        for i in range(3):
+            x = box[0] + w * (0.25 + 0.25 * i)
+            d.line((x, cy, x - w * 0.1, box[3] + h * 0.25), fill=dark, width=lw)
+            d.line((x, cy, x + w * 0.1, box[3] + h * 0.25), fill=dark, width=lw)
+        d.ellipse((box[2] - w * 0.08, cy - h * 0.18, box[2] + w * 0.22, cy + h * 0.18), fill=dark)
+    elif sp.plan == "sprout":  # a stem with two leaves under the body
+        d.line((cx, cy, cx, min(s - 2, box[3] + h * 0.45)), fill=(60, 120, 40), width=lw * 2)
+        d.polygon([(cx, box[3] + h * 0.2), (cx - w * 0.45, box[3] + h * 0.05), (cx - w * 0.2, box[3] + h * 0.35)],
+                  fill=(60, 140, 50))
+        d.polygon([(cx, box[3] + h * 0.25), (cx + w * 0.45, box[3] + h * 0.1), (cx + w * 0.2, box[3] + h * 0.4)],
+                  fill=(60, 140, 50))
+    else:  # cap: a pale stalk under the body
+        d.rectangle((cx - w * 0.1, cy, cx + w * 0.1, min(s - 2, box[3] + h * 0.5)), fill=(230, 220, 200))
+    shape_mask = Image.new("L", (s, s), 0)
+    m = ImageDraw.Draw(shape_mask)
+    if sp.shape == "square":
+        m.rectangle(box, fill=255)
+    elif sp.plan == "cap":
+        m.chord((box[0], box[1], box[2], box[3] + h * 0.6), 180, 360, fill=255)
+    else:
+        m.ellipse(box, fill=255)
+    body.paste(colour, (0, 0), shape_mask)
+    # the pattern is drawn over the whole box, then clipped to the body shape
+    pattern = Image.new("L", (s, s), 0)
+    p = ImageDraw.Draw(pattern)
+    step = max(4, int(min(w, h) / 4))
+    xs = range(int(box[0]), int(box[2]), step)
+    ys = range(int(box[1]), int(box[3]), step)
+    for i, x in enumerate(xs):
+        if sp.pattern == "striped":
+            p.rectangle((x, box[1], x + step // 2 - 1, box[3]), fill=255)
+        for j, y in enumerate(ys):
+            if sp.pattern == "spotted":
+                p.ellipse((x + step / 4, y + step / 4, x + 3 * step / 4, y + 3 * step / 4), fill=255)
+            elif sp.pattern == "checked" and (i + j) % 2 == 0:
+                p.rectangle((x, y, x + step - 1, y + step - 1), fill=255)
+    body.paste(PATTERN_COLOURS[sp.pattern_colour], (0, 0), ImageChops.multiply(pattern, shape_mask))
+    # marks: small dark dots in a row above the body
+    r = max(3, s // 28)
+    for i in range(sp.marks):
+        x = cx + (i - (sp.marks - 1) / 2) * r * 3
+        d.ellipse((x - r, box[1] - r * 3, x + r, box[1] - r), fill=(15, 15, 15))
+    angle = {"upright": 0.0, "leaning left": 18.0, "leaning right": -18.0}[tilt] + rng.uniform(-5, 5)
+    body = body.rotate(angle, resample=Image.BICUBIC, center=(cx, cy))
+    img.paste(body, (0, 0), body)
+    return img.resize((size, size), Image.LANCZOS).filter(ImageFilter.GaussianBlur(rng.uniform(0, 0.4)))
+
+
+def _uuid(rng: random.Random) -> str:
+    return str(uuidlib.UUID(int=rng.getrandbits(128), version=4))
+
+
+def _jpeg(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def images(species: list[ToySpecies], per_species: int, seed: int, split: str, size: int) -> Iterator[ToyImage]:
+    """Rendered images, species-major, each from its own seeded generator."""
+    for sp in species:
+        for k in range(per_species):
+            rng = random.Random(f"{seed}/{split}/{sp.index}/{k}")
+            background = rng.choice(list(BACKGROUNDS))
+            tilt = rng.choice(TILTS)
+            yield ToyImage(_uuid(rng), sp, background, tilt, _jpeg(render(sp, rng, size, background, tilt)))
