@@ -139,7 +139,7 @@ def _open(url: str) -> BinaryIO:
     return gopen(url, "rb")
 
 
-def iter_samples(urls: str | Iterable[str], keep_case: bool = False) -> Iterator[dict]:
+def iter_samples(urls: str | Iterable[str], *, keep_case: bool = False) -> Iterator[dict]:
     """Samples of the shards in order, grouped as webdataset groups them: members sharing the
     basename up to the first dot form one sample keyed by extension, plus ``__key__`` and
     ``__url__``. Extensions are lower-cased as webdataset does (``taxontag.txt``) unless
