@@ -210,7 +210,8 @@ def run_vllm_benchmark(args) -> None:
     b = pipeline(engine, b_shard, work / "out", prompts, b_wiki, args.batch_size)
 
     spec = {**SIZES[args.size], "text": {**SIZES[args.size]["text"], "vocab_size": len(engine.llm.get_tokenizer())}}
-    tiles = (a["prompt_tokens_mean"] - a["text_tokens_mean"] - 2) / (((spec["image"] // 14) ** 2) // 4)
+    # vLLM swaps the image slot (1 token of the text) for <img>, the tiles' tokens and </img>
+    tiles = (a["prompt_tokens_mean"] - a["text_tokens_mean"] - 1) / (((spec["image"] // 14) ** 2) // 4)
     figures = {
         "device": _device(args.device), "vllm": _version("vllm"), "model": f"random-weight InternVL, {args.size}",
         "batch_size": args.batch_size, "prefix_caching": args.prefix_caching, "images_each": n,
