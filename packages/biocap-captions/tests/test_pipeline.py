@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import io
 import tarfile
+import threading
+from dataclasses import replace
 from pathlib import Path
 
 import polars as pl
 import pytest
 import webdataset as wds
 from biocap_captions.engine import EngineBroken, Failure
-from biocap_captions.pipeline import Captioner, RunOptions
+from biocap_captions.pipeline import Captioner, RunOptions, one_ahead
 from biocap_captions.prompt import PROMPT_VERSION, FormatExamples, PromptBuilder
 from biocap_captions.sources import catalog_units, load_descriptions, shard_units
 from biocap_captions.stats import summarize
@@ -193,7 +195,7 @@ def test_an_output_write_failure_stops_the_run_naming_the_file(toy_dir, tmp_path
     captioner(rerun, tmp_path, toy_dir).run(units_of(toy_dir))
     captions, errors = outputs(tmp_path)
     assert sorted(captions["uuid"]) == sorted(shard_uuids(toy_dir)) and errors.height == 0
-    assert sum(len(call) for call in rerun.calls) == 30 + 1  # and the first unit's last batch, never checkpointed
+    assert sum(len(call) for call in rerun.calls) == 30  # the first unit's rows were checkpointed before its final write
 
 
 def test_retrying_error_rows_is_safe_against_a_kill(toy_dir, tmp_path, fake_engine):
@@ -342,3 +344,81 @@ def test_stats_summarise_a_run(toy_dir, tmp_path, fake_engine):
     assert summary["names_species"] == round(36 / 38, 4)
     assert summary["flags"]["no_species_name"] == 2 and summary["flags"]["over_word_limit"] == 1
     assert summary["word_histogram"][">30"] == 1 and sum(summary["word_histogram"].values()) == 38
+
+
+def preparing_engine(base):
+    """``base`` (conftest's FakeEngine) with ``prepare``: see the class docstring."""
+
+    class PreparingEngine(base):
+        """A fake with ``prepare``; each ``generate`` blocks until the batch after its own is prepared
+        (or ``wait`` seconds pass), and records whether it was. ``crash_on_call`` n raises
+        KeyboardInterrupt (a kill) in the n-th ``generate``."""
+
+        def __init__(self, wait: float = 1.0, crash_on_call: int | None = None):
+            super().__init__()
+            self.wait, self.crash_on_call = wait, crash_on_call
+            self.prepared_batches = 0
+            self.ahead: list[bool] = []
+            self.changed = threading.Condition()
+            self.prepare_threads: set[str] = set()
+
+        def prepare(self, requests):
+            self.prepare_threads.add(threading.current_thread().name)
+            with self.changed:
+                self.prepared_batches += 1
+                self.changed.notify_all()
+            return [replace(r, prepared=("ready", r.uuid)) for r in requests]
+
+        def generate(self, requests):
+            assert all(r.prepared == ("ready", r.uuid) for r in requests)
+            call = len(self.calls) + 1
+            with self.changed:
+                self.ahead.append(self.changed.wait_for(lambda: self.prepared_batches > call, timeout=self.wait))
+            if call == self.crash_on_call:
+                raise KeyboardInterrupt
+            return super().generate(requests)
+
+    return PreparingEngine
+
+
+def test_the_next_batch_is_prepared_while_one_generates(toy_dir, tmp_path, fake_engine):
+    [unit] = units_of(toy_dir)[:1]
+    engine = preparing_engine(fake_engine)()
+    report = captioner(engine, tmp_path, toy_dir).run([unit])
+    assert report.captions == 10
+    # batches of 3, 3, 3, 1: each but the last found the next already prepared while it generated
+    assert [len(call) for call in engine.calls] == [3, 3, 3, 1]
+    assert engine.ahead == [True, True, True, False]
+    assert engine.prepare_threads and threading.current_thread().name not in engine.prepare_threads
+
+
+def test_a_kill_with_a_batch_prepared_ahead_still_resumes_exactly_once(toy_dir, tmp_path, fake_engine):
+    units = units_of(toy_dir)
+    engine = preparing_engine(fake_engine)(wait=0.2, crash_on_call=6)  # the second unit's second batch
+    with pytest.raises(KeyboardInterrupt):
+        captioner(engine, tmp_path, toy_dir).run(units)
+    assert engine.prepared_batches > 6  # the batch after the crash was prepared, never generated
+    rerun = preparing_engine(fake_engine)(wait=0.2)
+    captioner(rerun, tmp_path, toy_dir).run(units)
+    captions, errors = outputs(tmp_path)
+    assert sorted(captions["uuid"]) == sorted(shard_uuids(toy_dir)) and errors.height == 0
+    assert sorted(u for call in engine.calls[:5] + rerun.calls for u in call) == sorted(shard_uuids(toy_dir))
+
+
+def test_one_ahead_makes_at_most_one_item_ahead_and_passes_errors_on():
+    made = []
+
+    def items():
+        for i in range(4):
+            made.append(i)
+            if i == 3:
+                raise ValueError("item 3 is bad")
+            yield i
+
+    got = []
+    with pytest.raises(ValueError, match="item 3 is bad"):
+        for item in one_ahead(items()):
+            threading.Event().wait(0.05)  # give the thread time to run ahead, if it could
+            assert len(made) <= item + 2
+            got.append(item)
+    assert got == [0, 1, 2]

@@ -81,3 +81,18 @@ def test_draft_decoding_shrinks_large_jpegs_but_keeps_the_crop_size():
     png = io.BytesIO()
     _gradient(40, 30).convert("P").save(png, format="PNG")
     assert decode_image(png.getvalue(), draft_size=16).mode == "RGB"
+
+
+def test_max_side_drafts_by_the_longest_side_then_shrinks_to_it(monkeypatch):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    _gradient(2000, 1000).save(buf, format="JPEG")
+    decoded_at = []
+    real_thumbnail = Image.Image.thumbnail
+    monkeypatch.setattr(Image.Image, "thumbnail",
+                        lambda self, *a, **k: (decoded_at.append(self.size), real_thumbnail(self, *a, **k))[1])
+    image = decode_image(buf.getvalue(), max_side=480)
+    assert image.size == (480, 240) and image.mode == "RGB"
+    assert decoded_at == [(500, 250)]  # 1/4 DCT scale: the longest side still >= 480 (both sides would keep 1/2)
+    assert decode_image(buf.getvalue(), max_side=4000).size == (2000, 1000)  # never enlarged

@@ -69,6 +69,8 @@ def run(
     image_placeholder: str = typer.Option(
         "<image>", help="vllm: image placeholder for chat templates that take only text ('' to require image parts)."),
     max_image_side: Optional[int] = typer.Option(None, help="vllm: shrink decoded images to this longest side."),
+    prefix_caching: Optional[bool] = typer.Option(
+        None, "--prefix-caching/--no-prefix-caching", help="vllm: automatic prefix caching (default: vLLM's)."),
     base_url: str = typer.Option("http://127.0.0.1:8000/v1", help="openai: server URL up to /v1."),
     api_key: Optional[str] = typer.Option(None, envvar="OPENAI_API_KEY", help="openai: bearer token."),
     concurrency: int = typer.Option(16, help="openai: requests in flight."),
@@ -115,7 +117,7 @@ def run(
     if engine == "vllm":
         options = dict(quantization=quantization, tensor_parallel_size=tensor_parallel_size,
                        max_model_len=max_model_len, dtype=dtype, image_placeholder=image_placeholder or None,
-                       max_image_side=max_image_side)
+                       max_image_side=max_image_side, enable_prefix_caching=prefix_caching)
     else:
         options = dict(base_url=base_url, api_key=api_key, concurrency=concurrency, timeout=timeout,
                        max_retries=max_retries)

@@ -12,13 +12,19 @@ server with a concurrency window) also offers ``submit(requests)``, returning
 a :class:`concurrent.futures.Future` of the same list. The pipeline then keeps
 two batches in flight, so the window stays full while a batch's last requests
 wait out a retry instead of idling until they are done.
+
+An engine whose requests need CPU work before the accelerator can start (vLLM:
+decode the image, render the chat template) offers ``prepare(requests)``,
+returning the requests with that work done in :attr:`CaptionRequest.prepared`.
+The pipeline calls it in a background thread for the next batch while the
+current one generates, so the accelerator does not wait for the CPU.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import Future
-from dataclasses import dataclass
-from typing import Protocol, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
 
 from biocap_core.errors import BioCAPError
 
@@ -43,6 +49,8 @@ class CaptionRequest:
     uuid: str
     image: bytes
     instruction: str
+    #: What the engine's ``prepare`` made of this request (engine-specific; None until prepared).
+    prepared: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -61,7 +69,7 @@ Result = Completion | Failure
 
 
 class Engine(Protocol):
-    """What the pipeline needs from an engine (``submit`` is optional; see the module docs)."""
+    """What the pipeline needs from an engine (``submit`` and ``prepare`` are optional; see the module docs)."""
 
     #: Recorded in the ``model`` column of every caption.
     model: str

@@ -1,8 +1,11 @@
 """The captioning loop: stream each unit in batches, caption, check, checkpoint, finish.
 
-Memory is bounded by two batches of images (an engine that can ``submit``
-gets the next batch while the current one finishes) plus the unit's caption
-rows (text only). Every sample ends in exactly one place: the captions table,
+The next batch is read, prompted and prepared by the engine (vLLM: images
+decoded, chat template rendered) in a background thread while the current one
+generates, so the accelerator does not wait for the CPU between batches.
+Memory is bounded by two batches of images, the one generating and the next
+(three with an engine that can ``submit``: it gets the next batch while the
+current one finishes), plus the unit's caption rows (text only). Every sample ends in exactly one place: the captions table,
 or the errors table with its reason. Failures are isolated per sample
 (:func:`~biocap_captions.engine.generate_isolated`); an unreadable shard is
 reported and skipped without touching the others; an engine that fails
@@ -18,11 +21,12 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence, TypeVar
 
 import polars as pl
 from biocap_core import schemas
@@ -38,6 +42,7 @@ from biocap_captions.engine import (
     EngineBroken,
     Result,
     generate_isolated,
+    result_of,
 )
 from biocap_captions.output_shards import write_captioned_shard
 from biocap_captions.prompt import PROMPT_VERSION, BuiltPrompt, PromptBuilder, PromptParts
@@ -45,6 +50,7 @@ from biocap_captions.sources import DescriptionLookup, Sample, ShardUnit, Unit
 from biocap_captions.store import OutputError, UnitStore, writing
 
 log = logging.getLogger("biocap_captions")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -100,12 +106,42 @@ class _Pending:
 
 @dataclass
 class _Batch:
-    """Samples sent to the engine together; ``submitted`` while the engine works on it in the background."""
+    """Samples sent to the engine together; ``submitted`` while the engine works on it in the background.
+
+    ``problems`` are error rows of samples read with the batch that have no usable image;
+    ``read`` counts the unit's samples read up to the batch's last one."""
 
     samples: list[Sample]
     prompts: list[BuiltPrompt]
     requests: list[CaptionRequest]
-    submitted: Future[list[Result]] | None
+    problems: list[dict]
+    read: int
+    submitted: Future[list[Result]] | None = None
+
+
+_END = object()
+
+
+def one_ahead(items: Iterator[T]) -> Iterator[T]:
+    """Yield ``items``, making the next one in a background thread while the caller works on this one.
+
+    At most one item is made ahead, so memory holds two. Exceptions of ``items``
+    reach the caller at that item. Closing waits for an item being made (one
+    batch's preparation), then closes ``items``. By hand rather than a queue and
+    a thread: with ``next`` submitted only once the caller took the item, "one
+    ahead" holds by construction.
+    """
+    pool = ThreadPoolExecutor(1, thread_name_prefix="prepare")
+    try:
+        upcoming = pool.submit(next, items, _END)
+        while (item := result_of(upcoming)) is not _END:
+            upcoming = pool.submit(next, items, _END)
+            yield item
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
 
 
 class Captioner:
@@ -177,35 +213,25 @@ class Captioner:
             bar.total -= len(done)
             log.info("resuming %s: %d samples already done", unit.name, len(done))
         bar.set_postfix_str(unit.name, refresh=False)
-        pending, batch, seen, read = _Pending(), [], set(), 0
+        pending, read = _Pending(), 0
         in_flight: deque[_Batch] = deque()
         depth = 2 if hasattr(self.engine, "submit") else 1
         last_checkpoint = time.monotonic()
         try:
-            for sample in unit.samples():
-                read += 1
-                if sample.uuid in done:
-                    if sample.uuid in seen:
-                        log.warning("%s: uuid %s occurs twice; the second is skipped", unit.label, sample.uuid)
-                    continue
-                done.add(sample.uuid)
-                seen.add(sample.uuid)
-                if sample.problem:
-                    pending.errors.append(self._error_row(sample.uuid, unit.label, sample.problem))
-                    bar.update(1)
-                    continue
-                batch.append(sample)
-                if len(batch) == self.options.batch_size:
-                    in_flight.append(self._start(batch))
-                    batch = []
+            # the next batch is read, prompted and prepared in a background thread while this one generates
+            with closing(one_ahead(self._batches(unit, done))) as batches:
+                for batch in batches:
+                    read = batch.read
+                    pending.errors.extend(batch.problems)
+                    bar.update(len(batch.problems))
+                    if batch.samples:
+                        in_flight.append(self._submit(batch))
                     if len(in_flight) == depth:
                         self._finish(in_flight.popleft(), unit.label, pending, bar)
                     if (len(pending) >= self.options.checkpoint_rows
                             or time.monotonic() - last_checkpoint >= self.options.checkpoint_seconds):
                         store.write_checkpoint(*pending.take(include_streak=False))
                         last_checkpoint = time.monotonic()
-            if batch:
-                in_flight.append(self._start(batch))
             while in_flight:
                 self._finish(in_flight.popleft(), unit.label, pending, bar)
             if unit.expected is not None and read != unit.expected:
@@ -229,16 +255,49 @@ class Captioner:
         store.finalize(captions, errors)
         return captions.height, errors.height
 
-    def _start(self, batch: list[Sample]) -> _Batch:
-        """Build the batch's prompts and, if the engine can take it now, submit it."""
+    def _batches(self, unit: Unit, done: set[str]) -> Iterator[_Batch]:
+        """The unit's samples not in ``done``, in batches ready for the engine, ending with one that has
+        no samples. Runs in :func:`one_ahead`'s thread, so it changes nothing the run's thread reads."""
+        batch, problems, seen, read = [], [], set(), 0
+        for sample in unit.samples():
+            read += 1
+            if sample.uuid in done:
+                if sample.uuid in seen:
+                    log.warning("%s: uuid %s occurs twice; the second is skipped", unit.label, sample.uuid)
+                continue
+            done.add(sample.uuid)
+            seen.add(sample.uuid)
+            if sample.problem:
+                problems.append(self._error_row(sample.uuid, unit.label, sample.problem))
+            else:
+                batch.append(sample)
+            if len(batch) == self.options.batch_size or len(problems) == self.options.batch_size:
+                yield self._prepare(batch, problems, read)
+                batch, problems = [], []
+        if batch:
+            yield self._prepare(batch, problems, read)
+            problems = []
+        yield _Batch([], [], [], problems, read)
+
+    def _prepare(self, batch: list[Sample], problems: list[dict], read: int) -> _Batch:
+        """The batch's prompts and requests, with the engine's own preparation when it has one."""
         wikis = self.descriptions.get_many([s.uuid for s in batch]) if self.descriptions else [None] * len(batch)
         prompts = [
             self.prompts.build(PromptParts(s.display_name, s.scientific_name, s.klass, wiki))
             for s, wiki in zip(batch, wikis)
         ]
         requests = [CaptionRequest(s.uuid, s.image, p.instruction) for s, p in zip(batch, prompts)]
+        prepare = getattr(self.engine, "prepare", None)
+        if prepare is not None and requests:
+            requests = prepare(requests)
+        return _Batch(batch, prompts, requests, problems, read)
+
+    def _submit(self, batch: _Batch) -> _Batch:
+        """Submit the batch if the engine can take it now (it runs in the background until finished)."""
         submit = getattr(self.engine, "submit", None)
-        return _Batch(batch, prompts, requests, submit(requests) if submit else None)
+        if submit is not None:
+            batch.submitted = submit(batch.requests)
+        return batch
 
     def _finish(self, batch: _Batch, shard: str, pending: _Pending, bar: tqdm) -> None:
         """Wait for the batch's results and record each as a caption or an error row."""

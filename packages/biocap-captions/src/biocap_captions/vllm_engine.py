@@ -4,10 +4,17 @@ vLLM is imported only when this engine is built, so the package works without
 the ``[vllm]`` extra. The defaults are the original's (InternVL3-38B-AWQ, AWQ,
 max_model_len 2048); the prompt is rendered through the model's own chat
 template by :class:`~biocap_captions.prompt.ChatTemplateRenderer`.
+
+``prepare`` decodes the images and renders the prompts, so the pipeline does
+that for the next batch in a background thread while ``LLM.generate`` runs.
+Prefix caching is left to vLLM's default unless ``enable_prefix_caching`` is
+given: the image comes first in the prompt (the original's order), so only the
+chat template's header is shared between requests (see the README).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Sequence
 
 from biocap_core.preprocess import decode_image
@@ -39,6 +46,7 @@ class VLLMEngine:
         dtype: str = "auto",
         image_placeholder: str | None = "<image>",
         max_image_side: int | None = None,
+        enable_prefix_caching: bool | None = None,
         llm_kwargs: dict[str, Any] | None = None,
     ):
         try:
@@ -59,6 +67,8 @@ class VLLMEngine:
             disable_log_stats=True,
             limit_mm_per_prompt={"image": 1},
         )
+        if enable_prefix_caching is not None:
+            kwargs["enable_prefix_caching"] = enable_prefix_caching
         kwargs.update(llm_kwargs or {})
         self.llm = LLM(**kwargs)
         self.sampling_params = SamplingParams(
@@ -70,26 +80,24 @@ class VLLMEngine:
         )
         self.render = ChatTemplateRenderer(self.llm.get_tokenizer(), image_placeholder, model=model)
 
-    def _image(self, data: bytes):
-        image = decode_image(data, draft_size=self.max_image_side)
-        if self.max_image_side and max(image.size) > self.max_image_side:
-            image.thumbnail((self.max_image_side, self.max_image_side))
-        return image
+    def prepare(self, requests: Sequence[CaptionRequest]) -> list[CaptionRequest]:
+        """The requests with their vLLM input (or the Failure of an undecodable image) in ``prepared``."""
+        return [replace(r, prepared=self._input(r)) for r in requests]
+
+    def _input(self, request: CaptionRequest) -> dict | Failure:
+        try:
+            image = decode_image(request.image, max_side=self.max_image_side)
+        except Exception as exc:  # PIL raises several types for corrupt or truncated files
+            return Failure(f"undecodable image: {describe(exc)}")
+        return {"prompt": self.render(request.instruction), "multi_modal_data": {"image": image}}
 
     def generate(self, requests: Sequence[CaptionRequest]) -> list[Result]:
-        results: list[Result | None] = [None] * len(requests)
-        inputs, slots = [], []
-        for i, request in enumerate(requests):
+        prepared = [r.prepared if r.prepared is not None else self._input(r) for r in requests]
+        results: list[Result | None] = [p if isinstance(p, Failure) else None for p in prepared]
+        slots = [i for i, p in enumerate(prepared) if not isinstance(p, Failure)]
+        if slots:
             try:
-                image = self._image(request.image)
-            except Exception as exc:  # PIL raises several types for corrupt or truncated files
-                results[i] = Failure(f"undecodable image: {describe(exc)}")
-                continue
-            inputs.append({"prompt": self.render(request.instruction), "multi_modal_data": {"image": image}})
-            slots.append(i)
-        if inputs:
-            try:
-                outputs = self.llm.generate(inputs, self.sampling_params, use_tqdm=False)
+                outputs = self.llm.generate([prepared[i] for i in slots], self.sampling_params, use_tqdm=False)
             except Exception as exc:
                 if any(cls.__name__ == "EngineDeadError" for cls in type(exc).__mro__):
                     raise EngineBroken(f"vLLM's engine process died: {describe(exc)}") from exc

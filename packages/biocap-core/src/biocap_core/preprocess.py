@@ -10,6 +10,7 @@ decoded at reduced size (PIL draft mode) when the crop is much smaller.
 from __future__ import annotations
 
 import io
+import math
 import os
 from functools import partial
 from typing import Callable
@@ -70,17 +71,26 @@ def short_side(size: int | tuple[int, int]) -> int:
     return size if isinstance(size, int) else min(size)
 
 
-def decode_image(source: bytes | str | os.PathLike, draft_size: int | None = None) -> Image.Image:
+def decode_image(source: bytes | str | os.PathLike, draft_size: int | None = None,
+                 max_side: int | None = None) -> Image.Image:
     """Decode an image as RGB. With ``draft_size``, a JPEG is decoded at the smallest
     DCT scale (1/2, 1/4, 1/8) that keeps both sides >= ``draft_size``, which cuts
-    decode time for large images without changing what the crop sees.
+    decode time for large images without changing what the crop sees. With
+    ``max_side`` (a VLM that tiles the whole image), the image is shrunk to that
+    longest side, keeping its aspect ratio; a JPEG is first decoded at the smallest
+    DCT scale that keeps the longest side >= ``max_side``.
 
     The pixels are decoded here, not lazily by the first transform, so bad data (a
     truncated JPEG) fails in this call, where callers catch it and name the image."""
     img = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
     if draft_size and img.format == "JPEG":
         img.draft("RGB", (draft_size, draft_size))
+    elif max_side and img.format == "JPEG" and max(img.size) > max_side:
+        scale = max_side / max(img.size)
+        img.draft("RGB", (max(1, math.ceil(img.width * scale)), max(1, math.ceil(img.height * scale))))
     if img.mode != "RGB":
         img = img.convert("RGBA").convert("RGB") if img.mode in ("P", "LA") else img.convert("RGB")
     img.load()
+    if max_side and max(img.size) > max_side:
+        img.thumbnail((max_side, max_side))
     return img
