@@ -23,7 +23,7 @@ from biocap_captions.engine import (
     Failure,
     SamplingConfig,
 )
-from biocap_captions.openai_engine import OpenAIEngine, image_mime, retry_after_seconds
+from biocap_captions.openai_engine import OpenAIEngine, image_mime
 from biocap_core import schemas
 from typer.testing import CliRunner
 
@@ -185,13 +185,10 @@ def test_run_help_shows_every_option_name_whole():
     assert [n for n in names if n not in result.output] == []
 
 
-def test_mime_and_retry_after_parsing():
+def test_mime_from_magic_numbers():
     assert image_mime(b"\x89PNG\r\n\x1a\nrest") == "image/png"
     assert image_mime(b"RIFF\x00\x00\x00\x00WEBPVP8 ") == "image/webp"
     assert image_mime(b"<html>") is None
-    assert retry_after_seconds("2.5") == 2.5 and retry_after_seconds(None) is None
-    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
-    assert retry_after_seconds("soon") is None
 
 
 def test_cli_run_with_the_openai_engine_then_stats(toy_dir, tmp_path, chat_server):
