@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import os
 import signal
@@ -198,17 +199,31 @@ def test_cli_run_with_the_openai_engine_then_stats(toy_dir, tmp_path, chat_serve
             "run", "--shards", str(toy_dir / "train" / "shard-{000000..000003}.tar"), "--out", str(out),
             "--catalog", str(toy_dir / "catalog.parquet"), "--wiki", str(toy_dir / "wiki" / "wiki_descriptions.parquet"),
             "--engine", "openai", "--model", "tiny-vlm", "--base-url", server.url, "--batch-size", "8",
-            "--num-shards", "2", "--shard-index", "1", "--no-progress",
+            "--num-shards", "2", "--shard-index", "1", "--no-progress", "--api-key", "sk-not-for-the-record",
+            "--seed", "7",
         ])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (out / "captions").iterdir()) == ["shard-000001.parquet", "shard-000003.parquet"]
     captions = pl.concat([schemas.CAPTIONS.read(p) for p in (out / "captions").iterdir()])
     assert captions.height == 20 and captions["names_species"].all() and captions["wiki_used"].all()
     assert len(server.bodies) == 20
-    assert len(list((out / "runs").glob("*-job1of2-*.json"))) == 1
+    (manifest,) = (out / "runs").glob("*-job1of2-*.json")
+    settings = json.loads(manifest.read_text())
+    assert "sk-not-for-the-record" not in manifest.read_text()
+    assert (settings["engine"], settings["model"], settings["job"]) == ("openai", "tiny-vlm", [1, 2])
+    assert settings["units"] == ["shard-000001", "shard-000003"] and settings["sampling"]["seed"] == 7
+    # the openai engine's own options were recorded (and given to it), not vLLM's
+    assert sorted(settings["options"]) == ["base_url", "concurrency", "max_retries", "timeout"]
+    assert server.bodies[0]["seed"] == 7
     stats = CliRunner().invoke(app, ["stats", str(out)])
     assert stats.exit_code == 0 and "captions: 20   errors: 0" in stats.output
     assert "share naming the species: 100.0%" in stats.output
+
+
+def test_cli_refuses_an_unknown_engine_before_any_work(tmp_path):
+    result = CliRunner().invoke(app, ["run", "--shards", "x.tar", "--out", str(tmp_path / "out"), "--engine", "tgi"])
+    assert result.exit_code == 2 and "unknown engine 'tgi'; use vllm or openai" in result.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_reports_bad_input_without_a_traceback(tmp_path):
