@@ -68,7 +68,8 @@ def run(
 ) -> None:
     """Caption every image of this job's units; a rerun skips finished units and finishes partial ones."""
     from biocap_captions.pipeline import RunOptions
-    from biocap_captions.runner import Inputs, run as run_job
+    from biocap_captions.runner import Inputs
+    from biocap_captions.runner import run as run_job
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request would bury the progress bar
