@@ -20,6 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
+#: The MediaWiki stand-in is test code kept out of the wheel; run as a script, it needs only biocap-core.
+STANDIN = Path(__file__).resolve().parents[1] / "packages" / "biocap-wiki" / "tests" / "standin.py"
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -31,7 +34,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         species = Path(tmp) / "species.csv"
-        server = subprocess.Popen([sys.executable, "-m", "biocap_wiki.standin", "--synthetic", str(args.species),
+        server = subprocess.Popen([sys.executable, str(STANDIN), "--synthetic", str(args.species),
                                    "--species-out", str(species)], stdout=subprocess.PIPE, text=True)
         try:
             api = server.stdout.readline().strip()

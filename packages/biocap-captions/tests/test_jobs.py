@@ -30,3 +30,19 @@ def test_flags_win_over_slurm_and_are_checked():
         resolve_job(2, None, {})
     with pytest.raises(JobSpecError, match="outside"):
         resolve_job(2, 2, {})
+
+
+def test_a_job_whose_share_is_empty_starts_no_engine_and_writes_no_manifest(toy_dir, tmp_path):
+    """The 12th task of a 12-task array over 4 shards has nothing to do: it must not load a model."""
+    from biocap_captions.engine import EngineSettings
+    from biocap_captions.pipeline import RunOptions
+    from biocap_captions.runner import Inputs, run
+
+    class NoEngine(EngineSettings):
+        def build(self):
+            raise AssertionError("the engine was started")
+
+    report = run(Inputs(shards=str(toy_dir / "train" / "shard-{000000..000003}.tar")), NoEngine("vllm"),
+                 RunOptions(out=tmp_path / "out", progress=False), num_jobs=12, job_index=11)
+    assert (report.finished, report.captions) == ([], 0)
+    assert (tmp_path / "out").is_dir() and not (tmp_path / "out" / "runs").exists()

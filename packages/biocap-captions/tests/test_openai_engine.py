@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import os
 import signal
@@ -23,7 +24,7 @@ from biocap_captions.engine import (
     Failure,
     SamplingConfig,
 )
-from biocap_captions.openai_engine import OpenAIEngine, image_mime, retry_after_seconds
+from biocap_captions.openai_engine import OpenAIEngine, image_mime
 from biocap_core import schemas
 from typer.testing import CliRunner
 
@@ -185,13 +186,10 @@ def test_run_help_shows_every_option_name_whole():
     assert [n for n in names if n not in result.output] == []
 
 
-def test_mime_and_retry_after_parsing():
+def test_mime_from_magic_numbers():
     assert image_mime(b"\x89PNG\r\n\x1a\nrest") == "image/png"
     assert image_mime(b"RIFF\x00\x00\x00\x00WEBPVP8 ") == "image/webp"
     assert image_mime(b"<html>") is None
-    assert retry_after_seconds("2.5") == 2.5 and retry_after_seconds(None) is None
-    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
-    assert retry_after_seconds("soon") is None
 
 
 def test_cli_run_with_the_openai_engine_then_stats(toy_dir, tmp_path, chat_server):
@@ -201,17 +199,31 @@ def test_cli_run_with_the_openai_engine_then_stats(toy_dir, tmp_path, chat_serve
             "run", "--shards", str(toy_dir / "train" / "shard-{000000..000003}.tar"), "--out", str(out),
             "--catalog", str(toy_dir / "catalog.parquet"), "--wiki", str(toy_dir / "wiki" / "wiki_descriptions.parquet"),
             "--engine", "openai", "--model", "tiny-vlm", "--base-url", server.url, "--batch-size", "8",
-            "--num-shards", "2", "--shard-index", "1", "--no-progress",
+            "--num-shards", "2", "--shard-index", "1", "--no-progress", "--api-key", "sk-not-for-the-record",
+            "--seed", "7",
         ])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (out / "captions").iterdir()) == ["shard-000001.parquet", "shard-000003.parquet"]
     captions = pl.concat([schemas.CAPTIONS.read(p) for p in (out / "captions").iterdir()])
     assert captions.height == 20 and captions["names_species"].all() and captions["wiki_used"].all()
     assert len(server.bodies) == 20
-    assert len(list((out / "runs").glob("*-job1of2-*.json"))) == 1
+    (manifest,) = (out / "runs").glob("*-job1of2-*.json")
+    settings = json.loads(manifest.read_text())
+    assert "sk-not-for-the-record" not in manifest.read_text()
+    assert (settings["engine"], settings["model"], settings["job"]) == ("openai", "tiny-vlm", [1, 2])
+    assert settings["units"] == ["shard-000001", "shard-000003"] and settings["sampling"]["seed"] == 7
+    # the openai engine's own options were recorded (and given to it), not vLLM's
+    assert sorted(settings["options"]) == ["base_url", "concurrency", "max_retries", "timeout"]
+    assert server.bodies[0]["seed"] == 7
     stats = CliRunner().invoke(app, ["stats", str(out)])
     assert stats.exit_code == 0 and "captions: 20   errors: 0" in stats.output
     assert "share naming the species: 100.0%" in stats.output
+
+
+def test_cli_refuses_an_unknown_engine_before_any_work(tmp_path):
+    result = CliRunner().invoke(app, ["run", "--shards", "x.tar", "--out", str(tmp_path / "out"), "--engine", "tgi"])
+    assert result.exit_code == 2 and "unknown engine 'tgi'; use vllm or openai" in result.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_reports_bad_input_without_a_traceback(tmp_path):

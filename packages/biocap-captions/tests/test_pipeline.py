@@ -50,7 +50,9 @@ def test_every_uuid_gets_exactly_one_caption_with_provenance(toy_dir, tmp_path, 
     engine = fake_engine()
     report = captioner(engine, tmp_path, toy_dir).run(units_of(toy_dir))
     captions, errors = outputs(tmp_path)
-    assert report.ok and report.captions == 40 and report.errors == 0
+    assert report.failed == {} and report.skipped == [] and report.errors_left == 0
+    assert report.finished == [f"shard-00000{i}" for i in range(4)]
+    assert report.captions == 40 and report.errors == 0
     assert sorted(captions["uuid"]) == sorted(shard_uuids(toy_dir))
     assert errors.height == 0
     assert set(captions["model"]) == {"fake-vlm"} and set(captions["prompt_version"]) == {PROMPT_VERSION}
@@ -70,7 +72,8 @@ def test_a_failing_sample_is_isolated_by_splitting_the_batch(toy_dir, tmp_path, 
     engine = fake_engine(raise_on={poison}, fail={rejected: "HTTP 400: image too large"})
     report = captioner(engine, tmp_path, toy_dir).run(units_of(toy_dir))
     captions, errors = outputs(tmp_path)
-    assert report.ok
+    assert report.failed == {} and len(report.finished) == 4
+    assert (report.captions, report.errors, report.errors_left) == (38, 2, 2)
     assert sorted(errors["uuid"]) == sorted([poison, rejected])
     reasons = dict(zip(errors["uuid"], errors["reason"]))
     assert reasons[poison] == f"ValueError: prompt of {poison} is too long"
@@ -120,6 +123,38 @@ def test_samples_without_an_image_or_with_an_empty_caption_are_errors(toy_dir, t
     assert reasons[no_image].startswith("no jpg member: sample")
     assert reasons[empty].startswith("empty caption")
     assert captions.height == 8 and no_image not in engine.requests
+
+
+def test_a_sample_without_a_common_name_is_prompted_by_its_scientific_name(toy_dir, tmp_path, fake_engine):
+    """Core's display-name fallback (``Taxon.common``), for shard members and catalog rows alike."""
+    samples = list(iter_samples(str(toy_dir / "train" / "shard-000000.tar"), require=()))[:3]
+    named, nameless = samples[0], samples[1]
+    shard = tmp_path / "in" / "shard-000000.tar"
+    shard.parent.mkdir()
+    with wds.TarWriter(str(shard)) as sink:
+        for s in samples:
+            sink.write({k: v for k, v in s.items() if k != "__url__" and not (s is nameless and k == "common_name.txt")})
+    captioner(fake_engine(), tmp_path / "shards-out", toy_dir, wiki=False).run(shard_units(str(shard)))
+    captions, _ = outputs(tmp_path / "shards-out")  # the fake engine's caption names what the prompt named
+    prompted = {u: c.removeprefix("The ").split(" shows ")[0] for u, c in zip(captions["uuid"], captions["caption"])}
+
+    (tmp_path / "img").mkdir()
+    for s in samples:
+        (tmp_path / "img" / f"{s['__key__']}.jpg").write_bytes(s["jpg"])
+    catalog = schemas.CATALOG.read(toy_dir / "catalog.parquet").filter(
+        pl.col("uuid").is_in([s["__key__"] for s in samples])
+    ).with_columns((pl.lit("img/") + pl.col("uuid") + ".jpg").alias("image_path"),
+                   pl.when(pl.col("uuid") == nameless["__key__"]).then(pl.lit("")).otherwise(pl.col("common_name"))
+                   .alias("common_name"))
+    captioner(fake_engine(), tmp_path / "catalog-out", toy_dir, wiki=False).run(
+        catalog_units(catalog, "catalog.parquet", tmp_path, rows_per_unit=8))
+    from_catalog, _ = outputs(tmp_path / "catalog-out")
+    assert dict(zip(from_catalog["uuid"], from_catalog["caption"])) == dict(zip(captions["uuid"], captions["caption"]))
+
+    scientific, common = nameless["scientific_name.txt"].decode(), named["common_name.txt"].decode()
+    assert prompted[nameless["__key__"]] == scientific != nameless["common_name.txt"].decode()
+    assert prompted[named["__key__"]] == common != named["scientific_name.txt"].decode()
+    assert captions["names_species"].all() and from_catalog["names_species"].all()
 
 
 def test_rerun_skips_finished_units_and_finishes_partial_ones(toy_dir, tmp_path, fake_engine):

@@ -6,7 +6,6 @@ import json
 import pickle
 import random
 import shutil
-from pathlib import Path
 
 import open_clip
 import pytest

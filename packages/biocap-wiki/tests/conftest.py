@@ -1,4 +1,5 @@
-"""Makes ``wikitest`` (the stand-in wiki's pages and the crawl runners) importable by the tests."""
+"""Makes the test-support modules importable by the tests: ``standin`` (the MediaWiki stand-in server,
+also run by ``benchmarks/wiki_throughput.py``) and ``wikitest`` (the stand-in wiki's pages and the crawl runners)."""
 
 import sys
 from pathlib import Path
@@ -7,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from biocap_wiki.standin import write_species
+from standin import write_species
 
 
 @pytest.fixture

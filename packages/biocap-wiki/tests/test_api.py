@@ -4,7 +4,6 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 from biocap_wiki.api import clean_title, query_url, read_parse, read_query, search_url
-from biocap_wiki.middlewares import retry_after_seconds
 
 
 def test_clean_title_follows_the_original():
@@ -38,12 +37,6 @@ def test_read_query_follows_normalisation_and_redirects_and_defers_continued_pag
     cat = pages["felis catus"]
     assert (cat.title, cat.pageid, cat.revid, cat.wikitext, cat.url) == ("Cat", 2, 20, "Cat text", "https://w/Cat")
     assert pages["Nope"].missing and pages["Mercury"].disambiguation and not pages["Mercury"].is_article
-
-
-def test_retry_after_accepts_seconds_and_http_dates():
-    assert retry_after_seconds(b"3") == 3.0
-    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
-    assert retry_after_seconds(None) is None and retry_after_seconds("soon") is None
 
 
 def test_a_parse_answer_for_another_revision_is_refused():

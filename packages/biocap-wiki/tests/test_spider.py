@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-from biocap_wiki.standin import Fault, maxlag_fault
+from standin import Fault, maxlag_fault
 from wikitest import CONTACT, check_outcomes, make_wiki, read_jsonl, run_scrapy, scrapy_command
 
 

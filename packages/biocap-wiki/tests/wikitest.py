@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from biocap_wiki.standin import StandinWiki, WikiPage, synthetic_pages
+from standin import StandinWiki, WikiPage, synthetic_pages
 
 PROJECT = Path(__file__).resolve().parents[1]
 CONTACT = "tests@example.org"

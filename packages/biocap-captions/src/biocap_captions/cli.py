@@ -4,38 +4,20 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import sys
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
 import typer
-from biocap_core import schemas
 from biocap_core.errors import BioCAPError
-from biocap_core.fileio import atomic_write
 
-from biocap_captions.engine import DEFAULT_MODEL, Engine, EngineBroken, SamplingConfig
-from biocap_captions.jobs import JobSpecError, resolve_job, select
+from biocap_captions.engine import DEFAULT_MODEL, EngineSettings, SamplingConfig
+from biocap_captions.jobs import JobSpecError
 from biocap_captions.prompt import PROMPT_VERSION, FormatExamples, PromptBuilder, PromptParts
 
 # Plain help text: rich's table cuts long option names ("--max-consecutive-fa…") at 80 columns
 # when the output is not a terminal (piped to less, grep, CI logs).
 app = typer.Typer(help="Trait captions for TreeOfLife images with vLLM or an OpenAI-compatible server.",
                   no_args_is_help=True, rich_markup_mode=None)
-
-
-def make_engine(name: str, model: str, sampling: SamplingConfig, **options) -> Engine:
-    """An engine by name; ``options`` are that engine's own keyword arguments."""
-    if name == "vllm":
-        from biocap_captions.vllm_engine import VLLMEngine
-
-        return VLLMEngine(model=model, sampling=sampling, **options)
-    if name == "openai":
-        from biocap_captions.openai_engine import OpenAIEngine
-
-        return OpenAIEngine(model=model, sampling=sampling, **options)
-    raise typer.BadParameter(f"unknown engine {name!r}; use vllm or openai", param_hint="--engine")
 
 
 def _fail(message: str) -> None:
@@ -87,63 +69,34 @@ def run(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Caption every image of this job's units; a rerun skips finished units and finishes partial ones."""
-    from biocap_captions.pipeline import Captioner, RunOptions
-    from biocap_captions.sources import catalog_units, load_descriptions, shard_units
-    from biocap_captions.store import prepare_output, writing
+    from biocap_captions.pipeline import RunOptions
+    from biocap_captions.runner import Inputs
+    from biocap_captions.runner import run as run_job
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request would bury the progress bar
     if shards is None and catalog is None:
         raise typer.BadParameter("give --shards, or --catalog with an image_path column", param_hint="--shards")
     try:
-        prepare_output(out)
-        if write_shards is not None:
-            prepare_output(write_shards)
-        jobs, index = resolve_job(num_shards, shard_index)
-        catalog_df = schemas.CATALOG.read(catalog) if catalog else None
-        if shards is not None:
-            units = shard_units(shards)
-        else:
-            units = catalog_units(catalog_df, str(catalog), image_root or catalog.parent, rows_per_unit)
-        mine = select(units, jobs, index)
-        descriptions = load_descriptions(wiki, catalog_df, str(catalog)) if wiki else None
-        prompts = PromptBuilder(FormatExamples.load(format_examples), max_wiki_chars, word_limit)
-    except (BioCAPError, JobSpecError, FileNotFoundError) as exc:
-        _fail(str(exc))
-    typer.echo(f"job {index + 1}/{jobs}: {len(mine)} of {len(units)} units; prompt {PROMPT_VERSION}", err=True)
-    if not mine:
-        return
-    sampling = SamplingConfig(temperature, top_p, max_tokens, seed)
-    if engine == "vllm":
-        options = dict(quantization=quantization, tensor_parallel_size=tensor_parallel_size,
-                       max_model_len=max_model_len, dtype=dtype, image_placeholder=image_placeholder or None,
-                       max_image_side=max_image_side, enable_prefix_caching=prefix_caching)
-    else:
-        options = dict(base_url=base_url, api_key=api_key, concurrency=concurrency, timeout=timeout,
-                       max_retries=max_retries)
-    settings = {"argv": sys.argv, "engine": engine, "model": model, "prompt_version": PROMPT_VERSION,
-                "sampling": sampling.__dict__, "job": [index, jobs], "units": [u.name for u in mine],
-                "options": {k: v for k, v in options.items() if k != "api_key"}}
-    started = datetime.now(timezone.utc)
-    settings_path = out / "runs" / f"{started:%Y%m%dT%H%M%S}-job{index}of{jobs}-{os.getpid()}.json"
+        engine_settings = EngineSettings(
+            engine, model, SamplingConfig(temperature, top_p, max_tokens, seed),
+            quantization=quantization, tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
+            dtype=dtype, image_placeholder=image_placeholder or None, max_image_side=max_image_side,
+            enable_prefix_caching=prefix_caching,
+            base_url=base_url, api_key=api_key, concurrency=concurrency, timeout=timeout, max_retries=max_retries)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--engine") from None
     try:
-        with writing(settings_path):
-            atomic_write(settings_path, lambda tmp: tmp.write_text(json.dumps(settings, indent=2, default=str)))
-        captioner_engine = make_engine(engine, model, sampling, **options)
-    except (ImportError, BioCAPError) as exc:
-        _fail(str(exc))
-    try:
-        report = Captioner(
-            captioner_engine, prompts,
+        report = run_job(
+            Inputs(shards=shards, catalog=catalog, image_root=image_root, rows_per_unit=rows_per_unit, wiki=wiki,
+                   format_examples=format_examples, max_wiki_chars=max_wiki_chars, word_limit=word_limit),
+            engine_settings,
             RunOptions(out=out, batch_size=batch_size, checkpoint_seconds=checkpoint_seconds,
                        write_shards=write_shards, max_consecutive_failures=max_consecutive_failures,
                        progress=progress, retry_errors=retry_errors),
-            descriptions,
-        ).run(mine)
-    except (EngineBroken, BioCAPError) as exc:
+            num_shards, shard_index)
+    except (BioCAPError, JobSpecError, FileNotFoundError, ImportError) as exc:
         _fail(str(exc))
-    finally:
-        captioner_engine.close()
     rate = (report.captions + report.errors) / report.seconds if report.seconds else 0.0
     typer.echo(f"finished {len(report.finished)} units ({len(report.skipped)} were already done): "
                f"{report.captions} captions, {report.errors} errors, {rate:.1f} images/s", err=True)

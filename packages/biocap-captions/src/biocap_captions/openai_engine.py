@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import email.utils
 import logging
 import random
 import threading
-import time
 from concurrent.futures import Future
 from typing import Sequence
 
 import httpx
+from biocap_core.retry_after import retry_after_seconds
 
 from biocap_captions import __version__
 from biocap_captions.engine import (
@@ -59,20 +58,6 @@ def image_mime(data: bytes) -> str | None:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "image/webp"
     return None
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    """``Retry-After`` as seconds (it may be a number or an HTTP date)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
 
 
 class _Retry(Exception):

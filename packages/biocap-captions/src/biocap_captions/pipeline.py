@@ -79,10 +79,6 @@ class RunReport:
     #: Error rows in all finished units of the run, finished now or before: what ``retry_errors`` would retry.
     errors_left: int = 0
 
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
 
 class _Pending:
     """Rows of one unit not yet checkpointed; engine failures of the current streak kept apart."""

@@ -51,13 +51,17 @@ def _text(sample: dict, member: str) -> str:
     return (value.decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else str(value)).strip()
 
 
-def names(common: str, scientific: str, taxonomic: str) -> tuple[str, str]:
-    """(display name, scientific name) as the original chose them.
+def names(tol: dict[str, str]) -> tuple[str, str]:
+    """(display name, scientific name) from TreeOfLife name members (``common_name`` ...).
 
-    Display: common name, else scientific, else taxonomic; scientific: the
-    scientific name, else the taxonomic one.
+    The display name is ``common_name`` as given: TreeOfLife writers fill it with
+    :attr:`biocap_core.taxonomy.Taxon.common`, which already falls back to the scientific,
+    then the taxonomic name. The scientific name falls back to the taxonomic one (no genus).
     """
-    return common or scientific or taxonomic, scientific or taxonomic
+    return tol["common_name"], tol["scientific_name"] or tol["taxonomic_name"]
+
+
+_NAME_MEMBERS = ("common_name", "scientific_name", "taxonomic_name")
 
 
 @dataclass(frozen=True)
@@ -75,9 +79,7 @@ class ShardUnit:
     def samples(self) -> Iterator[Sample]:
         for raw in iter_samples(self.url):
             uuid = raw["__key__"]
-            display, scientific = names(
-                _text(raw, "common_name.txt"), _text(raw, "scientific_name.txt"), _text(raw, "taxonomic_name.txt")
-            )
+            display, scientific = names({k: _text(raw, f"{k}.txt") for k in _NAME_MEMBERS})
             image = raw.get("jpg")
             yield Sample(
                 uuid=uuid,
@@ -141,9 +143,9 @@ class CatalogUnit:
             try:
                 n = tol_names(taxon)
             except EmptyTaxonError:  # BioCLIP's cleaning left no rank: nothing to name in the prompt
-                n = {"scientific_name": "", "taxonomic_name": ""}
+                n = dict.fromkeys(_NAME_MEMBERS, "")
                 problem = f"no taxonomic rank left after cleaning ({self.catalog_path} row {row['_row']})"
-            display, scientific = names(row.get("common_name") or "", n["scientific_name"], n["taxonomic_name"])
+            display, scientific = names(n)
             try:
                 image = None if problem else path.read_bytes()
             except OSError as exc:

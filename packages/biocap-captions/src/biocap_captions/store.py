@@ -6,6 +6,8 @@
     OUT/errors/<unit>.parquet       samples of the unit that got no caption, with the reason
     OUT/partial/<unit>/NNNNNN.{errors,captions}.parquet
                                     checkpoints of an unfinished unit
+    OUT/runs/<time>-job<i>of<n>-<pid>.json
+                                    the settings of each run (:func:`write_run_manifest`)
 
 Every file is written to a temp name and renamed. A rerun skips finished units,
 reads the checkpoints of unfinished ones to skip their uuids, and finishes
@@ -18,18 +20,20 @@ naming the file: going on would caption units whose results cannot be kept.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 
 import polars as pl
 from biocap_core import schemas
 from biocap_core.errors import BioCAPError
-from biocap_core.fileio import writable_folder
+from biocap_core.fileio import atomic_write, writable_folder
 
-CAPTIONS_DIR, ERRORS_DIR, PARTIAL_DIR = "captions", "errors", "partial"
+CAPTIONS_DIR, ERRORS_DIR, PARTIAL_DIR, RUNS_DIR = "captions", "errors", "partial", "runs"
 
 
 class ResumeMismatch(BioCAPError, ValueError):
@@ -64,6 +68,19 @@ def prepare_output(folder: str | os.PathLike) -> Path:
     """
     with writing(folder):
         return writable_folder(folder)
+
+
+def write_run_manifest(out: str | os.PathLike, settings: dict, job_index: int, num_jobs: int) -> Path:
+    """Keep a run's settings beside its output, one file per run, so captions can be traced to them.
+
+    Written before the engine starts (a run that dies loading the model is still on record); the
+    name carries the start time, the job and the process id, so concurrent jobs never share a file.
+    """
+    started = datetime.now(timezone.utc)
+    path = Path(out) / RUNS_DIR / f"{started:%Y%m%dT%H%M%S}-job{job_index}of{num_jobs}-{os.getpid()}.json"
+    with writing(path):
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(settings, indent=2, default=str)))
+    return path
 
 
 class UnitStore:

@@ -15,11 +15,10 @@ connection before any response came is not retried: the host is unreachable
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from time import monotonic
 
+from biocap_core.retry_after import retry_after_seconds
 from scrapy import signals
 from scrapy.downloadermiddlewares.retry import RetryMiddleware
 from scrapy.exceptions import CannotResolveHostError, DownloadConnectionRefusedError
@@ -34,22 +33,6 @@ API_ERROR_HEADER = b"MediaWiki-API-Error"
 #: Failures that mean no connection to the host at all: Scrapy's wrappers of Twisted's
 #: "connection refused" and DNS errors, and the Twisted errors it passes on (connect timeout, no route).
 CONNECT_ERRORS = (DownloadConnectionRefusedError, CannotResolveHostError, ConnectError)
-
-
-def retry_after_seconds(value: bytes | str | None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    text = (value.decode() if isinstance(value, bytes) else value).strip()
-    try:
-        return max(0.0, float(text))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def status_message(status: int) -> str:

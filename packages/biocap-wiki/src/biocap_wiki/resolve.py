@@ -36,8 +36,11 @@ from biocap_wiki.api import Page, clean_title
 from biocap_wiki.extract import Extract, describe, parse
 from biocap_wiki.taxobox import has_higher_ranks, ranks_agree, wikitext_ranks
 
-Taxon = tuple[str, ...]
-"""The seven ranks kingdom ... species, as in the input list."""
+RankValues = tuple[str, ...]
+"""One expected taxonomy: the seven rank values kingdom ... species, as in the input list.
+
+A plain tuple, not :class:`biocap_core.taxonomy.Taxon`: it is compared, hashed and pickled
+into the JOBDIR state as read, and never cleaned or turned into text."""
 
 NOT_FOUND = "not found"
 DISAMBIGUATION_ONLY = "disambiguation only"
@@ -72,7 +75,7 @@ class Render:
 class Found:
     """A description for one expected taxonomy."""
 
-    taxon: Taxon
+    taxon: RankValues
     page: Page
     extract: Extract
 
@@ -81,7 +84,7 @@ class Found:
 class Failed:
     """No description for one expected taxonomy, and why."""
 
-    taxon: Taxon
+    taxon: RankValues
     reason: str
     detail: str
 
@@ -96,7 +99,7 @@ def _ranks_text(ranks: dict[str, str]) -> str:
 @dataclass
 class Lookup:
     binomial: str
-    taxa: list[Taxon]
+    taxa: list[RankValues]
     ambiguous: bool
     candidates: list[tuple[str, bool]] = field(default_factory=list)  # (title, reached by search)
     pages: dict[str, Page] = field(default_factory=dict)  # requested title -> page
@@ -109,7 +112,7 @@ class Lookup:
     cursor: int = 0
 
     @classmethod
-    def new(cls, binomial: str, taxa: list[Taxon]) -> Lookup:
+    def new(cls, binomial: str, taxa: list[RankValues]) -> Lookup:
         return cls(binomial=binomial, taxa=list(taxa), ambiguous=len(taxa) > 1)
 
     @property

@@ -18,12 +18,12 @@ from biocap_core import schemas
 from biocap_core.errors import SchemaError
 from biocap_core.schemas import RANK_COLUMNS
 
-from biocap_wiki.resolve import Taxon
+from biocap_wiki.resolve import RankValues
 
 KEY = ("binomial",) + RANK_COLUMNS
 
 
-def load_species(path: str | os.PathLike) -> list[tuple[str, list[Taxon]]]:
+def load_species(path: str | os.PathLike) -> list[tuple[str, list[RankValues]]]:
     """Read a species list and group it: ``[(binomial, [taxonomy, ...]), ...]`` in file order.
 
     Repeated (binomial, taxonomy) rows count once; a binomial with several
@@ -35,13 +35,13 @@ def load_species(path: str | os.PathLike) -> list[tuple[str, list[Taxon]]]:
     if empty.height:
         raise SchemaError(f"{path}: column 'binomial' is blank in {empty.height} row(s); "
                           f"first rows (0-based): {empty['_row'].head(5).to_list()}")
-    groups: dict[str, list[Taxon]] = {}
+    groups: dict[str, list[RankValues]] = {}
     for row in df.select(KEY).unique(maintain_order=True).iter_rows():
         groups.setdefault(row[0], []).append(tuple(row[1:]))
     return list(groups.items())
 
 
-def fingerprint(species: list[tuple[str, list[Taxon]]]) -> str:
+def fingerprint(species: list[tuple[str, list[RankValues]]]) -> str:
     """A digest of a grouped species list, to refuse resuming a job with another list."""
     digest = hashlib.sha256()
     for binomial, taxa in species:

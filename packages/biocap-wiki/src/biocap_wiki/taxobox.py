@@ -7,7 +7,7 @@ manual ``{{Taxobox}}`` lists them, and otherwise from the rendered taxobox
 (``action=parse``): automatic taxoboxes (``{{Speciesbox}}`` and kin) name
 only the genus in wikitext and resolve the higher ranks when rendered.
 
-The comparison is the original's (§5.3 of the reference): kingdom to genus,
+The comparison is the original's (``wiki_scraper/scraper_ambiguous_names.py``): kingdom to genus,
 only ranks present on both sides, each equal after lower-casing and
 whitespace collapsing, or equal after "soft" normalisation (letters only,
 one common suffix stripped if at least four letters remain).

@@ -1,4 +1,4 @@
-"""A local MediaWiki Action API stand-in, for the tests and the benchmark.
+"""A local MediaWiki Action API stand-in, for the tests and the benchmark (test code: not in the wheel).
 
 It answers the three calls the spider makes with the JSON shapes English
 Wikipedia returns (``formatversion=2``): batched ``action=query`` with
@@ -10,8 +10,8 @@ Faults (a 429 with Retry-After, a 503, a ``maxlag`` error) can be queued, an
 outage answers 503 to every request it matches until it is lifted, and a
 request can be held until the test releases it. Every request is logged.
 
-Run ``python -m biocap_wiki.standin --synthetic 5000 --species-out s.csv`` to
-serve a synthetic wiki from another process (the benchmark does).
+Run ``python packages/biocap-wiki/tests/standin.py --synthetic 5000 --species-out s.csv``
+to serve a synthetic wiki from another process (``benchmarks/wiki_throughput.py`` does).
 """
 
 from __future__ import annotations
