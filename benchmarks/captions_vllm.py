@@ -40,7 +40,7 @@ def photo_shard(toy: Path, path: Path, n: int, seed: int) -> dict[str, str]:
     from PIL import Image
 
     rng = np.random.default_rng(seed)
-    base = list(iter_samples(str(toy / "train" / "shard-000000.tar"), require=()))
+    base = list(iter_samples(str(toy / "train" / "shard-000000.tar")))
     noise = {size: rng.integers(-12, 13, (size[1], size[0], 3), dtype=np.int16) for size in PHOTO_SIZES}
     origin = {}
     with wds.TarWriter(str(path)) as sink:

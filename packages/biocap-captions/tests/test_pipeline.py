@@ -127,7 +127,7 @@ def test_samples_without_an_image_or_with_an_empty_caption_are_errors(toy_dir, t
 
 def test_a_sample_without_a_common_name_is_prompted_by_its_scientific_name(toy_dir, tmp_path, fake_engine):
     """Core's display-name fallback (``Taxon.common``), for shard members and catalog rows alike."""
-    samples = list(iter_samples(str(toy_dir / "train" / "shard-000000.tar"), require=()))[:3]
+    samples = list(iter_samples(str(toy_dir / "train" / "shard-000000.tar")))[:3]
     named, nameless = samples[0], samples[1]
     shard = tmp_path / "in" / "shard-000000.tar"
     shard.parent.mkdir()
