@@ -9,9 +9,11 @@
    (warm-up). Prints both figures and ours/OpenCLIP.
 2. Loader: samples/s of biocap-train's data stream on TreeOfLife-size JPEGs (toy images
    rendered at 512 and 1024 px) with and without PIL draft decoding, for a 224 px crop.
-3. On a CUDA machine: ViT-B-16, one GPU, synthetic batches, bf16 autocast and pure bf16, eager
-   and torch.compile: samples/s and model FLOPs utilisation (FLOPs counted by
-   torch.utils.flop_counter for one step; writes gpu.json in the work folder).
+3. On a CUDA machine, within --budget-s of GPU time: ViT-B-16 at batch 512 on synthetic batches,
+   each step route of issue 15 alone and together (see ROUTES): samples/s, MFU (FLOPs of one step
+   by torch.utils.flop_counter over the datasheet's dense bf16 peak) and the loss curve against
+   the baseline's; then end to end from TreeOfLife-sized JPEG shards with CPU and with GPU decoding
+   and the CPU cores kept busy; and projected H100-hours for 500M samples. Writes gpu.json.
 
 Prints figures only; nothing here is a test.
 """
