@@ -6,7 +6,7 @@ import open_clip
 import pytest
 import torch
 
-from biocap_core.model import MAX_LOGIT_SCALE, BioCAP, build_model
+from biocap_core.model import MAX_LOGIT_SCALE, BioCAP, build_model, set_causal_text_attention
 
 
 def _batch(model, n=4):
@@ -110,3 +110,45 @@ def test_unknown_model_error_lists_toolkit_models():
 
     with pytest.raises(ValueError, match="BioCAP-toy"):
         resolve_config("no-such-model")
+
+
+def _text_pass(model, text):
+    """Text features and their gradient w.r.t. every text-tower parameter."""
+    model.zero_grad(set_to_none=True)
+    feats = model.encode_text(text)
+    feats.square().sum().backward()
+    return feats.detach(), [p.grad.clone() for p in model.transformer.parameters()]
+
+
+def test_causal_text_mask_goes_to_sdpa_as_is_causal_with_the_same_outputs(tiny_cfg, monkeypatch):
+    model = build_model(tiny_cfg)
+    _, text = _batch(model)
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        mask = kwargs.get("attn_mask", args[3] if len(args) > 3 else None)
+        calls.append((mask is None, kwargs.get("is_causal", args[5] if len(args) > 5 else False)))
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    hinted, hinted_grads = _text_pass(model, text)
+    layers = len(model.transformer.resblocks)
+    assert calls == [(True, True)] * layers  # no mask tensor, the kernel masks
+    calls.clear()
+    set_causal_text_attention(model, False)
+    masked, masked_grads = _text_pass(model, text)
+    assert calls == [(False, False)] * layers  # OpenCLIP's explicit float mask
+    assert torch.allclose(hinted, masked, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(hinted_grads, masked_grads))
+    set_causal_text_attention(model, True)
+    with torch.no_grad():  # inference (MHA's fast path keeps using the mask)
+        assert torch.allclose(model.eval().encode_text(text), masked, atol=1e-5)
+    assert set(model.state_dict()) == set(build_model(tiny_cfg).state_dict())
+
+
+def test_a_text_tower_without_causal_mask_is_left_alone(tiny_cfg):
+    tiny_cfg["text_cfg"]["no_causal_mask"] = True
+    model = build_model(tiny_cfg)
+    assert model.attn_mask is None
+    assert all(type(b.attn) is torch.nn.MultiheadAttention for b in model.transformer.resblocks)

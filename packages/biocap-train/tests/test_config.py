@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from biocap_train.config import TrainConfig, parse_args
+from biocap_train.config import TrainConfig, parse_args, read_config_file
 
 
 def test_open_clip_flags_parse():
@@ -56,3 +56,15 @@ def test_invalid_values_are_rejected_with_the_flag_name():
         TrainConfig(caption_share=2.0).validate()
     with pytest.raises(ValueError, match="upsampling-factors needs --dataset-resampled"):
         TrainConfig(train_data_upsampling_factors="1::2").validate()
+
+
+def test_speed_options_parse_and_a_bad_compile_mode_is_named(tmp_path):
+    cfg, _ = parse_args(["--torchcompile", "--torchcompile-mode", "max-autotune", "--no-fused-adamw",
+                         "--gpu-decode"])
+    assert (cfg.torchcompile_mode, cfg.fused_adamw, cfg.gpu_decode) == ("max-autotune", False, True)
+    default = TrainConfig()
+    assert (default.torchcompile_mode, default.fused_adamw, default.gpu_decode) == ("default", True, False)
+    path = tmp_path / "run.toml"
+    path.write_text('torchcompile-mode = "fastest"\n')
+    with pytest.raises(ValueError, match="--torchcompile-mode 'fastest'"):
+        TrainConfig(**read_config_file(path)).validate()

@@ -34,3 +34,7 @@ class UnwritableFolder(BioCAPError, OSError):
 
 class EmptyTaxonError(BioCAPError, ValueError):
     """A taxon has no rank left after BioCLIP's cleaning, so it has no TreeOfLife-10M text."""
+
+
+class GpuDecodeUnavailable(BioCAPError, RuntimeError):
+    """``--gpu-decode`` was asked for where there is no CUDA device to decode on."""

@@ -65,6 +65,7 @@ class BioCAP(open_clip.CLIP):
         self.model_cfg.pop("cast_dtype", None)
         self.preprocess_cfg: dict[str, Any] = {}
         self.load_report = None  # set by biocap_core.checkpoints when weights are loaded
+        set_causal_text_attention(self, True)
 
     # ---- image side ----
     def _projection(self, head: str) -> torch.Tensor:
@@ -136,6 +137,33 @@ class BioCAP(open_clip.CLIP):
         """(height, width) the vision tower expects."""
         size = self.visual.image_size
         return (size, size) if isinstance(size, int) else tuple(size)
+
+
+class _CausalHintAttention(nn.MultiheadAttention):
+    """``nn.MultiheadAttention`` told that the mask it is given is the causal one.
+
+    OpenCLIP's text blocks pass the causal mask as a float tensor, and SDPA's flash kernel takes
+    no explicit mask. With ``is_causal`` (and no weights asked for) PyTorch's attention drops the
+    tensor and lets the kernel mask (``F.multi_head_attention_forward``), so the text tower can
+    use the flash and memory-efficient kernels. The mask is still passed: MHA requires one with
+    ``is_causal``, and its inference fast path uses it."""
+
+    def forward(self, *args, **kwargs):
+        kwargs.setdefault("is_causal", kwargs.get("attn_mask") is not None)
+        return super().forward(*args, **kwargs)
+
+
+def set_causal_text_attention(model: BioCAP, enabled: bool = True) -> None:
+    """Give the text tower's causal mask to SDPA as ``is_causal`` (the default of every BioCAP),
+    or with ``enabled=False`` as OpenCLIP passes it (the baseline of benchmarks/train_throughput.py).
+    A text tower without the standard causal mask (``no_causal_mask``) is left as it is."""
+    mask = model.attn_mask
+    if mask is None or not torch.equal(mask, torch.full_like(mask, float("-inf")).triu(1)):
+        return
+    for block in model.transformer.resblocks:
+        if isinstance(block.attn, nn.MultiheadAttention):
+            # a class swap, not a new module: the same parameters, state-dict keys and hooks
+            block.attn.__class__ = _CausalHintAttention if enabled else nn.MultiheadAttention
 
 
 #: The toolkit's own architectures (``BioCAP-toy``): one JSON file each, named like OpenCLIP's.

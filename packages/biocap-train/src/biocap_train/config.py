@@ -22,6 +22,8 @@ from biocap_core.taxonomy import TRAIN_TAXONOMIC_TYPES
 
 TEXT_TYPES: tuple[str, ...] = ("random",) + TRAIN_TAXONOMIC_TYPES + ("caption",)
 PRECISIONS = ("fp32", "amp", "amp_bf16", "bf16")
+#: torch.compile modes (``--torchcompile-mode``); "max-autotune" benchmarks kernels at start-up.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def _f(default: Any = None, help: str = "", choices: Sequence[str] | None = None,
@@ -57,6 +59,8 @@ class TrainConfig:
                                     "caption.txt inside the shards.")
     draft_decode: bool = _f(True, "Decode large JPEGs at reduced size (PIL draft) when the crop is smaller.",
                             bool_negatable=True)
+    gpu_decode: bool = _f(False, "Decode, crop and normalise JPEGs on the GPU (nvJPEG), batched; the data "
+                                 "workers only read bytes. Needs CUDA.")
     # ---- model ----
     model: str = _f("ViT-B-16", "OpenCLIP architecture name, hf-hub:/local-dir: name or JSON config file.")
     pretrained: str | None = _f(None, "Initial weights: an OpenCLIP tag (openai), an hf-hub: name or a "
@@ -72,6 +76,8 @@ class TrainConfig:
     beta1: float = _f(0.9, "AdamW beta1.")
     beta2: float = _f(0.98, "AdamW beta2.")
     eps: float = _f(1e-6, "AdamW epsilon.")
+    fused_adamw: bool = _f(True, "AdamW's fused kernel on CPU and CUDA (the same update up to rounding; "
+                                 "--no-fused-adamw: PyTorch's default loop).", bool_negatable=True)
     grad_clip_norm: float | None = _f(None, "Clip the gradient norm to this value.")
     precision: str = _f("amp", "Numeric precision (amp: fp16 autocast with loss scaling; bf16: pure bf16 "
                                "weights).", PRECISIONS)
@@ -79,6 +85,7 @@ class TrainConfig:
     accum_freq: int = _f(1, "Micro-batches per optimiser step (features cached so the loss sees the whole "
                             "accumulated batch, as OpenCLIP).")
     torchcompile: bool = _f(False, "torch.compile the model.")
+    torchcompile_mode: str = _f("default", "torch.compile mode with --torchcompile.", COMPILE_MODES)
     local_loss: bool = _f(True, "Each rank scores its own samples against all gathered features.",
                           bool_negatable=True)
     gather_with_grad: bool = _f(True, "All-gather features with gradient (the scalable, exact setting).",
@@ -122,6 +129,8 @@ class TrainConfig:
             problems.append(f"--text-type {self.text_type!r}: expected one of {TEXT_TYPES}")
         if self.precision not in PRECISIONS:
             problems.append(f"--precision {self.precision!r}: expected one of {PRECISIONS}")
+        if self.torchcompile_mode not in COMPILE_MODES:
+            problems.append(f"--torchcompile-mode {self.torchcompile_mode!r}: expected one of {COMPILE_MODES}")
         if not 0.0 <= self.caption_share <= 1.0:
             problems.append(f"--caption-share {self.caption_share}: must lie in [0, 1]")
         for name in ("batch_size", "accum_freq", "epochs", "shuffle_buffer", "log_every_n_steps",

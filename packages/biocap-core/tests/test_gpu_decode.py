@@ -1,0 +1,103 @@
+"""The --gpu-decode path gives the tensors of core's PIL preprocessing, on CPU and (where present) CUDA.
+
+Tolerance: decoders and bicubic resamplers round differently, so a value may differ by a few uint8
+levels on edges. On CPU (libjpeg in both paths) we allow 3 levels per value (3/255 over the smallest
+std, 0.046 after normalisation) and a mean difference of 0.002; on CUDA (nvJPEG's own IDCT and
+chroma upsampling) a mean difference of 0.01 (below one uint8 level) and 0.25 per value.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+
+import pytest
+import torch
+from PIL import Image
+
+from biocap_core.errors import GpuDecodeUnavailable
+from biocap_core.gpu_decode import DevicePreprocess, decode_batch, require_cuda
+from biocap_core.preprocess import decode_image, image_transform
+from biocap_core.toy import BACKGROUNDS, TILTS, make_species, render
+
+CPU_MAX, CPU_MEAN = 3 / 255 / 0.2613, 0.002
+CUDA_MAX, CUDA_MEAN = 0.25, 0.01
+
+
+def _photo(i: int, size: tuple[int, int], mode: str = "RGB", fmt: str = "JPEG") -> bytes:
+    """A toy organism photo (smooth shapes and edges, like a real one) encoded at ``size``."""
+    rng = random.Random(i)
+    img = render(make_species(4)[i % 4], rng, 256, rng.choice(list(BACKGROUNDS)), rng.choice(TILTS))
+    buf = io.BytesIO()
+    img.resize(size, Image.BICUBIC).convert(mode).save(buf, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def sources() -> list[bytes]:
+    return [_photo(0, (500, 375)), _photo(1, (375, 500)), _photo(2, (224, 224)), _photo(3, (1024, 683)),
+            _photo(4, (300, 150), mode="L"),  # greyscale JPEG: decoded to RGB
+            _photo(5, (320, 240), fmt="PNG"),  # not a JPEG: decoded by PIL in the worker
+            _photo(6, (200, 180), mode="CMYK")]  # CMYK JPEG: decoded by PIL in the worker
+
+
+def _assert_close(out: torch.Tensor, ref: torch.Tensor, max_diff: float, mean_diff: float) -> None:
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    diff = (out.float().cpu() - ref).abs()
+    assert diff.amax() <= max_diff, diff.amax(dim=(1, 2, 3))
+    assert diff.mean(dim=(1, 2, 3)).amax() <= mean_diff, diff.mean(dim=(1, 2, 3))
+
+
+def _eval_reference(sources, size):
+    return torch.stack([image_transform(size, train=False)(decode_image(s)) for s in sources])
+
+
+def _train_pair(sources, size, device):
+    """(device path, PIL path) of the train transform, each from the same seed."""
+    prep, pil = DevicePreprocess(size, train=True), image_transform(size, train=True)
+    torch.manual_seed(7)
+    batch = prep.collate([prep.encode(s) for s in sources])
+    torch.manual_seed(7)
+    ref = torch.stack([pil(decode_image(s)) for s in sources])
+    return prep(batch, device), ref
+
+
+def test_eval_batch_matches_the_pil_transform_on_cpu(sources):
+    _assert_close(decode_batch(sources, 224, "cpu"), _eval_reference(sources, 224), CPU_MAX, CPU_MEAN)
+
+
+def test_train_batch_draws_the_pil_transforms_crops_from_the_same_seed(sources):
+    out, ref = _train_pair(sources, 96, "cpu")
+    _assert_close(out, ref, CPU_MAX, CPU_MEAN)
+
+
+def test_workers_hand_over_jpeg_bytes_and_decode_only_the_rest(sources):
+    prep = DevicePreprocess(224, train=False)
+    batch = prep.collate([prep.encode(s) for s in sources])
+    assert [x.ndim for x in batch.images] == [1, 1, 1, 1, 1, 3, 3]
+    assert bytes(batch.images[0].numpy()) == sources[0] and batch.boxes is None
+
+
+def test_a_truncated_jpeg_fails_in_the_worker_like_the_cpu_path(sources):
+    with pytest.raises(OSError):
+        DevicePreprocess(224, train=False).encode(sources[0][: len(sources[0]) // 2])
+
+
+def test_pure_bf16_runs_get_the_batch_in_their_dtype(sources):
+    assert decode_batch(sources[:2], 64, "cpu", dtype=torch.bfloat16).dtype == torch.bfloat16
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (nvJPEG)")
+def test_eval_and_train_batches_match_the_pil_transform_on_cuda(sources):
+    out = decode_batch(sources, 224, "cuda")
+    assert out.device.type == "cuda"
+    _assert_close(out, _eval_reference(sources, 224), CUDA_MAX, CUDA_MEAN)
+    _assert_close(*_train_pair(sources, 224, "cuda"), CUDA_MAX, CUDA_MEAN)
+
+
+def test_gpu_decode_is_refused_without_cuda(monkeypatch):
+    with pytest.raises(GpuDecodeUnavailable, match="--gpu-decode needs CUDA"):
+        require_cuda("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(GpuDecodeUnavailable, match="no CUDA device is available"):
+        require_cuda("cuda")
