@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Union
 
-from biocap_core.schemas import RANK_COLUMNS
+from biocap_core.taxonomy import RANKS as RANK_COLUMNS
 
 from biocap_wiki.api import Page, clean_title
 from biocap_wiki.extract import Extract, describe, parse

@@ -28,7 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlparse
 
-from biocap_core.schemas import RANK_COLUMNS
+from biocap_core.taxonomy import RANKS as RANK_COLUMNS
 
 _RANK_LABELS = {"kingdom": "Kingdom", "phylum": "Phylum", "class": "Class", "order": "Order",
                 "family": "Family", "genus": "Genus", "species": "Species"}

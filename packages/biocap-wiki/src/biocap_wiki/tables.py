@@ -16,7 +16,7 @@ from pathlib import Path
 import polars as pl
 from biocap_core import schemas
 from biocap_core.errors import SchemaError
-from biocap_core.schemas import RANK_COLUMNS
+from biocap_core.taxonomy import RANKS as RANK_COLUMNS
 
 from biocap_wiki.resolve import Taxon
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from biocap_core.schemas import RANK_COLUMNS
+from biocap_core.taxonomy import RANKS as RANK_COLUMNS
 from mwparserfromhell.wikicode import Wikicode
 from parsel import Selector
 

@@ -30,7 +30,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import scrapy
-from biocap_core.schemas import RANK_COLUMNS
+from biocap_core.taxonomy import RANKS as RANK_COLUMNS
 from scrapy import signals
 from scrapy.exceptions import CloseSpider, DontCloseSpider
 from scrapy.spidermiddlewares.httperror import HttpError
