@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from biocap_core.checkpoints import load_model
-from biocap_core.preprocess import decode_image
+from biocap_core.preprocess import decode_image, image_transform
 from biocap_core.toy import BACKGROUNDS, TILTS, make_species, render
 from biocap_core.zeroshot import autocast
 from biocap_eval.embedding import Encoder
@@ -66,7 +66,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_photos(Path(tmp), args.images, tuple(args.photo_size))
-        batch = torch.stack([enc.transform(decode_image(p)) for p in paths[:args.batch_size]]).to(args.device)
+        transform = image_transform(model, train=False)
+        batch = torch.stack([transform(decode_image(p)) for p in paths[:args.batch_size]]).to(args.device)
         enc.image_files(paths[: args.batch_size])  # warm-up: lazy init, kernels, worker start code paths
 
         steps = max(1, args.images // args.batch_size)
@@ -84,7 +85,7 @@ def main() -> None:
         sync(args.device)
         end_to_end = len(paths) / (time.perf_counter() - start)
 
-    assert feats.shape[0] == len(paths)
+    assert feats.vectors.shape[0] == len(paths) and not feats.unreadable
     print(f"model {args.model} on {args.device} ({precision}), {torch.get_num_threads()} torch threads, "
           f"batch {args.batch_size}, {args.workers} workers, {args.images} JPEGs of "
           f"{args.photo_size[0]}x{args.photo_size[1]}")
