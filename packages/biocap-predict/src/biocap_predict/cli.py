@@ -17,9 +17,10 @@ from biocap_core.taxonomy import TAXON_LABEL_TYPES
 
 app = typer.Typer(help="Name the organism in a photo with any BioCAP/BioCLIP-style model.", no_args_is_help=True)
 
-MODEL = typer.Option("hf-hub:imageomics/biocap", "--model",
-                     help="OpenCLIP/toolkit architecture, hf-hub: or local-dir: name, or JSON config.")
-PRETRAINED = typer.Option(None, "--pretrained", help="OpenCLIP tag or checkpoint file (e.g. a biocap-train run's).")
+MODEL = typer.Option("hf-hub:imageomics/biocap", "--model", help="OpenCLIP or toolkit architecture (BioCAP-toy), "
+                     "hf-hub:/local-dir: name, JSON config, or a biocap-train checkpoint (.pt: it carries its config).")
+PRETRAINED = typer.Option(None, "--pretrained", help="OpenCLIP tag (e.g. openai) or weights file for --model's "
+                          "architecture.")
 DEVICE = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
 PRECISION = typer.Option(None, "--precision", help=f"{', '.join(PRECISIONS)} (default: amp on GPU, else fp32).")
 BATCH = typer.Option(32, "--batch-size", min=1, help="Images per forward pass.")
