@@ -27,11 +27,11 @@ import torch
 
 from biocap_core.checkpoints import load_model
 from biocap_core.gpu_decode import DevicePreprocess, require_cuda
-from biocap_core.preprocess import decode_image
+from biocap_core.preprocess import decode_image, image_transform
+from biocap_core.runtime import default_device, default_precision
 from biocap_core.toy import BACKGROUNDS, TILTS, make_species, render
 from biocap_core.zeroshot import autocast
 from biocap_eval.embedding import Encoder
-from biocap_eval.runner import default_device, default_precision
 
 
 def write_photos(folder: Path, n: int, size: tuple[int, int]) -> list[Path]:
@@ -89,7 +89,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_photos(Path(tmp), args.images, tuple(args.photo_size))
-        batch = torch.stack([enc.transform(decode_image(p)) for p in paths[:args.batch_size]]).to(args.device)
+        transform = image_transform(model, train=False)
+        batch = torch.stack([transform(decode_image(p)) for p in paths[:args.batch_size]]).to(args.device)
         # warm-up: lazy init, kernels (nvJPEG's too), worker start code paths
         if args.gpu_decode:
             device_decoded(model, paths[: args.batch_size], args.device, precision, args.batch_size, args.workers)
@@ -110,7 +111,9 @@ def main() -> None:
         if args.gpu_decode:
             feats = device_decoded(model, paths, args.device, precision, args.batch_size, args.workers)
         else:
-            feats = enc.image_files(paths).vectors
+            result = enc.image_files(paths)
+            assert not result.unreadable
+            feats = result.vectors
         sync(args.device)
         end_to_end = len(paths) / (time.perf_counter() - start)
 

@@ -55,6 +55,20 @@ def test_original_training_checkpoint_with_module_prefix_and_optimizer(trained, 
     assert loaded.logit_scale_caption.item() == 4.0
 
 
+def test_a_checkpoint_carrying_its_config_is_a_model_by_itself(trained, images, tmp_path):
+    path = tmp_path / "step_00000008.pt"  # as biocap-train writes them: weights, step and model_cfg
+    torch.save({"step": 8, "state_dict": trained.state_dict(), "model_cfg": trained.model_cfg}, path)
+    loaded = load_model(str(path)).eval()
+    assert loaded.load_report.metadata == {"step": 8}
+    for head in ("tax", "caption"):
+        assert torch.equal(loaded.encode_image(images, head=head), trained.encode_image(images, head=head))
+    with pytest.raises(ValueError, match="cannot be combined"):
+        load_model(str(path), "openai")
+    bare = save_weights(trained, tmp_path / "bare.safetensors")
+    with pytest.raises(CheckpointError, match=r"bare.safetensors: holds no model config.*--pretrained"):
+        load_model(str(bare))
+
+
 def test_single_projector_checkpoint_copies_proj_into_caption_head(trained, tiny_cfg, tmp_path):
     sd = single_projector_state_dict(trained, "tax")
     assert "visual.caption_proj" not in sd and "logit_scale_caption" not in sd

@@ -11,7 +11,8 @@ import torch
 from typer.testing import CliRunner
 
 from biocap_core.checkpoints import save_weights
-from biocap_eval.cli import app, read_templates
+from biocap_eval.api import evaluate
+from biocap_eval.cli import app
 from biocap_eval.registry import load_registry
 from biocap_eval.runner import ModelSpec, RunOptions, run
 from biocap_eval.tasks import EvalError, Settings
@@ -121,17 +122,31 @@ def test_run_errors_name_what_is_wrong(toy_dir, tiny_json, tmp_path):
     assert bad_head.exit_code == 2 and "--head must be tax or caption" in bad_head.output
 
 
+def test_a_training_checkpoint_is_a_model_by_itself(toy_dir, tiny_model, tmp_path):
+    ckpt = tmp_path / "step_00000003.pt"  # as biocap-train writes them: it carries its model config
+    torch.save({"step": 3, "state_dict": tiny_model.state_dict(), "model_cfg": tiny_model.model_cfg}, ckpt)
+    result = invoke("run", "--model", ckpt, "--data-root", toy_dir, "-b", "toy-retrieval", "--out", tmp_path / "r",
+                    "--workers", 0, "--quiet")
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "r" / "step_00000003" / "toy-retrieval.json").read_text())
+    assert doc["metrics"] == pytest.approx(evaluate(tiny_model, ["toy-retrieval"], toy_dir)["toy-retrieval"].metrics)
+    bare = save_weights(tiny_model, tmp_path / "bare.safetensors")
+    refused = invoke("run", "--model", bare, "--data-root", toy_dir, "-b", "toy-retrieval", "--out", tmp_path / "r")
+    assert refused.exit_code == 1 and "holds no model config" in refused.output
+    assert f"--model ViT-B-16 --pretrained {bare}" in refused.output
+
+
 def test_templates_file(tmp_path, toy_dir, tiny_json):
     good = tmp_path / "t.txt"
     good.write_text("# mine\na photo of {}.\n\nitap of a {}.\n")
-    assert read_templates(good) == ("a photo of {}.", "itap of a {}.")
+    assert Settings().with_templates(good).templates == ("a photo of {}.", "itap of a {}.")
     as_json = tmp_path / "t.json"
     as_json.write_text(json.dumps(["{}", "a {} in the wild"]))
-    assert read_templates(as_json) == ("{}", "a {} in the wild")
+    assert Settings().with_templates(as_json).templates == ("{}", "a {} in the wild")
     bad = tmp_path / "bad.txt"
     bad.write_text("a photo of {}.\na photo of {c}.\nno slot\n")
     with pytest.raises(EvalError, match=r"bad.txt: template\(s\) at line/item \[2, 3\]"):
-        read_templates(bad)
+        Settings().with_templates(bad)
     result = invoke("run", "--model", tiny_json, "--data-root", toy_dir, "-b", "toy-zeroshot", "--out",
                     tmp_path / "r", "--workers", 0, "--quiet", "--templates", good)
     assert result.exit_code == 0, result.output

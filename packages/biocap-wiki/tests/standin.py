@@ -28,7 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlparse
 
-from biocap_core.schemas import RANK_COLUMNS
+from biocap_core.taxonomy import RANKS
 
 _RANK_LABELS = {"kingdom": "Kingdom", "phylum": "Phylum", "class": "Class", "order": "Order",
                 "family": "Family", "genus": "Genus", "species": "Species"}
@@ -285,7 +285,7 @@ def synthetic_pages(n: int, seed: int = 0) -> tuple[list[WikiPage], dict[str, st
         kingdom, phylum, klass, order, family = _KINGDOMS[i % len(_KINGDOMS)]
         genus, epithet = f"Genus{i // 7:05d}", f"epithet{i:06d}"
         binomial = f"{genus} {epithet}"
-        rows.append(dict(zip(("binomial",) + RANK_COLUMNS,
+        rows.append(dict(zip(("binomial",) + RANKS,
                              (binomial, kingdom, phylum, klass, order, family, genus, epithet))))
         words = lambda k: " ".join(rng.choice(_WORDS) for _ in range(k))
         wikitext = (
@@ -320,7 +320,7 @@ def synthetic_wiki(n: int, seed: int = 0) -> tuple[StandinWiki, list[dict[str, s
 def write_species(rows: list[dict[str, str]], path: str | Path) -> Path:
     path = Path(path)
     with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=("binomial",) + RANK_COLUMNS)
+        writer = csv.DictWriter(fh, fieldnames=("binomial",) + RANKS)
         writer.writeheader()
         writer.writerows(rows)
     return path

@@ -47,6 +47,8 @@ _DIR_WEIGHTS = (
     "pytorch_model.bin",
     "open_clip_pytorch_model.pth",
 )
+#: Suffixes of the checkpoint files read here (a model name ending so is taken as a file).
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 _MAX_LISTED = 20
 #: How every ``torch.save`` file begins: a zip archive (the default since torch 1.6) or, in the
 #: legacy format, the pickled magic number 0x1950a86a20f9469cfc6c.
@@ -182,12 +184,16 @@ def _find_weights(directory: Path) -> Path | None:
 
 def resolve_pretrained(
     model: str, pretrained: str | None = None, cache_dir: str | None = None
-) -> tuple[dict[str, Any], dict[str, Any], str | None]:
-    """Find the config, preprocessing config and weights file for a model/pretrained pair.
+) -> tuple[dict[str, Any], dict[str, Any], str | dict[str, Any] | None]:
+    """Find the config, preprocessing config and weights for a model/pretrained pair.
 
     Downloads through OpenCLIP (Hugging Face Hub preferred, safetensors first) when
-    the name or tag points at a hub.
+    the name or tag points at a hub. ``model`` may also be a checkpoint file that carries
+    its model config (a biocap-train checkpoint's ``model_cfg``); its weights are then
+    returned as the checkpoint already read, so the file is read once.
     """
+    if Path(model).suffix in CHECKPOINT_SUFFIXES and Path(model).is_file():
+        return _self_describing(model, pretrained)
     schema, identifier = open_clip.factory.parse_model_name(model)
     if schema is not None:
         if pretrained:
@@ -221,6 +227,19 @@ def resolve_pretrained(
     )
 
 
+def _self_describing(path: str, pretrained: str | None) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """A checkpoint given as the model: its config, no preprocessing override, and its contents."""
+    if pretrained:
+        raise ValueError(f"--pretrained {pretrained!r} cannot be combined with the checkpoint {path!r}, "
+                         "which holds its weights")
+    ckpt = read_checkpoint(path)
+    if not isinstance(ckpt.get("model_cfg"), Mapping):
+        raise CheckpointError(f"{path}: holds no model config ('model_cfg', as biocap-train writes); pass its "
+                              f"architecture as the model and the file as pretrained (--model ViT-B-16 "
+                              f"--pretrained {path})")
+    return resolve_config(ckpt["model_cfg"]), {}, ckpt
+
+
 def load_model(
     model: str | Mapping[str, Any] = "ViT-B-16",
     pretrained: str | None = None,
@@ -233,7 +252,8 @@ def load_model(
 
     Examples: ``load_model("hf-hub:imageomics/biocap")``,
     ``load_model("ViT-B-16", "openai")``, ``load_model("ViT-B-16", "ckpt/epoch_50.pt")``,
-    ``load_model("local-dir:exported/")``, ``load_model(config_dict)`` (random init).
+    ``load_model("logs/run/checkpoints/step_00000512.pt")`` (a biocap-train checkpoint carries its
+    config), ``load_model("local-dir:exported/")``, ``load_model(config_dict)`` (random init).
     """
     if isinstance(model, Mapping):
         cfg, preprocess, weights = resolve_config(model), {}, pretrained

@@ -13,6 +13,10 @@ class TaxonParseError(BioCAPError, ValueError):
     """A taxonTag text could not be parsed."""
 
 
+class ImageError(BioCAPError, ValueError):
+    """An input image is missing or cannot be decoded; the message names it."""
+
+
 class CheckpointError(BioCAPError, RuntimeError):
     """A checkpoint is unreadable or its keys do not fit the model."""
 

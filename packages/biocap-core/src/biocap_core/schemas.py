@@ -18,10 +18,10 @@ import polars as pl
 
 from biocap_core.errors import SchemaError
 from biocap_core.fileio import atomic_write
+from biocap_core.taxonomy import RANKS
 
 _INDEX_COLUMNS = ("", "Unnamed: 0", "__index_level_0__")
 _SHOW_ROWS = 5
-RANK_COLUMNS = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
 
 
 @dataclass(frozen=True)
@@ -178,7 +178,7 @@ def _cast(series: pl.Series, dtype: pl.DataType) -> pl.Series:
 
 def _ranks(required: bool, fill: object = None, class_name: str = "class", class_alias=("cls",)):
     cols = []
-    for rank in RANK_COLUMNS:
+    for rank in RANKS:
         name = class_name if rank == "class" else rank
         aliases = class_alias if rank == "class" else ()
         cols.append(Column(name, pl.String, required=required, nullable=fill is not None, fill=fill, aliases=aliases))
@@ -295,16 +295,6 @@ CLASSIFICATION = Schema(
     + _ranks(required=False, fill="", class_name="cls", class_alias=())
     + (Column("common_name", S, required=False, nullable=True, fill=""),),
 )
-
-#: Columns each label text type needs in a classification table.
-LABEL_COLUMNS: dict[str, tuple[str, ...]] = {
-    "asis": ("class",),
-    "sci": ("genus", "species"),
-    "com": ("common_name",),
-    "taxon": ("kingdom", "phylum", "cls", "order", "family", "genus", "species"),
-    "sci_com": ("genus", "species", "common_name"),
-    "taxon_com": ("kingdom", "phylum", "cls", "order", "family", "genus", "species", "common_name"),
-}
 
 RETRIEVAL = Schema(
     "retrieval",

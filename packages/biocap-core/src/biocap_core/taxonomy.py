@@ -48,8 +48,20 @@ TOL_TEXT_TYPES: tuple[str, ...] = (
 )
 #: The taxonomic text types BioCAP samples from during training (taxonTag is unused).
 TRAIN_TAXONOMIC_TYPES: tuple[str, ...] = ("sci", "com", "taxon", "sci_com", "taxon_com")
-#: Label text types of the zero-shot benchmarks.
-LABEL_TYPES: tuple[str, ...] = ("asis", "sci", "com", "taxon", "sci_com", "taxon_com")
+#: Label text types of the zero-shot benchmarks, with the classification-table columns each needs
+#: (``asis`` is the table's own ``class`` text; the others are built from the ranks).
+LABEL_COLUMNS: dict[str, tuple[str, ...]] = {
+    "asis": ("class",),
+    "sci": ("genus", "species"),
+    "com": ("common_name",),
+    "taxon": ("kingdom", "phylum", "cls", "order", "family", "genus", "species"),
+    "sci_com": ("genus", "species", "common_name"),
+    "taxon_com": ("kingdom", "phylum", "cls", "order", "family", "genus", "species", "common_name"),
+}
+LABEL_TYPES: tuple[str, ...] = tuple(LABEL_COLUMNS)
+#: The label types a taxon alone can give: every one but ``asis``, which needs an annotation's own
+#: class text (so a list of taxa, such as biocap-predict's index, offers only these).
+TAXON_LABEL_TYPES: tuple[str, ...] = tuple(t for t in LABEL_TYPES if t != "asis")
 
 
 def __getattr__(name: str):
@@ -382,13 +394,11 @@ def label_text(taxon: Taxon, label_type: str, asis: str | None = None) -> str | 
 
 
 def label_texts(table: pl.DataFrame, label_type: str, source: str = "<table>") -> list[str]:
-    """Label text of every row of a classification table (see :data:`~biocap_core.schemas.LABEL_COLUMNS`).
+    """Label text of every row of a classification table (see :data:`LABEL_COLUMNS`).
 
     Raises :class:`SchemaError` naming the file when the table lacks the columns
     the label type needs, or rows for which it yields no text.
     """
-    from biocap_core.schemas import LABEL_COLUMNS
-
     if label_type not in LABEL_COLUMNS:
         raise ValueError(f"unknown label type {label_type!r}; expected one of {LABEL_TYPES}")
     missing = [c for c in LABEL_COLUMNS[label_type] if c not in table.columns]

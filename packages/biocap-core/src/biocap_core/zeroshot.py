@@ -16,12 +16,11 @@ from typing import Callable, Iterable, Sequence
 import polars as pl
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from biocap_core import schemas
-from biocap_core.errors import SchemaError
-from biocap_core.preprocess import decode_image, image_transform, short_side
+from biocap_core.errors import ImageError, SchemaError
+from biocap_core.imagefiles import ImageFiles, ImageSource, image_batches
 from biocap_core.taxonomy import TEMPLATES, label_texts
 
 
@@ -77,19 +76,6 @@ class ClassificationSet:
         return cls([p for p, _ in kept], [y for _, y in kept], classnames, str(csv), skipped)
 
 
-class ImageFiles(Dataset):
-    """Images from files through the one preprocessing; decoding drafts JPEGs to the crop size."""
-
-    def __init__(self, paths: Sequence[Path], transform: Callable, draft_size: int | None = None):
-        self.paths, self.transform, self.draft_size = list(paths), transform, draft_size
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.transform(decode_image(self.paths[i], draft_size=self.draft_size))
-
-
 def autocast(device: torch.device | str, precision: str):
     """Autocast context for ``fp32``/``amp``/``amp_bf16``/``bf16`` (no-op for fp32)."""
     device_type = torch.device(device).type
@@ -114,31 +100,43 @@ def eval_mode(model: torch.nn.Module):
 @torch.no_grad()
 def encode_images(
     model,
-    images: Sequence[Path] | Dataset,
+    images: Sequence[ImageSource] | ImageFiles,
     head: str = "tax",
     batch_size: int = 64,
     workers: int = 0,
     device: str | torch.device = "cpu",
     precision: str = "fp32",
     progress: bool = False,
+    on_unreadable: Callable[[int, str], None] | None = None,
 ) -> torch.Tensor:
     """L2-normalised image embeddings (N, D) with the chosen head, float32 on the CPU.
 
-    ``images`` is a list of files, or any Dataset of preprocessed image tensors.
+    ``images`` is a list of files (or any :data:`~biocap_core.imagefiles.ImageSource`) or an
+    :class:`~biocap_core.imagefiles.ImageFiles`. An image that cannot be decoded is handed to
+    ``on_unreadable(position, why)`` and its row left zero; without ``on_unreadable`` it is an
+    :class:`~biocap_core.errors.ImageError` naming it.
     """
-    if not isinstance(images, Dataset):
-        images = ImageFiles(images, image_transform(model, train=False), draft_size=short_side(model.image_size))
-    device = torch.device(device)
-    loader = DataLoader(images, batch_size=batch_size, num_workers=workers, shuffle=False,
-                        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
-    feats = []
+    if not isinstance(images, ImageFiles):
+        images = ImageFiles(images, model)
+    positions, feats = [], []
+    batches = image_batches(images, batch_size, workers, device)
     with eval_mode(model):
-        for batch in tqdm(loader, desc="images", unit="batch", disable=not progress, leave=False):
-            with autocast(device, precision):
-                feats.append(model.encode_image(batch.to(device, non_blocking=True), normalize=True, head=head).float())
-    if not feats:
-        return torch.empty(0, model.visual.proj.shape[1])
-    return torch.cat(feats).cpu()
+        for batch in tqdm(batches, desc="images", unit="batch", disable=not progress, leave=False,
+                          total=-(-len(images) // batch_size)):
+            for position, why in batch.unreadable:
+                if on_unreadable is None:
+                    source = images.sources[position]
+                    name = source if isinstance(source, (str, os.PathLike)) else f"image {position}"
+                    raise ImageError(f"{name}: {why}")
+                on_unreadable(position, why)
+            if batch.images is not None:
+                with autocast(device, precision):
+                    feats.append(model.encode_image(batch.images, normalize=True, head=head).float())
+                positions += batch.positions
+    out = torch.zeros(len(images), model.visual.proj.shape[1])
+    if feats:
+        out[positions] = torch.cat(feats).cpu()
+    return out
 
 
 @torch.no_grad()

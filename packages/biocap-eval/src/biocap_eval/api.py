@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
-from biocap_eval.embedding import Encoder
 from biocap_eval.registry import load_registry, select
-from biocap_eval.runner import TASK_MODULES, default_device, default_precision
+from biocap_eval.runner import TASK_MODULES, ModelSpec, RunOptions, open_encoder
 from biocap_eval.tasks import Settings, TaskResult
 
 
@@ -32,17 +31,14 @@ def evaluate(
 ) -> dict[str, TaskResult]:
     """Results by benchmark name. ``model`` is a BioCAP (kept on its device) or anything
     :func:`biocap_core.checkpoints.load_model` takes; selectors as in ``biocap-eval run``."""
-    if isinstance(model, (str, Path, dict)):
-        from biocap_core.checkpoints import load_model
-
-        device = device or default_device()
-        precision = precision or default_precision(device)
-        model = load_model(str(model) if isinstance(model, Path) else model, pretrained, device=device,
-                           precision=precision)
+    if isinstance(model, (str, os.PathLike, Mapping)):
+        spec = ModelSpec(model if isinstance(model, Mapping) else str(model), pretrained, head=head,
+                         precision=precision)
+        model = None
     else:
-        device = device or str(next(model.parameters()).device)
-        precision = precision or default_precision(device)
-    enc = Encoder(model, head=head, device=device, precision=precision, batch_size=batch_size, workers=workers,
-                  cache_dir=cache_dir)
+        spec = ModelSpec("<loaded model>", head=head, precision=precision)
+    options = RunOptions(Path(data_root), device=device, batch_size=batch_size, workers=workers,
+                         cache_dir=cache_dir)
+    enc = open_encoder(spec, options, model, log=lambda _: None)
     chosen = select(load_registry(registry), list(benchmarks))
     return {b.name: TASK_MODULES[b.task].evaluate(b, Path(data_root), enc, settings) for b in chosen}

@@ -25,17 +25,6 @@ def _fail(exc: Exception) -> typer.Exit:
     return typer.Exit(1)
 
 
-def read_templates(path: Path) -> tuple[str, ...]:
-    """Core's template reader, failing as an :class:`EvalError` like every other bad eval input."""
-    from biocap_core.taxonomy import read_templates as read
-    from biocap_eval.tasks import EvalError
-
-    try:
-        return read(path)
-    except BioCAPError as exc:
-        raise EvalError(str(exc)) from exc
-
-
 @app.command("list")
 def list_benchmarks(data_root: Path = DATA_ROOT, registry: Optional[Path] = REGISTRY) -> None:
     """Show every benchmark of the registry and whether its annotations and images are on disk."""
@@ -58,9 +47,10 @@ def list_benchmarks(data_root: Path = DATA_ROOT, registry: Optional[Path] = REGI
 
 @app.command()
 def run(
-    model: str = typer.Option(..., "--model",
-                              help="OpenCLIP name, hf-hub:/local-dir: name, JSON config or checkpoint."),
-    pretrained: Optional[str] = typer.Option(None, help="OpenCLIP tag (e.g. openai) or checkpoint file."),
+    model: str = typer.Option(..., "--model", help="OpenCLIP or toolkit architecture (BioCAP-toy), hf-hub:/local-dir: "
+                              "name, JSON config, or a biocap-train checkpoint (.pt: it carries its config)."),
+    pretrained: Optional[str] = typer.Option(None, help="OpenCLIP tag (e.g. openai) or weights file for "
+                                             "--model's architecture."),
     benchmarks: list[str] = typer.Option(["all"], "--benchmarks", "-b",
                                          help="'all', names, tasks (zeroshot, inquire, retrieval) or tags "
                                               "(paper, toy); repeat or separate with commas."),
@@ -89,47 +79,27 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Evaluate one model on benchmarks; one result JSON per benchmark, finished ones skipped."""
-    from biocap_eval.registry import load_registry, select
-    from biocap_eval.runner import ModelSpec, RunOptions, default_device, default_precision, status
-    from biocap_eval.runner import run as run_benchmarks
+    from biocap_eval.runner import ModelSpec, RunOptions, run_selected
     from biocap_eval.tasks import Settings
 
+    if head not in ("tax", "caption"):
+        raise typer.BadParameter(f"--head must be tax or caption, not {head!r}")
+    if label_type is not None and label_type not in LABEL_TYPES:
+        raise typer.BadParameter(f"--label-type must be one of {LABEL_TYPES}, not {label_type!r}")
+    if inquire_k is not None and inquire_k < 1:
+        raise typer.BadParameter("--inquire-k must be at least 1")
+    if precision is not None and precision not in PRECISIONS:
+        raise typer.BadParameter(f"--precision must be one of {PRECISIONS}, not {precision!r}")
     try:
-        if head not in ("tax", "caption"):
-            raise typer.BadParameter(f"--head must be tax or caption, not {head!r}")
-        if label_type is not None and label_type not in LABEL_TYPES:
-            raise typer.BadParameter(f"--label-type must be one of {LABEL_TYPES}, not {label_type!r}")
-        if inquire_k is not None and inquire_k < 1:
-            raise typer.BadParameter("--inquire-k must be at least 1")
-        device = device or default_device()
-        precision = precision or default_precision(device)
-        if precision not in PRECISIONS:
-            raise typer.BadParameter(f"--precision must be one of {PRECISIONS}, not {precision!r}")
         settings = Settings(label_type=label_type, per_class=per_class, inquire_k=inquire_k,
                             retrieval_prefix=retrieval_prefix, prefix_bug=prefix_bug, skip_missing=skip_missing,
                             strict=strict)
-        if templates is not None:
-            settings = Settings(**{**settings.__dict__, "templates": read_templates(templates),
-                                   "templates_source": str(templates.resolve())})
-        reg = load_registry(registry)
-        selectors = [s.strip() for item in benchmarks for s in item.split(",") if s.strip()]
-        chosen = select(reg, selectors)
-        explicit = {s for s in selectors if s in reg}
-        runnable = []
-        for bench in chosen:
-            st = status(bench, data_root)
-            if bench.name in explicit or st.runnable(skip_missing):
-                runnable.append(bench)
-            else:
-                typer.echo(f"{bench.name}: not run ({st.state}: {st.detail})", err=True)
-        if not runnable:
-            raise BioCAPError(f"none of {selectors} can run from data root {data_root.resolve()} "
-                              "(see `biocap-eval list --data-root ...`)")
+        settings = settings.with_templates(templates) if templates is not None else settings
         spec = ModelSpec(model, pretrained, head=head, precision=precision, name=name)
         options = RunOptions(data_root=data_root, out_dir=out, device=device, batch_size=batch_size,
                              workers=workers, cache_dir=None if no_cache else (cache_dir or out / ".embeddings"),
                              force=force, progress=not quiet)
-        summary = run_benchmarks(spec, runnable, settings, options, log=typer.echo, keep_going=True)
+        summary = run_selected(spec, benchmarks, settings, options, registry=registry, log=typer.echo)
     except (BioCAPError, ValueError, FileNotFoundError) as exc:
         raise _fail(exc)
     if summary.failed:

@@ -1,96 +1,43 @@
 """Image and text embeddings for the tasks: batched, on any device and precision, cached on disk.
 
 Images come as files (every local benchmark) or as rows of a Hugging Face
-dataset (INQUIRE-Rerank from the Hub); both go through biocap-core's one eval
-preprocessing and the chosen head. Only images missing from the cache are encoded.
-An image that cannot be decoded (a truncated JPEG, an HTML error page saved as
-``.jpg``) does not stop the encoding: it is reported back so the task can drop it.
+dataset (INQUIRE-Rerank from the Hub); both go through biocap-core's one image
+dataset (:mod:`biocap_core.imagefiles`) and the chosen head. Only images missing
+from the cache are encoded. An image that cannot be decoded (a truncated JPEG, an
+HTML error page saved as ``.jpg``) does not stop the encoding: it is reported back
+so the task can drop it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
-from PIL import Image
 from safetensors import SafetensorError
-from torch.utils.data import Dataset
-
-from biocap_core.preprocess import decode_image, image_transform, short_side
-from biocap_core.zeroshot import classifier_weights, encode_images
 
 from biocap_core.embedding_cache import EmbeddingCache, file_key, model_fingerprint
+from biocap_core.imagefiles import ImageSource
+from biocap_core.zeroshot import classifier_weights, encode_images
 
 log = logging.getLogger("biocap_eval")
 
 
-class Images(Dataset):
-    """Preprocessed images that never raise on bad image data.
+class HubImages(Sequence):
+    """The encoded image of each of ``rows`` of a Hugging Face dataset (``image`` column, not decoded),
+    read when a loader worker asks for it: the sources of a core :class:`ImageFiles`."""
 
-    An image that cannot be read or decoded is replaced by a blank one and its
-    position is flagged in :attr:`failed`, a shared-memory tensor, so the flag
-    reaches the main process from DataLoader workers too and one bad file costs
-    no re-run of the batch. PIL raises many exception types on bad data, hence
-    the broad catch; it covers reading and decoding only, never the transform.
-    """
-
-    def __init__(self, n: int, transform: Callable, draft_size: int | None = None):
-        self.transform, self.draft_size = transform, draft_size
-        self.failed = torch.zeros(n, dtype=torch.bool).share_memory_()
-
-    def source(self, i: int) -> bytes | Path:
-        raise NotImplementedError
-
-    def decode(self, i: int) -> Image.Image:
-        return decode_image(self.source(i), draft_size=self.draft_size)
-
-    def why(self, i: int) -> str:
-        """Why image ``i`` cannot be decoded (it is decoded again: only called for flagged images)."""
-        try:
-            self.decode(i)
-        except Exception as exc:  # any error PIL raises on bad data: see the class docstring
-            return f"{type(exc).__name__}: {exc}"
-        return "could not be decoded in a loader worker"
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        try:
-            image = self.decode(i)
-        except Exception:  # any error PIL raises on bad data: see the class docstring
-            self.failed[i] = True
-            image = Image.new("RGB", (8, 8))
-        return self.transform(image)
-
-
-class FileImages(Images):
-    """Image files."""
-
-    def __init__(self, paths: Sequence[Path], transform: Callable, draft_size: int | None = None):
-        super().__init__(len(paths), transform, draft_size)
-        self.paths = list(paths)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def source(self, i: int) -> Path:
-        return self.paths[i]
-
-
-class HFImages(Images):
-    """Images stored as encoded bytes in rows of a Hugging Face dataset (``image`` column, not decoded)."""
-
-    def __init__(self, dataset, rows: Sequence[int], transform: Callable, draft_size: int | None = None):
-        super().__init__(len(rows), transform, draft_size)
+    def __init__(self, dataset, rows: Sequence[int]):
         self.dataset, self.rows = dataset, list(rows)
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def source(self, i: int) -> bytes | Path:
+    def __getitem__(self, i: int) -> bytes | Path:
         image = self.dataset[self.rows[i]]["image"]
         return image["bytes"] if image.get("bytes") is not None else Path(image["path"])
 
@@ -125,8 +72,6 @@ class Encoder:
     progress: bool = False
 
     def __post_init__(self):
-        self.transform = image_transform(self.model, train=False)
-        self.draft_size = short_side(self.model.image_size)
         self.encoded = 0  # images run through the model (cache misses), for reports and tests
         self.cache_writable = True
 
@@ -142,15 +87,15 @@ class Encoder:
     def image_files(self, paths: Sequence[Path]) -> ImageEmbeddings:
         """L2-normalised embeddings of image files."""
         keys = [file_key(p) for p in paths] if self.cache is not None else []
-        return self._cached(keys, len(paths), lambda missing: FileImages(
-            [paths[i] for i in missing], self.transform, self.draft_size))
+        return self._cached(keys, len(paths), lambda missing: [paths[i] for i in missing])
 
     def hf_images(self, dataset, rows: Sequence[int], keys: Sequence[str]) -> ImageEmbeddings:
         """Embeddings of the images in ``rows`` of a Hugging Face dataset, cached under ``keys``."""
-        return self._cached(list(keys) if self.cache is not None else [], len(rows), lambda missing: HFImages(
-            dataset, [rows[i] for i in missing], self.transform, self.draft_size))
+        return self._cached(list(keys) if self.cache is not None else [], len(rows),
+                            lambda missing: HubImages(dataset, [rows[i] for i in missing]))
 
-    def _cached(self, keys: list[str], n: int, dataset_of: Callable[[list[int]], Images]) -> ImageEmbeddings:
+    def _cached(self, keys: list[str], n: int,
+                sources_of: Callable[[list[int]], Sequence[ImageSource]]) -> ImageEmbeddings:
         found = self.cache.get(keys) if self.cache is not None else {}
         missing = [i for i in range(n) if i not in found]
         out = torch.empty(n, self.embed_dim)
@@ -159,13 +104,11 @@ class Encoder:
             positions = list(found)
             out[positions] = torch.stack([found[i] for i in positions])
         if missing:
-            dataset = dataset_of(missing)
-            fresh = self.encode(dataset)
-            failed = dataset.failed.tolist()
-            unreadable = {missing[j]: dataset.why(j) for j, bad in enumerate(failed) if bad}
-            fresh[dataset.failed] = 0.0  # the blank stand-ins' embeddings mean nothing
+            failed: dict[int, str] = {}
+            fresh = self.encode(sources_of(missing), on_unreadable=failed.__setitem__)  # failed rows are zero
+            unreadable = {missing[j]: why for j, why in failed.items()}
             out[missing] = fresh
-            good = [j for j, bad in enumerate(failed) if not bad]
+            good = [j for j in range(len(missing)) if j not in failed]
             self.encoded += len(good)
             if self.cache is not None:
                 self._store([keys[missing[j]] for j in good], fresh[good])
@@ -183,11 +126,12 @@ class Encoder:
             log.warning("warning: embedding cache %s cannot be written (%s); going on without it",
                         self.cache.dir, reason)
 
-    def encode(self, dataset: Dataset) -> torch.Tensor:
-        """Run a dataset of preprocessed images through the model, batched; (N, D) float32 on the CPU."""
-        return encode_images(self.model, dataset, head=self.head, batch_size=self.batch_size,
+    def encode(self, images: Sequence[ImageSource],
+               on_unreadable: Callable[[int, str], None] | None = None) -> torch.Tensor:
+        """Run images through the model, batched; (N, D) float32 on the CPU (see core's ``encode_images``)."""
+        return encode_images(self.model, images, head=self.head, batch_size=self.batch_size,
                              workers=self.workers, device=self.device, precision=self.precision,
-                             progress=self.progress)
+                             progress=self.progress, on_unreadable=on_unreadable)
 
     def texts(self, texts: Sequence[str]) -> torch.Tensor:
         """(N, D) L2-normalised embeddings of raw texts (no template)."""

@@ -14,6 +14,7 @@ import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Iterable
 
 from biocap_core.errors import BioCAPError
 from biocap_core.taxonomy import LABEL_TYPES
@@ -136,13 +137,19 @@ def load_registry(path: str | os.PathLike | None = None) -> dict[str, Benchmark]
     return out
 
 
-def select(registry: dict[str, Benchmark], selectors: list[str]) -> list[Benchmark]:
-    """Benchmarks named by selectors: ``all``, a name, a task (``zeroshot``...) or a tag (``paper``, ``toy``).
+def selector_list(items: Iterable[str]) -> list[str]:
+    """Selectors from command-line items, each of which may hold several separated by commas."""
+    return [s.strip() for item in items for s in item.split(",") if s.strip()]
+
+
+def select(registry: dict[str, Benchmark], selectors: Iterable[str]) -> list[Benchmark]:
+    """Benchmarks named by selectors: ``all``, a name, a task (``zeroshot``...) or a tag (``paper``, ``toy``);
+    an item may hold several, separated by commas.
 
     ``all`` keeps registry order and means every benchmark (the caller drops those not on disk).
     """
     chosen: dict[str, Benchmark] = {}
-    for sel in selectors:
+    for sel in selector_list(selectors):
         if sel == ALL:
             matches = list(registry.values())
         elif sel in registry:

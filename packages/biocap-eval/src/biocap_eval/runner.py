@@ -8,20 +8,23 @@ pairs are skipped (the model is not even loaded when all are), unless ``force``.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
 
 from biocap_core.errors import BioCAPError, UnwritableFolder
 from biocap_core.fileio import atomic_write, writable_folder
-from biocap_core.runtime import default_device, default_precision, versions  # noqa: F401 (re-exported to cli, api)
+from biocap_core.runtime import default_device, default_precision, versions
 
 from biocap_eval.embedding import Encoder
-from biocap_eval.registry import Benchmark, Status
+from biocap_eval.registry import Benchmark, Status, load_registry, select, selector_list
 from biocap_eval.tasks import Settings, TaskResult, inquire, retrieval, zeroshot
 
 TASK_MODULES = {"zeroshot": zeroshot, "inquire": inquire, "retrieval": retrieval}
@@ -35,19 +38,26 @@ def status(bench: Benchmark, data_root: Path) -> Status:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What to load and how to name it in results."""
+    """What to load and how to name it in results.
 
-    model: str
+    ``model`` is anything :func:`biocap_core.checkpoints.load_model` takes; ``precision`` None is
+    settled by :meth:`settled` for the device (amp on a GPU, fp32 on the CPU, as the original).
+    """
+
+    model: str | Mapping[str, Any]
     pretrained: str | None = None
     head: str = "tax"
-    precision: str = "fp32"
+    precision: str | None = None
     name: str | None = None
 
     @property
     def label(self) -> str:
         if self.name:
             return self.name
-        label = Path(self.model).stem if self.model.endswith(".json") else self.model
+        if not isinstance(self.model, str):
+            label = "config"
+        else:
+            label = Path(self.model).stem if Path(self.model).is_file() else self.model
         if self.pretrained:
             label += "/" + (Path(self.pretrained).stem if Path(self.pretrained).is_file() else self.pretrained)
         return label + ("#caption" if self.head == "caption" else "")
@@ -61,7 +71,7 @@ class ModelSpec:
         out = {"model": self.model, "pretrained": self.pretrained, "head": self.head, "precision": self.precision}
         for key in ("model", "pretrained"):
             value = getattr(self, key)
-            if value and Path(value).is_file():
+            if isinstance(value, str) and Path(value).is_file():
                 st = Path(value).stat()
                 out[f"{key}_file"] = {"path": str(Path(value).resolve()), "size": st.st_size,
                                       "mtime_ns": st.st_mtime_ns}
@@ -85,9 +95,12 @@ def is_finished(path: Path, spec: ModelSpec, bench: Benchmark, settings: Setting
 
 @dataclass
 class RunOptions:
+    """Where a run reads and writes, and how it encodes. ``device`` None: the given model's device,
+    else CUDA when available; ``out_dir`` None only for :func:`biocap_eval.api.evaluate` (no files)."""
+
     data_root: Path
-    out_dir: Path
-    device: str = "cpu"
+    out_dir: Path | None = None
+    device: str | None = None
     batch_size: int = 64
     workers: int = 0
     cache_dir: Path | None = None
@@ -103,6 +116,62 @@ class RunSummary:
     failed: dict[str, str] = field(default_factory=dict)
 
 
+def settled(spec: ModelSpec, options: RunOptions, model: torch.nn.Module | None = None
+            ) -> tuple[ModelSpec, RunOptions]:
+    """``spec`` and ``options`` with what was left None chosen: the device is the given model's, else
+    CUDA when available; the precision amp on a GPU, fp32 on the CPU (as the original)."""
+    if options.device is None:
+        device = str(next(model.parameters()).device) if model is not None else default_device()
+        options = replace(options, device=device)
+    return replace(spec, precision=spec.precision or default_precision(options.device)), options
+
+
+def runnable(selectors: Iterable[str], data_root: Path, skip_missing: bool = False,
+             registry: str | os.PathLike | None = None, log: Callable[[str], None] = print) -> list[Benchmark]:
+    """The benchmarks ``selectors`` choose (see :func:`~biocap_eval.registry.select`) that can run.
+
+    One named explicitly always runs, so bad input fails loudly; one chosen by ``all``, a task or a
+    tag runs only when its data are on disk, else it is logged as not run. None left is an error.
+    """
+    selectors = selector_list(selectors)
+    reg = load_registry(registry)
+    explicit = set(selectors) & set(reg)
+    chosen = []
+    for bench in select(reg, selectors):
+        st = status(bench, data_root)
+        if bench.name in explicit or st.runnable(skip_missing):
+            chosen.append(bench)
+        else:
+            log(f"{bench.name}: not run ({st.state}: {st.detail})")
+    if not chosen:
+        raise BioCAPError(f"none of {selectors} can run from data root {Path(data_root).resolve()} "
+                          "(see `biocap-eval list --data-root ...`)")
+    return chosen
+
+
+def run_selected(spec: ModelSpec, selectors: Iterable[str], settings: Settings, options: RunOptions,
+                 registry: str | os.PathLike | None = None, log: Callable[[str], None] = print) -> RunSummary:
+    """``biocap-eval run``: the :func:`runnable` benchmarks of ``selectors``, each to its result file;
+    a failing one is logged in the summary and the others still run."""
+    benchmarks = runnable(selectors, options.data_root, settings.skip_missing, registry, log)
+    return run(spec, benchmarks, settings, options, log=log, keep_going=True)
+
+
+def open_encoder(spec: ModelSpec, options: RunOptions, model: torch.nn.Module | None = None,
+                 log: Callable[[str], None] = print) -> Encoder:
+    """The encoder a run's benchmarks share: ``model`` as given (it stays on its device), or ``spec``
+    loaded through biocap-core's loader: the one way both the CLI and the Python API load a model."""
+    spec, options = settled(spec, options, model)
+    if model is None:
+        from biocap_core.checkpoints import load_model
+
+        log(f"loading {spec.model}" + (f" ({spec.pretrained})" if spec.pretrained else ""))
+        model = load_model(spec.model, spec.pretrained or None, device=options.device, precision=spec.precision)
+    return Encoder(model, head=spec.head, device=options.device, precision=spec.precision,
+                   batch_size=options.batch_size,
+                   workers=options.workers, cache_dir=options.cache_dir, progress=options.progress)
+
+
 def run(
     spec: ModelSpec,
     benchmarks: list[Benchmark],
@@ -114,11 +183,11 @@ def run(
 ) -> RunSummary:
     """Evaluate ``spec`` on ``benchmarks``, writing one result JSON each.
 
-    ``model`` may be an already loaded BioCAP (the Python API); otherwise ``spec`` is
-    loaded through biocap-core's loader, and only if some benchmark needs running.
-    With ``keep_going`` a benchmark whose input is bad is logged in ``failed`` and the
-    others still run; otherwise its error propagates.
+    ``model`` may be an already loaded BioCAP; otherwise ``spec`` is loaded (:func:`open_encoder`),
+    and only if some benchmark needs running. With ``keep_going`` a benchmark whose input is bad
+    is logged in ``failed`` and the others still run; otherwise its error propagates.
     """
+    spec, options = settled(spec, options, model)
     summary, todo = RunSummary(), []
     for bench in benchmarks:
         path = result_path(options.out_dir, spec, bench)
@@ -130,14 +199,7 @@ def run(
     if not todo:
         return summary
     results_folder(options.out_dir)
-    if model is None:
-        from biocap_core.checkpoints import load_model
-
-        log(f"loading {spec.model}" + (f" ({spec.pretrained})" if spec.pretrained else ""))
-        model = load_model(spec.model, spec.pretrained or None, device=options.device, precision=spec.precision)
-    enc = Encoder(model, head=spec.head, device=options.device, precision=spec.precision,
-                  batch_size=options.batch_size, workers=options.workers, cache_dir=options.cache_dir,
-                  progress=options.progress)
+    enc = open_encoder(spec, options, model, log)
     for bench, path in todo:
         log(f"{spec.label} / {bench.name}: running {bench.task}")
         start, encoded_before = time.perf_counter(), enc.encoded

@@ -13,12 +13,14 @@ import typer
 
 from biocap_core.errors import BioCAPError
 from biocap_core.runtime import PRECISIONS
+from biocap_core.taxonomy import TAXON_LABEL_TYPES
 
 app = typer.Typer(help="Name the organism in a photo with any BioCAP/BioCLIP-style model.", no_args_is_help=True)
 
-MODEL = typer.Option("hf-hub:imageomics/biocap", "--model",
-                     help="OpenCLIP/toolkit architecture, hf-hub: or local-dir: name, or JSON config.")
-PRETRAINED = typer.Option(None, "--pretrained", help="OpenCLIP tag or checkpoint file (e.g. a biocap-train run's).")
+MODEL = typer.Option("hf-hub:imageomics/biocap", "--model", help="OpenCLIP or toolkit architecture (BioCAP-toy), "
+                     "hf-hub:/local-dir: name, JSON config, or a biocap-train checkpoint (.pt: it carries its config).")
+PRETRAINED = typer.Option(None, "--pretrained", help="OpenCLIP tag (e.g. openai) or weights file for --model's "
+                          "architecture.")
 DEVICE = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
 PRECISION = typer.Option(None, "--precision", help=f"{', '.join(PRECISIONS)} (default: amp on GPU, else fp32).")
 BATCH = typer.Option(32, "--batch-size", min=1, help="Images per forward pass.")
@@ -52,8 +54,8 @@ def index(
     taxa: Optional[Path] = typer.Option(None, "--taxa", help="Catalog parquet, species CSV or any 7-rank table."),
     from_tol: Optional[Path] = typer.Option(None, "--from-tol", help="Folder with a published "
                                             "txt_emb_species.npy + .json pair to import instead."),
-    label_type: str = typer.Option("taxon_com", "--label-type", help="Text per taxon: sci, com, taxon, sci_com, "
-                                   "taxon_com."),
+    label_type: str = typer.Option("taxon_com", "--label-type",
+                                   help=f"Text per taxon: {', '.join(TAXON_LABEL_TYPES)}."),
     templates: Optional[Path] = typer.Option(None, "--templates", help="Templates file (.txt one per line, or "
                                              ".json); default the 81 zero-shot templates."),
     captions: Optional[Path] = typer.Option(None, "--captions", help="Trait captions table to index too."),

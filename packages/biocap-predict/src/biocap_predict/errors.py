@@ -1,10 +1,6 @@
 """Errors of biocap-predict; every one names the input that was wrong so the user can fix it."""
 
-from biocap_core.errors import BioCAPError
-
-
-class ImageError(BioCAPError, ValueError):
-    """An input image is missing or cannot be decoded."""
+from biocap_core.errors import BioCAPError, ImageError  # noqa: F401 (ImageError: core's, part of this API)
 
 
 class TaxaIndexError(BioCAPError, ValueError):

@@ -35,15 +35,13 @@ from biocap_core.embedding_cache import model_fingerprint
 from biocap_core.errors import SchemaError
 from biocap_core.fileio import atomic_write
 from biocap_core.runtime import default_precision, resolve_device
-from biocap_core.taxonomy import LABEL_TYPES, RANKS, TEMPLATES, Taxon, label_text
+from biocap_core.taxonomy import RANKS, TAXON_LABEL_TYPES, TEMPLATES, Taxon, label_text
 from biocap_core.zeroshot import classifier_weights
 from biocap_predict.errors import TaxaIndexError
 from biocap_predict.provenance import now, versions
 
 FORMAT = 1
 TAXA_COLUMNS = (*RANKS, "common_name")
-#: Label types an index can use ("asis" needs a per-image class column, which a taxa list lacks).
-INDEX_LABEL_TYPES = tuple(t for t in LABEL_TYPES if t != "asis")
 _CHUNK_TAXA = 512
 
 
@@ -74,8 +72,8 @@ def read_taxa(source: str | os.PathLike | pl.DataFrame) -> pl.DataFrame:
 
 def taxa_texts(taxa: pl.DataFrame, label_type: str, source: str = "<taxa>") -> list[str]:
     """The label text of each taxon, built like the zero-shot benchmarks' (core's ``label_text``)."""
-    if label_type not in INDEX_LABEL_TYPES:
-        raise TaxaIndexError(f"unknown label type {label_type!r}; expected one of {INDEX_LABEL_TYPES}")
+    if label_type not in TAXON_LABEL_TYPES:
+        raise TaxaIndexError(f"unknown label type {label_type!r}; expected one of {TAXON_LABEL_TYPES}")
     texts = [label_text(Taxon.from_mapping(row), label_type) for row in taxa.iter_rows(named=True)]
     empty = [i for i, t in enumerate(texts) if not t]
     if empty:

@@ -17,12 +17,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from biocap_core.imagefiles import ImageFiles, image_batches
 from biocap_core.runtime import default_precision, resolve_device
 from biocap_core.taxonomy import TEMPLATES
 from biocap_core.zeroshot import autocast, classifier_weights
 from biocap_predict.errors import ImageError, PredictInputError
 from biocap_predict.filters import parse_within, restrict
-from biocap_predict.images import image_batches, name_inputs
+from biocap_predict.images import name_inputs
 from biocap_predict.index import TaxaIndex, weights_fingerprint
 from biocap_predict.rows import caption_row, parse_rank, taxon_row
 from biocap_predict.scoring import SPECIES, TopK, label_topk, rank_topk
@@ -81,20 +82,21 @@ class Predictor:
     def _encode(self, images: Iterable[Any], heads: Sequence[str], on_skip: OnSkip,
                 normalize: bool = True) -> Iterator[tuple[list[str], Features]]:
         items = name_inputs(images)
+        dataset = ImageFiles([item.data for item in items], self.model)
         bar = tqdm(total=len(items), unit="img", desc="images", disable=not self.progress)
         with bar:
-            for positions, batch, failed in image_batches(items, self.model, self.batch_size, self.workers,
-                                                          self.device):
-                for _, error in failed:
+            for batch in image_batches(dataset, self.batch_size, self.workers, self.device):
+                for position, why in batch.unreadable:
+                    error = ImageError(f"{items[position].name}: {why}")
                     if on_skip is None:
                         raise error
                     on_skip(error)
-                bar.update(len(positions) + len(failed))
-                if batch is None:
+                bar.update(len(batch.positions) + len(batch.unreadable))
+                if batch.images is None:
                     continue
                 with autocast(self.device, self.precision):
-                    feats = self.model.encode_image_heads(batch, heads, normalize=normalize)
-                yield [items[p].name for p in positions], {h: f.float() for h, f in feats.items()}
+                    feats = self.model.encode_image_heads(batch.images, heads, normalize=normalize)
+                yield [items[p].name for p in batch.positions], {h: f.float() for h, f in feats.items()}
 
     def embed(self, images: Iterable[Any], head: str = "tax", normalize: bool = True,
               on_skip: OnSkip = None) -> Iterator[tuple[list[str], Features]]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from biocap_core.taxonomy import TRAIN_TAXONOMIC_TYPES
+from biocap_core.taxonomy import LABEL_TYPES, TRAIN_TAXONOMIC_TYPES
 
 TEXT_TYPES: tuple[str, ...] = ("random",) + TRAIN_TAXONOMIC_TYPES + ("caption",)
 PRECISIONS = ("fp32", "amp", "amp_bf16", "bf16")
@@ -106,8 +106,7 @@ class TrainConfig:
     val_frequency: int = _f(1, "Validate every this many epochs.")
     zeroshot_data: str | None = _f(None, "Zero-shot classification CSV (any of the original's layouts).")
     zeroshot_images: str | None = _f(None, "Image root of --zeroshot-data; default: the CSV's folder.")
-    zeroshot_label_type: str = _f("taxon_com", "Label text type of --zeroshot-data.",
-                                  ("asis", "sci", "com", "taxon", "sci_com", "taxon_com"))
+    zeroshot_label_type: str = _f("taxon_com", "Label text type of --zeroshot-data.", LABEL_TYPES)
     zeroshot_frequency: int = _f(1, "Zero-shot top-1 every this many epochs (also before and after training).")
     zeroshot_templates: int = _f(81, "Use the first N of the 81 zero-shot templates.")
     log_every_n_steps: int = _f(100, "Log (console, JSONL, TensorBoard, W&B) every N steps.")

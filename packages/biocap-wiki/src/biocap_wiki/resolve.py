@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Union
 
-from biocap_core.schemas import RANK_COLUMNS
+from biocap_core.taxonomy import RANKS
 
 from biocap_wiki.api import Page, clean_title
 from biocap_wiki.extract import Extract, describe, parse
@@ -93,7 +93,7 @@ Action = Union[Fetch, Search, Render, Found, Failed]
 
 
 def _ranks_text(ranks: dict[str, str]) -> str:
-    return ", ".join(f"{r}={ranks[r]}" for r in RANK_COLUMNS if ranks.get(r)) or "no taxobox ranks"
+    return ", ".join(f"{r}={ranks[r]}" for r in RANKS if ranks.get(r)) or "no taxobox ranks"
 
 
 @dataclass
@@ -189,7 +189,7 @@ class Lookup:
         actions: list[Action] = []
         extract: Extract | None = None
         for taxon in list(self.taxa):
-            verdict = ranks_agree(dict(zip(RANK_COLUMNS, taxon)), ranks)
+            verdict = ranks_agree(dict(zip(RANKS, taxon)), ranks)
             if verdict is True or (verdict is None and not strict):
                 self.taxa.remove(taxon)
                 extract = extract or describe(code)

@@ -16,11 +16,11 @@ from pathlib import Path
 import polars as pl
 from biocap_core import schemas
 from biocap_core.errors import SchemaError
-from biocap_core.schemas import RANK_COLUMNS
+from biocap_core.taxonomy import RANKS
 
 from biocap_wiki.resolve import RankValues
 
-KEY = ("binomial",) + RANK_COLUMNS
+KEY = ("binomial",) + RANKS
 
 
 def load_species(path: str | os.PathLike) -> list[tuple[str, list[RankValues]]]:

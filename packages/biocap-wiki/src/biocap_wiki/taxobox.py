@@ -17,14 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from biocap_core.schemas import RANK_COLUMNS
+from biocap_core.taxonomy import RANKS
 from mwparserfromhell.wikicode import Wikicode
 from parsel import Selector
 
 from biocap_wiki.extract import parse, template_name
 
 #: Ranks compared by the homonym check (species is not: taxoboxes abbreviate it).
-COMPARED_RANKS: tuple[str, ...] = RANK_COLUMNS[:-1]
+COMPARED_RANKS: tuple[str, ...] = RANKS[:-1]
 _HIGHER_RANKS = COMPARED_RANKS[:-1]
 _SUFFIXES = ("phytes", "phyte", "phyta", "opsida", "idae", "inae", "oidea", "aceae", "ales",
              "ina", "eae", "ae", "es", "us", "a", "e", "s")

@@ -6,12 +6,12 @@ metrics are percentages except INQUIRE's MRR (a fraction, as INQUIRE prints it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
 from biocap_core.errors import BioCAPError
-from biocap_core.taxonomy import TEMPLATES
+from biocap_core.taxonomy import TEMPLATES, read_templates
 
 from biocap_eval.embedding import ImageEmbeddings
 
@@ -43,6 +43,15 @@ class Settings:
     prefix_bug: bool = False
     skip_missing: bool = False
     strict: bool = False
+
+    def with_templates(self, path: Path) -> "Settings":
+        """These settings with the zero-shot templates of a file (core's reader), failing as an
+        :class:`EvalError` like every other bad eval input."""
+        try:
+            templates = read_templates(path)
+        except BioCAPError as exc:
+            raise EvalError(str(exc)) from exc
+        return replace(self, templates=templates, templates_source=str(Path(path).resolve()))
 
     def for_task(self, task: str, registry_label_type: str | None = None) -> dict:
         """The settings a task's numbers depend on, as JSON-able values."""

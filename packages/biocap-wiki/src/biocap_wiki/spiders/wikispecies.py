@@ -30,7 +30,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import scrapy
-from biocap_core.schemas import RANK_COLUMNS
+from biocap_core.taxonomy import RANKS
 from scrapy import signals
 from scrapy.exceptions import CloseSpider, DontCloseSpider
 from scrapy.spidermiddlewares.httperror import HttpError
@@ -160,7 +160,7 @@ class WikispeciesSpider(scrapy.Spider):
         yield from self._flush(everything=False)
 
     def _item(self, binomial: str, outcome: Found | Failed) -> scrapy.Item:
-        ranks = dict(zip(RANK_COLUMNS, outcome.taxon))
+        ranks = dict(zip(RANKS, outcome.taxon))
         if isinstance(outcome, Failed):
             self.crawler.stats.inc_value(f"wiki/errors/{outcome.reason}")
             return WikiError(binomial=binomial, **ranks, reason=outcome.reason, detail=outcome.detail)

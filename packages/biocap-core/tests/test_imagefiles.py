@@ -1,0 +1,69 @@
+"""The one image dataset: every kind of source, uint8 across workers, bad images reported and not fatal."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from biocap_core.errors import ImageError
+from biocap_core.imagefiles import ImageFiles, image_batches
+from biocap_core.model import build_model
+from biocap_core.preprocess import image_transform
+from biocap_core.zeroshot import encode_images
+
+
+@pytest.fixture
+def photos(tmp_path):
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (w, h) in enumerate(((48, 40), (90, 60), (32, 70))):
+        path = tmp_path / f"photo{i}.jpg"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path, quality=90)
+        paths.append(path)
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(paths[1].read_bytes()[:200])
+    return paths, truncated
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_batches_hold_every_kind_of_source_as_the_eval_transform_gives_it(tiny_cfg, photos, workers):
+    model = build_model(tiny_cfg)
+    paths, truncated = photos
+    transform = image_transform(model, train=False)
+    given = transform(Image.open(paths[2]).convert("RGB"))
+    sources = [paths[0], paths[1].read_bytes(), truncated, Image.open(paths[2]), given,
+               paths[0].parent / "missing.jpg", torch.zeros(1, 4, 4), 42]
+    batches = list(image_batches(ImageFiles(sources, model), batch_size=4, workers=workers))
+    decoded = [p for b in batches for p in b.positions]
+    assert decoded == [0, 1, 3, 4]
+    images = torch.cat([b.images for b in batches])
+    expected = torch.stack([transform(Image.open(p).convert("RGB")) for p in (paths[0], paths[1], paths[2])]
+                           + [given])
+    assert images.dtype == torch.float32 and torch.allclose(images, expected, atol=1e-5)
+    why = dict(u for b in batches for u in b.unreadable)
+    assert sorted(why) == [2, 5, 6, 7]
+    assert why[2].startswith("cannot decode as an image (") and "truncated" in why[2].lower()
+    assert why[5] == "no such image file"
+    assert "(3, H, W)" in why[6] and "int" in why[7]
+
+
+def test_encode_images_names_a_bad_image_or_hands_it_over(tiny_cfg, photos):
+    model = build_model(tiny_cfg).eval()
+    paths, truncated = photos
+    with pytest.raises(ImageError, match="truncated.jpg: cannot decode"):
+        encode_images(model, [paths[0], truncated], batch_size=2)
+    bad: dict[int, str] = {}
+    feats = encode_images(model, [paths[0], truncated, paths[1]], batch_size=2, on_unreadable=bad.__setitem__)
+    assert list(bad) == [1] and torch.count_nonzero(feats[1]) == 0
+    alone = encode_images(model, [paths[0], paths[1]], batch_size=2)
+    assert torch.allclose(feats[[0, 2]], alone, atol=1e-6)
+    assert torch.allclose(feats[[0, 2]].norm(dim=1), torch.ones(2), atol=1e-5)
+
+
+def test_jpegs_are_drafted_to_the_crop_size(tiny_cfg, tmp_path):
+    big = tmp_path / "big.jpg"
+    Image.new("RGB", (1024, 768), (10, 200, 30)).save(big)
+    data = ImageFiles([big, big.read_bytes()], build_model(tiny_cfg))
+    assert data.draft_size == 32 and data._decode(0).size == (128, 96) and data._decode(1).size == (128, 96)
