@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 from biocap_core.checkpoints import load_model
+from biocap_core.precision import autocast
 from biocap_core.preprocess import decode_image
 from biocap_core.toy import BACKGROUNDS, TILTS, make_species, render
-from biocap_core.zeroshot import autocast
 from biocap_eval.embedding import Encoder
 from biocap_eval.runner import default_device, default_precision
 

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from biocap_core import schemas
 from biocap_core.errors import SchemaError
+from biocap_core.precision import autocast
 from biocap_core.preprocess import decode_image, image_transform, short_side
 from biocap_core.taxonomy import TEMPLATES, label_texts
 
@@ -88,16 +89,6 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, i: int) -> torch.Tensor:
         return self.transform(decode_image(self.paths[i], draft_size=self.draft_size))
-
-
-def autocast(device: torch.device | str, precision: str):
-    """Autocast context for ``fp32``/``amp``/``amp_bf16``/``bf16`` (no-op for fp32)."""
-    device_type = torch.device(device).type
-    if precision in ("amp", "fp16"):
-        return torch.autocast(device_type, dtype=torch.float16)
-    if precision in ("amp_bf16", "bf16"):
-        return torch.autocast(device_type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 @contextlib.contextmanager

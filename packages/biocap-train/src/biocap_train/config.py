@@ -18,10 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from biocap_core.precision import PRECISIONS
 from biocap_core.taxonomy import TRAIN_TAXONOMIC_TYPES
 
 TEXT_TYPES: tuple[str, ...] = ("random",) + TRAIN_TAXONOMIC_TYPES + ("caption",)
-PRECISIONS = ("fp32", "amp", "amp_bf16", "bf16")
+#: Core's precisions but pure fp16: it has no loss scaler (``amp`` has one), so small fp16 gradients
+#: underflow to zero.
+TRAIN_PRECISIONS = tuple(p for p in PRECISIONS if p != "fp16")
 
 
 def _f(default: Any = None, help: str = "", choices: Sequence[str] | None = None,
@@ -74,7 +77,7 @@ class TrainConfig:
     eps: float = _f(1e-6, "AdamW epsilon.")
     grad_clip_norm: float | None = _f(None, "Clip the gradient norm to this value.")
     precision: str = _f("amp", "Numeric precision (amp: fp16 autocast with loss scaling; bf16: pure bf16 "
-                               "weights).", PRECISIONS)
+                               "weights).", TRAIN_PRECISIONS)
     grad_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
     accum_freq: int = _f(1, "Micro-batches per optimiser step (features cached so the loss sees the whole "
                             "accumulated batch, as OpenCLIP).")
@@ -120,8 +123,8 @@ class TrainConfig:
         problems = []
         if self.text_type not in TEXT_TYPES:
             problems.append(f"--text-type {self.text_type!r}: expected one of {TEXT_TYPES}")
-        if self.precision not in PRECISIONS:
-            problems.append(f"--precision {self.precision!r}: expected one of {PRECISIONS}")
+        if self.precision not in TRAIN_PRECISIONS:
+            problems.append(f"--precision {self.precision!r}: expected one of {TRAIN_PRECISIONS}")
         if not 0.0 <= self.caption_share <= 1.0:
             problems.append(f"--caption-share {self.caption_share}: must lie in [0, 1]")
         for name in ("batch_size", "accum_freq", "epochs", "shuffle_buffer", "log_every_n_steps",

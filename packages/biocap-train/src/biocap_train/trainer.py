@@ -27,12 +27,12 @@ from biocap_core.checkpoints import load_model, load_weights, read_checkpoint
 from biocap_core.errors import BioCAPError, CheckpointError, UnwritableFolder
 from biocap_core.fileio import atomic_write, writable_folder
 from biocap_core.model import build_model
+from biocap_core.precision import autocast, input_dtype
 from biocap_core.preprocess import image_transform, short_side
 from biocap_core.shards import count_samples, expand_sources
 from biocap_core.taxonomy import TEMPLATES
 from biocap_core.zeroshot import (
     ClassificationSet,
-    autocast,
     classifier_weights,
     encode_images,
     topk_accuracy,
@@ -158,7 +158,7 @@ class Trainer:
         self.forward = self.ddp if self.ddp is not None else self.model
         if cfg.torchcompile:
             self.forward = torch.compile(self.forward)
-        self.input_dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
+        self.input_dtype = input_dtype(cfg.precision)
 
     # ---- one step ----
     def heads_of(self, text_type: str) -> tuple[str, ...]:
@@ -199,7 +199,7 @@ class Trainer:
         texts = [(torch.cat([b["text"], b["caption_text"]]) if len(heads) == 2 else b["text"]).to(
             self.device, non_blocking=True) for b in micro]
         self.optimizer.zero_grad(set_to_none=True)
-        amp = autocast(self.device, cfg.precision if cfg.precision != "bf16" else "fp32")
+        amp = autocast(self.device, cfg.precision, inputs_cast=True)
         if len(micro) == 1:
             with amp:
                 out = self.forward(images[0], texts[0], heads=heads)
@@ -263,7 +263,7 @@ class Trainer:
     @torch.no_grad()
     def zeroshot_top1(self, dataset: ClassificationSet) -> float:
         """Top-1 of the taxonomic head on a zero-shot classification set (the original's protocol)."""
-        precision = "fp32" if self.cfg.precision == "bf16" else self.cfg.precision
+        precision = self.cfg.precision
         self.model.eval()
         try:
             feats = encode_images(self.model, dataset.paths, head="tax", batch_size=256, device=self.device,
@@ -292,7 +292,7 @@ class Trainer:
                 if "image" not in batch:
                     continue
                 size = len(batch["image"])
-                with autocast(self.device, cfg.precision if cfg.precision != "bf16" else "fp32"):
+                with autocast(self.device, cfg.precision, inputs_cast=True):
                     out = self.model(batch["image"].to(self.device, dtype=self.input_dtype),
                                      torch.cat([batch["text"], batch["caption_text"]]).to(self.device))
                     feats = self._features(out, ("tax", "caption"), size)
