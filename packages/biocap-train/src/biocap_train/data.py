@@ -1,10 +1,11 @@
-"""The shard pipeline: deterministic, resumable webdataset streams of ready-made batches.
+"""The shard pipeline: deterministic, resumable streams of ready-made batches from webdataset shards.
 
 Each rank runs ``W = max(1, workers)`` *logical* streams per epoch. Stream
 ``w`` of rank ``r`` in epoch ``e`` is a pure function of ``(seed, e, r, w)``:
 its shard sequence (resampled with replacement, or the epoch's shuffled shard
-list split across ranks and workers and repeated), webdataset's tar reader and
-a shuffle buffer with a seeded generator. Stream ``w`` produces the epoch's
+list split across ranks and workers and repeated), biocap-core's shard reader
+(:func:`biocap_core.shards.iter_samples`) and webdataset's shuffle buffer with a
+seeded generator. Stream ``w`` produces the epoch's
 micro-batches ``i`` with ``i % W == w``; the DataLoader's round-robin over
 workers therefore returns them in order ``0, 1, 2 ...``.
 
@@ -43,7 +44,6 @@ from biocap_core.preprocess import decode_image
 from biocap_core.shards import expand_sources, iter_samples, member_key
 from biocap_core.taxonomy import TRAIN_TAXONOMIC_TYPES
 from torch.utils.data import IterableDataset, get_worker_info
-from webdataset.filters import _shuffle
 
 from biocap_train.captions import CaptionIndex
 from biocap_train.config import TrainConfig
@@ -119,7 +119,7 @@ def _seed_of(*parts: Any) -> int:
 
 def _raw_samples(urls: Iterator[str], counts: DataCounts, limit_empty: int) -> Iterator[dict]:
     """Raw samples (bytes per member) of a shard sequence; unreadable data is counted and the rest
-    of that shard skipped. Reads through biocap-core's tar reader (far less CPU than ``tarfile``)."""
+    of that shard skipped. Reads through biocap-core's shard reader, :func:`~biocap_core.shards.iter_samples`."""
     empty_shards = 0
     for url in urls:
         produced = False
@@ -378,7 +378,9 @@ class TrainStream(IterableDataset):
         limit = max(100, 2 * len(s.urls))
         raw = _raw_samples(self.shard_urls(stream), counts, limit)
         rng = random.Random(_seed_of(s.seed, "shuffle", s.epoch, s.rank, stream))
-        shuffled = _shuffle(raw, bufsize=s.shuffle_buffer, initial=max(1, s.shuffle_buffer // 5), rng=rng)
+        # webdataset's public shuffle filter with our own generator: its detshuffle seeds from seed + epoch
+        # only, but each (rank, stream) needs its own order, fixed by the seed, to resume exactly.
+        shuffled = wds.shuffle(bufsize=s.shuffle_buffer, initial=max(1, s.shuffle_buffer // 5), rng=rng)(raw)
         consumed = 0
         for _ in range(s.skip.get(stream, 0)):
             next(shuffled)
