@@ -171,7 +171,8 @@ def gpu_benchmark(device: str = "cuda", model: str = "ViT-B-16", configs=GPU_CON
         trainer = Trainer(cfg, DistInfo(device=dev), total_steps=steps + warmup + 1)
         ctx, size = trainer.model.context_length, trainer.model.visual.image_size
         return trainer, [{"image": torch.randn(batch, 3, *size, device=dev),
-                          "text": torch.randint(1, trainer.model.vocab_size - 1, (batch, ctx), device=dev)}]
+                          "text": torch.randint(1, trainer.model.vocab_size - 1, (batch, ctx), device=dev),
+                          "text_type": TEXT_TYPE}]
 
     began, flops, results = time.perf_counter(), {}, []
     for batch, precision, compiled in configs:
