@@ -27,10 +27,10 @@ import torch
 
 from biocap_core.checkpoints import load_model
 from biocap_core.gpu_decode import DevicePreprocess, require_cuda
+from biocap_core.precision import autocast
 from biocap_core.preprocess import decode_image, image_transform
 from biocap_core.runtime import default_device, default_precision
 from biocap_core.toy import BACKGROUNDS, TILTS, make_species, render
-from biocap_core.zeroshot import autocast
 from biocap_eval.embedding import Encoder
 
 

@@ -27,10 +27,10 @@ import polars as pl
 import torch
 
 from biocap_core.checkpoints import load_model, save_weights
+from biocap_core.precision import autocast
 from biocap_core.preprocess import decode_image, image_transform
 from biocap_core.runtime import default_precision, resolve_device
 from biocap_core.toy import BACKGROUNDS, TILTS, make_species, render
-from biocap_core.zeroshot import autocast
 from biocap_predict.index import FORMAT, TAXA_COLUMNS, TaxaIndex, weights_fingerprint
 from biocap_predict.predictor import Predictor
 from biocap_predict.runs import Inputs, ModelOptions, PredictRequest, predict

@@ -223,7 +223,7 @@ def synthetic_batches(trainer, batch: int, n: int = 4) -> list[dict]:
     model = trainer.model
     return [{"image": torch.randn(batch, 3, *model.image_size, generator=gen).to(trainer.device),
              "text": torch.randint(1, model.vocab_size - 1, (batch, model.context_length), generator=gen
-                                   ).to(trainer.device)} for _ in range(n)]
+                                   ).to(trainer.device), "text_type": TEXT_TYPE} for _ in range(n)]
 
 
 def step_flops(model: str, batch: int, device) -> float:
@@ -331,6 +331,7 @@ def end_to_end(trainer, urls: list[str], batch: int, steps: int, warmup: int, wo
             break
         if gpu_decode:
             b["image"] = prep(b["image"], trainer.device, trainer.input_dtype)
+        b["text_type"] = TEXT_TYPE
         trainer.train_step(step, [b])
         n += len(b["text"])
     sync()

@@ -23,6 +23,7 @@ from biocap_core.checkpoints import (
 )
 from biocap_core.errors import CheckpointError
 from biocap_core.model import build_model
+from biocap_core.precision import input_dtype, weight_dtype
 
 
 @pytest.fixture
@@ -193,3 +194,24 @@ def test_legacy_torch_save_files_are_still_read(trained, tmp_path):
     state = single_projector_state_dict(trained)
     torch.save(state, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
     assert read_checkpoint(tmp_path / "legacy.pt")["state_dict"].keys() == state.keys()
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_a_checkpoint_loads_into_the_model_build_model_makes_at_that_precision(trained, images, tmp_path,
+                                                                              precision):
+    """--precision bf16 with or without --pretrained gives one model: the same module types
+    (OpenCLIP's fp32-computing LayerNormFp32, not a cast LayerNorm), dtypes and outputs."""
+    path = save_weights(trained, tmp_path / "w.safetensors")
+    loaded = load_model(trained.model_cfg, str(path), precision=precision).eval()
+    built = build_model(trained.model_cfg, precision=precision).eval()
+    load_weights(built, path)
+    kinds = [type(m) for m in loaded.modules()]
+    assert kinds == [type(m) for m in built.modules()]
+    assert open_clip.transformer.LayerNormFp32 in kinds and open_clip.transformer.LayerNorm not in kinds
+    assert {k: v.dtype for k, v in loaded.state_dict().items()} == {k: v.dtype for k, v in built.state_dict().items()}
+    with torch.no_grad():
+        text = loaded.tokenizer()(["a photo of a fish.", "a red beetle."])
+        out = [m(images.to(input_dtype(precision)), text) for m in (loaded, built)]
+    for key in ("image_features_tax", "image_features_caption", "text_features"):
+        assert out[0][key].dtype == weight_dtype(precision)
+        assert torch.equal(out[0][key], out[1][key]), key

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from biocap_train import TrainConfig, distributed
+from biocap_train.schedule import text_type_for_step
 from biocap_train.trainer import Trainer
 
 GLOBAL_BATCH, STEPS = 8, 6
@@ -31,7 +32,8 @@ def main(model: str, out: Path) -> None:
         g = torch.Generator().manual_seed(step)
         images = torch.randn(GLOBAL_BATCH, 3, *trainer.model.image_size, generator=g)
         texts = tok([f"a photo of species {step}-{i} with {i % 3} marks." for i in range(GLOBAL_BATCH)])
-        result = trainer.train_step(step, [{"image": images[rows], "text": texts[rows]}])
+        text_type = text_type_for_step(step, cfg.seed, cfg.text_type, cfg.caption_share)
+        result = trainer.train_step(step, [{"image": images[rows], "text": texts[rows], "text_type": text_type}])
         log.append({"text_type": result["text_type"], "loss": result["loss"]})
     tag = f"world{info.world_size}"
     (out / f"{tag}-rank{info.rank}.json").write_text(json.dumps(log))

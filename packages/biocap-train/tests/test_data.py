@@ -17,9 +17,8 @@ from biocap_core.shards import expand_sources, iter_samples
 from biocap_train.captions import CaptionIndex
 from biocap_train.config import TrainConfig
 from biocap_train import data
-from biocap_train.data import DataUnusable, StreamSpec, TrainStream, loader
+from biocap_train.data import DataUnusable, StreamSpec, TrainStream, loader, plan_run
 from biocap_train.distributed import DistInfo
-from biocap_train.trainer import plan_run
 
 
 @pytest.fixture(scope="module")

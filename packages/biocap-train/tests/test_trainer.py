@@ -10,6 +10,8 @@ import torch
 from biocap_core.checkpoints import load_model, read_checkpoint
 from biocap_train import TrainConfig, TrainingDiverged, train
 from biocap_train.distributed import DistInfo
+from biocap_train.loss import HeadLosses
+from biocap_train.schedule import text_type_for_step
 from biocap_train.trainer import Trainer
 
 
@@ -20,10 +22,13 @@ def make_trainer(tiny_model, **kw) -> Trainer:
 
 
 def batch(trainer: Trainer, n=8, seed=0, joint=False) -> dict:
+    """A micro-batch of step 0, with the text type the data stream would stamp on it."""
     g = torch.Generator().manual_seed(seed)
     tok = trainer.model.tokenizer()
+    cfg = trainer.cfg
     out = {"image": torch.randn(n, 3, *trainer.model.image_size, generator=g),
-           "text": tok([f"a photo of species {seed}-{i}." for i in range(n)])}
+           "text": tok([f"a photo of species {seed}-{i}." for i in range(n)]),
+           "text_type": text_type_for_step(0, cfg.seed, cfg.text_type, cfg.caption_share, cfg.joint_loss)}
     if joint:
         out["caption_text"] = tok([f"a round body with {i} marks" for i in range(n)])
     return out
@@ -79,7 +84,8 @@ def test_accumulation_and_checkpointing_give_the_plain_step(tiny_model, option):
     plain.train_step(0, [whole])
     other = make_trainer(tiny_model, text_type="taxon", **option)
     if option.get("accum_freq") == 2:
-        halves = [{k: v[:6] for k, v in whole.items()}, {k: v[6:] for k, v in whole.items()}]
+        halves = [{k: v if k == "text_type" else v[:6] for k, v in whole.items()},
+                  {k: v if k == "text_type" else v[6:] for k, v in whole.items()}]
         other.train_step(0, halves)
     else:
         other.train_step(0, [whole])
@@ -92,7 +98,7 @@ def test_accumulation_and_checkpointing_give_the_plain_step(tiny_model, option):
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(base_args, monkeypatch):
     calls = {"n": 0}
-    real = Trainer._losses
+    real = HeadLosses.__call__
 
     def poisoned(self, *args, **kwargs):
         calls["n"] += 1
@@ -101,7 +107,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(base_args, monkeypatc
             losses["loss"] = losses["loss"] * float("nan")
         return losses
 
-    monkeypatch.setattr(Trainer, "_losses", poisoned)
+    monkeypatch.setattr(HeadLosses, "__call__", poisoned)
     cfg = TrainConfig(**{**base_args, "save_every_n_steps": 2, "keep_checkpoints": 0})
     with pytest.raises(TrainingDiverged, match=r"loss is nan at step 3 .*last good checkpoint: .*step_00000002\.pt"):
         train(cfg)

@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from biocap_core.errors import CheckpointError
 from biocap_core.fileio import atomic_write
-from biocap_core.model import BioCAP, build_model, resolve_config, set_precision
+from biocap_core.model import BioCAP, build_model, resolve_config
 
 #: Keys a single-projector checkpoint lacks; filled from their taxonomic twins.
 CAPTION_KEYS = {
@@ -259,11 +259,13 @@ def load_model(
         cfg, preprocess, weights = resolve_config(model), {}, pretrained
     else:
         cfg, preprocess, weights = resolve_pretrained(model, pretrained, cache_dir)
-    net = build_model(cfg)
+    # Built at its precision, as build_model(precision=...) builds it (fp16/bf16 norms are
+    # LayerNormFp32 only when built so); loading copies the weights into the cast parameters.
+    net = build_model(cfg, precision=precision)
     net.preprocess_cfg = dict(preprocess)
     if weights:
         net.load_report = load_weights(net, weights)
-    return set_precision(net.to(device), precision)
+    return net.to(device)
 
 
 def save_weights(model: BioCAP, path: str | os.PathLike) -> Path:

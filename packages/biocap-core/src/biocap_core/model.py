@@ -18,9 +18,10 @@ from typing import Any, Iterable, Literal, Mapping
 import open_clip
 import torch
 import torch.nn.functional as F
-from open_clip.model import get_cast_dtype
 from torch import nn
 from torch.func import functional_call
+
+from biocap_core.precision import set_precision, weight_dtype
 
 Head = Literal["tax", "caption"]
 HEADS: tuple[str, ...] = ("tax", "caption")
@@ -218,7 +219,9 @@ def build_model(
     """A randomly initialised BioCAP of any OpenCLIP CLIP architecture.
 
     ``overrides`` are merged into the config (``vision_cfg``/``text_cfg`` dicts are
-    merged key by key, unlike the original's shallow replace).
+    merged key by key, unlike the original's shallow replace). ``precision`` is applied while
+    building (see :func:`biocap_core.precision.weight_dtype`), so every route to a model of a
+    precision gives the same modules.
     """
     cfg = resolve_config(arch)
     for key, value in overrides.items():
@@ -227,16 +230,6 @@ def build_model(
         else:
             cfg[key] = value
     cfg.pop("custom_text", None)
-    model = BioCAP(**cfg, cast_dtype=get_cast_dtype(precision))
+    model = BioCAP(**cfg, cast_dtype=weight_dtype(precision))
     return set_precision(model.to(device), precision)
 
-
-def set_precision(model: BioCAP, precision: str) -> BioCAP:
-    """Cast weights for pure ``fp16``/``bf16`` the OpenCLIP way (norms stay fp32); other precisions
-    (``fp32``, ``amp``, ``amp_bf16``) keep fp32 weights and use autocast."""
-    if precision in ("fp16", "bf16"):
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        open_clip.model.convert_weights_to_lp(model, dtype=dtype)
-        # OpenCLIP casts `visual.proj` by name; the caption head must follow it.
-        model.visual.caption_proj.data = model.visual.caption_proj.data.to(dtype)
-    return model

@@ -8,9 +8,6 @@ from importlib.metadata import PackageNotFoundError, version
 
 import torch
 
-#: Precisions every inference app accepts (training has its own, narrower list).
-PRECISIONS: tuple[str, ...] = ("fp32", "amp", "amp_bf16", "fp16", "bf16")
-
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from biocap_core import schemas
 from biocap_core.errors import ImageError, SchemaError
 from biocap_core.imagefiles import ImageFiles, ImageSource, image_batches
+from biocap_core.precision import autocast
 from biocap_core.taxonomy import TEMPLATES, label_texts
 
 
@@ -76,14 +77,6 @@ class ClassificationSet:
         return cls([p for p, _ in kept], [y for _, y in kept], classnames, str(csv), skipped)
 
 
-def autocast(device: torch.device | str, precision: str):
-    """Autocast context for ``fp32``/``amp``/``amp_bf16``/``bf16`` (no-op for fp32)."""
-    device_type = torch.device(device).type
-    if precision in ("amp", "fp16"):
-        return torch.autocast(device_type, dtype=torch.float16)
-    if precision in ("amp_bf16", "bf16"):
-        return torch.autocast(device_type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 @contextlib.contextmanager

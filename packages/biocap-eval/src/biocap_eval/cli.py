@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from biocap_core.errors import BioCAPError
-from biocap_core.runtime import PRECISIONS
+from biocap_core.precision import PRECISIONS
 from biocap_core.taxonomy import LABEL_TYPES
 
 app = typer.Typer(help="Biology benchmarks for CLIP-style models: zero-shot classification, INQUIRE-Rerank, "

@@ -12,7 +12,7 @@ from typing import List, Optional
 import typer
 
 from biocap_core.errors import BioCAPError
-from biocap_core.runtime import PRECISIONS
+from biocap_core.precision import PRECISIONS
 from biocap_core.taxonomy import TAXON_LABEL_TYPES
 
 app = typer.Typer(help="Name the organism in a photo with any BioCAP/BioCLIP-style model.", no_args_is_help=True)

@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from biocap_core.imagefiles import ImageFiles, image_batches
+from biocap_core.precision import autocast
 from biocap_core.runtime import default_precision, resolve_device
 from biocap_core.taxonomy import TEMPLATES
-from biocap_core.zeroshot import autocast, classifier_weights
+from biocap_core.zeroshot import classifier_weights
 from biocap_predict.errors import ImageError, PredictInputError
 from biocap_predict.filters import parse_within, restrict
 from biocap_predict.images import name_inputs

@@ -22,8 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from biocap_core.checkpoints import read_checkpoint
 from biocap_core.errors import CheckpointError
 from biocap_core.fileio import atomic_write
+
+from biocap_train import distributed
+from biocap_train.config import TrainConfig
+from biocap_train.distributed import DistInfo
 
 _NAME = re.compile(r"^step_(\d+)\.pt$")
 _PARTIAL = re.compile(r"^\.step_\d+\.pt\.tmp-\d+$")
@@ -134,3 +139,38 @@ def _size(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"
+
+
+def resume_checkpoint(cfg: TrainConfig, info: DistInfo, say) -> tuple[Path | None, dict[str, Any] | None]:
+    """The checkpoint ``--resume`` names and its contents; (None, None) for a fresh run.
+
+    ``--resume latest`` skips an unreadable newest checkpoint (a bad disk, a copy cut short), saying
+    so, sets it aside and takes the one before; rank 0 decides, so every rank resumes from the same
+    one. If none is readable the run stops rather than silently starting over.
+    """
+    if not cfg.resume:
+        return None, None
+    if cfg.resume != "latest":
+        path = Path(cfg.resume)
+        if not path.is_file():
+            raise FileNotFoundError(f"--resume {cfg.resume}: no such checkpoint file")
+        return path, read_checkpoint(path)
+    path, ckpt, unreadable = None, None, []
+    if info.is_main:
+        for _, candidate in reversed(list_checkpoints(cfg.run_dir)):
+            try:
+                ckpt = read_checkpoint(candidate)
+            except CheckpointError as exc:
+                unreadable.append((candidate, exc))
+                continue
+            path = candidate
+            break
+        if unreadable and path is None:
+            raise CheckpointError(f"--resume latest: no checkpoint of {cfg.run_dir} is readable; newest: "
+                                  f"{unreadable[0][1]}")
+        for bad, exc in unreadable:
+            say(f"warning: {exc}; set aside as {set_aside(bad).name}, resuming from {path.name} instead")
+    path = distributed.broadcast_object(info, path)
+    if ckpt is None and path is not None:
+        ckpt = read_checkpoint(path)
+    return path, ckpt

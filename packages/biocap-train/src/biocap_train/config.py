@@ -18,10 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from biocap_core.precision import PRECISIONS
 from biocap_core.taxonomy import LABEL_TYPES, TRAIN_TAXONOMIC_TYPES
 
 TEXT_TYPES: tuple[str, ...] = ("random",) + TRAIN_TAXONOMIC_TYPES + ("caption",)
-PRECISIONS = ("fp32", "amp", "amp_bf16", "bf16")
+#: Core's precisions but pure fp16: it has no loss scaler (``amp`` has one), so small fp16 gradients
+#: underflow to zero.
+TRAIN_PRECISIONS = tuple(p for p in PRECISIONS if p != "fp16")
 #: torch.compile modes (``--torchcompile-mode``); "max-autotune" benchmarks kernels at start-up.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -80,7 +83,7 @@ class TrainConfig:
                                  "--no-fused-adamw: PyTorch's default loop).", bool_negatable=True)
     grad_clip_norm: float | None = _f(None, "Clip the gradient norm to this value.")
     precision: str = _f("amp", "Numeric precision (amp: fp16 autocast with loss scaling; bf16: pure bf16 "
-                               "weights).", PRECISIONS)
+                               "weights).", TRAIN_PRECISIONS)
     grad_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
     accum_freq: int = _f(1, "Micro-batches per optimiser step (features cached so the loss sees the whole "
                             "accumulated batch, as OpenCLIP).")
@@ -126,8 +129,8 @@ class TrainConfig:
         problems = []
         if self.text_type not in TEXT_TYPES:
             problems.append(f"--text-type {self.text_type!r}: expected one of {TEXT_TYPES}")
-        if self.precision not in PRECISIONS:
-            problems.append(f"--precision {self.precision!r}: expected one of {PRECISIONS}")
+        if self.precision not in TRAIN_PRECISIONS:
+            problems.append(f"--precision {self.precision!r}: expected one of {TRAIN_PRECISIONS}")
         if self.torchcompile_mode not in COMPILE_MODES:
             problems.append(f"--torchcompile-mode {self.torchcompile_mode!r}: expected one of {COMPILE_MODES}")
         if not 0.0 <= self.caption_share <= 1.0:

@@ -1,10 +1,11 @@
-"""The shard pipeline: deterministic, resumable webdataset streams of ready-made batches.
+"""The shard pipeline: deterministic, resumable streams of ready-made batches from webdataset shards.
 
 Each rank runs ``W = max(1, workers)`` *logical* streams per epoch. Stream
 ``w`` of rank ``r`` in epoch ``e`` is a pure function of ``(seed, e, r, w)``:
 its shard sequence (resampled with replacement, or the epoch's shuffled shard
-list split across ranks and workers and repeated), webdataset's tar reader and
-a shuffle buffer with a seeded generator. Stream ``w`` produces the epoch's
+list split across ranks and workers and repeated), biocap-core's shard reader
+(:func:`biocap_core.shards.iter_samples`) and webdataset's shuffle buffer with a
+seeded generator. Stream ``w`` produces the epoch's
 micro-batches ``i`` with ``i % W == w``; the DataLoader's round-robin over
 workers therefore returns them in order ``0, 1, 2 ...``.
 
@@ -29,6 +30,7 @@ the stream with :class:`DataUnusable`, saying what is missing.
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import re
 from collections import Counter
@@ -39,14 +41,15 @@ from typing import Any
 import torch
 import webdataset as wds
 from biocap_core.errors import BioCAPError, ShardError
-from biocap_core.preprocess import decode_image
-from biocap_core.shards import expand_sources, iter_samples, member_key
+from biocap_core.preprocess import decode_image, image_transform, short_side
+from biocap_core.shards import count_samples, expand_sources, iter_samples, member_key
 from biocap_core.taxonomy import TRAIN_TAXONOMIC_TYPES
 from torch.utils.data import IterableDataset, get_worker_info
-from webdataset.filters import _shuffle
 
+from biocap_train import distributed
 from biocap_train.captions import CaptionIndex
 from biocap_train.config import TrainConfig
+from biocap_train.distributed import DistInfo
 from biocap_train.schedule import text_type_for_step, text_types_of_run, val_text_type
 
 IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp")
@@ -62,6 +65,10 @@ CAPTIONS_FIX = ("pass --captions TABLE.parquet (uuid, caption), or train the tax
                 "--text-type such as taxon_com, or --caption-share 0; no --joint-loss)")
 #: Samples of each source that the pre-flight check reads.
 PREFLIGHT_SAMPLES = 64
+#: Config fields that fix the data stream; a resume that changes one cannot continue it exactly.
+STREAM_FIELDS = ("train_data", "train_data_upsampling_factors", "dataset_resampled", "train_num_samples",
+                 "batch_size", "accum_freq", "workers", "seed", "shuffle_buffer", "text_type",
+                 "caption_share", "joint_loss", "captions")
 
 
 class DataUnusable(BioCAPError, ValueError):
@@ -119,7 +126,7 @@ def _seed_of(*parts: Any) -> int:
 
 def _raw_samples(urls: Iterator[str], counts: DataCounts, limit_empty: int) -> Iterator[dict]:
     """Raw samples (bytes per member) of a shard sequence; unreadable data is counted and the rest
-    of that shard skipped. Reads through biocap-core's tar reader (far less CPU than ``tarfile``)."""
+    of that shard skipped. Reads through biocap-core's shard reader, :func:`~biocap_core.shards.iter_samples`."""
     empty_shards = 0
     for url in urls:
         produced = False
@@ -229,6 +236,46 @@ def _preflight(urls: list[str], needs: tuple[str, ...], flag: str) -> tuple[str,
         return preflight(urls, needs)
     except DataUnusable as exc:
         raise DataUnusable(f"{flag}: {exc}") from None
+
+
+@dataclass
+class RunPlan:
+    """How many samples, steps and data streams a run has."""
+
+    urls: list[str]
+    weights: list[float] | None
+    samples_per_epoch: int
+    steps_per_epoch: int
+    total_steps: int
+    num_streams: int
+
+    def epoch_end(self, step: int) -> int:
+        """The step at which the epoch of ``step`` ends (or the run, if sooner)."""
+        return min(self.total_steps, (step // self.steps_per_epoch + 1) * self.steps_per_epoch)
+
+
+def plan_run(cfg: TrainConfig, info: DistInfo) -> RunPlan:
+    """Shards, epoch size and step counts; fails before training if the data cannot feed every reader."""
+    urls, weights = expand_sources(cfg.train_data, cfg.train_data_upsampling_factors)
+    streams = max(1, cfg.workers)
+    if not cfg.dataset_resampled and len(urls) < info.world_size * streams:
+        raise ValueError(
+            f"--train-data has {len(urls)} shard(s) but {info.world_size} rank(s) x {streams} worker stream(s) "
+            f"= {info.world_size * streams} readers each need at least one; use --dataset-resampled "
+            f"(shards drawn with replacement), fewer --workers, or split the data into more shards"
+        )
+    check_data(cfg)
+    if cfg.train_num_samples is not None:
+        samples = cfg.train_num_samples
+    else:
+        try:
+            samples = count_samples(urls)
+        except FileNotFoundError as exc:
+            raise ValueError(f"{exc}; or pass --train-num-samples") from exc
+    global_batch = cfg.batch_size * cfg.accum_freq * info.world_size
+    steps_per_epoch = max(1, math.ceil(samples / global_batch))
+    total = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
+    return RunPlan(urls, weights, samples, steps_per_epoch, total, streams)
 
 
 @dataclass
@@ -378,7 +425,9 @@ class TrainStream(IterableDataset):
         limit = max(100, 2 * len(s.urls))
         raw = _raw_samples(self.shard_urls(stream), counts, limit)
         rng = random.Random(_seed_of(s.seed, "shuffle", s.epoch, s.rank, stream))
-        shuffled = _shuffle(raw, bufsize=s.shuffle_buffer, initial=max(1, s.shuffle_buffer // 5), rng=rng)
+        # webdataset's public shuffle filter with our own generator: its detshuffle seeds from seed + epoch
+        # only, but each (rank, stream) needs its own order, fixed by the seed, to resume exactly.
+        shuffled = wds.shuffle(bufsize=s.shuffle_buffer, initial=max(1, s.shuffle_buffer // 5), rng=rng)(raw)
         consumed = 0
         for _ in range(s.skip.get(stream, 0)):
             next(shuffled)
@@ -438,6 +487,92 @@ class ValStream(IterableDataset):
                    "counts": counts.as_dict(), "worker": worker}
         elif counts.counts:
             yield {"counts": counts.as_dict(), "worker": worker}
+
+
+def draft_size(cfg: TrainConfig, model) -> int | None:
+    """The size JPEGs are draft-decoded to (the model's crop), or None with ``--no-draft-decode``."""
+    return short_side(model.image_size) if cfg.draft_decode else None
+
+
+def resume_position(ckpt: dict[str, Any], cfg: TrainConfig, info: DistInfo, say) -> dict[str, Any] | None:
+    """This rank's stream position saved in ``ckpt``, or None (saying why) if the run's data stream
+    changed since (a :data:`STREAM_FIELDS` option, the world size): it then restarts at the epoch position."""
+    old = ckpt.get("config", {})
+    changed = [f for f in STREAM_FIELDS if f in old and old[f] != getattr(cfg, f)]
+    if ckpt.get("world_size", info.world_size) != info.world_size:
+        changed.append(f"world size ({ckpt.get('world_size')} -> {info.world_size})")
+    states = ckpt.get("data_state") or []
+    if changed or len(states) != info.world_size:
+        say(f"warning: resuming with changed {changed or ['data state']}: the data stream restarts at the "
+            "current epoch position instead of continuing exactly")
+        return None
+    return states[info.rank]
+
+
+class TrainBatches:
+    """One rank's training batches, step by step, and where its streams stand.
+
+    :meth:`steps` starts the epoch's :class:`TrainStream` and yields each step's micro-batches in order.
+    :attr:`position` (the epoch, micro-batches done, each stream's consumed samples and bad-sample counts)
+    is what a checkpoint saves per rank; given back as ``restored``, the streams continue exactly there.
+    """
+
+    def __init__(self, cfg: TrainConfig, plan: RunPlan, info: DistInfo, model, captions: CaptionIndex | None,
+                 restored: dict[str, Any] | None, say):
+        self.cfg, self.plan, self.info, self.captions, self.restored, self.say = cfg, plan, info, captions, restored, say
+        self.transform, self.tokenizer = image_transform(model, train=True), model.tokenizer()
+        self.draft_size = draft_size(cfg, model)
+        # A stream restarts every epoch and its shuffle buffer reads ahead while it fills; cap the buffer
+        # at half of what one stream yields per epoch so small data sets are not read 2-3 times.
+        stream_samples = -(-plan.steps_per_epoch * cfg.accum_freq // plan.num_streams) * cfg.batch_size
+        self.shuffle_buffer = max(1, min(cfg.shuffle_buffer, stream_samples // 2))
+        self.position: dict[str, Any] = {}
+
+    def steps(self, start: int, end: int) -> Iterator[list[dict[str, Any]]]:
+        """The micro-batches of each step from ``start`` to ``end`` (exclusive), all in one epoch."""
+        cfg, plan = self.cfg, self.plan
+        epoch = start // plan.steps_per_epoch
+        first = epoch * plan.steps_per_epoch
+        streams = self._restored_streams(epoch, start, done=(start - first) * cfg.accum_freq)
+        spec = StreamSpec(
+            urls=plan.urls, weights=plan.weights, resampled=cfg.dataset_resampled, batch_size=cfg.batch_size,
+            seed=cfg.seed, epoch=epoch, rank=self.info.rank, world_size=self.info.world_size,
+            num_streams=plan.num_streams, microbatches=plan.steps_per_epoch * cfg.accum_freq, first_step=first,
+            accum_freq=cfg.accum_freq, transform=self.transform, tokenizer=self.tokenizer,
+            text_type=cfg.text_type, caption_share=cfg.caption_share, joint=cfg.joint_loss,
+            captions=self.captions, draft_size=self.draft_size, shuffle_buffer=self.shuffle_buffer,
+            start=(start - first) * cfg.accum_freq, skip={int(w): s["consumed"] for w, s in streams.items()},
+            counts={int(w): s["counts"] for w, s in streams.items()},
+        )
+        self.position = {"epoch": epoch, "microbatches": spec.start,
+                         "streams": {int(w): dict(s) for w, s in streams.items()}}
+        batches = iter(loader(TrainStream(spec), cfg.workers, pin_memory=self.info.device.type == "cuda"))
+        for _ in range(start, end):
+            yield [self._advance(next(batches)) for _ in range(cfg.accum_freq)]
+
+    def _restored_streams(self, epoch: int, step: int, done: int) -> dict:
+        """The saved streams of this point of the epoch; none (fresh streams, said) if the save was elsewhere."""
+        saved = self.restored
+        if saved and saved.get("epoch") == epoch and saved.get("microbatches") == done:
+            return saved.get("streams", {})
+        if done:
+            self.say(f"warning: no stream position for step {step}; epoch {epoch} continues with fresh "
+                     "streams (not bit-identical to an uninterrupted run)")
+        return {}
+
+    def _advance(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Check that ``batch`` is the next micro-batch and move the position past it."""
+        if batch["index"] != self.position["microbatches"]:
+            raise RuntimeError(f"data stream out of order: got micro-batch {batch['index']}, "
+                               f"expected {self.position['microbatches']}")
+        self.position["microbatches"] += 1
+        self.position["streams"][batch["stream"]] = {"consumed": batch["consumed"], "counts": batch["counts"]}
+        return batch
+
+    def problems(self) -> DataCounts:
+        """The bad samples the epoch's streams met so far, over every rank (every rank must call it)."""
+        gathered = distributed.gather_objects(self.info, self.position["streams"])
+        return DataCounts.merge(s["counts"] for per_rank in gathered for s in per_rank.values())
 
 
 def loader(dataset: IterableDataset, workers: int, pin_memory: bool = False) -> Iterator[dict[str, Any]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -93,3 +94,44 @@ class ProgressDisplay:
         if self.bar is not None:
             self.bar.stop()
             self.bar = None
+
+
+class StepLog:
+    """Every step's progress line, and every ``--log-every-n-steps`` steps a ``train`` record: the recent
+    loss of each head (last 20 steps that trained it), the share of steps per head, samples/s and the
+    time spent waiting for data, over the steps since the last record."""
+
+    def __init__(self, metrics: MetricsLog, progress: ProgressDisplay, total_steps: int, global_batch: int,
+                 every: int):
+        self.metrics, self.progress, self.total_steps = metrics, progress, total_steps
+        self.global_batch, self.every = global_batch, every
+        self.recent = {"tax": deque(maxlen=20), "caption": deque(maxlen=20)}
+        self.head_steps = {"tax": 0, "caption": 0}
+        self._new_interval()
+
+    def _new_interval(self) -> None:
+        self.interval_start, self.interval_steps, self.interval_wait = time.time(), 0, 0.0
+
+    def step(self, step: int, epoch: int, out: dict[str, Any], waited_s: float, model) -> None:
+        """Record step ``step`` (counted from 1) after training it; ``out`` is what the step returned."""
+        self.interval_steps += 1
+        self.interval_wait += waited_s
+        for h in out["heads"]:
+            self.recent[h].append(out[f"loss_{h}"])
+            self.head_steps[h] += 1
+        rate = self.interval_steps * self.global_batch / max(time.time() - self.interval_start, 1e-9)
+        status = " ".join(f"{h} {sum(v) / len(v):.3f}" for h, v in self.recent.items() if v)
+        log_now = step % self.every == 0 or step == self.total_steps
+        self.progress.update(step, f"loss {status} | {rate:.0f} samples/s", log_line=log_now,
+                             eta_s=(self.total_steps - step) * self.global_batch / max(rate, 1e-9))
+        if not log_now:
+            return
+        done_steps = sum(self.head_steps.values())
+        self.metrics.write(
+            "train", step, epoch=epoch, lr=out["lr"], text_type=out["text_type"], loss=out["loss"],
+            **{f"loss_{h}": sum(v) / len(v) for h, v in self.recent.items() if v},
+            scale_tax=model.logit_scale.exp().item(), scale_caption=model.logit_scale_caption.exp().item(),
+            share_tax=self.head_steps["tax"] / done_steps, share_caption=self.head_steps["caption"] / done_steps,
+            samples_per_s=rate, data_wait_s=self.interval_wait / self.interval_steps,
+        )
+        self._new_interval()
