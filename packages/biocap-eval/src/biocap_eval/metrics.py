@@ -39,12 +39,7 @@ def average_precision(relevant: np.ndarray, scores: np.ndarray, count_pos: int |
     positive. ``k`` may exceed the list: the normaliser still uses ``k``, as
     INQUIRE's does.
     """
-    relevant = np.asarray(relevant, dtype=np.float64)
-    scores = np.asarray(scores, dtype=np.float64)
-    k = _check_k(len(relevant), k)
-    in_list = int(relevant.sum())
-    count_pos = in_list if count_pos is None else count_pos
-    _check_count(in_list, count_pos)
+    relevant, scores, k, in_list, count_pos = _scored_list(relevant, scores, k, count_pos)
     top = descending(scores)[:k]
     hits = np.cumsum(relevant[top])
     if not len(top) or hits[-1] == 0:
@@ -68,12 +63,7 @@ def ndcg(relevant: np.ndarray, scores: np.ndarray, count_pos: int | None = None,
     ties straddling position ``k`` contributes the mean gain of the group to the
     positions above the cut. 0 when there is no positive at all.
     """
-    relevant = np.asarray(relevant, dtype=np.float64)
-    scores = np.asarray(scores, dtype=np.float64)
-    k = _check_k(len(relevant), k)
-    in_list = int(relevant.sum())
-    count_pos = in_list if count_pos is None else count_pos
-    _check_count(in_list, count_pos)
+    relevant, scores, k, in_list, count_pos = _scored_list(relevant, scores, k, count_pos)
     missed = count_pos - in_list
     relevant = np.r_[relevant, np.ones(missed)]
     scores = np.r_[scores, np.full(missed, -100.0)]
@@ -100,9 +90,16 @@ def _check_k(n: int, k: int | None) -> int:
     return k
 
 
-def _check_count(in_list: int, count_pos: int) -> None:
+def _scored_list(relevant, scores, k: int | None, count_pos: int | None):
+    """The list as float arrays, its cut-off ``k``, the positives in it and ``count_pos`` (default: those)."""
+    relevant = np.asarray(relevant, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    k = _check_k(len(relevant), k)
+    in_list = int(relevant.sum())
+    count_pos = in_list if count_pos is None else count_pos
     if count_pos < in_list:
         raise ValueError(f"count_pos={count_pos} is below the {in_list} positive(s) in the list")
+    return relevant, scores, k, in_list, count_pos
 
 
 def reciprocal_rank(relevant: np.ndarray, scores: np.ndarray) -> float:
