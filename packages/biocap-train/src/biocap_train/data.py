@@ -20,16 +20,17 @@ the batches the uninterrupted run would have seen.
 
 Bad data does not stop the stream: an unreadable tar (the rest of that shard),
 an undecodable image or a sample without the needed text is skipped and
-counted; the trainer reports the counts at the end of each epoch.
-
-With ``--gpu-decode`` the workers hand over JPEG bytes and train crops
-(:class:`~biocap_core.gpu_decode.DevicePreprocess`, drawn from the same seeded
-RNG, so the batches and exact resume are unchanged) and :class:`TrainBatches`
-decodes each micro-batch on the device before handing it to the trainer. Data that
+counted; the trainer reports the counts at the end of each epoch. Data that
 can never serve a step must not spin forever either: :func:`preflight` reads
 the first samples of every source before training and refuses text types they
 do not carry, and :data:`MAX_UNUSABLE_IN_A_ROW` skipped samples in a row stop
 the stream with :class:`DataUnusable`, saying what is missing.
+
+With ``--gpu-decode`` the workers hand over JPEG bytes and train crops
+(:class:`~biocap_core.gpu_decode.DevicePreprocess`, drawn from the same seeded
+RNG, so the batches and exact resume are unchanged) and :class:`TrainBatches`
+decodes each micro-batch on the device before handing it to the trainer; a JPEG
+that only the device finds corrupt drops its sample and is counted there.
 """
 
 from __future__ import annotations
@@ -536,11 +537,11 @@ def decode_on_device(batch: dict[str, Any], prep: DevicePreprocess, device: torc
         raise DataUnusable(f"no image of a batch of {len(failed)} could be decoded on the device "
                            f"(e.g. {failed[0]})")
     batch["image"] = torch.cat(images)
-    keep_texts(batch, kept)
+    _keep_texts(batch, kept)
     return failed
 
 
-def keep_texts(batch: dict[str, Any], positions) -> None:
+def _keep_texts(batch: dict[str, Any], positions) -> None:
     """Keep the texts and keys of the samples at ``positions`` only (the caller has cut the images)."""
     positions = list(positions)
     for name in ("text", "caption_text"):
@@ -635,7 +636,7 @@ class TrainBatches:
             size = distributed.min_int(self.info, len(batch["image"]))
             if size < len(batch["image"]):
                 batch["image"] = batch["image"][:size]
-                keep_texts(batch, range(size))
+                _keep_texts(batch, range(size))
         return batch
 
     def _advance(self, batch: dict[str, Any]) -> dict[str, Any]:
