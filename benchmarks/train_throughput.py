@@ -12,8 +12,9 @@
 3. On a CUDA machine, within --budget-s of GPU time: ViT-B-16 at batch 512 on synthetic batches,
    each step route of issue 15 alone and together (see ROUTES): samples/s, MFU (FLOPs of one step
    by torch.utils.flop_counter over the datasheet's dense bf16 peak) and the loss curve against
-   the baseline's; then end to end from TreeOfLife-sized JPEG shards with CPU and with GPU decoding
-   and the CPU cores kept busy; and projected H100-hours for 500M samples. Writes gpu.json.
+   the baseline's; then end to end from TreeOfLife-sized JPEG shards through biocap-train's own
+   data path (``TrainBatches``, as ``--gpu-decode`` off and on) and the CPU cores kept busy; and
+   projected H100-hours for 500M samples. Writes gpu.json.
 
 Prints figures only; nothing here is a test.
 """
@@ -249,30 +250,6 @@ def time_steps(trainer, batches, steps: int, warmup: int, sync) -> tuple[float, 
     return warm_s, (time.perf_counter() - t0) / steps, losses
 
 
-def _shard_stream(urls: list[str], batch: int, encode, collate, tokenizer, seed: int):
-    """Batches of (image, tokenized taxon_com text) from ``urls``, this worker's share of them:
-    the same reader and text for both decode paths, only ``encode``/``collate`` differ. Not
-    biocap-train's own stream: that has no device-decode path yet (issue 15's wiring)."""
-    import torch
-    from biocap_core.shards import iter_samples
-    from torch.utils.data import IterableDataset, get_worker_info
-
-    class Stream(IterableDataset):
-        def __iter__(self):
-            info = get_worker_info()
-            wid, n = (info.id, info.num_workers) if info else (0, 1)
-            torch.manual_seed(seed + wid)
-            images, texts = [], []
-            for sample in iter_samples(urls[wid::n], require=("jpg", f"{TEXT_TYPE}.txt")):
-                images.append(encode(sample["jpg"]))
-                texts.append(sample[f"{TEXT_TYPE}.txt"].decode())
-                if len(images) == batch:
-                    yield {"image": collate(images), "text": tokenizer(texts)}
-                    images, texts = [], []
-
-    return Stream()
-
-
 def jpeg_shards(root: Path, n_samples: int, size=(500, 375), per_shard: int = 512) -> list[str]:
     """TreeOfLife-sized JPEG shards: 64 distinct toy photos at ``size`` (quality 90), repeated under
     distinct keys, so every sample is a full-size decode."""
@@ -305,38 +282,29 @@ def jpeg_shards(root: Path, n_samples: int, size=(500, 375), per_shard: int = 51
 
 def end_to_end(trainer, urls: list[str], batch: int, steps: int, warmup: int, workers: int, gpu_decode: bool,
                sync) -> dict:
-    """Samples/s of the route's train step fed from JPEG shards, with CPU (PIL, draft) or device decode,
-    and the CPU cores kept busy meanwhile."""
-    import torch
-    from biocap_core.gpu_decode import DevicePreprocess
-    from biocap_core.preprocess import decode_image, image_transform
+    """Samples/s of the route's train step fed from JPEG shards by biocap-train's own data path
+    (``TrainBatches``: the shard stream, its DataLoader workers and, with ``gpu_decode``, the device
+    decode; without, PIL in draft mode in the workers), and the CPU cores kept busy meanwhile."""
+    import dataclasses
 
-    model = trainer.model
-    if gpu_decode:
-        prep = DevicePreprocess(model, train=True)
-        encode, collate = prep.encode, prep.collate
-    else:
-        transform, draft = image_transform(model, train=True), min(model.image_size)
-        encode, collate = (lambda data: transform(decode_image(data, draft_size=draft))), torch.stack
-    stream = _shard_stream(urls, batch, encode, collate, model.tokenizer(), seed=0)
-    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers,
-                                         pin_memory=trainer.device.type == "cuda",
-                                         persistent_workers=False, prefetch_factor=2 if workers else None)
+    from biocap_train.data import TrainBatches, plan_run
+    from biocap_train.distributed import DistInfo
+
+    # shards drawn with replacement, so the figure does not depend on the shard count per worker
+    cfg = dataclasses.replace(trainer.cfg, train_data="::".join(urls), dataset_resampled=True, batch_size=batch,
+                              train_num_samples=(warmup + steps) * batch, workers=workers, gpu_decode=gpu_decode)
+    info = DistInfo(device=trainer.device)
+    data = TrainBatches(cfg, plan_run(cfg, info), info, trainer.model, None, None, say=print)
     n, t0, cpu0 = 0, time.perf_counter(), None
-    for step, b in enumerate(loader):
+    for step, micro in enumerate(data.steps(0, warmup + steps)):
         if step == warmup:
             sync()
             n, t0, cpu0 = 0, time.perf_counter(), _cpu_busy()
-        if step == warmup + steps:
-            break
-        if gpu_decode:
-            b["image"] = prep(b["image"], trainer.device, trainer.input_dtype)
-        b["text_type"] = TEXT_TYPE
-        trainer.train_step(step, [b])
-        n += len(b["text"])
+        trainer.train_step(step, micro)
+        n += sum(len(b["text"]) for b in micro)
     sync()
     seconds = time.perf_counter() - t0
-    return {"decode": "device" if gpu_decode else "cpu (PIL, draft)", "workers": workers, "steps": step - warmup,
+    return {"decode": "device" if gpu_decode else "cpu (PIL, draft)", "workers": workers, "steps": steps,
             "samples_per_s": n / seconds, "cpu_cores_busy": _cores_used(cpu0, _cpu_busy())}
 
 

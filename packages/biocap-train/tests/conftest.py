@@ -91,3 +91,17 @@ def no_caption_shards(toy, tmp_path_factory) -> list[str]:
     urls = sorted(str(p) for p in (toy / "train").glob("shard-*.tar"))
     return _rewrite_shards(urls, tmp_path_factory.mktemp("no-caption"),
                            lambda s: {k: v for k, v in s.items() if k != "caption.txt"})
+
+
+def _corrupt_inside(jpeg: bytes) -> bytes:
+    bad = bytearray(jpeg)
+    table = bad.index(b"\xff\xc4")  # the first Huffman table: its 16 code-length counts become nonsense
+    bad[table + 5:table + 21] = b"\xff" * 16
+    return bytes(bad)
+
+
+@pytest.fixture(scope="session")
+def corrupt_inside():
+    """``corrupt_inside(jpeg)``: the JPEG with a bogus Huffman table but its header and end marker intact,
+    so ``--gpu-decode``'s workers hand it over and only the decode (on the device) finds it."""
+    return _corrupt_inside

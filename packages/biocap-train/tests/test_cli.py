@@ -52,3 +52,9 @@ def test_a_shard_pattern_that_matches_no_file_names_it(base_args, tmp_path):
 def test_shards_without_captions_under_the_default_text_type(base_args, no_caption_shards):
     message = one_line_error(argv(base_args, train_data="::".join(no_caption_shards), steps=1))
     assert "has caption.txt, which --text-type random" in message and "pass --captions TABLE.parquet" in message
+
+
+def test_gpu_decode_without_cuda_is_refused_before_any_work(base_args, tmp_path):
+    message = one_line_error(argv(base_args, steps=1) + ["--gpu-decode"])
+    assert "--gpu-decode needs CUDA" in message and "leave the flag out" in message
+    assert not (tmp_path / "logs").exists()  # no run folder, so no checkpoint

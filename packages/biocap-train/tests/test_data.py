@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import pickle
 import tarfile
 from pathlib import Path
@@ -17,7 +18,7 @@ from biocap_core.shards import expand_sources, iter_samples
 from biocap_train.captions import CaptionIndex
 from biocap_train.config import TrainConfig
 from biocap_train import data
-from biocap_train.data import DataUnusable, StreamSpec, TrainStream, loader, plan_run
+from biocap_train.data import DataUnusable, StreamSpec, TrainBatches, TrainStream, loader, plan_run
 from biocap_train.distributed import DistInfo
 
 
@@ -208,3 +209,51 @@ def test_a_missing_shard_is_named_before_training(toy, tmp_path):
     tarfile.open(tmp_path / "empty.tar", "w").close()
     with pytest.raises(DataUnusable, match=r"empty\.tar: they hold no samples"):
         plan([str(tmp_path / "empty.tar")])
+
+
+# --gpu-decode's data path, with the device decode run on the CPU: require_cuda is the run's check
+# (train()), not the data path's, so these tests exercise the same code a GPU run does.
+#: Tolerance of the device path against PIL's: biocap-core's tests/test_gpu_decode.py's looser (CUDA) bound,
+#: 0.25 per value and a mean below one uint8 level. Its CPU bound (3 levels, mean 0.002) holds for 224 px
+#: crops of photos; the toy's sharp-edged 32 px crops are upsampled, and PIL rounds between its two bicubic
+#: passes where torch does not (up to 5 levels, mean 0.0025 here). A crop shifted by 2 px differs by 0.08.
+MAX_DIFF, MEAN_DIFF = 0.25, 0.01
+
+
+def train_batches(train_data: str, model, gpu_decode: bool, restored=None, workers=2) -> TrainBatches:
+    cfg = TrainConfig(train_data=train_data, batch_size=8, train_num_samples=64, workers=workers, seed=3,
+                      shuffle_buffer=50, precision="fp32", text_type="sci", gpu_decode=gpu_decode)
+    return TrainBatches(cfg, plan_run(cfg, DistInfo()), DistInfo(), model, None, restored, say=print)
+
+
+def test_gpu_decode_gives_the_cpu_decodes_batches_and_resumes_exactly(toy_train, model):
+    cpu = [m for m, in train_batches(toy_train, model, gpu_decode=False).steps(0, 5)]
+    data = train_batches(toy_train, model, gpu_decode=True)
+    device, position = [], None
+    for step, (micro,) in enumerate(data.steps(0, 5)):
+        device.append(micro)
+        if step == 2:
+            position = copy.deepcopy(data.position)
+    for a, b in zip(cpu, device, strict=True):
+        assert a["keys"] == b["keys"] and torch.equal(a["text"], b["text"])
+        diff = (b["image"] - a["image"]).abs()  # the same crops, drawn in the workers from the same seed
+        assert diff.amax() <= MAX_DIFF and diff.mean(dim=(1, 2, 3)).amax() <= MEAN_DIFF
+    resumed = [m for m, in train_batches(toy_train, model, gpu_decode=True, restored=position).steps(3, 5)]
+    for a, b in zip(device[3:], resumed, strict=True):
+        assert a["keys"] == b["keys"] and torch.equal(a["image"], b["image"])
+
+
+def test_a_jpeg_only_the_device_cannot_decode_is_dropped_and_counted(toy, model, tmp_path, rewrite_shards,
+                                                                     corrupt_inside):
+    urls = sorted(str(p) for p in (toy / "train").glob("shard-*.tar"))
+    bad_keys = {s["__key__"] for s in list(iter_samples(urls))[::4]}
+    bad = rewrite_shards(urls, tmp_path, lambda s: {**s, "jpg": corrupt_inside(s["jpg"])}
+                         if s["__key__"] in bad_keys else s)
+    data = train_batches("::".join(bad), model, gpu_decode=True, workers=0)
+    batches = [m for m, in data.steps(0, 8)]
+    assert not bad_keys & {k for b in batches for k in b["keys"]}
+    sizes = [len(b["image"]) for b in batches]
+    assert all(len(b["text"]) == len(b["keys"]) == n for b, n in zip(batches, sizes))
+    problems = data.problems()  # counted with the workers' skips, in the position a checkpoint saves
+    assert problems.counts["corrupt_image"] == 8 * 8 - sum(sizes) > 0
+    assert all("(on the device)" in e for e in problems.examples["corrupt_image"])

@@ -57,6 +57,25 @@ def test_the_cli_under_torchrun_splits_data_and_checkpoints_every_rank_position(
     assert len(keys) == 4
 
 
+def test_gpu_decode_ranks_trim_to_the_smallest_batch_when_a_jpeg_fails_on_one_device(
+        toy, tiny_model, tmp_path, child_env, rewrite_shards, corrupt_inside):
+    """ClipLoss gathers equal-sized batches: a sample dropped on one rank's device shrinks every rank's."""
+    from biocap_core.shards import iter_samples
+
+    urls = sorted(str(p) for p in (toy / "train").glob("shard-*.tar"))
+    bad_keys = {s["__key__"] for s in list(iter_samples(urls[:3]))[::3]}  # in half of the shards only
+    shards = rewrite_shards(urls, tmp_path / "shards", lambda s: {**s, "jpg": corrupt_inside(s["jpg"])}
+                            if s["__key__"] in bad_keys else s)
+    run = subprocess.run(torchrun(str(HERE / "ddp_gpu_decode.py"), "::".join(shards), tiny_model, str(tmp_path)),
+                         env=child_env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["sizes"] == ranks[1]["sizes"]
+    sizes = [n for micro in ranks[0]["sizes"] for n in micro]
+    assert all(image == text == keys for image, text, keys in sizes)
+    assert min(image for image, _, _ in sizes) < 8 and ranks[0]["failed"] == ranks[1]["failed"] > 0
+
+
 def test_slurm_variables_give_the_ranks_without_torchrun(monkeypatch):
     from biocap_train.distributed import _env_ranks
 

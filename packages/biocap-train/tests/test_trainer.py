@@ -13,6 +13,7 @@ from biocap_train.distributed import DistInfo
 from biocap_train.loss import HeadLosses
 from biocap_train.schedule import text_type_for_step
 from biocap_train.trainer import Trainer
+from biocap_train.validation import validation_loss
 
 
 def make_trainer(tiny_model, **kw) -> Trainer:
@@ -199,3 +200,36 @@ def test_torchcompile_run_matches_eager_and_its_checkpoint_loads(base_args):
     assert ckpt["state_dict"].keys() == eager.keys()
     model = load_model(ckpt["model_cfg"], runs[True][1])
     assert torch.equal(model.visual.proj, ckpt["state_dict"]["visual.proj"])
+
+
+def test_validation_with_gpu_decode_gives_the_cpu_decodes_loss_and_counts_device_failures(
+        base_args, toy, tmp_path, rewrite_shards, corrupt_inside):
+    """The device decode runs on the CPU here (require_cuda is train()'s check, not validation's)."""
+    val = str(toy / "val" / "shard-000000.tar")
+    model = Trainer(TrainConfig(**base_args), DistInfo(), total_steps=1).model
+    results = {}
+    for gpu_decode in (False, True):
+        cfg = TrainConfig(**{**base_args, "val_data": val, "gpu_decode": gpu_decode})
+        results[gpu_decode] = validation_loss(model, cfg, None, torch.device("cpu"))
+    (cpu, cpu_problems), (device, device_problems) = results[False], results[True]
+    assert device["samples"] == cpu["samples"] == 32 and not cpu_problems.counts and not device_problems.counts
+    assert device["loss_tax"] == pytest.approx(cpu["loss_tax"], rel=1e-3)
+    assert device["loss_caption"] == pytest.approx(cpu["loss_caption"], rel=1e-3)
+    bad = rewrite_shards([val], tmp_path / "val", lambda s: {**s, "jpg": corrupt_inside(s["jpg"])}
+                         if s["__key__"].endswith(("0", "1", "2")) else s)
+    cfg = TrainConfig(**{**base_args, "val_data": bad[0], "gpu_decode": True})
+    result, problems = validation_loss(model, cfg, None, torch.device("cpu"))
+    skipped = problems.counts["corrupt_image"]
+    assert skipped > 0 and result["samples"] + skipped == 32
+    assert "(on the device)" in problems.examples["corrupt_image"][0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="--gpu-decode needs a CUDA device (nvJPEG)")
+def test_a_gpu_decode_run_trains_on_cuda(base_args):
+    cfg = TrainConfig(**{**base_args, "device": "cuda", "gpu_decode": True, "steps": 2, "workers": 1})
+    result = train(cfg)
+    assert result.step == 2 and result.checkpoint.is_file()
+    losses = [json.loads(line)["loss"] for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()
+              if '"kind": "train"' in line]
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    assert read_checkpoint(result.checkpoint)["config"]["gpu_decode"] is True

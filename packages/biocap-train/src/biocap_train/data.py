@@ -25,6 +25,12 @@ can never serve a step must not spin forever either: :func:`preflight` reads
 the first samples of every source before training and refuses text types they
 do not carry, and :data:`MAX_UNUSABLE_IN_A_ROW` skipped samples in a row stop
 the stream with :class:`DataUnusable`, saying what is missing.
+
+With ``--gpu-decode`` the workers hand over JPEG bytes and train crops
+(:class:`~biocap_core.gpu_decode.DevicePreprocess`, drawn from the same seeded
+RNG, so the batches and exact resume are unchanged) and :class:`TrainBatches`
+decodes each micro-batch on the device before handing it to the trainer; a JPEG
+that only the device finds corrupt drops its sample and is counted there.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ from typing import Any
 import torch
 import webdataset as wds
 from biocap_core.errors import BioCAPError, ShardError
+from biocap_core.gpu_decode import DevicePreprocess, EncodedBatch
+from biocap_core.precision import input_dtype
 from biocap_core.preprocess import decode_image, image_transform, short_side
 from biocap_core.shards import count_samples, expand_sources, iter_samples, member_key
 from biocap_core.taxonomy import TRAIN_TAXONOMIC_TYPES
@@ -294,7 +302,8 @@ class StreamSpec:
     microbatches: int
     first_step: int
     accum_freq: int
-    transform: Callable
+    #: core's image transform, or with --gpu-decode its DevicePreprocess (see :func:`image_prep`)
+    transform: Callable | DevicePreprocess
     tokenizer: Callable
     text_type: str = "random"
     caption_share: float = 1 / 6
@@ -350,7 +359,10 @@ class BatchMaker:
         if data is None:
             return self._skip(sample, "no_image", f"{key} has no image member")
         try:
-            image = self.transform(decode_image(data, draft_size=self.draft_size))
+            if isinstance(self.transform, DevicePreprocess):  # --gpu-decode: JPEG bytes and crop box
+                image = self.transform.encode(data)
+            else:
+                image = self.transform(decode_image(data, draft_size=self.draft_size))
         except Exception as exc:  # PIL raises many types for bad bytes
             return self._skip(sample, "corrupt_image", f"{key}: {type(exc).__name__}: {exc}")
         self._run.clear()
@@ -385,7 +397,9 @@ class BatchMaker:
         return head + f"no image read from {where} could be decoded (e.g. {self._run_example})"
 
     def collate(self, examples: list, text_types: tuple[str, ...]) -> dict[str, Any]:
-        batch = {"image": torch.stack([e[0] for e in examples])}
+        images = [e[0] for e in examples]
+        batch = {"image": self.transform.collate(images) if isinstance(self.transform, DevicePreprocess)
+                 else torch.stack(images)}
         for j, name in enumerate(("text", "caption_text")[:len(text_types)]):
             batch[name] = self.tokenizer([e[1][j] for e in examples])
         return batch
@@ -489,6 +503,54 @@ class ValStream(IterableDataset):
             yield {"counts": counts.as_dict(), "worker": worker}
 
 
+def image_prep(cfg: TrainConfig, model, train: bool) -> Callable | DevicePreprocess:
+    """What the data workers apply to each image: core's transform (decoded in the worker), or with
+    ``--gpu-decode`` the same transform split at the JPEG bytes, finished by :func:`decode_on_device`."""
+    return DevicePreprocess(model, train=train) if cfg.gpu_decode else image_transform(model, train=train)
+
+
+def decode_on_device(batch: dict[str, Any], prep: DevicePreprocess, device: torch.device,
+                     dtype: torch.dtype) -> list[str]:
+    """Replace ``batch["image"]`` (an :class:`EncodedBatch`) by its pixels decoded on ``device``, in place;
+    returns why any sample failed there.
+
+    A JPEG whose header and end marker look right can still be corrupt inside, and only the device's
+    decode finds it. One such file must not stop a run: its sample (image, texts, key) is dropped from
+    the batch, and the caller counts the reason as the workers count an undecodable image."""
+    encoded = batch["image"]
+    try:
+        batch["image"] = prep(encoded, device, dtype)
+        return []
+    except ShardError:
+        pass
+    # The batched decode says only that some file failed: decode one by one to find which (a rare path).
+    images, kept, failed = [], [], []
+    for i, pixels in enumerate(encoded.images):
+        boxes = None if encoded.boxes is None else encoded.boxes[i:i + 1]
+        try:
+            images.append(prep(EncodedBatch([pixels], boxes), device, dtype))
+            kept.append(i)
+        except ShardError as exc:
+            name = batch["keys"][i] if "keys" in batch else f"sample {i} of a batch"
+            failed.append(f"{name} (on the device): {exc}")
+    if not images:
+        raise DataUnusable(f"no image of a batch of {len(failed)} could be decoded on the device "
+                           f"(e.g. {failed[0]})")
+    batch["image"] = torch.cat(images)
+    _keep_texts(batch, kept)
+    return failed
+
+
+def _keep_texts(batch: dict[str, Any], positions) -> None:
+    """Keep the texts and keys of the samples at ``positions`` only (the caller has cut the images)."""
+    positions = list(positions)
+    for name in ("text", "caption_text"):
+        if name in batch:
+            batch[name] = batch[name][positions]
+    if "keys" in batch:
+        batch["keys"] = [batch["keys"][i] for i in positions]
+
+
 def draft_size(cfg: TrainConfig, model) -> int | None:
     """The size JPEGs are draft-decoded to (the model's crop), or None with ``--no-draft-decode``."""
     return short_side(model.image_size) if cfg.draft_decode else None
@@ -520,13 +582,14 @@ class TrainBatches:
     def __init__(self, cfg: TrainConfig, plan: RunPlan, info: DistInfo, model, captions: CaptionIndex | None,
                  restored: dict[str, Any] | None, say):
         self.cfg, self.plan, self.info, self.captions, self.restored, self.say = cfg, plan, info, captions, restored, say
-        self.transform, self.tokenizer = image_transform(model, train=True), model.tokenizer()
-        self.draft_size = draft_size(cfg, model)
+        self.transform, self.tokenizer = image_prep(cfg, model, train=True), model.tokenizer()
+        self.draft_size, self.dtype = draft_size(cfg, model), input_dtype(cfg.precision)
         # A stream restarts every epoch and its shuffle buffer reads ahead while it fills; cap the buffer
         # at half of what one stream yields per epoch so small data sets are not read 2-3 times.
         stream_samples = -(-plan.steps_per_epoch * cfg.accum_freq // plan.num_streams) * cfg.batch_size
         self.shuffle_buffer = max(1, min(cfg.shuffle_buffer, stream_samples // 2))
         self.position: dict[str, Any] = {}
+        self._device_skips: dict[int, DataCounts] = {}  # per stream: JPEGs that failed on the device
 
     def steps(self, start: int, end: int) -> Iterator[list[dict[str, Any]]]:
         """The micro-batches of each step from ``start`` to ``end`` (exclusive), all in one epoch."""
@@ -546,9 +609,10 @@ class TrainBatches:
         )
         self.position = {"epoch": epoch, "microbatches": spec.start,
                          "streams": {int(w): dict(s) for w, s in streams.items()}}
+        self._device_skips = {}
         batches = iter(loader(TrainStream(spec), cfg.workers, pin_memory=self.info.device.type == "cuda"))
         for _ in range(start, end):
-            yield [self._advance(next(batches)) for _ in range(cfg.accum_freq)]
+            yield [self._advance(self._on_device(next(batches))) for _ in range(cfg.accum_freq)]
 
     def _restored_streams(self, epoch: int, step: int, done: int) -> dict:
         """The saved streams of this point of the epoch; none (fresh streams, said) if the save was elsewhere."""
@@ -560,13 +624,31 @@ class TrainBatches:
                      "streams (not bit-identical to an uninterrupted run)")
         return {}
 
+    def _on_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """With ``--gpu-decode``, the batch decoded on this rank's device (see :func:`decode_on_device`)."""
+        if not isinstance(batch["image"], EncodedBatch):
+            return batch
+        for detail in decode_on_device(batch, self.transform, self.info.device, self.dtype):
+            self._device_skips.setdefault(batch["stream"], DataCounts()).add("corrupt_image", detail)
+        if self.info.enabled:
+            # ClipLoss gathers equal-sized batches from every rank: if one rank dropped a sample, all
+            # train on the smallest size (one scalar all-reduce per micro-batch, only with --gpu-decode)
+            size = distributed.min_int(self.info, len(batch["image"]))
+            if size < len(batch["image"]):
+                batch["image"] = batch["image"][:size]
+                _keep_texts(batch, range(size))
+        return batch
+
     def _advance(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Check that ``batch`` is the next micro-batch and move the position past it."""
         if batch["index"] != self.position["microbatches"]:
             raise RuntimeError(f"data stream out of order: got micro-batch {batch['index']}, "
                                f"expected {self.position['microbatches']}")
         self.position["microbatches"] += 1
-        self.position["streams"][batch["stream"]] = {"consumed": batch["consumed"], "counts": batch["counts"]}
+        counts, stream = batch["counts"], batch["stream"]
+        if stream in self._device_skips:  # the workers' counts do not include what failed on the device
+            counts = DataCounts.merge([counts, self._device_skips[stream]]).as_dict()
+        self.position["streams"][stream] = {"consumed": batch["consumed"], "counts": counts}
         return batch
 
     def problems(self) -> DataCounts:

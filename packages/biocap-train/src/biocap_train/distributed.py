@@ -108,3 +108,12 @@ def sum_tensor(info: DistInfo, tensor: torch.Tensor) -> torch.Tensor:
     if info.enabled:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def min_int(info: DistInfo, value: int) -> int:
+    """The smallest ``value`` over all ranks."""
+    if not info.enabled:
+        return value
+    tensor = torch.tensor([value], device=info.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return int(tensor.item())

@@ -28,6 +28,7 @@ import torch
 from biocap_core.checkpoints import load_model, load_weights
 from biocap_core.errors import BioCAPError, UnwritableFolder
 from biocap_core.fileio import atomic_write, writable_folder
+from biocap_core.gpu_decode import require_cuda
 from biocap_core.model import build_model
 from biocap_core.precision import autocast, input_dtype
 from biocap_core.zeroshot import ClassificationSet
@@ -169,6 +170,7 @@ class Trainer:
                 **{f"loss_{h}": mean[h] for h in heads}}
 
     def _forward_backward(self, micro: list[dict[str, Any]], heads: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        # with --gpu-decode the images arrive decoded on the device already (data.TrainBatches)
         images = [b["image"].to(self.device, dtype=self.input_dtype, non_blocking=True) for b in micro]
         texts = [(torch.cat([b["text"], b["caption_text"]]) if len(heads) == 2 else b["text"]).to(
             self.device, non_blocking=True) for b in micro]
@@ -396,6 +398,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     info = distributed.init(cfg.device)
     distributed.set_cpu_threads(info, cfg.workers)
     try:
+        if cfg.gpu_decode:
+            require_cuda(info.device)
         plan = plan_run(cfg, info)
         cfg.name = distributed.broadcast_object(info, cfg.name or default_name(cfg))
         prepare_run_dir(cfg.run_dir)

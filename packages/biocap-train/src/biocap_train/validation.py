@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from biocap_core.gpu_decode import EncodedBatch
 from biocap_core.precision import autocast, input_dtype
-from biocap_core.preprocess import image_transform
 from biocap_core.shards import expand_sources
 from biocap_core.taxonomy import TEMPLATES
 from biocap_core.zeroshot import ClassificationSet, classifier_weights, encode_images, eval_mode, topk_accuracy
@@ -18,7 +18,7 @@ from open_clip import ClipLoss
 
 from biocap_train.captions import CaptionIndex
 from biocap_train.config import TrainConfig
-from biocap_train.data import DataCounts, ValStream, draft_size, loader
+from biocap_train.data import DataCounts, ValStream, decode_on_device, draft_size, image_prep, loader
 from biocap_train.loss import HeadLosses, head_features
 
 
@@ -44,25 +44,29 @@ def validation_loss(model, cfg: TrainConfig, captions: CaptionIndex | None,
     """Mean taxonomic and caption CLIP loss over every ``--val-data`` sample (one process), their mix
     at ``--caption-share`` as ``loss``, and the validation samples skipped as bad."""
     urls, _ = expand_sources(cfg.val_data)
-    stream = ValStream(urls, cfg.batch_size, cfg.seed, image_transform(model, train=False), model.tokenizer(),
+    stream = ValStream(urls, cfg.batch_size, cfg.seed, image_prep(cfg, model, train=False), model.tokenizer(),
                        captions, draft_size(cfg, model))
-    losses, heads = HeadLosses(ClipLoss()), ("tax", "caption")
+    losses, heads, dtype = HeadLosses(ClipLoss()), ("tax", "caption"), input_dtype(cfg.precision)
     totals, n = {"tax": 0.0, "caption": 0.0}, 0
     counts = {}  # worker -> its skipped samples so far
+    on_device = DataCounts()  # --gpu-decode: JPEGs that only the device found undecodable
     with eval_mode(model):
         for batch in loader(stream, min(cfg.workers, len(urls))):
             counts[batch["worker"]] = batch["counts"]
             if "image" not in batch:
                 continue
+            if isinstance(batch["image"], EncodedBatch):
+                for detail in decode_on_device(batch, stream.transform, device, dtype):
+                    on_device.add("corrupt_image", detail)
             size = len(batch["image"])
             with autocast(device, cfg.precision, inputs_cast=True):
-                out = model(batch["image"].to(device, dtype=input_dtype(cfg.precision)),
+                out = model(batch["image"].to(device, dtype=dtype),
                             torch.cat([batch["text"], batch["caption_text"]]).to(device))
                 batch_losses = losses(head_features(out, heads, size), out, heads)
             for h in heads:
                 totals[h] += batch_losses[h].item() * size
             n += size
-    problems = DataCounts.merge(counts.values())
+    problems = DataCounts.merge([*counts.values(), on_device])
     if n == 0:
         raise ValueError(f"--val-data {cfg.val_data}: no readable validation samples ({problems.summary()})")
     result = {f"loss_{h}": v / n for h, v in totals.items()}
