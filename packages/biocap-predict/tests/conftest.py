@@ -18,6 +18,16 @@ MODEL = "BioCAP-toy"
 # OpenMP threads make each small op up to 10x slower.
 torch.set_num_threads(1)
 
+HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items):
+    """Under pytest-xdist, every test of this package runs in one worker, so the trained checkpoint
+    below (the suite's most expensive fixture) is trained once, not once per worker."""
+    for item in items:
+        if HERE in item.path.parents:
+            item.add_marker(pytest.mark.xdist_group("biocap-predict"))
+
 
 @pytest.fixture(scope="session")
 def toy_dir(tmp_path_factory) -> Path:
