@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from biocap_core.gpu_decode import require_cuda
 from biocap_core.imagefiles import ImageFiles, image_batches
 from biocap_core.runtime import default_precision, resolve_device
 from biocap_core.taxonomy import TEMPLATES
@@ -44,12 +45,18 @@ class Predictor:
     """A BioCAP model ready to predict: open-ended over a :class:`TaxaIndex`, or over custom labels.
 
     ``device`` ``"auto"`` picks CUDA when available; ``precision`` defaults to amp on GPU, fp32 on CPU.
+    ``gpu_decode`` decodes JPEGs on the device (CUDA only; refused elsewhere with
+    :class:`~biocap_core.errors.GpuDecodeUnavailable`).
     """
 
     def __init__(self, model, index: TaxaIndex | str | os.PathLike | None = None, *, device: str = "auto",
                  precision: str | None = None, batch_size: int = 32, workers: int = 0,
-                 templates: Sequence[str] | None = None, progress: bool = False, model_name: str = "the model"):
+                 templates: Sequence[str] | None = None, progress: bool = False, model_name: str = "the model",
+                 gpu_decode: bool = False):
         self.device = torch.device(resolve_device(device))
+        if gpu_decode:
+            require_cuda(self.device)
+        self.gpu_decode = gpu_decode
         self.precision = precision or default_precision(str(self.device))
         self.model = model.to(self.device).eval()
         self.batch_size, self.workers, self.progress = batch_size, workers, progress
@@ -66,6 +73,8 @@ class Predictor:
         from biocap_core.checkpoints import load_model
 
         device = resolve_device(device)
+        if kwargs.get("gpu_decode"):
+            require_cuda(device)  # before the model loads
         precision = precision or default_precision(device)
         net = load_model(model, pretrained, device=device, precision=precision)
         label = model + (f" ({pretrained})" if pretrained else "")
@@ -82,7 +91,7 @@ class Predictor:
     def _encode(self, images: Iterable[Any], heads: Sequence[str], on_skip: OnSkip,
                 normalize: bool = True) -> Iterator[tuple[list[str], Features]]:
         items = name_inputs(images)
-        dataset = ImageFiles([item.data for item in items], self.model)
+        dataset = ImageFiles([item.data for item in items], self.model, gpu_decode=self.gpu_decode)
         bar = tqdm(total=len(items), unit="img", desc="images", disable=not self.progress)
         with bar:
             for batch in image_batches(dataset, self.batch_size, self.workers, self.device):
