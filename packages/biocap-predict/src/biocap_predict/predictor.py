@@ -2,7 +2,8 @@
 
 Every method streams: images are decoded and encoded a batch at a time and each batch's rows are
 produced before the next is read, so memory does not grow with the number of images (the ``iter_``
-methods hand the rows out per batch; the list methods collect them for convenience).
+methods hand each batch's rows out as a polars DataFrame; the list methods collect them as dicts,
+pybioclip's rows).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
+import polars as pl
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -26,8 +28,8 @@ from biocap_predict.errors import ImageError, PredictInputError
 from biocap_predict.filters import parse_within, restrict
 from biocap_predict.images import name_inputs
 from biocap_predict.index import TaxaIndex, weights_fingerprint
-from biocap_predict.rows import caption_row, parse_rank, taxon_row
-from biocap_predict.scoring import SPECIES, TopK, label_topk, rank_topk
+from biocap_predict.rows import caption_rows, label_rows, parse_rank, taxon_rows
+from biocap_predict.scoring import TopK, label_topk, rank_topk
 
 Features = dict[str, torch.Tensor]
 OnSkip = Callable[[ImageError], None] | None
@@ -38,7 +40,7 @@ class _Task:
     """What to do with each batch of embeddings: the heads it needs and the function making rows."""
 
     heads: tuple[str, ...]
-    rows: Callable[[list[str], Features], list[dict]]
+    rows: Callable[[list[str], Features], pl.DataFrame]
 
 
 class Predictor:
@@ -144,22 +146,18 @@ class Predictor:
             raise PredictInputError(f"{view.path or 'the index'} has no trait captions; build it with --captions")
         scale = self.model.logit_scale.exp().item()
 
-        def rows(names: list[str], feats: Features) -> list[dict]:
+        def rows(names: list[str], feats: Features) -> pl.DataFrame:
             tops = rank_topk(feats["tax"], text, scale, view.groups, levels, k)
-            out = _taxon_rows(view, names, tops)
-            if not captions:
-                return out
-            nearest, step, merged = self._nearest(feats["caption"], captions), len(out) // len(names), []
-            for i, (name, hits) in enumerate(zip(names, nearest)):
-                merged += [{**r, "caption": ""} for r in out[i * step:(i + 1) * step]]
-                merged += [caption_row(name, c["caption"], c["score"]) for c in hits]
-            return merged
+            nearest = caption_rows(names, self._nearest(feats["caption"], captions), self.index.captions) \
+                if captions else None
+            return taxon_rows(view.taxa, view.groups.first, names, tops, nearest)
 
         return _Task(("tax", "caption") if captions else ("tax",), rows)
 
     def iter_predict(self, images: Iterable[Any], rank: str = "all", k: int = 5, within: Any = None, *,
-                     captions: int = 0, on_skip: OnSkip = None) -> Iterator[list[dict]]:
-        """Rows per batch of images (see :meth:`predict`); ``captions`` adds that many nearest captions."""
+                     captions: int = 0, on_skip: OnSkip = None) -> Iterator[pl.DataFrame]:
+        """The rows of each batch of images (see :meth:`predict`) as a DataFrame; ``captions`` adds that
+        many nearest captions per image (rows with ``rank`` ``caption`` and a ``caption`` column)."""
         task = self._tree_task(rank, k, within, captions)
         for names, feats in self._encode(images, task.heads, on_skip):
             yield task.rows(names, feats)
@@ -172,10 +170,10 @@ class Predictor:
         ``"order=Lepidoptera"``) before taking the top ``k``. An undecodable image raises
         :class:`ImageError`, unless ``on_skip`` is given: then it is passed the error and skipped.
         """
-        return [row for rows in self.iter_predict(images, rank, k, within, on_skip=on_skip) for row in rows]
+        return [row for rows in self.iter_predict(images, rank, k, within, on_skip=on_skip) for row in rows.to_dicts()]
 
     def iter_predict_embeddings(self, names: Sequence[str], features: torch.Tensor | Features, rank: str = "all",
-                                k: int = 5, within: Any = None, *, captions: int = 0) -> Iterator[list[dict]]:
+                                k: int = 5, within: Any = None, *, captions: int = 0) -> Iterator[pl.DataFrame]:
         """As :meth:`iter_predict`, from stored image embeddings (``tax`` head; ``caption`` for captions)."""
         task = self._tree_task(rank, k, within, captions)
         yield from self._over_features(task, names, features)
@@ -183,7 +181,7 @@ class Predictor:
     def predict_embeddings(self, features: torch.Tensor | Features, names: Sequence[str] | None = None,
                            rank: str = "all", k: int = 5, within: Any = None) -> list[dict]:
         names = names or [str(i) for i in range(_rows_of(features))]
-        return [r for rows in self.iter_predict_embeddings(names, features, rank, k, within) for r in rows]
+        return [r for rows in self.iter_predict_embeddings(names, features, rank, k, within) for r in rows.to_dicts()]
 
     def _over_features(self, task: _Task, names: Sequence[str], features: torch.Tensor | Features):
         feats = features if isinstance(features, Mapping) else {"tax": features}
@@ -201,13 +199,12 @@ class Predictor:
             yield task.rows(list(names[start:start + self.batch_size]), batch)
 
     # ---- trait captions ----
-    def _nearest(self, caption_feats: torch.Tensor, k: int) -> list[list[dict]]:
-        captions = self.index.captions
+    def _nearest(self, caption_feats: torch.Tensor, k: int) -> TopK:
+        """Per image, the ``k`` captions of the index nearest under the caption head (cosine scores)."""
         if self._captions is None:
             self._captions = self.index.caption_embeddings.to(self.device, torch.float32)
-        scores, ids = (caption_feats @ self._captions.T).topk(min(k, len(captions)), dim=1)
-        return [[{"caption": captions[i], "score": s} for s, i in zip(srow, irow)]
-                for srow, irow in zip(scores.tolist(), ids.tolist())]
+        scores, ids = (caption_feats @ self._captions.T).topk(min(k, len(self.index.captions)), dim=1)
+        return TopK(scores, ids)
 
     def nearest_captions(self, images: Iterable[Any], k: int = 5, *, on_skip: OnSkip = None) -> list[list[dict]]:
         """Per image, the ``k`` trait captions of the index closest to it under the caption head
@@ -215,8 +212,12 @@ class Predictor:
         if self.index is None or not self.index.has_captions:
             raise PredictInputError(f"{getattr(self.index, 'path', None) or 'the index'} has no trait captions; "
                                     "build it with `biocap-predict index --captions`")
-        return [hits for _, feats in self._encode(images, ("caption",), on_skip)
-                for hits in self._nearest(feats["caption"], k)]
+        captions, out = self.index.captions, []
+        for _, feats in self._encode(images, ("caption",), on_skip):
+            top = self._nearest(feats["caption"], k)
+            out += [[{"caption": captions[i], "score": s} for s, i in zip(srow, irow)]
+                    for srow, irow in zip(top.scores.tolist(), top.ids.tolist())]
+        return out
 
     # ---- custom labels and bins ----
     def _label_task(self, labels: Sequence[str] | None, bins: Mapping[str, Sequence[str]] | None, k: int) -> _Task:
@@ -230,17 +231,14 @@ class Predictor:
         text, scale = self._labels[key], self.model.logit_scale.exp().item()
         shown = bin_names or names
 
-        def rows(batch_names: list[str], feats: Features) -> list[dict]:
-            top = label_topk(feats["tax"], text, scale, k, bin_ids, len(bin_names))
-            return [{"file_name": n, "classification": shown[i], "score": s}
-                    for n, srow, irow in zip(batch_names, top.scores.tolist(), top.ids.tolist())
-                    for s, i in zip(srow, irow)]
+        def rows(batch_names: list[str], feats: Features) -> pl.DataFrame:
+            return label_rows(batch_names, label_topk(feats["tax"], text, scale, k, bin_ids, len(bin_names)), shown)
 
         return _Task(("tax",), rows)
 
     def iter_classify(self, images: Iterable[Any], labels: Sequence[str] | None = None,
                       bins: Mapping[str, Sequence[str]] | None = None, k: int = 5, *,
-                      on_skip: OnSkip = None) -> Iterator[list[dict]]:
+                      on_skip: OnSkip = None) -> Iterator[pl.DataFrame]:
         task = self._label_task(labels, bins, k)
         for names, feats in self._encode(images, task.heads, on_skip):
             yield task.rows(names, feats)
@@ -249,11 +247,11 @@ class Predictor:
                  bins: Mapping[str, Sequence[str]] | None = None, k: int = 5, *, on_skip: OnSkip = None) -> list[dict]:
         """Rows ``file_name, classification, score``: the top ``k`` labels, or bins (``{bin: [labels]}``,
         probabilities of a bin's labels summed), per image. Label texts go through the templates."""
-        return [r for rows in self.iter_classify(images, labels, bins, k, on_skip=on_skip) for r in rows]
+        return [r for rows in self.iter_classify(images, labels, bins, k, on_skip=on_skip) for r in rows.to_dicts()]
 
     def iter_classify_embeddings(self, names: Sequence[str], features: torch.Tensor | Features,
                                  labels: Sequence[str] | None = None, bins: Mapping[str, Sequence[str]] | None = None,
-                                 k: int = 5) -> Iterator[list[dict]]:
+                                 k: int = 5) -> Iterator[pl.DataFrame]:
         yield from self._over_features(self._label_task(labels, bins, k), names, features)
 
 
@@ -279,19 +277,3 @@ def _label_space(labels, bins) -> tuple[list[str], torch.Tensor | None, list[str
     if len(set(names)) != len(names):
         raise PredictInputError("a label appears in more than one bin")
     return names, torch.tensor(ids), bin_names
-
-
-def _taxon_rows(view: TaxaIndex, names: list[str], tops: dict[int, TopK]) -> list[dict]:
-    """Rows for one batch, by image then rank (kingdom first) then score; names are read in one take."""
-    levels = sorted(tops)
-    scores = {lv: tops[lv].scores.tolist() for lv in levels}
-    taxon_of = {}
-    for lv in levels:
-        ids = tops[lv].ids.cpu()
-        rows = ids if lv == SPECIES else torch.from_numpy(view.groups.first[lv])[ids]
-        taxon_of[lv] = rows.tolist()
-    wanted = sorted({r for lv in levels for image in taxon_of[lv] for r in image})
-    taxa = dict(zip(wanted, view.taxa[wanted].rows()))
-    return [taxon_row(name, taxa[r], lv, s)
-            for i, name in enumerate(names) for lv in levels
-            for s, r in zip(scores[lv][i], taxon_of[lv][i])]
