@@ -52,7 +52,8 @@ class RowWriter:
     def write(self, rows: pl.DataFrame) -> None:
         if rows.height == 0:
             return
-        rows = rows.select([pl.col(c) if c in rows.columns else pl.lit("").alias(c) for c in self.columns])
+        if rows.columns != self.columns:
+            rows = rows.select([pl.col(c) if c in rows.columns else pl.lit("").alias(c) for c in self.columns])
         if self.fmt == "csv":
             rows.write_csv(self._fh, include_header=False)
         elif self.fmt == "jsonl":

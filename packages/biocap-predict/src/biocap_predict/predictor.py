@@ -28,7 +28,7 @@ from biocap_predict.errors import ImageError, PredictInputError
 from biocap_predict.filters import parse_within, restrict
 from biocap_predict.images import name_inputs
 from biocap_predict.index import TaxaIndex, weights_fingerprint
-from biocap_predict.rows import caption_rows, label_rows, parse_rank, taxon_rows
+from biocap_predict.rows import TaxonNames, caption_rows, label_rows, parse_rank, taxon_rows
 from biocap_predict.scoring import TopK, label_topk, rank_topk
 
 Features = dict[str, torch.Tensor]
@@ -125,23 +125,23 @@ class Predictor:
         if index is not None:
             index.check_model(self.fingerprint, self.model_name)
         self.index = index
-        self._views: dict[Any, tuple[TaxaIndex, torch.Tensor]] = {}
+        self._views: dict[Any, tuple[TaxaIndex, torch.Tensor, TaxonNames]] = {}
         self._captions: torch.Tensor | None = None
 
-    def _view(self, within: Any) -> tuple[TaxaIndex, torch.Tensor]:
-        """The index restricted by ``within``, and its text matrix on the device (both cached)."""
+    def _view(self, within: Any) -> tuple[TaxaIndex, torch.Tensor, TaxonNames]:
+        """The index restricted by ``within``, its text matrix on the device and its hits' names (cached)."""
         if self.index is None:
             raise PredictInputError("no taxa index: pass index= (or --index) for open-ended prediction")
         filters = parse_within(within)
         key = tuple(sorted((k, tuple(v)) for k, v in filters.items()))
         if key not in self._views:
             view = restrict(self.index, filters)
-            self._views[key] = view, view.embeddings.to(self.device, torch.float32)
+            self._views[key] = view, view.embeddings.to(self.device, torch.float32), TaxonNames(view.taxa)
         return self._views[key]
 
     def _tree_task(self, rank: str, k: int, within: Any, captions: int) -> _Task:
         levels = parse_rank(rank)
-        view, text = self._view(within)
+        view, text, names_of = self._view(within)
         if captions and not view.has_captions:
             raise PredictInputError(f"{view.path or 'the index'} has no trait captions; build it with --captions")
         scale = self.model.logit_scale.exp().item()
@@ -150,7 +150,7 @@ class Predictor:
             tops = rank_topk(feats["tax"], text, scale, view.groups, levels, k)
             nearest = caption_rows(names, self._nearest(feats["caption"], captions), self.index.captions) \
                 if captions else None
-            return taxon_rows(view.taxa, view.groups.first, names, tops, nearest)
+            return taxon_rows(names_of, view.groups.first, names, tops, nearest)
 
         return _Task(("tax", "caption") if captions else ("tax",), rows)
 

@@ -45,32 +45,56 @@ def _per_hit(names: Sequence[str], top: TopK) -> dict[str, pl.Series]:
             "score": pl.Series(top.scores.float().cpu().numpy().ravel(), dtype=pl.Float64)}
 
 
-def taxon_rows(taxa: pl.DataFrame, first: Sequence[np.ndarray], names: Sequence[str],
+class TaxonNames:
+    """The output names of a hit (kingdom .. genus down to its rank, the lower ones empty, then the
+    species' epithet, binomial and common name), read from the index's table the first time a row
+    is a hit at a rank, and kept: a batch then costs a dictionary look-up per hit, where a polars
+    gather of even a few rows costs about a millisecond. What is kept grows with the distinct hits,
+    at most the index's rows times the ranks, never with the number of images."""
+
+    def __init__(self, taxa: pl.DataFrame):
+        self.taxa, self.known = taxa, {}
+
+    def __call__(self, rows: Sequence[int], levels: Sequence[int]) -> list[tuple[str, ...]]:
+        keys = list(zip(rows, levels))
+        missing = sorted({r for r, lv in keys if (r, lv) not in self.known})
+        if missing:
+            table = dict(zip(missing, self.taxa[missing].rows()))
+            for row, level in set(keys) - self.known.keys():
+                names = table[row]  # (kingdom, ..., genus, epithet, common name)
+                ranks = tuple(names[i] if i <= level else "" for i in range(6))
+                species = (names[6], f"{names[5] or ''} {names[6] or ''}".strip(), names[7]) \
+                    if level == SPECIES else ("", "", "")
+                self.known[row, level] = ranks + species
+        return [self.known[k] for k in keys]
+
+
+def taxon_rows(names_of: TaxonNames, first: Sequence[np.ndarray], names: Sequence[str],
                tops: dict[int, TopK], captions: pl.DataFrame | None = None) -> pl.DataFrame:
     """One batch's rows, by image, then rank (kingdom first; nearest ``captions`` last), then score.
 
-    ``taxa`` is the index's table (7 ranks, species = epithet, and common name) and ``first[level]``
-    each group's first row: a hit at a higher rank shows the names of its first species down to that
-    rank, the lower ones empty. ``species`` is the binomial, as in pybioclip.
+    ``first[level]`` is each group's first row of the index: a hit at a higher rank shows the names
+    of its first species down to that rank. ``species`` is the binomial, as in pybioclip.
     """
-    parts = []
-    for level in sorted(tops):
-        ids = tops[level].ids.cpu().numpy()
-        rows = ids if level == SPECIES else first[level][ids]
-        at_species = level == SPECIES
-        binomial = pl.concat_str(["genus", "species"], separator=" ", ignore_nulls=True).str.strip_chars()
-        parts.append(taxa[rows.ravel()].select(
-            *[pl.col(c) if i <= level else _EMPTY.alias(c) for i, c in enumerate(RANKS[:6])],
-            (pl.col("species") if at_species else _EMPTY).alias("species_epithet"),
-            (binomial if at_species else _EMPTY).alias("species"),
-            (pl.col("common_name") if at_species else _EMPTY).alias("common_name"),
-        ).with_columns(**_per_hit(names, tops[level]), rank=pl.lit(RANKS[level])))
-    columns = ["image", *TAXON_COLUMNS]
-    if captions is not None:
-        parts = [p.with_columns(caption=_EMPTY) for p in parts] + [captions]
-        columns.append("caption")
-    frame = pl.concat([p.select(columns) for p in parts])
-    return frame.sort("image", maintain_order=True).drop("image")
+    levels = sorted(tops)
+    # every hit's (image, level, row, score), put in (image, level, hit) order with one stable sort
+    # (a rank may have fewer than k groups), then the columns made in one go
+    ids = {lv: tops[lv].ids.cpu().numpy() for lv in levels}
+    rows = np.concatenate([(ids[lv] if lv == SPECIES else first[lv][ids[lv]]).ravel() for lv in levels])
+    scores = np.concatenate([tops[lv].scores.float().cpu().numpy().ravel() for lv in levels])
+    level = np.concatenate([np.full(ids[lv].size, lv) for lv in levels])
+    image = np.concatenate([np.repeat(np.arange(len(names)), ids[lv].shape[1]) for lv in levels])
+    order = np.argsort(image, kind="stable")
+    rows, scores, level, image = rows[order].tolist(), scores[order], level[order].tolist(), image[order]
+    columns = dict(zip(TAXON_COLUMNS[1:10], zip(*names_of(rows, level))))
+    frame = pl.DataFrame({"file_name": [names[i] for i in image.tolist()], **columns,
+                          "score": pl.Series(scores, dtype=pl.Float64), "rank": [RANKS[lv] for lv in level]},
+                         schema_overrides={c: pl.String for c in TAXON_COLUMNS[1:10]})
+    if captions is None:
+        return frame
+    frame = frame.with_columns(image=pl.Series(image), caption=_EMPTY)
+    frame = pl.concat([frame, captions.select(frame.columns)]).sort("image", maintain_order=True)
+    return frame.drop("image")
 
 
 def caption_rows(names: Sequence[str], top: TopK, captions: Sequence[str]) -> pl.DataFrame:
