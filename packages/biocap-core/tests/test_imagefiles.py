@@ -111,3 +111,18 @@ def test_gpu_decode_batches_keep_positions_in_order(tiny_cfg, photos):
     assert [b.positions for b in batches] == [[0, 3]]
     assert sorted(p for p, _ in batches[0].unreadable) == [1, 2]
     assert batches[0].images.shape == (2, 3, 32, 32) and batches[0].images.dtype == torch.float32
+
+
+def test_workers_reusing_shared_batch_slots_hand_over_every_batch_intact(tiny_cfg, tmp_path):
+    """More batches than the ring of shared slots holds (2 workers x 4 prefetched + 2), each distinct."""
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(45):
+        path = tmp_path / f"{i}.jpg"
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    data = ImageFiles(paths, build_model(tiny_cfg))
+    alone = torch.cat([b.images for b in image_batches(data, batch_size=2, workers=0)])
+    batches = list(image_batches(data, batch_size=2, workers=2))
+    assert [p for b in batches for p in b.positions] == list(range(45))
+    assert torch.equal(torch.cat([b.images for b in batches]), alone)

@@ -49,6 +49,7 @@ class ImageFiles(Dataset):
         self.sources = sources
         self.to_uint8, self.to_float = split_eval_transform(model_or_size)
         size = model_or_size if isinstance(model_or_size, (int, tuple)) else model_or_size.image_size
+        self.size = (size, size) if isinstance(size, int) else tuple(size)  # (H, W) of the crops
         self.draft_size = short_side(size)
         self.device_prep = DevicePreprocess(model_or_size, train=False) if gpu_decode else None
 
@@ -97,12 +98,12 @@ class ImageBatch:
     :func:`image_batches`, ``images`` may be a list of what the device decodes.)"""
 
     positions: list[int]
-    images: torch.Tensor | _Packed | None
+    images: torch.Tensor | _Packed | int | None  # int: the shared slot the worker wrote them to
     unreadable: list[tuple[int, str]]
 
     def pin_memory(self) -> "ImageBatch":
         """What the DataLoader calls with ``pin_memory=True`` (CUDA), for a faster copy to the device."""
-        if self.images is not None:
+        if isinstance(self.images, (torch.Tensor, _Packed)):
             self.images = self.images.pin_memory()
         return self
 
@@ -136,10 +137,16 @@ class _Packed:
 class _Collate:
     """Stacks a batch: uint8 when every image is (normalised later, where the model runs), else float
     with the uint8 ones normalised here (a batch mixing decoded images and preprocessed tensors).
-    With ``stack`` False (``gpu_decode``) they are packed as they are, for the device to decode."""
+    With ``stack`` False (``gpu_decode``) they are packed as they are, for the device to decode.
 
-    def __init__(self, to_float: Callable[[torch.Tensor], torch.Tensor], stack: bool = True):
-        self.to_float, self.stack = to_float, stack
+    With ``slots`` (a ring of shared uint8 batches, made before the workers start), a uint8 batch is
+    stacked into the slot of its batch number and only that number crosses to the main process:
+    receiving a batch then costs 0.4-0.5 instead of 1.1-1.5 ms (64x64 crops, batch 32, measured),
+    as no shared-memory segment is made, sent and mapped per batch."""
+
+    def __init__(self, to_float: Callable[[torch.Tensor], torch.Tensor], stack: bool = True,
+                 slots: torch.Tensor | None = None):
+        self.to_float, self.stack, self.slots = to_float, stack, slots
 
     def __call__(self, items: list[tuple[int, torch.Tensor | str]]) -> ImageBatch:
         good = [(i, t) for i, t in items if isinstance(t, torch.Tensor)]
@@ -151,6 +158,10 @@ class _Collate:
             return ImageBatch([i for i, _ in good], _Packed.of(tensors), unreadable)
         if any(t.dtype != torch.uint8 for t in tensors):
             tensors = [self.to_float(t[None])[0] if t.dtype == torch.uint8 else t for t in tensors]
+        elif self.slots is not None and all(t.shape == self.slots.shape[2:] for t in tensors):
+            slot = items[0][0] // self.slots.shape[1] % self.slots.shape[0]
+            torch.stack(tensors, out=self.slots[slot, :len(tensors)])
+            return ImageBatch([i for i, _ in good], slot, unreadable)
         return ImageBatch([i for i, _ in good], torch.stack(tensors), unreadable)
 
 
@@ -161,17 +172,25 @@ def image_batches(images: ImageFiles, batch_size: int, workers: int = 0,
     # uint8 across processes: 1 worker delivers 3,800 instead of 2,300 64x64 images/s, and the main process
     # waits 90-115 instead of 140-230 ms in next() over 2,000 images while it runs the toy model (measured)
     device = torch.device(device)
+    prefetch = 4 if workers else None
+    slots = None
+    if workers and device.type == "cpu" and images.device_prep is None:
+        # a batch is in use from the worker's write until the main process has normalised it (a copy,
+        # below) and asks for the next; at most prefetch x workers later batches are dispatched by then.
+        # About the shared memory the per-batch segments of as many batches in flight would take.
+        slots = torch.empty(workers * prefetch + 2, batch_size, 3, *images.size, dtype=torch.uint8).share_memory_()
     loader = DataLoader(images, batch_size=batch_size, num_workers=workers, shuffle=False,
-                        collate_fn=_Collate(images.to_float, stack=images.device_prep is None),
-                        pin_memory=device.type == "cuda",
-                        prefetch_factor=4 if workers else None)
+                        collate_fn=_Collate(images.to_float, stack=images.device_prep is None, slots=slots),
+                        pin_memory=device.type == "cuda", prefetch_factor=prefetch)
     for batch in loader:
+        if isinstance(batch.images, int):
+            batch.images = slots[batch.images, :len(batch.positions)]
         if images.device_prep is not None and batch.images is not None:
             decoded, kept, failed = images.device_prep.apply(EncodedBatch(batch.images.unpack(), None), device)
             batch.unreadable += [(batch.positions[j], why) for j, why in failed]
             batch.positions, batch.images = [batch.positions[j] for j in kept], decoded
         elif batch.images is not None:
             batch.images = batch.images.to(device, non_blocking=True)
-            if batch.images.dtype == torch.uint8:
+            if batch.images.dtype == torch.uint8:  # a new float tensor: a slot is free again from here
                 batch.images = images.to_float(batch.images)
         yield batch
