@@ -184,7 +184,8 @@ def main() -> None:
             # CPU time is less swayed by other jobs than wall time: what the main process spends per image
             # end to end (beside the decoding workers) against the forward pass alone
             print(f"         main-process CPU per 1,000 images: end to end without start-up "
-                  f"{1000 * (cpu_n - cpu_few) / (n - n_few):.3f} s, forward alone {1000 * cpu_alone / len(paths):.3f} s")
+                  f"{1000 * (cpu_n - cpu_few) / (n - n_few):.3f} s, forward alone "
+                  f"{1000 * cpu_alone / len(paths):.3f} s")
         print(f"  ratio without start-up, runs: {', '.join(f'{r:.2f}' for r in ratios)}; median "
               f"{sorted(ratios)[len(ratios) // 2]:.2f} (goal >= 0.9)")
         if "2" in args.parts:
