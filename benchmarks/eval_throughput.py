@@ -10,9 +10,8 @@ path is not the bottleneck (goal: >= 0.9).
     uv run python benchmarks/eval_throughput.py --device cuda --images 4096 --batch-size 256 --workers 8
     uv run python benchmarks/eval_throughput.py --device cuda --images 4096 --batch-size 256 --workers 8 --gpu-decode
 
-``--gpu-decode``: the end-to-end figure instead reads the files in DataLoader workers and decodes,
-resizes and normalises on the device with biocap-core's ``gpu_decode`` (biocap-eval does not take
-the flag yet; this is the path it will call).
+``--gpu-decode``: the same ``Encoder`` with biocap-eval's ``--gpu-decode``: the workers only read the
+files and the device decodes, resizes and normalises each batch (biocap-core's ``gpu_decode``).
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 
 from biocap_core.checkpoints import load_model
-from biocap_core.gpu_decode import DevicePreprocess, require_cuda
+from biocap_core.gpu_decode import require_cuda
 from biocap_core.precision import autocast
 from biocap_core.preprocess import decode_image, image_transform
 from biocap_core.runtime import default_device, default_precision
@@ -50,20 +49,6 @@ def write_photos(folder: Path, n: int, size: tuple[int, int]) -> list[Path]:
     return paths
 
 
-def device_decoded(model, paths: list[Path], device: str, precision: str, batch_size: int, workers: int):
-    """Image features of ``paths``: workers hand over the JPEG bytes, the device decodes them."""
-    prep = DevicePreprocess(model, train=False)
-    loader = torch.utils.data.DataLoader(paths, batch_size=batch_size, num_workers=workers,
-                                         collate_fn=lambda items: prep.collate([prep.encode(p) for p in items]),
-                                         pin_memory=torch.device(device).type == "cuda")
-    feats = []
-    with torch.no_grad():
-        for batch in loader:
-            with autocast(device, precision):
-                feats.append(model.encode_image(prep(batch, device), normalize=True).float())
-    return torch.cat(feats)
-
-
 def sync(device: str) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
@@ -85,17 +70,14 @@ def main() -> None:
         require_cuda(args.device)
     precision = args.precision or default_precision(args.device)
     model = load_model(args.model, args.pretrained, device=args.device, precision=precision).eval()
-    enc = Encoder(model, device=args.device, precision=precision, batch_size=args.batch_size, workers=args.workers)
+    enc = Encoder(model, device=args.device, precision=precision, batch_size=args.batch_size, workers=args.workers,
+                  gpu_decode=args.gpu_decode)
 
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_photos(Path(tmp), args.images, tuple(args.photo_size))
         transform = image_transform(model, train=False)
         batch = torch.stack([transform(decode_image(p)) for p in paths[:args.batch_size]]).to(args.device)
-        # warm-up: lazy init, kernels (nvJPEG's too), worker start code paths
-        if args.gpu_decode:
-            device_decoded(model, paths[: args.batch_size], args.device, precision, args.batch_size, args.workers)
-        else:
-            enc.image_files(paths[: args.batch_size])
+        enc.image_files(paths[: args.batch_size])  # warm-up: lazy init, kernels (nvJPEG's too), worker start
 
         steps = max(1, args.images // args.batch_size)
         sync(args.device)
@@ -108,13 +90,10 @@ def main() -> None:
         forward = steps * args.batch_size / (time.perf_counter() - start)
 
         start = time.perf_counter()
-        if args.gpu_decode:
-            feats = device_decoded(model, paths, args.device, precision, args.batch_size, args.workers)
-        else:
-            result = enc.image_files(paths)
-            assert not result.unreadable
-            feats = result.vectors
+        result = enc.image_files(paths)
         sync(args.device)
+        assert not result.unreadable
+        feats = result.vectors
         end_to_end = len(paths) / (time.perf_counter() - start)
 
     assert feats.shape[0] == len(paths)

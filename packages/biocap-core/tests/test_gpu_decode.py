@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from biocap_core.errors import GpuDecodeUnavailable
+from biocap_core.errors import GpuDecodeUnavailable, ShardError
 from biocap_core.gpu_decode import DevicePreprocess, decode_batch, require_cuda
 from biocap_core.preprocess import decode_image, image_transform
 from biocap_core.toy import BACKGROUNDS, TILTS, make_species, render
@@ -81,6 +81,18 @@ def test_workers_hand_over_jpeg_bytes_and_decode_only_the_rest(sources):
 def test_a_truncated_jpeg_fails_in_the_worker_like_the_cpu_path(sources):
     with pytest.raises(OSError):
         DevicePreprocess(224, train=False).encode(sources[0][: len(sources[0]) // 2])
+
+
+def test_a_jpeg_only_the_device_finds_broken_is_reported_at_its_position(sources):
+    broken = bytearray(sources[2])
+    broken[sources[2].index(b"\xff\xda") + 5] = 9  # the scan names a component the frame lacks
+    prep = DevicePreprocess(64, train=False)
+    batch = prep.collate([prep.encode(s) for s in (sources[0], bytes(broken), sources[5])])
+    images, kept, failed = prep.apply(batch, "cpu")
+    assert kept == [0, 2] and [i for i, _ in failed] == [1] and "cannot decode as an image" in failed[0][1]
+    _assert_close(images, _eval_reference([sources[0], sources[5]], 64), CPU_MAX, CPU_MEAN)
+    with pytest.raises(ShardError, match="cannot be decoded"):  # training's call: the batch fails
+        prep(batch, "cpu")
 
 
 def test_pure_bf16_runs_get_the_batch_in_their_dtype(sources):

@@ -67,3 +67,62 @@ def test_jpegs_are_drafted_to_the_crop_size(tiny_cfg, tmp_path):
     Image.new("RGB", (1024, 768), (10, 200, 30)).save(big)
     data = ImageFiles([big, big.read_bytes()], build_model(tiny_cfg))
     assert data.draft_size == 32 and data._decode(0).size == (128, 96) and data._decode(1).size == (128, 96)
+
+
+def _device_only_corrupt(jpeg: bytes) -> bytes:
+    """A JPEG whose header reads (so a ``gpu_decode`` worker hands it over) but whose scan names a
+    component the frame lacks: only decoding, on the device, finds it broken."""
+    broken = bytearray(jpeg)
+    broken[jpeg.index(b"\xff\xda") + 5] = 9
+    return bytes(broken)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_gpu_decode_path_forced_onto_the_cpu_gives_the_default_paths_embeddings(tiny_cfg, photos, tmp_path,
+                                                                                 workers):
+    model = build_model(tiny_cfg).eval()
+    paths, truncated = photos
+    png = tmp_path / "photo.png"
+    Image.open(paths[1]).save(png)
+    corrupt = _device_only_corrupt(paths[0].read_bytes())
+    given = image_transform(model, train=False)(Image.open(paths[2]).convert("RGB"))
+    sources = [paths[0], corrupt, paths[1].read_bytes(), png, truncated, Image.open(paths[2]), given,
+               tmp_path / "missing.jpg"]
+    runs = {}
+    for gpu_decode in (False, True):
+        bad: dict[int, str] = {}
+        feats = encode_images(model, sources, batch_size=3, workers=workers, on_unreadable=bad.__setitem__,
+                              gpu_decode=gpu_decode)
+        runs[gpu_decode] = feats, bad
+    (cpu, cpu_bad), (dev, dev_bad) = runs[False], runs[True]
+    assert sorted(dev_bad) == [1, 4, 7] and sorted(cpu_bad) == [1, 4, 7]
+    assert dev_bad[1].startswith("cannot decode as an image (") and dev_bad[7] == "no such image file"
+    assert torch.count_nonzero(dev[[1, 4, 7]]) == 0
+    good = [0, 2, 3, 5, 6]
+    assert (dev[good] * cpu[good]).sum(dim=1).min() > 0.999  # cosine of unit rows
+    assert torch.allclose(dev[6], cpu[6], atol=1e-6)  # a preprocessed tensor passes through either way
+
+
+def test_gpu_decode_batches_keep_positions_in_order(tiny_cfg, photos):
+    paths, truncated = photos
+    corrupt = _device_only_corrupt(paths[1].read_bytes())
+    data = ImageFiles([paths[0], corrupt, truncated, paths[2]], build_model(tiny_cfg), gpu_decode=True)
+    batches = list(image_batches(data, batch_size=4))
+    assert [b.positions for b in batches] == [[0, 3]]
+    assert sorted(p for p, _ in batches[0].unreadable) == [1, 2]
+    assert batches[0].images.shape == (2, 3, 32, 32) and batches[0].images.dtype == torch.float32
+
+
+def test_workers_reusing_shared_batch_slots_hand_over_every_batch_intact(tiny_cfg, tmp_path):
+    """More batches than the ring of shared slots holds (2 workers x 4 prefetched + 2), each distinct."""
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(45):
+        path = tmp_path / f"{i}.jpg"
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    data = ImageFiles(paths, build_model(tiny_cfg))
+    alone = torch.cat([b.images for b in image_batches(data, batch_size=2, workers=0)])
+    batches = list(image_batches(data, batch_size=2, workers=2))
+    assert [p for b in batches for p in b.positions] == list(range(45))
+    assert torch.equal(torch.cat([b.images for b in batches]), alone)

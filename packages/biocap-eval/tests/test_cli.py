@@ -198,3 +198,14 @@ def test_an_out_folder_that_cannot_be_made_is_one_line(toy_dir, tiny_json, tmp_p
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     assert f"error: cannot create the results folder {blocker / 'results'}: {blocker} is a file" in result.output
     assert "Traceback" not in result.output and "loading" not in result.output
+
+
+def test_gpu_decode_is_refused_off_cuda_before_the_model_loads(toy_dir, tiny_json, tmp_path):
+    refused = invoke("run", "--model", tiny_json, "--data-root", toy_dir, "-b", "toy-zeroshot", "--out", tmp_path,
+                     "--device", "cpu", "--gpu-decode", "--quiet")
+    assert refused.exit_code == 1 and isinstance(refused.exception, SystemExit)
+    assert "error: --gpu-decode needs CUDA" in refused.output and "loading" not in refused.output
+    from biocap_core.errors import GpuDecodeUnavailable
+
+    with pytest.raises(GpuDecodeUnavailable, match="--gpu-decode needs CUDA"):
+        evaluate(tiny_json, ["toy-zeroshot"], toy_dir, device="cpu", gpu_decode=True)

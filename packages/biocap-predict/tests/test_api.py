@@ -186,3 +186,12 @@ def test_a_published_tree_of_life_embedding_pair_imports(tmp_path):
     assert torch.allclose(loaded.embeddings.norm(dim=1), torch.ones(3))
     rows = Predictor(model, index, device="cpu").predict_embeddings(torch.tensor(matrix.T[:1]), ["x"], rank="genus")
     assert rows[0]["genus"] == "Corvus" and rows[0]["score"] > 0.5
+
+
+def test_gpu_decode_is_refused_off_cuda_before_a_model_loads():
+    from biocap_core.errors import GpuDecodeUnavailable
+
+    with pytest.raises(GpuDecodeUnavailable, match="--gpu-decode needs CUDA"):
+        Predictor(torch.nn.Linear(1, 1), device="cpu", gpu_decode=True)
+    with pytest.raises(GpuDecodeUnavailable, match="--gpu-decode needs CUDA"):
+        Predictor.from_pretrained("no-such-model", device="cpu", gpu_decode=True)

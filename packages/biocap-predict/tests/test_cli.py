@@ -117,6 +117,8 @@ def test_labels_from_a_list_or_file_and_bins(folder, model_args, tmp_path):
     ("rank", "unknown rank 'subspecies'"),
     ("other_model", "was built with model"),
     ("two_sources", "exactly one of --index, --labels or --bins"),
+    ("gpu_decode_predict", "--gpu-decode needs CUDA"),
+    ("gpu_decode_embed", "--gpu-decode needs CUDA"),
 ])
 def test_bad_input_is_one_clear_error(case, message, folder, toy_index, model_args, tmp_path):
     empty = tmp_path / "empty.txt"
@@ -128,6 +130,8 @@ def test_bad_input_is_one_clear_error(case, message, folder, toy_index, model_ar
         "rank": ["predict", image, "--index", toy_index, "--rank", "subspecies", *model_args],
         "other_model": ["predict", image, "--index", toy_index, "--model", MODEL, "--device", "cpu"],
         "two_sources": ["predict", image, "--index", toy_index, "--labels", "a,b", *model_args],
+        "gpu_decode_predict": ["predict", image, "--index", toy_index, "--gpu-decode", *model_args],
+        "gpu_decode_embed": ["embed", image, "--output", tmp_path / "e.parquet", "--gpu-decode", *model_args],
     }[case]
     result = run(*args, ok=False)
     assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output

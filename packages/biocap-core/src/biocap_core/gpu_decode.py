@@ -96,22 +96,40 @@ class DevicePreprocess:
 
     def __call__(self, batch: EncodedBatch, device: str | torch.device,
                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Device side: the normalised (B, 3, H, W) batch, the same values as the PIL transform."""
+        """Device side: the normalised (B, 3, H, W) batch, the same values as the PIL transform.
+        A JPEG no decoder takes fails the batch (a :class:`ShardError`; training's shards are checked)."""
+        images, kept, failed = self.apply(batch, device, dtype)
+        if failed:
+            raise ShardError(f"a JPEG of this batch cannot be decoded: {failed[0][1]}")
+        return images
+
+    def apply(self, batch: EncodedBatch, device: str | torch.device, dtype: torch.dtype = torch.float32
+              ) -> tuple[torch.Tensor | None, list[int], list[tuple[int, str]]]:
+        """Device side, skipping what cannot be decoded: (the normalised batch of the images that
+        decoded, or None; their positions in ``batch``; (position, why) of the others). A float
+        (3, H, W) tensor is taken as already preprocessed and passed through."""
         pixels = decode_on(batch.images, torch.device(device))
-        if batch.boxes is None:
-            out = [self.resize(p) for p in pixels]
-        else:
-            c = self.crop
-            out = [F.resized_crop(p, *box, c.size, c.interpolation, antialias=c.antialias)
-                   for p, box in zip(pixels, batch.boxes.tolist())]
-        # images differ in size until here, so the resizes above run one by one
-        return _uint8_to_float(torch.stack(out), self.mean, self.std).to(dtype)
+        kept = [i for i, p in enumerate(pixels) if not isinstance(p, str)]
+        failed = [(i, p) for i, p in enumerate(pixels) if isinstance(p, str)]
+        if not kept:
+            return None, kept, failed
+        boxes, c = (batch.boxes.tolist() if batch.boxes is not None else None), self.crop
+        # images differ in size until cropped, so the resizes run one by one; the normalisation batched
+        crops = {i: self.resize(pixels[i]) if boxes is None else
+                 F.resized_crop(pixels[i], *boxes[i], c.size, c.interpolation, antialias=c.antialias)
+                 for i in kept if not pixels[i].is_floating_point()}
+        normed = _uint8_to_float(torch.stack(list(crops.values())), self.mean, self.std).to(dtype) if crops else None
+        if len(crops) == len(kept):
+            return normed, kept, failed
+        by_position = dict(zip(crops, normed)) if crops else {}
+        return torch.stack([by_position.get(i, pixels[i].to(dtype)) for i in kept]), kept, failed
 
 
-def decode_on(images: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-    """uint8 (3, H, W) pixels on ``device``: JPEG bytes (1-D) in one batched decode, pixels moved."""
+def decode_on(images: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | str]:
+    """(3, H, W) pixels on ``device``: JPEG bytes (1-D uint8) in one batched decode, pixels moved.
+    A JPEG no decoder takes is, in its place, the reason why."""
     jpegs = [i for i, x in enumerate(images) if x.ndim == 1]
-    out = [x.to(device, non_blocking=True) if x.ndim == 3 else None for x in images]
+    out: list[torch.Tensor | str] = [x.to(device, non_blocking=True) if x.ndim == 3 else "" for x in images]
     if jpegs:
         try:
             decoded = decode_jpeg([images[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
@@ -122,12 +140,12 @@ def decode_on(images: list[torch.Tensor], device: torch.device) -> list[torch.Te
     return out
 
 
-def _decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """One JPEG nvJPEG refused: PIL's decoder, or a ShardError naming the reason."""
+def _decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor | str:
+    """One JPEG the batched decoder refused: PIL's decoder, or why the image cannot be decoded."""
     try:
         return PILToTensor()(decode_image(data.numpy().tobytes())).to(device)
     except Exception as exc:  # PIL raises many types for bad bytes
-        raise ShardError(f"a JPEG of this batch cannot be decoded: {type(exc).__name__}: {exc}") from exc
+        return f"cannot decode as an image ({type(exc).__name__}: {exc})"
 
 
 def decode_batch(sources: list[bytes | str | os.PathLike], model_or_size, device: str | torch.device,

@@ -101,16 +101,18 @@ def encode_images(
     precision: str = "fp32",
     progress: bool = False,
     on_unreadable: Callable[[int, str], None] | None = None,
+    gpu_decode: bool = False,
 ) -> torch.Tensor:
     """L2-normalised image embeddings (N, D) with the chosen head, float32 on the CPU.
 
     ``images`` is a list of files (or any :data:`~biocap_core.imagefiles.ImageSource`) or an
     :class:`~biocap_core.imagefiles.ImageFiles`. An image that cannot be decoded is handed to
     ``on_unreadable(position, why)`` and its row left zero; without ``on_unreadable`` it is an
-    :class:`~biocap_core.errors.ImageError` naming it.
+    :class:`~biocap_core.errors.ImageError` naming it. ``gpu_decode``: JPEGs are decoded on ``device``
+    (see :mod:`~biocap_core.imagefiles`).
     """
     if not isinstance(images, ImageFiles):
-        images = ImageFiles(images, model)
+        images = ImageFiles(images, model, gpu_decode=gpu_decode)
     positions, feats = [], []
     batches = image_batches(images, batch_size, workers, device)
     with eval_mode(model):

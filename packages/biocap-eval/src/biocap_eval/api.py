@@ -28,9 +28,11 @@ def evaluate(
     workers: int = 0,
     cache_dir: str | os.PathLike | None = None,
     registry: str | os.PathLike | None = None,
+    gpu_decode: bool = False,
 ) -> dict[str, TaskResult]:
     """Results by benchmark name. ``model`` is a BioCAP (kept on its device) or anything
-    :func:`biocap_core.checkpoints.load_model` takes; selectors as in ``biocap-eval run``."""
+    :func:`biocap_core.checkpoints.load_model` takes; selectors as in ``biocap-eval run``.
+    ``gpu_decode`` (CUDA only) decodes JPEGs on the device, as ``--gpu-decode``."""
     if isinstance(model, (str, os.PathLike, Mapping)):
         spec = ModelSpec(model if isinstance(model, Mapping) else str(model), pretrained, head=head,
                          precision=precision)
@@ -38,7 +40,7 @@ def evaluate(
     else:
         spec = ModelSpec("<loaded model>", head=head, precision=precision)
     options = RunOptions(Path(data_root), device=device, batch_size=batch_size, workers=workers,
-                         cache_dir=cache_dir)
+                         cache_dir=cache_dir, gpu_decode=gpu_decode)
     enc = open_encoder(spec, options, model, log=lambda _: None)
     chosen = select(load_registry(registry), list(benchmarks))
     return {b.name: TASK_MODULES[b.task].evaluate(b, Path(data_root), enc, settings) for b in chosen}

@@ -71,6 +71,8 @@ def run(
     force: bool = typer.Option(False, "--force", help="Re-run benchmarks that have finished results."),
     batch_size: int = typer.Option(64, min=1),
     workers: int = typer.Option(min(4, os.cpu_count() or 1), min=0, help="Image decoding worker processes."),
+    gpu_decode: bool = typer.Option(False, "--gpu-decode", help="Decode, resize and normalise JPEGs on the GPU "
+                                    "(CUDA only); workers just read the files."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available)."),
     precision: Optional[str] = typer.Option(None, help=f"{', '.join(PRECISIONS)} (default: amp on GPU, else fp32)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Image embedding cache (default: OUT/.embeddings)."),
@@ -98,7 +100,7 @@ def run(
         spec = ModelSpec(model, pretrained, head=head, precision=precision, name=name)
         options = RunOptions(data_root=data_root, out_dir=out, device=device, batch_size=batch_size,
                              workers=workers, cache_dir=None if no_cache else (cache_dir or out / ".embeddings"),
-                             force=force, progress=not quiet)
+                             force=force, progress=not quiet, gpu_decode=gpu_decode)
         summary = run_selected(spec, benchmarks, settings, options, registry=registry, log=typer.echo)
     except (BioCAPError, ValueError, FileNotFoundError) as exc:
         raise _fail(exc)

@@ -59,7 +59,8 @@ class Encoder:
 
     ``cache_dir`` None turns the embedding cache off. The cache only saves time,
     so a cache that cannot be written (read-only, disk full) is warned about
-    once and then left alone for the rest of the run.
+    once and then left alone for the rest of the run. ``gpu_decode``: JPEGs are
+    decoded on ``device`` (runs refuse it off CUDA: :func:`biocap_eval.runner.settled`).
     """
 
     model: torch.nn.Module
@@ -70,6 +71,7 @@ class Encoder:
     workers: int = 0
     cache_dir: str | os.PathLike | None = None
     progress: bool = False
+    gpu_decode: bool = False
 
     def __post_init__(self):
         self.encoded = 0  # images run through the model (cache misses), for reports and tests
@@ -131,7 +133,7 @@ class Encoder:
         """Run images through the model, batched; (N, D) float32 on the CPU (see core's ``encode_images``)."""
         return encode_images(self.model, images, head=self.head, batch_size=self.batch_size,
                              workers=self.workers, device=self.device, precision=self.precision,
-                             progress=self.progress, on_unreadable=on_unreadable)
+                             progress=self.progress, on_unreadable=on_unreadable, gpu_decode=self.gpu_decode)
 
     def texts(self, texts: Sequence[str]) -> torch.Tensor:
         """(N, D) L2-normalised embeddings of raw texts (no template)."""

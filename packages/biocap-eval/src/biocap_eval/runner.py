@@ -21,6 +21,7 @@ import torch
 
 from biocap_core.errors import BioCAPError, UnwritableFolder
 from biocap_core.fileio import atomic_write, writable_folder
+from biocap_core.gpu_decode import require_cuda
 from biocap_core.runtime import default_device, default_precision, versions
 
 from biocap_eval.embedding import Encoder
@@ -96,7 +97,8 @@ def is_finished(path: Path, spec: ModelSpec, bench: Benchmark, settings: Setting
 @dataclass
 class RunOptions:
     """Where a run reads and writes, and how it encodes. ``device`` None: the given model's device,
-    else CUDA when available; ``out_dir`` None only for :func:`biocap_eval.api.evaluate` (no files)."""
+    else CUDA when available; ``out_dir`` None only for :func:`biocap_eval.api.evaluate` (no files);
+    ``gpu_decode``: JPEGs decoded on the device (CUDA only)."""
 
     data_root: Path
     out_dir: Path | None = None
@@ -106,6 +108,7 @@ class RunOptions:
     cache_dir: Path | None = None
     force: bool = False
     progress: bool = False
+    gpu_decode: bool = False
 
 
 @dataclass
@@ -119,10 +122,13 @@ class RunSummary:
 def settled(spec: ModelSpec, options: RunOptions, model: torch.nn.Module | None = None
             ) -> tuple[ModelSpec, RunOptions]:
     """``spec`` and ``options`` with what was left None chosen: the device is the given model's, else
-    CUDA when available; the precision amp on a GPU, fp32 on the CPU (as the original)."""
+    CUDA when available; the precision amp on a GPU, fp32 on the CPU (as the original). ``gpu_decode``
+    off CUDA is refused here (:class:`~biocap_core.errors.GpuDecodeUnavailable`), before any work."""
     if options.device is None:
         device = str(next(model.parameters()).device) if model is not None else default_device()
         options = replace(options, device=device)
+    if options.gpu_decode:
+        require_cuda(options.device)
     return replace(spec, precision=spec.precision or default_precision(options.device)), options
 
 
@@ -168,8 +174,8 @@ def open_encoder(spec: ModelSpec, options: RunOptions, model: torch.nn.Module | 
         log(f"loading {spec.model}" + (f" ({spec.pretrained})" if spec.pretrained else ""))
         model = load_model(spec.model, spec.pretrained or None, device=options.device, precision=spec.precision)
     return Encoder(model, head=spec.head, device=options.device, precision=spec.precision,
-                   batch_size=options.batch_size,
-                   workers=options.workers, cache_dir=options.cache_dir, progress=options.progress)
+                   batch_size=options.batch_size, workers=options.workers, cache_dir=options.cache_dir,
+                   progress=options.progress, gpu_decode=options.gpu_decode)
 
 
 def run(
@@ -249,6 +255,7 @@ def write_result(path: Path, spec: ModelSpec, bench: Benchmark, settings: Settin
             "device": str(options.device),
             "batch_size": options.batch_size,
             "workers": options.workers,
+            "gpu_decode": options.gpu_decode,
             "seconds": round(seconds, 3),
             "images_encoded": encoded,
             "cache_dir": str(options.cache_dir) if options.cache_dir else None,

@@ -25,6 +25,8 @@ DEVICE = typer.Option("auto", "--device", help="auto (CUDA when available), cpu,
 PRECISION = typer.Option(None, "--precision", help=f"{', '.join(PRECISIONS)} (default: amp on GPU, else fp32).")
 BATCH = typer.Option(32, "--batch-size", min=1, help="Images per forward pass.")
 WORKERS = typer.Option(2, "--workers", min=0, help="Image-decoding worker processes.")
+GPU_DECODE = typer.Option(False, "--gpu-decode", help="Decode, resize and normalise JPEGs on the GPU (CUDA only); "
+                          "workers just read the files.")
 LOG = typer.Option(None, "--log", help="Write a JSON provenance record (versions, command, model, inputs) here.")
 QUIET = typer.Option(False, "--quiet", help="No progress bars.")
 RECURSIVE = typer.Option(False, "--recursive", "-r", help="Descend into sub-folders of folder inputs.")
@@ -40,12 +42,13 @@ def _run(call):
         raise typer.Exit(1) from None
 
 
-def _options(model, pretrained, device, precision, batch_size, workers, quiet):
+def _options(model, pretrained, device, precision, batch_size, workers, quiet, gpu_decode=False):
     from biocap_predict.runs import ModelOptions
 
     if precision is not None and precision not in PRECISIONS:
         raise typer.BadParameter(f"--precision must be one of {PRECISIONS}, not {precision!r}")
-    return ModelOptions(model, pretrained, device, precision, batch_size, workers, progress=not quiet)
+    return ModelOptions(model, pretrained, device, precision, batch_size, workers, progress=not quiet,
+                        gpu_decode=gpu_decode)
 
 
 @app.command()
@@ -91,12 +94,12 @@ def predict(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output file (default: stdout)."),
     model: str = MODEL, pretrained: Optional[str] = PRETRAINED, device: str = DEVICE,
     precision: Optional[str] = PRECISION, batch_size: int = BATCH, workers: int = WORKERS,
-    log: Optional[Path] = LOG, quiet: bool = QUIET,
+    gpu_decode: bool = GPU_DECODE, log: Optional[Path] = LOG, quiet: bool = QUIET,
 ) -> None:
     """Predict taxa (or custom labels, or bins) for images or stored embeddings."""
     from biocap_predict.runs import Inputs, PredictRequest, predict as run_predict
 
-    options = _options(model, pretrained, device, precision, batch_size, workers, quiet)
+    options = _options(model, pretrained, device, precision, batch_size, workers, quiet, gpu_decode)
     inputs = Inputs(paths or (), recursive, from_list and str(from_list), embeddings and str(embeddings))
     request = PredictRequest(index and str(index), labels, bins and str(bins), rank, k, within or (),
                              subset and str(subset), captions, fmt, output and str(output))
@@ -116,12 +119,12 @@ def embed(
     recursive: bool = RECURSIVE, from_list: Optional[Path] = FROM_LIST,
     model: str = MODEL, pretrained: Optional[str] = PRETRAINED, device: str = DEVICE,
     precision: Optional[str] = PRECISION, batch_size: int = BATCH, workers: int = WORKERS,
-    log: Optional[Path] = LOG, quiet: bool = QUIET,
+    gpu_decode: bool = GPU_DECODE, log: Optional[Path] = LOG, quiet: bool = QUIET,
 ) -> None:
     """Write image embeddings (one or both heads) that `predict --embeddings` reads back."""
     from biocap_predict.runs import Inputs, embed as run_embed
 
-    options = _options(model, pretrained, device, precision, batch_size, workers, quiet)
+    options = _options(model, pretrained, device, precision, batch_size, workers, quiet, gpu_decode)
     inputs = Inputs(paths or (), recursive, from_list and str(from_list))
     fmt = fmt or output.suffix.lstrip(".") or "parquet"
     summary = _run(lambda: run_embed(options, inputs, str(output), head=head, normalize=normalize, fmt=fmt,

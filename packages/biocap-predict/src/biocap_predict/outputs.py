@@ -1,8 +1,8 @@
 """Writing prediction rows and image embeddings, and reading embeddings back.
 
-Rows are written a batch at a time (CSV and JSONL lines as they come; parquet as part files joined
-by a streaming sink at the end), so a long run holds one batch in memory. The ``table`` format is
-for people reading a terminal, so it is laid out once at the end.
+Rows are written a batch at a time (CSV and JSONL lines as they come, by polars; parquet as part
+files joined by a streaming sink at the end), so a long run holds one batch in memory. The ``table``
+format is for people reading a terminal, so it is laid out once at the end.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ EMBEDDING_FORMATS = ("parquet", "npz", "jsonl")
 
 
 class RowWriter:
-    """Streams rows to ``path`` (stdout when None) in one of :data:`ROW_FORMATS`."""
+    """Streams row batches (polars DataFrames) to ``path`` (stdout when None) in one of :data:`ROW_FORMATS`;
+    a batch's columns missing from ``columns`` are written empty."""
 
     def __init__(self, path: str | os.PathLike | None, fmt: str, columns: Sequence[str]):
         if fmt not in ROW_FORMATS:
@@ -38,35 +39,35 @@ class RowWriter:
             raise PredictInputError("--format parquet needs --output FILE")
         self.path, self.fmt, self.columns = (Path(path) if path else None), fmt, list(columns)
         self.count = 0
-        self._table: list[dict] = []
+        self._table: list[pl.DataFrame] = []
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._parts: Path | None = Path(tempfile.mkdtemp(prefix=".parts-", dir=self.path.parent)) \
             if fmt == "parquet" else None
         self._fh: IO[str] | None = (open(self.path, "w", newline="") if self.path else sys.stdout) \
             if fmt in ("csv", "jsonl") else None
-        self._csv = csv.writer(self._fh) if fmt == "csv" else None
-        if self._csv:
-            self._csv.writerow(self.columns)
+        if fmt == "csv":
+            pl.DataFrame(schema=self._schema()).write_csv(self._fh)
 
-    def write(self, rows: list[dict]) -> None:
-        if not rows:
+    def write(self, rows: pl.DataFrame) -> None:
+        if rows.height == 0:
             return
-        if self._csv:
-            self._csv.writerows([r.get(c, "") for c in self.columns] for r in rows)
+        if rows.columns != self.columns:
+            rows = rows.select([pl.col(c) if c in rows.columns else pl.lit("").alias(c) for c in self.columns])
+        if self.fmt == "csv":
+            rows.write_csv(self._fh, include_header=False)
         elif self.fmt == "jsonl":
-            self._fh.writelines(json.dumps({c: r.get(c) for c in self.columns}) + "\n" for r in rows)
+            rows.write_ndjson(self._fh)
         elif self.fmt == "table":
-            self._table += rows
+            self._table.append(rows)
         else:
-            frame = pl.DataFrame([{c: r.get(c) for c in self.columns} for r in rows],
-                                 schema=self._schema(), orient="row")
-            frame.write_parquet(self._parts / f"{self.count:012d}.parquet")
-        self.count += len(rows)
+            rows.cast(self._schema()).write_parquet(self._parts / f"{self.count:012d}.parquet")
+        self.count += rows.height
 
     def close(self) -> None:
         if self.fmt == "table":
-            self._write_text(format_table(self._table, self.columns))
+            rows = pl.concat(self._table).to_dicts() if self._table else []
+            self._write_text(format_table(rows, self.columns))
         elif self.fmt == "parquet":
             parts = sorted(self._parts.glob("*.parquet"))
             frame = pl.scan_parquet(parts) if parts else pl.LazyFrame(schema=self._schema())

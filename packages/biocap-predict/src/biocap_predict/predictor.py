@@ -2,7 +2,8 @@
 
 Every method streams: images are decoded and encoded a batch at a time and each batch's rows are
 produced before the next is read, so memory does not grow with the number of images (the ``iter_``
-methods hand the rows out per batch; the list methods collect them for convenience).
+methods hand each batch's rows out as a polars DataFrame; the list methods collect them as dicts,
+pybioclip's rows).
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
+import polars as pl
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from biocap_core.gpu_decode import require_cuda
 from biocap_core.imagefiles import ImageFiles, image_batches
 from biocap_core.precision import autocast
 from biocap_core.runtime import default_precision, resolve_device
@@ -26,8 +29,8 @@ from biocap_predict.errors import ImageError, PredictInputError
 from biocap_predict.filters import parse_within, restrict
 from biocap_predict.images import name_inputs
 from biocap_predict.index import TaxaIndex, weights_fingerprint
-from biocap_predict.rows import caption_row, parse_rank, taxon_row
-from biocap_predict.scoring import SPECIES, TopK, label_topk, rank_topk
+from biocap_predict.rows import TaxonNames, caption_rows, label_rows, parse_rank, taxon_rows
+from biocap_predict.scoring import TopK, label_topk, rank_topk
 
 Features = dict[str, torch.Tensor]
 OnSkip = Callable[[ImageError], None] | None
@@ -38,19 +41,25 @@ class _Task:
     """What to do with each batch of embeddings: the heads it needs and the function making rows."""
 
     heads: tuple[str, ...]
-    rows: Callable[[list[str], Features], list[dict]]
+    rows: Callable[[list[str], Features], pl.DataFrame]
 
 
 class Predictor:
     """A BioCAP model ready to predict: open-ended over a :class:`TaxaIndex`, or over custom labels.
 
     ``device`` ``"auto"`` picks CUDA when available; ``precision`` defaults to amp on GPU, fp32 on CPU.
+    ``gpu_decode`` decodes JPEGs on the device (CUDA only; refused elsewhere with
+    :class:`~biocap_core.errors.GpuDecodeUnavailable`).
     """
 
     def __init__(self, model, index: TaxaIndex | str | os.PathLike | None = None, *, device: str = "auto",
                  precision: str | None = None, batch_size: int = 32, workers: int = 0,
-                 templates: Sequence[str] | None = None, progress: bool = False, model_name: str = "the model"):
+                 templates: Sequence[str] | None = None, progress: bool = False, model_name: str = "the model",
+                 gpu_decode: bool = False):
         self.device = torch.device(resolve_device(device))
+        if gpu_decode:
+            require_cuda(self.device)
+        self.gpu_decode = gpu_decode
         self.precision = precision or default_precision(str(self.device))
         self.model = model.to(self.device).eval()
         self.batch_size, self.workers, self.progress = batch_size, workers, progress
@@ -67,6 +76,8 @@ class Predictor:
         from biocap_core.checkpoints import load_model
 
         device = resolve_device(device)
+        if kwargs.get("gpu_decode"):
+            require_cuda(device)  # before the model loads
         precision = precision or default_precision(device)
         net = load_model(model, pretrained, device=device, precision=precision)
         label = model + (f" ({pretrained})" if pretrained else "")
@@ -83,7 +94,7 @@ class Predictor:
     def _encode(self, images: Iterable[Any], heads: Sequence[str], on_skip: OnSkip,
                 normalize: bool = True) -> Iterator[tuple[list[str], Features]]:
         items = name_inputs(images)
-        dataset = ImageFiles([item.data for item in items], self.model)
+        dataset = ImageFiles([item.data for item in items], self.model, gpu_decode=self.gpu_decode)
         bar = tqdm(total=len(items), unit="img", desc="images", disable=not self.progress)
         with bar:
             for batch in image_batches(dataset, self.batch_size, self.workers, self.device):
@@ -115,43 +126,39 @@ class Predictor:
         if index is not None:
             index.check_model(self.fingerprint, self.model_name)
         self.index = index
-        self._views: dict[Any, tuple[TaxaIndex, torch.Tensor]] = {}
+        self._views: dict[Any, tuple[TaxaIndex, torch.Tensor, TaxonNames]] = {}
         self._captions: torch.Tensor | None = None
 
-    def _view(self, within: Any) -> tuple[TaxaIndex, torch.Tensor]:
-        """The index restricted by ``within``, and its text matrix on the device (both cached)."""
+    def _view(self, within: Any) -> tuple[TaxaIndex, torch.Tensor, TaxonNames]:
+        """The index restricted by ``within``, its text matrix on the device and its hits' names (cached)."""
         if self.index is None:
             raise PredictInputError("no taxa index: pass index= (or --index) for open-ended prediction")
         filters = parse_within(within)
         key = tuple(sorted((k, tuple(v)) for k, v in filters.items()))
         if key not in self._views:
             view = restrict(self.index, filters)
-            self._views[key] = view, view.embeddings.to(self.device, torch.float32)
+            self._views[key] = view, view.embeddings.to(self.device, torch.float32), TaxonNames(view.taxa)
         return self._views[key]
 
     def _tree_task(self, rank: str, k: int, within: Any, captions: int) -> _Task:
         levels = parse_rank(rank)
-        view, text = self._view(within)
+        view, text, names_of = self._view(within)
         if captions and not view.has_captions:
             raise PredictInputError(f"{view.path or 'the index'} has no trait captions; build it with --captions")
         scale = self.model.logit_scale.exp().item()
 
-        def rows(names: list[str], feats: Features) -> list[dict]:
+        def rows(names: list[str], feats: Features) -> pl.DataFrame:
             tops = rank_topk(feats["tax"], text, scale, view.groups, levels, k)
-            out = _taxon_rows(view, names, tops)
-            if not captions:
-                return out
-            nearest, step, merged = self._nearest(feats["caption"], captions), len(out) // len(names), []
-            for i, (name, hits) in enumerate(zip(names, nearest)):
-                merged += [{**r, "caption": ""} for r in out[i * step:(i + 1) * step]]
-                merged += [caption_row(name, c["caption"], c["score"]) for c in hits]
-            return merged
+            nearest = caption_rows(names, self._nearest(feats["caption"], captions), self.index.captions) \
+                if captions else None
+            return taxon_rows(names_of, view.groups.first, names, tops, nearest)
 
         return _Task(("tax", "caption") if captions else ("tax",), rows)
 
     def iter_predict(self, images: Iterable[Any], rank: str = "all", k: int = 5, within: Any = None, *,
-                     captions: int = 0, on_skip: OnSkip = None) -> Iterator[list[dict]]:
-        """Rows per batch of images (see :meth:`predict`); ``captions`` adds that many nearest captions."""
+                     captions: int = 0, on_skip: OnSkip = None) -> Iterator[pl.DataFrame]:
+        """The rows of each batch of images (see :meth:`predict`) as a DataFrame; ``captions`` adds that
+        many nearest captions per image (rows with ``rank`` ``caption`` and a ``caption`` column)."""
         task = self._tree_task(rank, k, within, captions)
         for names, feats in self._encode(images, task.heads, on_skip):
             yield task.rows(names, feats)
@@ -164,10 +171,10 @@ class Predictor:
         ``"order=Lepidoptera"``) before taking the top ``k``. An undecodable image raises
         :class:`ImageError`, unless ``on_skip`` is given: then it is passed the error and skipped.
         """
-        return [row for rows in self.iter_predict(images, rank, k, within, on_skip=on_skip) for row in rows]
+        return [row for rows in self.iter_predict(images, rank, k, within, on_skip=on_skip) for row in rows.to_dicts()]
 
     def iter_predict_embeddings(self, names: Sequence[str], features: torch.Tensor | Features, rank: str = "all",
-                                k: int = 5, within: Any = None, *, captions: int = 0) -> Iterator[list[dict]]:
+                                k: int = 5, within: Any = None, *, captions: int = 0) -> Iterator[pl.DataFrame]:
         """As :meth:`iter_predict`, from stored image embeddings (``tax`` head; ``caption`` for captions)."""
         task = self._tree_task(rank, k, within, captions)
         yield from self._over_features(task, names, features)
@@ -175,7 +182,7 @@ class Predictor:
     def predict_embeddings(self, features: torch.Tensor | Features, names: Sequence[str] | None = None,
                            rank: str = "all", k: int = 5, within: Any = None) -> list[dict]:
         names = names or [str(i) for i in range(_rows_of(features))]
-        return [r for rows in self.iter_predict_embeddings(names, features, rank, k, within) for r in rows]
+        return [r for rows in self.iter_predict_embeddings(names, features, rank, k, within) for r in rows.to_dicts()]
 
     def _over_features(self, task: _Task, names: Sequence[str], features: torch.Tensor | Features):
         feats = features if isinstance(features, Mapping) else {"tax": features}
@@ -193,13 +200,12 @@ class Predictor:
             yield task.rows(list(names[start:start + self.batch_size]), batch)
 
     # ---- trait captions ----
-    def _nearest(self, caption_feats: torch.Tensor, k: int) -> list[list[dict]]:
-        captions = self.index.captions
+    def _nearest(self, caption_feats: torch.Tensor, k: int) -> TopK:
+        """Per image, the ``k`` captions of the index nearest under the caption head (cosine scores)."""
         if self._captions is None:
             self._captions = self.index.caption_embeddings.to(self.device, torch.float32)
-        scores, ids = (caption_feats @ self._captions.T).topk(min(k, len(captions)), dim=1)
-        return [[{"caption": captions[i], "score": s} for s, i in zip(srow, irow)]
-                for srow, irow in zip(scores.tolist(), ids.tolist())]
+        scores, ids = (caption_feats @ self._captions.T).topk(min(k, len(self.index.captions)), dim=1)
+        return TopK(scores, ids)
 
     def nearest_captions(self, images: Iterable[Any], k: int = 5, *, on_skip: OnSkip = None) -> list[list[dict]]:
         """Per image, the ``k`` trait captions of the index closest to it under the caption head
@@ -207,8 +213,12 @@ class Predictor:
         if self.index is None or not self.index.has_captions:
             raise PredictInputError(f"{getattr(self.index, 'path', None) or 'the index'} has no trait captions; "
                                     "build it with `biocap-predict index --captions`")
-        return [hits for _, feats in self._encode(images, ("caption",), on_skip)
-                for hits in self._nearest(feats["caption"], k)]
+        captions, out = self.index.captions, []
+        for _, feats in self._encode(images, ("caption",), on_skip):
+            top = self._nearest(feats["caption"], k)
+            out += [[{"caption": captions[i], "score": s} for s, i in zip(srow, irow)]
+                    for srow, irow in zip(top.scores.tolist(), top.ids.tolist())]
+        return out
 
     # ---- custom labels and bins ----
     def _label_task(self, labels: Sequence[str] | None, bins: Mapping[str, Sequence[str]] | None, k: int) -> _Task:
@@ -222,17 +232,14 @@ class Predictor:
         text, scale = self._labels[key], self.model.logit_scale.exp().item()
         shown = bin_names or names
 
-        def rows(batch_names: list[str], feats: Features) -> list[dict]:
-            top = label_topk(feats["tax"], text, scale, k, bin_ids, len(bin_names))
-            return [{"file_name": n, "classification": shown[i], "score": s}
-                    for n, srow, irow in zip(batch_names, top.scores.tolist(), top.ids.tolist())
-                    for s, i in zip(srow, irow)]
+        def rows(batch_names: list[str], feats: Features) -> pl.DataFrame:
+            return label_rows(batch_names, label_topk(feats["tax"], text, scale, k, bin_ids, len(bin_names)), shown)
 
         return _Task(("tax",), rows)
 
     def iter_classify(self, images: Iterable[Any], labels: Sequence[str] | None = None,
                       bins: Mapping[str, Sequence[str]] | None = None, k: int = 5, *,
-                      on_skip: OnSkip = None) -> Iterator[list[dict]]:
+                      on_skip: OnSkip = None) -> Iterator[pl.DataFrame]:
         task = self._label_task(labels, bins, k)
         for names, feats in self._encode(images, task.heads, on_skip):
             yield task.rows(names, feats)
@@ -241,11 +248,11 @@ class Predictor:
                  bins: Mapping[str, Sequence[str]] | None = None, k: int = 5, *, on_skip: OnSkip = None) -> list[dict]:
         """Rows ``file_name, classification, score``: the top ``k`` labels, or bins (``{bin: [labels]}``,
         probabilities of a bin's labels summed), per image. Label texts go through the templates."""
-        return [r for rows in self.iter_classify(images, labels, bins, k, on_skip=on_skip) for r in rows]
+        return [r for rows in self.iter_classify(images, labels, bins, k, on_skip=on_skip) for r in rows.to_dicts()]
 
     def iter_classify_embeddings(self, names: Sequence[str], features: torch.Tensor | Features,
                                  labels: Sequence[str] | None = None, bins: Mapping[str, Sequence[str]] | None = None,
-                                 k: int = 5) -> Iterator[list[dict]]:
+                                 k: int = 5) -> Iterator[pl.DataFrame]:
         yield from self._over_features(self._label_task(labels, bins, k), names, features)
 
 
@@ -271,19 +278,3 @@ def _label_space(labels, bins) -> tuple[list[str], torch.Tensor | None, list[str
     if len(set(names)) != len(names):
         raise PredictInputError("a label appears in more than one bin")
     return names, torch.tensor(ids), bin_names
-
-
-def _taxon_rows(view: TaxaIndex, names: list[str], tops: dict[int, TopK]) -> list[dict]:
-    """Rows for one batch, by image then rank (kingdom first) then score; names are read in one take."""
-    levels = sorted(tops)
-    scores = {lv: tops[lv].scores.tolist() for lv in levels}
-    taxon_of = {}
-    for lv in levels:
-        ids = tops[lv].ids.cpu()
-        rows = ids if lv == SPECIES else torch.from_numpy(view.groups.first[lv])[ids]
-        taxon_of[lv] = rows.tolist()
-    wanted = sorted({r for lv in levels for image in taxon_of[lv] for r in image})
-    taxa = dict(zip(wanted, view.taxa[wanted].rows()))
-    return [taxon_row(name, taxa[r], lv, s)
-            for i, name in enumerate(names) for lv in levels
-            for s, r in zip(scores[lv][i], taxon_of[lv][i])]

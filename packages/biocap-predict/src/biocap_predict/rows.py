@@ -1,9 +1,21 @@
-"""Output rows, with pybioclip's column names (plus ``rank``) so its users' scripts keep working."""
+"""Output rows, with pybioclip's column names (plus ``rank``) so its users' scripts keep working.
+
+A batch's rows are made column by column as one polars DataFrame, which polars writes as CSV,
+JSONL or parquet without a Python loop per row; ``to_dicts()`` gives pybioclip's list of rows.
+Rows and CSV of 2,000 images, CPU time: ``--rank all`` 0.09-0.13 s instead of 0.19-0.32 s with a
+dict per row and Python's csv module; ``--rank species`` the same, about 0.05 s (measured).
+"""
 
 from __future__ import annotations
 
+from typing import Sequence
+
+import numpy as np
+import polars as pl
+
 from biocap_core.taxonomy import RANKS
 from biocap_predict.errors import PredictInputError
+from biocap_predict.scoring import SPECIES, TopK
 
 #: Columns of a tree-of-life prediction, in order.
 TAXON_COLUMNS = ("file_name", "kingdom", "phylum", "class", "order", "family", "genus", "species_epithet",
@@ -11,6 +23,7 @@ TAXON_COLUMNS = ("file_name", "kingdom", "phylum", "class", "order", "family", "
 #: Columns of a custom-label or bin prediction.
 LABEL_COLUMNS = ("file_name", "classification", "score")
 ALL_RANKS = "all"
+_EMPTY = pl.lit("", pl.String)
 
 
 def parse_rank(rank: str) -> tuple[int, ...]:
@@ -24,26 +37,81 @@ def parse_rank(rank: str) -> tuple[int, ...]:
     return (RANKS.index(name),)
 
 
-def taxon_row(file_name: str, taxon: tuple[str, ...], level: int, score: float) -> dict:
-    """One hit at rank ``level``: names down to that rank, the lower ones empty.
+def _per_hit(names: Sequence[str], top: TopK) -> dict[str, pl.Series]:
+    """Each hit's image (its position, for ordering), file name and score, image by image."""
+    batch, k = top.ids.shape
+    image = np.repeat(np.arange(batch), k)
+    return {"image": pl.Series(image), "file_name": pl.Series(list(names), dtype=pl.String).gather(image),
+            "score": pl.Series(top.scores.float().cpu().numpy().ravel(), dtype=pl.Float64)}
 
-    ``taxon`` is (kingdom, phylum, class, order, family, genus, epithet, common name) of the hit's
-    first species; ``species`` is the binomial, as in pybioclip.
+
+class TaxonNames:
+    """The output names of a hit (kingdom .. genus down to its rank, the lower ones empty, then the
+    species' epithet, binomial and common name), read from the index's table the first time a row
+    is a hit at a rank, and kept: a batch then costs a dictionary look-up per hit, where a polars
+    gather of even a few rows costs 0.2-1 ms (measured). What is kept grows with the distinct hits,
+    at most the index's rows times the ranks, never with the number of images."""
+
+    def __init__(self, taxa: pl.DataFrame):
+        self.taxa, self.known = taxa, {}
+
+    def __call__(self, rows: Sequence[int], levels: Sequence[int]) -> list[tuple[str, ...]]:
+        keys = list(zip(rows, levels))
+        missing = sorted({r for r, lv in keys if (r, lv) not in self.known})
+        if missing:
+            table = dict(zip(missing, self.taxa[missing].rows()))
+            for row, level in set(keys) - self.known.keys():
+                names = table[row]  # (kingdom, ..., genus, epithet, common name)
+                ranks = tuple(names[i] if i <= level else "" for i in range(6))
+                species = (names[6], f"{names[5] or ''} {names[6] or ''}".strip(), names[7]) \
+                    if level == SPECIES else ("", "", "")
+                self.known[row, level] = ranks + species
+        return [self.known[k] for k in keys]
+
+
+def taxon_rows(names_of: TaxonNames, first: Sequence[np.ndarray], names: Sequence[str],
+               tops: dict[int, TopK], captions: pl.DataFrame | None = None) -> pl.DataFrame:
+    """One batch's rows, by image, then rank (kingdom first; nearest ``captions`` last), then score.
+
+    ``first[level]`` is each group's first row of the index: a hit at a higher rank shows the names
+    of its first species down to that rank. ``species`` is the binomial, as in pybioclip.
     """
-    row = {"file_name": file_name}
-    for i, column in enumerate(RANKS[:6]):
-        row[column] = taxon[i] if i <= level else ""
-    is_species = level == 6
-    row["species_epithet"] = taxon[6] if is_species else ""
-    row["species"] = f"{taxon[5]} {taxon[6]}".strip() if is_species else ""
-    row["common_name"] = taxon[7] if is_species else ""
-    row["score"] = score
-    row["rank"] = RANKS[level]
-    return row
+    levels = sorted(tops)
+    # every hit's (image, level, row, score), put in (image, level, hit) order with one stable sort
+    # (a rank may have fewer than k groups), then the columns made in one go
+    ids = {lv: tops[lv].ids.cpu().numpy() for lv in levels}
+    rows = np.concatenate([(ids[lv] if lv == SPECIES else first[lv][ids[lv]]).ravel() for lv in levels])
+    scores = np.concatenate([tops[lv].scores.float().cpu().numpy().ravel() for lv in levels])
+    level = np.concatenate([np.full(ids[lv].size, lv) for lv in levels])
+    image = np.concatenate([np.repeat(np.arange(len(names)), ids[lv].shape[1]) for lv in levels])
+    order = np.argsort(image, kind="stable")
+    rows, scores, level, image = rows[order].tolist(), scores[order], level[order].tolist(), image[order]
+    columns = dict(zip(TAXON_COLUMNS[1:10], zip(*names_of(rows, level))))
+    frame = pl.DataFrame({"file_name": [names[i] for i in image.tolist()], **columns,
+                          "score": pl.Series(scores, dtype=pl.Float64), "rank": [RANKS[lv] for lv in level]},
+                         schema_overrides={c: pl.String for c in TAXON_COLUMNS[1:10]})
+    if captions is None:
+        return frame
+    frame = frame.with_columns(image=pl.Series(image), caption=_EMPTY)
+    frame = pl.concat([frame, captions.select(frame.columns)]).sort("image", maintain_order=True)
+    return frame.drop("image")
 
 
-def caption_row(file_name: str, caption: str, score: float) -> dict:
-    """A nearest trait caption, in a prediction table: taxon fields empty, ``rank`` is ``caption``."""
-    row = dict.fromkeys(TAXON_COLUMNS, "")
-    row.update(file_name=file_name, score=score, rank="caption", caption=caption)
-    return row
+def caption_rows(names: Sequence[str], top: TopK, captions: Sequence[str]) -> pl.DataFrame:
+    """Nearest trait captions (``top.ids`` index ``captions``) as rows of a prediction table: taxon
+    fields empty, ``rank`` ``caption``; with an ``image`` column for :func:`taxon_rows` to order by."""
+    hits = _per_hit(names, top)
+    return pl.DataFrame(hits).select(
+        "image", "file_name", *[_EMPTY.alias(c) for c in TAXON_COLUMNS[1:-2]], "score",
+        rank=pl.lit("caption"), caption=_pick(captions, top))
+
+
+def label_rows(names: Sequence[str], top: TopK, shown: Sequence[str]) -> pl.DataFrame:
+    """Custom-label (or bin) rows ``file_name, classification, score``, by image then score."""
+    hits = _per_hit(names, top)
+    return pl.DataFrame({"file_name": hits["file_name"], "classification": _pick(shown, top), "score": hits["score"]})
+
+
+def _pick(texts: Sequence[str], top: TopK) -> pl.Series:
+    """The texts of the hits, in hit order (a few per image, from a list that may be long)."""
+    return pl.Series([texts[i] for i in top.ids.flatten().tolist()], dtype=pl.String)

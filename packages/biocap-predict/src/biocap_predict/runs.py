@@ -14,7 +14,6 @@ from typing import Callable, Sequence
 
 import polars as pl
 
-from biocap_core.runtime import default_precision, resolve_device
 from biocap_core.taxonomy import RANKS, read_templates
 from biocap_predict.errors import ImageError, PredictInputError
 from biocap_predict.filters import parse_within, read_subset
@@ -39,16 +38,12 @@ class ModelOptions:
     batch_size: int = 32
     workers: int = 0
     progress: bool = True
+    gpu_decode: bool = False
 
     def load(self, index: TaxaIndex | None = None) -> Predictor:
-        from biocap_core.checkpoints import load_model
-
-        device = resolve_device(self.device)
-        precision = self.precision or default_precision(device)
-        net = load_model(self.model, self.pretrained, device=device, precision=precision)
-        label = self.model + (f" ({self.pretrained})" if self.pretrained else "")
-        return Predictor(net, index, device=device, precision=precision, batch_size=self.batch_size,
-                         workers=self.workers, progress=self.progress, model_name=label)
+        return Predictor.from_pretrained(self.model, self.pretrained, index, device=self.device,
+                                         precision=self.precision, batch_size=self.batch_size, workers=self.workers,
+                                         progress=self.progress, gpu_decode=self.gpu_decode)
 
 
 @dataclass
@@ -166,8 +161,8 @@ def predict(options: ModelOptions, inputs: Inputs, request: PredictRequest, *, l
     try:
         for rows in _row_batches(predictor, files, inputs.embeddings, labels, bins, within, request, skip):
             writer.write(rows)
-            summary.rows += len(rows)
-            summary.images += len({r["file_name"] for r in rows})
+            summary.rows += rows.height
+            summary.images += len(set(rows["file_name"].to_list()))  # polars' n_unique: ~1 ms a call
     finally:
         writer.close()
     record.update(rows=summary.rows, images=summary.images, skipped=summary.skipped)
