@@ -138,6 +138,15 @@ def test_a_throttled_request_does_not_hold_up_the_next_batch(toy_dir, tmp_path, 
 
 def test_ctrl_c_ends_the_wait_for_a_batch_at_once(chat_server):
     """SIGINT may land on any thread (here the test server's); the wait must not last until the batch is done."""
+    # Python's own Ctrl-C handler, whatever an earlier test in this (pytest-xdist worker) process installed
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _wait_is_interrupted(chat_server)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _wait_is_interrupted(chat_server) -> None:
     with chat_server(delay=2.0) as server:
         engine = engine_for(server, concurrency=2, timeout=10.0)
         threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
