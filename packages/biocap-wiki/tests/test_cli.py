@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -159,3 +160,24 @@ def test_request_failures_exit_non_zero_and_the_same_command_retries_only_them(t
                 **{row[:-1]: ("error", row[-1]) for row in
                    errors.select(*schemas.SPECIES_LIST.column_names, "reason").rows()}}
     assert outcomes == {k: v[:1] if v[0] == "description" else v for k, v in EXPECTED.items()}
+
+
+def test_crawl_from_python_gives_back_the_callers_ctrl_c_handler(tmp_path, species_csv):
+    """Scrapy takes over SIGINT/SIGTERM while it crawls; after biocap_wiki.crawl() returns, Ctrl-C acts as before.
+    (In a child process: Twisted's reactor runs once per process.)"""
+    wiki, rows = make_wiki(0)
+    species = species_csv(rows[:3])
+    script = (
+        "import json, signal, sys\n"
+        "from biocap_wiki.crawl import crawl\n"
+        "before = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]\n"
+        f"result = crawl(sys.argv[1], sys.argv[2], api=sys.argv[3], contact={CONTACT!r}, settings={FAST!r})\n"
+        "after = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]\n"
+        "print(json.dumps([result.finished, before == after, repr(after[0])]))\n"
+    )
+    with wiki:
+        run = subprocess.run([sys.executable, "-c", script, str(species), str(tmp_path / "d.parquet"), wiki.api_url],
+                             capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    finished, same, sigint = json.loads(run.stdout.strip().splitlines()[-1])
+    assert finished and same, sigint

@@ -10,9 +10,12 @@ call it once per process (run it in a subprocess to crawl again).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
+import signal
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,7 +143,8 @@ def crawl(species: str | os.PathLike, out: str | os.PathLike | None = None,
     process = CrawlerProcess(scrapy_settings)
     crawler = process.create_crawler(WikispeciesSpider)
     process.crawl(crawler, species=str(species))
-    process.start()
+    with _signal_handlers_kept():
+        process.start()
     stats = crawler.stats.get_stats()
     descriptions, failed = read_feed(jobdir / FEED_NAME)
     result = CrawlResult(str(stats.get("finish_reason", "unknown")), stats, jobdir / FEED_NAME,
@@ -149,3 +153,26 @@ def crawl(species: str | os.PathLike, out: str | os.PathLike | None = None,
         schemas.write_parquet_atomic(descriptions, out)
         schemas.write_parquet_atomic(failed, errors or default_errors_path(out))
     return result
+
+
+
+#: The signals Scrapy takes over while it crawls
+#: (``scrapy.utils.ossignal.install_shutdown_handlers``).
+_SHUTDOWN_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGBREAK")
+                          if hasattr(signal, n))
+
+
+@contextlib.contextmanager
+def _signal_handlers_kept():
+    """Scrapy installs its shutdown handlers for Ctrl-C and SIGTERM (a first Ctrl-C stops the crawl
+    cleanly, keeping its job state) and leaves them installed when the crawl returns; put the
+    caller's back, so Ctrl-C in a notebook or script that called :func:`crawl` acts as before."""
+    # handlers belong to the process and are set from its main thread only
+    main = threading.current_thread() is threading.main_thread()
+    saved = {s: signal.getsignal(s) for s in _SHUTDOWN_SIGNALS} if main else {}
+    try:
+        yield
+    finally:
+        for number, handler in saved.items():
+            if handler is not None:
+                signal.signal(number, handler)
