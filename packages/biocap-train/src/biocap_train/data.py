@@ -517,28 +517,16 @@ def decode_on_device(batch: dict[str, Any], prep: DevicePreprocess, device: torc
     A JPEG whose header and end marker look right can still be corrupt inside, and only the device's
     decode finds it. One such file must not stop a run: its sample (image, texts, key) is dropped from
     the batch, and the caller counts the reason as the workers count an undecodable image."""
-    encoded = batch["image"]
-    try:
-        batch["image"] = prep(encoded, device, dtype)
-        return []
-    except ShardError:
-        pass
-    # The batched decode says only that some file failed: decode one by one to find which (a rare path).
-    images, kept, failed = [], [], []
-    for i, pixels in enumerate(encoded.images):
-        boxes = None if encoded.boxes is None else encoded.boxes[i:i + 1]
-        try:
-            images.append(prep(EncodedBatch([pixels], boxes), device, dtype))
-            kept.append(i)
-        except ShardError as exc:
-            name = batch["keys"][i] if "keys" in batch else f"sample {i} of a batch"
-            failed.append(f"{name} (on the device): {exc}")
-    if not images:
+    images, kept, failed = prep.apply(batch["image"], device, dtype)
+    names = batch.get("keys")
+    reasons = [f"{names[i] if names else f'sample {i} of a batch'} (on the device): {why}" for i, why in failed]
+    if images is None:
         raise DataUnusable(f"no image of a batch of {len(failed)} could be decoded on the device "
-                           f"(e.g. {failed[0]})")
-    batch["image"] = torch.cat(images)
-    _keep_texts(batch, kept)
-    return failed
+                           f"(e.g. {reasons[0]})")
+    batch["image"] = images
+    if failed:
+        _keep_texts(batch, kept)
+    return reasons
 
 
 def _keep_texts(batch: dict[str, Any], positions) -> None:
