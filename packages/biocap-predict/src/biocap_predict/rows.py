@@ -1,6 +1,6 @@
 """Output rows, with pybioclip's column names (plus ``rank``) so its users' scripts keep working.
 
-A batch's rows are made column by column as one polars DataFrame, which polars writes as CSV,
+A block's rows are made column by column as one polars DataFrame, which polars writes as CSV,
 JSONL or parquet without a Python loop per row; ``to_dicts()`` gives pybioclip's list of rows.
 Rows and CSV of 2,000 images, CPU time: ``--rank all`` 0.09-0.13 s instead of 0.19-0.32 s with a
 dict per row and Python's csv module; ``--rank species`` the same, about 0.05 s (measured).
@@ -71,7 +71,7 @@ class TaxonNames:
 
 def taxon_rows(names_of: TaxonNames, first: Sequence[np.ndarray], names: Sequence[str],
                tops: dict[int, TopK], captions: pl.DataFrame | None = None) -> pl.DataFrame:
-    """One batch's rows, by image, then rank (kingdom first; nearest ``captions`` last), then score.
+    """One block's rows, by image, then rank (kingdom first; nearest ``captions`` last), then score.
 
     ``first[level]`` is each group's first row of the index: a hit at a higher rank shows the names
     of its first species down to that rank. ``species`` is the binomial, as in pybioclip.

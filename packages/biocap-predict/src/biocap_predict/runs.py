@@ -1,6 +1,6 @@
 """What each command does, as functions: the CLI parses flags and calls exactly one of these.
 
-Each run reads its inputs, streams its outputs a batch at a time, reports skipped images through
+Each run reads its inputs, streams its outputs a block at a time, reports skipped images through
 ``echo`` and, with ``log``, writes a provenance record (versions, command, model fingerprint,
 inputs, start and end).
 """
