@@ -54,7 +54,7 @@ def base_args(toy_train, tiny_model, tmp_path) -> dict:
                 name="run", log_every_n_steps=1, progress=False, device="cpu")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def child_env() -> dict:
     """Environment for child processes: same threads as the parent, no stray torchrun variables."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
