@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 import torch
 from biocap_core.checkpoints import read_checkpoint
 from biocap_train.checkpointing import checkpoint_path, list_checkpoints
@@ -24,21 +23,10 @@ def argv(base_args, name, *extra) -> list[str]:
     return out + list(extra)
 
 
-@pytest.fixture
-def one_thread(monkeypatch):
-    """The killed child's compute threads (child_env: OMP_NUM_THREADS=1) in this process too, so the runs
-    done here do the same float reductions in the same order."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # train() then leaves the thread count alone
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def test_sigkill_then_resume_latest_matches_an_uninterrupted_run(base_args, tmp_path, child_env, one_thread,
-                                                                   capfd):
+def test_sigkill_then_resume_latest_matches_an_uninterrupted_run(base_args, tmp_path, child_env, capfd):
     """Only the killed run is a child process (SIGKILL needs one); the uninterrupted run and the resumed
-    one call the same command line in this process, which saves two interpreter start-ups."""
+    one call the same command line in this process, which saves two interpreter start-ups. Both
+    processes compute on one thread (conftest's one_thread, child_env), so their float reductions match."""
     # 80 samples / batch 16 = 5 steps per epoch, 2 epochs; 2 data workers, so resuming at step 3 restarts
     # mid-epoch with the worker streams rotated.
     main(argv(base_args, "straight"))
