@@ -1,8 +1,13 @@
-"""torchrun with 2 CPU processes (gloo): ranks agree on text types, and DDP with local loss and
-gathered features computes what one process computes on the same global batch."""
+"""torchrun with 2 CPU processes (gloo): ranks agree on text types, DDP with local loss and gathered
+features computes what one process computes on the same global batch, the CLI splits data and
+checkpoints every rank's position, and --gpu-decode's ranks trim to one batch size.
+
+The three torchrun jobs share one launch (ddp_jobs.py): a launch starts three interpreters that import
+torch and OpenCLIP, which costs more CPU than the jobs themselves."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -13,63 +18,72 @@ import torch
 from biocap_core.checkpoints import read_checkpoint
 
 HERE = Path(__file__).parent
+# the tests of this module share one torchrun launch: under pytest-xdist they must share a worker too
+pytestmark = pytest.mark.xdist_group("biocap-train-torchrun")
 
 
-def torchrun(*args) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
+def ddp_jobs():
+    """The helper module, for the single-process reference run in this process."""
+    spec = importlib.util.spec_from_file_location("ddp_jobs", HERE / "ddp_jobs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def test_two_ranks_equal_one_process_on_the_same_global_batch(tiny_model, tmp_path, child_env):
-    script = str(HERE / "ddp_steps.py")
-    single = subprocess.run([sys.executable, script, tiny_model, str(tmp_path)], env=child_env,
-                            capture_output=True, text=True, timeout=600)
-    assert single.returncode == 0, single.stderr
-    ddp = subprocess.run(torchrun(script, tiny_model, str(tmp_path)), env=child_env, capture_output=True,
-                         text=True, timeout=600)
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
+@pytest.fixture(scope="module")
+def torchrun_job(toy, toy_train, tiny_model, tmp_path_factory, child_env, rewrite_shards, corrupt_inside):
+    """One ``torchrun --nproc_per_node=2 ddp_jobs.py``: the fixed-batch steps, the --gpu-decode data path
+    on shards with a corrupt JPEG in every third sample of half of the shards, and the command line
+    (4 steps of batch 8, one data worker per rank). Returns the finished process and its output folder."""
+    from biocap_core.shards import iter_samples
 
-    logs = {name: json.loads((tmp_path / f"{name}.json").read_text())
-            for name in ("world1-rank0", "world2-rank0", "world2-rank1")}
+    out = tmp_path_factory.mktemp("torchrun")
+    urls = sorted(str(p) for p in (toy / "train").glob("shard-*.tar"))
+    bad_keys = {s["__key__"] for s in list(iter_samples(urls[:3]))[::3]}  # in half of the shards only
+    shards = rewrite_shards(urls, out / "shards", lambda s: {**s, "jpg": corrupt_inside(s["jpg"])}
+                            if s["__key__"] in bad_keys else s)
+    cli = ["--train-data", toy_train, "--model", tiny_model, "--batch-size", "8", "--steps", "4",
+           "--log-every-n-steps", "1", "--workers", "1", "--precision", "fp32", "--warmup", "1", "--lr", "1e-3",
+           "--shuffle-buffer", "32", "--logs-dir", str(out), "--name", "ddp", "--device", "cpu", "--no-progress"]
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(HERE / "ddp_jobs.py"), str(out), tiny_model, "::".join(shards), *cli],
+                         env=child_env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run, out
+
+
+def test_two_ranks_equal_one_process_on_the_same_global_batch(torchrun_job, tiny_model, tmp_path):
+    from biocap_train.distributed import DistInfo
+
+    _, out = torchrun_job
+    ddp_jobs().steps(DistInfo(), tiny_model, tmp_path)
+    logs = {"world1-rank0": json.loads((tmp_path / "world1-rank0.json").read_text()),
+            **{name: json.loads((out / f"{name}.json").read_text()) for name in ("world2-rank0", "world2-rank1")}}
     types = {name: [s["text_type"] for s in log] for name, log in logs.items()}
     assert types["world2-rank0"] == types["world2-rank1"] == types["world1-rank0"]
     assert "caption" in types["world1-rank0"] and set(types["world1-rank0"]) - {"caption"}
     for a, b in zip(logs["world1-rank0"], logs["world2-rank0"]):
         assert abs(a["loss"] - b["loss"]) < 1e-4
 
-    one, two = torch.load(tmp_path / "world1.pt"), torch.load(tmp_path / "world2.pt")
+    one, two = torch.load(tmp_path / "world1.pt"), torch.load(out / "world2.pt")
     for key in one:
         assert torch.allclose(one[key], two[key], atol=2e-5, rtol=1e-4), key
 
 
-def test_the_cli_under_torchrun_splits_data_and_checkpoints_every_rank_position(toy_train, tiny_model, tmp_path,
-                                                                                child_env):
-    cmd = torchrun("-m", "biocap_train", "--train-data", toy_train, "--model", tiny_model, "--batch-size", "8",
-                   "--steps", "4", "--log-every-n-steps", "1", "--workers", "1", "--precision", "fp32", "--warmup", "1", "--lr", "1e-3",
-                   "--shuffle-buffer", "32", "--logs-dir", str(tmp_path), "--name", "ddp", "--device", "cpu",
-                   "--no-progress")
-    run = subprocess.run(cmd, env=child_env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
+def test_the_cli_under_torchrun_splits_data_and_checkpoints_every_rank_position(torchrun_job):
+    run, out = torchrun_job
     assert run.stdout.count("checkpoint: ") == 1  # rank 0 reports
-    ckpt = read_checkpoint(tmp_path / "ddp" / "checkpoints" / "step_00000004.pt")
+    ckpt = read_checkpoint(out / "ddp" / "checkpoints" / "step_00000004.pt")
     assert ckpt["world_size"] == 2 and len(ckpt["data_state"]) == 2
     assert all(state["microbatches"] == 4 for state in ckpt["data_state"])
-    keys = [line for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines() if '"train"' in line]
+    keys = [line for line in (out / "ddp" / "metrics.jsonl").read_text().splitlines() if '"train"' in line]
     assert len(keys) == 4
 
 
-def test_gpu_decode_ranks_trim_to_the_smallest_batch_when_a_jpeg_fails_on_one_device(
-        toy, tiny_model, tmp_path, child_env, rewrite_shards, corrupt_inside):
+def test_gpu_decode_ranks_trim_to_the_smallest_batch_when_a_jpeg_fails_on_one_device(torchrun_job):
     """ClipLoss gathers equal-sized batches: a sample dropped on one rank's device shrinks every rank's."""
-    from biocap_core.shards import iter_samples
-
-    urls = sorted(str(p) for p in (toy / "train").glob("shard-*.tar"))
-    bad_keys = {s["__key__"] for s in list(iter_samples(urls[:3]))[::3]}  # in half of the shards only
-    shards = rewrite_shards(urls, tmp_path / "shards", lambda s: {**s, "jpg": corrupt_inside(s["jpg"])}
-                            if s["__key__"] in bad_keys else s)
-    run = subprocess.run(torchrun(str(HERE / "ddp_gpu_decode.py"), "::".join(shards), tiny_model, str(tmp_path)),
-                         env=child_env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    _, out = torchrun_job
+    ranks = [json.loads((out / f"gpu-decode-rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["sizes"] == ranks[1]["sizes"]
     sizes = [n for micro in ranks[0]["sizes"] for n in micro]
     assert all(image == text == keys for image, text, keys in sizes)

@@ -137,7 +137,10 @@ def test_an_unreachable_api_fails_fast_and_the_same_command_crawls_once_it_is_up
 def test_request_failures_exit_non_zero_and_the_same_command_retries_only_them(tmp_path, species_csv):
     wiki, rows = make_wiki(0)
     out = tmp_path / "descriptions.parquet"
-    crawl = ["crawl", str(species_csv(rows)), "--out", str(out), "--contact", CONTACT, "--no-cache", *FAST_SETS]
+    # every retry still happens, a millisecond apart: waiting for FAST's 0.05 s backoff (1.55 s per request,
+    # one request at a time) was most of this test's time
+    crawl = ["crawl", str(species_csv(rows)), "--out", str(out), "--contact", CONTACT, "--no-cache", *FAST_SETS,
+             "--set", "RETRY_BACKOFF_BASE=0.001"]
     wiki.outage = lambda params: params.get("list") == "search"  # 503 for every search, retries too
     with wiki:
         first = biocap_wiki(*crawl, "--api", wiki.api_url)
