@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import PILToTensor
 
 from biocap_core.gpu_decode import DevicePreprocess, EncodedBatch
+from biocap_core.precision import autocast
 from biocap_core.preprocess import decode_image, short_side, split_eval_transform
 
 #: What an image can be given as: a file, its encoded bytes, a PIL image, or a tensor already
@@ -194,3 +195,20 @@ def image_batches(images: ImageFiles, batch_size: int, workers: int = 0,
             if batch.images.dtype == torch.uint8:  # a new float tensor: a slot is free again from here
                 batch.images = images.to_float(batch.images)
         yield batch
+
+
+@torch.no_grad()
+def encoded_batches(model, images: ImageFiles, heads: Sequence[str] = ("tax",), batch_size: int = 64,
+                    workers: int = 0, device: torch.device | str = "cpu", precision: str = "fp32",
+                    normalize: bool = True) -> Iterator[tuple[ImageBatch, dict[str, torch.Tensor]]]:
+    """Each batch of :func:`image_batches` with the model's float32 embeddings of its decoded images,
+    one per head in ``heads`` (the backbone runs once); ``{}`` when none of the batch decoded. The
+    callers (zero-shot's matrix of embeddings, biocap-predict's stream of them) decide what an
+    unreadable image means; the model is used as it is (put it in eval mode first)."""
+    for batch in image_batches(images, batch_size, workers, device):
+        feats: dict[str, torch.Tensor] = {}
+        if batch.images is not None:
+            with autocast(device, precision):
+                out = model.encode_image_heads(batch.images, heads, normalize=normalize)
+            feats = {head: f.float() for head, f in out.items()}
+        yield batch, feats

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from biocap_core import schemas
 from biocap_core.errors import ImageError, SchemaError
-from biocap_core.imagefiles import ImageFiles, ImageSource, image_batches
+from biocap_core.imagefiles import ImageFiles, ImageSource, encoded_batches
 from biocap_core.precision import autocast
 from biocap_core.taxonomy import TEMPLATES, label_texts
 
@@ -114,19 +114,18 @@ def encode_images(
     if not isinstance(images, ImageFiles):
         images = ImageFiles(images, model, gpu_decode=gpu_decode)
     positions, feats = [], []
-    batches = image_batches(images, batch_size, workers, device)
     with eval_mode(model):
-        for batch in tqdm(batches, desc="images", unit="batch", disable=not progress, leave=False,
-                          total=-(-len(images) // batch_size)):
+        batches = encoded_batches(model, images, (head,), batch_size, workers, device, precision)
+        for batch, encoded in tqdm(batches, desc="images", unit="batch", disable=not progress, leave=False,
+                                   total=-(-len(images) // batch_size)):
             for position, why in batch.unreadable:
                 if on_unreadable is None:
                     source = images.sources[position]
                     name = source if isinstance(source, (str, os.PathLike)) else f"image {position}"
                     raise ImageError(f"{name}: {why}")
                 on_unreadable(position, why)
-            if batch.images is not None:
-                with autocast(device, precision):
-                    feats.append(model.encode_image(batch.images, normalize=True, head=head).float())
+            if encoded:
+                feats.append(encoded[head])
                 positions += batch.positions
     out = torch.zeros(len(images), model.visual.proj.shape[1])
     if feats:

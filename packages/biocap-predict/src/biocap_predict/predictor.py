@@ -20,8 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from biocap_core.gpu_decode import require_cuda
-from biocap_core.imagefiles import ImageFiles, image_batches
-from biocap_core.precision import autocast
+from biocap_core.imagefiles import ImageFiles, encoded_batches
 from biocap_core.runtime import default_precision, resolve_device
 from biocap_core.taxonomy import TEMPLATES
 from biocap_core.zeroshot import classifier_weights
@@ -113,25 +112,22 @@ class Predictor:
         return weights_fingerprint(self.model)
 
     # ---- encoding ----
-    @torch.no_grad()
     def _encode(self, images: Iterable[Any], heads: Sequence[str], on_skip: OnSkip,
                 normalize: bool = True) -> Iterator[tuple[list[str], Features]]:
         items = name_inputs(images)
         dataset = ImageFiles([item.data for item in items], self.model, gpu_decode=self.gpu_decode)
         bar = tqdm(total=len(items), unit="img", desc="images", disable=not self.progress)
         with bar:
-            for batch in image_batches(dataset, self.batch_size, self.workers, self.device):
+            for batch, feats in encoded_batches(self.model, dataset, heads, self.batch_size, self.workers, self.device,
+                                                self.precision, normalize):
                 for position, why in batch.unreadable:
                     error = ImageError(f"{items[position].name}: {why}")
                     if on_skip is None:
                         raise error
                     on_skip(error)
                 bar.update(len(batch.positions) + len(batch.unreadable))
-                if batch.images is None:
-                    continue
-                with autocast(self.device, self.precision):
-                    feats = self.model.encode_image_heads(batch.images, heads, normalize=normalize)
-                yield [items[p].name for p in batch.positions], {h: f.float() for h, f in feats.items()}
+                if feats:
+                    yield [items[p].name for p in batch.positions], feats
 
     def embed(self, images: Iterable[Any], head: str = "tax", normalize: bool = True,
               on_skip: OnSkip = None) -> Iterator[tuple[list[str], Features]]:
