@@ -65,7 +65,8 @@ def test_vllm_engine_captions_toy_shards_on_cpu(vllm_python, toy_dir, tmp_path):
                     "--target", str(site), str(CORE), str(PACKAGE)], check=True, capture_output=True, timeout=300)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHON", "UV_"))}
     # the engine core runs in this process rather than in a second one that imports vLLM again:
-    # the package's VLLMEngine is driven the same way, in 27 instead of 45 s (measured)
+    # the package's VLLMEngine is driven the same way. With the check's skip_mm_profiling, this test
+    # takes 27 instead of 45 s (measured)
     env.update(PYTHONPATH=str(site), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1",
                VLLM_TARGET_DEVICE="cpu", TOKENIZERS_PARALLELISM="false", VLLM_ENABLE_V1_MULTIPROCESSING="0")
     run = subprocess.run([str(vllm_python), str(SCRIPTS / "vllm_engine_check.py"), "--toy", str(toy_dir),
