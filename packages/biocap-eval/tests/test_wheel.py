@@ -42,14 +42,14 @@ def sh(*args, cwd: Path, env: dict | None = None) -> str:
 
 #: Run by the venv's Python: what is installed, where biocap_eval imports from, and the exit code,
 #: stdout and stderr of each command in argv[1] (a JSON list of argument lists), run through the
-#: installed console-script entry point.
+#: installed console-script entry point (a crash's traceback fails the probe with it on stderr).
 PROBE = """
 import importlib.metadata as m, json, sys
 from typer.testing import CliRunner
 import biocap_eval
 (script,) = m.entry_points(group="console_scripts", name="biocap-eval")
 app, runner = script.load(), CliRunner()
-runs = [runner.invoke(app, args) for args in json.loads(sys.argv[1])]
+runs = [runner.invoke(app, args, catch_exceptions=False) for args in json.loads(sys.argv[1])]
 print(json.dumps({"installed": sorted(d.metadata["Name"].lower() for d in m.distributions()),
                   "module": biocap_eval.__file__, "runs": [[r.exit_code, r.stdout, r.stderr] for r in runs]}))
 """
@@ -63,7 +63,6 @@ def test_wheels_install_alone_and_run_the_toy_benchmarks(tmp_path, toy_dir):
     constraints.write_text(sh(uv(), "export", "--package", "biocap-eval", "--no-emit-workspace", "--no-hashes",
                               "--no-dev", "--frozen", "--no-header", "-q", cwd=REPO))
     # a clean environment: no workspace venv, no project discovery (cwd is outside the repo)
-    # bytecode may be written: the fresh venv has none
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("VIRTUAL_ENV", "UV_PROJECT", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "CONDA"))}
     venv = tmp_path / "venv"

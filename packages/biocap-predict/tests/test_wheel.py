@@ -47,14 +47,14 @@ def sh(*args, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess
 
 #: Run by the venv's Python: what is installed, where biocap_predict imports from, and the exit code,
 #: stdout and stderr of each command in argv[1] (a JSON list of argument lists), run through the
-#: installed console-script entry point.
+#: installed console-script entry point (a crash's traceback fails the probe with it on stderr).
 PROBE = """
 import importlib.metadata as m, json, sys
 from typer.testing import CliRunner
 import biocap_predict
 (script,) = m.entry_points(group="console_scripts", name="biocap-predict")
 app, runner = script.load(), CliRunner()
-runs = [runner.invoke(app, args) for args in json.loads(sys.argv[1])]
+runs = [runner.invoke(app, args, catch_exceptions=False) for args in json.loads(sys.argv[1])]
 print(json.dumps({"installed": sorted(d.metadata["Name"].lower() for d in m.distributions()),
                   "module": biocap_predict.__file__, "runs": [[r.exit_code, r.stdout, r.stderr] for r in runs]}))
 """
