@@ -38,12 +38,12 @@ def _name_the_group_in_the_node_id(item) -> None:
     spread over all workers (pytest-dev/pytest-xdist#1386, fix pending in #1388); this writes it
     into pytest's structured ``item._id`` instead, and does nothing where xdist's own suffix took.
     """
-    from _pytest.nodeid import NodeId
-
     groups = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
                      for m in item.iter_markers("xdist_group")})
     suffix = "@" + "_".join(groups)
     if groups and not item.nodeid.endswith(suffix):
+        from _pytest.nodeid import NodeId  # pytest >= 9.2 only, where xdist's suffix does not take
+
         item._id = NodeId.parse(item.nodeid + suffix)
 
 
