@@ -1,5 +1,6 @@
-"""Session fixtures: a small toy tree of life, a BioCAP-toy checkpoint briefly trained on it, a taxa
-index built from its catalog with that checkpoint (with trait captions), and a Predictor on them.
+"""Session fixtures: the no-argument demo's toy tree of life and the BioCAP-toy checkpoint it trains
+(the root conftest.py runs the demo once for this package and biocap-train's demo test), a taxa index
+built from its catalog with that checkpoint (with trait captions), and a Predictor on them.
 
 The checkpoint comes from biocap-train, which biocap-predict does not depend on; the workspace's
 test environment has it, and tests needing it are skipped where it is not installed.
@@ -7,6 +8,7 @@ test environment has it, and tests needing it are skipped where it is not instal
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -18,41 +20,26 @@ MODEL = "BioCAP-toy"
 # OpenMP threads make each small op up to 10x slower.
 torch.set_num_threads(1)
 
-HERE = Path(__file__).parent
 
-
-def pytest_collection_modifyitems(items):
-    """Under pytest-xdist, every test of this package runs in one worker, so the trained checkpoint
-    below (the suite's most expensive fixture) is trained once, not once per worker."""
-    for item in items:
-        if HERE in item.path.parents:
-            item.add_marker(pytest.mark.xdist_group("biocap-predict"))
+@pytest.fixture(scope="session")
+def trained_checkpoint(demo) -> Path:
+    """The demo's BioCAP-toy checkpoint: 512 steps on the toy tree of life, far from good, well above chance."""
+    if demo.run.returncode != 0:
+        pytest.fail(f"the no-argument demo failed:\n{demo.run.stderr[-3000:]}")
+    return Path(re.search(r"checkpoint: (\S+)", demo.run.stdout).group(1))
 
 
 @pytest.fixture(scope="session")
-def toy_dir(tmp_path_factory) -> Path:
-    """12 toy species: 24 training images each (shards), 4 zero-shot images each, 2 retrieval pairs each."""
-    from biocap_core.toy import ToyConfig, generate
-
-    out = tmp_path_factory.mktemp("toy")
-    generate(out, ToyConfig(species=12, images_per_species=24, val_per_species=1, eval_per_species=4,
-                            inquire_queries=4, inquire_candidates=20, image_size=64, shard_size=64))
-    return out
+def toy_dir(demo, trained_checkpoint) -> Path:
+    """The demo's toy tree of life: 64 species, 4 zero-shot images and 2 retrieval pairs each."""
+    return demo.cache / "toy-v1"
 
 
 @pytest.fixture(scope="session")
-def trained_checkpoint(toy_dir, tmp_path_factory) -> Path:
-    """A BioCAP-toy checkpoint trained for 200 small steps (about a minute): far from good, well above chance."""
-    biocap_train = pytest.importorskip("biocap_train")
-    logs = tmp_path_factory.mktemp("train")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("OMP_NUM_THREADS", "1")  # else the trainer sizes its thread pool to the machine
-        run = biocap_train.train(biocap_train.TrainConfig(
-            train_data="::".join(str(p) for p in sorted((toy_dir / "train").glob("shard-*.tar"))), model=MODEL,
-            batch_size=32, steps=200, lr=5e-3, warmup=5, precision="fp32", workers=0, shuffle_buffer=256,
-            logs=str(logs), name="predict", save_frequency=0, zeroshot_frequency=1000, progress=False,
-            device="cpu", seed=0))
-    return Path(run.checkpoint)
+def n_species(toy_dir) -> int:
+    import polars as pl
+
+    return pl.read_csv(toy_dir / "wiki" / "species.csv").height
 
 
 @pytest.fixture(scope="session")
@@ -93,7 +80,7 @@ def zeroshot_images(toy_dir) -> list[tuple[Path, str]]:
 def photo(zeroshot_images, toy_predictor) -> dict:
     """A toy zero-shot photo that the fixture model gets right, its species and three other species.
 
-    The briefly trained fixture model is right on only some toy photos; these tests check that the API
+    The demo's briefly trained model is right on only some toy photos; these tests check that the API
     reports the model's answers faithfully, which needs a photo whose right answers the model gives:
     its species on top of the index, and first among its own and three other species' names.
     """
@@ -106,4 +93,4 @@ def photo(zeroshot_images, toy_predictor) -> dict:
         if toy_predictor.classify([path], labels=[*others, truth], k=1)[0]["classification"] == truth:
             return {"path": path, "name": path.name, "bytes": path.read_bytes(), "scientific": truth,
                     "others": others}
-    pytest.fail("the fixture model gets no toy zero-shot photo right")
+    pytest.fail("the demo's model gets no toy zero-shot photo right")

@@ -23,7 +23,7 @@ MODEL = "BioCAP-toy"
 pytestmark = pytest.mark.slow
 
 
-def test_open_ended_prediction_names_the_right_species_well_above_chance(toy_predictor, zeroshot_images):
+def test_open_ended_prediction_names_the_right_species_well_above_chance(toy_predictor, zeroshot_images, n_species):
     rows = toy_predictor.predict([p for p, _ in zeroshot_images], rank="species", k=3)
     assert all(tuple(r) == TAXON_COLUMNS for r in rows)
     by_image = defaultdict(list)
@@ -31,7 +31,8 @@ def test_open_ended_prediction_names_the_right_species_well_above_chance(toy_pre
         by_image[r["file_name"]].append(r["species"])
     assert list(by_image) == [str(p) for p, _ in zeroshot_images]
     top3 = np.mean([truth in by_image[str(p)] for p, truth in zeroshot_images])
-    assert top3 >= 0.4, f"top-3 accuracy {top3:.2f}; chance is 0.25"  # 48 images: chance + 2.5 sd
+    chance = 3 / n_species  # 64 species, 256 images: 0.047, sd 0.013; the demo's model gets about 0.3
+    assert top3 >= 3 * chance, f"top-3 accuracy {top3:.2f}; chance is {chance:.2f}"
 
 
 def test_every_rank_at_once_is_consistent(toy_predictor, zeroshot_images):
@@ -142,7 +143,7 @@ def test_unknown_rank_is_an_error(toy_predictor, zeroshot_images):
         toy_predictor.predict([zeroshot_images[0][0]], rank="subspecies")
 
 
-def test_an_interrupted_build_resumes_and_a_finished_one_is_reused(toy_dir, tmp_path, monkeypatch):
+def test_an_interrupted_build_resumes_and_a_finished_one_is_reused(toy_dir, n_species, tmp_path, monkeypatch):
     torch.manual_seed(0)
     model = build_model(MODEL)
     calls = []
@@ -154,7 +155,7 @@ def test_an_interrupted_build_resumes_and_a_finished_one_is_reused(toy_dir, tmp_
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(index_module, "_CHUNK_TAXA", 5)
+    monkeypatch.setattr(index_module, "_CHUNK_TAXA", 20)
     monkeypatch.setattr(index_module, "classifier_weights", flaky)
     build = dict(label_type="sci", templates=["a photo of {}."], device="cpu", progress=False)
     with pytest.raises(KeyboardInterrupt):
@@ -162,10 +163,11 @@ def test_an_interrupted_build_resumes_and_a_finished_one_is_reused(toy_dir, tmp_
     with pytest.raises(TaxaIndexError, match="unfinished build"):
         TaxaIndex.load(tmp_path / "idx")
     index = TaxaIndex.build(model, toy_dir / "catalog.parquet", tmp_path / "idx", **build)
-    assert calls == [5, 5, 5, 2]  # the first chunk was not encoded again
-    assert len(index) == 12 and not (tmp_path / "idx" / ".build").exists()
+    chunks = [20] * (n_species // 20) + [n_species % 20] * bool(n_species % 20)  # 64 species: 20, 20, 20, 4
+    assert len(chunks) >= 3 and calls == chunks[:2] + chunks[1:]  # the first chunk was not encoded again
+    assert len(index) == n_species and not (tmp_path / "idx" / ".build").exists()
     again = TaxaIndex.build(model, toy_dir / "catalog.parquet", tmp_path / "idx", **build)
-    assert len(calls) == 4 and torch.equal(again.embeddings, index.embeddings)
+    assert len(calls) == len(chunks) + 1 and torch.equal(again.embeddings, index.embeddings)
     meta = json.loads((tmp_path / "idx" / "index.json").read_text())
     assert meta["label_type"] == "sci" and meta["templates"] == ["a photo of {}."] and meta["versions"]
 

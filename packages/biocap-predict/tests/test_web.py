@@ -26,11 +26,11 @@ def post(client, name: str, data: bytes, **form):
     return client.post("/api/predict", files={"image": (name, data, "image/jpeg")}, data=form)
 
 
-def test_health_says_which_model_serves_and_the_upload_limit(client, toy_predictor):
+def test_health_says_which_model_serves_and_the_upload_limit(client, toy_predictor, n_species):
     health = client.get("/api/health").json()
     assert health["status"] == "ok"
     assert health["model"] == "BioCAP-toy"
-    assert health["taxa"] == 12  # the toy tree's species
+    assert health["taxa"] == n_species  # the toy tree's species
     assert health["ranks"] == list(RANKS)
     assert health["captions"] is toy_predictor.index.has_captions is True
     assert health["max_upload_bytes"] == int(MAX_UPLOAD_MB * 2**20)
