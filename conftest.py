@@ -19,32 +19,11 @@ import pytest
 DEMO_GROUP = "biocap-demo"
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_collection_modifyitems(config, items):
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups into the node ids
+def pytest_collection_modifyitems(items):
     for item in items:
         if "demo" in getattr(item, "fixturenames", ()):  # the whole fixture closure of a test function
             item.add_marker(pytest.mark.xdist_group(DEMO_GROUP))
-    yield
-    if getattr(config.option, "loadgroup", False):  # in a pytest-xdist worker under --dist loadgroup
-        for item in items:
-            _name_the_group_in_the_node_id(item)
-
-
-def _name_the_group_in_the_node_id(item) -> None:
-    """What pytest-xdist 3.8 does for --dist loadgroup, in pytest 9.2's node ids.
-
-    The worker tells the scheduler a test's group as a ``@group`` suffix of its node id. xdist 3.8
-    writes it into ``item._nodeid``, which pytest 9.2 no longer reads, so every group was silently
-    spread over all workers (pytest-dev/pytest-xdist#1386, fix pending in #1388); this writes it
-    into pytest's structured ``item._id`` instead, and does nothing where xdist's own suffix took.
-    """
-    groups = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
-                     for m in item.iter_markers("xdist_group")})
-    suffix = "@" + "_".join(groups)
-    if groups and not item.nodeid.endswith(suffix):
-        from _pytest.nodeid import NodeId  # pytest >= 9.2 only, where xdist's suffix does not take
-
-        item._id = NodeId.parse(item.nodeid + suffix)
 
 
 @dataclass(frozen=True)
