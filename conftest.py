@@ -19,6 +19,14 @@ import pytest
 DEMO_GROUP = "biocap-demo"
 
 
+def pytest_configure(config):
+    """Every test process computes on one thread, and so do the processes tests start (they inherit
+    the variable; torch reads it when it starts, after this). pytest-xdist runs one worker per core, the
+    toy models gain nothing from more threads, and idle-spinning OpenMP threads beside another worker
+    made small steps several times slower; ``train()`` leaves the thread count alone when it is set."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups into the node ids
 def pytest_collection_modifyitems(items):
     for item in items:

@@ -36,19 +36,7 @@ def learnable_ap(result) -> float:
     return (result.metrics["ap_Appearance"] + result.metrics["ap_Species"]) / 2
 
 
-@pytest.fixture
-def one_thread(monkeypatch):
-    """Train and evaluate on one thread: the model is too small to gain from more, and the trainer would
-    otherwise size its thread pool to the machine, whose idle-spinning OpenMP threads, beside other test
-    workers, made this test about eight times slower in CPU time."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # train() then leaves the thread count alone
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def test_a_trained_model_beats_the_untrained_one_on_every_task(tmp_path, one_thread):
+def test_a_trained_model_beats_the_untrained_one_on_every_task(tmp_path):
     toy = tmp_path / "toy"
     generate(toy, ToyConfig(species=12, images_per_species=24, val_per_species=1, eval_per_species=4,
                             inquire_queries=8, inquire_candidates=40, image_size=32, shard_size=64))

@@ -12,13 +12,8 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
 MODEL = "BioCAP-toy"
-
-# The toy models are too small to gain from more threads, and on a shared machine idle-spinning
-# OpenMP threads make each small op up to 10x slower.
-torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -80,7 +80,6 @@ def test_wheels_install_alone_and_predict_on_the_toy_tree_of_life(tmp_path, smal
                               "--no-dev", "--frozen", "--no-header", "-q", cwd=REPO).stdout)
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("VIRTUAL_ENV", "UV_PROJECT", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "CONDA"))}
-    env["OMP_NUM_THREADS"] = "1"
     venv = tmp_path / "venv"
     sh(uv(), "venv", "-q", "--python", sys.executable, venv, cwd=tmp_path, env=env)
     python = venv / "bin" / "python"

@@ -15,21 +15,6 @@ TINY_MODEL = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Every test computes on one thread, as its child processes do (``child_env``): the tiny models gain
-    nothing from more, and beside other test workers idle-spinning OpenMP threads made steps several
-    times slower. ``OMP_NUM_THREADS`` makes ``train()`` leave the thread count alone."""
-    import torch
-
-    before = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as patch:  # module scope: also around the module fixtures' runs
-        patch.setenv("OMP_NUM_THREADS", "1")
-        torch.set_num_threads(1)
-        yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def toy(tmp_path_factory) -> Path:
     """16 species x 12 images in 6 train shards of 32, 32 px."""
@@ -71,11 +56,10 @@ def base_args(toy_train, tiny_model, tmp_path) -> dict:
 
 @pytest.fixture(scope="session")
 def child_env() -> dict:
-    """Environment for child processes: same threads as the parent, no stray torchrun variables."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                              "MASTER_PORT", "LOCAL_WORLD_SIZE")}
-    env["OMP_NUM_THREADS"] = "1"
-    return env
+    """Environment for child processes: on one thread as the parent (the root conftest), no stray torchrun
+    variables."""
+    return {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                             "MASTER_PORT", "LOCAL_WORLD_SIZE")}
 
 
 def _rewrite_shards(urls, out: Path, change) -> list[str]:
