@@ -1,4 +1,5 @@
-"""Fixtures that tests of more than one package share: the no-argument demo's run.
+"""Fixtures that tests of more than one package share: the no-argument demo's run, and an app
+installed alone from wheels.
 
 ``biocap-train`` with no arguments (the README's main command) is the suite's most expensive step.
 biocap-train's test checks what it prints and writes, and biocap-predict's tests use the model it
@@ -8,7 +9,9 @@ test that needs it goes into one group, so it runs in one worker only.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -52,3 +55,71 @@ def demo(tmp_path_factory) -> DemoRun:
     run = subprocess.run([sys.executable, "-m", "biocap_train"], cwd=cwd, env=env, capture_output=True, text=True,
                          timeout=900)
     return DemoRun(run, cwd, cwd / "cache")
+
+
+REPO = Path(__file__).resolve().parent
+
+#: Run by the venv's Python: what is installed, where the app imports from, and the exit code, stdout
+#: and stderr of each command in argv[2] (a JSON list of argument lists), run through the installed
+#: console-script entry point argv[1] (a crash's traceback fails the probe with it on stderr).
+PROBE = """
+import importlib, importlib.metadata as m, json, sys
+from typer.testing import CliRunner
+(script,) = m.entry_points(group="console_scripts", name=sys.argv[1])
+app, runner = script.load(), CliRunner()
+runs = [runner.invoke(app, args, catch_exceptions=False) for args in json.loads(sys.argv[2])]
+module = importlib.import_module(sys.argv[1].replace("-", "_"))
+print(json.dumps({"installed": sorted(d.metadata["Name"].lower() for d in m.distributions()),
+                  "module": module.__file__, "runs": [[r.exit_code, r.stdout, r.stderr] for r in runs]}))
+"""
+
+
+@dataclass(frozen=True)
+class InstalledAlone:
+    """An app and biocap-core installed from their wheels in a fresh venv outside the workspace."""
+
+    app: str
+    venv: Path
+    env: dict
+
+    def run(self, commands: list[list[str]]) -> dict:
+        """The app's ``commands``, in one interpreter of the venv (each start-up costs about 5 CPU-seconds
+        of imports, torch and OpenCLIP), with what is installed and where the app imports from."""
+        return json.loads(_sh(self.venv / "bin" / "python", "-c", PROBE, self.app, json.dumps(commands),
+                              cwd=self.venv.parent, env=self.env))
+
+
+@pytest.fixture
+def install_alone(tmp_path):
+    """``install_alone("biocap-eval")``: builds the wheels of biocap-core and the app and installs them with
+    uv (``uv pip install``, pip's interface) into a new venv, the workspace lock's versions as
+    constraints, so every third-party wheel comes from uv's cache (linked, not copied) instead of a
+    multi-GB download. The constraints only pin versions; what gets installed is what the wheels'
+    metadata asks for, which is what the tests check."""
+    uv = os.environ.get("UV") or shutil.which("uv") or pytest.fail("uv is not on PATH")
+
+    def install(app: str) -> InstalledAlone:
+        wheels = tmp_path / "wheels"
+        for package in ("biocap-core", app):
+            _sh(uv, "build", "--package", package, "--wheel", "--out-dir", wheels, "-q", cwd=REPO)
+        constraints = tmp_path / "constraints.txt"
+        constraints.write_text(_sh(uv, "export", "--package", app, "--no-emit-workspace", "--no-hashes", "--no-dev",
+                                   "--frozen", "--no-header", "-q", cwd=REPO))
+        # a clean environment: no workspace venv, no project discovery (cwd is outside the repo)
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("VIRTUAL_ENV", "UV_PROJECT", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "CONDA"))}
+        venv = tmp_path / "venv"
+        _sh(uv, "venv", "-q", "--python", sys.executable, venv, cwd=tmp_path, env=env)
+        _sh(uv, "pip", "install", "-q", "--python", venv / "bin" / "python", "--link-mode", "symlink", "-c",
+            constraints, *sorted(wheels.glob("*.whl")), cwd=tmp_path, env=env)
+        assert (venv / "bin" / app).is_file()
+        return InstalledAlone(app, venv, env)
+
+    return install
+
+
+def _sh(*args, cwd: Path, env: dict | None = None) -> str:
+    done = subprocess.run([str(a) for a in args], check=False, cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, f"{args}\nstdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}"
+    return done.stdout
