@@ -1,5 +1,5 @@
 """The one dataset of images to embed: biocap-eval's benchmark images, biocap-predict's inputs and
-the training loop's zero-shot images.
+the training loop's zero-shot images; and the one loop that embeds them (:func:`encoded_batches`).
 
 DataLoader workers decode (JPEGs drafted to the crop size) and resize and crop to uint8 tensors; each
 batch is normalised to float where the model runs (:func:`~biocap_core.preprocess.split_eval_transform`),
