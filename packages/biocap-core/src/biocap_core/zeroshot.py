@@ -77,8 +77,6 @@ class ClassificationSet:
         return cls([p for p, _ in kept], [y for _, y in kept], classnames, str(csv), skipped)
 
 
-
-
 @contextlib.contextmanager
 def eval_mode(model: torch.nn.Module):
     """Eval mode (no dropout) for the block, then the caller's mode again (e.g. inside a training loop)."""

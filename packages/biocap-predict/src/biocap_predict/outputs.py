@@ -64,10 +64,16 @@ class RowWriter:
         if self._block_rows >= BLOCK_ROWS and self.fmt != "table":
             self._write_block()
 
-    def _write_block(self) -> None:
+    def _joined(self) -> pl.DataFrame | None:
+        """The rows not written yet, as one frame (None when there are none)."""
         if not self._block:
+            return None
+        return pl.concat(self._block, how="vertical_relaxed") if len(self._block) > 1 else self._block[0]
+
+    def _write_block(self) -> None:
+        rows = self._joined()
+        if rows is None:
             return
-        rows = pl.concat(self._block, how="vertical_relaxed") if len(self._block) > 1 else self._block[0]
         if self.fmt == "csv":
             rows.write_csv(self._fh, include_header=False)
         elif self.fmt == "jsonl":
@@ -78,8 +84,8 @@ class RowWriter:
 
     def close(self) -> None:
         if self.fmt == "table":
-            rows = pl.concat(self._block).to_dicts() if self._block else []
-            self._write_text(format_table(rows, self.columns))
+            rows = self._joined()
+            self._write_text(format_table(rows.to_dicts() if rows is not None else [], self.columns))
             return
         self._write_block()
         if self.fmt == "parquet":

@@ -212,10 +212,10 @@ class Predictor:
             if feats[head].ndim != 2 or feats[head].shape[1] != dim or feats[head].shape[0] != len(names):
                 raise PredictInputError(f"{head} embeddings of shape {tuple(feats[head].shape)} do not fit "
                                         f"{len(names)} names and the model's dimension {dim}")
-        for start in range(0, len(names), self.batch_size):
-            batch = {h: F.normalize(feats[h][start:start + self.batch_size].to(self.device).float(), dim=-1)
-                     for h in task.heads}
-            yield task.rows(list(names[start:start + self.batch_size]), batch)
+        size = self.batch_size
+        yield from task.over((list(names[s:s + size]),
+                              {h: F.normalize(feats[h][s:s + size].to(self.device).float(), dim=-1) for h in task.heads})
+                             for s in range(0, len(names), size))
 
     # ---- trait captions ----
     def _nearest(self, caption_feats: torch.Tensor, k: int) -> TopK:
