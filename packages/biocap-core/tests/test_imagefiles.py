@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from biocap_core.errors import ImageError
+from biocap_core import imagefiles
 from biocap_core.imagefiles import ImageFiles, image_batches
 from biocap_core.model import build_model
 from biocap_core.preprocess import image_transform
@@ -113,16 +114,35 @@ def test_gpu_decode_batches_keep_positions_in_order(tiny_cfg, photos):
     assert batches[0].images.shape == (2, 3, 32, 32) and batches[0].images.dtype == torch.float32
 
 
-def test_workers_reusing_shared_batch_slots_hand_over_every_batch_intact(tiny_cfg, tmp_path):
-    """More batches than the ring of shared slots holds (2 workers x 4 prefetched + 2), each distinct."""
+def _random_jpegs(folder, n: int) -> list:
     rng = np.random.default_rng(1)
     paths = []
-    for i in range(45):
-        path = tmp_path / f"{i}.jpg"
+    for i in range(n):
+        path = folder / f"{i}.jpg"
         Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(path)
         paths.append(path)
-    data = ImageFiles(paths, build_model(tiny_cfg))
+    return paths
+
+
+def test_workers_reusing_shared_batch_slots_hand_over_every_batch_intact(tiny_cfg, tmp_path, monkeypatch):
+    """More hand-overs than the ring of shared slots holds (2 workers x 2 prefetched + 2), each distinct."""
+    monkeypatch.setattr(imagefiles, "HANDOVER_IMAGES", 4)  # hand-overs of 2 model batches of 2
+    data = ImageFiles(_random_jpegs(tmp_path, 45), build_model(tiny_cfg))
     alone = torch.cat([b.images for b in image_batches(data, batch_size=2, workers=0)])
     batches = list(image_batches(data, batch_size=2, workers=2))
-    assert [p for b in batches for p in b.positions] == list(range(45))
+    assert [b.positions for b in batches] == [[i, i + 1] for i in range(0, 44, 2)] + [[44]]
+    assert torch.equal(torch.cat([b.images for b in batches]), alone)
+
+
+def test_a_hand_over_is_cut_into_full_model_batches_each_with_its_unreadable_images(tiny_cfg, tmp_path,
+                                                                                    monkeypatch):
+    monkeypatch.setattr(imagefiles, "HANDOVER_IMAGES", 9)  # 3 model batches of 3 a hand-over
+    paths = _random_jpegs(tmp_path, 10)
+    for bad in (2, 7):
+        paths[bad].write_bytes(paths[bad].read_bytes()[:100])
+    data = ImageFiles(paths, build_model(tiny_cfg))
+    batches = list(image_batches(data, batch_size=3, workers=1))
+    assert [b.positions for b in batches] == [[0, 1, 3], [4, 5, 6], [8], [9]]
+    assert [[p for p, _ in b.unreadable] for b in batches] == [[2], [], [7], []]
+    alone = torch.stack([data.to_float(data[i][1][None])[0] for i in (0, 1, 3, 4, 5, 6, 8, 9)])
     assert torch.equal(torch.cat([b.images for b in batches]), alone)

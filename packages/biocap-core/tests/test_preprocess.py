@@ -6,12 +6,13 @@ import io
 
 import numpy as np
 import open_clip
+import pytest
 import torch
 from PIL import Image
 from torchvision.transforms import functional as TF
 
 from biocap_core.model import build_model
-from biocap_core.preprocess import decode_image, image_transform, preprocess_cfg, split_eval_transform
+from biocap_core.preprocess import UInt8ToFloat, decode_image, image_transform, preprocess_cfg, split_eval_transform
 
 
 def _gradient(w, h):
@@ -47,6 +48,12 @@ def test_split_eval_transform_gives_the_eval_transforms_tensors_batched(tiny_cfg
     assert all(c.dtype == torch.uint8 and c.shape == (3, 32, 32) for c in crops)
     expected = torch.stack([image_transform(model, train=False)(img) for img in images])
     assert torch.equal(to_float(torch.stack(crops)), expected)
+
+
+
+def test_a_zero_std_is_refused_when_the_normaliser_is_made():
+    with pytest.raises(ValueError, match="std of 0"):
+        UInt8ToFloat((0.5, 0.4, 0.3), (0.2, 0.0, 0.3))
 
 
 def test_train_transform_is_random_resized_crop_of_the_right_size():

@@ -32,7 +32,7 @@ from torchvision.transforms import CenterCrop, Compose, Normalize, PILToTensor, 
 from torchvision.transforms import functional as F
 
 from biocap_core.errors import GpuDecodeUnavailable, ShardError
-from biocap_core.preprocess import _uint8_to_float, decode_image, image_transform
+from biocap_core.preprocess import UInt8ToFloat, decode_image, image_transform
 
 #: JPEG colour modes nvJPEG decodes to RGB; others (CMYK, YCCK) go through PIL in the worker.
 _DEVICE_JPEG_MODES = ("RGB", "L")
@@ -72,7 +72,7 @@ class DevicePreprocess:
         self.crop = next((s for s in steps if isinstance(s, RandomResizedCrop)), None)
         self.resize = Compose([s for s in steps if isinstance(s, (Resize, CenterCrop))])
         norm = next(s for s in steps if isinstance(s, Normalize))
-        self.mean, self.std = norm.mean, norm.std
+        self.to_float = UInt8ToFloat(norm.mean, norm.std)
 
     def encode(self, source: bytes | str | os.PathLike) -> tuple[torch.Tensor, tuple[int, int, int, int] | None]:
         """Worker side: (encoded JPEG or decoded pixels, train crop box). The crop is drawn from
@@ -118,7 +118,7 @@ class DevicePreprocess:
         crops = {i: self.resize(pixels[i]) if boxes is None else
                  F.resized_crop(pixels[i], *boxes[i], c.size, c.interpolation, antialias=c.antialias)
                  for i in kept if not pixels[i].is_floating_point()}
-        normed = _uint8_to_float(torch.stack(list(crops.values())), self.mean, self.std).to(dtype) if crops else None
+        normed = self.to_float(torch.stack(list(crops.values()))).to(dtype) if crops else None
         if len(crops) == len(kept):
             return normed, kept, failed
         by_position = dict(zip(crops, normed)) if crops else {}
