@@ -5,9 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import average_precision_score, ndcg_score
 
 from biocap_eval.metrics import average_precision, ndcg, recall_at_k, reciprocal_rank, rerank_metrics, true_item_ranks
+
+
+def _sklearn():
+    """sklearn.metrics, the reference: imported by the tests that use it, not at collection, where each
+    pytest-xdist worker would pay its 1.4 s (with pandas and scipy)."""
+    from sklearn import metrics
+
+    return metrics
 
 
 def inquire_reference(y_true: np.ndarray, y_pred: np.ndarray, count_pos: int, k: int):
@@ -18,10 +25,10 @@ def inquire_reference(y_true: np.ndarray, y_pred: np.ndarray, count_pos: int, k:
     position, and its mrr's unstable argsort would otherwise pick an arbitrary order among ties.
     """
     found = int(y_true[:k].sum())
-    ap = average_precision_score(y_true[:k], y_pred[:k]) * found / min(count_pos, k) if found else 0.0
+    ap = _sklearn().average_precision_score(y_true[:k], y_pred[:k]) * found / min(count_pos, k) if found else 0.0
     missed = count_pos - int(y_true.sum())
     if count_pos:
-        nd = ndcg_score([y_true.tolist() + [1] * missed], [y_pred.tolist() + [-100] * missed], k=k)
+        nd = _sklearn().ndcg_score([y_true.tolist() + [1] * missed], [y_pred.tolist() + [-100] * missed], k=k)
     else:
         nd = 0.0
     first = np.flatnonzero(y_true)
@@ -84,7 +91,7 @@ def test_ndcg_at_k_averages_tied_gains_across_the_cut():
     # the positive ties with a negative at ranks 2-3; the cut at 2 keeps half of the group's gain
     relevant, scores = np.array([0, 0, 1]), np.array([0.9, 0.5, 0.5])
     got = rerank_metrics(relevant, scores, k=2)
-    assert got.ndcg == pytest.approx(ndcg_score([relevant], [scores], k=2)) == pytest.approx(0.5 / np.log2(3))
+    assert got.ndcg == pytest.approx(_sklearn().ndcg_score([relevant], [scores], k=2)) == pytest.approx(0.5 / np.log2(3))
     assert (got.precision, got.recall) == (0.0, 0.0)  # the stable order puts the negative first
 
 
@@ -123,9 +130,9 @@ def test_no_positive_gives_zero_and_count_below_the_list_is_refused():
 
 def test_ties_share_a_threshold_in_ap_and_keep_input_order_in_mrr():
     relevant, scores = np.array([0, 1]), np.array([0.5, 0.5])
-    assert average_precision(relevant, scores) == pytest.approx(average_precision_score(relevant, scores)) == 0.5
+    assert average_precision(relevant, scores) == pytest.approx(_sklearn().average_precision_score(relevant, scores)) == 0.5
     assert reciprocal_rank(relevant, scores) == 0.5  # the tied negative comes first
-    assert ndcg(relevant, scores) == pytest.approx(ndcg_score([relevant], [scores]))
+    assert ndcg(relevant, scores) == pytest.approx(_sklearn().ndcg_score([relevant], [scores]))
 
 
 def brute_force_recall(sim: np.ndarray, k: int) -> float:
