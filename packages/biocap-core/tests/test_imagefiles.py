@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from biocap_core.errors import ImageError
 from biocap_core import imagefiles
+from biocap_core.errors import ImageError
 from biocap_core.imagefiles import ImageFiles, image_batches
 from biocap_core.model import build_model
 from biocap_core.preprocess import image_transform
@@ -114,7 +116,7 @@ def test_gpu_decode_batches_keep_positions_in_order(tiny_cfg, photos):
     assert batches[0].images.shape == (2, 3, 32, 32) and batches[0].images.dtype == torch.float32
 
 
-def _random_jpegs(folder, n: int) -> list:
+def _random_jpegs(folder: Path, n: int) -> list[Path]:
     rng = np.random.default_rng(1)
     paths = []
     for i in range(n):

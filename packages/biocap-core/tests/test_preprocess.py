@@ -50,7 +50,6 @@ def test_split_eval_transform_gives_the_eval_transforms_tensors_batched(tiny_cfg
     assert torch.equal(to_float(torch.stack(crops)), expected)
 
 
-
 def test_a_zero_std_is_refused_when_the_normaliser_is_made():
     with pytest.raises(ValueError, match="std of 0"):
         UInt8ToFloat((0.5, 0.4, 0.3), (0.2, 0.0, 0.3))
