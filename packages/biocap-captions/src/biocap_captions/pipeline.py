@@ -6,7 +6,8 @@ generates, so the accelerator does not wait for the CPU between batches.
 Memory is bounded by two batches of images, the one generating and the next
 (three with an engine that can ``submit``: it gets the next batch while the
 current one finishes), plus the unit's caption rows (text only). Every sample
-ends in exactly one place: the captions table, or the errors table with its reason. Failures are isolated per sample
+ends in exactly one place: the captions table, or the errors table with its
+reason. Failures are isolated per sample
 (:func:`~biocap_captions.engine.generate_isolated`); an unreadable shard is
 reported and skipped without touching the others; an engine that fails
 ``max_consecutive_failures`` samples in a row stops the run, keeping those

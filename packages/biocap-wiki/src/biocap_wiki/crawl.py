@@ -155,7 +155,6 @@ def crawl(species: str | os.PathLike, out: str | os.PathLike | None = None,
     return result
 
 
-
 #: The signals Scrapy takes over while it crawls
 #: (``scrapy.utils.ossignal.install_shutdown_handlers``).
 _SHUTDOWN_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGBREAK")
