@@ -1,5 +1,5 @@
-"""Fixtures that tests of more than one package share: the no-argument demo's run, and an app
-installed alone from wheels.
+"""Fixtures that tests of more than one package share: the no-argument demo's run, an app installed
+alone from wheels, and the environment for child processes.
 
 ``biocap-train`` with no arguments (the README's main command) is the suite's most expensive step.
 biocap-train's test checks what it prints and writes, and biocap-predict's tests use the model it
@@ -47,13 +47,20 @@ class DemoRun:
 
 
 @pytest.fixture(scope="session")
-def demo(tmp_path_factory) -> DemoRun:
+def child_env() -> dict:
+    """Environment for child processes: on one thread as the parent (:func:`pytest_configure`), no stray
+    torchrun variables."""
+    return {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                             "MASTER_PORT", "LOCAL_WORLD_SIZE")}
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory, child_env) -> DemoRun:
     """``python -m biocap_train`` without arguments, from an empty cache; skipped without biocap-train."""
     pytest.importorskip("biocap_train")
     cwd = tmp_path_factory.mktemp("demo")
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                              "MASTER_PORT", "LOCAL_WORLD_SIZE", "OMP_NUM_THREADS")}
-    env["BIOCAP_CACHE"] = str(cwd / "cache")  # OMP_NUM_THREADS unset: the demo picks its own thread count
+    env = {k: v for k, v in child_env.items() if k != "OMP_NUM_THREADS"}  # the demo picks its own thread count
+    env["BIOCAP_CACHE"] = str(cwd / "cache")
     run = subprocess.run([sys.executable, "-m", "biocap_train"], cwd=cwd, env=env, capture_output=True, text=True,
                          timeout=900)
     return DemoRun(run, cwd, cwd / "cache")

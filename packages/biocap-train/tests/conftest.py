@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -52,14 +51,6 @@ def base_args(toy_train, tiny_model, tmp_path) -> dict:
     return dict(train_data=toy_train, model=tiny_model, batch_size=16, train_num_samples=80, epochs=2,
                 lr=2e-3, warmup=2, precision="fp32", workers=0, shuffle_buffer=64, logs=str(tmp_path / "logs"),
                 name="run", log_every_n_steps=1, progress=False, device="cpu")
-
-
-@pytest.fixture(scope="session")
-def child_env() -> dict:
-    """Environment for child processes: on one thread as the parent (the root conftest), no stray torchrun
-    variables."""
-    return {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                             "MASTER_PORT", "LOCAL_WORLD_SIZE")}
 
 
 def _rewrite_shards(urls, out: Path, change) -> list[str]:
