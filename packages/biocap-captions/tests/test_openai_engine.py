@@ -24,7 +24,7 @@ from biocap_captions.engine import (
     Failure,
     SamplingConfig,
 )
-from biocap_captions.openai_engine import OpenAIEngine, image_mime
+from biocap_captions.openai_engine import OpenAIEngine, OpenAIOptions, image_mime
 from biocap_core import schemas
 from typer.testing import CliRunner
 
@@ -33,9 +33,9 @@ PROMPT = "Describe. For this image of a Toy crawler, write one sentence."
 
 
 def engine_for(server, **kw) -> OpenAIEngine:
-    options = dict(model="tiny-vlm", base_url=server.url, concurrency=4, timeout=0.5, max_retries=3,
-                   backoff=0.01, max_backoff=0.05, sampling=SamplingConfig(0.6, 0.8, 50, seed=7)) | kw
-    return OpenAIEngine(**options)
+    options = dict(base_url=server.url, concurrency=4, timeout=0.5, max_retries=3, backoff=0.01,
+                   max_backoff=0.05) | kw
+    return OpenAIEngine("tiny-vlm", SamplingConfig(0.6, 0.8, 50, seed=7), OpenAIOptions(**options))
 
 
 def test_request_carries_the_image_prompt_and_sampling(chat_server):
@@ -164,7 +164,7 @@ def test_a_dead_server_is_refused_when_the_engine_is_built(tmp_path):
         url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
     start = time.monotonic()
     with pytest.raises(EngineBroken, match=f"cannot reach the chat-completions server at {url}/models: ConnectError"):
-        OpenAIEngine(model="tiny-vlm", base_url=url)
+        OpenAIEngine(model="tiny-vlm", options=OpenAIOptions(base_url=url))
     assert time.monotonic() - start < 5
 
 
@@ -222,7 +222,9 @@ def test_cli_run_with_the_openai_engine_then_stats(toy_dir, tmp_path, chat_serve
     assert (settings["engine"], settings["model"], settings["job"]) == ("openai", "tiny-vlm", [1, 2])
     assert settings["units"] == ["shard-000001", "shard-000003"] and settings["sampling"]["seed"] == 7
     # the openai engine's own options were recorded (and given to it), not vLLM's
-    assert sorted(settings["options"]) == ["base_url", "concurrency", "max_retries", "timeout"]
+    assert sorted(settings["options"]) == ["backoff", "base_url", "concurrency", "max_backoff",
+                                           "max_retries", "timeout"]
+    assert settings["options"]["base_url"] == server.url
     assert server.bodies[0]["seed"] == 7
     stats = CliRunner().invoke(app, ["stats", str(out)])
     assert stats.exit_code == 0 and "captions: 20   errors: 0" in stats.output

@@ -10,7 +10,8 @@ from typing import Optional
 import typer
 from biocap_core.errors import BioCAPError
 
-from biocap_captions.engine import DEFAULT_MODEL, EngineSettings, SamplingConfig
+from biocap_captions.engine import DEFAULT_MODEL, SamplingConfig
+from biocap_captions.engines import ENGINES, EngineSettings
 from biocap_captions.jobs import JobSpecError
 from biocap_captions.prompt import PROMPT_VERSION, FormatExamples, PromptBuilder, PromptParts
 
@@ -38,26 +39,39 @@ def run(
     format_examples: Optional[Path] = typer.Option(None, help="class,description table (default: the original's 347 classes)."),
     max_wiki_chars: int = typer.Option(600, help="Wiki excerpt length, cut at a sentence boundary."),
     word_limit: int = typer.Option(20, help="Word limit asked for in the prompt and flagged in the table."),
-    engine: str = typer.Option("vllm", help="vllm (offline, in this process) or openai (a chat-completions server)."),
+    engine: str = typer.Option(
+        "vllm", help=f"Caption engine: {', '.join(ENGINES)} (vllm: offline, in this process; "
+                     "openai: a chat-completions server)."),
     model: str = typer.Option(DEFAULT_MODEL, help="Model path or name (for openai: the served model name)."),
     temperature: float = typer.Option(0.6),
     top_p: float = typer.Option(0.8),
     max_tokens: int = typer.Option(50),
     seed: Optional[int] = typer.Option(None, help="Sampling seed (per request)."),
-    quantization: str = typer.Option("awq", help="vllm: quantization method; 'none' disables it."),
-    tensor_parallel_size: int = typer.Option(1, help="vllm: GPUs per model."),
-    max_model_len: int = typer.Option(2048, help="vllm: context length."),
-    dtype: str = typer.Option("auto", help="vllm: weight dtype."),
-    image_placeholder: str = typer.Option(
-        "<image>", help="vllm: image placeholder for chat templates that take only text ('' to require image parts)."),
-    max_image_side: Optional[int] = typer.Option(None, help="vllm: shrink decoded images to this longest side."),
+    quantization: Optional[str] = typer.Option(
+        None, help="vllm: quantization method (default awq); 'none' disables it."),
+    tensor_parallel_size: Optional[int] = typer.Option(
+        None, help="vllm: GPUs per model (default 1)."),
+    max_model_len: Optional[int] = typer.Option(None, help="vllm: context length (default 2048)."),
+    dtype: Optional[str] = typer.Option(None, help="vllm: weight dtype (default auto)."),
+    image_placeholder: Optional[str] = typer.Option(
+        None, help="vllm: image placeholder for chat templates that take only text "
+                   "(default <image>; '' to require image parts)."),
+    max_image_side: Optional[int] = typer.Option(
+        None, help="vllm: shrink decoded images to this longest side."),
     prefix_caching: Optional[bool] = typer.Option(
-        None, "--prefix-caching/--no-prefix-caching", help="vllm: automatic prefix caching (default: vLLM's)."),
-    base_url: str = typer.Option("http://127.0.0.1:8000/v1", help="openai: server URL up to /v1."),
+        None, "--prefix-caching/--no-prefix-caching",
+        help="vllm: automatic prefix caching (default: vLLM's)."),
+    base_url: Optional[str] = typer.Option(
+        None, help="openai: server URL up to /v1 (default http://127.0.0.1:8000/v1)."),
     api_key: Optional[str] = typer.Option(None, envvar="OPENAI_API_KEY", help="openai: bearer token."),
-    concurrency: int = typer.Option(16, help="openai: requests in flight."),
-    timeout: float = typer.Option(120.0, help="openai: seconds per request before a retry."),
-    max_retries: int = typer.Option(5, help="openai: retries on 429, 5xx and timeouts."),
+    concurrency: Optional[int] = typer.Option(
+        None, help="openai: requests in flight (default 16)."),
+    timeout: Optional[float] = typer.Option(
+        None, help="openai: seconds per request before a retry (default 120)."),
+    max_retries: Optional[int] = typer.Option(
+        None, help="openai: retries on 429, 5xx and timeouts (default 5)."),
+    engine_option: list[str] = typer.Option(
+        [], "--engine-option", help="NAME=VALUE: any option of the chosen engine (repeatable)."),
     batch_size: int = typer.Option(256, help="Samples per engine call; bounds memory."),
     num_shards: Optional[int] = typer.Option(None, help="Number of jobs the units are split over (else SLURM array)."),
     shard_index: Optional[int] = typer.Option(None, help="This job's index, 0-based."),
@@ -78,14 +92,16 @@ def run(
     if shards is None and catalog is None:
         raise typer.BadParameter("give --shards, or --catalog with an image_path column", param_hint="--shards")
     try:
-        engine_settings = EngineSettings(
+        engine_settings = EngineSettings.from_flags(
             engine, model, SamplingConfig(temperature, top_p, max_tokens, seed),
-            quantization=quantization, tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
-            dtype=dtype, image_placeholder=image_placeholder or None, max_image_side=max_image_side,
-            enable_prefix_caching=prefix_caching,
-            base_url=base_url, api_key=api_key, concurrency=concurrency, timeout=timeout, max_retries=max_retries)
+            dict(quantization=quantization, tensor_parallel_size=tensor_parallel_size,
+                 max_model_len=max_model_len, dtype=dtype, image_placeholder=image_placeholder,
+                 max_image_side=max_image_side,
+                 enable_prefix_caching=prefix_caching, base_url=base_url, api_key=api_key,
+                 concurrency=concurrency, timeout=timeout, max_retries=max_retries),
+            engine_option)
     except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--engine") from None
+        raise typer.BadParameter(str(exc), param_hint="--engine/--engine-option") from None
     try:
         report = run_job(
             Inputs(shards=shards, catalog=catalog, image_root=image_root, rows_per_unit=rows_per_unit, wiki=wiki,

@@ -1,5 +1,6 @@
-"""The small interface every caption engine implements, failure isolation around it, and
-:class:`EngineSettings`, which names an engine and starts it with its own options.
+"""The small interface every caption engine implements, and failure isolation around it.
+
+The engines themselves, by name, are in :mod:`biocap_captions.engines`.
 
 An engine turns a batch of (image bytes, instruction) requests into one result
 per request, in order: a :class:`Completion`, or a :class:`Failure` when the
@@ -24,7 +25,7 @@ current one generates, so the accelerator does not wait for the CPU.
 from __future__ import annotations
 
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
 from biocap_core.errors import BioCAPError
@@ -84,69 +85,6 @@ class Engine(Protocol):
 
 class EngineBroken(BioCAPError, RuntimeError):
     """The engine fails every request, so going on would log every sample as failed."""
-
-
-#: The engines by name, each with the keyword arguments of its own that :class:`EngineSettings` holds.
-ENGINE_OPTIONS: dict[str, tuple[str, ...]] = {
-    "vllm": ("quantization", "tensor_parallel_size", "max_model_len", "dtype", "image_placeholder",
-             "max_image_side", "enable_prefix_caching"),
-    "openai": ("base_url", "api_key", "concurrency", "timeout", "max_retries"),
-}
-
-
-@dataclass(frozen=True)
-class EngineSettings:
-    """An engine by name, with the options of every engine as a command line gives them.
-
-    :meth:`build` hands the chosen engine only its own options (:data:`ENGINE_OPTIONS`), so a
-    caller sets them all without knowing which engine takes which.
-    """
-
-    name: str = "vllm"
-    model: str = DEFAULT_MODEL
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    # vllm
-    quantization: str | None = "awq"
-    tensor_parallel_size: int = 1
-    max_model_len: int = 2048
-    dtype: str = "auto"
-    #: For chat templates that take only text; None requires image parts.
-    image_placeholder: str | None = "<image>"
-    max_image_side: int | None = None
-    #: None leaves vLLM's own default.
-    enable_prefix_caching: bool | None = None
-    # openai
-    base_url: str = "http://127.0.0.1:8000/v1"
-    api_key: str | None = None
-    concurrency: int = 16
-    timeout: float = 120.0
-    max_retries: int = 5
-
-    def __post_init__(self) -> None:
-        if self.name not in ENGINE_OPTIONS:
-            raise ValueError(f"unknown engine {self.name!r}; use {' or '.join(ENGINE_OPTIONS)}")
-
-    def options(self) -> dict[str, object]:
-        """The chosen engine's own keyword arguments."""
-        return {name: getattr(self, name) for name in ENGINE_OPTIONS[self.name]}
-
-    def record(self) -> dict[str, object]:
-        """What a run manifest keeps of these settings: everything the engine gets but the API key."""
-        return {"engine": self.name, "model": self.model, "sampling": asdict(self.sampling),
-                "options": {k: v for k, v in self.options().items() if k != "api_key"}}
-
-    def build(self) -> Engine:
-        """Start the engine: load the vLLM model, or check that the server answers.
-
-        Raises ImportError when vLLM is not installed, :class:`EngineBroken` when the server cannot be used.
-        """
-        if self.name == "vllm":
-            from biocap_captions.vllm_engine import VLLMEngine
-
-            return VLLMEngine(model=self.model, sampling=self.sampling, **self.options())
-        from biocap_captions.openai_engine import OpenAIEngine
-
-        return OpenAIEngine(model=self.model, sampling=self.sampling, **self.options())
 
 
 def describe(exc: BaseException) -> str:

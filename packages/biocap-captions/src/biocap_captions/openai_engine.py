@@ -25,6 +25,7 @@ import logging
 import random
 import threading
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Sequence
 
 import httpx
@@ -66,39 +67,49 @@ class _Retry(Exception):
         self.reason, self.wait, self.unreachable = reason, wait, unreachable
 
 
+@dataclass(frozen=True)
+class OpenAIOptions:
+    """The openai engine's own options."""
+
+    #: The server's URL up to ``/v1``.
+    base_url: str = "http://127.0.0.1:8000/v1"
+    #: Bearer token; None sends none.
+    api_key: str | None = None
+    #: Requests on the wire at once.
+    concurrency: int = 16
+    #: Seconds per request before it is retried.
+    timeout: float = 120.0
+    #: Retries of a transient fault (429, 5xx, timeout, dropped connection).
+    max_retries: int = 5
+    #: First wait between retries in seconds, doubled each time (with jitter) up to ``max_backoff``.
+    backoff: float = 1.0
+    max_backoff: float = 60.0
+
+
 class OpenAIEngine:
     """Captions through ``POST {base_url}/chat/completions``."""
 
-    def __init__(
-        self,
-        model: str,
-        base_url: str = "http://127.0.0.1:8000/v1",
-        sampling: SamplingConfig = SamplingConfig(),
-        api_key: str | None = None,
-        concurrency: int = 16,
-        timeout: float = 120.0,
-        max_retries: int = 5,
-        backoff: float = 1.0,
-        max_backoff: float = 60.0,
-    ):
+    def __init__(self, model: str, sampling: SamplingConfig = SamplingConfig(),
+                 options: OpenAIOptions = OpenAIOptions()):
+        concurrency = options.concurrency
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         self.model = model
-        self.base_url = base_url.rstrip("/")
+        self.base_url = options.base_url.rstrip("/")
         self.url = self.base_url + "/chat/completions"
         self.sampling = sampling
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.backoff = backoff
-        self.max_backoff = max_backoff
+        self.timeout = options.timeout
+        self.max_retries = options.max_retries
+        self.backoff = options.backoff
+        self.max_backoff = options.max_backoff
         headers = {"User-Agent": USER_AGENT}
-        if api_key:
-            headers["Authorization"] = f"Bearer {api_key}"
+        if options.api_key:
+            headers["Authorization"] = f"Bearer {options.api_key}"
         self.check_server(headers)
         self._unreachable = False  # set while connections are refused, so the outage is logged once
         self._window = asyncio.Semaphore(concurrency)
         self.client = httpx.AsyncClient(
-            timeout=timeout,
+            timeout=options.timeout,
             headers=headers,
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
         )

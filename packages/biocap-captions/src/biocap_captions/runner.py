@@ -18,7 +18,7 @@ from pathlib import Path
 import polars as pl
 from biocap_core import schemas
 
-from biocap_captions.engine import EngineSettings
+from biocap_captions.engines import EngineSettings
 from biocap_captions.jobs import resolve_job, select
 from biocap_captions.pipeline import Captioner, RunOptions, RunReport
 from biocap_captions.prompt import PROMPT_VERSION, FormatExamples, PromptBuilder

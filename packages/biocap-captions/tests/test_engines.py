@@ -1,0 +1,178 @@
+"""The engine registry: a registered engine is found by name and gets its own options."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import polars as pl
+import pytest
+from biocap_captions import engines
+from biocap_captions.cli import app
+from biocap_captions.engine import Completion, SamplingConfig
+from biocap_captions.engines import ENGINES, EngineEntry, EngineSettings
+from biocap_captions.openai_engine import OpenAIOptions
+from biocap_captions.vllm_engine import VLLMOptions
+from biocap_core import schemas
+from typer.testing import CliRunner
+
+
+@dataclass(frozen=True)
+class StampOptions:
+    word: str = "plain"
+    marks: int = 1
+    loud: bool = False
+
+
+class StampEngine:
+    """Captions every image with its options' word and marks."""
+
+    built: list[StampEngine] = []
+
+    def __init__(self, model: str, sampling: SamplingConfig, options: StampOptions):
+        self.model, self.sampling, self.options = model, sampling, options
+        StampEngine.built.append(self)
+
+    def generate(self, requests):
+        text = f"A {self.options.word} body with {self.options.marks} marks."
+        return [
+            Completion(text.upper() if self.options.loud else text, "stop", 6) for _ in requests
+        ]
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def stamp_engine(monkeypatch):
+    """The stamp engine registered as ``stamp``: the one line a new engine adds to ENGINES."""
+    monkeypatch.setitem(ENGINES, "stamp", EngineEntry(StampEngine, StampOptions))
+    StampEngine.built.clear()
+    return StampEngine
+
+
+def test_a_registered_engine_runs_from_the_command_line_with_its_options(
+    toy_dir, tmp_path, stamp_engine
+):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app,
+        [
+            "run",
+            "--shards",
+            str(toy_dir / "train" / "shard-{000000..000001}.tar"),
+            "--out",
+            str(out),
+            "--engine",
+            "stamp",
+            "--model",
+            "stamp-1",
+            "--no-progress",
+            "--temperature",
+            "0.3",
+            "--engine-option",
+            "word=striped",
+            "--engine-option",
+            "marks=3",
+            "--engine-option",
+            "loud=no",
+            "--base-url",
+            "http://ignored/v1",  # another engine's flag: not this engine's business
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    (engine,) = stamp_engine.built
+    assert (
+        engine.options == StampOptions("striped", 3, False) and engine.sampling.temperature == 0.3
+    )
+    captions = pl.concat(
+        [schemas.CAPTIONS.read(p) for p in sorted((out / "captions").glob("*.parquet"))]
+    )
+    assert captions.height == 20 and set(captions["caption"]) == {"A striped body with 3 marks."}
+    assert set(captions["model"]) == {"stamp-1"}
+    (manifest,) = (out / "runs").glob("*.json")
+    settings = json.loads(manifest.read_text())
+    assert settings["engine"] == "stamp"
+    assert settings["options"] == {"word": "striped", "marks": 3, "loud": False}
+
+
+def test_the_engine_names_in_the_help_come_from_the_registry(monkeypatch):
+    import importlib
+
+    from biocap_captions import cli
+
+    monkeypatch.setitem(ENGINES, "stamp", EngineEntry(StampEngine, StampOptions))
+    fresh = importlib.reload(cli)
+    try:
+        result = CliRunner().invoke(fresh.app, ["run", "--help"], terminal_width=200)
+        assert "vllm, openai, stamp" in " ".join(result.output.split())
+    finally:
+        monkeypatch.undo()
+        importlib.reload(cli)
+
+
+def test_an_option_the_chosen_engine_lacks_is_an_error_naming_its_options(
+    toy_dir, tmp_path, stamp_engine
+):
+    result = CliRunner().invoke(
+        app,
+        [
+            "run",
+            "--shards",
+            str(toy_dir / "train" / "shard-000000.tar"),
+            "--out",
+            str(tmp_path / "out"),
+            "--engine",
+            "stamp",
+            "--engine-option",
+            "colour=red",
+        ],
+    )
+    assert result.exit_code == 2
+    assert (
+        "the stamp engine's options are NAME=VALUE with NAME one of word, marks, loud"
+        in result.output
+    )
+    assert not stamp_engine.built and not (tmp_path / "out").exists()
+    bad = CliRunner().invoke(
+        app,
+        [
+            "run",
+            "--shards",
+            "x.tar",
+            "--out",
+            str(tmp_path / "out"),
+            "--engine",
+            "stamp",
+            "--engine-option",
+            "marks=many",
+        ],
+    )
+    assert bad.exit_code == 2 and "'many' is not of type int" in bad.output
+
+
+def test_each_engine_takes_only_its_own_flags_and_typed_engine_options():
+    flags = dict(
+        quantization="none", max_model_len=None, base_url="http://node:8000/v1", concurrency=32
+    )
+    vllm = EngineSettings.from_flags(
+        "vllm",
+        "m",
+        SamplingConfig(),
+        flags,
+        ["enable-prefix-caching=off", "max_image_side=1792", "dtype=bfloat16"],
+    )
+    assert vllm.options == VLLMOptions(
+        quantization="none", enable_prefix_caching=False, max_image_side=1792, dtype="bfloat16"
+    )
+    openai = EngineSettings.from_flags(
+        "openai", "m", SamplingConfig(), flags, ["api_key=none", "timeout=2.5"]
+    )
+    assert openai.options == OpenAIOptions(
+        base_url="http://node:8000/v1", concurrency=32, timeout=2.5
+    )
+    assert EngineSettings("openai").options == OpenAIOptions()
+    with pytest.raises(TypeError, match="the vllm engine takes VLLMOptions, not OpenAIOptions"):
+        EngineSettings("vllm", options=OpenAIOptions())
+    with pytest.raises(ValueError, match="unknown engine 'tgi'; use vllm or openai"):
+        engines.entry("tgi")
