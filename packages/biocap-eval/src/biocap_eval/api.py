@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from biocap_eval.registry import load_registry, select
-from biocap_eval.runner import TASK_MODULES, ModelSpec, RunOptions, open_encoder
-from biocap_eval.tasks import Settings, TaskResult
+from biocap_eval.runner import ModelSpec, RunOptions, open_encoder
+from biocap_eval.tasks import Settings, TaskResult, task_of
 
 
 def evaluate(
@@ -43,4 +43,4 @@ def evaluate(
                          cache_dir=cache_dir, gpu_decode=gpu_decode)
     enc = open_encoder(spec, options, model, log=lambda _: None)
     chosen = select(load_registry(registry), list(benchmarks))
-    return {b.name: TASK_MODULES[b.task].evaluate(b, Path(data_root), enc, settings) for b in chosen}
+    return {b.name: task_of(b).evaluate(b, Path(data_root), enc, settings) for b in chosen}

@@ -1,4 +1,4 @@
-"""The declarative benchmark registry: what each benchmark reads, and whether it is on disk.
+"""The declarative benchmark registry: which benchmarks there are and what each reads.
 
 The registry is a TOML file (``benchmarks.toml`` ships in the package; ``--registry``
 points at another). Paths in it are relative to the data root, so one registry
@@ -8,74 +8,23 @@ the entry's name rather than halfway through a run.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import tomllib
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Iterable
 
 from biocap_core.errors import BioCAPError
-from biocap_core.taxonomy import LABEL_TYPES
 
-TASKS = ("zeroshot", "inquire", "retrieval")
-TABLES = ("zeroshot", "retrieval")
+from biocap_eval.benchmark import Benchmark, Subset
+from biocap_eval.tasks import TABLES, TASKS
+
 #: Selector that means every benchmark whose data are on disk.
 ALL = "all"
 
 
 class RegistryError(BioCAPError, ValueError):
     """The registry file is malformed, or a benchmark name is unknown."""
-
-
-@dataclass(frozen=True)
-class Subset:
-    """One annotation file of a zero-shot benchmark that averages several (Camera Trap)."""
-
-    name: str
-    annotation: str
-
-
-@dataclass(frozen=True)
-class Benchmark:
-    """One registry entry; see the comment at the top of ``benchmarks.toml`` for the fields."""
-
-    name: str
-    title: str
-    task: str
-    table: str
-    columns: dict[str, str]
-    tags: tuple[str, ...] = ()
-    annotation: str | None = None
-    images: str | None = None
-    label_type: str | None = None
-    subsets: tuple[Subset, ...] = ()
-    queries: str | None = None
-    candidates: str | None = None
-    hf_dataset: str | None = None
-    hf_split: str = "test"
-
-    def annotation_files(self) -> list[tuple[str, str]]:
-        """(subset name, relative path) of every annotation table this benchmark reads."""
-        if self.task == "inquire":
-            return [("queries", self.queries)] if self.queries else []
-        if self.subsets:
-            return [(s.name, s.annotation) for s in self.subsets]
-        return [(self.name, self.annotation)]
-
-    def image_root(self, data_root: Path, annotation: str | None = None) -> Path:
-        """Folder the image paths are relative to (default: the annotation file's folder)."""
-        if self.images is not None:
-            return data_root / self.images
-        return (data_root / (annotation or self.annotation)).parent
-
-    def to_dict(self) -> dict:
-        out = {k: v for k, v in self.__dict__.items() if v not in (None, (), {})}
-        out["tags"] = list(self.tags)
-        if self.subsets:
-            out["subsets"] = [s.__dict__ for s in self.subsets]
-        return out
 
 
 _FIELDS = set(Benchmark.__dataclass_fields__)
@@ -92,22 +41,17 @@ def _entry(raw: dict, source: str) -> Benchmark:
     missing = [f for f in ("title", "task", "table", "columns") if f not in raw]
     if missing:
         raise RegistryError(f"{where}: missing field(s) {missing}")
-    if raw["task"] not in TASKS:
-        raise RegistryError(f"{where}: task {raw['task']!r} is not one of {TASKS}")
+    task = TASKS.get(raw["task"])
+    if task is None:
+        raise RegistryError(f"{where}: task {raw['task']!r} is not one of {list(TASKS)}")
     if raw["table"] not in TABLES:
-        raise RegistryError(f"{where}: table {raw['table']!r} is not one of {TABLES}")
+        raise RegistryError(f"{where}: table {raw['table']!r} is not one of {list(TABLES)}")
     subsets = tuple(Subset(**s) for s in raw.get("subsets", ()))
     bench = Benchmark(**{**raw, "tags": tuple(raw.get("tags", ())), "subsets": subsets,
                          "columns": dict(raw["columns"])})
-    if bench.task == "zeroshot":
-        if bool(bench.annotation) == bool(bench.subsets):
-            raise RegistryError(f"{where}: a zeroshot benchmark needs either annotation or subsets")
-        if bench.label_type not in LABEL_TYPES:
-            raise RegistryError(f"{where}: label_type {bench.label_type!r} is not one of {LABEL_TYPES}")
-    elif bench.task == "retrieval" and not bench.annotation:
-        raise RegistryError(f"{where}: a retrieval benchmark needs annotation")
-    elif bench.task == "inquire" and not (bench.candidates or bench.hf_dataset):
-        raise RegistryError(f"{where}: an inquire benchmark needs candidates and/or hf_dataset")
+    problem = task.check(bench)
+    if problem:
+        raise RegistryError(f"{where}: {problem}")
     return bench
 
 
@@ -165,33 +109,3 @@ def select(registry: dict[str, Benchmark], selectors: Iterable[str]) -> list[Ben
         for b in matches:
             chosen.setdefault(b.name, b)
     return [b for b in registry.values() if b.name in chosen]
-
-
-def hf_available() -> bool:
-    """Whether the optional ``datasets`` package (``biocap-eval[hf]``) is importable."""
-    return importlib.util.find_spec("datasets") is not None
-
-
-@dataclass
-class Status:
-    """Whether a benchmark can run from a data root.
-
-    ``state`` is ``ready`` (annotations and every image), ``partial`` (some
-    images missing: runs with ``--skip-missing``), ``no-images`` (annotations
-    only), ``hub`` (INQUIRE candidates will come from the Hugging Face Hub),
-    ``missing`` (annotation file absent) or ``invalid`` (an annotation file
-    does not parse; ``detail`` says why).
-    """
-
-    state: str
-    rows: int = 0
-    images_found: int = 0
-    images_expected: int = 0
-    detail: str = ""
-    notes: list[str] = field(default_factory=list)
-
-    # "hub" benchmarks download the whole dataset: they run only when named, never as part of "all".
-    RUNNABLE = ("ready",)
-
-    def runnable(self, skip_missing: bool = False) -> bool:
-        return self.state in self.RUNNABLE or (skip_missing and self.state == "partial")

@@ -24,9 +24,8 @@ from biocap_core.errors import BioCAPError
 from biocap_core.fileio import atomic_write
 
 from biocap_eval.registry import load_registry
+from biocap_eval.tasks import TABLES
 
-TABLE_TITLES = {"zeroshot": "Zero-shot classification, top-1 accuracy (%)",
-                "retrieval": "Retrieval: INQUIRE-Rerank AP (%) and image-text recall (%)"}
 MEAN = "Mean"
 
 
@@ -78,7 +77,7 @@ def build_tables(results: list[dict]) -> dict[str, Table]:
                 row[column] = doc["metrics"][metric]
     for table in tables.values():
         table.rows = dict(sorted(table.rows.items()))
-    return {name: tables[name] for name in sorted(tables, key=lambda n: list(TABLE_TITLES).index(n))}
+    return {name: tables[name] for name in sorted(tables, key=lambda n: list(TABLES).index(n))}
 
 
 def _cells(table: Table, model: str) -> list[float | None]:
@@ -93,7 +92,7 @@ def markdown(tables: dict[str, Table]) -> str:
         for j in range(len(header) - 1):
             values = [v for m in table.rows if (v := _cells(table, m)[j]) is not None]
             best[j] = max(values) if values else None
-        lines = [f"## {TABLE_TITLES[table.name]}", "", "| " + " | ".join(header) + " |",
+        lines = [f"## {TABLES[table.name]}", "", "| " + " | ".join(header) + " |",
                  "|" + "---|" + "---:|" * (len(header) - 1)]
         for model in table.rows:
             cells = []
@@ -138,7 +137,7 @@ def bar_chart(tables: dict[str, Table], path: Path) -> None:
                    label=model)
         ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
         ax.set_ylabel("%")
-        ax.set_title(TABLE_TITLES[table.name])
+        ax.set_title(TABLES[table.name])
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.savefig(path, dpi=120, format="png")
 

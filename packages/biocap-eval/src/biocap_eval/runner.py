@@ -25,16 +25,15 @@ from biocap_core.gpu_decode import require_cuda
 from biocap_core.runtime import default_device, default_precision, versions
 
 from biocap_eval.embedding import Encoder
-from biocap_eval.registry import Benchmark, Status, load_registry, select, selector_list
-from biocap_eval.tasks import Settings, TaskResult, inquire, retrieval, zeroshot
-
-TASK_MODULES = {"zeroshot": zeroshot, "inquire": inquire, "retrieval": retrieval}
+from biocap_eval.benchmark import Benchmark, Status
+from biocap_eval.registry import load_registry, select, selector_list
+from biocap_eval.tasks import Settings, TaskResult, recorded_settings, task_of
 RESULT_VERSION = 1
 
 
 def status(bench: Benchmark, data_root: Path) -> Status:
-    """Whether ``bench`` can run from ``data_root`` (see :class:`~biocap_eval.registry.Status`)."""
-    return TASK_MODULES[bench.task].status(bench, data_root)
+    """Whether ``bench`` can run from ``data_root`` (see :class:`~biocap_eval.benchmark.Status`)."""
+    return task_of(bench).status(bench, data_root)
 
 
 @dataclass(frozen=True)
@@ -91,7 +90,7 @@ def is_finished(path: Path, spec: ModelSpec, bench: Benchmark, settings: Setting
     except (OSError, json.JSONDecodeError):
         return False
     return (done.get("model", {}).get("identity") == spec.identity()
-            and done.get("settings") == settings.for_task(bench.task, bench.label_type))
+            and done.get("settings") == recorded_settings(settings, bench))
 
 
 @dataclass
@@ -210,7 +209,7 @@ def run(
         log(f"{spec.label} / {bench.name}: running {bench.task}")
         start, encoded_before = time.perf_counter(), enc.encoded
         try:
-            result = TASK_MODULES[bench.task].evaluate(bench, options.data_root, enc, settings)
+            result = task_of(bench).evaluate(bench, options.data_root, enc, settings)
         except BioCAPError as exc:
             if not keep_going:
                 raise
@@ -246,7 +245,7 @@ def write_result(path: Path, spec: ModelSpec, bench: Benchmark, settings: Settin
         "format": RESULT_VERSION,
         "model": {"label": spec.label, "identity": spec.identity(), "fingerprint": enc.fingerprint},
         "benchmark": bench.to_dict(),
-        "settings": settings.for_task(bench.task, bench.label_type),
+        "settings": recorded_settings(settings, bench),
         "metrics": result.metrics,
         "counts": result.counts,
         "details": result.details,

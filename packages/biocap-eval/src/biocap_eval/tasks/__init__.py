@@ -1,98 +1,50 @@
-"""The three evaluations. Each task module has ``status`` (is it on disk?) and ``evaluate``.
+"""The evaluation tasks by name: the one registry of what ``task`` in ``benchmarks.toml`` may be.
 
-``evaluate(bench, data_root, encoder, settings)`` returns a :class:`TaskResult`;
-metrics are percentages except INQUIRE's MRR (a fraction, as INQUIRE prints it).
+A task is a module that defines ``TASK``, a :class:`~biocap_eval.tasks.base.Task` (its status
+and evaluate functions, the settings its numbers depend on, what a registry entry of it needs
+and its report table), plus one entry in :data:`TASKS`. The registry loader, the runner and
+the report read everything they need about a task from here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Sequence
+from biocap_eval.benchmark import Benchmark
+from biocap_eval.tasks import inquire, retrieval, zeroshot
+from biocap_eval.tasks.base import EvalError, ReportTable, Settings, Task, TaskResult
 
-from biocap_core.errors import BioCAPError
-from biocap_core.taxonomy import TEMPLATES, read_templates
+#: The tasks by name, in report order.
+TASKS: dict[str, Task] = {t.name: t for t in (zeroshot.TASK, inquire.TASK, retrieval.TASK)}
 
-from biocap_eval.embedding import ImageEmbeddings
-
-#: How many missing files an error or a result lists by name.
-SHOW_MISSING = 5
+#: The report's tables by name, with their titles, in report order (from the tasks' tables).
+TABLES: dict[str, str] = {t.table.name: t.table.title for t in TASKS.values()}
 
 
-class EvalError(BioCAPError, ValueError):
-    """A benchmark's input is unusable (missing images, empty after filtering, no candidates ...)."""
+def task_of(bench: Benchmark) -> Task:
+    """The task that runs ``bench``; an unknown task is an :class:`EvalError` naming the others."""
+    try:
+        return TASKS[bench.task]
+    except KeyError:
+        raise EvalError(
+            f"{bench.name}: unknown task {bench.task!r}; known: {', '.join(TASKS)}"
+        ) from None
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Options that change what a task computes (recorded in every result, compared on re-runs).
-
-    ``label_type`` overrides the registry's label text type of zero-shot benchmarks;
-    ``inquire_k`` None ranks all candidates, as the original script does;
-    ``prefix_bug`` joins the retrieval prefix and caption with no space, as the original did;
-    ``strict`` fails a benchmark on its first undecodable image instead of skipping it. It is not
-    recorded: it decides whether a run fails, never its numbers (the skipped images are counted).
-    """
-
-    label_type: str | None = None
-    templates: tuple[str, ...] = TEMPLATES
-    templates_source: str = "builtin: 81 OpenAI ImageNet templates"
-    per_class: bool = False
-    inquire_k: int | None = None
-    retrieval_prefix: str = "a photo of"
-    prefix_bug: bool = False
-    skip_missing: bool = False
-    strict: bool = False
-
-    def with_templates(self, path: Path) -> "Settings":
-        """These settings with the zero-shot templates of a file (core's reader), failing as an
-        :class:`EvalError` like every other bad eval input."""
-        try:
-            templates = read_templates(path)
-        except BioCAPError as exc:
-            raise EvalError(str(exc)) from exc
-        return replace(self, templates=templates, templates_source=str(Path(path).resolve()))
-
-    def for_task(self, task: str, registry_label_type: str | None = None) -> dict:
-        """The settings a task's numbers depend on, as JSON-able values."""
-        if task == "zeroshot":
-            out = {"label_type": self.label_type or registry_label_type, "templates": list(self.templates),
-                   "templates_source": self.templates_source, "per_class": self.per_class}
-        elif task == "inquire":
-            out = {"k": self.inquire_k}
-        else:
-            out = {"prefix": self.retrieval_prefix, "prefix_bug": self.prefix_bug}
-        return {**out, "skip_missing": self.skip_missing}
+def recorded_settings(settings: Settings, bench: Benchmark) -> dict:
+    """The settings ``bench``'s numbers depend on, as JSON-able values (stored in its result)."""
+    return {**task_of(bench).recorded(settings, bench), "skip_missing": settings.skip_missing}
 
 
-@dataclass
-class TaskResult:
-    metrics: dict[str, float]
-    counts: dict[str, int]
-    details: dict = field(default_factory=dict)
-
-
-def missing_error(source: Path | str, missing: list[str], total: int, root: Path) -> EvalError:
-    return EvalError(
-        f"{source}: {len(missing)} of {total} image(s) missing under {root}; first: {missing[:SHOW_MISSING]} "
-        "(use --skip-missing to evaluate the rest)"
-    )
-
-
-def count_present(paths: list[Path]) -> int:
-    return sum(p.is_file() for p in paths)
-
-
-def readable(source: Path | str, embedded: ImageEmbeddings, names: Sequence[str],
-             strict: bool) -> tuple[list[int], dict[str, str]]:
-    """Positions of the images that decoded, and the undecodable ones by name with why.
-
-    With ``strict`` an undecodable image is an error naming it (and so fails only
-    this benchmark); otherwise the task drops it and records it in the result.
-    """
-    unreadable = {str(names[i]): why for i, why in sorted(embedded.unreadable.items())}
-    if unreadable and strict:
-        name, why = next(iter(unreadable.items()))
-        raise EvalError(f"{source}: {len(unreadable)} image(s) cannot be decoded; first: {name} ({why}); "
-                        "without --strict they are skipped and counted")
-    return embedded.readable(), unreadable
+__all__ = [
+    "TABLES",
+    "TASKS",
+    "EvalError",
+    "ReportTable",
+    "Settings",
+    "Task",
+    "TaskResult",
+    "inquire",
+    "recorded_settings",
+    "retrieval",
+    "task_of",
+    "zeroshot",
+]

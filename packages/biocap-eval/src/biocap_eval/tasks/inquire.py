@@ -23,8 +23,18 @@ from biocap_core.errors import BioCAPError
 
 from biocap_eval.embedding import Encoder, ImageEmbeddings
 from biocap_eval.metrics import rerank_metrics
-from biocap_eval.registry import Benchmark, Status, hf_available
-from biocap_eval.tasks import SHOW_MISSING, EvalError, Settings, TaskResult, count_present, missing_error, readable
+from biocap_eval.benchmark import Benchmark, Status, hf_available
+from biocap_eval.tasks.base import (
+    RETRIEVAL_TABLE,
+    SHOW_MISSING,
+    EvalError,
+    Settings,
+    Task,
+    TaskResult,
+    count_present,
+    missing_error,
+    readable,
+)
 
 
 @dataclass
@@ -220,3 +230,16 @@ def evaluate(bench: Benchmark, data_root: Path, enc: Encoder, settings: Settings
 def _means(rows: list[dict], suffix: str) -> dict[str, float]:
     return {f"{m}{suffix}": float(np.mean([r[m] for r in rows]))
             for m in ("ap", "ndcg", "mrr", "precision", "recall")}
+
+
+def recorded(settings: Settings, bench: Benchmark) -> dict:
+    return {"k": settings.inquire_k}
+
+
+def check(bench: Benchmark) -> str | None:
+    if bench.candidates or bench.hf_dataset:
+        return None
+    return "an inquire benchmark needs candidates and/or hf_dataset"
+
+
+TASK = Task("inquire", status, evaluate, recorded, RETRIEVAL_TABLE, check)

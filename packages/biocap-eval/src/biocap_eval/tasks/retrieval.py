@@ -16,8 +16,18 @@ from biocap_core.errors import BioCAPError
 
 from biocap_eval.embedding import Encoder
 from biocap_eval.metrics import recall_at_k
-from biocap_eval.registry import Benchmark, Status
-from biocap_eval.tasks import SHOW_MISSING, EvalError, Settings, TaskResult, count_present, missing_error, readable
+from biocap_eval.benchmark import Benchmark, Status
+from biocap_eval.tasks.base import (
+    RETRIEVAL_TABLE,
+    SHOW_MISSING,
+    EvalError,
+    Settings,
+    Task,
+    TaskResult,
+    count_present,
+    missing_error,
+    readable,
+)
 
 KS = (1, 5, 10)
 
@@ -93,3 +103,14 @@ def evaluate(bench: Benchmark, data_root: Path, enc: Encoder, settings: Settings
     if unreadable:
         details["unreadable"] = unreadable
     return TaskResult(metrics, counts, details)
+
+
+def recorded(settings: Settings, bench: Benchmark) -> dict:
+    return {"prefix": settings.retrieval_prefix, "prefix_bug": settings.prefix_bug}
+
+
+def check(bench: Benchmark) -> str | None:
+    return None if bench.annotation else "a retrieval benchmark needs annotation"
+
+
+TASK = Task("retrieval", status, evaluate, recorded, RETRIEVAL_TABLE, check)

@@ -13,20 +13,37 @@ from pathlib import Path
 import torch
 
 from biocap_core.errors import BioCAPError
+from biocap_core.taxonomy import LABEL_TYPES
 from biocap_core.zeroshot import ClassificationSet, per_class_recall, read_labels, topk_accuracy
 
 from biocap_eval.embedding import Encoder
-from biocap_eval.registry import Benchmark, Status
-from biocap_eval.tasks import SHOW_MISSING, EvalError, Settings, TaskResult, count_present, readable
+from biocap_eval.benchmark import Benchmark, Status
+from biocap_eval.tasks.base import (
+    ZEROSHOT_TABLE,
+    SHOW_MISSING,
+    EvalError,
+    Settings,
+    Task,
+    TaskResult,
+    count_present,
+    readable,
+)
 
 KS = (1, 3, 5)
+
+
+def annotation_files(bench: Benchmark) -> list[tuple[str, str]]:
+    """(subset name, relative path) of every annotation table the benchmark reads."""
+    if bench.subsets:
+        return [(s.name, s.annotation) for s in bench.subsets]
+    return [(bench.name, bench.annotation)]
 
 
 def status(bench: Benchmark, data_root: Path) -> Status:
     """Read every annotation table (labels built, images not opened) and count the images on disk."""
     rows = found = expected = 0
     classes: list[str] = []
-    for name, rel in bench.annotation_files():
+    for name, rel in annotation_files(bench):
         csv = data_root / rel
         if not csv.is_file():
             return Status("missing", detail=f"{csv} not found")
@@ -48,7 +65,7 @@ def status(bench: Benchmark, data_root: Path) -> Status:
 def evaluate(bench: Benchmark, data_root: Path, enc: Encoder, settings: Settings) -> TaskResult:
     label_type = settings.label_type or bench.label_type
     subsets = {}
-    for name, rel in bench.annotation_files():
+    for name, rel in annotation_files(bench):
         data = ClassificationSet.from_csv(data_root / rel, bench.image_root(data_root, rel), label_type,
                                           skip_missing=settings.skip_missing)
         subsets[name] = _classify(data, enc, settings)
@@ -90,3 +107,20 @@ def _classify(data: ClassificationSet, enc: Encoder, settings: Settings) -> Task
             for i, c in enumerate(data.classnames)
         ]
     return TaskResult(metrics, counts, details)
+
+
+def recorded(settings: Settings, bench: Benchmark) -> dict:
+    return {"label_type": settings.label_type or bench.label_type,
+            "templates": list(settings.templates), "templates_source": settings.templates_source,
+            "per_class": settings.per_class}
+
+
+def check(bench: Benchmark) -> str | None:
+    if bool(bench.annotation) == bool(bench.subsets):
+        return "a zeroshot benchmark needs either annotation or subsets"
+    if bench.label_type not in LABEL_TYPES:
+        return f"label_type {bench.label_type!r} is not one of {LABEL_TYPES}"
+    return None
+
+
+TASK = Task("zeroshot", status, evaluate, recorded, ZEROSHOT_TABLE, check)
