@@ -36,16 +36,6 @@ from biocap_core.errors import EmptyTaxonError, SchemaError, TaxonParseError
 RANKS: tuple[str, ...] = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
 """The seven Linnaean ranks, as named in tags and in our tables."""
 
-#: Text types stored as ``<type>.txt`` members of TreeOfLife-10M shards.
-TOL_TEXT_TYPES: tuple[str, ...] = (
-    "sci",
-    "com",
-    "taxon",
-    "taxonTag",
-    "sci_com",
-    "taxon_com",
-    "taxonTag_com",
-)
 #: The taxonomic text types BioCAP samples from during training (taxonTag is unused).
 TRAIN_TAXONOMIC_TYPES: tuple[str, ...] = ("sci", "com", "taxon", "sci_com", "taxon_com")
 #: Label text types of the zero-shot benchmarks, with the classification-table columns each needs
@@ -312,13 +302,6 @@ def tol_texts(taxon: Taxon) -> dict[str, str]:
         "taxon_com": f"a photo of {taxonomic} with common name {common}.",
         "taxonTag_com": f"a photo of {tag} with common name {common}.",
     }
-
-
-def tol_text(taxon: Taxon, text_type: str) -> str:
-    """One TreeOfLife-10M text; ``text_type`` is one of :data:`TOL_TEXT_TYPES`."""
-    if text_type not in TOL_TEXT_TYPES:
-        raise ValueError(f"unknown text type {text_type!r}; expected one of {TOL_TEXT_TYPES}")
-    return tol_texts(taxon)[text_type]
 
 
 _TAG_RE = re.compile(
