@@ -12,7 +12,9 @@ from biocap_core import schemas
 from biocap_core.errors import BioCAPError, UnwritableFolder
 from biocap_core.fileio import writable_folder
 
-app = typer.Typer(help="BioCAP core tools: toy data, table validation, checkpoint export.", no_args_is_help=True)
+app = typer.Typer(
+    help="BioCAP core tools: toy data, table validation, checkpoint export, the cache folder.",
+    no_args_is_help=True)
 
 
 def _fail(message: str) -> NoReturn:
@@ -86,3 +88,11 @@ def export(
     except (BioCAPError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     typer.echo(f"exported the {head} head to {out} (load with open_clip.create_model('local-dir:{out}'))")
+
+
+@app.command("cache-dir")
+def cache_dir() -> None:
+    """Print the cache folder: $BIOCAP_CACHE, else $XDG_CACHE_HOME/biocap, else ~/.cache/biocap."""
+    from biocap_core.cache import cache_dir as folder
+
+    typer.echo(folder().resolve())

@@ -8,13 +8,14 @@ from collections.abc import Sequence
 from biocap_core.errors import BioCAPError
 
 from biocap_train.config import parse_args
-from biocap_train.demo import demo_config
+from biocap_train.demo import demo_config, mark_latest, next_commands
 from biocap_train.trainer import TrainingDiverged, train
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     cfg, user_set = parse_args(argv)
-    if cfg.train_data is None:
+    demo = cfg.train_data is None
+    if demo:
         print("biocap-train: no --train-data given, running the demo on the toy tree of life "
               "(see biocap-train --help for the full recipe)", file=sys.stderr, flush=True)
         cfg = demo_config(cfg, user_set)
@@ -41,4 +42,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     lines.append(f"checkpoint: {checkpoint}")
     lines.append(f"metrics: {(result.run_dir / 'metrics.jsonl').resolve()}")
     lines.append(f"load it: biocap_core.checkpoints.load_model({cfg.model!r}, {str(checkpoint)!r})")
+    if demo:
+        try:
+            lines.append(f"latest demo run: {mark_latest(result.run_dir)}")
+        except OSError as exc:  # e.g. a folder of the user's at logs/demo/latest; the run is fine
+            lines.append(f"latest demo run: not linked ({exc})")
+        lines += ["next:", *(f"  {command}" for command in next_commands(checkpoint, cfg.model))]
     print("\n".join(lines), flush=True)

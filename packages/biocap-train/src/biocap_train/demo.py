@@ -4,16 +4,20 @@
 the cache folder (``$BIOCAP_CACHE``, else ``$XDG_CACHE_HOME/biocap``, else
 ``~/.cache/biocap``) and fills every option the user did not set from
 :data:`DEMO`. Any flag still overrides it, e.g. ``biocap-train --steps 50``.
+After training, ``<logs>/demo/latest`` points at the run's folder and the demo
+prints the commands that evaluate and use its model, with its own paths.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 import shutil
 import time
 from pathlib import Path
 
+from biocap_core.cache import cache_dir
 from biocap_core.toy import ToyConfig, generate
 
 from biocap_train.config import TrainConfig
@@ -39,16 +43,18 @@ DEMO = {
 }
 
 
-def cache_dir() -> Path:
-    if os.environ.get("BIOCAP_CACHE"):
-        return Path(os.environ["BIOCAP_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "biocap"
+#: Under ``--logs``: the link to the newest demo run's folder.
+LATEST = Path("demo") / "latest"
+
+
+def toy_root(root: Path | None = None) -> Path:
+    """Where the demo's toy tree of life is (or will be): ``toy-v1`` under the cache folder."""
+    return (root or cache_dir()) / TOY_VERSION
 
 
 def ensure_toy(root: Path | None = None) -> Path:
     """The toy tree of life under the cache folder, generated (atomically, as a folder) if absent."""
-    target = (root or cache_dir()) / TOY_VERSION
+    target = toy_root(root)
     if (target / "manifest.json").is_file():
         return target
     staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
@@ -72,3 +78,39 @@ def demo_config(cfg: TrainConfig, user_set: set[str]) -> TrainConfig:
         "name": f"demo-{time.strftime('%Y%m%d-%H%M%S')}",
     }
     return dataclasses.replace(cfg, **{k: v for k, v in values.items() if k not in user_set})
+
+
+def mark_latest(run_dir: Path) -> Path:
+    """Point ``<logs>/demo/latest`` at ``run_dir``, so that paths written once through it stay
+    valid after the next demo run (``logs/demo-*`` globs match every run). A relative symlink,
+    swapped in atomically; where symlinks cannot be made, a text file holding the run folder."""
+    link = run_dir.parent / LATEST
+    link.parent.mkdir(parents=True, exist_ok=True)
+    staged = link.with_name(f".latest.tmp-{os.getpid()}")
+    staged.unlink(missing_ok=True)
+    try:
+        staged.symlink_to(os.path.relpath(run_dir, link.parent), target_is_directory=True)
+    except OSError:
+        staged.write_text(f"{run_dir.resolve()}\n")
+    os.replace(staged, link)
+    return link
+
+
+def next_commands(checkpoint: Path, model: str, toy: Path | None = None) -> list[str]:
+    """The README's next steps for a demo checkpoint, with its paths: the toy benchmarks, a taxa
+    index, predictions at every rank and the demo page (``uv run`` first when run through uv)."""
+    toy = (toy or toy_root()).resolve()
+    run = "uv run " if os.environ.get("UV") else ""
+    weights = f"--model {shlex.quote(model)} --pretrained {shlex.quote(str(checkpoint))}"
+
+    def at(*parts: str) -> str:
+        return shlex.quote(str(toy.joinpath(*parts)))
+
+    return [
+        f"{run}biocap-eval run --data-root {shlex.quote(str(toy))} --benchmarks toy {weights}",
+        f"{run}biocap-predict index --out toy-index {weights} --taxa {at('catalog.parquet')} "
+        f"--captions {at('retrieval', 'toy_retrieval.csv')}",
+        f"{run}biocap-predict predict {at('zeroshot', 'images')} --recursive --index toy-index "
+        f"{weights} --rank all --k 3 --format table",
+        f"{run}biocap-predict serve --index toy-index {weights} --port 0",
+    ]
