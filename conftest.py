@@ -102,7 +102,7 @@ class InstalledAlone:
 #: Where an app's venv is made, anew for each test, with its bytecode kept beside it between runs: a new
 #: venv's first interpreter compiles torch's and OpenCLIP's modules, 8 of a probe's 15 s (measured). At the
 #: same path every run, ``PYTHONPYCACHEPREFIX`` finds that bytecode again (checked against each source's
-#: size and mtime, as always); a lock per app keeps two sessions out of each other's venv.
+#: size and mtime, as always); a lock per app keeps two test runs out of each other's venv.
 INSTALL_ROOT = Path(os.environ.get("BIOCAP_TEST_VENVS", "~/.cache/biocap/test-venvs")).expanduser()
 
 

@@ -10,7 +10,7 @@
 2. Loader: samples/s of biocap-train's data stream on TreeOfLife-size JPEGs (toy images
    rendered at 512 and 1024 px) with and without PIL draft decoding, for a 224 px crop.
 3. On a CUDA machine, within --budget-s of GPU time: ViT-B-16 at batch 512 on synthetic batches,
-   each step route of issue 15 alone and together (see ROUTES): samples/s, MFU (FLOPs of one step
+   each step route alone and together (see ROUTES): samples/s, MFU (FLOPs of one step
    by torch.utils.flop_counter over the datasheet's dense bf16 peak) and the loss curve against
    the baseline's; then end to end from TreeOfLife-sized JPEG shards through biocap-train's own
    data path (``TrainBatches``, as ``--gpu-decode`` off and on) and the CPU cores kept busy; and
@@ -155,7 +155,8 @@ def _route(name, causal=True, fused=True, compile_mode=None, precision="amp_bf16
 
 
 #: In order of importance, so a tight budget still measures the baseline, all routes and the data path.
-#: "baseline" is the step as it was before issue 15 (explicit causal mask, PyTorch's default AdamW, eager).
+#: "baseline" is the step with none of the routes (explicit causal mask, PyTorch's default AdamW,
+#: eager).
 ROUTES = [
     _route("baseline", causal=False, fused=False),
     _route("eager-all"),

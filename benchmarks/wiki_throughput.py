@@ -6,7 +6,7 @@ The stand-in runs in its own process and serves a synthetic wiki (90% of the
 species resolve by title, 5% through a redirect, 5% only through search); the
 spider runs here with AutoThrottle and the download delay off and 8 requests
 in flight. Prints species/s (and species per CPU-second, which does not
-depend on what else the machine runs) and requests per species. Goals (issue 6):
+depend on what else the machine runs) and requests per species. Goals:
 >= 200 species/s and <= 0.05 content requests per resolved species. The
 original scraper makes at least two requests per species (one search, one page).
 """

@@ -186,7 +186,7 @@ def test_an_unknown_model_is_warned_about_at_start(chat_server, caplog):
 
 
 def test_run_help_shows_every_option_name_whole():
-    """Piped help (not a terminal) used to cut names at 80 columns: '--max-consecutive-fa…'."""
+    """Piped help (not a terminal) must not cut names at 80 columns ('--max-consecutive-fa…')."""
     result = CliRunner().invoke(app, ["run", "--help"], terminal_width=80)
     assert result.exit_code == 0
     run = typer.main.get_command(app).commands["run"]

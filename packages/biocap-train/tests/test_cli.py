@@ -48,7 +48,7 @@ def test_a_shard_pattern_that_matches_no_file_names_it(base_args, tmp_path):
     assert f"no such shard file(s): {tmp_path / 'nowhere' / 'shard-000000.tar'}" in message
 
 
-@pytest.mark.timeout(120)  # it used to loop forever
+@pytest.mark.timeout(120)  # a loader that spins on samples it must skip would never end
 def test_shards_without_captions_under_the_default_text_type(base_args, no_caption_shards):
     message = one_line_error(argv(base_args, train_data="::".join(no_caption_shards), steps=1))
     assert "has caption.txt, which --text-type random" in message and "pass --captions TABLE.parquet" in message
