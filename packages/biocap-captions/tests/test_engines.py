@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -51,43 +52,27 @@ def stamp_engine(monkeypatch):
     return StampEngine
 
 
+def run_stamp(shards: str, out: Path, *options: str, flags: tuple[str, ...] = ()):
+    """``biocap-captions run`` with the stamp engine; ``options`` are its NAME=VALUE options."""
+    args = ["run", "--shards", shards, "--out", str(out), "--engine", "stamp", "--no-progress"]
+    args += [arg for option in options for arg in ("--engine-option", option)]
+    return CliRunner().invoke(app, args + list(flags))
+
+
 def test_a_registered_engine_runs_from_the_command_line_with_its_options(
     toy_dir, tmp_path, stamp_engine
 ):
     out = tmp_path / "out"
-    result = CliRunner().invoke(
-        app,
-        [
-            "run",
-            "--shards",
-            str(toy_dir / "train" / "shard-{000000..000001}.tar"),
-            "--out",
-            str(out),
-            "--engine",
-            "stamp",
-            "--model",
-            "stamp-1",
-            "--no-progress",
-            "--temperature",
-            "0.3",
-            "--engine-option",
-            "word=striped",
-            "--engine-option",
-            "marks=3",
-            "--engine-option",
-            "loud=no",
-            "--base-url",
-            "http://ignored/v1",  # another engine's flag: not this engine's business
-        ],
-    )
+    # --base-url is another engine's flag: not this engine's business
+    flags = ("--model", "stamp-1", "--temperature", "0.3", "--base-url", "http://ignored/v1")
+    result = run_stamp(str(toy_dir / "train" / "shard-{000000..000001}.tar"), out,
+                       "word=striped", "marks=3", "loud=no", flags=flags)
     assert result.exit_code == 0, result.output
     (engine,) = stamp_engine.built
-    assert (
-        engine.options == StampOptions("striped", 3, False) and engine.sampling.temperature == 0.3
-    )
-    captions = pl.concat(
-        [schemas.CAPTIONS.read(p) for p in sorted((out / "captions").glob("*.parquet"))]
-    )
+    assert engine.options == StampOptions("striped", 3, False)
+    assert engine.sampling.temperature == 0.3
+    tables = sorted((out / "captions").glob("*.parquet"))
+    captions = pl.concat([schemas.CAPTIONS.read(p) for p in tables])
     assert captions.height == 20 and set(captions["caption"]) == {"A striped body with 3 marks."}
     assert set(captions["model"]) == {"stamp-1"}
     (manifest,) = (out / "runs").glob("*.json")
@@ -114,40 +99,13 @@ def test_the_engine_names_in_the_help_come_from_the_registry(monkeypatch):
 def test_an_option_the_chosen_engine_lacks_is_an_error_naming_its_options(
     toy_dir, tmp_path, stamp_engine
 ):
-    result = CliRunner().invoke(
-        app,
-        [
-            "run",
-            "--shards",
-            str(toy_dir / "train" / "shard-000000.tar"),
-            "--out",
-            str(tmp_path / "out"),
-            "--engine",
-            "stamp",
-            "--engine-option",
-            "colour=red",
-        ],
-    )
+    out = tmp_path / "out"
+    result = run_stamp(str(toy_dir / "train" / "shard-000000.tar"), out, "colour=red")
     assert result.exit_code == 2
-    assert (
-        "the stamp engine's options are NAME=VALUE with NAME one of word, marks, loud"
-        in result.output
-    )
-    assert not stamp_engine.built and not (tmp_path / "out").exists()
-    bad = CliRunner().invoke(
-        app,
-        [
-            "run",
-            "--shards",
-            "x.tar",
-            "--out",
-            str(tmp_path / "out"),
-            "--engine",
-            "stamp",
-            "--engine-option",
-            "marks=many",
-        ],
-    )
+    expected = "the stamp engine's options are NAME=VALUE with NAME one of word, marks, loud"
+    assert expected in result.output
+    assert not stamp_engine.built and not out.exists()
+    bad = run_stamp("x.tar", out, "marks=many")
     assert bad.exit_code == 2 and "'many' is not of type int" in bad.output
 
 

@@ -24,8 +24,8 @@ from biocap_core.fileio import atomic_write, writable_folder
 from biocap_core.gpu_decode import require_cuda
 from biocap_core.runtime import default_device, default_precision, versions
 
-from biocap_eval.embedding import Encoder
 from biocap_eval.benchmark import Benchmark, Status
+from biocap_eval.embedding import Encoder
 from biocap_eval.registry import load_registry, select, selector_list
 from biocap_eval.tasks import Settings, TaskResult, recorded_settings, task_of
 RESULT_VERSION = 1

@@ -21,20 +21,11 @@ import numpy as np
 from biocap_core import schemas
 from biocap_core.errors import BioCAPError
 
+from biocap_eval.benchmark import Benchmark, Status, hf_available
 from biocap_eval.embedding import Encoder, ImageEmbeddings
 from biocap_eval.metrics import rerank_metrics
-from biocap_eval.benchmark import Benchmark, Status, hf_available
-from biocap_eval.tasks.base import (
-    RETRIEVAL_TABLE,
-    SHOW_MISSING,
-    EvalError,
-    Settings,
-    Task,
-    TaskResult,
-    count_present,
-    missing_error,
-    readable,
-)
+from biocap_eval.tasks.base import (RETRIEVAL_TABLE, SHOW_MISSING, EvalError, Settings, Task,
+                                    TaskResult, count_present, missing_error, readable)
 
 
 @dataclass

@@ -14,20 +14,11 @@ from pathlib import Path
 from biocap_core import schemas
 from biocap_core.errors import BioCAPError
 
+from biocap_eval.benchmark import Benchmark, Status
 from biocap_eval.embedding import Encoder
 from biocap_eval.metrics import recall_at_k
-from biocap_eval.benchmark import Benchmark, Status
-from biocap_eval.tasks.base import (
-    RETRIEVAL_TABLE,
-    SHOW_MISSING,
-    EvalError,
-    Settings,
-    Task,
-    TaskResult,
-    count_present,
-    missing_error,
-    readable,
-)
+from biocap_eval.tasks.base import (RETRIEVAL_TABLE, SHOW_MISSING, EvalError, Settings, Task,
+                                    TaskResult, count_present, missing_error, readable)
 
 KS = (1, 5, 10)
 

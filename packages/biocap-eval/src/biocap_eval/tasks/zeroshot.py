@@ -16,18 +16,10 @@ from biocap_core.errors import BioCAPError
 from biocap_core.taxonomy import LABEL_TYPES
 from biocap_core.zeroshot import ClassificationSet, per_class_recall, read_labels, topk_accuracy
 
-from biocap_eval.embedding import Encoder
 from biocap_eval.benchmark import Benchmark, Status
-from biocap_eval.tasks.base import (
-    ZEROSHOT_TABLE,
-    SHOW_MISSING,
-    EvalError,
-    Settings,
-    Task,
-    TaskResult,
-    count_present,
-    readable,
-)
+from biocap_eval.embedding import Encoder
+from biocap_eval.tasks.base import (SHOW_MISSING, ZEROSHOT_TABLE, EvalError, Settings, Task,
+                                    TaskResult, count_present, readable)
 
 KS = (1, 3, 5)
 
