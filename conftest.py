@@ -3,7 +3,7 @@ alone from wheels, and the environment for child processes.
 
 ``biocap-train`` with no arguments (the README's main command) is the suite's most expensive step.
 biocap-train's test checks what it prints and writes, and biocap-predict's tests use the model it
-trains and the toy tree of life it generates, so it runs once per session. Under pytest-xdist every
+trains and the toy tree of life it generates, so it runs once per test run. Under pytest-xdist every
 test that needs it goes into one group, so it runs in one worker only.
 """
 

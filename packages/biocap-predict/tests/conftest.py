@@ -1,5 +1,6 @@
-"""Session fixtures: the no-argument demo's toy tree of life and the BioCAP-toy checkpoint it trains
-(the root conftest.py runs the demo once for this package and biocap-train's demo test), a taxa index
+"""Fixtures shared by the whole test run: the no-argument demo's toy tree of life and the
+BioCAP-toy checkpoint it trains (the root conftest.py runs the demo once for this package and
+biocap-train's demo test), a taxa index
 built from its catalog with that checkpoint (with trait captions), and a Predictor on them.
 
 The checkpoint comes from biocap-train, which biocap-predict does not depend on; the workspace's

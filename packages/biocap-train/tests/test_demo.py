@@ -1,7 +1,7 @@
 """The README's main command: ``biocap-train`` with no arguments, from an empty cache.
 
-The run itself is the session fixture ``demo`` (the root conftest.py): biocap-predict's tests use the
-model it trains, so it runs once for both.
+The run itself is the session-scoped fixture ``demo`` (the root conftest.py): biocap-predict's
+tests use the model it trains, so it runs once for both.
 """
 
 from __future__ import annotations

@@ -166,7 +166,8 @@ def test_request_failures_exit_non_zero_and_the_same_command_retries_only_them(t
 
 
 def test_crawl_from_python_gives_back_the_callers_ctrl_c_handler(tmp_path, species_csv):
-    """Scrapy takes over SIGINT/SIGTERM while it crawls; after biocap_wiki.crawl() returns, Ctrl-C acts as before.
+    """Scrapy takes over SIGINT/SIGTERM while it crawls; after biocap_wiki.crawl() returns, Ctrl-C
+    acts as it did before the call.
     (In a child process: Twisted's reactor runs once per process.)"""
     wiki, rows = make_wiki(0)
     species = species_csv(rows[:3])

@@ -165,7 +165,8 @@ _SHUTDOWN_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIG
 def _signal_handlers_kept():
     """Scrapy installs its shutdown handlers for Ctrl-C and SIGTERM (a first Ctrl-C stops the crawl
     cleanly, keeping its job state) and leaves them installed when the crawl returns; put the
-    caller's back, so Ctrl-C in a notebook or script that called :func:`crawl` acts as before."""
+    caller's back, so Ctrl-C in a notebook or script that called :func:`crawl` acts as it did
+    before the call."""
     # handlers belong to the process and are set from its main thread only
     main = threading.current_thread() is threading.main_thread()
     saved = {s: signal.getsignal(s) for s in _SHUTDOWN_SIGNALS} if main else {}
