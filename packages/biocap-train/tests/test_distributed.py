@@ -1,9 +1,10 @@
 """torchrun with 2 CPU processes (gloo): ranks agree on text types, DDP with local loss and gathered
 features computes what one process computes on the same global batch, the CLI splits data and
-checkpoints every rank's position, and --gpu-decode's ranks trim to one batch size.
+checkpoints every rank's position, --gpu-decode's ranks trim to one batch size, and a run that would
+overwrite checkpoints stops on every rank.
 
-The three torchrun jobs share one launch (ddp_jobs.py): a launch starts three interpreters that import
-torch and OpenCLIP, which costs more CPU than the jobs themselves."""
+The four torchrun jobs share one launch (ddp_jobs.py): a launch starts three interpreters that
+import torch and OpenCLIP, which costs more CPU than the jobs themselves."""
 
 from __future__ import annotations
 
@@ -88,6 +89,14 @@ def test_gpu_decode_ranks_trim_to_the_smallest_batch_when_a_jpeg_fails_on_one_de
     sizes = [n for micro in ranks[0]["sizes"] for n in micro]
     assert all(image == text == keys for image, text, keys in sizes)
     assert min(image for image, _, _ in sizes) < 8 and ranks[0]["failed"] == ranks[1]["failed"] > 0
+
+
+def test_a_fresh_run_over_existing_checkpoints_stops_every_rank(torchrun_job):
+    """Rank 0 finds the checkpoints; the other rank stops too instead of waiting for it forever."""
+    _, out = torchrun_job
+    for rank in (0, 1):
+        outcome = json.loads((out / f"existing-rank{rank}.json").read_text())
+        assert "existing already has checkpoints; pass --resume latest" in outcome, (rank, outcome)
 
 
 def test_slurm_variables_give_the_ranks_without_torchrun(monkeypatch):

@@ -9,8 +9,9 @@ CUDA, gloo on CPU.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -93,6 +94,27 @@ def broadcast_object(info: DistInfo, obj: Any) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+T = TypeVar("T")
+
+
+def decided_on_main(info: DistInfo, decide: Callable[[], T]) -> T:
+    """``decide()`` run on rank 0 only, and its result on every rank. An exception it raises is
+    raised on every rank: a rank that went on alone would wait forever at its next collective for
+    the rank that stopped."""
+    if not info.enabled:
+        return decide()
+    result, error = None, None
+    if info.is_main:
+        try:
+            result = decide()
+        except Exception as exc:  # re-raised below, on every rank
+            error = exc
+    result, error = broadcast_object(info, (result, error))
+    if error is not None:
+        raise error
+    return result
 
 
 def gather_objects(info: DistInfo, obj: Any) -> list[Any]:

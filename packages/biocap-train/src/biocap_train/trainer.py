@@ -1,11 +1,13 @@
 """The BioCAP training loop: one optimisation step, and the run that repeats it.
 
-The path of a sample: shards → batches (:mod:`biocap_train.data`: reading, decoding, augmenting,
-tokenizing) → model (:mod:`biocap_core.model`) → loss (:mod:`biocap_train.loss`) → this file's step.
+The path of a sample: shard → raw sample (:mod:`biocap_train.samples`) → micro-batch
+(:mod:`biocap_train.batches`: image prepared, texts tokenized) made by a data stream
+(:mod:`biocap_train.streams`) → one rank's steps (:mod:`biocap_train.train_batches`) → model
+(:mod:`biocap_core.model`) → loss (:mod:`biocap_train.loss`) → this file's step.
 
-One optimisation step trains one head, chosen by the text type its data stream drew for it
-(:mod:`biocap_train.schedule`): a caption step computes only the caption head
-and ``logit_scale_caption``, a taxonomic step only ``visual.proj`` and
+One optimisation step trains one head, chosen by the text its batches carry
+(:class:`biocap_train.schedule.StepText`, drawn where they are made): a caption step computes
+only the caption head and ``logit_scale_caption``, a taxonomic step only ``visual.proj`` and
 ``logit_scale``, so the other head's parameters stay out of the graph and
 AdamW leaves them untouched (grad None), as in the original. Under DDP this
 varying graph needs ``find_unused_parameters=True``; with ``--joint-loss``
@@ -17,6 +19,7 @@ gradient of the single-process loss on the global batch).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -37,6 +40,8 @@ from rich.console import Console
 from torch.nn.parallel import DistributedDataParallel
 
 from biocap_train import distributed
+from biocap_train.bad_data import DataCounts
+from biocap_train.batches import Batch
 from biocap_train.captions import CaptionIndex, index_dir_for
 from biocap_train.checkpointing import (
     latest_checkpoint,
@@ -46,12 +51,13 @@ from biocap_train.checkpointing import (
     save_checkpoint,
 )
 from biocap_train.config import TrainConfig
-from biocap_train.data import DataCounts, RunPlan, TrainBatches, plan_run, resume_position
 from biocap_train.distributed import DistInfo
-from biocap_train.loss import HeadLosses, head_features, heads_of
+from biocap_train.loss import HeadLosses, head_features
 from biocap_train.optim import make_optimizer
 from biocap_train.reporting import MetricsLog, ProgressDisplay, StepLog
-from biocap_train.schedule import learning_rate
+from biocap_train.run_plan import RunPlan, plan_run, resume_position
+from biocap_train.schedule import StepText, learning_rate
+from biocap_train.train_batches import TrainBatches
 from biocap_train.validation import validation_loss, zeroshot_set, zeroshot_top1
 
 
@@ -96,16 +102,23 @@ def prepare_run_dir(run_dir: Path) -> None:
         raise BioCAPError(f"--logs: cannot write the run folder {run_dir}: {exc.reason}") from exc
 
 
+def refuse_to_overwrite(run_dir: Path) -> None:
+    """A fresh run must not mix its checkpoints with an earlier run's under the same name."""
+    if list_checkpoints(run_dir):
+        raise FileExistsError(f"{run_dir} already has checkpoints; pass --resume latest to "
+                              "continue it or choose another --name")
+
+
 def default_name(cfg: TrainConfig) -> str:
     model = Path(cfg.model).stem if cfg.model.endswith(".json") else cfg.model.replace("/", "-")
     return f"{time.strftime('%Y_%m_%d-%H_%M_%S')}-model_{model}-lr_{cfg.lr:g}-b_{cfg.batch_size}"
 
 
-def step_text_type(micro: list[dict[str, Any]], step: int) -> str:
-    """The text type of a step: the one its data stream drew for it, stamped on every micro-batch."""
-    kinds = {b["text_type"] for b in micro}
+def step_text_of(micro: list[Batch], step: int) -> StepText:
+    """What a step trains on: what its micro-batches carry, the same on each."""
+    kinds = {b.step_text for b in micro}
     if len(kinds) != 1:
-        raise RuntimeError(f"step {step}: micro-batches of different text types {sorted(kinds)}")
+        raise RuntimeError(f"step {step}: micro-batches of different texts {kinds}")
     return kinds.pop()
 
 
@@ -154,11 +167,12 @@ class Trainer:
         self.input_dtype = input_dtype(cfg.precision)
 
     # ---- one step ----
-    def train_step(self, step: int, micro: list[dict[str, Any]]) -> dict[str, Any]:
-        """One optimiser step on ``accum_freq`` micro-batches of this rank, training the head(s) of their
-        text type; raises TrainingDiverged (before updating the weights) if the loss is not finite on any rank."""
-        text_type = step_text_type(micro, step)
-        heads = heads_of(text_type, self.cfg.joint_loss)
+    def train_step(self, step: int, micro: list[Batch]) -> dict[str, Any]:
+        """One optimiser step on ``accum_freq`` micro-batches of this rank, training the head(s)
+        their :class:`StepText` names; raises TrainingDiverged (before updating the weights) if the
+        loss is not finite on any rank."""
+        step_text = step_text_of(micro, step)
+        text_type, heads = step_text.text_type, step_text.heads
         lr = learning_rate(step, self.cfg.lr, self.cfg.warmup, self.total_steps, self.cfg.lr_scheduler)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -169,10 +183,11 @@ class Trainer:
         return {"loss": mean["loss"], "text_type": text_type, "heads": heads, "lr": lr,
                 **{f"loss_{h}": mean[h] for h in heads}}
 
-    def _forward_backward(self, micro: list[dict[str, Any]], heads: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        # with --gpu-decode the images arrive decoded on the device already (data.TrainBatches)
-        images = [b["image"].to(self.device, dtype=self.input_dtype, non_blocking=True) for b in micro]
-        texts = [(torch.cat([b["text"], b["caption_text"]]) if len(heads) == 2 else b["text"]).to(
+    def _forward_backward(self, micro: list[Batch], heads: tuple[str, ...]
+                          ) -> dict[str, torch.Tensor]:
+        # TrainBatches hands the images over on the device already (a no-op then)
+        images = [b.image.to(self.device, dtype=self.input_dtype, non_blocking=True) for b in micro]
+        texts = [(torch.cat([b.text, b.caption_text]) if len(heads) == 2 else b.text).to(
             self.device, non_blocking=True) for b in micro]
         amp = autocast(self.device, self.cfg.precision, inputs_cast=True)
         if len(micro) == 1:
@@ -254,9 +269,8 @@ class Trainer:
                 console.print(message, markup=False)
 
         resume, ckpt = resume_checkpoint(cfg, info, say)
-        if resume is None and info.is_main and list_checkpoints(cfg.run_dir):
-            raise FileExistsError(f"{cfg.run_dir} already has checkpoints; pass --resume latest to continue it "
-                                  "or choose another --name")
+        if resume is None:
+            distributed.decided_on_main(info, lambda: refuse_to_overwrite(cfg.run_dir))
         if ckpt is not None and int(ckpt["step"]) >= plan.total_steps:
             # Saving again would rewrite the final checkpoint (new mtime, no data position), and eval
             # would take it for a new model.
@@ -401,7 +415,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         if cfg.gpu_decode:
             require_cuda(info.device)
         plan = plan_run(cfg, info)
-        cfg.name = distributed.broadcast_object(info, cfg.name or default_name(cfg))
+        # the caller's config stays as given; every rank takes rank 0's default name (its clock)
+        name = distributed.broadcast_object(info, cfg.name or default_name(cfg))
+        cfg = dataclasses.replace(cfg, name=name)
         prepare_run_dir(cfg.run_dir)
         return Trainer(cfg, info, plan.total_steps).fit(plan)
     finally:
