@@ -9,16 +9,18 @@ jobs.
    loss of each step per rank, and rank 0's final parameters.
 2. :func:`gpu_decode`: ``--gpu-decode``'s data path (the device decode run on the CPU) on SHARDS. Writes
    each rank's micro-batch sizes and device-failure count.
-3. :func:`refuse_existing`: a fresh run into a folder with a checkpoint. Writes each rank's outcome.
+3. :func:`refusals`: runs that one rank finds wrong before training. Writes each rank's errors.
 4. The ``biocap-train`` command line with CLI ARGS, as ``torchrun -m biocap_train CLI ARGS`` runs
    it.
 """
 
+import dataclasses
 import json
 import signal
 import sys
 from pathlib import Path
 
+import polars as pl
 import torch
 from biocap_core.model import build_model
 from biocap_train import TrainConfig, distributed
@@ -69,30 +71,37 @@ def gpu_decode(info: DistInfo, train_data: str, model: str, out: Path) -> None:
     (out / f"gpu-decode-rank{info.rank}.json").write_text(json.dumps({"sizes": sizes, "failed": failed}))
 
 
-def refuse_existing(info: DistInfo, train_data: str, model: str, out: Path) -> None:
-    """Rank 0 finds the checkpoint; every rank must stop with its error (none waiting for it)."""
+def refusals(info: DistInfo, train_data: str, model: str, out: Path) -> None:
+    """Runs that rank 0 (or each node's first rank) finds wrong: every rank must stop with the
+    error, none waiting for the others at a collective. Writes each rank's error per case."""
     cfg = TrainConfig(train_data=train_data, model=model, batch_size=8, train_num_samples=64,
-                      steps=1, workers=0, precision="fp32", logs=str(out), name="existing",
-                      progress=False)
+                      steps=1, workers=0, precision="fp32", logs=str(out), progress=False)
+    cases = {"existing": dataclasses.replace(cfg, name="existing"),
+             "captions": dataclasses.replace(cfg, name="captions", text_type="caption",
+                                             captions=str(out / "duplicates.parquet"))}
     if info.is_main:
-        checkpoint_path(cfg.run_dir, 1).parent.mkdir(parents=True)
-        checkpoint_path(cfg.run_dir, 1).write_bytes(b"an earlier run's checkpoint")
+        checkpoint_path(cases["existing"].run_dir, 1).parent.mkdir(parents=True)
+        checkpoint_path(cases["existing"].run_dir, 1).write_bytes(b"an earlier run's checkpoint")
+        pl.DataFrame({"uuid": ["a", "a"], "caption": ["x", "y"]}).write_parquet(
+            out / "duplicates.parquet")
     distributed.barrier(info)
-    signal.alarm(120)  # a rank left waiting for the other at a collective ends the launch, failed
-    try:
-        Trainer(cfg, info, total_steps=1).fit(plan_run(cfg, info))
-        outcome = "trained"
-    except FileExistsError as exc:
-        outcome = str(exc)
-    signal.alarm(0)
-    (out / f"existing-rank{info.rank}.json").write_text(json.dumps(outcome))
+    outcomes = {}
+    for case, case_cfg in cases.items():
+        signal.alarm(120)  # a rank left waiting at a collective ends the launch, failed
+        try:
+            Trainer(case_cfg, info, total_steps=1).fit(plan_run(case_cfg, info))
+            outcomes[case] = "trained"
+        except Exception as exc:
+            outcomes[case] = f"{type(exc).__name__}: {exc}"
+        signal.alarm(0)
+    (out / f"refusals-rank{info.rank}.json").write_text(json.dumps(outcomes))
 
 
 def main(out: Path, model: str, shards: str, cli_args: list[str]) -> None:
     info = distributed.init("cpu")
     steps(info, model, out)
     gpu_decode(info, shards, model, out)
-    refuse_existing(info, shards, model, out)
+    refusals(info, shards, model, out)
     biocap_train_cli(cli_args)  # joins the process group above and leaves it when done
 
 

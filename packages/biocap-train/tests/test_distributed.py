@@ -91,12 +91,17 @@ def test_gpu_decode_ranks_trim_to_the_smallest_batch_when_a_jpeg_fails_on_one_de
     assert min(image for image, _, _ in sizes) < 8 and ranks[0]["failed"] == ranks[1]["failed"] > 0
 
 
-def test_a_fresh_run_over_existing_checkpoints_stops_every_rank(torchrun_job):
-    """Rank 0 finds the checkpoints; the other rank stops too instead of waiting for it forever."""
+def test_a_run_one_rank_finds_wrong_stops_every_rank(torchrun_job):
+    """Rank 0 finds checkpoints of an earlier run (a fresh run must not overwrite them), the first
+    rank of the node a caption table with duplicate uuids: the other rank stops too, with the same
+    error, instead of waiting for it forever."""
     _, out = torchrun_job
-    for rank in (0, 1):
-        outcome = json.loads((out / f"existing-rank{rank}.json").read_text())
-        assert "existing already has checkpoints; pass --resume latest" in outcome, (rank, outcome)
+    outcomes = [json.loads((out / f"refusals-rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert outcomes[0] == outcomes[1], outcomes
+    assert outcomes[0]["existing"].startswith("FileExistsError: ")
+    assert "existing already has checkpoints; pass --resume latest" in outcomes[0]["existing"]
+    assert outcomes[0]["captions"].startswith("SchemaError: ")
+    assert "1 duplicate uuid(s)" in outcomes[0]["captions"]
 
 
 def test_slurm_variables_give_the_ranks_without_torchrun(monkeypatch):

@@ -8,8 +8,9 @@ CUDA, gloo on CPU.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -99,22 +100,32 @@ def broadcast_object(info: DistInfo, obj: Any) -> Any:
 T = TypeVar("T")
 
 
-def decided_on_main(info: DistInfo, decide: Callable[[], T]) -> T:
-    """``decide()`` run on rank 0 only, and its result on every rank. An exception it raises is
-    raised on every rank: a rank that went on alone would wait forever at its next collective for
-    the rank that stopped."""
-    if not info.enabled:
-        return decide()
-    result, error = None, None
-    if info.is_main:
-        try:
-            result = decide()
-        except Exception as exc:  # re-raised below, on every rank
-            error = exc
-    result, error = broadcast_object(info, (result, error))
+@contextlib.contextmanager
+def failing_together(info: DistInfo) -> Iterator[None]:
+    """Around work that only some ranks do (``if info.is_main: ...``): an exception it raises on
+    any rank is raised on every rank, which a rank that went on alone would otherwise wait for
+    forever at its next collective. The ranks meet at the end of the block (one gather), so it
+    also takes the place of a barrier."""
+    error = None
+    try:
+        yield
+    except Exception as exc:  # raised again below, on every rank
+        error = exc
+    errors = [e for e in gather_objects(info, error) if e is not None]
     if error is not None:
         raise error
-    return result
+    if errors:
+        raise errors[0]
+
+
+def decided_on_main(info: DistInfo, decide: Callable[[], T]) -> T:
+    """``decide()`` run on rank 0 only, and its result on every rank (an exception on every rank,
+    see :func:`failing_together`)."""
+    result = None
+    with failing_together(info):
+        if info.is_main:
+            result = decide()
+    return broadcast_object(info, result)
 
 
 def gather_objects(info: DistInfo, obj: Any) -> list[Any]:

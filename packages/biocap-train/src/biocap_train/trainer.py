@@ -270,7 +270,9 @@ class Trainer:
 
         resume, ckpt = resume_checkpoint(cfg, info, say)
         if resume is None:
-            distributed.decided_on_main(info, lambda: refuse_to_overwrite(cfg.run_dir))
+            with distributed.failing_together(info):
+                if info.is_main:
+                    refuse_to_overwrite(cfg.run_dir)
         if ckpt is not None and int(ckpt["step"]) >= plan.total_steps:
             # Saving again would rewrite the final checkpoint (new mtime, no data position), and eval
             # would take it for a new model.
@@ -279,8 +281,8 @@ class Trainer:
             return TrainResult(cfg.run_dir, resume, int(ckpt["step"]), rank=info.rank, finished=True)
         run, step = self._open_run(plan, resume, ckpt, say)
         result = TrainResult(cfg.run_dir, None, step, rank=info.rank)
-        self._zeroshot_before(run, step, result)
-        distributed.barrier(info)
+        with distributed.failing_together(info):  # rank 0's evaluation
+            self._zeroshot_before(run, step, result)
         global_batch = cfg.batch_size * cfg.accum_freq * info.world_size
         say(f"training {plan.total_steps} steps ({plan.steps_per_epoch}/epoch, global batch {global_batch}) on "
             f"{info.world_size} x {self.device}; logs in {cfg.run_dir}")
@@ -302,12 +304,13 @@ class Trainer:
         progress.close()
         result.checkpoint = self._save(run, step) if run.last_saved != step else latest_checkpoint(cfg.run_dir)
         result.step, result.data_problems = step, dict(run.problems.counts)
-        if run.zeroshot is not None:
-            result.zeroshot["after"] = top1 = zeroshot_top1(self.model, run.zeroshot, cfg, self.device)
-            run.metrics.write("zeroshot", step, top1=top1, when="after")
-        result.seconds = time.time() - started
-        run.metrics.close()
-        distributed.barrier(info)
+        with distributed.failing_together(info):  # rank 0's evaluation and logs
+            if run.zeroshot is not None:
+                result.zeroshot["after"] = top1 = zeroshot_top1(self.model, run.zeroshot, cfg,
+                                                                self.device)
+                run.metrics.write("zeroshot", step, top1=top1, when="after")
+            result.seconds = time.time() - started
+            run.metrics.close()
         return result
 
     def _open_run(self, plan: RunPlan, resume: Path | None, ckpt: dict[str, Any] | None,
@@ -315,14 +318,18 @@ class Trainer:
         """Clean the run folder of interrupted writes, start its logs, restore the checkpoint's state if
         resuming; the run and its first step."""
         cfg, info = self.cfg, self.info
-        if info.is_main:
-            removed = remove_partial_checkpoints(cfg.run_dir)
-            if removed:
-                say(f"removed {len(removed)} partial checkpoint file(s) of an interrupted write: "
-                    + ", ".join(p.name for p in removed))
-        metrics = MetricsLog(cfg.run_dir, cfg.report_to, cfg.to_dict(), cfg.wandb_project_name, enabled=info.is_main)
-        if info.is_main:
-            atomic_write(cfg.run_dir / "config.json", lambda tmp: tmp.write_text(json.dumps(cfg.to_dict(), indent=2)))
+        with distributed.failing_together(info):  # what rank 0 alone reads and writes
+            if info.is_main:
+                removed = remove_partial_checkpoints(cfg.run_dir)
+                if removed:
+                    say(f"removed {len(removed)} partial checkpoint file(s) of an interrupted "
+                        "write: " + ", ".join(p.name for p in removed))
+            metrics = MetricsLog(cfg.run_dir, cfg.report_to, cfg.to_dict(), cfg.wandb_project_name,
+                                 enabled=info.is_main)
+            if info.is_main:
+                text = json.dumps(cfg.to_dict(), indent=2)
+                atomic_write(cfg.run_dir / "config.json", lambda tmp: tmp.write_text(text))
+            zeroshot = zeroshot_set(cfg) if info.is_main else None
         start, position = 0, None
         if ckpt is not None:
             self.load_state(ckpt)
@@ -331,7 +338,7 @@ class Trainer:
             say(f"resumed from {resume} at step {start}")
         captions = self._caption_index(cfg.run_dir)
         data = TrainBatches(cfg, plan, info, self.model, captions, position, say)
-        return Run(cfg.run_dir, say, metrics, data, captions, zeroshot_set(cfg) if info.is_main else None), start
+        return Run(cfg.run_dir, say, metrics, data, captions, zeroshot), start
 
     def _zeroshot_before(self, run: Run, step: int, result: TrainResult) -> None:
         if run.zeroshot is None:
@@ -354,14 +361,15 @@ class Trainer:
         if step != (epoch + 1) * plan.steps_per_epoch:  # the run ended mid-epoch (--steps)
             return
         completed = epoch + 1
-        if cfg.val_data and (completed % cfg.val_frequency == 0 or step == plan.total_steps):
-            if info.is_main:
+        with distributed.failing_together(info):  # rank 0's evaluation
+            if info.is_main and cfg.val_data and (completed % cfg.val_frequency == 0
+                                                  or step == plan.total_steps):
                 self._validate(run, epoch, step)
-            distributed.barrier(info)
-        if run.zeroshot is not None and completed % cfg.zeroshot_frequency == 0 and step < plan.total_steps:
-            top1 = zeroshot_top1(self.model, run.zeroshot, cfg, self.device)
-            run.metrics.write("zeroshot", step, top1=top1, epoch=epoch)
-            run.say(f"epoch {epoch} zero-shot top-1: {100 * top1:.1f}%")
+            if (run.zeroshot is not None and completed % cfg.zeroshot_frequency == 0
+                    and step < plan.total_steps):
+                top1 = zeroshot_top1(self.model, run.zeroshot, cfg, self.device)
+                run.metrics.write("zeroshot", step, top1=top1, epoch=epoch)
+                run.say(f"epoch {epoch} zero-shot top-1: {100 * top1:.1f}%")
         if cfg.save_frequency and completed % cfg.save_frequency == 0 and run.last_saved != step:
             self._save(run, step)
         distributed.barrier(info)
@@ -379,9 +387,11 @@ class Trainer:
         """Save a checkpoint with every rank's stream position (rank 0 writes); its path on rank 0."""
         gathered = distributed.gather_objects(self.info, run.data.position)
         path = None
-        if self.info.is_main:
-            path = save_checkpoint(run.dir, step, self.state(step, gathered), self.cfg.keep_checkpoints)
-            run.metrics.write("checkpoint", step, path=str(path))
+        with distributed.failing_together(self.info):  # e.g. a full disk where rank 0 writes
+            if self.info.is_main:
+                path = save_checkpoint(run.dir, step, self.state(step, gathered),
+                                       self.cfg.keep_checkpoints)
+                run.metrics.write("checkpoint", step, path=str(path))
         run.last_saved = step
         return path
 
@@ -400,9 +410,9 @@ class Trainer:
         if not self.cfg.captions:
             return None
         directory = index_dir_for(self.cfg.captions, run_dir)
-        if self.info.local_rank == 0:
-            CaptionIndex.build(self.cfg.captions, directory)
-        distributed.barrier(self.info)
+        with distributed.failing_together(self.info):  # e.g. a table with duplicate uuids
+            if self.info.local_rank == 0:
+                CaptionIndex.build(self.cfg.captions, directory)
         return CaptionIndex(directory)
 
 
