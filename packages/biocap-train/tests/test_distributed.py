@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -102,6 +103,17 @@ def test_a_run_one_rank_finds_wrong_stops_every_rank(torchrun_job):
     assert "existing already has checkpoints; pass --resume latest" in outcomes[0]["existing"]
     assert outcomes[0]["captions"].startswith("SchemaError: ")
     assert "1 duplicate uuid(s)" in outcomes[0]["captions"]
+
+
+def test_an_error_other_ranks_could_not_unpickle_reaches_them_as_its_type_and_message(tmp_path):
+    from biocap_core.errors import SchemaError, UnwritableFolder
+    from biocap_train.distributed import _sendable
+
+    plain = SchemaError("bad table")
+    assert _sendable(plain) is plain and _sendable(None) is None
+    odd = UnwritableFolder(tmp_path, PermissionError(13, "Permission denied"), "not writable")
+    sent = pickle.loads(pickle.dumps(_sendable(odd)))
+    assert isinstance(sent, RuntimeError) and str(sent).startswith("UnwritableFolder: [Errno 13]")
 
 
 def test_slurm_variables_give_the_ranks_without_torchrun(monkeypatch):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -111,11 +112,23 @@ def failing_together(info: DistInfo) -> Iterator[None]:
         yield
     except Exception as exc:  # raised again below, on every rank
         error = exc
-    errors = [e for e in gather_objects(info, error) if e is not None]
+    errors = [e for e in gather_objects(info, _sendable(error)) if e is not None]
     if error is not None:
         raise error
     if errors:
         raise errors[0]
+
+
+def _sendable(error: Exception | None) -> Exception | None:
+    """``error`` as the other ranks can receive it: itself if it survives pickling (which a
+    collective does to it), else a RuntimeError with its type and message."""
+    if error is None:
+        return None
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:  # e.g. an exception whose __init__ takes other arguments than its args
+        return RuntimeError(f"{type(error).__name__}: {error}")
+    return error
 
 
 def decided_on_main(info: DistInfo, decide: Callable[[], T]) -> T:
