@@ -95,9 +95,13 @@ class ImageFiles(Dataset):
 
 @dataclass
 class ImageBatch:
-    """One batch: the positions that decoded, their normalised float images on the device (None
-    when none decoded), and the positions that did not, with why. (Between the workers and
-    :func:`image_batches`, ``images`` may be a list of what the device decodes.)"""
+    """One batch: the positions that decoded, their images, and the positions that did not, with why.
+
+    ``images`` as :func:`image_batches` yields it: the normalised float (B, 3, H, W) batch on the
+    device, or None when no image decoded. Between the workers and :func:`image_batches` it is what
+    crosses the process boundary: the uint8 (or, mixed with preprocessed tensors, float) batch, the
+    number of the shared slot a worker stacked the uint8 batch into, or with ``gpu_decode`` the
+    packed images the device decodes."""
 
     positions: list[int]
     images: torch.Tensor | _Packed | int | None  # int: the shared slot the worker wrote them to
