@@ -11,7 +11,7 @@ import typer
 from biocap_core.errors import BioCAPError
 
 from biocap_captions.engine import DEFAULT_MODEL, EngineSettings, SamplingConfig
-from biocap_captions.jobs import JobSpecError
+from biocap_core.jobs import JobSpecError
 from biocap_captions.prompt import PROMPT_VERSION, FormatExamples, PromptBuilder, PromptParts
 
 # Plain help text: rich's table cuts long option names ("--max-consecutive-fa…") at 80 columns
