@@ -11,7 +11,8 @@ whatever the count.
 from __future__ import annotations
 
 import os
-from typing import Mapping, Sequence, TypeVar
+from typing import TypeVar
+from collections.abc import Mapping, Sequence
 
 from biocap_core.errors import BioCAPError
 
