@@ -416,3 +416,41 @@ def test_train_small_is_built_when_asked_for(download, tmp_path):
     summary = make_plan(tol_inputs(root), ["train_small"], 0, SHARD_SIZE, tmp_path)
     assert summary["splits"]["train_small"]["catalog_rows"] == made["train_small_rows"]
     assert list(summary["splits"]) == ["train_small"]
+
+
+def _jpeg(size: tuple[int, int], seed: int = 0, mode: str = "RGB", fmt: str = "JPEG") -> bytes:
+    """A smooth image (a gradient with noise), as photos are, encoded as ``fmt``."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0 : size[1], 0 : size[0]]
+    pixels = np.stack([x * 255 // size[0], y * 255 // size[1], (x + y) * 127 // sum(size)], axis=-1)
+    pixels = np.clip(pixels + rng.normal(0, 6, pixels.shape), 0, 255).astype("uint8")
+    buf = io.BytesIO()
+    Image.fromarray(pixels).convert(mode).save(buf, format=fmt, quality=95)
+    return buf.getvalue()
+
+
+def test_the_image_policy_squashes_crops_or_keeps_and_drafts_close_to_a_full_decode():
+    import numpy as np
+
+    photo = _jpeg((1200, 800))
+    squashed = Image.open(io.BytesIO(ImagePolicy(size=64).apply(photo)))
+    assert (squashed.format, squashed.mode, squashed.size) == ("JPEG", "RGB", (64, 64))
+    assert ImagePolicy(resize="keep").apply(photo) == photo
+    kept_png = Image.open(io.BytesIO(ImagePolicy(resize="keep").apply(_jpeg((90, 60), fmt="PNG"))))
+    assert (kept_png.format, kept_png.size) == ("JPEG", (90, 60))
+    cropped = Image.open(io.BytesIO(ImagePolicy(size=64, resize="crop").apply(photo)))
+    assert cropped.size == (64, 64)
+    # the crop keeps the middle: its left edge is red 1/6 into the gradient, the squash's at 0
+    assert np.asarray(cropped)[:, 0, 0].mean() > np.asarray(squashed)[:, 0, 0].mean() + 30
+    full = np.asarray(Image.open(io.BytesIO(ImagePolicy(draft=False).apply(photo))), dtype=float)
+    drafted = np.asarray(Image.open(io.BytesIO(ImagePolicy().apply(photo))), dtype=float)
+    assert np.abs(full - drafted).mean() < 1.5  # levels of 255
+    for mode in ("CMYK", "L"):
+        converted = Image.open(io.BytesIO(ImagePolicy(size=48).apply(_jpeg((100, 80), mode=mode))))
+        assert converted.mode == "RGB"
+    with pytest.raises(BadImage, match="decompression bomb"):
+        ImagePolicy(max_pixels=100 * 100).apply(_jpeg((300, 300)))
+    with pytest.raises(BadImage, match="truncated"):
+        ImagePolicy().apply(photo[: len(photo) // 2])
