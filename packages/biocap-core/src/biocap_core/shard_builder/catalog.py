@@ -55,9 +55,14 @@ class Inputs:
         return {"eol": self.eol, "inat21": self.inat21, "bioscan": self.bioscan}
 
 
-def key64(ids: list[str], seed: int | None = None) -> np.ndarray:
+def key64(ids: list[str] | pl.Series, seed: int | None = None) -> np.ndarray:
     """A stable 64-bit hash per id (keyed by ``seed`` when given): blake2b, not polars' ``hash``,
-    whose values may change between polars versions."""
+    whose values may change between polars versions. A Series is hashed in slices, so a 10M-row
+    column never becomes one list of Python strings."""
+    if isinstance(ids, pl.Series):
+        step = 100_000
+        parts = [key64(ids.slice(at, step).to_list(), seed) for at in range(0, len(ids), step)]
+        return np.concatenate(parts) if parts else np.zeros(0, np.uint64)
     salt = b"" if seed is None else f"{seed}:".encode()
     return np.fromiter(
         (
@@ -98,7 +103,8 @@ def read_catalog(inputs: Inputs) -> tuple[pl.DataFrame, bool]:
             f"(0-based): {dup['_row'].head(5).to_list()}, ids {dup['uuid'].head(3).to_list()}"
         )
     df = own_locations(df, inputs) if own else tol_locations(df, inputs)
-    return df, not own
+    keep = ["uuid", "split", "source", "path", *RANKS, "common_name"]
+    return df.select(keep + (["eol_content_id"] if not own else [])), not own
 
 
 def own_locations(df: pl.DataFrame, inputs: Inputs) -> pl.DataFrame:

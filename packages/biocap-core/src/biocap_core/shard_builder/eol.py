@@ -145,7 +145,7 @@ def locate(work: Path, tars: list[Path]) -> None:
     reasons: dict[str, int] = {}
     for number, tar in enumerate(tars):
         index = pl.read_parquet(staging_dir(work) / f"{_name(tar)}.parquet")
-        at = np.searchsorted(keys, key64(index["uuid"].to_list()))
+        at = np.searchsorted(keys, key64(index["uuid"]))
         columns = (index["offset"], index["length"], index["reason"])
         for row_at, offset, length, reason in zip(at, *columns, strict=True):
             if loc["tar"][row_at] != -1:

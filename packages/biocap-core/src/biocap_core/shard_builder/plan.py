@@ -83,7 +83,8 @@ def make_plan(
         )
         summary["splits"][split] = counts
     eol = df.filter((pl.col("source") == "eol") & ~pl.col("_excluded")) if is_tol else df.clear()
-    keys = np.unique(key64(eol["uuid"].unique().to_list()))
+    eol, df = eol.select("uuid"), None
+    keys = np.unique(key64(eol["uuid"].unique()))
     if len(keys) != eol["uuid"].n_unique():
         raise ValueError("two EOL ids share a 64-bit key; build with fewer splits at a time")
     atomic_write(out / "eol_keys.npy", lambda tmp: np.save(open(tmp, "wb"), keys))
@@ -94,7 +95,7 @@ def make_plan(
 
 def _permuted(rows: pl.DataFrame, seed: int, shard_size: int) -> pl.DataFrame:
     """The rows in the order of their seeded keys (ties by id), with ``pos`` and ``shard``."""
-    order = pl.Series("_order", key64(rows["uuid"].to_list(), seed), dtype=pl.UInt64)
+    order = pl.Series("_order", key64(rows["uuid"], seed), dtype=pl.UInt64)
     rows = rows.with_columns(order).sort("_order", "uuid").drop("_order").with_row_index("pos")
     return rows.with_columns(shard=(pl.col("pos") // shard_size).cast(pl.Int64))
 
