@@ -181,6 +181,8 @@ def test_one_worker_three_workers_and_two_jobs_write_the_same_files(
     assert result.exit_code == 0, result.output
     expected = outputs(built)
     assert outputs(three) == expected
+    again = CliRunner().invoke(app, cli_args(root, three, "--workers", "3"))  # a finished build
+    assert again.exit_code == 0 and outputs(three) == expected, again.output
     jobs = tmp_path / "jobs"  # two jobs at once, sharing --out, as a SLURM array does
     runs = [
         subprocess.Popen(

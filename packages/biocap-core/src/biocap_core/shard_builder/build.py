@@ -334,9 +334,7 @@ def _finish(
     schemas.write_parquet_atomic(table, out / "errors.parquet")
     manifest = {
         "inputs": _fingerprint(inputs, options),
-        "eol_sets": eol.stage_records(work, tars)
-        if (work / "plan" / "eol_locations.npy").is_file()
-        else [],
+        "eol_sets": eol.stage_records(work, tars) if tars else [],
         "image_policy": options.policy.describe(),
         "seed": options.seed,
         "shard_size": options.shard_size,

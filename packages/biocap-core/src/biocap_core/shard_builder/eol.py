@@ -43,8 +43,13 @@ def staging_dir(work: Path) -> Path:
     return work / "staging"
 
 
+def _record_path(work: Path, tar: Path) -> Path:
+    """A set's record (members, matched, sha256), kept for the manifest when staging is removed."""
+    return work / "eol_sets" / f"{_name(tar)}.json"
+
+
 def is_staged(work: Path, tar: Path) -> bool:
-    return (staging_dir(work) / f"{_name(tar)}.json").is_file()
+    return _record_path(work, tar).is_file() and (staging_dir(work) / f"{_name(tar)}.bin").is_file()
 
 
 def _name(tar: Path) -> str:
@@ -101,7 +106,7 @@ def stage_tar(tar: Path, work: Path, policy: ImagePolicy, progress=None) -> dict
         schema={"uuid": pl.String, "offset": pl.Int64, "length": pl.Int64, "reason": pl.String},
     )
     atomic_write(out_dir / f"{name}.parquet", frame.write_parquet)
-    atomic_write(out_dir / f"{name}.json", lambda tmp: tmp.write_text(json.dumps(record)))
+    atomic_write(_record_path(work, tar), lambda tmp: tmp.write_text(json.dumps(record)))
     return record
 
 
@@ -132,7 +137,7 @@ def _stage_member(stream, member, keys, policy, out, index, record, progress) ->
 
 
 def stage_records(work: Path, tars: list[Path]) -> list[dict]:
-    return [json.loads((staging_dir(work) / f"{_name(t)}.json").read_text()) for t in tars]
+    return [json.loads(_record_path(work, t).read_text()) for t in tars]
 
 
 def locate(work: Path, tars: list[Path]) -> None:

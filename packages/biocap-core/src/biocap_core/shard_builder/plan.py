@@ -82,7 +82,8 @@ def make_plan(
             ),
         )
         summary["splits"][split] = counts
-    eol = df.filter((pl.col("source") == "eol") & ~pl.col("_excluded")) if is_tol else df.clear()
+    wanted = (pl.col("source") == "eol") & ~pl.col("_excluded")
+    eol = df.filter(wanted) if is_tol and inputs.eol else df.clear()
     eol, df = eol.select("uuid"), None
     keys = np.unique(key64(eol["uuid"].unique()))
     if len(keys) != eol["uuid"].n_unique():
