@@ -16,7 +16,7 @@
 Rates are images per CPU-second (user + system of the build and its workers, or of the loop), so
 other load on a shared machine does not change them; wall-clock rates are printed beside them.
 
-Run: ``uv run python benchmarks/shards_throughput.py`` (about 5 minutes on 2 cores).
+Run: ``uv run python benchmarks/shards_throughput.py`` (about 6 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -35,25 +35,6 @@ import time
 import uuid
 from pathlib import Path
 
-COLUMNS = (
-    "split",
-    "treeoflife_id",
-    "eol_content_id",
-    "eol_page_id",
-    "bioscan_part",
-    "bioscan_filename",
-    "inat21_filename",
-    "inat21_cls_name",
-    "inat21_cls_num",
-    "kingdom",
-    "phylum",
-    "class",
-    "order",
-    "family",
-    "genus",
-    "species",
-    "common",
-)
 TEN_MILLION = 10_000_000
 CORES = 32
 
@@ -103,11 +84,12 @@ def row(uid: str, i: int) -> dict:
 
 def write_catalog(path: Path, ids: list[str]) -> None:
     import polars as pl
+    from biocap_core.toy.download import CATALOG_COLUMNS
 
     rows = [row(u, i) for i, u in enumerate(ids)]
     pl.DataFrame(rows).with_columns(
-        *(pl.lit("").alias(c) for c in COLUMNS if c not in rows[0])
-    ).select(COLUMNS).write_csv(path)
+        *(pl.lit("").alias(c) for c in CATALOG_COLUMNS if c not in rows[0])
+    ).select(CATALOG_COLUMNS).write_csv(path)
 
 
 def make_download(

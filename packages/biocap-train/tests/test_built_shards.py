@@ -8,6 +8,7 @@ import math
 import polars as pl
 from biocap_core.shard_builder import BuildOptions, ImagePolicy, Inputs, build
 from biocap_core.shards import read_sizes
+from biocap_core.taxonomy import RANKS
 from biocap_core.toy import ToyConfig, write_download
 from biocap_train.config import TrainConfig
 from biocap_train.trainer import train
@@ -41,18 +42,7 @@ def test_training_reads_shards_built_from_the_download_and_from_own_photos(base_
                 pl.lit("dataset/bioscan/part"), "bioscan_part", pl.lit("/"), "bioscan_filename"
             )
         )
-        .select(
-            "treeoflife_id",
-            "image_path",
-            "kingdom",
-            "phylum",
-            "class",
-            "order",
-            "family",
-            "genus",
-            "species",
-            "common",
-        )
+        .select("treeoflife_id", "image_path", *RANKS, "common")
     )
     mine.write_csv(root / "my_photos.csv")
     own = Inputs(catalog=root / "my_photos.csv", key_column="treeoflife_id", captions=captions)
