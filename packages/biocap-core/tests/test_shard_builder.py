@@ -181,8 +181,9 @@ def test_one_worker_three_workers_and_two_jobs_write_the_same_files(
     assert result.exit_code == 0, result.output
     expected = outputs(built)
     assert outputs(three) == expected
-    again = CliRunner().invoke(app, cli_args(root, three, "--workers", "3"))  # a finished build
-    assert again.exit_code == 0 and outputs(three) == expected, again.output
+    again = CliRunner().invoke(app, cli_args(root, three, "--workers", "3", "--strict"))
+    assert again.exit_code == 1 and "could not be written (--strict)" in again.output  # finished
+    assert outputs(three) == expected
     jobs = tmp_path / "jobs"  # two jobs at once, sharing --out, as a SLURM array does
     runs = [
         subprocess.Popen(
@@ -199,24 +200,44 @@ def test_one_worker_three_workers_and_two_jobs_write_the_same_files(
     assert outputs(jobs) == expected
 
 
-def test_a_killed_build_rerun_writes_what_an_uninterrupted_one_does(
+def _workers(pid: int) -> list[int]:
+    """The build's worker processes (spawned children running multiprocessing's spawn_main)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if parent == pid and b"spawn_main" in (stat.parent / "cmdline").read_bytes():
+                found.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            pass
+    return found
+
+
+def _start_and_wait_for_a_shard(command, env, reports: Path, before: int) -> subprocess.Popen:
+    run = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if reports.is_dir() and len(list(reports.iterdir())) > before and _workers(run.pid):
+            break
+        time.sleep(0.02)
+    return run
+
+
+def test_killed_builds_rerun_to_what_an_uninterrupted_one_writes(
     download, built, tmp_path, child_env
 ):
     root, _ = download
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "biocap_core", *cli_args(root, out, "--workers", "1")]
-    run = subprocess.Popen(
-        command,
-        env=child_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
     reports = out / ".build" / "reports" / "train"
-    deadline = time.monotonic() + 120
-    while not (reports.is_dir() and any(reports.iterdir())) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    os.killpg(run.pid, signal.SIGKILL)  # the build and its worker processes, mid-shard
+    # a worker dies (the OOM killer, say): the build stops with a message instead of waiting forever
+    run = _start_and_wait_for_a_shard(command, child_env, reports, 0)
+    os.kill(_workers(run.pid)[0], signal.SIGKILL)
+    assert run.wait(timeout=60) == 1 and "a worker process died" in run.stdout.read()
+    # the whole build is killed, mid-shard
+    run = _start_and_wait_for_a_shard(command, child_env, reports, len(list(reports.iterdir())))
+    os.killpg(run.pid, signal.SIGKILL)
     run.wait()
     total = sum(len(read_sizes(built / s)) for s in ("train", "val"))
     assert len(list(out.rglob("shard-*.tar"))) < total and not (out / "manifest.json").exists()

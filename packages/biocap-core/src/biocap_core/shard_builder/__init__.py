@@ -9,7 +9,13 @@ seeded assignment of rows to shards, on disk), :mod:`.images` (the image policy)
 :mod:`.check`.
 """
 
-from biocap_core.shard_builder.build import BuildMismatch, BuildOptions, BuildResult, build
+from biocap_core.shard_builder.build import (
+    BuildMismatch,
+    BuildOptions,
+    BuildResult,
+    WorkerDied,
+    build,
+)
 from biocap_core.shard_builder.catalog import Inputs
 from biocap_core.shard_builder.check import CheckReport, check
 from biocap_core.shard_builder.images import BadImage, ImagePolicy
@@ -22,6 +28,7 @@ __all__ = [
     "CheckReport",
     "ImagePolicy",
     "Inputs",
+    "WorkerDied",
     "build",
     "check",
 ]

@@ -18,6 +18,8 @@ import multiprocessing as mp
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +42,10 @@ WAIT_SECONDS = 2.0
 
 class BuildMismatch(BioCAPError, ValueError):
     """``--out`` holds a build made from other inputs or flags; resuming it would mix the two."""
+
+
+class WorkerDied(BioCAPError, RuntimeError):
+    """A worker process ended without finishing its task (a signal, the OOM killer)."""
 
 
 @dataclass(frozen=True)
@@ -82,7 +88,9 @@ def build(inputs: Inputs, out: Path, options: BuildOptions) -> BuildResult:
             stale.unlink()
     unfinished = any(not _reported(out, work, *u) for u in units)
     counter = mp.get_context("spawn").Value("q", 0)
-    with mp.get_context("spawn").Pool(max(1, options.workers), _init_worker, (counter,)) as pool:
+    # spawned, not forked: a worker starts without the main process's copy of the catalog
+    context = mp.get_context("spawn")
+    with ProcessPoolExecutor(max(1, options.workers), context, _init_worker, (counter,)) as pool:
         if unfinished and tars:  # this job's share of the sets, which other jobs' shards need too
             staged = [
                 t
@@ -194,19 +202,26 @@ def _call(task: tuple[Callable, tuple]):
 
 
 def _run(pool, counter, tasks: list, what: str, total: int, show: bool) -> None:
-    """Run the tasks on the pool with one progress bar (images/s, ETA) fed by a shared counter."""
+    """Run the tasks on the pool with one progress bar (images/s, ETA) fed by a shared counter.
+    A worker that dies raises :class:`WorkerDied` here (a ``multiprocessing.Pool`` would wait
+    for its task forever)."""
     if not tasks:
         return
     with counter.get_lock():
         counter.value = 0
-    pending = [pool.apply_async(_call, (task,)) for task in tasks]
+    pending = {pool.submit(_call, task) for task in tasks}
     with tqdm(total=total, desc=what, unit="img", disable=not show, smoothing=0.05) as bar:
         while pending:
-            time.sleep(0.2)
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
             bar.update(counter.value - bar.n)
-            for result in [r for r in pending if r.ready()]:
-                result.get()  # a worker's unexpected exception ends the build here, naming it
-                pending.remove(result)
+            for future in done:
+                try:
+                    future.result()  # a worker's unexpected exception ends the build, naming it
+                except BrokenProcessPool as exc:
+                    raise WorkerDied(
+                        "a worker process died (killed, or out of memory?); what is written is "
+                        "kept: rerun the same command to go on"
+                    ) from exc
         bar.update(counter.value - bar.n)
 
 
