@@ -214,8 +214,14 @@ def _workers(pid: int) -> list[int]:
 
 
 def _start_and_wait_for_a_shard(command, env, reports: Path, before: int) -> subprocess.Popen:
-    run = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           text=True, start_new_session=True)
+    run = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if reports.is_dir() and len(list(reports.iterdir())) > before and _workers(run.pid):
@@ -477,3 +483,29 @@ def test_the_image_policy_squashes_crops_or_keeps_and_drafts_close_to_a_full_dec
         ImagePolicy(max_pixels=100 * 100).apply(_jpeg((300, 300)))
     with pytest.raises(BadImage, match="truncated"):
         ImagePolicy().apply(photo[: len(photo) // 2])
+
+
+def test_toy_as_download_writes_the_download_layout(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(
+        app,
+        [
+            "toy",
+            "--as-download",
+            str(tmp_path / "dl"),
+            "--species",
+            "4",
+            "--images-per-species",
+            "5",
+            "--val-per-species",
+            "1",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "24 catalog rows (+5 train_small), 17 with defects" in result.output
+    header = (tmp_path / "dl" / "metadata" / "catalog.csv").read_text().splitlines()[0]
+    assert header.startswith("split,treeoflife_id,eol_content_id,eol_page_id,bioscan_part")
+    assert len(list((tmp_path / "dl" / "dataset" / "eol").glob("image_set_*.tar.gz"))) == 2
+    assert list((tmp_path / "dl" / "dataset" / "bioscan").glob("part*/*.jpg"))
+    neither = runner.invoke(app, ["toy"])
+    assert neither.exit_code == 1 and "give --out DIR" in neither.output
