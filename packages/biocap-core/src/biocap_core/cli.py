@@ -209,8 +209,9 @@ def shards(
     for name, counts in manifest["splits"].items():
         typer.echo(
             f"{name}: {counts['written']} samples in {counts['shards']} shard(s); "
-            f"{counts['errors']} "
-            f"failed {counts['errors_by_reason'] or ''}; {counts['excluded']} excluded"
+            f"{counts['errors']} failed"
+            + "".join(f", {n} {reason}" for reason, n in counts["errors_by_reason"].items())
+            + f"; {counts['excluded']} excluded"
             + "".join(
                 f"; {n} {s} rows skipped (no --{s} folder)"
                 for s, n in counts.get("source_not_given", {}).items()
