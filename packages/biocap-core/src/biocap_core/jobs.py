@@ -11,8 +11,8 @@ whatever the count.
 from __future__ import annotations
 
 import os
-from typing import TypeVar
 from collections.abc import Mapping, Sequence
+from typing import TypeVar
 
 from biocap_core.errors import BioCAPError
 
