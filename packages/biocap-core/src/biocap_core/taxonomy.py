@@ -36,6 +36,17 @@ from biocap_core.errors import EmptyTaxonError, SchemaError, TaxonParseError
 RANKS: tuple[str, ...] = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
 """The seven Linnaean ranks, as named in tags and in our tables."""
 
+#: Text types stored as ``<type>.txt`` members of TreeOfLife-10M shards (the keys of
+#: :func:`tol_texts`).
+TOL_TEXT_TYPES: tuple[str, ...] = (
+    "sci",
+    "com",
+    "taxon",
+    "taxonTag",
+    "sci_com",
+    "taxon_com",
+    "taxonTag_com",
+)
 #: The taxonomic text types BioCAP samples from during training (taxonTag is unused).
 TRAIN_TAXONOMIC_TYPES: tuple[str, ...] = ("sci", "com", "taxon", "sci_com", "taxon_com")
 #: Label text types of the zero-shot benchmarks, with the classification-table columns each needs
