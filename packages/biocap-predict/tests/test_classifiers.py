@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
+import torch
+
 from biocap_predict import (
     CustomLabelsBinningClassifier,
     CustomLabelsClassifier,
@@ -144,3 +146,30 @@ def test_callback_reports_each_batch_and_replaces_the_progress_bar(
     assert "3/3" not in capsys.readouterr().err
     classifier.predict(images, batch_size=2)
     assert "3/3" in capsys.readouterr().err  # the tqdm bar, by default
+
+
+def test_classifiers_are_modules_whose_forward_has_gradients(tree, photo, n_species):
+    """pybioclip's Grad-CAM notebook: probabilities from preprocessed pixels, differentiable."""
+    assert isinstance(tree, torch.nn.Module) and tree.model is tree.predictor.model
+    pixels = tree.preprocess(tree.ensure_rgb_image(str(photo["path"])))[None].requires_grad_()
+    probs = tree(pixels)
+    assert probs.shape == (1, n_species) and float(probs.sum()) == pytest.approx(1.0, abs=1e-5)
+    best = int(probs.argmax())
+    assert tree.get_label_data().species[best] == photo["scientific"]
+    probs[0, best].backward()
+    assert pixels.grad is not None and pixels.grad.abs().sum() > 0
+
+
+def test_a_recorder_receives_every_prediction(tree, photo):
+    class Recorder:  # pybioclip's PredictionRecorder's interface
+        def __init__(self):
+            self.calls = []
+
+        def add_prediction(self, images, **settings):
+            self.calls.append((images, settings))
+
+    recorder = Recorder()
+    tree.set_recorder(recorder)
+    tree.predict(str(photo["path"]), Rank.GENUS, k=2, batch_size=4)
+    assert recorder.calls == [([str(photo["path"])], {"rank": "genus", "min_prob": 1e-9, "k": 2,
+                                                       "batch_size": 4})]

@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from biocap_core.preprocess import decode_image, image_transform
-from biocap_core.taxonomy import OPENAI_TEMPLATES, RANKS
 from torch import nn
 from tqdm import tqdm
 
+from biocap_core.preprocess import decode_image, image_transform
+from biocap_core.taxonomy import OPENAI_TEMPLATES, RANKS
 from biocap_predict.errors import PredictInputError
 from biocap_predict.index import TaxaIndex
 from biocap_predict.predictor import Predictor
