@@ -153,7 +153,7 @@ def test_classifiers_are_modules_whose_forward_has_gradients(tree, photo, n_spec
     assert isinstance(tree, torch.nn.Module) and tree.model is tree.predictor.model
     pixels = tree.preprocess(tree.ensure_rgb_image(str(photo["path"])))[None].requires_grad_()
     probs = tree(pixels)
-    assert probs.shape == (1, n_species) and float(probs.sum()) == pytest.approx(1.0, abs=1e-5)
+    assert probs.shape == (1, n_species) and float(probs.detach().sum()) == pytest.approx(1.0, abs=1e-5)
     best = int(probs.argmax())
     assert tree.get_label_data().species[best] == photo["scientific"]
     probs[0, best].backward()
