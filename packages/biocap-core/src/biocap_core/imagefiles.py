@@ -45,14 +45,17 @@ class ImageFiles(Dataset):
     ``sources`` may be any sequence, read in the workers (e.g. rows of a Hugging Face dataset). With
     ``gpu_decode`` the tensor of an item is what :class:`~biocap_core.gpu_decode.DevicePreprocess`
     takes: a JPEG's bytes (1-D), an image's full-size pixels (uint8), or a preprocessed tensor (float).
+    ``draft`` False decodes every JPEG at full size (slower for large photos; the crop's pixels then
+    equal those of OpenCLIP's transform on the fully decoded image, as pybioclip computes them).
     """
 
-    def __init__(self, sources: Sequence[ImageSource], model_or_size, gpu_decode: bool = False):
+    def __init__(self, sources: Sequence[ImageSource], model_or_size, gpu_decode: bool = False,
+                 draft: bool = True):
         self.sources = sources
         self.to_uint8, self.to_float = split_eval_transform(model_or_size)
         size = model_or_size if isinstance(model_or_size, (int, tuple)) else model_or_size.image_size
         self.size = (size, size) if isinstance(size, int) else tuple(size)  # (H, W) of the crops
-        self.draft_size = short_side(size)
+        self.draft_size = short_side(size) if draft else None
         self.device_prep = DevicePreprocess(model_or_size, train=False) if gpu_decode else None
 
     def __len__(self) -> int:

@@ -67,13 +67,14 @@ TAXON_LABEL_TYPES: tuple[str, ...] = tuple(t for t in LABEL_TYPES if t != "asis"
 
 def __getattr__(name: str):
     """``TEMPLATES``, the 81 zero-shot templates ("a photo of {}." then OpenAI's 80 ImageNet ones),
+    and ``OPENAI_TEMPLATES``, those 80 alone (the ones pybioclip averages over for custom labels),
     built on first use so that importing text helpers does not import open_clip and torch."""
-    if name == "TEMPLATES":
+    if name in ("TEMPLATES", "OPENAI_TEMPLATES"):
         from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
-        templates = ("a photo of {}.",) + tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES)
-        globals()["TEMPLATES"] = templates
-        return templates
+        openai = tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES)
+        globals().update(OPENAI_TEMPLATES=openai, TEMPLATES=("a photo of {}.",) + openai)
+        return globals()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
