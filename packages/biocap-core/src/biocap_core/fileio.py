@@ -11,6 +11,14 @@ from typing import Callable
 from biocap_core.errors import UnwritableFolder
 
 
+def cache_dir() -> Path:
+    """The toolkit's cache folder: ``$BIOCAP_CACHE``, else ``$XDG_CACHE_HOME/biocap``, else
+    ``~/.cache/biocap`` (the demo's toy data, taxa indexes imported from published embeddings)."""
+    if os.environ.get("BIOCAP_CACHE"):
+        return Path(os.environ["BIOCAP_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "biocap"
+
+
 def writable_folder(path: str | os.PathLike) -> Path:
     """Create ``path`` (and its parents) and prove a file can be written in it.
 

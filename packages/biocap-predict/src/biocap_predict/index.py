@@ -250,15 +250,13 @@ class TaxaIndex:
         return index
 
     @classmethod
-    def from_tol(cls, model, directory: str | os.PathLike, out: str | os.PathLike, *,
+    def from_tol(cls, model, source: str | os.PathLike, out: str | os.PathLike, *,
                  model_name: str = "", pretrained: str | None = None) -> "TaxaIndex":
-        """Import a published BioCLIP-style ``txt_emb_species.npy`` (dim, taxa) + ``txt_emb_species.json``
-        ([[kingdom, ..., genus, epithet], common name] per column) as an index for ``model``."""
-        directory = Path(directory)
-        npy, names_path = directory / "txt_emb_species.npy", directory / "txt_emb_species.json"
-        for p in (npy, names_path):
-            if not p.is_file():
-                raise TaxaIndexError(f"{p}: missing (--from-tol needs txt_emb_species.npy and .json)")
+        """Import published BioCLIP-style tree-of-life text embeddings as an index for ``model``: a
+        ``(dim, taxa)`` matrix ``txt_emb_*.npy`` and its names ``txt_emb_*.json`` (``[[kingdom, ...,
+        genus, epithet], common name]`` per column). ``source`` is the ``.npy`` file (its ``.json``
+        beside it) or a folder holding one such pair (``txt_emb_species`` first)."""
+        npy, names_path = tol_pair(Path(source))
         matrix = torch.from_numpy(np.load(npy)).float()
         names = json.loads(names_path.read_text())
         if matrix.ndim != 2 or matrix.shape[1] != len(names):
@@ -271,7 +269,8 @@ class TaxaIndex:
                             schema={c: pl.String for c in TAXA_COLUMNS}, orient="row")
         meta = {"format": FORMAT, "model_fingerprint": weights_fingerprint(model), "label_type": "tol",
                 "templates": None, "model": model_name, "pretrained": pretrained, "n_taxa": taxa.height,
-                "embed_dim": matrix.shape[0], "captions": 0, "inputs": {"tol": str(directory.resolve())},
+                "embed_dim": matrix.shape[0], "captions": 0,
+                "inputs": {"tol": str(npy.absolute()), "tol_names": str(names_path.absolute())},
                 "source": "tol", "created_at": now(), "versions": versions()}
         index = cls(taxa, F.normalize(matrix.T.contiguous(), dim=-1), meta, path=Path(out))
         index.save(out)
@@ -293,6 +292,24 @@ class TaxaIndex:
 def _save_matrix(matrix: torch.Tensor, path: Path) -> None:
     tensor = matrix.detach().float().cpu().contiguous()
     atomic_write(path, lambda tmp: save_file({"embeddings": tensor}, str(tmp)))
+
+
+def tol_pair(source: Path) -> tuple[Path, Path]:
+    """The ``.npy`` matrix and ``.json`` names of a published tree-of-life embedding pair."""
+    if source.is_dir():
+        default = source / "txt_emb_species.npy"
+        found = [default] if default.is_file() else sorted(source.glob("txt_emb_*.npy"))
+        if len(found) != 1:
+            listed = [p.name for p in found] or "none"
+            raise TaxaIndexError(f"{source}: expected one txt_emb_*.npy + .json pair of published "
+                                 f"tree-of-life embeddings, found {listed}")
+        source = found[0]
+    pair = (source, source.with_suffix(".json"))
+    for p in pair:
+        if not p.is_file():
+            raise TaxaIndexError(f"{p}: missing (--from-tol needs a txt_emb_*.npy file and its "
+                                 ".json names)")
+    return pair
 
 
 def _finished(out: Path, key: dict) -> bool:

@@ -17,6 +17,7 @@ import polars as pl
 from biocap_core.taxonomy import RANKS, read_templates
 from biocap_predict.errors import ImageError, PredictInputError
 from biocap_predict.filters import parse_within, read_subset
+from biocap_predict.hub import published_for
 from biocap_predict.images import expand_paths
 from biocap_predict.index import TaxaIndex
 from biocap_predict.outputs import EmbeddingWriter, RowWriter, read_embeddings
@@ -138,18 +139,30 @@ class PredictRequest:
 
 def predict(options: ModelOptions, inputs: Inputs, request: PredictRequest, *, log: str | None = None,
             echo: Echo = print) -> RunSummary:
-    """``biocap-predict predict``: stream rows for every input image (or stored embedding)."""
-    if sum(x is not None for x in (request.index, request.labels, request.bins)) != 1:
-        raise PredictInputError("give exactly one of --index, --labels or --bins")
+    """``biocap-predict predict``: stream rows for every input image (or stored embedding).
+
+    Without ``--index``, ``--labels`` or ``--bins``, the released models whose tree-of-life text
+    embeddings are published predict over those (:mod:`biocap_predict.hub`: downloaded and imported
+    once, then reused); any other model needs an index, and the error says how to build one.
+    """
+    if sum(x is not None for x in (request.index, request.labels, request.bins)) > 1:
+        raise PredictInputError("give one of --index, --labels or --bins, not several")
+    published = None
+    if request.index is None and request.labels is None and request.bins is None:
+        published = published_for(options.model)  # a model without published embeddings: say so
     files = inputs.files()
     labels = read_label_list(request.labels) if request.labels is not None else None
     bins = read_bins(request.bins) if request.bins is not None else None
     within = {**parse_within(list(request.within)), **(read_subset(request.subset) if request.subset else {})}
     index = TaxaIndex.load(request.index) if request.index else None
+    tol_files = published.fetch(echo) if published else None  # before the model loads
     record = RunLog(log, model=options.model, pretrained=options.pretrained, request=request.__dict__,
                     inputs=inputs.embeddings or files)
     predictor = options.load(index)
-    record.update(model_fingerprint=predictor.fingerprint)
+    if tol_files is not None:
+        index = tol_files.index(predictor.model, fingerprint=predictor.fingerprint, echo=echo)
+        predictor.use_index(index)
+    record.update(model_fingerprint=predictor.fingerprint, index=str(index.path) if index else None)
     summary = RunSummary()
 
     def skip(error: ImageError) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import socket
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -181,14 +182,23 @@ def _listen(host: str, port: int) -> socket.socket:
 def serve(index, model: str, pretrained: str | None = None, host: str = "127.0.0.1", port: int = 0,
           device: str = "auto", precision: str | None = None,
           max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> None:
-    """Load the model and index, then serve the demo page until interrupted.
+    """Load the model and index (``None``: the model's published tree of life, see
+    :mod:`biocap_predict.hub`), then serve the demo page until interrupted.
 
     The line ``BioCAP demo page: http://HOST:PORT/`` goes to stdout once the socket is listening, so a
     script (or a test) that started ``serve --port 0`` can read where to connect.
     """
     from biocap_predict import Predictor
+    from biocap_predict.hub import published_for
 
+    def say(message: str) -> None:  # stdout carries only the URL line
+        print(message, file=sys.stderr, flush=True)
+
+    tol_files = published_for(model).fetch(say) if index is None else None  # before the model loads
     predictor = Predictor.from_pretrained(model, pretrained, index, device=device, precision=precision)
+    if tol_files is not None:
+        index = tol_files.index(predictor.model, fingerprint=predictor.fingerprint, echo=say)
+        predictor.use_index(index)
     app = create_app(predictor, model_name=model, max_upload_mb=max_upload_mb)
     sock = _listen(host, port)
     bound_host, bound_port = sock.getsockname()[:2]

@@ -14,6 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
+from biocap_core.fileio import cache_dir
 from biocap_core.toy import ToyConfig, generate
 
 from biocap_train.config import TrainConfig
@@ -37,13 +38,6 @@ DEMO = {
     "zeroshot_templates": 1,
     "keep_checkpoints": 1,
 }
-
-
-def cache_dir() -> Path:
-    if os.environ.get("BIOCAP_CACHE"):
-        return Path(os.environ["BIOCAP_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "biocap"
 
 
 def ensure_toy(root: Path | None = None) -> Path:
