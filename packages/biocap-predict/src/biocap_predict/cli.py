@@ -166,6 +166,11 @@ def serve(
                              "the page has no login)."),
     port: int = typer.Option(8000, "--port", min=0, help="Port; 0 picks a free one. The URL is printed."),
     max_upload_mb: float = typer.Option(10.0, "--max-upload-mb", min=0.01, help="Largest upload accepted."),
+    max_upload_pixels: int = typer.Option(
+        40_000_000, "--max-upload-pixels", min=1,
+        help="Most pixels a photo may have (read from its header; more gets 413 before decoding)."),
+    max_decodes: int = typer.Option(2, "--max-decodes", min=1,
+                                    help="Uploads decoded at the same time (bounds memory)."),
     device: str = DEVICE, precision: Optional[str] = PRECISION,
 ) -> None:
     """Serve the demo page and its JSON API (needs the [web] extra: pip install 'biocap-predict[web]')."""
@@ -175,4 +180,5 @@ def serve(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     _run(lambda: run_serve(index, model, pretrained, host=host, port=port, device=device, precision=precision,
-                           max_upload_mb=max_upload_mb))
+                           max_upload_mb=max_upload_mb, max_upload_pixels=max_upload_pixels,
+                           max_decodes=max_decodes))
