@@ -33,6 +33,8 @@ pytestmark = pytest.mark.slow
 BIOCAP = PUBLISHED["hf-hub:imageomics/biocap"]
 COMMIT = {"model": "1" * 40, "dataset": "2" * 40}
 CLI = Path(sys.executable).with_name("biocap-predict")
+PREDICT = ["--device", "cpu", "--workers", "0", "--quiet", "--rank", "all", "--k", "3",
+           "--format", "jsonl"]
 
 
 @pytest.fixture(scope="module")
@@ -78,29 +80,8 @@ def lay_out_cache(hf_home: Path, files: dict[tuple[str, str], dict[str, bytes]])
 
 def cli(photo: Path, env: dict, *args) -> subprocess.CompletedProcess:
     """``biocap-predict predict PHOTO`` as a user runs it (the released BioCAP is the default)."""
-    return subprocess.run(
-        [
-            str(CLI),
-            "predict",
-            str(photo),
-            "--device",
-            "cpu",
-            "--workers",
-            "0",
-            "--quiet",
-            "--rank",
-            "all",
-            "--k",
-            "3",
-            "--format",
-            "jsonl",
-            *args,
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return subprocess.run([str(CLI), "predict", str(photo), *PREDICT, *args], env=env,
+                          capture_output=True, text=True, timeout=300)
 
 
 def hub_env(child_env, tmp_path: Path, **extra) -> dict:
@@ -162,28 +143,10 @@ def test_a_photo_alone_predicts_over_the_published_tree_offline_and_reuses_the_i
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     monkeypatch.setenv("BIOCAP_CACHE", str(tmp_path / "biocap"))
-    again = CliRunner().invoke(
-        app,
-        [
-            "predict",
-            str(photo["path"]),
-            "--device",
-            "cpu",
-            "--workers",
-            "0",
-            "--quiet",
-            "--rank",
-            "all",
-            "--k",
-            "3",
-            "--format",
-            "jsonl",
-            "--output",
-            str(tmp_path / "again.jsonl"),
-        ],
-    )
+    out = tmp_path / "again.jsonl"
+    again = CliRunner().invoke(app, ["predict", str(photo["path"]), *PREDICT, "--output", str(out)])
     assert again.exit_code == 0, again.output
-    assert_same_predictions(read_rows(tmp_path / "again.jsonl", "jsonl"), expected)
+    assert_same_predictions(read_rows(out, "jsonl"), expected)
     assert "importing" not in again.output
     assert (
         f"the published tree of life of hf-hub:imageomics/biocap, {len(toy_predictor.index)} taxa"
