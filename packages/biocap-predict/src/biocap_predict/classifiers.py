@@ -15,27 +15,25 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from biocap_core.taxonomy import RANKS
+from biocap_core.taxonomy import RANKS, SPECIES
 from biocap_predict.errors import PredictInputError
 from biocap_predict.filters import matching
 from biocap_predict.index import TaxaIndex
-from biocap_predict.predictor import Predictor
+from biocap_predict.predictor import Predictor, bins_of
 
 BIOCAP_MODEL_STR = "hf-hub:imageomics/biocap"
 INDEX_ENV = "BIOCAP_PREDICT_INDEX"
 
 
-class Rank(Enum):
-    KINGDOM = 0
-    PHYLUM = 1
-    CLASS = 2
-    ORDER = 3
-    FAMILY = 4
-    GENUS = 5
-    SPECIES = 6
-
+class _RankLabel:
     def get_label(self) -> str:
+        """The rank's name in rows and in core's ``RANKS``."""
         return self.name.lower()
+
+
+#: pybioclip's ranks, ``Rank.KINGDOM`` (0) to ``Rank.SPECIES`` (6): core's list of ranks by level.
+Rank = Enum("Rank", [(name.upper(), level) for level, name in enumerate(RANKS)], type=_RankLabel,
+            module=__name__)
 
 
 def _as_list(images: Any) -> list:
@@ -71,7 +69,7 @@ class TreeOfLifeClassifier(BaseClassifier):
         """pybioclip's rows: names down to ``rank`` then ``score`` (species rows add the epithet, binomial
         and common name). ``min_prob`` is accepted for compatibility; probabilities here are exact sums."""
         level = Rank[rank.upper()] if isinstance(rank, str) else rank
-        keys = ["file_name", *RANKS[:min(level.value + 1, 6)]]
+        keys = ["file_name", *RANKS[:min(level.value + 1, SPECIES)]]
         if level is Rank.SPECIES:
             keys += ["species_epithet", "species", "common_name"]
         rows = self._batched(batch_size).predict(_as_list(images), rank=level.get_label(), k=k)
@@ -82,7 +80,7 @@ class TreeOfLifeClassifier(BaseClassifier):
         import polars as pl
 
         taxa = self.predictor.index.taxa
-        return taxa.select(*RANKS[:6], pl.col("species").alias("species_epithet"),
+        return taxa.select(*RANKS[:SPECIES], pl.col("species").alias("species_epithet"),
                            self.predictor.index.binomials().alias("species"), "common_name")
 
     def create_taxa_filter(self, rank: Rank, user_values: Sequence[str]) -> list[bool]:
@@ -117,9 +115,7 @@ class CustomLabelsBinningClassifier(CustomLabelsClassifier):
         if any(not isinstance(b, str) or not b.strip() for b in cls_to_bin.values()):
             raise ValueError("Empty, null, or nan are not allowed for bin values.")
         super().__init__(cls_ary=cls_to_bin.keys(), **kwargs)
-        self.bins: dict[str, list[str]] = {}
-        for label, bin_name in cls_to_bin.items():
-            self.bins.setdefault(bin_name, []).append(label.strip())
+        self.bins = bins_of(cls_to_bin.items())
 
     def predict(self, images: Any, k: int | None = None, batch_size: int = 10) -> list[dict]:
         return self._classify(images, k or len(self.bins), batch_size, bins=self.bins)

@@ -35,13 +35,12 @@ from biocap_core.embedding_cache import model_fingerprint
 from biocap_core.errors import SchemaError
 from biocap_core.fileio import atomic_write
 from biocap_core.runtime import default_precision, resolve_device
-from biocap_core.taxonomy import RANKS, TAXON_LABEL_TYPES, TEMPLATES, Taxon, label_text
+from biocap_core.taxonomy import RANKS, SPECIES, TAXON_LABEL_TYPES, TEMPLATES, Taxon, label_text
 from biocap_core.zeroshot import classifier_weights
 from biocap_predict.errors import TaxaIndexError
 from biocap_predict.provenance import now, versions
 
 FORMAT = 1
-TAXA_COLUMNS = (*RANKS, "common_name")
 _CHUNK_TAXA = 512
 
 
@@ -59,7 +58,8 @@ def read_taxa(source: str | os.PathLike | pl.DataFrame) -> pl.DataFrame:
              else schemas.TAXA.read(source))
     if "common_name" not in table.columns:
         table = table.with_columns(pl.lit("").alias("common_name"))
-    table = table.select(TAXA_COLUMNS).with_columns(pl.col(c).str.strip_chars() for c in TAXA_COLUMNS)
+    columns = schemas.TAXA.column_names  # the 7 ranks and common_name
+    table = table.select(columns).with_columns(pl.col(c).str.strip_chars() for c in columns)
     taxa = (table.with_columns(pl.when(pl.col("common_name") == "").then(None).otherwise(pl.col("common_name"))
                                .alias("common_name"))
             .group_by(list(RANKS), maintain_order=True)
@@ -114,7 +114,7 @@ class RankGroups:
     are two groups), as pybioclip groups them.
     """
 
-    ids: tuple[torch.Tensor, ...]  # per rank level 0..5: (taxa,) int64
+    ids: tuple[torch.Tensor, ...]  # per rank level kingdom..genus: (taxa,) int64
     first: tuple[np.ndarray, ...]  # per rank level: (groups,) row of the group's first taxon
     parent: tuple[torch.Tensor | None, ...]  # per rank level: (groups,) group id one rank up; None for kingdom
 
@@ -122,7 +122,7 @@ class RankGroups:
     def of(cls, taxa: pl.DataFrame) -> "RankGroups":
         ids, first, parent = [], [], []
         rows = np.arange(taxa.height)
-        for level in range(6):
+        for level in range(SPECIES):
             key = taxa.select(pl.concat_str(list(RANKS[:level + 1]), separator="\x1f")).to_series()
             gid = (key.rank("dense") - 1).cast(pl.Int64).to_numpy()
             head = np.zeros(int(gid.max()) + 1, dtype=np.int64)
@@ -168,7 +168,7 @@ class TaxaIndex:
 
     def rank_values(self, level: int) -> list[str]:
         """Distinct names at a rank (level 0..6); the species rank is named by its binomial."""
-        if level == 6:
+        if level == SPECIES:
             return self.binomials().unique(maintain_order=True).to_list()
         return self.taxa[RANKS[level]].unique(maintain_order=True).to_list()
 
@@ -194,7 +194,7 @@ class TaxaIndex:
         meta = json.loads(meta_path.read_text())
         if meta.get("format") != FORMAT:
             raise TaxaIndexError(f"{path}: index format {meta.get('format')!r}; this version reads {FORMAT}")
-        taxa = schemas.TAXA.read(path / "taxa.parquet").select(TAXA_COLUMNS)
+        taxa = schemas.TAXA.read(path / "taxa.parquet").select(schemas.TAXA.column_names)
         embeddings = load_file(str(path / "text.safetensors"))["embeddings"]
         captions = caption_embeddings = None
         if meta.get("captions"):
@@ -265,8 +265,9 @@ class TaxaIndex:
         bad = [i for i, n in enumerate(names) if not (isinstance(n, list) and len(n) == 2 and len(n[0]) == 7)]
         if bad:
             raise TaxaIndexError(f"{names_path}: entries {bad[:5]} are not [[7 rank names], common name]")
-        taxa = pl.DataFrame([dict(zip(TAXA_COLUMNS, [*(r or "" for r in n[0]), n[1] or ""])) for n in names],
-                            schema={c: pl.String for c in TAXA_COLUMNS}, orient="row")
+        columns = schemas.TAXA.column_names
+        taxa = pl.DataFrame([dict(zip(columns, [*(r or "" for r in n[0]), n[1] or ""]))
+                             for n in names], schema={c: pl.String for c in columns}, orient="row")
         meta = {"format": FORMAT, "model_fingerprint": weights_fingerprint(model), "label_type": "tol",
                 "templates": None, "model": model_name, "pretrained": pretrained, "n_taxa": taxa.height,
                 "embed_dim": matrix.shape[0], "captions": 0,

@@ -21,7 +21,7 @@ from biocap_predict.hub import published_for
 from biocap_predict.images import expand_paths
 from biocap_predict.index import TaxaIndex
 from biocap_predict.outputs import EmbeddingWriter, RowWriter, read_embeddings
-from biocap_predict.predictor import Predictor
+from biocap_predict.predictor import Predictor, bins_of
 from biocap_predict.provenance import RunLog
 from biocap_predict.rows import LABEL_COLUMNS, TAXON_COLUMNS
 
@@ -91,12 +91,11 @@ def read_bins(path: str | os.PathLike) -> dict[str, list[str]]:
         raise PredictInputError(f"{path}: cannot read the bins CSV: {exc}") from exc
     if table.width < 2 or table.height == 0:
         raise PredictInputError(f"{path}: the bins CSV needs rows of two columns: label, bin")
-    bins: dict[str, list[str]] = {}
-    for i, (label, bin_name) in enumerate(table.select(table.columns[:2]).iter_rows()):
+    rows = list(table.select(table.columns[:2]).iter_rows())
+    for i, (label, bin_name) in enumerate(rows):
         if not (label or "").strip() or not (bin_name or "").strip():
             raise PredictInputError(f"{path}: row {i + 1} has an empty label or bin")
-        bins.setdefault(bin_name.strip(), []).append(label.strip())
-    return bins
+    return bins_of(rows)
 
 
 def build_index(options: ModelOptions, out: str, *, taxa: str | None = None, from_tol: str | None = None,

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
+from biocap_core.taxonomy import GENUS, SPECIES
 from biocap_predict.index import RankGroups
 
 CHUNK = 65536
-SPECIES = 6
 
 
 @dataclass
@@ -48,8 +48,8 @@ def rank_topk(image: torch.Tensor, text: torch.Tensor, scale: float, groups: Ran
     higher = [lv for lv in levels if lv < SPECIES]
     run_max = torch.full((batch,), float("-inf"), device=image.device)
     run_sum = torch.zeros(batch, device=image.device)
-    genus = torch.zeros(batch, groups.size(5), device=image.device) if higher else None
-    genus_ids = groups.ids[5].to(image.device) if higher else None
+    genus = torch.zeros(batch, groups.size(GENUS), device=image.device) if higher else None
+    genus_ids = groups.ids[GENUS].to(image.device) if higher else None
     species: TopK | None = None
     image = image * scale  # scaled on the (batch, dim) side: one small multiply, not one per logit
     for start in range(0, n, chunk):
@@ -69,8 +69,8 @@ def rank_topk(image: torch.Tensor, text: torch.Tensor, scale: float, groups: Ran
         out[SPECIES] = TopK(torch.exp(species.scores - run_max[:, None]) / run_sum[:, None], species.ids)
     if higher:
         mass = genus / run_sum[:, None]
-        for level in range(5, min(higher) - 1, -1):
-            if level < 5:
+        for level in range(GENUS, min(higher) - 1, -1):
+            if level < GENUS:
                 parent = groups.parent[level + 1].to(image.device)
                 mass = torch.zeros(batch, groups.size(level), device=image.device).index_add_(1, parent, mass)
             if level in higher:
