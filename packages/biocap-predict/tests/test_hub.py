@@ -216,10 +216,15 @@ def test_the_first_online_run_says_what_it_downloads_and_how_big(
     expected = toy_predictor.predict([photo["path"]], rank="all", k=3)
     assert_same_predictions(rows_of(first, tmp_path), expected)
     sizes = {name: len(data) for name, data in hub_files[BIOCAP.repo_type, BIOCAP.repo_id].items()}
-    (line,) = [line for line in first.stderr.splitlines() if line.startswith("downloading")]
+    # the embeddings first (before the model loads, which fails sooner when they are missing)
+    line, weights = [line for line in first.stderr.splitlines() if line.startswith("downloading")]
     assert f"dataset {BIOCAP.repo_id}" in line and str(tmp_path / "hf" / "hub") in line
     for name, size in sizes.items():  # each file with the size the Hub's headers gave
         assert f"{name} ({tqdm.format_sizeof(size, 'B', 1000)})" in line, line
+    model_file = hub_files["model", "imageomics/biocap"]["open_clip_model.safetensors"]
+    assert weights.startswith("downloading the weights of hf-hub:imageomics/biocap")
+    size = tqdm.format_sizeof(len(model_file), "B", 1000)
+    assert f"open_clip_model.safetensors ({size})" in weights
     assert {name: hub.downloads.get(name) for name in sizes} == {name: 1 for name in sizes}
     assert (
         tmp_path / "hf" / "hub" / "datasets--imageomics--TreeOfLife-10M" / "refs" / "main"

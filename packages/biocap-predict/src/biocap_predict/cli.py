@@ -76,7 +76,8 @@ def index(
     options = _options(model, pretrained, device, precision, batch_size, 0, quiet)
     built = _run(lambda: build_index(options, str(out), taxa=taxa and str(taxa), from_tol=from_tol and str(from_tol),
                                      label_type=label_type, templates=templates and str(templates),
-                                     captions=captions and str(captions), log=log and str(log)))
+                                     captions=captions and str(captions), log=log and str(log),
+                                     echo=lambda m: typer.echo(m, err=True)))
     typer.echo(f"{built!r}", err=True)
 
 

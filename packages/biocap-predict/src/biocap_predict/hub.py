@@ -70,20 +70,17 @@ class PublishedTol:
     def _announce(self, echo: Echo) -> None:
         """Say what is about to be downloaded and how big it is (the Hub's metadata), before it
         starts; nothing when the cache holds the Hub's latest revision."""
-        from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
-        from huggingface_hub import try_to_load_from_cache as cached
+        from huggingface_hub import constants
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
         coming = []
         for name in self.files:
             try:
-                url = hf_hub_url(self.repo_id, name, repo_type=self.repo_type)
-                meta = get_hf_file_metadata(url)
+                missing, size = _pending(self.repo_id, name, self.repo_type)
             except (HfHubHTTPError, LocalEntryNotFoundError, OSError):
                 return  # the download itself falls back on the cache or says what went wrong
-            if not isinstance(cached(self.repo_id, name, revision=meta.commit_hash,
-                                     repo_type=self.repo_type), str):
-                coming.append((name, meta.size))
+            if missing:
+                coming.append((name, size))
         if coming:
             total = _size(sum(size or 0 for _, size in coming))
             sizes = ", ".join(f"{name} ({_size(size)})" for name, size in coming)
@@ -148,6 +145,41 @@ def published_index(model_name: str, model, *, echo: Echo = print) -> TaxaIndex:
     """The published tree of life of ``model_name`` (e.g. ``hf-hub:imageomics/biocap``) as a taxa
     index for its loaded ``model``: fetched and imported on first use, reused afterwards."""
     return published_for(model_name).fetch(echo).index(model, model_name=model_name, echo=echo)
+
+
+def announce_weights(model: str, echo: Echo = print) -> None:
+    """Before an ``hf-hub:`` model first loads, say which weights file is downloaded and how big
+    (OpenCLIP takes the repo's safetensors file when it has one, else the ``.bin``); nothing when
+    the cache holds them, offline, or for a model that is not on the Hub."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+    from open_clip.pretrained import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    if not model.startswith("hf-hub:") or constants.HF_HUB_OFFLINE:
+        return
+    for name in (HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME):
+        try:
+            missing, size = _pending(model.removeprefix("hf-hub:"), name)
+        except LocalEntryNotFoundError:  # no answer from the Hub: the load says what went wrong
+            return
+        except EntryNotFoundError:  # the repo has no such file: OpenCLIP tries the next
+            continue
+        except (HfHubHTTPError, OSError):
+            return
+        if missing:
+            echo(f"downloading the weights of {model} (once) from the Hugging Face Hub: {name} "
+                 f"({_size(size)}); kept in {constants.HF_HUB_CACHE}")
+        return
+
+
+def _pending(repo_id: str, name: str, repo_type: str | None = None) -> tuple[bool, int | None]:
+    """Whether a download of ``name`` would fetch it (the cache lacks the Hub's latest revision),
+    and its size: one request to the Hub, whose errors are raised as huggingface_hub raises them."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+
+    meta = get_hf_file_metadata(hf_hub_url(repo_id, name, repo_type=repo_type))
+    cached = try_to_load_from_cache(repo_id, name, revision=meta.commit_hash, repo_type=repo_type)
+    return not isinstance(cached, str), meta.size
 
 
 def _imported(out: Path, fingerprint: str, matrix: Path) -> bool:

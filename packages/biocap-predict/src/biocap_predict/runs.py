@@ -17,7 +17,7 @@ import polars as pl
 from biocap_core.taxonomy import RANKS, read_templates
 from biocap_predict.errors import ImageError, PredictInputError
 from biocap_predict.filters import parse_within, read_subset
-from biocap_predict.hub import published_for
+from biocap_predict.hub import announce_weights, published_for
 from biocap_predict.images import expand_paths
 from biocap_predict.index import TaxaIndex
 from biocap_predict.outputs import EmbeddingWriter, RowWriter, read_embeddings
@@ -41,7 +41,10 @@ class ModelOptions:
     progress: bool = True
     gpu_decode: bool = False
 
-    def load(self, index: TaxaIndex | None = None) -> Predictor:
+    def load(self, index: TaxaIndex | None = None, *, echo: Echo | None = None) -> Predictor:
+        """The predictor; through ``echo``, what is downloaded first (:func:`announce_weights`)."""
+        if echo is not None:
+            announce_weights(self.model, echo)
         return Predictor.from_pretrained(self.model, self.pretrained, index, device=self.device,
                                          precision=self.precision, batch_size=self.batch_size, workers=self.workers,
                                          progress=self.progress, gpu_decode=self.gpu_decode)
@@ -100,13 +103,13 @@ def read_bins(path: str | os.PathLike) -> dict[str, list[str]]:
 
 def build_index(options: ModelOptions, out: str, *, taxa: str | None = None, from_tol: str | None = None,
                 label_type: str = "taxon_com", templates: str | None = None, captions: str | None = None,
-                log: str | None = None) -> TaxaIndex:
+                log: str | None = None, echo: Echo = print) -> TaxaIndex:
     """``biocap-predict index``: build (or resume, or reuse) an index, or import a published one."""
     if (taxa is None) == (from_tol is None):
         raise PredictInputError("give exactly one of --taxa or --from-tol")
     record = RunLog(log, model=options.model, pretrained=options.pretrained, out=out,
                     inputs={"taxa": taxa, "from_tol": from_tol, "captions": captions, "templates": templates})
-    predictor = options.load()
+    predictor = options.load(echo=echo)
     kwargs = {"model_name": options.model, "pretrained": options.pretrained}
     if from_tol:
         index = TaxaIndex.from_tol(predictor.model, from_tol, out, **kwargs)
@@ -157,7 +160,7 @@ def predict(options: ModelOptions, inputs: Inputs, request: PredictRequest, *, l
     tol_files = published.fetch(echo) if published else None  # before the model loads
     record = RunLog(log, model=options.model, pretrained=options.pretrained, request=request.__dict__,
                     inputs=inputs.embeddings or files)
-    predictor = options.load(index)
+    predictor = options.load(index, echo=echo)
     if tol_files is not None:
         index = tol_files.index(predictor.model, fingerprint=predictor.fingerprint, echo=echo)
         predictor.use_index(index)
@@ -202,7 +205,7 @@ def embed(options: ModelOptions, inputs: Inputs, out: str, *, head: str = "tax",
     """``biocap-predict embed``: image embeddings that ``predict --embeddings`` reads back."""
     files = inputs.files()
     record = RunLog(log, model=options.model, pretrained=options.pretrained, inputs=files, head=head)
-    predictor = options.load()
+    predictor = options.load(echo=echo)
     writer = EmbeddingWriter(out, fmt, predictor.fingerprint, normalize)
     summary = RunSummary()
 

@@ -237,12 +237,13 @@ def serve(index, model: str, pretrained: str | None = None, host: str = "127.0.0
     script (or a test) that started ``serve --port 0`` can read where to connect.
     """
     from biocap_predict import Predictor
-    from biocap_predict.hub import published_for
+    from biocap_predict.hub import announce_weights, published_for
 
     def say(message: str) -> None:  # stdout carries only the URL line
         print(message, file=sys.stderr, flush=True)
 
     tol_files = published_for(model).fetch(say) if index is None else None  # before the model loads
+    announce_weights(model, say)
     predictor = Predictor.from_pretrained(model, pretrained, index, device=device, precision=precision)
     if tol_files is not None:
         index = tol_files.index(predictor.model, fingerprint=predictor.fingerprint, echo=say)
