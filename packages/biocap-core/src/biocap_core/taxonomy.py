@@ -35,6 +35,9 @@ from biocap_core.errors import EmptyTaxonError, SchemaError, TaxonParseError
 
 RANKS: tuple[str, ...] = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
 """The seven Linnaean ranks, as named in tags and in our tables."""
+#: Levels of the two lowest ranks in :data:`RANKS` (0 kingdom .. 6 species), for code that indexes
+#: ranks by level.
+GENUS, SPECIES = RANKS.index("genus"), RANKS.index("species")
 
 #: Text types stored as ``<type>.txt`` members of TreeOfLife-10M shards (the keys of
 #: :func:`tol_texts`).

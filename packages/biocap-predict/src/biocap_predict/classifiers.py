@@ -24,27 +24,25 @@ from torch import nn
 from tqdm import tqdm
 
 from biocap_core.preprocess import decode_image, image_transform
-from biocap_core.taxonomy import OPENAI_TEMPLATES, RANKS
+from biocap_core.taxonomy import GENUS, OPENAI_TEMPLATES, RANKS, SPECIES
 from biocap_predict.errors import PredictInputError
 from biocap_predict.index import TaxaIndex
-from biocap_predict.predictor import Predictor
+from biocap_predict.predictor import Predictor, bins_of
 
 BIOCAP_MODEL_STR = "hf-hub:imageomics/biocap"
 INDEX_ENV = "BIOCAP_PREDICT_INDEX"
 Callback = Callable[[int, int], None] | None
 
 
-class Rank(Enum):
-    KINGDOM = 0
-    PHYLUM = 1
-    CLASS = 2
-    ORDER = 3
-    FAMILY = 4
-    GENUS = 5
-    SPECIES = 6
-
+class _RankLabel:
     def get_label(self) -> str:
+        """The rank's name in rows and in core's ``RANKS``."""
         return self.name.lower()
+
+
+#: pybioclip's ranks, ``Rank.KINGDOM`` (0) to ``Rank.SPECIES`` (6): core's list of ranks by level.
+Rank = Enum("Rank", [(name.upper(), level) for level, name in enumerate(RANKS)], type=_RankLabel,
+            module=__name__)
 
 
 def get_rank_labels() -> list[str]:
@@ -180,7 +178,7 @@ class TreeOfLifeClassifier(BaseClassifier):
         """pybioclip's rows: names down to ``rank`` then ``score`` (species rows add the epithet,
         binomial and common name). Higher ranks sum the species above ``min_prob``."""
         level = Rank[rank.upper()] if isinstance(rank, str) else rank
-        keys = ["file_name", *RANKS[: min(level.value + 1, 6)]]
+        keys = ["file_name", *RANKS[:min(level.value + 1, SPECIES)]]
         if level is Rank.SPECIES:
             keys += ["species_epithet", "species", "common_name"]
         images = _as_list(images)
@@ -267,9 +265,9 @@ def _species_names(names: list) -> dict[str, str]:
     """A taxon's ranks, epithet, binomial and common name from its pybioclip names."""
     ranks, common = names
     return {
-        **dict(zip(RANKS[:6], ranks[:6], strict=True)),
-        "species_epithet": ranks[6],
-        "species": f"{ranks[5]} {ranks[6]}",
+        **dict(zip(RANKS[:SPECIES], ranks[:SPECIES], strict=True)),
+        "species_epithet": ranks[SPECIES],
+        "species": f"{ranks[GENUS]} {ranks[SPECIES]}",
         "common_name": common,
     }
 
@@ -312,9 +310,7 @@ class CustomLabelsBinningClassifier(CustomLabelsClassifier):
             raise ValueError("Empty, null, or nan are not allowed for bin values.")
         super().__init__(cls_ary=cls_to_bin.keys(), **kwargs)
         self.cls_to_bin = cls_to_bin
-        self.bins: dict[str, list[str]] = {}
-        for label, bin_name in cls_to_bin.items():
-            self.bins.setdefault(bin_name, []).append(label.strip())
+        self.bins = bins_of(cls_to_bin.items())
 
     def predict(
         self, images: Any, k: int | None = None, batch_size: int = 10, callback: Callback = None

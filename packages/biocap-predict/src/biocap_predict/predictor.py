@@ -64,6 +64,16 @@ class _Task:
             yield self.rows(names, _joined(parts))
 
 
+def _runtime(device: str | torch.device, precision: str | None,
+             gpu_decode: bool) -> tuple[torch.device, str]:
+    """Where and at what precision a predictor runs: ``auto`` is CUDA when available, precision amp
+    on GPU and fp32 on CPU; ``gpu_decode`` off CUDA is refused here, before any model loads."""
+    resolved = torch.device(resolve_device(str(device)))
+    if gpu_decode:
+        require_cuda(resolved)
+    return resolved, precision or default_precision(str(resolved))
+
+
 def _joined(parts: list[Features]) -> Features:
     return parts[0] if len(parts) == 1 else {h: torch.cat([p[h] for p in parts]) for h in parts[0]}
 
@@ -82,11 +92,8 @@ class Predictor:
                  precision: str | None = None, batch_size: int = 32, workers: int = 0,
                  templates: Sequence[str] | None = None, progress: bool = False, model_name: str = "the model",
                  gpu_decode: bool = False, jpeg_draft: bool = True):
-        self.device = torch.device(resolve_device(device))
-        if gpu_decode:
-            require_cuda(self.device)
+        self.device, self.precision = _runtime(device, precision, gpu_decode)
         self.gpu_decode, self.jpeg_draft = gpu_decode, jpeg_draft
-        self.precision = precision or default_precision(str(self.device))
         self.model = model.to(self.device).eval()
         self.batch_size, self.workers, self.progress = batch_size, workers, progress
         self.templates = tuple(templates or TEMPLATES)
@@ -101,10 +108,7 @@ class Predictor:
         """Load any model core can load (OpenCLIP name/tag, hf-hub:, local-dir:, a checkpoint file)."""
         from biocap_core.checkpoints import load_model
 
-        device = resolve_device(device)
-        if kwargs.get("gpu_decode"):
-            require_cuda(device)  # before the model loads
-        precision = precision or default_precision(device)
+        device, precision = _runtime(device, precision, kwargs.get("gpu_decode", False))
         net = load_model(model, pretrained, device=device, precision=precision)
         label = model + (f" ({pretrained})" if pretrained else "")
         return cls(net, index, device=device, precision=precision, batch_size=batch_size, model_name=label,
@@ -301,6 +305,16 @@ class Predictor:
                                  labels: Sequence[str] | None = None, bins: Mapping[str, Sequence[str]] | None = None,
                                  k: int = 5) -> Iterator[pl.DataFrame]:
         yield from self._over_features(self._label_task(labels, bins, k), names, features)
+
+
+def bins_of(label_bins: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """``{bin: [labels]}``, what :meth:`Predictor.classify` takes as ``bins``, from (label, bin)
+    pairs (a bins CSV's rows, or pybioclip's ``{label: bin}.items()``): names stripped, bins in
+    order of first appearance."""
+    bins: dict[str, list[str]] = {}
+    for label, bin_name in label_bins:
+        bins.setdefault(bin_name.strip(), []).append(label.strip())
+    return bins
 
 
 def _rows_of(features: torch.Tensor | Features) -> int:

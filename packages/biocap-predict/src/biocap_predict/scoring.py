@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
+from biocap_core.taxonomy import GENUS, SPECIES
 from biocap_predict.index import RankGroups
 
 CHUNK = 65536
-SPECIES = 6
 
 
 @dataclass
@@ -52,8 +52,8 @@ def rank_topk(image: torch.Tensor, text: torch.Tensor, scale: float, groups: Ran
     run_max = torch.full((batch,), float("-inf"), device=image.device)
     run_sum = torch.zeros(batch, device=image.device)
     summed = higher and not min_prob
-    genus = torch.zeros(batch, groups.size(5), device=image.device) if summed else None
-    genus_ids = groups.ids[5].to(image.device) if higher else None
+    genus = torch.zeros(batch, groups.size(GENUS), device=image.device) if summed else None
+    genus_ids = groups.ids[GENUS].to(image.device) if higher else None
     species: TopK | None = None
     image = image * scale  # scaled on the (batch, dim) side: one small multiply, not one per logit
     for start in range(0, n, chunk):
@@ -74,8 +74,8 @@ def rank_topk(image: torch.Tensor, text: torch.Tensor, scale: float, groups: Ran
     if higher:
         mass = genus / run_sum[:, None] if genus is not None else \
             _genus_mass_above(image, text, groups, run_max + run_sum.log(), min_prob, chunk)
-        for level in range(5, min(higher) - 1, -1):
-            if level < 5:
+        for level in range(GENUS, min(higher) - 1, -1):
+            if level < GENUS:
                 parent = groups.parent[level + 1].to(image.device)
                 mass = torch.zeros(batch, groups.size(level), device=image.device).index_add_(1, parent, mass)
             if level in higher:
@@ -88,8 +88,8 @@ def _genus_mass_above(image: torch.Tensor, text: torch.Tensor, groups: RankGroup
                       log_norm: torch.Tensor, min_prob: float, chunk: int) -> torch.Tensor:
     """(batch, genera): each genus's summed probability of its species above ``min_prob``
     (``image`` already scaled, ``log_norm`` the log of each image's softmax normaliser)."""
-    genus = torch.zeros(image.shape[0], groups.size(5), device=image.device)
-    genus_ids = groups.ids[5].to(image.device)
+    genus = torch.zeros(image.shape[0], groups.size(GENUS), device=image.device)
+    genus_ids = groups.ids[GENUS].to(image.device)
     for start in range(0, text.shape[0], chunk):
         probs = (image @ text[start:start + chunk].T - log_norm[:, None]).exp_()
         probs.masked_fill_(probs <= min_prob, 0)
