@@ -36,7 +36,9 @@ def pytest_configure(config):
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups into the node ids
 def pytest_collection_modifyitems(items):
     for item in items:
-        if "demo" in getattr(item, "fixturenames", ()):  # the whole fixture closure of a test function
+        if "demo" in getattr(
+            item, "fixturenames", ()
+        ):  # the whole fixture closure of a test function
             item.add_marker(pytest.mark.xdist_group(DEMO_GROUP))
 
 
@@ -51,8 +53,19 @@ class DemoRun:
 def child_env() -> dict:
     """Environment for child processes: on one thread as the parent (:func:`pytest_configure`), no stray
     torchrun variables."""
-    return {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                             "MASTER_PORT", "LOCAL_WORLD_SIZE")}
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in (
+            "RANK",
+            "WORLD_SIZE",
+            "LOCAL_RANK",
+            "MASTER_ADDR",
+            "MASTER_PORT",
+            "LOCAL_WORLD_SIZE",
+        )
+    }
 
 
 @pytest.fixture(scope="session")
@@ -60,10 +73,18 @@ def demo(tmp_path_factory, child_env) -> DemoRun:
     """``python -m biocap_train`` without arguments, from an empty cache; skipped without biocap-train."""
     pytest.importorskip("biocap_train")
     cwd = tmp_path_factory.mktemp("demo")
-    env = {k: v for k, v in child_env.items() if k != "OMP_NUM_THREADS"}  # the demo picks its own thread count
+    env = {
+        k: v for k, v in child_env.items() if k != "OMP_NUM_THREADS"
+    }  # the demo picks its own thread count
     env["BIOCAP_CACHE"] = str(cwd / "cache")
-    run = subprocess.run([sys.executable, "-m", "biocap_train"], cwd=cwd, env=env, capture_output=True, text=True,
-                         timeout=900)
+    run = subprocess.run(
+        [sys.executable, "-m", "biocap_train"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     return DemoRun(run, cwd, cwd / "cache")
 
 
@@ -96,8 +117,17 @@ class InstalledAlone:
     def run(self, commands: list[list[str]]) -> dict:
         """The app's ``commands``, in one interpreter of the venv (each start-up costs about 5 CPU-seconds
         of imports, torch and OpenCLIP), with what is installed and where the app imports from."""
-        return json.loads(_sh(self.venv / "bin" / "python", "-c", PROBE, self.app, json.dumps(commands),
-                              cwd=self.cwd, env=self.env))
+        return json.loads(
+            _sh(
+                self.venv / "bin" / "python",
+                "-c",
+                PROBE,
+                self.app,
+                json.dumps(commands),
+                cwd=self.cwd,
+                env=self.env,
+            )
+        )
 
 
 #: Where an app's venv is made, anew for each test, with its bytecode kept beside it between runs: a new
@@ -127,15 +157,40 @@ class ScratchVenv:
         pin versions; what gets installed is what the requirements' metadata asks for. A kept venv
         that has installed the same requirements under the same constraints is left as it is."""
         constraints = self.cwd / "constraints.txt"
-        constraints.write_text(_sh(self.uv, "export", "--package", constraints_of, "--no-hashes",
-                                   "--no-emit-workspace", "--no-dev", "--frozen", "--no-header",
-                                   "-q", cwd=REPO))
+        constraints.write_text(
+            _sh(
+                self.uv,
+                "export",
+                "--package",
+                constraints_of,
+                "--no-hashes",
+                "--no-emit-workspace",
+                "--no-dev",
+                "--frozen",
+                "--no-header",
+                "-q",
+                cwd=REPO,
+            )
+        )
         stamp = self.venv / "installed.json"
         key = json.dumps([*map(str, requirements), constraints.read_text()])
         if stamp.is_file() and stamp.read_text() == key:
             return
-        _sh(self.uv, "pip", "install", "-q", "--python", self.python, "--link-mode", "symlink",
-            "-c", constraints, *requirements, cwd=self.cwd, env=self.env)
+        _sh(
+            self.uv,
+            "pip",
+            "install",
+            "-q",
+            "--python",
+            self.python,
+            "--link-mode",
+            "symlink",
+            "-c",
+            constraints,
+            *requirements,
+            cwd=self.cwd,
+            env=self.env,
+        )
         stamp.write_text(key)
 
 
@@ -175,8 +230,17 @@ def install_alone(scratch_venv, tmp_path):
         made = scratch_venv(app)
         wheels = tmp_path / "wheels"
         for package in ("biocap-core", app):
-            _sh(made.uv, "build", "--package", package, "--wheel", "--out-dir", wheels, "-q",
-                cwd=REPO)
+            _sh(
+                made.uv,
+                "build",
+                "--package",
+                package,
+                "--wheel",
+                "--out-dir",
+                wheels,
+                "-q",
+                cwd=REPO,
+            )
         made.install(*sorted(wheels.glob("*.whl")), constraints_of=app)
         assert (made.venv / "bin" / app).is_file()
         return InstalledAlone(app, made.venv, made.env, tmp_path)
@@ -185,7 +249,16 @@ def install_alone(scratch_venv, tmp_path):
 
 
 def _sh(*args, cwd: Path, env: dict | None = None) -> str:
-    done = subprocess.run([str(a) for a in args], check=False, cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, f"{args}\nstdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}"
+    done = subprocess.run(
+        [str(a) for a in args],
+        check=False,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, (
+        f"{args}\nstdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}"
+    )
     return done.stdout

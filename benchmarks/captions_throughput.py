@@ -48,7 +48,11 @@ class ZeroLatencyEngine:
     def generate(self, requests):
         from biocap_captions.engine import Completion
 
-        return [Completion("The toy crawler shows a rounded red body with three dark marks.", "stop", 12)] * len(requests)
+        return [
+            Completion(
+                "The toy crawler shows a rounded red body with three dark marks.", "stop", 12
+            )
+        ] * len(requests)
 
     def close(self):
         pass
@@ -64,8 +68,19 @@ def make_shards(out: Path) -> dict[int, str]:
     from biocap_core.shards import iter_samples
     from biocap_core.toy import ToyConfig, generate
 
-    generate(out, ToyConfig(species=20, images_per_species=50, val_per_species=1, eval_per_species=1,
-                            inquire_queries=2, inquire_candidates=4, image_size=64, shard_size=1000))
+    generate(
+        out,
+        ToyConfig(
+            species=20,
+            images_per_species=50,
+            val_per_species=1,
+            eval_per_species=1,
+            inquire_queries=2,
+            inquire_candidates=4,
+            image_size=64,
+            shard_size=1000,
+        ),
+    )
     base = list(iter_samples(str(out / "train" / "shard-000000.tar")))
     catalog = schemas.CATALOG.read(out / "catalog.parquet")
     by_uuid = {row["uuid"]: row for row in catalog.iter_rows(named=True)}
@@ -77,10 +92,14 @@ def make_shards(out: Path) -> dict[int, str]:
             for i in range(size):
                 sample = base[i % len(base)]
                 key = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{size}/{i}"))
-                sink.write({"__key__": key, **{k: v for k, v in sample.items() if not k.startswith("__")}})
+                sink.write(
+                    {"__key__": key, **{k: v for k, v in sample.items() if not k.startswith("__")}}
+                )
                 rows.append(by_uuid[sample["__key__"]] | {"uuid": key})
         shards[size] = str(path)
-    schemas.write_parquet_atomic(pl.DataFrame(rows, schema=catalog.schema), out / "bench" / "catalog.parquet")
+    schemas.write_parquet_atomic(
+        pl.DataFrame(rows, schema=catalog.schema), out / "bench" / "catalog.parquet"
+    )
     return shards
 
 
@@ -118,7 +137,12 @@ class InMemoryUnit:
     """A shard's samples already read, to time the pipeline without the reading."""
 
     def __init__(self, unit, samples):
-        self.name, self.label, self.expected, self.items = unit.name, unit.label, unit.expected, samples
+        self.name, self.label, self.expected, self.items = (
+            unit.name,
+            unit.label,
+            unit.expected,
+            samples,
+        )
 
     def samples(self):
         return iter(self.items)
@@ -136,26 +160,43 @@ def child(shard: str, toy: Path, out: Path, batch_size: int) -> dict:
     engine = ZeroLatencyEngine()
     prompts = PromptBuilder(FormatExamples.load())
     [unit] = shard_units(shard)
-    captioner = Captioner(engine, prompts, RunOptions(out=out / "captions", batch_size=batch_size, progress=False),
-                          descriptions)
+    captioner = Captioner(
+        engine,
+        prompts,
+        RunOptions(out=out / "captions", batch_size=batch_size, progress=False),
+        descriptions,
+    )
     with RSSSampler() as memory:  # first, so nothing before it has grown the heap
         wall, cpu = time.perf_counter(), time.process_time()
         report = captioner.run([unit])
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
 
     read_cpu = time.process_time()
-    loaded = InMemoryUnit(unit, list(unit.samples()))  # what reading the shard costs (biocap-core's tar reader)
+    loaded = InMemoryUnit(
+        unit, list(unit.samples())
+    )  # what reading the shard costs (biocap-core's tar reader)
     read_cpu = time.process_time() - read_cpu
     own_cpu = time.process_time()
-    Captioner(engine, prompts, RunOptions(out=out / "own", batch_size=batch_size, progress=False),
-              descriptions).run([loaded])
+    Captioner(
+        engine,
+        prompts,
+        RunOptions(out=out / "own", batch_size=batch_size, progress=False),
+        descriptions,
+    ).run([loaded])
     own_cpu = time.process_time() - own_cpu
     engine.close()
     n = report.captions + report.errors
-    return {"samples": n, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
-            "per_s_wall": round(n / wall, 1), "per_s_cpu": round(n / cpu, 1),
-            "read_only_per_s_cpu": round(n / read_cpu, 1), "own_per_s_cpu": round(n / own_cpu, 1),
-            "rss_before_mb": round(memory.start / 2**20, 1), "rss_peak_mb": round(memory.peak / 2**20, 1)}
+    return {
+        "samples": n,
+        "wall_s": round(wall, 3),
+        "cpu_s": round(cpu, 3),
+        "per_s_wall": round(n / wall, 1),
+        "per_s_cpu": round(n / cpu, 1),
+        "read_only_per_s_cpu": round(n / read_cpu, 1),
+        "own_per_s_cpu": round(n / own_cpu, 1),
+        "rss_before_mb": round(memory.start / 2**20, 1),
+        "rss_peak_mb": round(memory.peak / 2**20, 1),
+    }
 
 
 def measure(shard: str, toy: Path, batch_size: int, one_core: bool) -> dict:
@@ -163,8 +204,18 @@ def measure(shard: str, toy: Path, batch_size: int, one_core: bool) -> dict:
     if one_core:
         env.update(POLARS_MAX_THREADS="1", OMP_NUM_THREADS="1")
     with tempfile.TemporaryDirectory() as tmp:
-        command = [sys.executable, __file__, "--child", shard, "--toy", str(toy), "--out", tmp,
-                   "--batch-size", str(batch_size)]
+        command = [
+            sys.executable,
+            __file__,
+            "--child",
+            shard,
+            "--toy",
+            str(toy),
+            "--out",
+            tmp,
+            "--batch-size",
+            str(batch_size),
+        ]
         if one_core:
             command += ["--pin"]
         run = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
@@ -180,13 +231,27 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--pin", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--vllm", action="store_true", help="time the real vLLM engine instead (needs vLLM)")
-    parser.add_argument("--size", default="1b", choices=["1b", "2b", "tiny-tiled"], help="--vllm: model size")
-    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="--vllm: cpu for the smoke run")
-    parser.add_argument("--budget-s", type=float, default=420.0, help="--vllm: wall-clock budget of the whole run")
-    parser.add_argument("--max-images", type=int, default=8192, help="--vllm: images per measurement, at most")
-    parser.add_argument("--prefix-caching", choices=["default", "on", "off"], default="default",
-                        help="--vllm: vLLM's enable_prefix_caching (default: vLLM's own default)")
+    parser.add_argument(
+        "--vllm", action="store_true", help="time the real vLLM engine instead (needs vLLM)"
+    )
+    parser.add_argument(
+        "--size", default="1b", choices=["1b", "2b", "tiny-tiled"], help="--vllm: model size"
+    )
+    parser.add_argument(
+        "--device", default="cuda", choices=["cuda", "cpu"], help="--vllm: cpu for the smoke run"
+    )
+    parser.add_argument(
+        "--budget-s", type=float, default=420.0, help="--vllm: wall-clock budget of the whole run"
+    )
+    parser.add_argument(
+        "--max-images", type=int, default=8192, help="--vllm: images per measurement, at most"
+    )
+    parser.add_argument(
+        "--prefix-caching",
+        choices=["default", "on", "off"],
+        default="default",
+        help="--vllm: vLLM's enable_prefix_caching (default: vLLM's own default)",
+    )
     parser.add_argument("--json", type=Path, help="--vllm: also write the figures here")
     args = parser.parse_args()
     if args.vllm:
@@ -205,28 +270,47 @@ def main() -> None:
         toy = Path(tmp) / "toy"
         t0 = time.perf_counter()
         shards = make_shards(toy)
-        print(f"shards of 1,000 and 10,000 toy samples (64 px JPEG + 11 text members) written in "
-              f"{time.perf_counter() - t0:.0f} s", flush=True)
+        print(
+            f"shards of 1,000 and 10,000 toy samples (64 px JPEG + 11 text members) written in "
+            f"{time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
 
-        memory = {size: measure(shards[size], toy, args.batch_size, one_core=True) for size in (1000, 10_000)}
+        memory = {
+            size: measure(shards[size], toy, args.batch_size, one_core=True)
+            for size in (1000, 10_000)
+        }
         runs = [memory[10_000], measure(shards[10_000], toy, args.batch_size, one_core=True)]
         best = max(runs, key=lambda r: r["per_s_cpu"])
         rates = ", ".join(f"{r['per_s_cpu']:,.0f}" for r in runs)
-        print(f"zero-latency engine, one core, batch {args.batch_size}, 10,000-sample shard -> parquet "
-              "(wiki join, prompts, checks, checkpoints), best of 2 by CPU time:")
-        print(f"  end to end: {best['per_s_cpu']:,.0f} samples per CPU-second "
-              f"({best['per_s_wall']:,.0f}/s wall on this shared machine; runs: {rates})")
-        print(f"  reading the shard alone (biocap_core.shards.iter_samples): "
-              f"{best['read_only_per_s_cpu']:,.0f} samples per CPU-second")
-        print(f"  the pipeline's own work (the same samples already in memory): {best['own_per_s_cpu']:,.0f} "
-              "samples per CPU-second (goal >= 2,000)")
+        print(
+            f"zero-latency engine, one core, batch {args.batch_size}, 10,000-sample shard -> parquet "
+            "(wiki join, prompts, checks, checkpoints), best of 2 by CPU time:"
+        )
+        print(
+            f"  end to end: {best['per_s_cpu']:,.0f} samples per CPU-second "
+            f"({best['per_s_wall']:,.0f}/s wall on this shared machine; runs: {rates})"
+        )
+        print(
+            f"  reading the shard alone (biocap_core.shards.iter_samples): "
+            f"{best['read_only_per_s_cpu']:,.0f} samples per CPU-second"
+        )
+        print(
+            f"  the pipeline's own work (the same samples already in memory): {best['own_per_s_cpu']:,.0f} "
+            "samples per CPU-second (goal >= 2,000)"
+        )
         print("memory during the run (resident set, sampled every 2 ms):")
         for size, r in memory.items():
-            print(f"  shard of {size:>6,} samples: {r['rss_before_mb']:.0f} MB before, peak {r['rss_peak_mb']:.0f} MB "
-                  f"(+{r['rss_peak_mb'] - r['rss_before_mb']:.0f} MB)")
+            print(
+                f"  shard of {size:>6,} samples: {r['rss_before_mb']:.0f} MB before, peak {r['rss_peak_mb']:.0f} MB "
+                f"(+{r['rss_peak_mb'] - r['rss_before_mb']:.0f} MB)"
+            )
         growth = (memory[10_000]["rss_peak_mb"] - memory[10_000]["rss_before_mb"]) - (
-            memory[1000]["rss_peak_mb"] - memory[1000]["rss_before_mb"])
-        print(f"  10x the samples in one shard -> {growth:+.0f} MB more growth (goal: flat in shard size)")
+            memory[1000]["rss_peak_mb"] - memory[1000]["rss_before_mb"]
+        )
+        print(
+            f"  10x the samples in one shard -> {growth:+.0f} MB more growth (goal: flat in shard size)"
+        )
 
 
 if __name__ == "__main__":

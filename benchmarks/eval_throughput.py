@@ -39,7 +39,9 @@ def write_photos(folder: Path, n: int, size: tuple[int, int]) -> list[Path]:
     distinct = []
     for i in range(min(n, 32)):
         rng = random.Random(i)
-        img = render(species[i % len(species)], rng, 256, rng.choice(list(BACKGROUNDS)), rng.choice(TILTS))
+        img = render(
+            species[i % len(species)], rng, 256, rng.choice(list(BACKGROUNDS)), rng.choice(TILTS)
+        )
         distinct.append(img.resize(size))
     paths = []
     for i in range(n):
@@ -64,20 +66,32 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--device", default=default_device())
     parser.add_argument("--precision", default=None)
-    parser.add_argument("--gpu-decode", action="store_true", help="end to end with JPEG decoding on the device")
+    parser.add_argument(
+        "--gpu-decode", action="store_true", help="end to end with JPEG decoding on the device"
+    )
     args = parser.parse_args()
     if args.gpu_decode:
         require_cuda(args.device)
     precision = args.precision or default_precision(args.device)
     model = load_model(args.model, args.pretrained, device=args.device, precision=precision).eval()
-    enc = Encoder(model, device=args.device, precision=precision, batch_size=args.batch_size, workers=args.workers,
-                  gpu_decode=args.gpu_decode)
+    enc = Encoder(
+        model,
+        device=args.device,
+        precision=precision,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        gpu_decode=args.gpu_decode,
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_photos(Path(tmp), args.images, tuple(args.photo_size))
         transform = image_transform(model, train=False)
-        batch = torch.stack([transform(decode_image(p)) for p in paths[:args.batch_size]]).to(args.device)
-        enc.image_files(paths[: args.batch_size])  # warm-up: lazy init, kernels (nvJPEG's too), worker start
+        batch = torch.stack([transform(decode_image(p)) for p in paths[: args.batch_size]]).to(
+            args.device
+        )
+        enc.image_files(
+            paths[: args.batch_size]
+        )  # warm-up: lazy init, kernels (nvJPEG's too), worker start
 
         steps = max(1, args.images // args.batch_size)
         sync(args.device)
@@ -97,9 +111,11 @@ def main() -> None:
         end_to_end = len(paths) / (time.perf_counter() - start)
 
     assert feats.shape[0] == len(paths)
-    print(f"model {args.model} on {args.device} ({precision}), {torch.get_num_threads()} torch threads, "
-          f"batch {args.batch_size}, {args.workers} workers, {args.images} JPEGs of "
-          f"{args.photo_size[0]}x{args.photo_size[1]}, {'device' if args.gpu_decode else 'CPU'} decode")
+    print(
+        f"model {args.model} on {args.device} ({precision}), {torch.get_num_threads()} torch threads, "
+        f"batch {args.batch_size}, {args.workers} workers, {args.images} JPEGs of "
+        f"{args.photo_size[0]}x{args.photo_size[1]}, {'device' if args.gpu_decode else 'CPU'} decode"
+    )
     print(f"model forward only : {forward:8.1f} images/s")
     print(f"end to end         : {end_to_end:8.1f} images/s")
     print(f"ratio              : {end_to_end / forward:8.3f}  (goal >= 0.9)")

@@ -49,7 +49,9 @@ def write_photos(folder: Path, n: int, size: tuple[int, int]) -> list[Path]:
     distinct = []
     for i in range(32):
         rng = random.Random(i)
-        img = render(species[i % 16], rng, 128, rng.choice(list(BACKGROUNDS)), rng.choice(TILTS)).resize(size)
+        img = render(
+            species[i % 16], rng, 128, rng.choice(list(BACKGROUNDS)), rng.choice(TILTS)
+        ).resize(size)
         path = folder / f"distinct-{i}.jpg"
         img.save(path, quality=90)
         distinct.append(path.read_bytes())
@@ -74,12 +76,19 @@ def random_index(n: int, dim: int, fingerprint: str, seed: int = 0) -> TaxaIndex
     columns["common_name"] = [""] * n
     taxa = pl.DataFrame({c: columns[c] for c in TAXA_COLUMNS})
     rng = np.random.default_rng(seed)
-    emb = torch.nn.functional.normalize(torch.from_numpy(rng.standard_normal((n, dim), dtype=np.float32)), dim=-1)
-    return TaxaIndex(taxa, emb, {"format": FORMAT, "model_fingerprint": fingerprint, "model": "benchmark",
-                                 "captions": 0})
+    emb = torch.nn.functional.normalize(
+        torch.from_numpy(rng.standard_normal((n, dim), dtype=np.float32)), dim=-1
+    )
+    return TaxaIndex(
+        taxa,
+        emb,
+        {"format": FORMAT, "model_fingerprint": fingerprint, "model": "benchmark", "captions": 0},
+    )
 
 
-def model_alone(model, paths: list[Path], batch: int, device: str, precision: str) -> tuple[float, float]:
+def model_alone(
+    model, paths: list[Path], batch: int, device: str, precision: str
+) -> tuple[float, float]:
     """Images/s of the model call predict makes, on every image of ``paths`` (preprocessed beforehand,
     on the device), in batches of ``batch``, after one warm-up batch; and the CPU seconds it took."""
     transform = image_transform(model, train=False)
@@ -95,11 +104,17 @@ def model_alone(model, paths: list[Path], batch: int, device: str, precision: st
     return len(paths) / (time.perf_counter() - start), time.process_time() - cpu
 
 
-def end_to_end(options: ModelOptions, folder: Path, index: Path, out: Path, rank: str) -> tuple[float, int, float]:
+def end_to_end(
+    options: ModelOptions, folder: Path, index: Path, out: Path, rank: str
+) -> tuple[float, int, float]:
     """(images/s, images, CPU seconds of this process, not counting the decoding workers)."""
     start, cpu = time.perf_counter(), time.process_time()
-    summary = predict(options, Inputs([str(folder)]), PredictRequest(index=str(index), rank=rank, output=str(out)),
-                      echo=lambda m: None)
+    summary = predict(
+        options,
+        Inputs([str(folder)]),
+        PredictRequest(index=str(index), rank=rank, output=str(out)),
+        echo=lambda m: None,
+    )
     return summary.images / (time.perf_counter() - start), summary.images, time.process_time() - cpu
 
 
@@ -107,13 +122,36 @@ def peak_rss_mb(args: argparse.Namespace, folder: Path, index: Path, out: Path) 
     """Peak RSS (MB) of a fresh process predicting every image of ``folder``: its own high-water mark
     (``VmHWM``), not ``ru_maxrss``, which Linux carries across exec from the process it was forked from
     (here this benchmark, holding the preprocessed images of part 1)."""
-    code = ("import atexit, sys; from biocap_predict.cli import app; "
-            "sys.argv = ['biocap-predict'] + sys.argv[1:]; "
-            "atexit.register(lambda: print('RSS', next(line.split()[1] for line in open('/proc/self/status') "
-            "if line.startswith('VmHWM:')))); app()")
-    cmd = [sys.executable, "-c", code, "predict", str(folder), "--index", str(index), "--model", args.model,
-           "--pretrained", args.weights, "--device", args.device, "--batch-size", str(args.batch_size),
-           "--workers", str(args.workers), "--rank", "all", "--output", str(out), "--quiet"]
+    code = (
+        "import atexit, sys; from biocap_predict.cli import app; "
+        "sys.argv = ['biocap-predict'] + sys.argv[1:]; "
+        "atexit.register(lambda: print('RSS', next(line.split()[1] for line in open('/proc/self/status') "
+        "if line.startswith('VmHWM:')))); app()"
+    )
+    cmd = [
+        sys.executable,
+        "-c",
+        code,
+        "predict",
+        str(folder),
+        "--index",
+        str(index),
+        "--model",
+        args.model,
+        "--pretrained",
+        args.weights,
+        "--device",
+        args.device,
+        "--batch-size",
+        str(args.batch_size),
+        "--workers",
+        str(args.workers),
+        "--rank",
+        "all",
+        "--output",
+        str(out),
+        "--quiet",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     line = [x for x in (done.stdout + done.stderr).splitlines() if x.startswith("RSS")]
     if done.returncode != 0 and not line:
@@ -121,7 +159,9 @@ def peak_rss_mb(args: argparse.Namespace, folder: Path, index: Path, out: Path) 
     return int(line[-1].split()[1]) / 1024
 
 
-def index_speed(args: argparse.Namespace, paths: list[Path], sizes=(1_000, 450_000)) -> dict[int, float]:
+def index_speed(
+    args: argparse.Namespace, paths: list[Path], sizes=(1_000, 450_000)
+) -> dict[int, float]:
     """Images/s of Predictor.predict(rank='all') with random indexes of each size, same images and model."""
     device = resolve_device(args.device)
     model = load_model(args.big_model, None, device=device, precision=default_precision(device))
@@ -129,63 +169,111 @@ def index_speed(args: argparse.Namespace, paths: list[Path], sizes=(1_000, 450_0
     dim = model.visual.proj.shape[1]
     rates = {}
     for n in sizes:
-        predictor = Predictor(model, random_index(n, dim, fingerprint), device=device, batch_size=args.batch_size,
-                              workers=args.workers)
-        predictor.predict(paths[:args.batch_size], rank="all")  # warm-up: groups, text matrix on the device
+        predictor = Predictor(
+            model,
+            random_index(n, dim, fingerprint),
+            device=device,
+            batch_size=args.batch_size,
+            workers=args.workers,
+        )
+        predictor.predict(
+            paths[: args.batch_size], rank="all"
+        )  # warm-up: groups, text matrix on the device
         start = time.perf_counter()
-        rows = sum(len(r) for r in predictor.iter_predict(paths[:args.index_images], rank="all"))
+        rows = sum(len(r) for r in predictor.iter_predict(paths[: args.index_images], rank="all"))
         rates[n] = args.index_images / (time.perf_counter() - start)
         print(f"  index of {n:>7,} species: {rates[n]:8.1f} images/s ({rows} rows)")
         del predictor
     return rates
 
 
-def data_path(args: argparse.Namespace, model, device: str, precision: str, tmp: Path, paths: list[Path]) -> None:
+def data_path(
+    args: argparse.Namespace, model, device: str, precision: str, tmp: Path, paths: list[Path]
+) -> None:
     """Part 1: end to end against the forward pass alone, ``--repeats`` times, each run printed."""
-    print(f"1. data path: {args.images} JPEGs {args.photo_size[0]}x{args.photo_size[1]}, {args.model}, "
-          f"{device}, batch {args.batch_size}, {args.workers} worker(s), {torch.get_num_threads()} torch "
-          f"thread(s), 1,000 species, rank species")
-    options = ModelOptions(args.model, args.weights, device, precision, args.batch_size, args.workers,
-                           progress=False)
+    print(
+        f"1. data path: {args.images} JPEGs {args.photo_size[0]}x{args.photo_size[1]}, {args.model}, "
+        f"{device}, batch {args.batch_size}, {args.workers} worker(s), {torch.get_num_threads()} torch "
+        f"thread(s), 1,000 species, rank species"
+    )
+    options = ModelOptions(
+        args.model, args.weights, device, precision, args.batch_size, args.workers, progress=False
+    )
     few = write_photos(tmp / "few", args.images // 10, tuple(args.photo_size))
-    end_to_end(options, few[0].parent, tmp / "index", tmp / "few.csv", "species")  # warm-up: lazy imports
+    end_to_end(
+        options, few[0].parent, tmp / "index", tmp / "few.csv", "species"
+    )  # warm-up: lazy imports
     ratios = []
     for run in range(args.repeats):  # interleaved, so that both figures see the machine alike
         alone, cpu_alone = model_alone(model, paths, args.batch_size, device, precision)
-        e2e, n, cpu_n = end_to_end(options, tmp / "photos", tmp / "index", tmp / "out.csv", "species")
-        e2e_few, n_few, cpu_few = end_to_end(options, few[0].parent, tmp / "index", tmp / "few.csv", "species")
+        e2e, n, cpu_n = end_to_end(
+            options, tmp / "photos", tmp / "index", tmp / "out.csv", "species"
+        )
+        e2e_few, n_few, cpu_few = end_to_end(
+            options, few[0].parent, tmp / "index", tmp / "few.csv", "species"
+        )
         steady = (n - n_few) / (n / e2e - n_few / e2e_few)
         ratios.append(steady / alone)
-        print(f"  run {run + 1}: model alone {alone:7.1f} images/s; end to end {e2e:7.1f} images/s ({n} images, "
-              f"ratio {e2e / alone:.2f} with start-up); without start-up (model and index load) {steady:7.1f} "
-              f"images/s: ratio {steady / alone:.2f}")
+        print(
+            f"  run {run + 1}: model alone {alone:7.1f} images/s; end to end {e2e:7.1f} images/s ({n} images, "
+            f"ratio {e2e / alone:.2f} with start-up); without start-up (model and index load) {steady:7.1f} "
+            f"images/s: ratio {steady / alone:.2f}"
+        )
         # CPU time is less swayed by other jobs than wall time: what the main process spends per image
         # end to end (beside the decoding workers) against the forward pass alone
-        print(f"         main-process CPU per 1,000 images: end to end without start-up "
-              f"{1000 * (cpu_n - cpu_few) / (n - n_few):.3f} s, forward alone "
-              f"{1000 * cpu_alone / len(paths):.3f} s")
-    print(f"  ratio without start-up, runs: {', '.join(f'{r:.2f}' for r in ratios)}; median "
-          f"{sorted(ratios)[len(ratios) // 2]:.2f} (goal >= 0.9)")
+        print(
+            f"         main-process CPU per 1,000 images: end to end without start-up "
+            f"{1000 * (cpu_n - cpu_few) / (n - n_few):.3f} s, forward alone "
+            f"{1000 * cpu_alone / len(paths):.3f} s"
+        )
+    print(
+        f"  ratio without start-up, runs: {', '.join(f'{r:.2f}' for r in ratios)}; median "
+        f"{sorted(ratios)[len(ratios) // 2]:.2f} (goal >= 0.9)"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="BioCAP-toy")
-    parser.add_argument("--big-model", default="ViT-B-16", help="Model of the index-size comparison (BioCAP's "
-                        "architecture: the index's cost only matters relative to a real model's forward pass).")
+    parser.add_argument(
+        "--big-model",
+        default="ViT-B-16",
+        help="Model of the index-size comparison (BioCAP's "
+        "architecture: the index's cost only matters relative to a real model's forward pass).",
+    )
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--images", type=int, default=6000, help="JPEGs of the data-path measurement (6,000: "
-                        "with 2,000, taking the start-up out swung the ratio by +-0.07 on the 2-core machine)")
+    parser.add_argument(
+        "--images",
+        type=int,
+        default=6000,
+        help="JPEGs of the data-path measurement (6,000: "
+        "with 2,000, taking the start-up out swung the ratio by +-0.07 on the 2-core machine)",
+    )
     parser.add_argument("--index-images", type=int, default=64)
-    parser.add_argument("--photo-size", type=int, nargs=2, default=(64, 64), metavar=("W", "H"),
-                        help="JPEG size (default: the toy tree of life's own images)")
+    parser.add_argument(
+        "--photo-size",
+        type=int,
+        nargs=2,
+        default=(64, 64),
+        metavar=("W", "H"),
+        help="JPEG size (default: the toy tree of life's own images)",
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--parts", default="1,2,3", help="Which measurements to run, e.g. 1,3.")
-    parser.add_argument("--repeats", type=int, default=5, help="Data-path measurements (each: forward alone, "
-                        "then end to end), all printed")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads, for the forward pass alone and "
-                        "end to end alike (1 on the 2-core development machine: the other core decodes)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        help="Data-path measurements (each: forward alone, then end to end), all printed",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads, for the forward pass alone and "
+        "end to end alike (1 on the 2-core development machine: the other core decodes)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -193,8 +281,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = load_model(args.model, None, device=device, precision=precision)
-        args.weights = str(save_weights(model, tmp / "weights.safetensors"))  # random, the same in every process
-        random_index(1000, model.visual.proj.shape[1], weights_fingerprint(model)).save(tmp / "index")
+        args.weights = str(
+            save_weights(model, tmp / "weights.safetensors")
+        )  # random, the same in every process
+        random_index(1000, model.visual.proj.shape[1], weights_fingerprint(model)).save(
+            tmp / "index"
+        )
         paths = write_photos(tmp / "photos", args.images, tuple(args.photo_size))
         if "1" in args.parts:
             data_path(args, model, device, precision, tmp, paths)

@@ -52,7 +52,9 @@ def bench_shards(root: Path) -> str:
         if not target.exists():
             with wds.TarWriter(str(target)) as sink:
                 for s in iter_samples(str(shard)):
-                    sample = {k: v for k, v in s.items() if not k.startswith("__") or k == "__key__"}
+                    sample = {
+                        k: v for k, v in s.items() if not k.startswith("__") or k == "__key__"
+                    }
                     sample["txt"] = sample[f"{TEXT_TYPE}.txt"]
                     sink.write(sample)
         sizes[shard.name] = json.loads((toy / "train" / "sizes.json").read_text())[shard.name]
@@ -61,14 +63,48 @@ def bench_shards(root: Path) -> str:
 
 
 def run_ours(shards: str, logs: Path, name: str, env: dict) -> float:
-    cmd = [sys.executable, "-m", "biocap_train", "--train-data", shards, "--model", "BioCAP-toy",
-           "--text-type", TEXT_TYPE, "--batch-size", str(BATCH), "--workers", str(WORKERS), "--precision",
-           PRECISION, "--epochs", "1", "--train-num-samples", str(SAMPLES), "--lr", "1e-3", "--warmup", "10",
-           "--logs", str(logs), "--name", name, "--log-every-n-steps", "4", "--save-frequency", "0",
-           "--device", "cpu", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "biocap_train",
+        "--train-data",
+        shards,
+        "--model",
+        "BioCAP-toy",
+        "--text-type",
+        TEXT_TYPE,
+        "--batch-size",
+        str(BATCH),
+        "--workers",
+        str(WORKERS),
+        "--precision",
+        PRECISION,
+        "--epochs",
+        "1",
+        "--train-num-samples",
+        str(SAMPLES),
+        "--lr",
+        "1e-3",
+        "--warmup",
+        "10",
+        "--logs",
+        str(logs),
+        "--name",
+        name,
+        "--log-every-n-steps",
+        "4",
+        "--save-frequency",
+        "0",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     subprocess.run(cmd, env=env, check=True, capture_output=True)
-    rates = [json.loads(line)["samples_per_s"] for line in (logs / name / "metrics.jsonl").read_text().splitlines()
-             if '"kind": "train"' in line]
+    rates = [
+        json.loads(line)["samples_per_s"]
+        for line in (logs / name / "metrics.jsonl").read_text().splitlines()
+        if '"kind": "train"' in line
+    ]
     return statistics.median(rates[1:])
 
 
@@ -80,10 +116,41 @@ _OPEN_CLIP_MAIN = (
 
 
 def run_open_clip(shards: str, logs: Path, name: str, env: dict) -> float:
-    cmd = [sys.executable, "-c", _OPEN_CLIP_MAIN, "--train-data", shards, "--dataset-type", "webdataset",
-           "--model", "BioCAP-toy", "--batch-size", str(BATCH), "--workers", str(WORKERS), "--precision", PRECISION,
-           "--epochs", "1", "--train-num-samples", str(SAMPLES), "--lr", "1e-3", "--warmup", "10", "--logs",
-           str(logs), "--name", name, "--log-every-n-steps", "4", "--save-frequency", "0", "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-c",
+        _OPEN_CLIP_MAIN,
+        "--train-data",
+        shards,
+        "--dataset-type",
+        "webdataset",
+        "--model",
+        "BioCAP-toy",
+        "--batch-size",
+        str(BATCH),
+        "--workers",
+        str(WORKERS),
+        "--precision",
+        PRECISION,
+        "--epochs",
+        "1",
+        "--train-num-samples",
+        str(SAMPLES),
+        "--lr",
+        "1e-3",
+        "--warmup",
+        "10",
+        "--logs",
+        str(logs),
+        "--name",
+        name,
+        "--log-every-n-steps",
+        "4",
+        "--save-frequency",
+        "0",
+        "--device",
+        "cpu",
+    ]
     subprocess.run(cmd, env=env, check=True, capture_output=True)
     text = (logs / name / "out.log").read_text()
     times = [float(t) for t in re.findall(r"Batch \(t\): ([\d.]+),", text)]
@@ -98,12 +165,18 @@ def trainer_comparison(root: Path, repeats: int, threads: str | None) -> None:
     ours, theirs = [], []
     for i in range(repeats):
         ours.append(run_ours(shards, root / "logs", f"ours-{threads}-{i}-{time.time_ns()}", env))
-        theirs.append(run_open_clip(shards, root / "logs", f"openclip-{threads}-{i}-{time.time_ns()}", env))
-        print(f"  repeat {i + 1}: biocap-train {ours[-1]:7.1f} samples/s   OpenCLIP {theirs[-1]:7.1f} samples/s",
-              flush=True)
+        theirs.append(
+            run_open_clip(shards, root / "logs", f"openclip-{threads}-{i}-{time.time_ns()}", env)
+        )
+        print(
+            f"  repeat {i + 1}: biocap-train {ours[-1]:7.1f} samples/s   OpenCLIP {theirs[-1]:7.1f} samples/s",
+            flush=True,
+        )
     a, b = statistics.median(ours), statistics.median(theirs)
-    print(f"trainer (BioCAP-toy, batch {BATCH}, {WORKERS} worker, {PRECISION}, OMP_NUM_THREADS={threads or 'unset'}, "
-          f"CPU): biocap-train {a:.1f} samples/s, OpenCLIP {b:.1f} samples/s, ratio {a / b:.2f}x")
+    print(
+        f"trainer (BioCAP-toy, batch {BATCH}, {WORKERS} worker, {PRECISION}, OMP_NUM_THREADS={threads or 'unset'}, "
+        f"CPU): biocap-train {a:.1f} samples/s, OpenCLIP {b:.1f} samples/s, ratio {a / b:.2f}x"
+    )
 
 
 def loader_comparison(root: Path, sizes=(512, 1024), n_images=128) -> None:
@@ -120,18 +193,41 @@ def loader_comparison(root: Path, sizes=(512, 1024), n_images=128) -> None:
     for size in sizes:
         toy = root / f"toy-{size}px"
         if not (toy / "manifest.json").is_file():
-            generate(toy, ToyConfig(species=16, images_per_species=n_images // 16, val_per_species=1,
-                                    eval_per_species=1, inquire_queries=2, inquire_candidates=4,
-                                    image_size=size, shard_size=64))
-        urls, _ = expand_sources("::".join(str(p) for p in sorted((toy / "train").glob("shard-*.tar"))))
+            generate(
+                toy,
+                ToyConfig(
+                    species=16,
+                    images_per_species=n_images // 16,
+                    val_per_species=1,
+                    eval_per_species=1,
+                    inquire_queries=2,
+                    inquire_candidates=4,
+                    image_size=size,
+                    shard_size=64,
+                ),
+            )
+        urls, _ = expand_sources(
+            "::".join(str(p) for p in sorted((toy / "train").glob("shard-*.tar")))
+        )
         rates = {}
         for draft in (None, 224):
-            spec = StreamSpec(urls=urls, weights=None, resampled=False, batch_size=32, epoch=0,
-                              rank=0, world_size=1, num_streams=1,
-                              microbatches=2 * n_images // 32, first_step=0, accum_freq=1,
-                              prep=WorkerDecode(224, train=True, draft_size=draft),
-                              tokenizer=tokenizer, texts=TextSchedule(0, TEXT_TYPE),
-                              shuffle_buffer=64)
+            spec = StreamSpec(
+                urls=urls,
+                weights=None,
+                resampled=False,
+                batch_size=32,
+                epoch=0,
+                rank=0,
+                world_size=1,
+                num_streams=1,
+                microbatches=2 * n_images // 32,
+                first_step=0,
+                accum_freq=1,
+                prep=WorkerDecode(224, train=True, draft_size=draft),
+                tokenizer=tokenizer,
+                texts=TextSchedule(0, TEXT_TYPE),
+                shuffle_buffer=64,
+            )
             best = 0.0
             for _ in range(3):
                 start, n = time.perf_counter(), 0
@@ -139,13 +235,22 @@ def loader_comparison(root: Path, sizes=(512, 1024), n_images=128) -> None:
                     n += len(batch.image)
                 best = max(best, n / (time.perf_counter() - start))
             rates[draft] = best
-        print(f"loader, {size} px JPEGs -> 224 px crop, 1 process: full decode {rates[None]:.1f} samples/s, "
-              f"draft decode {rates[224]:.1f} samples/s ({rates[224] / rates[None]:.2f}x)", flush=True)
+        print(
+            f"loader, {size} px JPEGs -> 224 px crop, 1 process: full decode {rates[None]:.1f} samples/s, "
+            f"draft decode {rates[224]:.1f} samples/s ({rates[224] / rates[None]:.2f}x)",
+            flush=True,
+        )
 
 
 # (dense bf16 FLOP/s, memory bytes/s) from the datasheets; the first name contained in the device's name wins
-GPU_SPECS = {"H200": (989e12, 4.8e12), "H100 PCIe": (756e12, 2.0e12), "H100": (989e12, 3.35e12),
-             "A100": (312e12, 2.0e12), "L40S": (362e12, 0.86e12), "A10": (125e12, 0.6e12)}
+GPU_SPECS = {
+    "H200": (989e12, 4.8e12),
+    "H100 PCIe": (756e12, 2.0e12),
+    "H100": (989e12, 3.35e12),
+    "A100": (312e12, 2.0e12),
+    "L40S": (362e12, 0.86e12),
+    "A10": (125e12, 0.6e12),
+}
 H100 = GPU_SPECS["H100"]
 #: a route tracks the baseline's loss curve if every step's loss is within this fraction of the baseline's
 LOSS_RTOL = 0.02
@@ -153,7 +258,13 @@ PROJECTED_SAMPLES = 500e6
 
 
 def _route(name, causal=True, fused=True, compile_mode=None, precision="amp_bf16"):
-    return {"name": name, "causal": causal, "fused": fused, "compile": compile_mode, "precision": precision}
+    return {
+        "name": name,
+        "causal": causal,
+        "fused": fused,
+        "compile": compile_mode,
+        "precision": precision,
+    }
 
 
 #: In order of importance, so a tight budget still measures the baseline, all routes and the data path.
@@ -208,12 +319,20 @@ def make_trainer(route: dict, model: str, device, steps: int):
     from biocap_train.trainer import Trainer
 
     torch._dynamo.reset()
-    cfg = TrainConfig(model=model, precision=route["precision"], text_type=TEXT_TYPE, lr=1e-4, warmup=10,
-                      progress=False, seed=0)
+    cfg = TrainConfig(
+        model=model,
+        precision=route["precision"],
+        text_type=TEXT_TYPE,
+        lr=1e-4,
+        warmup=10,
+        progress=False,
+        seed=0,
+    )
     trainer = Trainer(cfg, DistInfo(device=device), total_steps=steps)
     set_causal_text_attention(trainer.model, route["causal"])
-    trainer.optimizer = make_optimizer(trainer.model, cfg.lr, cfg.wd, (cfg.beta1, cfg.beta2), cfg.eps,
-                                       fused=route["fused"])
+    trainer.optimizer = make_optimizer(
+        trainer.model, cfg.lr, cfg.wd, (cfg.beta1, cfg.beta2), cfg.eps, fused=route["fused"]
+    )
     if route["compile"]:
         trainer.forward = torch.compile(trainer.forward, mode=route["compile"])
     return trainer
@@ -228,9 +347,14 @@ def synthetic_batches(trainer, batch: int, n: int = 4) -> list:
     gen = torch.Generator().manual_seed(0)
     model = trainer.model
     shape, dev = (batch, model.context_length), trainer.device
-    return [Batch(image=torch.randn(batch, 3, *model.image_size, generator=gen).to(dev),
-                  text=torch.randint(1, model.vocab_size - 1, shape, generator=gen).to(dev),
-                  step_text=StepText(TEXT_TYPE)) for _ in range(n)]
+    return [
+        Batch(
+            image=torch.randn(batch, 3, *model.image_size, generator=gen).to(dev),
+            text=torch.randint(1, model.vocab_size - 1, shape, generator=gen).to(dev),
+            step_text=StepText(TEXT_TYPE),
+        )
+        for _ in range(n)
+    ]
 
 
 def step_flops(model: str, batch: int, device) -> float:
@@ -271,8 +395,9 @@ def jpeg_shards(root: Path, n_samples: int, size=(500, 375), per_shard: int = 51
     for i in range(64):
         rng = random.Random(i)
         buf = io.BytesIO()
-        render(species[i % 16], rng, 256, rng.choice(list(BACKGROUNDS)), rng.choice(TILTS)).resize(size).save(
-            buf, "JPEG", quality=90)
+        render(species[i % 16], rng, 256, rng.choice(list(BACKGROUNDS)), rng.choice(TILTS)).resize(
+            size
+        ).save(buf, "JPEG", quality=90)
         photos.append((buf.getvalue(), f"species {i % 16}".encode()))
     urls = []
     for s in range(-(-n_samples // per_shard)):
@@ -286,8 +411,16 @@ def jpeg_shards(root: Path, n_samples: int, size=(500, 375), per_shard: int = 51
     return urls
 
 
-def end_to_end(trainer, urls: list[str], batch: int, steps: int, warmup: int, workers: int, gpu_decode: bool,
-               sync) -> dict:
+def end_to_end(
+    trainer,
+    urls: list[str],
+    batch: int,
+    steps: int,
+    warmup: int,
+    workers: int,
+    gpu_decode: bool,
+    sync,
+) -> dict:
     """Samples/s of the route's train step fed from JPEG shards by biocap-train's own data path
     (``TrainBatches``: the shard stream, its DataLoader workers and, with ``gpu_decode``, the device
     decode; without, PIL in draft mode in the workers), and the CPU cores kept busy meanwhile."""
@@ -298,8 +431,15 @@ def end_to_end(trainer, urls: list[str], batch: int, steps: int, warmup: int, wo
     from biocap_train.train_batches import TrainBatches
 
     # shards drawn with replacement, so the figure does not depend on the shard count per worker
-    cfg = dataclasses.replace(trainer.cfg, train_data="::".join(urls), dataset_resampled=True, batch_size=batch,
-                              train_num_samples=(warmup + steps) * batch, workers=workers, gpu_decode=gpu_decode)
+    cfg = dataclasses.replace(
+        trainer.cfg,
+        train_data="::".join(urls),
+        dataset_resampled=True,
+        batch_size=batch,
+        train_num_samples=(warmup + steps) * batch,
+        workers=workers,
+        gpu_decode=gpu_decode,
+    )
     info = DistInfo(device=trainer.device)
     data = TrainBatches(cfg, plan_run(cfg, info), info, trainer.model, None, None, say=print)
     n, t0, cpu0 = 0, time.perf_counter(), None
@@ -311,13 +451,28 @@ def end_to_end(trainer, urls: list[str], batch: int, steps: int, warmup: int, wo
         n += sum(len(b.text) for b in micro)
     sync()
     seconds = time.perf_counter() - t0
-    return {"decode": "device" if gpu_decode else "cpu (PIL, draft)", "workers": workers, "steps": steps,
-            "samples_per_s": n / seconds, "cpu_cores_busy": _cores_used(cpu0, _cpu_busy())}
+    return {
+        "decode": "device" if gpu_decode else "cpu (PIL, draft)",
+        "workers": workers,
+        "steps": steps,
+        "samples_per_s": n / seconds,
+        "cpu_cores_busy": _cores_used(cpu0, _cpu_busy()),
+    }
 
 
-def gpu_benchmark(root: Path, budget: Budget, device: str = "cuda", model: str = "ViT-B-16", batch: int = 512,
-                  steps: int = 30, warmup: int = 5, e2e_steps: int = 20, workers: int = 8,
-                  only: list[str] | None = None, e2e_route: str = "compile-all") -> dict:
+def gpu_benchmark(
+    root: Path,
+    budget: Budget,
+    device: str = "cuda",
+    model: str = "ViT-B-16",
+    batch: int = 512,
+    steps: int = 30,
+    warmup: int = 5,
+    e2e_steps: int = 20,
+    workers: int = 8,
+    only: list[str] | None = None,
+    e2e_route: str = "compile-all",
+) -> dict:
     """Every route of :data:`ROUTES` on synthetic batches (samples/s, MFU, loss curve against the
     baseline), then the end-to-end data path with CPU and device decoding, within ``budget``."""
     import torch
@@ -328,9 +483,19 @@ def gpu_benchmark(root: Path, budget: Budget, device: str = "cuda", model: str =
     name = torch.cuda.get_device_name(dev) if cuda else "cpu"
     peak, bandwidth = next((v for k, v in GPU_SPECS.items() if k in name), (None, None))
     flops = step_flops(model, batch, dev) / batch
-    report = {"device": name, "model": model, "batch": batch, "steps": steps, "warmup": warmup,
-              "tflop_per_sample": flops / 1e12, "loss_rtol": LOSS_RTOL, "routes": [], "end_to_end": [],
-              "torch": torch.__version__, "cpu_count": os.cpu_count()}
+    report = {
+        "device": name,
+        "model": model,
+        "batch": batch,
+        "steps": steps,
+        "warmup": warmup,
+        "tflop_per_sample": flops / 1e12,
+        "loss_rtol": LOSS_RTOL,
+        "routes": [],
+        "end_to_end": [],
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+    }
     baseline_losses, e2e_trainer = None, None
     for route in ROUTES:
         if only and route["name"] not in only:
@@ -341,15 +506,24 @@ def gpu_benchmark(root: Path, budget: Budget, device: str = "cuda", model: str =
             continue
         try:
             trainer = make_trainer(route, model, dev, steps + warmup + 1)
-            warm_s, seconds, losses = time_steps(trainer, synthetic_batches(trainer, batch), steps, warmup, sync)
-        except Exception as exc:  # one failing route (e.g. a compile mode) must not lose the others' figures
+            warm_s, seconds, losses = time_steps(
+                trainer, synthetic_batches(trainer, batch), steps, warmup, sync
+            )
+        except (
+            Exception
+        ) as exc:  # one failing route (e.g. a compile mode) must not lose the others' figures
             print(f"  {route['name']}: failed: {type(exc).__name__}: {exc}", flush=True)
             report["routes"].append({**route, "error": f"{type(exc).__name__}: {exc}"})
             continue
         rate = batch / seconds
-        row = {**route, "samples_per_s": rate, "mfu": flops * rate / peak if peak else None,
-               "warmup_s": warm_s, "losses": losses,
-               "max_memory_gib": torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else None}
+        row = {
+            **route,
+            "samples_per_s": rate,
+            "mfu": flops * rate / peak if peak else None,
+            "warmup_s": warm_s,
+            "losses": losses,
+            "max_memory_gib": torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else None,
+        }
         if route["name"] == "baseline":
             baseline_losses = losses
         if baseline_losses is not None:
@@ -357,8 +531,15 @@ def gpu_benchmark(root: Path, budget: Budget, device: str = "cuda", model: str =
             row.update(max_loss_rel_diff=rel, tracks_baseline=rel <= LOSS_RTOL)
         report["routes"].append(row)
         mfu = f", MFU {100 * row['mfu']:.1f}%" if peak else ""
-        tracks = f", loss within {100 * row['max_loss_rel_diff']:.2f}% of baseline" if "max_loss_rel_diff" in row else ""
-        print(f"  {route['name']}: {rate:.0f} samples/s{mfu}, warm-up {warm_s:.0f} s{tracks}", flush=True)
+        tracks = (
+            f", loss within {100 * row['max_loss_rel_diff']:.2f}% of baseline"
+            if "max_loss_rel_diff" in row
+            else ""
+        )
+        print(
+            f"  {route['name']}: {rate:.0f} samples/s{mfu}, warm-up {warm_s:.0f} s{tracks}",
+            flush=True,
+        )
         if route["name"] == e2e_route:
             e2e_trainer = trainer
         else:
@@ -367,46 +548,84 @@ def gpu_benchmark(root: Path, budget: Budget, device: str = "cuda", model: str =
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(dev)
     if e2e_trainer is not None:
-        urls = jpeg_shards(root, (e2e_steps + warmup) * batch * 2)  # two passes' worth: workers split the shards
+        urls = jpeg_shards(
+            root, (e2e_steps + warmup) * batch * 2
+        )  # two passes' worth: workers split the shards
         for gpu_decode in (False, True):
             if budget.left() <= 0:
                 report["end_to_end"].append({"gpu_decode": gpu_decode, "skipped": "budget"})
                 continue
             row = end_to_end(e2e_trainer, urls, batch, e2e_steps, warmup, workers, gpu_decode, sync)
             report["end_to_end"].append(row)
-            print(f"  end to end, {row['decode']} decode, {workers} workers: {row['samples_per_s']:.0f} samples/s, "
-                  f"{row['cpu_cores_busy'] or float('nan'):.1f} CPU cores busy", flush=True)
-    best = max((r for r in report["routes"] if "samples_per_s" in r), key=lambda r: r["samples_per_s"], default=None)
+            print(
+                f"  end to end, {row['decode']} decode, {workers} workers: {row['samples_per_s']:.0f} samples/s, "
+                f"{row['cpu_cores_busy'] or float('nan'):.1f} CPU cores busy",
+                flush=True,
+            )
+    best = max(
+        (r for r in report["routes"] if "samples_per_s" in r),
+        key=lambda r: r["samples_per_s"],
+        default=None,
+    )
     if best and peak:
         # H100 and H200 share the dense bf16 peak; H200's memory is 1.43x faster. So the H100 time lies
         # between the compute-bound scaling (peak ratio) and the memory-bound one (bandwidth ratio).
         hours = PROJECTED_SAMPLES / best["samples_per_s"] / 3600
         low, high = hours * peak / H100[0], hours * max(peak / H100[0], bandwidth / H100[1])
         report["projected_h100_hours_500M"] = {"route": best["name"], "low": low, "high": high}
-        print(f"  projected H100-hours for 500M samples ({best['name']}): {low:.0f}-{high:.0f}", flush=True)
+        print(
+            f"  projected H100-hours for 500M samples ({best['name']}): {low:.0f}-{high:.0f}",
+            flush=True,
+        )
     return report
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=None, help="work folder (default: a temp folder)")
-    parser.add_argument("--threads", default="1", help="OMP_NUM_THREADS for both trainers ('' = unset)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="work folder (default: a temp folder)"
+    )
+    parser.add_argument(
+        "--threads", default="1", help="OMP_NUM_THREADS for both trainers ('' = unset)"
+    )
     parser.add_argument("--skip", nargs="*", default=[], choices=["trainer", "loader", "gpu"])
-    parser.add_argument("--budget-s", type=float, default=480.0,
-                        help="GPU part: start no further route or data-path run after this many seconds")
-    parser.add_argument("--gpu-json", type=Path, default=None, help="GPU figures (default: WORK/gpu.json)")
-    parser.add_argument("--gpu-device", default="cuda",
-                        help="'cpu' runs the GPU part's code at toy sizes (a smoke test of the script)")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=480.0,
+        help="GPU part: start no further route or data-path run after this many seconds",
+    )
+    parser.add_argument(
+        "--gpu-json", type=Path, default=None, help="GPU figures (default: WORK/gpu.json)"
+    )
+    parser.add_argument(
+        "--gpu-device",
+        default="cuda",
+        help="'cpu' runs the GPU part's code at toy sizes (a smoke test of the script)",
+    )
     parser.add_argument("--gpu-model", default="ViT-B-16")
     parser.add_argument("--gpu-batch", type=int, default=512)
     parser.add_argument("--gpu-steps", type=int, default=30)
     parser.add_argument("--e2e-steps", type=int, default=20)
-    parser.add_argument("--e2e-workers", type=int, default=8, help="data workers (CPU cores) of the end-to-end runs")
-    parser.add_argument("--routes", nargs="*", default=None, choices=[r["name"] for r in ROUTES],
-                        help="only these routes (default: all)")
-    parser.add_argument("--e2e-route", default="compile-all", choices=[r["name"] for r in ROUTES],
-                        help="the route whose trainer runs the end-to-end (JPEG shards) measurements")
+    parser.add_argument(
+        "--e2e-workers", type=int, default=8, help="data workers (CPU cores) of the end-to-end runs"
+    )
+    parser.add_argument(
+        "--routes",
+        nargs="*",
+        default=None,
+        choices=[r["name"] for r in ROUTES],
+        help="only these routes (default: all)",
+    )
+    parser.add_argument(
+        "--e2e-route",
+        default="compile-all",
+        choices=[r["name"] for r in ROUTES],
+        help="the route whose trainer runs the end-to-end (JPEG shards) measurements",
+    )
     args = parser.parse_args()
     root = args.out or Path(tempfile.mkdtemp(prefix="biocap-bench-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -419,15 +638,27 @@ def main() -> None:
         import torch
 
         if args.gpu_device.startswith("cuda") and not torch.cuda.is_available():
-            print("GPU: no CUDA device here; the ViT-B-16 routes, MFU and data-path figures need one")
+            print(
+                "GPU: no CUDA device here; the ViT-B-16 routes, MFU and data-path figures need one"
+            )
             return
         print(f"GPU part ({args.gpu_device}, budget {args.budget_s:.0f} s):", flush=True)
-        report = gpu_benchmark(root, Budget(args.budget_s), args.gpu_device, args.gpu_model, args.gpu_batch,
-                               args.gpu_steps, e2e_steps=args.e2e_steps, workers=args.e2e_workers, only=args.routes,
-                               e2e_route=args.e2e_route)
+        report = gpu_benchmark(
+            root,
+            Budget(args.budget_s),
+            args.gpu_device,
+            args.gpu_model,
+            args.gpu_batch,
+            args.gpu_steps,
+            e2e_steps=args.e2e_steps,
+            workers=args.e2e_workers,
+            only=args.routes,
+            e2e_route=args.e2e_route,
+        )
         out = args.gpu_json or root / "gpu.json"
         out.write_text(json.dumps(report, indent=1))
         print(f"GPU figures: {out}")
+
 
 if __name__ == "__main__":
     main()

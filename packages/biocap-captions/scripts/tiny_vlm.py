@@ -25,7 +25,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>"]
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<img>",
+    "</img>",
+    "<IMG_CONTEXT>",
+    "<video>",
+]
 
 #: InternVL-hf style: image parts become the context-image token on their own line.
 CHAT_TEMPLATE = (
@@ -40,22 +48,62 @@ IMAGE_SIZE, PATCH = 112, 14  # tiny: (112/14)^2 * 0.5^2 = 16 tokens per image
 
 #: Vision and text sizes: tiny (tests), and InternVL3-1B / -2B (InternViT-300M + Qwen2.5-0.5B / -1.5B).
 SIZES = {
-    "tiny": dict(vision=dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256),
-                 text=dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
-                           num_key_value_heads=2),
-                 image=IMAGE_SIZE, tiles=1),
-    "tiny-tiled": dict(vision=dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256),
-                       text=dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
-                                 num_key_value_heads=2),
-                       image=IMAGE_SIZE, tiles=12),
-    "1b": dict(vision=dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
-               text=dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                         num_key_value_heads=2),
-               image=448, tiles=12),
-    "2b": dict(vision=dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
-               text=dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                         num_key_value_heads=2),
-               image=448, tiles=12),
+    "tiny": dict(
+        vision=dict(
+            hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256
+        ),
+        text=dict(
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        ),
+        image=IMAGE_SIZE,
+        tiles=1,
+    ),
+    "tiny-tiled": dict(
+        vision=dict(
+            hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256
+        ),
+        text=dict(
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        ),
+        image=IMAGE_SIZE,
+        tiles=12,
+    ),
+    "1b": dict(
+        vision=dict(
+            hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096
+        ),
+        text=dict(
+            hidden_size=896,
+            intermediate_size=4864,
+            num_hidden_layers=24,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+        ),
+        image=448,
+        tiles=12,
+    ),
+    "2b": dict(
+        vision=dict(
+            hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096
+        ),
+        text=dict(
+            hidden_size=1536,
+            intermediate_size=8960,
+            num_hidden_layers=28,
+            num_attention_heads=12,
+            num_key_value_heads=2,
+        ),
+        image=448,
+        tiles=12,
+    ),
 }
 
 
@@ -64,12 +112,22 @@ def build_tokenizer(train_texts=None, vocab_size: int = 4096):
     from transformers import PreTrainedTokenizerFast
 
     byte_vocab = {ch: i for i, ch in enumerate(pre_tokenizers.ByteLevel.alphabet())}
-    raw = Tokenizer(models.BPE(vocab=dict(sorted(byte_vocab.items(), key=lambda kv: kv[1])), merges=[]))
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=train_texts is not None)
+    raw = Tokenizer(
+        models.BPE(vocab=dict(sorted(byte_vocab.items(), key=lambda kv: kv[1])), merges=[])
+    )
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(
+        add_prefix_space=False, use_regex=train_texts is not None
+    )
     raw.decoder = decoders.ByteLevel()
     if train_texts is not None:
-        raw.train_from_iterator(train_texts, trainers.BpeTrainer(
-            vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+        raw.train_from_iterator(
+            train_texts,
+            trainers.BpeTrainer(
+                vocab_size=vocab_size,
+                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                show_progress=False,
+            ),
+        )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=raw,
         eos_token="<|im_end|>",
@@ -106,21 +164,31 @@ def build(out: Path, seed: int = 0, size: str = "tiny", train_texts=None) -> Pat
     config = InternVLConfig(
         vision_config=dict(**spec["vision"], image_size=[side, side], patch_size=[PATCH, PATCH]),
         text_config=dict(
-            model_type="qwen2", vocab_size=vocab, **spec["text"], max_position_embeddings=32768,
-            bos_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
+            model_type="qwen2",
+            vocab_size=vocab,
+            **spec["text"],
+            max_position_embeddings=32768,
+            bos_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            tie_word_embeddings=False,
         ),
         image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"),
         downsample_ratio=0.5,
         image_seq_length=seq,
     )
     dtype = torch.float32 if size.startswith("tiny") else torch.bfloat16
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # random init of 1B weights: seconds on a GPU
+    with torch.device(
+        "cuda" if torch.cuda.is_available() else "cpu"
+    ):  # random init of 1B weights: seconds on a GPU
         model = InternVLForConditionalGeneration(config).to(dtype).eval()
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     processor = InternVLProcessor(
         image_processor=GotOcr2ImageProcessor(
-            size={"height": side, "width": side}, crop_to_patches=tiles > 1, min_patches=1, max_patches=tiles,
+            size={"height": side, "width": side},
+            crop_to_patches=tiles > 1,
+            min_patches=1,
+            max_patches=tiles,
         ),
         tokenizer=tokenizer,
         video_processor=InternVLVideoProcessor(size={"height": side, "width": side}),

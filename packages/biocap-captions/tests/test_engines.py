@@ -65,8 +65,14 @@ def test_a_registered_engine_runs_from_the_command_line_with_its_options(
     out = tmp_path / "out"
     # --base-url is another engine's flag: not this engine's business
     flags = ("--model", "stamp-1", "--temperature", "0.3", "--base-url", "http://ignored/v1")
-    result = run_stamp(str(toy_dir / "train" / "shard-{000000..000001}.tar"), out,
-                       "word=striped", "marks=3", "loud=no", flags=flags)
+    result = run_stamp(
+        str(toy_dir / "train" / "shard-{000000..000001}.tar"),
+        out,
+        "word=striped",
+        "marks=3",
+        "loud=no",
+        flags=flags,
+    )
     assert result.exit_code == 0, result.output
     (engine,) = stamp_engine.built
     assert engine.options == StampOptions("striped", 3, False)

@@ -30,14 +30,37 @@ def files(folder: Path, pattern: str = "*.parquet") -> list[Path]:
     return list(folder.rglob(pattern)) if folder.is_dir() else []
 
 
-def test_sigkill_at_any_point_then_rerun_gives_every_uuid_exactly_once(toy_dir, tmp_path, chat_server):
+def test_sigkill_at_any_point_then_rerun_gives_every_uuid_exactly_once(
+    toy_dir, tmp_path, chat_server
+):
     pattern = str(toy_dir / "train" / "shard-{000000..000003}.tar")
     out = tmp_path / "out"
     with chat_server(delay=0.02) as server:
-        command = [sys.executable, "-m", "biocap_captions", "run", "--shards", pattern, "--out", str(out),
-                   "--engine", "openai", "--model", "tiny-vlm", "--base-url", server.url, "--concurrency", "2",
-                   "--batch-size", "4", "--checkpoint-seconds", "0", "--no-progress",
-                   "--write-shards", str(tmp_path / "shards")]
+        command = [
+            sys.executable,
+            "-m",
+            "biocap_captions",
+            "run",
+            "--shards",
+            pattern,
+            "--out",
+            str(out),
+            "--engine",
+            "openai",
+            "--model",
+            "tiny-vlm",
+            "--base-url",
+            server.url,
+            "--concurrency",
+            "2",
+            "--batch-size",
+            "4",
+            "--checkpoint-seconds",
+            "0",
+            "--no-progress",
+            "--write-shards",
+            str(tmp_path / "shards"),
+        ]
         kill_points = [
             lambda: len(files(out / "partial")) >= 1,  # mid-shard, right after a checkpoint
             lambda: len(files(out / "captions")) >= 1,  # right after a shard was finished

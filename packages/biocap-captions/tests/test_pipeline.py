@@ -36,8 +36,12 @@ def captioner(engine, out: Path, toy: Path, wiki=True, **options) -> Captioner:
         catalog = schemas.CATALOG.read(toy / "catalog.parquet")
         descriptions = load_descriptions(toy / "wiki" / "wiki_descriptions.parquet", catalog)
     opts = dict(out=out, batch_size=3, progress=False, checkpoint_seconds=0.0) | options
-    return Captioner(engine, PromptBuilder(FormatExamples.load(toy / "format_examples.parquet")), RunOptions(**opts),
-                     descriptions)
+    return Captioner(
+        engine,
+        PromptBuilder(FormatExamples.load(toy / "format_examples.parquet")),
+        RunOptions(**opts),
+        descriptions,
+    )
 
 
 def outputs(out: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -55,7 +59,9 @@ def test_every_uuid_gets_exactly_one_caption_with_provenance(toy_dir, tmp_path, 
     assert report.captions == 40 and report.errors == 0
     assert sorted(captions["uuid"]) == sorted(shard_uuids(toy_dir))
     assert errors.height == 0
-    assert set(captions["model"]) == {"fake-vlm"} and set(captions["prompt_version"]) == {PROMPT_VERSION}
+    assert set(captions["model"]) == {"fake-vlm"} and set(captions["prompt_version"]) == {
+        PROMPT_VERSION
+    }
     assert captions["wiki_used"].all() and captions["names_species"].all()
     assert set(captions["shard"]) == {f"shard-00000{i}.tar" for i in range(4)}
     assert captions["created_at"].dtype == pl.Datetime("us", "UTC")
@@ -88,7 +94,12 @@ def test_batches_stream_from_the_shard(toy_dir, tmp_path, fake_engine):
 
     class Counting:
         def __init__(self, unit):
-            self.unit, self.name, self.label, self.expected = unit, unit.name, unit.label, unit.expected
+            self.unit, self.name, self.label, self.expected = (
+                unit,
+                unit.name,
+                unit.label,
+                unit.expected,
+            )
 
         def samples(self):
             for sample in self.unit.samples():
@@ -107,14 +118,18 @@ def test_batches_stream_from_the_shard(toy_dir, tmp_path, fake_engine):
     assert engine.seen_at_call == [3, 6, 9, 10]
 
 
-def test_samples_without_an_image_or_with_an_empty_caption_are_errors(toy_dir, tmp_path, fake_engine):
+def test_samples_without_an_image_or_with_an_empty_caption_are_errors(
+    toy_dir, tmp_path, fake_engine
+):
     src = toy_dir / "train" / "shard-000000.tar"
     samples = list(iter_samples(str(src)))
     shard = tmp_path / "in" / "shard-000000.tar"
     shard.parent.mkdir()
     with wds.TarWriter(str(shard)) as sink:
         for i, s in enumerate(samples):
-            sink.write({k: v for k, v in s.items() if not (i == 2 and k == "jpg") and k != "__url__"})
+            sink.write(
+                {k: v for k, v in s.items() if not (i == 2 and k == "jpg") and k != "__url__"}
+            )
     no_image, empty = samples[2]["__key__"], samples[5]["__key__"]
     engine = fake_engine(texts={empty: "<|im_end|>"})
     captioner(engine, tmp_path / "out", toy_dir, wiki=False).run(shard_units(str(shard)))
@@ -125,7 +140,9 @@ def test_samples_without_an_image_or_with_an_empty_caption_are_errors(toy_dir, t
     assert captions.height == 8 and no_image not in engine.requests
 
 
-def test_a_sample_without_a_common_name_is_prompted_by_its_scientific_name(toy_dir, tmp_path, fake_engine):
+def test_a_sample_without_a_common_name_is_prompted_by_its_scientific_name(
+    toy_dir, tmp_path, fake_engine
+):
     """Core's display-name fallback (``Taxon.common``), for shard members and catalog rows alike."""
     samples = list(iter_samples(str(toy_dir / "train" / "shard-000000.tar")))[:3]
     named, nameless = samples[0], samples[1]
@@ -133,23 +150,45 @@ def test_a_sample_without_a_common_name_is_prompted_by_its_scientific_name(toy_d
     shard.parent.mkdir()
     with wds.TarWriter(str(shard)) as sink:
         for s in samples:
-            sink.write({k: v for k, v in s.items() if k != "__url__" and not (s is nameless and k == "common_name.txt")})
-    captioner(fake_engine(), tmp_path / "shards-out", toy_dir, wiki=False).run(shard_units(str(shard)))
-    captions, _ = outputs(tmp_path / "shards-out")  # the fake engine's caption names what the prompt named
-    prompted = {u: c.removeprefix("The ").split(" shows ")[0] for u, c in zip(captions["uuid"], captions["caption"])}
+            sink.write(
+                {
+                    k: v
+                    for k, v in s.items()
+                    if k != "__url__" and not (s is nameless and k == "common_name.txt")
+                }
+            )
+    captioner(fake_engine(), tmp_path / "shards-out", toy_dir, wiki=False).run(
+        shard_units(str(shard))
+    )
+    captions, _ = outputs(
+        tmp_path / "shards-out"
+    )  # the fake engine's caption names what the prompt named
+    prompted = {
+        u: c.removeprefix("The ").split(" shows ")[0]
+        for u, c in zip(captions["uuid"], captions["caption"])
+    }
 
     (tmp_path / "img").mkdir()
     for s in samples:
         (tmp_path / "img" / f"{s['__key__']}.jpg").write_bytes(s["jpg"])
-    catalog = schemas.CATALOG.read(toy_dir / "catalog.parquet").filter(
-        pl.col("uuid").is_in([s["__key__"] for s in samples])
-    ).with_columns((pl.lit("img/") + pl.col("uuid") + ".jpg").alias("image_path"),
-                   pl.when(pl.col("uuid") == nameless["__key__"]).then(pl.lit("")).otherwise(pl.col("common_name"))
-                   .alias("common_name"))
+    catalog = (
+        schemas.CATALOG.read(toy_dir / "catalog.parquet")
+        .filter(pl.col("uuid").is_in([s["__key__"] for s in samples]))
+        .with_columns(
+            (pl.lit("img/") + pl.col("uuid") + ".jpg").alias("image_path"),
+            pl.when(pl.col("uuid") == nameless["__key__"])
+            .then(pl.lit(""))
+            .otherwise(pl.col("common_name"))
+            .alias("common_name"),
+        )
+    )
     captioner(fake_engine(), tmp_path / "catalog-out", toy_dir, wiki=False).run(
-        catalog_units(catalog, "catalog.parquet", tmp_path, rows_per_unit=8))
+        catalog_units(catalog, "catalog.parquet", tmp_path, rows_per_unit=8)
+    )
     from_catalog, _ = outputs(tmp_path / "catalog-out")
-    assert dict(zip(from_catalog["uuid"], from_catalog["caption"])) == dict(zip(captions["uuid"], captions["caption"]))
+    assert dict(zip(from_catalog["uuid"], from_catalog["caption"])) == dict(
+        zip(captions["uuid"], captions["caption"])
+    )
 
     scientific, common = nameless["scientific_name.txt"].decode(), named["common_name.txt"].decode()
     assert prompted[nameless["__key__"]] == scientific != nameless["common_name.txt"].decode()
@@ -167,7 +206,9 @@ def test_rerun_skips_finished_units_and_finishes_partial_ones(toy_dir, tmp_path,
     with pytest.raises(KeyboardInterrupt):
         captioner(Interrupted(), tmp_path, toy_dir).run(units_of(toy_dir))
     assert (tmp_path / "captions" / "shard-000000.parquet").is_file()
-    assert sorted(p.name for p in (tmp_path / "partial" / "shard-000001").iterdir()) == ["000000.captions.parquet"]
+    assert sorted(p.name for p in (tmp_path / "partial" / "shard-000001").iterdir()) == [
+        "000000.captions.parquet"
+    ]
     engine = fake_engine()
     report = captioner(engine, tmp_path, toy_dir).run(units_of(toy_dir))
     assert report.skipped == ["shard-000000"]
@@ -176,7 +217,9 @@ def test_rerun_skips_finished_units_and_finishes_partial_ones(toy_dir, tmp_path,
     assert sum(len(c) for c in engine.calls) == 40 - 10 - 3  # only what was not done before
     assert not (tmp_path / "partial" / "shard-000001").exists()
     rerun = fake_engine()
-    assert captioner(rerun, tmp_path, toy_dir).run(units_of(toy_dir)).skipped == [u.name for u in units_of(toy_dir)]
+    assert captioner(rerun, tmp_path, toy_dir).run(units_of(toy_dir)).skipped == [
+        u.name for u in units_of(toy_dir)
+    ]
     assert rerun.calls == []
 
 
@@ -211,18 +254,24 @@ def test_a_broken_engine_stops_the_run_and_its_failures_are_retried(toy_dir, tmp
     assert errors.height == 0 and sorted(captions["uuid"]) == sorted(shard_uuids(toy_dir))
 
 
-def test_an_output_write_failure_stops_the_run_naming_the_file(toy_dir, tmp_path, fake_engine, monkeypatch):
+def test_an_output_write_failure_stops_the_run_naming_the_file(
+    toy_dir, tmp_path, fake_engine, monkeypatch
+):
     """A full disk must stop the run, not let it caption the remaining units only to lose them."""
     write = schemas.write_parquet_atomic
 
     def disk_full_for_final_tables(df, path):
         if Path(path).parent.name == "errors":
-            df.write_parquet("/dev/full")  # the error polars really raises: ... No space left on device
+            df.write_parquet(
+                "/dev/full"
+            )  # the error polars really raises: ... No space left on device
         return write(df, path)
 
     monkeypatch.setattr(schemas, "write_parquet_atomic", disk_full_for_final_tables)
     engine = fake_engine()
-    with pytest.raises(OutputError, match=r"cannot write .*errors/shard-000000\.parquet: .*No space left on device"):
+    with pytest.raises(
+        OutputError, match=r"cannot write .*errors/shard-000000\.parquet: .*No space left on device"
+    ):
         captioner(engine, tmp_path, toy_dir).run(units_of(toy_dir))
     assert sum(len(call) for call in engine.calls) == 10  # the first unit only
     monkeypatch.undo()  # space freed: the rerun finishes from the checkpoints
@@ -230,13 +279,17 @@ def test_an_output_write_failure_stops_the_run_naming_the_file(toy_dir, tmp_path
     captioner(rerun, tmp_path, toy_dir).run(units_of(toy_dir))
     captions, errors = outputs(tmp_path)
     assert sorted(captions["uuid"]) == sorted(shard_uuids(toy_dir)) and errors.height == 0
-    assert sum(len(call) for call in rerun.calls) == 30  # the first unit's rows were checkpointed before its final write
+    assert (
+        sum(len(call) for call in rerun.calls) == 30
+    )  # the first unit's rows were checkpointed before its final write
 
 
 def test_retrying_error_rows_is_safe_against_a_kill(toy_dir, tmp_path, fake_engine):
     """A kill while error rows are retried leaves a unit that any rerun finishes, each uuid once."""
     uuids = shard_uuids(toy_dir)
-    captioner(fake_engine(fail={uuids[1]: "HTTP 503", uuids[2]: "HTTP 503"}), tmp_path, toy_dir).run(units_of(toy_dir)[:1])
+    captioner(
+        fake_engine(fail={uuids[1]: "HTTP 503", uuids[2]: "HTTP 503"}), tmp_path, toy_dir
+    ).run(units_of(toy_dir)[:1])
 
     class Killed(fake_engine):
         def generate(self, requests):
@@ -245,7 +298,9 @@ def test_retrying_error_rows_is_safe_against_a_kill(toy_dir, tmp_path, fake_engi
     with pytest.raises(KeyboardInterrupt):
         captioner(Killed(), tmp_path, toy_dir, retry_errors=True).run(units_of(toy_dir)[:1])
     engine = fake_engine()
-    report = captioner(engine, tmp_path, toy_dir).run(units_of(toy_dir)[:1])  # no retry_errors needed now
+    report = captioner(engine, tmp_path, toy_dir).run(
+        units_of(toy_dir)[:1]
+    )  # no retry_errors needed now
     assert engine.calls == [[uuids[1], uuids[2]]] and report.errors_left == 0
     captions, errors = outputs(tmp_path)
     assert sorted(captions["uuid"]) == sorted(uuids[:10]) and errors.height == 0
@@ -254,13 +309,20 @@ def test_retrying_error_rows_is_safe_against_a_kill(toy_dir, tmp_path, fake_engi
 def test_captioned_shards_keep_every_member_and_add_the_caption(toy_dir, tmp_path, fake_engine):
     first = shard_uuids(toy_dir)[0]
     engine = fake_engine(fail={first: "HTTP 400: bad"})
-    captioner(engine, tmp_path, toy_dir, write_shards=tmp_path / "shards").run(units_of(toy_dir)[:1])
+    captioner(engine, tmp_path, toy_dir, write_shards=tmp_path / "shards").run(
+        units_of(toy_dir)[:1]
+    )
     captions, _ = outputs(tmp_path)
     by_uuid = dict(zip(captions["uuid"], captions["caption"]))
-    with tarfile.open(toy_dir / "train" / "shard-000000.tar") as src, tarfile.open(tmp_path / "shards" / "shard-000000.tar") as dst:
+    with (
+        tarfile.open(toy_dir / "train" / "shard-000000.tar") as src,
+        tarfile.open(tmp_path / "shards" / "shard-000000.tar") as dst,
+    ):
         original = {m.name: src.extractfile(m).read() for m in src.getmembers()}
         copied = {m.name: dst.extractfile(m).read() for m in dst.getmembers()}
-    assert {n for n in original if not n.endswith("caption.txt")} == {n for n in copied if not n.endswith("caption.txt")}
+    assert {n for n in original if not n.endswith("caption.txt")} == {
+        n for n in copied if not n.endswith("caption.txt")
+    }
     assert all(copied[n] == original[n] for n in copied if not n.endswith("caption.txt"))
     assert any(n.endswith(".taxonTag.txt") for n in copied)  # member names keep their case
     assert f"{first}.caption.txt" not in copied
@@ -271,7 +333,9 @@ def test_captioned_shards_keep_every_member_and_add_the_caption(toy_dir, tmp_pat
 def test_finished_units_get_their_missing_captioned_shard_on_rerun(toy_dir, tmp_path, fake_engine):
     captioner(fake_engine(), tmp_path, toy_dir).run(units_of(toy_dir)[:1])
     engine = fake_engine()
-    captioner(engine, tmp_path, toy_dir, write_shards=tmp_path / "shards").run(units_of(toy_dir)[:1])
+    captioner(engine, tmp_path, toy_dir, write_shards=tmp_path / "shards").run(
+        units_of(toy_dir)[:1]
+    )
     assert engine.calls == [] and (tmp_path / "shards" / "shard-000000.tar").is_file()
 
 
@@ -280,9 +344,11 @@ def test_catalog_input_reads_image_paths(toy_dir, tmp_path, fake_engine):
     (tmp_path / "img").mkdir()
     for s in samples[:5]:
         (tmp_path / "img" / f"{s['__key__']}.jpg").write_bytes(s["jpg"])
-    catalog = schemas.CATALOG.read(toy_dir / "catalog.parquet").filter(
-        pl.col("uuid").is_in([s["__key__"] for s in samples[:6]])
-    ).with_columns((pl.lit("img/") + pl.col("uuid") + ".jpg").alias("image_path"))
+    catalog = (
+        schemas.CATALOG.read(toy_dir / "catalog.parquet")
+        .filter(pl.col("uuid").is_in([s["__key__"] for s in samples[:6]]))
+        .with_columns((pl.lit("img/") + pl.col("uuid") + ".jpg").alias("image_path"))
+    )
     units = catalog_units(catalog, "catalog.parquet", tmp_path, rows_per_unit=4)
     assert [u.name for u in units] == ["part-000000", "part-000001"]
     engine = fake_engine()
@@ -291,11 +357,15 @@ def test_catalog_input_reads_image_paths(toy_dir, tmp_path, fake_engine):
     assert sorted(captions["uuid"]) == sorted(s["__key__"] for s in samples[:5])
     missing = samples[5]["__key__"]
     assert errors["uuid"].to_list() == [missing]
-    assert errors["reason"][0].startswith(f"unreadable image file: {tmp_path / 'img' / missing}.jpg")
+    assert errors["reason"][0].startswith(
+        f"unreadable image file: {tmp_path / 'img' / missing}.jpg"
+    )
     assert engine.requests[samples[0]["__key__"]].image == samples[0]["jpg"]
 
 
-def test_a_catalog_row_with_no_rank_left_after_cleaning_is_an_error_row(toy_dir, tmp_path, fake_engine):
+def test_a_catalog_row_with_no_rank_left_after_cleaning_is_an_error_row(
+    toy_dir, tmp_path, fake_engine
+):
     """BioCLIP's cleaning empties placeholder ranks; such a row has no name to prompt with, and the rest go on."""
     samples = list(iter_samples(str(toy_dir / "train" / "shard-000000.tar")))[:3]
     (tmp_path / "img").mkdir()
@@ -303,28 +373,49 @@ def test_a_catalog_row_with_no_rank_left_after_cleaning_is_an_error_row(toy_dir,
         (tmp_path / "img" / f"{s['__key__']}.jpg").write_bytes(s["jpg"])
     ranks = ["kingdom", "phylum", "class", "order", "family", "genus", "species"]
     nameless = samples[1]["__key__"]
-    catalog = schemas.CATALOG.read(toy_dir / "catalog.parquet").filter(
-        pl.col("uuid").is_in([s["__key__"] for s in samples])
-    ).with_columns((pl.lit("img/") + pl.col("uuid") + ".jpg").alias("image_path"),
-                   *[pl.when(pl.col("uuid") == nameless).then(pl.lit("Unknown")).otherwise(pl.col(r)).alias(r)
-                     for r in ranks],
-                   pl.when(pl.col("uuid") == nameless).then(pl.lit("")).otherwise(pl.col("common_name"))
-                   .alias("common_name"))
+    catalog = (
+        schemas.CATALOG.read(toy_dir / "catalog.parquet")
+        .filter(pl.col("uuid").is_in([s["__key__"] for s in samples]))
+        .with_columns(
+            (pl.lit("img/") + pl.col("uuid") + ".jpg").alias("image_path"),
+            *[
+                pl.when(pl.col("uuid") == nameless)
+                .then(pl.lit("Unknown"))
+                .otherwise(pl.col(r))
+                .alias(r)
+                for r in ranks
+            ],
+            pl.when(pl.col("uuid") == nameless)
+            .then(pl.lit(""))
+            .otherwise(pl.col("common_name"))
+            .alias("common_name"),
+        )
+    )
     engine = fake_engine()
     captioner(engine, tmp_path / "out", toy_dir, wiki=False).run(
-        catalog_units(catalog, "catalog.parquet", tmp_path, rows_per_unit=8))
+        catalog_units(catalog, "catalog.parquet", tmp_path, rows_per_unit=8)
+    )
     captions, errors = outputs(tmp_path / "out")
-    assert sorted(captions["uuid"]) == sorted(s["__key__"] for s in samples if s["__key__"] != nameless)
+    assert sorted(captions["uuid"]) == sorted(
+        s["__key__"] for s in samples if s["__key__"] != nameless
+    )
     assert errors["uuid"].to_list() == [nameless]
-    assert errors["reason"][0].startswith("no taxonomic rank left after cleaning (catalog.parquet row")
+    assert errors["reason"][0].startswith(
+        "no taxonomic rank left after cleaning (catalog.parquet row"
+    )
     assert nameless not in engine.requests
 
 
 def test_uuid_level_descriptions_are_used_where_present(toy_dir, tmp_path, fake_engine):
     uuids = shard_uuids(toy_dir)[:10]
     wiki = tmp_path / "uuid_descriptions.parquet"
-    pl.DataFrame({"uuid": uuids[:4], "caption": ["x"] * 4,
-                  "description": ["A crawler with a striped shell. It is found under logs."] * 3 + [""]}).write_parquet(wiki)
+    pl.DataFrame(
+        {
+            "uuid": uuids[:4],
+            "caption": ["x"] * 4,
+            "description": ["A crawler with a striped shell. It is found under logs."] * 3 + [""],
+        }
+    ).write_parquet(wiki)
     engine = fake_engine()
     c = captioner(engine, tmp_path / "out", toy_dir, wiki=False)
     c.descriptions = load_descriptions(wiki)
@@ -332,7 +423,10 @@ def test_uuid_level_descriptions_are_used_where_present(toy_dir, tmp_path, fake_
     captions, _ = outputs(tmp_path / "out")
     used = dict(zip(captions["uuid"], captions["wiki_used"]))
     assert [used[u] for u in uuids] == [True] * 3 + [False] * 7
-    assert '"""A crawler with a striped shell. It is found under logs."""' in engine.requests[uuids[0]].instruction
+    assert (
+        '"""A crawler with a striped shell. It is found under logs."""'
+        in engine.requests[uuids[0]].instruction
+    )
 
 
 def test_species_level_descriptions_need_a_catalog(toy_dir):
@@ -363,15 +457,20 @@ def test_a_damaged_shard_is_reported_and_the_others_finish(toy_dir, tmp_path, fa
         data = buf.getvalue()
     (tmp_path / "in" / "shard-000001.tar").write_bytes(data)
     report = captioner(fake_engine(), tmp_path / "out", toy_dir, wiki=False).run(
-        shard_units(str(tmp_path / "in" / "shard-{000000..000002}.tar")))
-    assert report.finished == ["shard-000000", "shard-000002"] and list(report.failed) == ["shard-000001"]
+        shard_units(str(tmp_path / "in" / "shard-{000000..000002}.tar"))
+    )
+    assert report.finished == ["shard-000000", "shard-000002"] and list(report.failed) == [
+        "shard-000001"
+    ]
     assert not (tmp_path / "out" / "captions" / "shard-000001.parquet").exists()
 
 
 def test_stats_summarise_a_run(toy_dir, tmp_path, fake_engine):
     uuids = shard_uuids(toy_dir)
     texts = {uuids[0]: "A small animal.", uuids[1]: " ".join(["long"] * 31)}
-    engine = fake_engine(fail={uuids[2]: "HTTP 400: too big", uuids[3]: "HTTP 400: too big"}, texts=texts)
+    engine = fake_engine(
+        fail={uuids[2]: "HTTP 400: too big", uuids[3]: "HTTP 400: too big"}, texts=texts
+    )
     captioner(engine, tmp_path, toy_dir).run(units_of(toy_dir))
     summary = summarize(tmp_path)
     assert summary["units_finished"] == 4 and summary["captions"] == 38 and summary["errors"] == 2
@@ -408,7 +507,9 @@ def preparing_engine(base):
             assert all(r.prepared == ("ready", r.uuid) for r in requests)
             call = len(self.calls) + 1
             with self.changed:
-                self.ahead.append(self.changed.wait_for(lambda: self.prepared_batches > call, timeout=self.wait))
+                self.ahead.append(
+                    self.changed.wait_for(lambda: self.prepared_batches > call, timeout=self.wait)
+                )
             if call == self.crash_on_call:
                 raise KeyboardInterrupt
             return super().generate(requests)
@@ -427,9 +528,13 @@ def test_the_next_batch_is_prepared_while_one_generates(toy_dir, tmp_path, fake_
     assert engine.prepare_threads and threading.current_thread().name not in engine.prepare_threads
 
 
-def test_a_kill_with_a_batch_prepared_ahead_still_resumes_exactly_once(toy_dir, tmp_path, fake_engine):
+def test_a_kill_with_a_batch_prepared_ahead_still_resumes_exactly_once(
+    toy_dir, tmp_path, fake_engine
+):
     units = units_of(toy_dir)
-    engine = preparing_engine(fake_engine)(wait=0.2, crash_on_call=6)  # the second unit's second batch
+    engine = preparing_engine(fake_engine)(
+        wait=0.2, crash_on_call=6
+    )  # the second unit's second batch
     with pytest.raises(KeyboardInterrupt):
         captioner(engine, tmp_path, toy_dir).run(units)
     assert engine.prepared_batches > 6  # the batch after the crash was prepared, never generated
@@ -437,7 +542,9 @@ def test_a_kill_with_a_batch_prepared_ahead_still_resumes_exactly_once(toy_dir, 
     captioner(rerun, tmp_path, toy_dir).run(units)
     captions, errors = outputs(tmp_path)
     assert sorted(captions["uuid"]) == sorted(shard_uuids(toy_dir)) and errors.height == 0
-    assert sorted(u for call in engine.calls[:5] + rerun.calls for u in call) == sorted(shard_uuids(toy_dir))
+    assert sorted(u for call in engine.calls[:5] + rerun.calls for u in call) == sorted(
+        shard_uuids(toy_dir)
+    )
 
 
 def test_one_ahead_makes_at_most_one_item_ahead_and_passes_errors_on():

@@ -21,13 +21,34 @@ def shard_pattern(toy: Path) -> str:
 
 
 def run_args(toy: Path, out: Path, url: str, *extra: str) -> list[str]:
-    return ["run", "--shards", shard_pattern(toy), "--out", str(out), "--engine", "openai", "--model", "tiny-vlm",
-            "--base-url", url, "--batch-size", "8", "--concurrency", "4", "--no-progress", *extra]
+    return [
+        "run",
+        "--shards",
+        shard_pattern(toy),
+        "--out",
+        str(out),
+        "--engine",
+        "openai",
+        "--model",
+        "tiny-vlm",
+        "--base-url",
+        url,
+        "--batch-size",
+        "8",
+        "--concurrency",
+        "4",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def tables(out: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
-    captions = pl.concat([schemas.CAPTIONS.read(p) for p in sorted((out / "captions").glob("*.parquet"))])
-    errors = pl.concat([schemas.CAPTION_ERRORS.read(p) for p in sorted((out / "errors").glob("*.parquet"))])
+    captions = pl.concat(
+        [schemas.CAPTIONS.read(p) for p in sorted((out / "captions").glob("*.parquet"))]
+    )
+    errors = pl.concat(
+        [schemas.CAPTION_ERRORS.read(p) for p in sorted((out / "errors").glob("*.parquet"))]
+    )
     return captions, errors
 
 
@@ -43,7 +64,13 @@ def test_a_flaky_server_still_gives_every_image_a_caption(toy_dir, tmp_path, cha
     """
     out = tmp_path / "out"
     with chat_server(flaky=True) as server:
-        command = [sys.executable, "-m", "biocap_captions", *run_args(toy_dir, out, server.url), "--progress"]
+        command = [
+            sys.executable,
+            "-m",
+            "biocap_captions",
+            *run_args(toy_dir, out, server.url),
+            "--progress",
+        ]
         result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr
     captions, errors = tables(out)
@@ -52,15 +79,19 @@ def test_a_flaky_server_still_gives_every_image_a_caption(toy_dir, tmp_path, cha
     assert "HTTP Request" not in result.stderr and "no caption" not in result.stderr
 
 
-def test_error_rows_are_retried_on_request_and_strict_fails_while_they_remain(toy_dir, tmp_path, chat_server):
+def test_error_rows_are_retried_on_request_and_strict_fails_while_they_remain(
+    toy_dir, tmp_path, chat_server
+):
     out = tmp_path / "out"
     with chat_server(flaky=True) as server:
         first = CliRunner().invoke(app, run_args(toy_dir, out, server.url, "--max-retries", "0"))
         assert first.exit_code == 0, first.output  # errors alone do not fail a run ...
         _, errors = tables(out)
         assert errors.height == 5  # requests 7, 14, ..., 35 of 40, not retried
-        assert f"5 samples of this job's units have no caption (reasons in {out / 'errors'}); " \
-               "rerun with --retry-errors" in first.output
+        assert (
+            f"5 samples of this job's units have no caption (reasons in {out / 'errors'}); "
+            "rerun with --retry-errors" in first.output
+        )
         sent = server.requests
         rerun = CliRunner().invoke(app, run_args(toy_dir, out, server.url))
         strict = CliRunner().invoke(app, run_args(toy_dir, out, server.url, "--strict"))
@@ -68,11 +99,15 @@ def test_error_rows_are_retried_on_request_and_strict_fails_while_they_remain(to
         assert server.requests == sent  # a plain rerun does not retry them
 
         server.flaky = False
-        retried = CliRunner().invoke(app, run_args(toy_dir, out, server.url, "--retry-errors", "--strict"))
+        retried = CliRunner().invoke(
+            app, run_args(toy_dir, out, server.url, "--retry-errors", "--strict")
+        )
     assert retried.exit_code == 0, retried.output
     assert server.requests == sent + 5  # exactly the error rows were sent again
     captions, errors = tables(out)
-    assert sorted(captions["uuid"]) == uuids(toy_dir) and errors.height == 0  # each uuid once, holes filled
+    assert (
+        sorted(captions["uuid"]) == uuids(toy_dir) and errors.height == 0
+    )  # each uuid once, holes filled
     assert not (out / "partial").exists() or not any((out / "partial").iterdir())
 
 
@@ -81,8 +116,12 @@ def test_a_dead_server_stops_the_run_at_once_naming_the_url(toy_dir, tmp_path):
         sock.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
     start = time.monotonic()
-    result = CliRunner().invoke(app, run_args(toy_dir, tmp_path / "out", url, "--max-retries", "1",
-                                              "--max-consecutive-failures", "8"))
+    result = CliRunner().invoke(
+        app,
+        run_args(
+            toy_dir, tmp_path / "out", url, "--max-retries", "1", "--max-consecutive-failures", "8"
+        ),
+    )
     assert result.exit_code == 1 and time.monotonic() - start < 10
     assert f"error: cannot reach the chat-completions server at {url}/models" in result.output
     assert not (tmp_path / "out" / "errors").exists()
@@ -96,19 +135,32 @@ def test_an_output_write_failing_mid_run_stops_it_in_one_line(toy_dir, tmp_path,
     with chat_server() as server:
         result = CliRunner().invoke(app, run_args(toy_dir, out, server.url))
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
-    assert f"error: cannot write {out / 'errors' / 'shard-000000.parquet'}: File exists ({out / 'errors'})" in result.output
+    assert (
+        f"error: cannot write {out / 'errors' / 'shard-000000.parquet'}: File exists ({out / 'errors'})"
+        in result.output
+    )
     assert len(server.bodies) == 10
 
 
 @pytest.mark.parametrize("where", ["under-a-file", "unwritable"])
 @pytest.mark.parametrize("option", ["--out", "--write-shards"])
-def test_an_output_path_that_cannot_be_written_fails_in_one_line(toy_dir, tmp_path, chat_server, where, option):
+def test_an_output_path_that_cannot_be_written_fails_in_one_line(
+    toy_dir, tmp_path, chat_server, where, option
+):
     (tmp_path / "file").write_text("not a folder")
-    bad = tmp_path / "file" / "out" if where == "under-a-file" else Path("/proc/biocap-captions-test/out")
+    bad = (
+        tmp_path / "file" / "out"
+        if where == "under-a-file"
+        else Path("/proc/biocap-captions-test/out")
+    )
     paths = {"--out": tmp_path / "out", "--write-shards": tmp_path / "shards"} | {option: bad}
     with chat_server() as server:
-        result = CliRunner().invoke(app, run_args(toy_dir, paths["--out"], server.url,
-                                                  "--write-shards", str(paths["--write-shards"])))
+        result = CliRunner().invoke(
+            app,
+            run_args(
+                toy_dir, paths["--out"], server.url, "--write-shards", str(paths["--write-shards"])
+            ),
+        )
         assert server.bodies == []
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     reason = "Not a directory" if where == "under-a-file" else "No such file or directory"

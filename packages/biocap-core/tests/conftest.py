@@ -40,8 +40,24 @@ def toy_dir(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("toy")
     subprocess.run(
-        [sys.executable, "-m", "biocap_core", "toy", "--out", str(out), "--species", "12",
-         "--images-per-species", "6", "--shard-size", "20", "--image-size", "48"],
-        check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "biocap_core",
+            "toy",
+            "--out",
+            str(out),
+            "--species",
+            "12",
+            "--images-per-species",
+            "6",
+            "--shard-size",
+            "20",
+            "--image-size",
+            "48",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return out

@@ -43,30 +43,48 @@ def images(tiny_cfg):
     return torch.randn(3, 3, 32, 32)
 
 
-def test_original_training_checkpoint_with_module_prefix_and_optimizer(trained, tiny_cfg, images, tmp_path):
+def test_original_training_checkpoint_with_module_prefix_and_optimizer(
+    trained, tiny_cfg, images, tmp_path
+):
     opt = torch.optim.AdamW(trained.parameters())
     sd = {f"module.{k}": v for k, v in trained.state_dict().items()}
-    torch.save({"epoch": 50, "name": "biocap", "state_dict": sd, "optimizer": opt.state_dict(), "scaler": None},
-               tmp_path / "epoch_50.pt")
+    torch.save(
+        {
+            "epoch": 50,
+            "name": "biocap",
+            "state_dict": sd,
+            "optimizer": opt.state_dict(),
+            "scaler": None,
+        },
+        tmp_path / "epoch_50.pt",
+    )
     loaded = load_model(tiny_cfg, str(tmp_path / "epoch_50.pt")).eval()
     assert loaded.load_report.metadata == {"epoch": 50, "name": "biocap"}
     assert not loaded.load_report.single_projector
     for head in ("tax", "caption"):
-        assert torch.equal(loaded.encode_image(images, head=head), trained.encode_image(images, head=head))
+        assert torch.equal(
+            loaded.encode_image(images, head=head), trained.encode_image(images, head=head)
+        )
     assert loaded.logit_scale_caption.item() == 4.0
 
 
 def test_a_checkpoint_carrying_its_config_is_a_model_by_itself(trained, images, tmp_path):
     path = tmp_path / "step_00000008.pt"  # as biocap-train writes them: weights, step and model_cfg
-    torch.save({"step": 8, "state_dict": trained.state_dict(), "model_cfg": trained.model_cfg}, path)
+    torch.save(
+        {"step": 8, "state_dict": trained.state_dict(), "model_cfg": trained.model_cfg}, path
+    )
     loaded = load_model(str(path)).eval()
     assert loaded.load_report.metadata == {"step": 8}
     for head in ("tax", "caption"):
-        assert torch.equal(loaded.encode_image(images, head=head), trained.encode_image(images, head=head))
+        assert torch.equal(
+            loaded.encode_image(images, head=head), trained.encode_image(images, head=head)
+        )
     with pytest.raises(ValueError, match="cannot be combined"):
         load_model(str(path), "openai")
     bare = save_weights(trained, tmp_path / "bare.safetensors")
-    with pytest.raises(CheckpointError, match=r"bare.safetensors: holds no model config.*--pretrained"):
+    with pytest.raises(
+        CheckpointError, match=r"bare.safetensors: holds no model config.*--pretrained"
+    ):
         load_model(str(bare))
 
 
@@ -97,7 +115,9 @@ def test_export_reloads_with_identical_embeddings(trained, images, tmp_path, hea
 def test_dual_safetensors_round_trip(trained, tiny_cfg, images, tmp_path):
     path = save_weights(trained, tmp_path / "biocap.safetensors")
     loaded = load_model(tiny_cfg, str(path)).eval()
-    assert torch.equal(loaded.encode_image(images, head="caption"), trained.encode_image(images, head="caption"))
+    assert torch.equal(
+        loaded.encode_image(images, head="caption"), trained.encode_image(images, head="caption")
+    )
 
 
 def test_hf_hub_names_go_through_open_clip_download(trained, images, tmp_path, monkeypatch):
@@ -140,8 +160,11 @@ def test_unexpected_and_missing_keys_are_listed(trained, tiny_cfg, tmp_path):
     sd["visual.extra_head"] = torch.zeros(2)
     del sd["ln_final.weight"]
     torch.save(sd, tmp_path / "odd.pt")
-    with pytest.raises(CheckpointError, match=r"odd.pt.*missing keys \(1\): \['ln_final.weight'\].*"
-                                              r"unexpected keys \(1\): \['visual.extra_head'\]"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"odd.pt.*missing keys \(1\): \['ln_final.weight'\].*"
+        r"unexpected keys \(1\): \['visual.extra_head'\]",
+    ):
         load_model(tiny_cfg, str(tmp_path / "odd.pt"))
 
 
@@ -177,12 +200,16 @@ def test_local_dir_without_weights(trained, tmp_path):
     shutil.rmtree(out)
 
 
-@pytest.mark.parametrize("content", [
-    random.Random(0).randbytes(4096),  # starts with neither zip nor pickle bytes
-    b"",
-    b"epoch 50, loss 0.3\n" * 20,
-    pickle.dumps({"visual.proj": [[0.0]]}),  # a pickle, but not one torch.save wrote
-], ids=["random", "empty", "text", "plain-pickle"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        random.Random(0).randbytes(4096),  # starts with neither zip nor pickle bytes
+        b"",
+        b"epoch 50, loss 0.3\n" * 20,
+        pickle.dumps({"visual.proj": [[0.0]]}),  # a pickle, but not one torch.save wrote
+    ],
+    ids=["random", "empty", "text", "plain-pickle"],
+)
 def test_a_file_that_is_not_a_checkpoint_is_named_as_such(tmp_path, content):
     (tmp_path / "junk.pt").write_bytes(content)
     with pytest.raises(CheckpointError, match=r"junk.pt: not a checkpoint") as info:
@@ -197,8 +224,9 @@ def test_legacy_torch_save_files_are_still_read(trained, tmp_path):
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
-def test_a_checkpoint_loads_into_the_model_build_model_makes_at_that_precision(trained, images, tmp_path,
-                                                                              precision):
+def test_a_checkpoint_loads_into_the_model_build_model_makes_at_that_precision(
+    trained, images, tmp_path, precision
+):
     """--precision bf16 with or without --pretrained gives one model: the same module types
     (OpenCLIP's fp32-computing LayerNormFp32, not a cast LayerNorm), dtypes and outputs."""
     path = save_weights(trained, tmp_path / "w.safetensors")
@@ -207,8 +235,13 @@ def test_a_checkpoint_loads_into_the_model_build_model_makes_at_that_precision(t
     load_weights(built, path)
     kinds = [type(m) for m in loaded.modules()]
     assert kinds == [type(m) for m in built.modules()]
-    assert open_clip.transformer.LayerNormFp32 in kinds and open_clip.transformer.LayerNorm not in kinds
-    assert {k: v.dtype for k, v in loaded.state_dict().items()} == {k: v.dtype for k, v in built.state_dict().items()}
+    assert (
+        open_clip.transformer.LayerNormFp32 in kinds
+        and open_clip.transformer.LayerNorm not in kinds
+    )
+    assert {k: v.dtype for k, v in loaded.state_dict().items()} == {
+        k: v.dtype for k, v in built.state_dict().items()
+    }
     with torch.no_grad():
         text = loaded.tokenizer()(["a photo of a fish.", "a red beetle."])
         out = [m(images.to(input_dtype(precision)), text) for m in (loaded, built)]

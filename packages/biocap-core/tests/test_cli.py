@@ -30,7 +30,9 @@ def _outs(tmp_path: Path) -> dict[str, Path]:
     }
 
 
-@pytest.mark.parametrize("kind", ["under-a-file", "is-a-file", "under-a-device", "where-nothing-may-be-created"])
+@pytest.mark.parametrize(
+    "kind", ["under-a-file", "is-a-file", "under-a-device", "where-nothing-may-be-created"]
+)
 @pytest.mark.parametrize("command", ["toy", "export"])
 def test_an_unusable_out_is_one_line_naming_it(tmp_path, tiny_cfg, command, kind):
     out = _outs(tmp_path)[kind]
@@ -50,11 +52,17 @@ def test_a_folder_that_may_not_be_written_is_one_line_naming_it(tmp_path, tiny_c
     if os.access(out, os.W_OK):
         pytest.skip("this user may write anywhere (root)")
     result = _invoke(command, out, tmp_path, tiny_cfg)
-    assert result.exit_code == 1 and result.output.strip() == f"error: --out {out}: the folder is not writable"
+    assert (
+        result.exit_code == 1
+        and result.output.strip() == f"error: --out {out}: the folder is not writable"
+    )
 
 
 def test_export_creates_a_nested_out_folder(tmp_path, tiny_cfg):
     out = tmp_path / "new" / "nested"
     result = _invoke("export", out, tmp_path, tiny_cfg)
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["open_clip_config.json", "open_clip_model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "open_clip_config.json",
+        "open_clip_model.safetensors",
+    ]

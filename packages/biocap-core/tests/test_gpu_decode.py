@@ -30,16 +30,23 @@ def _photo(i: int, size: tuple[int, int], mode: str = "RGB", fmt: str = "JPEG") 
     rng = random.Random(i)
     img = render(make_species(4)[i % 4], rng, 256, rng.choice(list(BACKGROUNDS)), rng.choice(TILTS))
     buf = io.BytesIO()
-    img.resize(size, Image.BICUBIC).convert(mode).save(buf, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    img.resize(size, Image.BICUBIC).convert(mode).save(
+        buf, fmt, **({"quality": 90} if fmt == "JPEG" else {})
+    )
     return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
 def sources() -> list[bytes]:
-    return [_photo(0, (500, 375)), _photo(1, (375, 500)), _photo(2, (224, 224)), _photo(3, (1024, 683)),
-            _photo(4, (300, 150), mode="L"),  # greyscale JPEG: decoded to RGB
-            _photo(5, (320, 240), fmt="PNG"),  # not a JPEG: decoded by PIL in the worker
-            _photo(6, (200, 180), mode="CMYK")]  # CMYK JPEG: decoded by PIL in the worker
+    return [
+        _photo(0, (500, 375)),
+        _photo(1, (375, 500)),
+        _photo(2, (224, 224)),
+        _photo(3, (1024, 683)),
+        _photo(4, (300, 150), mode="L"),  # greyscale JPEG: decoded to RGB
+        _photo(5, (320, 240), fmt="PNG"),  # not a JPEG: decoded by PIL in the worker
+        _photo(6, (200, 180), mode="CMYK"),
+    ]  # CMYK JPEG: decoded by PIL in the worker
 
 
 def _assert_close(out: torch.Tensor, ref: torch.Tensor, max_diff: float, mean_diff: float) -> None:
@@ -51,7 +58,9 @@ def _assert_close(out: torch.Tensor, ref: torch.Tensor, max_diff: float, mean_di
 
 def _device_batch(prep: DevicePreprocess, sources, device, dtype=torch.float32) -> torch.Tensor:
     """The whole batch as the device path gives it: encoded in the workers, decoded on ``device``."""
-    images, kept, failed = prep.apply(prep.collate([prep.encode(s) for s in sources]), device, dtype)
+    images, kept, failed = prep.apply(
+        prep.collate([prep.encode(s) for s in sources]), device, dtype
+    )
     assert kept == list(range(len(sources))) and not failed, failed
     return images
 
@@ -107,7 +116,11 @@ def test_a_jpeg_only_the_device_finds_broken_is_reported_at_its_position(sources
     prep = DevicePreprocess(64, train=False)
     batch = prep.collate([prep.encode(s) for s in (sources[0], bytes(broken), sources[5])])
     images, kept, failed = prep.apply(batch, "cpu")
-    assert kept == [0, 2] and [i for i, _ in failed] == [1] and "cannot decode as an image" in failed[0][1]
+    assert (
+        kept == [0, 2]
+        and [i for i, _ in failed] == [1]
+        and "cannot decode as an image" in failed[0][1]
+    )
     _assert_close(images, _eval_reference([sources[0], sources[5]], 64), CPU_MAX, CPU_MEAN)
 
 

@@ -14,8 +14,12 @@ def test_every_unit_goes_to_exactly_one_job():
 
 
 def test_slurm_array_variables_give_a_zero_based_index():
-    assert job_from_env({"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "12"}) == (12, 2)
-    assert job_from_env({"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_MAX": "7"}) == (8, 5)
+    assert job_from_env(
+        {"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "12"}
+    ) == (12, 2)
+    assert job_from_env(
+        {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_MAX": "7"}
+    ) == (8, 5)
     assert job_from_env({}) is None
     with pytest.raises(JobSpecError, match="SLURM"):
         job_from_env({"SLURM_ARRAY_TASK_ID": "x"})
@@ -42,7 +46,12 @@ def test_a_job_whose_share_is_empty_starts_no_engine_and_writes_no_manifest(toy_
         def build(self):
             raise AssertionError("the engine was started")
 
-    report = run(Inputs(shards=str(toy_dir / "train" / "shard-{000000..000003}.tar")), NoEngine("vllm"),
-                 RunOptions(out=tmp_path / "out", progress=False), num_jobs=12, job_index=11)
+    report = run(
+        Inputs(shards=str(toy_dir / "train" / "shard-{000000..000003}.tar")),
+        NoEngine("vllm"),
+        RunOptions(out=tmp_path / "out", progress=False),
+        num_jobs=12,
+        job_index=11,
+    )
     assert (report.finished, report.captions) == ([], 0)
     assert (tmp_path / "out").is_dir() and not (tmp_path / "out" / "runs").exists()

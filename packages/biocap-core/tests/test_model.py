@@ -32,8 +32,13 @@ def test_heads_share_one_backbone_pass(tiny_cfg):
     assert torch.allclose(both["caption"], model.encode_image(images, head="caption"), atol=1e-6)
     assert not torch.allclose(both["tax"], both["caption"])
     out = model(images, text)
-    assert set(out) == {"image_features_tax", "image_features_caption", "text_features", "logit_scale",
-                        "logit_scale_caption"}
+    assert set(out) == {
+        "image_features_tax",
+        "image_features_caption",
+        "text_features",
+        "logit_scale",
+        "logit_scale_caption",
+    }
     assert torch.allclose(out["image_features_tax"].norm(dim=-1), torch.ones(4))
     with pytest.raises(ValueError, match="unknown head"):
         model.encode_image(images, head="wings")
@@ -67,7 +72,9 @@ def test_one_training_step_with_either_head(tiny_cfg, head):
 def test_vision_config_is_merged_not_replaced(tiny_cfg):
     model = build_model(tiny_cfg, vision_cfg={"patch_size": 16})
     assert model.visual.conv1.kernel_size == (16, 16)
-    assert model.visual.transformer.width == 64  # kept from the config, unlike the original's shallow replace
+    assert (
+        model.visual.transformer.width == 64
+    )  # kept from the config, unlike the original's shallow replace
 
 
 def test_builtin_architecture_and_unknown_names():
@@ -76,7 +83,9 @@ def test_builtin_architecture_and_unknown_names():
     assert model.context_length == 77
     with pytest.raises(ValueError, match="unknown model"):
         build_model("ViT-Z-99")
-    with pytest.raises(ValueError, match="linear projection `visual.proj`.*ModifiedResNet has none"):
+    with pytest.raises(
+        ValueError, match="linear projection `visual.proj`.*ModifiedResNet has none"
+    ):
         build_model("RN50")
 
 
@@ -94,12 +103,14 @@ def test_toolkit_model_names_resolve_without_side_effects():
     import subprocess
     import sys
 
-    code = ("import sys, open_clip; from biocap_core.model import resolve_config, toolkit_models;"
-            "cfg = resolve_config('BioCAP-toy');"
-            "assert 'BioCAP-toy' in toolkit_models();"
-            "assert open_clip.get_model_config('BioCAP-toy') is None, 'import registered configs globally';"
-            "assert not any(m.startswith('biocap_train') for m in sys.modules);"
-            "print(cfg['embed_dim'])")
+    code = (
+        "import sys, open_clip; from biocap_core.model import resolve_config, toolkit_models;"
+        "cfg = resolve_config('BioCAP-toy');"
+        "assert 'BioCAP-toy' in toolkit_models();"
+        "assert open_clip.get_model_config('BioCAP-toy') is None, 'import registered configs globally';"
+        "assert not any(m.startswith('biocap_train') for m in sys.modules);"
+        "print(cfg['embed_dim'])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "64"
 

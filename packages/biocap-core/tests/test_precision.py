@@ -9,11 +9,23 @@ from biocap_core.model import build_model
 from biocap_core.precision import PRECISIONS, autocast, input_dtype, weight_dtype
 
 
-@pytest.mark.parametrize("precision,weights", [("fp32", torch.float32), ("amp", torch.float32),
-                                                ("amp_bf16", torch.float32), ("bf16", torch.bfloat16)])
+@pytest.mark.parametrize(
+    "precision,weights",
+    [
+        ("fp32", torch.float32),
+        ("amp", torch.float32),
+        ("amp_bf16", torch.float32),
+        ("bf16", torch.bfloat16),
+    ],
+)
 def test_only_pure_precisions_cast_the_weights_and_norms_stay_fp32(tiny_cfg, precision, weights):
     model = build_model(tiny_cfg, precision=precision)
-    assert model.visual.proj.dtype == model.visual.caption_proj.dtype == model.visual.conv1.weight.dtype == weights
+    assert (
+        model.visual.proj.dtype
+        == model.visual.caption_proj.dtype
+        == model.visual.conv1.weight.dtype
+        == weights
+    )
     assert model.visual.ln_post.weight.dtype == torch.float32
     assert input_dtype(precision) == weights
 

@@ -12,14 +12,26 @@ from PIL import Image
 from torchvision.transforms import functional as TF
 
 from biocap_core.model import build_model
-from biocap_core.preprocess import UInt8ToFloat, decode_image, image_transform, preprocess_cfg, split_eval_transform
+from biocap_core.preprocess import (
+    UInt8ToFloat,
+    decode_image,
+    image_transform,
+    preprocess_cfg,
+    split_eval_transform,
+)
 
 
 def _gradient(w, h):
     x = np.linspace(0, 255, w, dtype=np.float32)[None, :, None]
     y = np.linspace(0, 255, h, dtype=np.float32)[:, None, None]
-    rgb = np.concatenate([np.broadcast_to(x, (h, w, 1)), np.broadcast_to(y, (h, w, 1)),
-                          np.full((h, w, 1), 128, np.float32)], axis=2)
+    rgb = np.concatenate(
+        [
+            np.broadcast_to(x, (h, w, 1)),
+            np.broadcast_to(y, (h, w, 1)),
+            np.full((h, w, 1), 128, np.float32),
+        ],
+        axis=2,
+    )
     return Image.fromarray(rgb.astype(np.uint8))
 
 
@@ -29,8 +41,11 @@ def test_eval_transform_resizes_short_side_then_centre_crops_a_non_square_image(
     assert out.shape == (3, 224, 224)
     resized = TF.resize(img, 224, interpolation=TF.InterpolationMode.BICUBIC)
     assert resized.size == (448, 224)
-    expected = TF.normalize(TF.to_tensor(TF.center_crop(resized, 224)), open_clip.OPENAI_DATASET_MEAN,
-                            open_clip.OPENAI_DATASET_STD)
+    expected = TF.normalize(
+        TF.to_tensor(TF.center_crop(resized, 224)),
+        open_clip.OPENAI_DATASET_MEAN,
+        open_clip.OPENAI_DATASET_STD,
+    )
     assert torch.allclose(out, expected, atol=1e-5)
     # the centre crop keeps the middle: the left and right thirds of the gradient are gone
     assert out[0, :, 0].mean() > expected.new_tensor(-1.0).item()
@@ -41,8 +56,10 @@ def test_split_eval_transform_gives_the_eval_transforms_tensors_batched(tiny_cfg
     model.preprocess_cfg = {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}
     to_uint8, to_float = split_eval_transform(model)
     rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
-              for w, h in ((32, 32), (300, 150), (40, 90), (17, 200))]
+    images = [
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        for w, h in ((32, 32), (300, 150), (40, 90), (17, 200))
+    ]
     images.append(_gradient(64, 48))
     crops = [to_uint8(img) for img in images]
     assert all(c.dtype == torch.uint8 and c.shape == (3, 32, 32) for c in crops)
@@ -56,7 +73,9 @@ def test_a_zero_std_is_refused_when_the_normaliser_is_made():
 
 
 def test_train_transform_is_random_resized_crop_of_the_right_size():
-    img = _gradient(220, 200)  # RandomResizedCrop falls back to a centre crop when no 0.9-area crop fits
+    img = _gradient(
+        220, 200
+    )  # RandomResizedCrop falls back to a centre crop when no 0.9-area crop fits
     t = image_transform(64, train=True)
     torch.manual_seed(0)
     a = t(img)
@@ -96,9 +115,14 @@ def test_max_side_drafts_by_the_longest_side_then_shrinks_to_it(monkeypatch):
     _gradient(2000, 1000).save(buf, format="JPEG")
     decoded_at = []
     real_thumbnail = Image.Image.thumbnail
-    monkeypatch.setattr(Image.Image, "thumbnail",
-                        lambda self, *a, **k: (decoded_at.append(self.size), real_thumbnail(self, *a, **k))[1])
+    monkeypatch.setattr(
+        Image.Image,
+        "thumbnail",
+        lambda self, *a, **k: (decoded_at.append(self.size), real_thumbnail(self, *a, **k))[1],
+    )
     image = decode_image(buf.getvalue(), max_side=480)
     assert image.size == (480, 240) and image.mode == "RGB"
-    assert decoded_at == [(500, 250)]  # 1/4 DCT scale: the longest side still >= 480 (both sides would keep 1/2)
+    assert decoded_at == [
+        (500, 250)
+    ]  # 1/4 DCT scale: the longest side still >= 480 (both sides would keep 1/2)
     assert decode_image(buf.getvalue(), max_side=4000).size == (2000, 1000)  # never enlarged

@@ -12,7 +12,9 @@ from biocap_core.retry_after import retry_after_seconds
 def test_delta_seconds_as_text_or_bytes():
     assert retry_after_seconds("2.5") == 2.5
     assert retry_after_seconds(b" 3\r\n") == 3.0
-    assert retry_after_seconds("-4") == 0.0  # nonsense from a server means "now", never a negative sleep
+    assert (
+        retry_after_seconds("-4") == 0.0
+    )  # nonsense from a server means "now", never a negative sleep
 
 
 def test_an_http_date_is_the_time_left_until_then():

@@ -36,9 +36,15 @@ def test_every_real_classification_file_validates(original_data):
 
 
 def test_real_queries_keep_supercategories(original_data):
-    df = schemas.INQUIRE_QUERIES.read(original_data / "inquire_annotations/inquire_queries_test.csv")
+    df = schemas.INQUIRE_QUERIES.read(
+        original_data / "inquire_annotations/inquire_queries_test.csv"
+    )
     assert df.group_by("supercategory").len().sort("supercategory").rows() == [
-        ("Appearance", 66), ("Behavior", 67), ("Context", 49), ("Species", 18)]
+        ("Appearance", 66),
+        ("Behavior", 67),
+        ("Context", 49),
+        ("Species", 18),
+    ]
 
 
 def test_ambiguous_species_have_several_taxonomies(original_data):
@@ -49,27 +55,47 @@ def test_ambiguous_species_have_several_taxonomies(original_data):
 def test_missing_column_names_file_and_column(tmp_path):
     path = tmp_path / "captions.csv"
     path.write_text(",id,source_url\n0,1,http://x\n")
-    with pytest.raises(SchemaError, match=r"captions.csv: retrieval table is missing column\(s\) \['captions'\]"):
+    with pytest.raises(
+        SchemaError, match=r"captions.csv: retrieval table is missing column\(s\) \['captions'\]"
+    ):
         schemas.RETRIEVAL.read(path)
 
 
 def test_bad_values_name_column_and_rows(tmp_path):
     path = tmp_path / "q.csv"
-    path.write_text("query_id,query_text,supercategory\n1,a,Species\n2,b,Species\nthree,c,Species\n")
-    with pytest.raises(SchemaError, match=r"q.csv: column 'query_id'.*Int64.*rows \(0-based\) \[2\]: \['three'\]"):
+    path.write_text(
+        "query_id,query_text,supercategory\n1,a,Species\n2,b,Species\nthree,c,Species\n"
+    )
+    with pytest.raises(
+        SchemaError, match=r"q.csv: column 'query_id'.*Int64.*rows \(0-based\) \[2\]: \['three'\]"
+    ):
         schemas.INQUIRE_QUERIES.read(path)
 
 
 def test_empty_required_values_are_reported(tmp_path):
     path = tmp_path / "r.csv"
     path.write_text('id,captions\n1,a\n2,\n3," "\n')
-    with pytest.raises(SchemaError, match=r"column 'captions'.*2 empty value\(s\); first rows \(0-based\): \[1, 2\]"):
+    with pytest.raises(
+        SchemaError,
+        match=r"column 'captions'.*2 empty value\(s\); first rows \(0-based\): \[1, 2\]",
+    ):
         schemas.RETRIEVAL.read(path)
 
 
 def test_aliases_and_fill(tmp_path):
-    df = pl.DataFrame({"treeoflife_id": ["u1"], "kingdom": ["Animalia"], "phylum": [None], "cls": ["Aves"],
-                       "order": ["o"], "family": ["f"], "genus": ["g"], "species": ["s"], "common": ["bird"]})
+    df = pl.DataFrame(
+        {
+            "treeoflife_id": ["u1"],
+            "kingdom": ["Animalia"],
+            "phylum": [None],
+            "cls": ["Aves"],
+            "order": ["o"],
+            "family": ["f"],
+            "genus": ["g"],
+            "species": ["s"],
+            "common": ["bird"],
+        }
+    )
     out = schemas.CATALOG.validate(df)
     assert out["uuid"].to_list() == ["u1"] and out["class"].to_list() == ["Aves"]
     assert out["phylum"].to_list() == [""] and out["common_name"].to_list() == ["bird"]

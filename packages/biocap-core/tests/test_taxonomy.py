@@ -23,15 +23,25 @@ from biocap_core.taxonomy import (
     tol_texts,
 )
 
-GOLDFINCH = Taxon("animalia", "chordata", "aves", "passeriformes", "fringillidae", "spinus", "Tristis",
-                  "American Goldfinch")
+GOLDFINCH = Taxon(
+    "animalia",
+    "chordata",
+    "aves",
+    "passeriformes",
+    "fringillidae",
+    "spinus",
+    "Tristis",
+    "American Goldfinch",
+)
 
 
 def test_tol_texts_are_byte_identical_to_the_shard_writer():
     texts = tol_texts(GOLDFINCH)
     taxonomic = "Animalia Chordata Aves Passeriformes Fringillidae Spinus tristis"
-    tag = ("kingdom Animalia phylum Chordata class Aves order Passeriformes family Fringillidae "
-           "genus Spinus species tristis")
+    tag = (
+        "kingdom Animalia phylum Chordata class Aves order Passeriformes family Fringillidae "
+        "genus Spinus species tristis"
+    )
     assert texts == {
         "sci": "a photo of Spinus tristis.",
         "com": "a photo of American Goldfinch.",
@@ -41,15 +51,21 @@ def test_tol_texts_are_byte_identical_to_the_shard_writer():
         "taxon_com": f"a photo of {taxonomic} with common name American Goldfinch.",
         "taxonTag_com": f"a photo of {tag} with common name American Goldfinch.",
     }
-    assert tol_names(GOLDFINCH) == {"scientific_name": "Spinus tristis", "taxonomic_name": taxonomic,
-                                    "common_name": "American Goldfinch"}
+    assert tol_names(GOLDFINCH) == {
+        "scientific_name": "Spinus tristis",
+        "taxonomic_name": taxonomic,
+        "common_name": "American Goldfinch",
+    }
 
 
 def test_tol_texts_drop_empty_ranks_and_fall_back_for_common_name():
     taxon = Taxon("plantae", "", "magnoliopsida", "", "rosaceae", "rosa", "")
     texts = tol_texts(taxon)
     assert texts["taxon"] == "a photo of Plantae Magnoliopsida Rosaceae Rosa."
-    assert texts["taxonTag"] == "a photo of kingdom Plantae class Magnoliopsida family Rosaceae genus Rosa."
+    assert (
+        texts["taxonTag"]
+        == "a photo of kingdom Plantae class Magnoliopsida family Rosaceae genus Rosa."
+    )
     # no common name: falls back to the scientific name ...
     assert texts["com"] == "a photo of Rosa."
     assert texts["taxon_com"].endswith(" with common name Rosa.")
@@ -76,8 +92,21 @@ def test_81_templates_start_with_a_photo_of():
 
 
 _PLACEHOLDERS = ("unknown", "pleasehelp")  # cleaned away (see test_tol_cleaning.py)
-_WORD = st.text(alphabet=string.ascii_lowercase, min_size=2, max_size=10).filter(lambda w: w not in _PLACEHOLDERS)
-_KEYWORDS = {"kingdom", "phylum", "class", "order", "family", "genus", "species", "with", "common", "name"}
+_WORD = st.text(alphabet=string.ascii_lowercase, min_size=2, max_size=10).filter(
+    lambda w: w not in _PLACEHOLDERS
+)
+_KEYWORDS = {
+    "kingdom",
+    "phylum",
+    "class",
+    "order",
+    "family",
+    "genus",
+    "species",
+    "with",
+    "common",
+    "name",
+}
 
 
 @st.composite
@@ -103,7 +132,9 @@ def test_taxon_tag_round_trip(taxon):
 
 @given(taxa())
 def test_formats_never_leave_double_spaces_in_training_texts(taxon):
-    assume(taxon.scientific)  # with no genus or species the original writes "a photo of  with ..." too
+    assume(
+        taxon.scientific
+    )  # with no genus or species the original writes "a photo of  with ..." too
     for text in tol_texts(taxon).values():
         assert "  " not in text and text.endswith(".")
 
@@ -125,18 +156,40 @@ def _original_labels(path, text_type):
         rows = list(csv.DictReader(fh))
     out = []
     for row in rows:
-        g = {k: (row.get(k) or "") for k in ("kingdom", "phylum", "cls", "order", "family", "genus", "species",
-                                               "common_name")}
-        sci = g["genus"].capitalize() + " " + g["species"].lower() if g["species"] else g["genus"].capitalize()
+        g = {
+            k: (row.get(k) or "")
+            for k in (
+                "kingdom",
+                "phylum",
+                "cls",
+                "order",
+                "family",
+                "genus",
+                "species",
+                "common_name",
+            )
+        }
+        sci = (
+            g["genus"].capitalize() + " " + g["species"].lower()
+            if g["species"]
+            else g["genus"].capitalize()
+        )
         if g["kingdom"] == "":
             tax = " ".join([g["genus"].capitalize(), g["species"].lower()])
         else:
-            tax = " ".join([g[k].capitalize() for k in ("kingdom", "phylum", "cls", "order", "family", "genus")]
-                           + [g["species"].lower()])
+            tax = " ".join(
+                [
+                    g[k].capitalize()
+                    for k in ("kingdom", "phylum", "cls", "order", "family", "genus")
+                ]
+                + [g["species"].lower()]
+            )
         if text_type == "asis":
             out.append(row["class"])
         elif text_type == "taxon_com":
-            out.append(tax if g["common_name"] == "" else tax + " with common name " + g["common_name"])
+            out.append(
+                tax if g["common_name"] == "" else tax + " with common name " + g["common_name"]
+            )
         elif text_type == "sci":
             out.append(sci)
     return out
@@ -164,7 +217,9 @@ REAL_SETS = [
 
 
 @pytest.mark.parametrize("rel,text_type,n_images,n_classes", REAL_SETS)
-def test_labels_of_real_annotations_match_the_original(original_data, rel, text_type, n_images, n_classes):
+def test_labels_of_real_annotations_match_the_original(
+    original_data, rel, text_type, n_images, n_classes
+):
     path = original_data / "classification_annotation" / rel
     table = schemas.CLASSIFICATION.read(path)
     labels = label_texts(table, text_type, source=str(path))

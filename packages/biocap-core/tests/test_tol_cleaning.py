@@ -39,8 +39,19 @@ def _bioclip_clean_rank(value):
 
 def _bioclip_clean_name(name):
     name = _bioclip_strip_html(name.lower()).strip()
-    patterns = [r"\(", r"ssp\.", r"subsp\.", r"var\.", r"\w+, \w+ & \w+", r"\w+ & \w+", r"\w+ \d\d\d\d",
-                r"\w+, \d\d\d\d", r"\d\d\d\d", r" [A-z]\.", r"<br ?>"]
+    patterns = [
+        r"\(",
+        r"ssp\.",
+        r"subsp\.",
+        r"var\.",
+        r"\w+, \w+ & \w+",
+        r"\w+ & \w+",
+        r"\w+ \d\d\d\d",
+        r"\w+, \d\d\d\d",
+        r"\d\d\d\d",
+        r" [A-z]\.",
+        r"<br ?>",
+    ]
     for pattern in patterns:
         match = re.search(pattern, name)
         if match:
@@ -92,7 +103,9 @@ class _BioclipTaxon:
 
     @property
     def taxonomic(self):
-        name = " ".join([getattr(self, r).capitalize() for r in _ORACLE_RANKS[:6]] + [self.species.lower()]).strip()
+        name = " ".join(
+            [getattr(self, r).capitalize() for r in _ORACLE_RANKS[:6]] + [self.species.lower()]
+        ).strip()
         return " ".join(name.split())
 
     @property
@@ -102,8 +115,12 @@ class _BioclipTaxon:
 
     @property
     def tagged(self):
-        pairs = [(tag, getattr(self, r).capitalize()) for tag, r in
-                 zip(("kingdom", "phylum", "class", "order", "family", "genus"), _ORACLE_RANKS)]
+        pairs = [
+            (tag, getattr(self, r).capitalize())
+            for tag, r in zip(
+                ("kingdom", "phylum", "class", "order", "family", "genus"), _ORACLE_RANKS
+            )
+        ]
         return [(k, v) for k, v in pairs + [("species", self.species.lower())] if v]
 
 
@@ -128,6 +145,8 @@ def _bioclip_make_txt(taxon, common):
         "taxon_com.txt": f"a photo of {taxon.taxonomic} with common name {common}.",
         "taxonTag_com.txt": f"a photo of {tagged} with common name {common}.",
     }
+
+
 # ---- end of the oracle ----
 
 
@@ -138,17 +157,44 @@ def _ours(ranks, common=""):
 
 def _mixed_case(text: str):
     return st.lists(st.booleans(), min_size=len(text), max_size=len(text)).map(
-        lambda upper: "".join(c.upper() if u else c for c, u in zip(text, upper)))
+        lambda upper: "".join(c.upper() if u else c for c, u in zip(text, upper))
+    )
 
 
 _FRAGMENTS = st.one_of(
     # a few names, often repeated, so that genus and species values collide
     st.sampled_from(["leo", "panthera", "felis", "x"]).flatmap(_mixed_case),
-    st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZéßİ_", min_size=1, max_size=8),
-    st.sampled_from(["unknown", "(unidentified)", "pleasehelp", "metazoa", "archaeplastida", "chloroplastida"])
-    .flatmap(_mixed_case),
-    st.sampled_from(["<i>", "</i>", "<b>x</b>", "<br>", "<br >", "<br/>", "(", ")", "ssp.", "subsp.", "var.",
-                     "sp.", "&", ",", "L.", "r.br.", "_.", "[.", ".", "1758", "12"]),
+    st.text(
+        alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZéßİ_", min_size=1, max_size=8
+    ),
+    st.sampled_from(
+        ["unknown", "(unidentified)", "pleasehelp", "metazoa", "archaeplastida", "chloroplastida"]
+    ).flatmap(_mixed_case),
+    st.sampled_from(
+        [
+            "<i>",
+            "</i>",
+            "<b>x</b>",
+            "<br>",
+            "<br >",
+            "<br/>",
+            "(",
+            ")",
+            "ssp.",
+            "subsp.",
+            "var.",
+            "sp.",
+            "&",
+            ",",
+            "L.",
+            "r.br.",
+            "_.",
+            "[.",
+            ".",
+            "1758",
+            "12",
+        ]
+    ),
 )
 _SEPARATORS = st.sampled_from(["", " ", "  ", ", ", "\t"])
 
@@ -194,57 +240,147 @@ def test_cleaned_ranks_are_bioclips(raw):
 
 # (what the example shows, kingdom ... species, expected taxonomic name, expected scientific name)
 WORKED_EXAMPLES = [
-    ("ranks are lower-cased, then capitalised; the epithet stays lower-case",
-     ("ANIMALIA", "CHORDATA", "MAMMALIA", "CARNIVORA", "FELIDAE", "PANTHERA", "LEO"),
-     "Animalia Chordata Mammalia Carnivora Felidae Panthera leo", "Panthera leo"),
-    ("placeholders become empty, in any case",
-     ("Animalia", "Unknown", "(Unidentified)", "PleaseHelp", "Felidae", "Panthera", "UNKNOWN"),
-     "Animalia Felidae Panthera", "Panthera"),
-    ("a padded placeholder is not one (the original compares without stripping)",
-     (" unknown", "Chordata", "", "", "", "", ""), "unknown Chordata", ""),
+    (
+        "ranks are lower-cased, then capitalised; the epithet stays lower-case",
+        ("ANIMALIA", "CHORDATA", "MAMMALIA", "CARNIVORA", "FELIDAE", "PANTHERA", "LEO"),
+        "Animalia Chordata Mammalia Carnivora Felidae Panthera leo",
+        "Panthera leo",
+    ),
+    (
+        "placeholders become empty, in any case",
+        ("Animalia", "Unknown", "(Unidentified)", "PleaseHelp", "Felidae", "Panthera", "UNKNOWN"),
+        "Animalia Felidae Panthera",
+        "Panthera",
+    ),
+    (
+        "a padded placeholder is not one (the original compares without stripping)",
+        (" unknown", "Chordata", "", "", "", "", ""),
+        "unknown Chordata",
+        "",
+    ),
     ("Metazoa is Animalia", ("Metazoa", "Chordata", "", "", "", "", ""), "Animalia Chordata", ""),
-    ("Archaeplastida is Plantae", ("Archaeplastida", "", "", "", "", "Rosa", ""), "Plantae Rosa", "Rosa"),
+    (
+        "Archaeplastida is Plantae",
+        ("Archaeplastida", "", "", "", "", "Rosa", ""),
+        "Plantae Rosa",
+        "Rosa",
+    ),
     ("Chloroplastida is Plantae", ("CHLOROPLASTIDA", "", "", "", "", "", ""), "Plantae", ""),
-    ("paired HTML tags are removed, nested ones too",
-     ("", "", "", "", "", "<i>Panthera</i>", "<b><i>leo</i></b>"), "Panthera leo", "Panthera leo"),
-    ("the epithet ends at a parenthesis",
-     ("", "", "", "", "", "Panthera", "leo (Linnaeus, 1758)"), "Panthera leo", "Panthera leo"),
-    ("... at ssp.", ("", "", "", "", "", "Panthera", "leo ssp. persica"), "Panthera leo", "Panthera leo"),
-    ("... at subsp.", ("", "", "", "", "", "Lagocheirus", "araneiformis subsp. parvulus"),
-     "Lagocheirus araneiformis", "Lagocheirus araneiformis"),
-    ("... at var.", ("", "", "", "", "", "Echinocereus", "rigidissimus var. rubrispinus"),
-     "Echinocereus rigidissimus", "Echinocereus rigidissimus"),
-    ("... at a word followed by a year", ("", "", "", "", "", "Megacyllene", "asteca Chevrolat 1860"),
-     "Megacyllene asteca", "Megacyllene asteca"),
-    ("... at 'name, year'", ("", "", "", "", "", "Partula", "subangulata Pease, 1870"),
-     "Partula subangulata", "Partula subangulata"),
-    ("... at 'x & y'", ("", "", "", "", "", "Agosia", "yarrowi Jordan & Evermann"), "Agosia yarrowi",
-     "Agosia yarrowi"),
-    ("... at a single-letter initial", ("", "", "", "", "", "Morinda", "citrifolia L."), "Morinda citrifolia",
-     "Morinda citrifolia"),
-    ("... at a line break", ("", "", "", "", "", "Pellaea", "boivinii <br > var. boivinii"), "Pellaea boivinii",
-     "Pellaea boivinii"),
-    ("a cut at the very start leaves no epithet", ("", "", "", "", "Felidae", "Panthera", "(Linnaeus)"),
-     "Felidae Panthera", "Panthera"),
-    ("... and so does a bare author and year", ("", "", "", "", "", "Panthera", "Linnaeus 1758"),
-     "Panthera", "Panthera"),
+    (
+        "paired HTML tags are removed, nested ones too",
+        ("", "", "", "", "", "<i>Panthera</i>", "<b><i>leo</i></b>"),
+        "Panthera leo",
+        "Panthera leo",
+    ),
+    (
+        "the epithet ends at a parenthesis",
+        ("", "", "", "", "", "Panthera", "leo (Linnaeus, 1758)"),
+        "Panthera leo",
+        "Panthera leo",
+    ),
+    (
+        "... at ssp.",
+        ("", "", "", "", "", "Panthera", "leo ssp. persica"),
+        "Panthera leo",
+        "Panthera leo",
+    ),
+    (
+        "... at subsp.",
+        ("", "", "", "", "", "Lagocheirus", "araneiformis subsp. parvulus"),
+        "Lagocheirus araneiformis",
+        "Lagocheirus araneiformis",
+    ),
+    (
+        "... at var.",
+        ("", "", "", "", "", "Echinocereus", "rigidissimus var. rubrispinus"),
+        "Echinocereus rigidissimus",
+        "Echinocereus rigidissimus",
+    ),
+    (
+        "... at a word followed by a year",
+        ("", "", "", "", "", "Megacyllene", "asteca Chevrolat 1860"),
+        "Megacyllene asteca",
+        "Megacyllene asteca",
+    ),
+    (
+        "... at 'name, year'",
+        ("", "", "", "", "", "Partula", "subangulata Pease, 1870"),
+        "Partula subangulata",
+        "Partula subangulata",
+    ),
+    (
+        "... at 'x & y'",
+        ("", "", "", "", "", "Agosia", "yarrowi Jordan & Evermann"),
+        "Agosia yarrowi",
+        "Agosia yarrowi",
+    ),
+    (
+        "... at a single-letter initial",
+        ("", "", "", "", "", "Morinda", "citrifolia L."),
+        "Morinda citrifolia",
+        "Morinda citrifolia",
+    ),
+    (
+        "... at a line break",
+        ("", "", "", "", "", "Pellaea", "boivinii <br > var. boivinii"),
+        "Pellaea boivinii",
+        "Pellaea boivinii",
+    ),
+    (
+        "a cut at the very start leaves no epithet",
+        ("", "", "", "", "Felidae", "Panthera", "(Linnaeus)"),
+        "Felidae Panthera",
+        "Panthera",
+    ),
+    (
+        "... and so does a bare author and year",
+        ("", "", "", "", "", "Panthera", "Linnaeus 1758"),
+        "Panthera",
+        "Panthera",
+    ),
     ("sp. is kept", ("", "", "", "", "", "Panthera", "sp."), "Panthera sp.", "Panthera sp."),
-    ("a species that repeats the genus loses it", ("", "", "", "", "", "Panthera", "Panthera leo"),
-     "Panthera leo", "Panthera leo"),
-    ("a two-word species supplies a missing genus", ("Animalia", "", "", "", "", "", "Panthera leo"),
-     "Animalia Panthera leo", "Panthera leo"),
-    ("a doubled epithet becomes one", ("", "", "", "", "", "Panthera", "leo leo"), "Panthera leo",
-     "Panthera leo"),
-    ("... also after the genus is taken out", ("", "", "", "", "", "", "geospiza fuliginosa fuliginosa"),
-     "Geospiza fuliginosa", "Geospiza fuliginosa"),
-    ("a trinomial keeps three words", ("", "", "", "", "", "", "Panthera leo persica"),
-     "Panthera leo persica", "Panthera leo persica"),
-    ("a species naming another genus is kept whole", ("", "", "", "", "", "Panthera", "Felis leo"),
-     "Panthera felis leo", "Panthera felis leo"),
+    (
+        "a species that repeats the genus loses it",
+        ("", "", "", "", "", "Panthera", "Panthera leo"),
+        "Panthera leo",
+        "Panthera leo",
+    ),
+    (
+        "a two-word species supplies a missing genus",
+        ("Animalia", "", "", "", "", "", "Panthera leo"),
+        "Animalia Panthera leo",
+        "Panthera leo",
+    ),
+    (
+        "a doubled epithet becomes one",
+        ("", "", "", "", "", "Panthera", "leo leo"),
+        "Panthera leo",
+        "Panthera leo",
+    ),
+    (
+        "... also after the genus is taken out",
+        ("", "", "", "", "", "", "geospiza fuliginosa fuliginosa"),
+        "Geospiza fuliginosa",
+        "Geospiza fuliginosa",
+    ),
+    (
+        "a trinomial keeps three words",
+        ("", "", "", "", "", "", "Panthera leo persica"),
+        "Panthera leo persica",
+        "Panthera leo persica",
+    ),
+    (
+        "a species naming another genus is kept whole",
+        ("", "", "", "", "", "Panthera", "Felis leo"),
+        "Panthera felis leo",
+        "Panthera felis leo",
+    ),
 ]
 
 
-@pytest.mark.parametrize("what,ranks,taxonomic,scientific", WORKED_EXAMPLES, ids=[w[0] for w in WORKED_EXAMPLES])
+@pytest.mark.parametrize(
+    "what,ranks,taxonomic,scientific", WORKED_EXAMPLES, ids=[w[0] for w in WORKED_EXAMPLES]
+)
 def test_worked_examples_of_bioclips_cleaning(what, ranks, taxonomic, scientific):
     texts = _ours(ranks)
     assert (texts["taxonomic_name.txt"], texts["scientific_name.txt"]) == (taxonomic, scientific)
@@ -253,16 +389,24 @@ def test_worked_examples_of_bioclips_cleaning(what, ranks, taxonomic, scientific
 
 
 def test_the_tags_follow_the_cleaned_ranks():
-    texts = _ours(("Metazoa", "unknown", "", "", "", "<i>Panthera</i>", "Panthera leo (Linnaeus, 1758)"),
-                  "Lion")
-    assert texts["taxonTag_com.txt"] == "a photo of kingdom Animalia genus Panthera species leo with common name Lion."
+    texts = _ours(
+        ("Metazoa", "unknown", "", "", "", "<i>Panthera</i>", "Panthera leo (Linnaeus, 1758)"),
+        "Lion",
+    )
+    assert (
+        texts["taxonTag_com.txt"]
+        == "a photo of kingdom Animalia genus Panthera species leo with common name Lion."
+    )
 
 
-@pytest.mark.parametrize("ranks", [
-    ("Unknown", "(unidentified)", "", "", "", "", ""),
-    ("", "", "", "", "", "", "(Linnaeus 1758)"),
-    ("<i>pleasehelp</i>", "", "", "", "", "", "1758"),
-])
+@pytest.mark.parametrize(
+    "ranks",
+    [
+        ("Unknown", "(unidentified)", "", "", "", "", ""),
+        ("", "", "", "", "", "", "(Linnaeus 1758)"),
+        ("<i>pleasehelp</i>", "", "", "", "", "", "1758"),
+    ],
+)
 def test_a_taxon_with_nothing_left_is_refused_not_written_as_a_photo_of_nothing(ranks):
     taxon = Taxon(*ranks, common_name="Lion")
     with pytest.raises(EmptyTaxonError, match="no rank is left after BioCLIP's cleaning"):
@@ -273,4 +417,7 @@ def test_a_taxon_with_nothing_left_is_refused_not_written_as_a_photo_of_nothing(
 
 def test_eval_labels_are_not_cleaned_because_naming_eval_does_not_clean():
     row = Taxon("Metazoa", "", "", "", "", "panthera", "Leo (Linnaeus, 1758)", "Lion")
-    assert label_text(row, "taxon_com") == "Metazoa     Panthera leo (linnaeus, 1758) with common name Lion"
+    assert (
+        label_text(row, "taxon_com")
+        == "Metazoa     Panthera leo (linnaeus, 1758) with common name Lion"
+    )

@@ -28,9 +28,23 @@ def test_shards_have_the_treeoflife_members(toy_dir):
     with tarfile.open(urls[0]) as tar:
         names = tar.getnames()
     key = names[0].split(".", 1)[0]
-    members = ("jpg", "sci.txt", "com.txt", "taxon.txt", "taxonTag.txt", "sci_com.txt", "taxon_com.txt",
-               "taxonTag_com.txt", "scientific_name.txt", "taxonomic_name.txt", "common_name.txt", "caption.txt")
-    assert sorted(n for n in names if n.startswith(key)) == sorted(f"{key}.{m}" for m in members)  # taxonTag keeps its T
+    members = (
+        "jpg",
+        "sci.txt",
+        "com.txt",
+        "taxon.txt",
+        "taxonTag.txt",
+        "sci_com.txt",
+        "taxon_com.txt",
+        "taxonTag_com.txt",
+        "scientific_name.txt",
+        "taxonomic_name.txt",
+        "common_name.txt",
+        "caption.txt",
+    )
+    assert sorted(n for n in names if n.startswith(key)) == sorted(
+        f"{key}.{m}" for m in members
+    )  # taxonTag keeps its T
     samples = list(iter_samples(urls))
     assert len(samples) == 72 and len({s["__key__"] for s in samples}) == 72
     for s in samples:
@@ -44,8 +58,12 @@ def test_catalog_and_every_table_validate(toy_dir):
     catalog = schemas.CATALOG.read(toy_dir / "catalog.parquet")
     assert catalog.height == 12 * 6 + 12 * 4
     assert set(catalog["split"]) == {"train", "val"}
-    for layout, label_type in (("camera_trap.csv", "taxon_com"), ("metadata.csv", "asis"),
-                               ("rare_species.csv", "taxon_com"), ("rare_species.csv", "sci")):
+    for layout, label_type in (
+        ("camera_trap.csv", "taxon_com"),
+        ("metadata.csv", "asis"),
+        ("rare_species.csv", "taxon_com"),
+        ("rare_species.csv", "sci"),
+    ):
         table = schemas.CLASSIFICATION.read(toy_dir / "zeroshot" / layout)
         labels = label_texts(table, label_type)
         assert len(set(labels)) == 12
@@ -74,10 +92,14 @@ def test_traits_follow_the_taxonomy():
         by_family.setdefault(sp.taxon.family, set()).add(sp.pattern)
     assert all(len(colours) == 1 for colours in by_class.values())
     assert all(len(patterns) == 1 for patterns in by_family.values())
-    combos = {(sp.plan, sp.colour, sp.shape, sp.pattern, sp.pattern_colour, sp.marks) for sp in species}
+    combos = {
+        (sp.plan, sp.colour, sp.shape, sp.pattern, sp.pattern_colour, sp.marks) for sp in species
+    }
     assert len(combos) == 64  # every species looks different
     assert len({sp.scientific for sp in species}) == 64
-    assert any(sp.taxon.common_name == "" for sp in species)  # some fall back to the scientific name
+    assert any(
+        sp.taxon.common_name == "" for sp in species
+    )  # some fall back to the scientific name
 
 
 def test_body_colour_in_caption_is_visible_in_the_image(toy_dir):
@@ -86,25 +108,45 @@ def test_body_colour_in_caption_is_visible_in_the_image(toy_dir):
     for path, label in zip(table["filepath"], table["class"]):
         sp = species[label]
         assert sp.colour in sp.trait_caption()
-        pixels = np.asarray(Image.open(toy_dir / "zeroshot" / path).convert("RGB")).reshape(-1, 3).astype(int)
+        pixels = (
+            np.asarray(Image.open(toy_dir / "zeroshot" / path).convert("RGB"))
+            .reshape(-1, 3)
+            .astype(int)
+        )
         share = {name: (np.abs(pixels - rgb).sum(1) < 90).mean() for name, rgb in COLOURS.items()}
         assert max(share, key=share.get) == sp.colour
 
 
 def test_generation_is_deterministic(tmp_path):
-    cfg = ToyConfig(species=4, images_per_species=3, val_per_species=1, eval_per_species=1, inquire_queries=4,
-                    image_size=32, shard_size=5, seed=7)
+    cfg = ToyConfig(
+        species=4,
+        images_per_species=3,
+        val_per_species=1,
+        eval_per_species=1,
+        inquire_queries=4,
+        image_size=32,
+        shard_size=5,
+        seed=7,
+    )
     generate(tmp_path / "a", cfg)
     generate(tmp_path / "b", cfg)
-    for rel in ("train/shard-000000.tar", "train/sizes.json", "catalog.parquet", "zeroshot/camera_trap.csv"):
+    for rel in (
+        "train/shard-000000.tar",
+        "train/sizes.json",
+        "catalog.parquet",
+        "zeroshot/camera_trap.csv",
+    ):
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
 
 
 def test_cli_validate_reports_bad_tables(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("id\n1\n")
-    run = subprocess.run([sys.executable, "-m", "biocap_core", "validate", str(bad), "--schema", "retrieval"],
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "biocap_core", "validate", str(bad), "--schema", "retrieval"],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 1
     assert "bad.csv" in run.stderr and "'captions'" in run.stderr
 
@@ -121,8 +163,13 @@ def test_reader_groups_like_webdataset_with_long_names_and_directories(tmp_path)
     import webdataset as wds
 
     long_dir = "d" * 120
-    members = [(f"{long_dir}/k1.jpg", b"img1"), (f"{long_dir}/k1.taxonTag.txt", b"t1"),
-               ("k2.jpg", b"img2"), ("k2.sci.txt", b"s2"), ("README", b"no extension")]
+    members = [
+        (f"{long_dir}/k1.jpg", b"img1"),
+        (f"{long_dir}/k1.taxonTag.txt", b"t1"),
+        ("k2.jpg", b"img2"),
+        ("k2.sci.txt", b"s2"),
+        ("README", b"no extension"),
+    ]
     _tar(tmp_path / "s.tar", members)
     ours = list(iter_samples(str(tmp_path / "s.tar")))
     theirs = list(wds.WebDataset(str(tmp_path / "s.tar"), shardshuffle=False))

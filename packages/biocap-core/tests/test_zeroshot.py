@@ -30,7 +30,9 @@ def test_set_from_each_toy_layout(toy_dir):
 def test_missing_images_error_or_skip(toy_dir, tmp_path):
     root = toy_dir / "zeroshot"
     table = pl.read_csv(root / "metadata.csv")
-    table = pl.concat([table, pl.DataFrame({"": [99], "filepath": ["images/nope.jpg"], "class": ["X y"]})])
+    table = pl.concat(
+        [table, pl.DataFrame({"": [99], "filepath": ["images/nope.jpg"], "class": ["X y"]})]
+    )
     csv = tmp_path / "m.csv"
     table.write_csv(csv)
     with pytest.raises(SchemaError, match=r"m.csv: 1 of 49 image\(s\) missing.*nope.jpg"):
@@ -45,22 +47,35 @@ def test_classifier_weights_average_normalised_templates(tiny_cfg):
     w = classifier_weights(model, ["Aa bb", "Cc dd", "Ee ff"], templates, batch_size=4)
     tok = model.tokenizer()
     with torch.no_grad():
-        manual = torch.stack([
-            F.normalize(model.encode_text(tok([t.format(c) for t in templates]), normalize=True).mean(0), dim=0)
-            for c in ["Aa bb", "Cc dd", "Ee ff"]]).T
+        manual = torch.stack(
+            [
+                F.normalize(
+                    model.encode_text(tok([t.format(c) for t in templates]), normalize=True).mean(
+                        0
+                    ),
+                    dim=0,
+                )
+                for c in ["Aa bb", "Cc dd", "Ee ff"]
+            ]
+        ).T
     assert w.shape == (32, 3) and torch.allclose(w, manual, atol=1e-5)
 
 
 def test_encode_images_matches_the_model_on_preprocessed_images(tiny_cfg, toy_dir):
     model = build_model(tiny_cfg).eval()
-    data = ClassificationSet.from_csv(toy_dir / "zeroshot" / "metadata.csv", toy_dir / "zeroshot", "asis")
+    data = ClassificationSet.from_csv(
+        toy_dir / "zeroshot" / "metadata.csv", toy_dir / "zeroshot", "asis"
+    )
     feats = encode_images(model, data.paths[:5], head="caption", batch_size=2)
     from biocap_core.preprocess import decode_image, image_transform
 
     t = image_transform(model, train=False)
     with torch.no_grad():
-        direct = model.encode_image(torch.stack([t(decode_image(p)) for p in data.paths[:5]]), normalize=True,
-                                    head="caption")
+        direct = model.encode_image(
+            torch.stack([t(decode_image(p)) for p in data.paths[:5]]),
+            normalize=True,
+            head="caption",
+        )
     assert torch.allclose(feats, direct, atol=1e-5)
 
 
@@ -70,7 +85,13 @@ def test_topk_and_recall_against_brute_force():
     labels = torch.randint(0, 6, (200,), generator=g)  # class 6 never occurs
     acc = topk_accuracy(logits, labels, ks=(1, 3, 10))
     for k, value in acc.items():
-        brute = sum(int(labels[i]) in sorted(range(7), key=lambda c: -logits[i, c])[:k] for i in range(200)) / 200
+        brute = (
+            sum(
+                int(labels[i]) in sorted(range(7), key=lambda c: -logits[i, c])[:k]
+                for i in range(200)
+            )
+            / 200
+        )
         assert value == pytest.approx(brute)
     assert acc[10] == 1.0
     recall = per_class_recall(logits, labels, 7)

@@ -54,6 +54,17 @@ def toy_dir(tmp_path_factory) -> Path:
     from biocap_core.toy import ToyConfig, generate
 
     out = tmp_path_factory.mktemp("toy")
-    generate(out, ToyConfig(species=12, images_per_species=1, val_per_species=1, eval_per_species=4,
-                            inquire_queries=8, inquire_candidates=40, image_size=40, shard_size=64))
+    generate(
+        out,
+        ToyConfig(
+            species=12,
+            images_per_species=1,
+            val_per_species=1,
+            eval_per_species=4,
+            inquire_queries=8,
+            inquire_candidates=40,
+            image_size=40,
+            shard_size=64,
+        ),
+    )
     return out

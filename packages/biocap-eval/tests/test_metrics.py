@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from biocap_eval.metrics import average_precision, ndcg, recall_at_k, reciprocal_rank, rerank_metrics, true_item_ranks
+from biocap_eval.metrics import (
+    average_precision,
+    ndcg,
+    recall_at_k,
+    reciprocal_rank,
+    rerank_metrics,
+    true_item_ranks,
+)
 
 
 def _sklearn():
@@ -25,15 +32,27 @@ def inquire_reference(y_true: np.ndarray, y_pred: np.ndarray, count_pos: int, k:
     position, and its mrr's unstable argsort would otherwise pick an arbitrary order among ties.
     """
     found = int(y_true[:k].sum())
-    ap = _sklearn().average_precision_score(y_true[:k], y_pred[:k]) * found / min(count_pos, k) if found else 0.0
+    ap = (
+        _sklearn().average_precision_score(y_true[:k], y_pred[:k]) * found / min(count_pos, k)
+        if found
+        else 0.0
+    )
     missed = count_pos - int(y_true.sum())
     if count_pos:
-        nd = _sklearn().ndcg_score([y_true.tolist() + [1] * missed], [y_pred.tolist() + [-100] * missed], k=k)
+        nd = _sklearn().ndcg_score(
+            [y_true.tolist() + [1] * missed], [y_pred.tolist() + [-100] * missed], k=k
+        )
     else:
         nd = 0.0
     first = np.flatnonzero(y_true)
     mrr = 1 / (first[0] + 1) if len(first) else 0.0
-    return {"ap": ap, "ndcg": nd, "mrr": mrr, "precision": found / k, "recall": found / count_pos if count_pos else 0.0}
+    return {
+        "ap": ap,
+        "ndcg": nd,
+        "mrr": mrr,
+        "precision": found / k,
+        "recall": found / count_pos if count_pos else 0.0,
+    }
 
 
 def by_score(relevant: np.ndarray, scores: np.ndarray):
@@ -64,7 +83,9 @@ def random_lists(seed: int):
 def test_rerank_metrics_match_inquire_with_sklearn_on_all_candidates(seed):
     for relevant, scores in random_lists(seed):
         got = rerank_metrics(relevant, scores)
-        assert_matches(got, inquire_reference(*by_score(relevant, scores), int(relevant.sum()), len(relevant)))
+        assert_matches(
+            got, inquire_reference(*by_score(relevant, scores), int(relevant.sum()), len(relevant))
+        )
 
 
 @pytest.mark.parametrize("seed", [2, 3])
@@ -91,7 +112,11 @@ def test_ndcg_at_k_averages_tied_gains_across_the_cut():
     # the positive ties with a negative at ranks 2-3; the cut at 2 keeps half of the group's gain
     relevant, scores = np.array([0, 0, 1]), np.array([0.9, 0.5, 0.5])
     got = rerank_metrics(relevant, scores, k=2)
-    assert got.ndcg == pytest.approx(_sklearn().ndcg_score([relevant], [scores], k=2)) == pytest.approx(0.5 / np.log2(3))
+    assert (
+        got.ndcg
+        == pytest.approx(_sklearn().ndcg_score([relevant], [scores], k=2))
+        == pytest.approx(0.5 / np.log2(3))
+    )
     assert (got.precision, got.recall) == (0.0, 0.0)  # the stable order puts the negative first
 
 
@@ -101,7 +126,9 @@ def test_k_above_the_list_keeps_k_in_the_normaliser_and_the_missing_positives():
     got = rerank_metrics(relevant, scores, k=10, count_pos=6)
     assert got.ap == pytest.approx((1 + 2 / 3) / 6)
     discount = 1 / np.log2(np.arange(8) + 2)
-    dcg = discount[0] + discount[2] + discount[4:8].sum()  # the 4 stand-ins rank 5-8, inside the top 10
+    dcg = (
+        discount[0] + discount[2] + discount[4:8].sum()
+    )  # the 4 stand-ins rank 5-8, inside the top 10
     ideal = discount[:6].sum()
     assert got.ndcg == pytest.approx(dcg / ideal)
     assert (got.precision, got.recall) == (pytest.approx(2 / 10), pytest.approx(2 / 6))
@@ -130,7 +157,11 @@ def test_no_positive_gives_zero_and_count_below_the_list_is_refused():
 
 def test_ties_share_a_threshold_in_ap_and_keep_input_order_in_mrr():
     relevant, scores = np.array([0, 1]), np.array([0.5, 0.5])
-    assert average_precision(relevant, scores) == pytest.approx(_sklearn().average_precision_score(relevant, scores)) == 0.5
+    assert (
+        average_precision(relevant, scores)
+        == pytest.approx(_sklearn().average_precision_score(relevant, scores))
+        == 0.5
+    )
     assert reciprocal_rank(relevant, scores) == 0.5  # the tied negative comes first
     assert ndcg(relevant, scores) == pytest.approx(_sklearn().ndcg_score([relevant], [scores]))
 

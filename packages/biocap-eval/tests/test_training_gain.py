@@ -38,15 +38,41 @@ def learnable_ap(result) -> float:
 
 def test_a_trained_model_beats_the_untrained_one_on_every_task(tmp_path):
     toy = tmp_path / "toy"
-    generate(toy, ToyConfig(species=12, images_per_species=24, val_per_species=1, eval_per_species=4,
-                            inquire_queries=8, inquire_candidates=40, image_size=32, shard_size=64))
+    generate(
+        toy,
+        ToyConfig(
+            species=12,
+            images_per_species=24,
+            val_per_species=1,
+            eval_per_species=4,
+            inquire_queries=8,
+            inquire_candidates=40,
+            image_size=32,
+            shard_size=64,
+        ),
+    )
     config = tmp_path / "model.json"
     config.write_text(json.dumps(MODEL))
-    run = biocap_train.train(biocap_train.TrainConfig(
-        train_data="::".join(str(p) for p in sorted((toy / "train").glob("shard-*.tar"))), model=str(config),
-        batch_size=32, steps=120, lr=4e-3, warmup=10, precision="fp32", workers=0, shuffle_buffer=256,
-        logs=str(tmp_path / "logs"), name="gain", save_frequency=0, zeroshot_frequency=1000, progress=False,
-        device="cpu", seed=0))
+    run = biocap_train.train(
+        biocap_train.TrainConfig(
+            train_data="::".join(str(p) for p in sorted((toy / "train").glob("shard-*.tar"))),
+            model=str(config),
+            batch_size=32,
+            steps=120,
+            lr=4e-3,
+            warmup=10,
+            precision="fp32",
+            workers=0,
+            shuffle_buffer=256,
+            logs=str(tmp_path / "logs"),
+            name="gain",
+            save_frequency=0,
+            zeroshot_frequency=1000,
+            progress=False,
+            device="cpu",
+            seed=0,
+        )
+    )
     trained = evaluate(load_model(str(config), str(run.checkpoint)), TASKS, toy)
     torch.manual_seed(0)
     untrained = evaluate(build_model(MODEL), TASKS, toy)

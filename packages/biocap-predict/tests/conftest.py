@@ -54,8 +54,15 @@ def toy_index(toy_dir, toy_model, tmp_path_factory) -> Path:
     from biocap_predict import TaxaIndex
 
     out = tmp_path_factory.mktemp("index") / "toy-index"
-    TaxaIndex.build(toy_model, toy_dir / "catalog.parquet", out, captions=toy_dir / "retrieval" / "toy_retrieval.csv",
-                    device="cpu", progress=False, model_name=MODEL)
+    TaxaIndex.build(
+        toy_model,
+        toy_dir / "catalog.parquet",
+        out,
+        captions=toy_dir / "retrieval" / "toy_retrieval.csv",
+        device="cpu",
+        progress=False,
+        model_name=MODEL,
+    )
     return out
 
 
@@ -83,15 +90,25 @@ def photo(zeroshot_images, toy_predictor) -> dict:
     reports the model's answers faithfully, which needs a photo whose right answers the model gives:
     its species on top of the index, and first among its own and three other species' names.
     """
-    named = {row["file_name"]: row["species"]
-             for row in toy_predictor.predict([str(p) for p, _ in zeroshot_images], rank="species", k=1)}
+    named = {
+        row["file_name"]: row["species"]
+        for row in toy_predictor.predict([str(p) for p, _ in zeroshot_images], rank="species", k=1)
+    }
     for path, truth in zeroshot_images:
         others = list(dict.fromkeys(t for _, t in zeroshot_images if t != truth))[:3]
         if named[str(path)] != truth:
             continue
-        if toy_predictor.classify([path], labels=[*others, truth], k=1)[0]["classification"] == truth:
-            return {"path": path, "name": path.name, "bytes": path.read_bytes(), "scientific": truth,
-                    "others": others}
+        if (
+            toy_predictor.classify([path], labels=[*others, truth], k=1)[0]["classification"]
+            == truth
+        ):
+            return {
+                "path": path,
+                "name": path.name,
+                "bytes": path.read_bytes(),
+                "scientific": truth,
+                "others": others,
+            }
     pytest.fail("the demo's model gets no toy zero-shot photo right")
 
 

@@ -23,7 +23,9 @@ MODEL = "BioCAP-toy"
 pytestmark = pytest.mark.slow
 
 
-def test_open_ended_prediction_names_the_right_species_well_above_chance(toy_predictor, zeroshot_images, n_species):
+def test_open_ended_prediction_names_the_right_species_well_above_chance(
+    toy_predictor, zeroshot_images, n_species
+):
     rows = toy_predictor.predict([p for p, _ in zeroshot_images], rank="species", k=3)
     assert all(tuple(r) == TAXON_COLUMNS for r in rows)
     by_image = defaultdict(list)
@@ -31,7 +33,9 @@ def test_open_ended_prediction_names_the_right_species_well_above_chance(toy_pre
         by_image[r["file_name"]].append(r["species"])
     assert list(by_image) == [str(p) for p, _ in zeroshot_images]
     top3 = np.mean([truth in by_image[str(p)] for p, truth in zeroshot_images])
-    chance = 3 / n_species  # 64 species, 256 images: 0.047, sd 0.013; the demo's model gets about 0.3
+    chance = (
+        3 / n_species
+    )  # 64 species, 256 images: 0.047, sd 0.013; the demo's model gets about 0.3
     assert top3 >= 3 * chance, f"top-3 accuracy {top3:.2f}; chance is {chance:.2f}"
 
 
@@ -62,8 +66,9 @@ def test_within_excludes_the_rest_of_the_tree(toy_predictor, zeroshot_images):
     taxa = toy_predictor.index.taxa
     order = taxa["order"][0]
     in_order = taxa.filter(taxa["order"] == order).height
-    rows = toy_predictor.predict([p for p, _ in zeroshot_images[:4]], rank="species", k=100,
-                                 within=f"order={order.upper()}")
+    rows = toy_predictor.predict(
+        [p for p, _ in zeroshot_images[:4]], rank="species", k=100, within=f"order={order.upper()}"
+    )
     assert {r["order"] for r in rows} == {order}
     assert len(rows) == 4 * in_order < 4 * taxa.height
     assert sum(r["score"] for r in rows[:in_order]) == pytest.approx(1, abs=1e-5)
@@ -83,7 +88,9 @@ def test_custom_labels_and_bins(toy_predictor, zeroshot_images):
     for image in images:
         scores = {r["classification"]: r["score"] for r in rows if r["file_name"] == str(image)}
         for r in (r for r in binned if r["file_name"] == str(image)):
-            assert r["score"] == pytest.approx(sum(scores[label] for label in bins[r["classification"]]), abs=1e-6)
+            assert r["score"] == pytest.approx(
+                sum(scores[label] for label in bins[r["classification"]]), abs=1e-6
+            )
     with pytest.raises(PredictInputError, match="exactly one"):
         toy_predictor.classify(images, labels=labels, bins=bins)
 
@@ -95,8 +102,10 @@ def test_stored_embeddings_give_the_same_answer_as_images(toy_predictor, zerosho
         names += batch_names
         feats.append(batch)
     stored = {h: torch.cat([f[h] for f in feats]) for h in ("tax", "caption")}
-    assert_same_rows(toy_predictor.predict_embeddings(stored, names, rank="all", k=3),
-                     toy_predictor.predict(images, rank="all", k=3))
+    assert_same_rows(
+        toy_predictor.predict_embeddings(stored, names, rank="all", k=3),
+        toy_predictor.predict(images, rank="all", k=3),
+    )
 
 
 def assert_same_rows(got: list[dict], expected: list[dict]) -> None:
@@ -104,14 +113,20 @@ def assert_same_rows(got: list[dict], expected: list[dict]) -> None:
     assert [r["score"] for r in got] == pytest.approx([r["score"] for r in expected], abs=1e-5)
 
 
-def test_inputs_may_be_pil_images_bytes_or_tensors_and_keep_their_names(toy_predictor, zeroshot_images):
+def test_inputs_may_be_pil_images_bytes_or_tensors_and_keep_their_names(
+    toy_predictor, zeroshot_images
+):
     path = zeroshot_images[0][0]
     by_path = toy_predictor.predict([path], rank="genus", k=1)[0]
     tensor = image_transform(toy_predictor.model, train=False)(Image.open(path).convert("RGB"))
-    rows = toy_predictor.predict([("photo.jpg", Image.open(path)), path.read_bytes(), ("tensor", tensor)],
-                                 rank="genus", k=1)  # one batch: decoded images and a preprocessed tensor
+    rows = toy_predictor.predict(
+        [("photo.jpg", Image.open(path)), path.read_bytes(), ("tensor", tensor)], rank="genus", k=1
+    )  # one batch: decoded images and a preprocessed tensor
     assert [r["file_name"] for r in rows] == ["photo.jpg", "1", "tensor"]
-    assert all(r["genus"] == by_path["genus"] and r["score"] == pytest.approx(by_path["score"], abs=1e-5) for r in rows)
+    assert all(
+        r["genus"] == by_path["genus"] and r["score"] == pytest.approx(by_path["score"], abs=1e-5)
+        for r in rows
+    )
     with pytest.raises(ImageError, match="notes.txt: cannot decode"):
         toy_predictor.predict([("notes.txt", b"not an image")])
     with pytest.raises(ImageError, match="missing.jpg: no such image file"):
@@ -143,7 +158,9 @@ def test_unknown_rank_is_an_error(toy_predictor, zeroshot_images):
         toy_predictor.predict([zeroshot_images[0][0]], rank="subspecies")
 
 
-def test_an_interrupted_build_resumes_and_a_finished_one_is_reused(toy_dir, n_species, tmp_path, monkeypatch):
+def test_an_interrupted_build_resumes_and_a_finished_one_is_reused(
+    toy_dir, n_species, tmp_path, monkeypatch
+):
     torch.manual_seed(0)
     model = build_model(MODEL)
     calls = []
@@ -163,21 +180,38 @@ def test_an_interrupted_build_resumes_and_a_finished_one_is_reused(toy_dir, n_sp
     with pytest.raises(TaxaIndexError, match="unfinished build"):
         TaxaIndex.load(tmp_path / "idx")
     index = TaxaIndex.build(model, toy_dir / "catalog.parquet", tmp_path / "idx", **build)
-    chunks = [20] * (n_species // 20) + [n_species % 20] * bool(n_species % 20)  # 64 species: 20, 20, 20, 4
-    assert len(chunks) >= 3 and calls == chunks[:2] + chunks[1:]  # the first chunk was not encoded again
+    chunks = [20] * (n_species // 20) + [n_species % 20] * bool(
+        n_species % 20
+    )  # 64 species: 20, 20, 20, 4
+    assert (
+        len(chunks) >= 3 and calls == chunks[:2] + chunks[1:]
+    )  # the first chunk was not encoded again
     assert len(index) == n_species and not (tmp_path / "idx" / ".build").exists()
     again = TaxaIndex.build(model, toy_dir / "catalog.parquet", tmp_path / "idx", **build)
     assert len(calls) == len(chunks) + 1 and torch.equal(again.embeddings, index.embeddings)
     meta = json.loads((tmp_path / "idx" / "index.json").read_text())
-    assert meta["label_type"] == "sci" and meta["templates"] == ["a photo of {}."] and meta["versions"]
+    assert (
+        meta["label_type"] == "sci" and meta["templates"] == ["a photo of {}."] and meta["versions"]
+    )
 
 
 def test_a_published_tree_of_life_embedding_pair_imports(tmp_path):
     torch.manual_seed(0)
     model = build_model(MODEL)
-    names = [[["Animalia", "Chordata", "Aves", "Passeriformes", "Corvidae", "Corvus", "corax"], "Common raven"],
-             [["Animalia", "Chordata", "Aves", "Passeriformes", "Corvidae", "Corvus", "corone"], "Carrion crow"],
-             [["Plantae", "Tracheophyta", "Magnoliopsida", "Rosales", "Rosaceae", "Rosa", "canina"], "Dog rose"]]
+    names = [
+        [
+            ["Animalia", "Chordata", "Aves", "Passeriformes", "Corvidae", "Corvus", "corax"],
+            "Common raven",
+        ],
+        [
+            ["Animalia", "Chordata", "Aves", "Passeriformes", "Corvidae", "Corvus", "corone"],
+            "Carrion crow",
+        ],
+        [
+            ["Plantae", "Tracheophyta", "Magnoliopsida", "Rosales", "Rosaceae", "Rosa", "canina"],
+            "Dog rose",
+        ],
+    ]
     matrix = np.random.default_rng(0).standard_normal((64, 3)).astype(np.float32)
     np.save(tmp_path / "txt_emb_species.npy", matrix)
     (tmp_path / "txt_emb_species.json").write_text(json.dumps(names))
@@ -186,7 +220,9 @@ def test_a_published_tree_of_life_embedding_pair_imports(tmp_path):
     assert loaded.rank_values(6) == ["Corvus corax", "Corvus corone", "Rosa canina"]
     assert loaded.taxa["common_name"].to_list() == ["Common raven", "Carrion crow", "Dog rose"]
     assert torch.allclose(loaded.embeddings.norm(dim=1), torch.ones(3))
-    rows = Predictor(model, index, device="cpu").predict_embeddings(torch.tensor(matrix.T[:1]), ["x"], rank="genus")
+    rows = Predictor(model, index, device="cpu").predict_embeddings(
+        torch.tensor(matrix.T[:1]), ["x"], rank="genus"
+    )
     assert rows[0]["genus"] == "Corvus" and rows[0]["score"] > 0.5
     # a model's own pair (BioCAP publishes txt_emb_biocap.*): the folder's only pair, or the .npy
     (tmp_path / "txt_emb_species.npy").rename(tmp_path / "txt_emb_biocap.npy")

@@ -153,7 +153,9 @@ def test_classifiers_are_modules_whose_forward_has_gradients(tree, photo, n_spec
     assert isinstance(tree, torch.nn.Module) and tree.model is tree.predictor.model
     pixels = tree.preprocess(tree.ensure_rgb_image(str(photo["path"])))[None].requires_grad_()
     probs = tree(pixels)
-    assert probs.shape == (1, n_species) and float(probs.detach().sum()) == pytest.approx(1.0, abs=1e-5)
+    assert probs.shape == (1, n_species) and float(probs.detach().sum()) == pytest.approx(
+        1.0, abs=1e-5
+    )
     best = int(probs.argmax())
     assert tree.get_label_data().species[best] == photo["scientific"]
     probs[0, best].backward()
@@ -171,5 +173,6 @@ def test_a_recorder_receives_every_prediction(tree, photo):
     recorder = Recorder()
     tree.set_recorder(recorder)
     tree.predict(str(photo["path"]), Rank.GENUS, k=2, batch_size=4)
-    assert recorder.calls == [([str(photo["path"])], {"rank": "genus", "min_prob": 1e-9, "k": 2,
-                                                       "batch_size": 4})]
+    assert recorder.calls == [
+        ([str(photo["path"])], {"rank": "genus", "min_prob": 1e-9, "k": 2, "batch_size": 4})
+    ]

@@ -33,8 +33,19 @@ pytestmark = pytest.mark.slow
 BIOCAP = PUBLISHED["hf-hub:imageomics/biocap"]
 COMMIT = {"model": "1" * 40, "dataset": "2" * 40}
 CLI = Path(sys.executable).with_name("biocap-predict")
-PREDICT = ["--device", "cpu", "--workers", "0", "--quiet", "--rank", "all", "--k", "3",
-           "--format", "jsonl"]
+PREDICT = [
+    "--device",
+    "cpu",
+    "--workers",
+    "0",
+    "--quiet",
+    "--rank",
+    "all",
+    "--k",
+    "3",
+    "--format",
+    "jsonl",
+]
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +91,13 @@ def lay_out_cache(hf_home: Path, files: dict[tuple[str, str], dict[str, bytes]])
 
 def cli(photo: Path, env: dict, *args) -> subprocess.CompletedProcess:
     """``biocap-predict predict PHOTO`` as a user runs it (the released BioCAP is the default)."""
-    return subprocess.run([str(CLI), "predict", str(photo), *PREDICT, *args], env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [str(CLI), "predict", str(photo), *PREDICT, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def hub_env(child_env, tmp_path: Path, **extra) -> dict:

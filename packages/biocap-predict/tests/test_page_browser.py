@@ -23,8 +23,16 @@ pytestmark = pytest.mark.slow
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Headless, and quiet on the network: no sync, component updates, QUIC probes or first-run pings.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 URL_LINE = re.compile(r"BioCAP demo page: (http://\S+)")
 K = 5
 
@@ -40,16 +48,31 @@ def skip_or_fail(reason: str):
 def server(toy_index, trained_checkpoint, tmp_path_factory):
     """``biocap-predict serve --port 0`` as a subprocess; yields the URL it printed."""
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    command = [str(Path(sys.executable).with_name("biocap-predict")), "serve", "--index", str(toy_index),
-               "--model", "BioCAP-toy", "--pretrained", str(trained_checkpoint),
-               "--host", "127.0.0.1", "--port", "0", "--device", "cpu"]
+    command = [
+        str(Path(sys.executable).with_name("biocap-predict")),
+        "serve",
+        "--index",
+        str(toy_index),
+        "--model",
+        "BioCAP-toy",
+        "--pretrained",
+        str(trained_checkpoint),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--device",
+        "cpu",
+    ]
     with log.open("w") as out:  # a file, not a pipe: the access log must never block the server
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 300
         while not (found := URL_LINE.search(log.read_text())):
             if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"serve did not print its URL (exit code {process.poll()}):\n{log.read_text()}")
+                pytest.fail(
+                    f"serve did not print its URL (exit code {process.poll()}):\n{log.read_text()}"
+                )
             time.sleep(0.2)
         yield found.group(1)
     finally:
@@ -63,10 +86,19 @@ def server(toy_index, trained_checkpoint, tmp_path_factory):
 def api_predict(url: str, path: Path) -> dict:
     """What /api/predict answers for ``path``, posted by hand as a multipart form."""
     boundary = "biocap-test-boundary"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{path.name}\"\r\n"
-            f"Content-Type: image/jpeg\r\n\r\n").encode() + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
-    request = urllib.request.Request(url + "api/predict", data=body,
-                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{path.name}"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + path.read_bytes()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    request = urllib.request.Request(
+        url + "api/predict",
+        data=body,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
     with urllib.request.urlopen(request, timeout=60) as response:
         return json.load(response)
 
@@ -75,7 +107,10 @@ def test_serve_on_port_0_prints_a_url_that_answers(server, photo):
     assert re.fullmatch(r"http://127\.0\.0\.1:\d+/", server) and not server.endswith(":0/")
     with urllib.request.urlopen(server + "api/health", timeout=30) as response:
         assert json.load(response)["status"] == "ok"
-    assert api_predict(server, photo["path"])["taxa"][-1]["predictions"][0]["name"] == photo["scientific"]
+    assert (
+        api_predict(server, photo["path"])["taxa"][-1]["predictions"][0]["name"]
+        == photo["scientific"]
+    )
 
 
 def test_the_page_in_chromium(server, photo, tmp_path):
@@ -89,8 +124,12 @@ def test_the_page_in_chromium(server, photo, tmp_path):
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch_persistent_context(
-            user_data_dir=tmp_path / "chromium-profile", executable_path=str(CHROMIUM), headless=True,
-            args=CHROMIUM_ARGS, viewport={"width": 1280, "height": 900})
+            user_data_dir=tmp_path / "chromium-profile",
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 900},
+        )
         try:
             page = browser.new_page()
             page.goto(server)
@@ -100,21 +139,35 @@ def test_the_page_in_chromium(server, photo, tmp_path):
             page.set_input_files("#file", photo["path"])
             expect(page.locator("#taxa-results")).to_be_visible(timeout=60_000)
             assert page.locator("#preview").evaluate("img => img.complete && img.naturalWidth > 0")
-            assert page.locator(".rank").evaluate_all("s => s.map(x => x.dataset.rank)") == list(RANKS)
+            assert page.locator(".rank").evaluate_all("s => s.map(x => x.dataset.rank)") == list(
+                RANKS
+            )
             species = page.locator('.rank[data-rank="species"] tr')
             expect(species).to_have_count(K)
             expect(species.first.locator(".name i")).to_have_text(photo["scientific"])
             expect(page.locator(".verdict")).to_contain_text(photo["scientific"])
-            top_bar = species.first.locator(".fill").evaluate("e => e.getBoundingClientRect().width")
+            top_bar = species.first.locator(".fill").evaluate(
+                "e => e.getBoundingClientRect().width"
+            )
             assert top_bar > 0
-            expect(page.locator("#captions .caption")).to_have_text([c["caption"] for c in expected["captions"]])
+            expect(page.locator("#captions .caption")).to_have_text(
+                [c["caption"] for c in expected["captions"]]
+            )
             screenshot = tmp_path / "predict-page.png"
             page.screenshot(path=screenshot, full_page=True)
             print(f"screenshot: {screenshot}")
 
             # a bad upload: a clear message instead of results, and the page still works after it
-            page.set_input_files("#file", files=[{"name": "notes.txt", "mimeType": "text/plain",
-                                                  "buffer": b"field notes, not a photo"}])
+            page.set_input_files(
+                "#file",
+                files=[
+                    {
+                        "name": "notes.txt",
+                        "mimeType": "text/plain",
+                        "buffer": b"field notes, not a photo",
+                    }
+                ],
+            )
             expect(page.locator("#error")).to_be_visible()
             expect(page.locator("#error")).to_contain_text("notes.txt")
             expect(page.locator("#taxa-results")).to_be_hidden()
@@ -129,7 +182,9 @@ def test_the_page_in_chromium(server, photo, tmp_path):
             page.click("#classify")
             expect(page.locator("#labels-results")).to_be_visible()
             expect(page.locator("#labels-table tr")).to_have_count(4)
-            expect(page.locator("#labels-table tr").first.locator(".name")).to_have_text(photo["scientific"])
+            expect(page.locator("#labels-table tr").first.locator(".name")).to_have_text(
+                photo["scientific"]
+            )
             labels_screenshot = tmp_path / "predict-page-labels.png"
             page.screenshot(path=labels_screenshot, full_page=True)
             print(f"screenshot: {labels_screenshot}")

@@ -56,23 +56,38 @@ def images(zeroshot_images, tmp_path) -> list[str]:
 
 def largest_difference(ours: list[dict], theirs: list[dict], what: str) -> float:
     """Rows equal but for the scores; the largest score difference."""
-    assert [{k: v for k, v in r.items() if k != "score"} for r in ours] == \
-        [{k: v for k, v in r.items() if k != "score"} for r in theirs], what
+    assert [{k: v for k, v in r.items() if k != "score"} for r in ours] == [
+        {k: v for k, v in r.items() if k != "score"} for r in theirs
+    ], what
     return max(abs(a["score"] - b["score"]) for a, b in zip(ours, theirs, strict=True))
 
 
-def test_rows_and_scores_equal_pybioclips_on_the_same_weights(scratch_venv, open_clip_toy, images,
-                                                              photo, tmp_path):
+def test_rows_and_scores_equal_pybioclips_on_the_same_weights(
+    scratch_venv, open_clip_toy, images, photo, tmp_path
+):
     venv = scratch_venv("pybioclip", keep=True)  # made once, then reused
     venv.install(PYBIOCLIP, constraints_of="biocap-predict")
     labels = [photo["scientific"], *photo["others"], "a photo of a cat"]
     bins = dict(zip(labels, ["right", "other", "other", "other", "cat"], strict=True))
-    args = {"model": open_clip_toy.model, "tol": str(open_clip_toy.tol), "images": images, "k": 5,
-            "ranks": [rank.get_label() for rank in Rank], "labels": labels, "bins": bins}
+    args = {
+        "model": open_clip_toy.model,
+        "tol": str(open_clip_toy.tol),
+        "images": images,
+        "k": 5,
+        "ranks": [rank.get_label() for rank in Rank],
+        "labels": labels,
+        "bins": bins,
+    }
     # TORCHDYNAMO_DISABLE: pybioclip torch.compile()s the model; the same weights run eagerly
     env = {**venv.env, "TORCHDYNAMO_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([str(venv.python), "-c", PYBIOCLIP_SIDE, json.dumps(args)], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [str(venv.python), "-c", PYBIOCLIP_SIDE, json.dumps(args)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     theirs = json.loads(done.stdout.splitlines()[-1])
 

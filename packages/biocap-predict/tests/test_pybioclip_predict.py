@@ -25,8 +25,10 @@ import PIL.Image
 import pytest
 
 pytestmark = pytest.mark.slow
-MOCKS_INTERNALS = ("mocks pybioclip's create_probabilities_for_images (one probability vector per "
-                   "image), which biocap-predict's streaming top-k scoring does not have")
+MOCKS_INTERNALS = (
+    "mocks pybioclip's create_probabilities_for_images (one probability vector per "
+    "image), which biocap-predict's streaming top-k scoring does not have"
+)
 
 # Set by the fixture below: the toy model and index in place of BioCLIP 2 and its tree of life, a
 # toy photo the model names right in place of the cat (and an RGBA PNG of it), its lineage in place
@@ -40,7 +42,16 @@ DIM = 0
 
 @pytest.fixture(scope="module", autouse=True)
 def toy_model_and_images(open_clip_toy, photo, tmp_path_factory):
-    global MODEL, TOY, EXAMPLE_CAT_IMAGE, EXAMPLE_CAT_IMAGE2, TOY_MODEL, CAT, DOG, SPECIES_1, SPECIES_2
+    global \
+        MODEL, \
+        TOY, \
+        EXAMPLE_CAT_IMAGE, \
+        EXAMPLE_CAT_IMAGE2, \
+        TOY_MODEL, \
+        CAT, \
+        DOG, \
+        SPECIES_1, \
+        SPECIES_2
     global LINEAGE, DIM
     import polars as pl
 
@@ -58,23 +69,24 @@ def toy_model_and_images(open_clip_toy, photo, tmp_path_factory):
     LINEAGE = taxa.filter(pl.col("binomial") == CAT).row(0, named=True)
     SPECIES_1, SPECIES_2 = taxa.filter(pl.col("binomial") != CAT)["binomial"][:2]
 
+
 class TestPredict(unittest.TestCase):
     def test_tree_of_life_classifier_species_single(self):
         classifier = TreeOfLifeClassifier(**TOY)
         prediction_ary = classifier.predict(images=EXAMPLE_CAT_IMAGE, rank=Rank.SPECIES)
         self.assertEqual(len(prediction_ary), 5)
         prediction_dict = {
-            'file_name': EXAMPLE_CAT_IMAGE,
-            'kingdom': LINEAGE['kingdom'],
-            'phylum': LINEAGE['phylum'],
-            'class': LINEAGE['class'],
-            'order': LINEAGE['order'],
-            'family': LINEAGE['family'],
-            'genus': LINEAGE['genus'],
-            'species_epithet': unittest.mock.ANY,
-            'species': unittest.mock.ANY,
-            'common_name': unittest.mock.ANY,
-            'score': unittest.mock.ANY
+            "file_name": EXAMPLE_CAT_IMAGE,
+            "kingdom": LINEAGE["kingdom"],
+            "phylum": LINEAGE["phylum"],
+            "class": LINEAGE["class"],
+            "order": LINEAGE["order"],
+            "family": LINEAGE["family"],
+            "genus": LINEAGE["genus"],
+            "species_epithet": unittest.mock.ANY,
+            "species": unittest.mock.ANY,
+            "common_name": unittest.mock.ANY,
+            "score": unittest.mock.ANY,
         }
         self.assertEqual(prediction_ary[0], prediction_dict)
 
@@ -85,16 +97,16 @@ class TestPredict(unittest.TestCase):
 
     def test_tree_of_life_classifier_species_ary_multiple(self):
         classifier = TreeOfLifeClassifier(**TOY)
-        prediction_ary = classifier.predict(images=[EXAMPLE_CAT_IMAGE, EXAMPLE_CAT_IMAGE2],
-                                            rank=Rank.SPECIES)
+        prediction_ary = classifier.predict(
+            images=[EXAMPLE_CAT_IMAGE, EXAMPLE_CAT_IMAGE2], rank=Rank.SPECIES
+        )
         self.assertEqual(len(prediction_ary), 10)
 
     def test_tree_of_life_classifier_species_ary_multiple_pil(self):
         classifier = TreeOfLifeClassifier(**TOY)
         img1 = PIL.Image.open(EXAMPLE_CAT_IMAGE)
         img2 = PIL.Image.open(EXAMPLE_CAT_IMAGE2)
-        prediction_ary = classifier.predict(images=[img1, img2],
-                                            rank=Rank.SPECIES)
+        prediction_ary = classifier.predict(images=[img1, img2], rank=Rank.SPECIES)
         self.assertEqual(len(prediction_ary), 10)
 
     def test_tree_of_life_classifier_multiple_pil_batching(self):
@@ -102,28 +114,26 @@ class TestPredict(unittest.TestCase):
         img1 = PIL.Image.open(EXAMPLE_CAT_IMAGE)
         img2 = PIL.Image.open(EXAMPLE_CAT_IMAGE2)
 
-        prediction_ary = classifier.predict(images=[img1, img2],
-                                            rank=Rank.SPECIES,
-                                            batch_size=1)
+        prediction_ary = classifier.predict(images=[img1, img2], rank=Rank.SPECIES, batch_size=1)
 
         self.assertEqual(len(prediction_ary), 10)
         for i in range(0, 5):
-            self.assertEqual(prediction_ary[i]['file_name'], '0')
+            self.assertEqual(prediction_ary[i]["file_name"], "0")
         for i in range(5, 10):
-            self.assertEqual(prediction_ary[i]['file_name'], '1')
+            self.assertEqual(prediction_ary[i]["file_name"], "1")
 
     def test_tree_of_life_classifier_family(self):
         classifier = TreeOfLifeClassifier(**TOY)
         prediction_ary = classifier.predict(images=[EXAMPLE_CAT_IMAGE], rank=Rank.FAMILY, k=2)
         self.assertEqual(len(prediction_ary), 2)
         prediction_dict = {
-            'file_name': EXAMPLE_CAT_IMAGE,
-            'kingdom': LINEAGE['kingdom'],
-            'phylum': LINEAGE['phylum'],
-            'class': LINEAGE['class'],
-            'order': LINEAGE['order'],
-            'family': LINEAGE['family'],
-            'score': unittest.mock.ANY
+            "file_name": EXAMPLE_CAT_IMAGE,
+            "kingdom": LINEAGE["kingdom"],
+            "phylum": LINEAGE["phylum"],
+            "class": LINEAGE["class"],
+            "order": LINEAGE["order"],
+            "family": LINEAGE["family"],
+            "score": unittest.mock.ANY,
         }
         self.assertEqual(prediction_ary[0], prediction_dict)
 
@@ -138,9 +148,7 @@ class TestPredict(unittest.TestCase):
         probs = Mock()
         probs.cpu.return_value = torch.Tensor([0.1, 0.2, 0.3])
         classifier.create_probabilities_for_images = Mock()
-        classifier.create_probabilities_for_images.return_value = {
-            EXAMPLE_CAT_IMAGE: probs
-        }
+        classifier.create_probabilities_for_images.return_value = {EXAMPLE_CAT_IMAGE: probs}
 
         # Mock format_grouped_probs so we can check the parameters
         classifier.format_grouped_probs = Mock()
@@ -150,49 +158,66 @@ class TestPredict(unittest.TestCase):
 
         # Ensure that the probabilities were moved to the cpu
         classifier.format_grouped_probs.assert_called_with(
-            EXAMPLE_CAT_IMAGE,
-            probs.cpu.return_value,
-            Rank.CLASS,
-            ANY, 2
+            EXAMPLE_CAT_IMAGE, probs.cpu.return_value, Rank.CLASS, ANY, 2
         )
 
     def test_custom_labels_classifier(self):
         classifier = CustomLabelsClassifier(cls_ary=[CAT, DOG], **MODEL)
         prediction_ary = classifier.predict(images=EXAMPLE_CAT_IMAGE)
-        self.assertEqual(prediction_ary, [
-            {'file_name': EXAMPLE_CAT_IMAGE, 'classification': CAT, 'score': unittest.mock.ANY},
-            {'file_name': EXAMPLE_CAT_IMAGE, 'classification': DOG, 'score': unittest.mock.ANY},
-        ])
+        self.assertEqual(
+            prediction_ary,
+            [
+                {"file_name": EXAMPLE_CAT_IMAGE, "classification": CAT, "score": unittest.mock.ANY},
+                {"file_name": EXAMPLE_CAT_IMAGE, "classification": DOG, "score": unittest.mock.ANY},
+            ],
+        )
 
     def test_custom_labels_classifier_ary_one(self):
         classifier = CustomLabelsClassifier(cls_ary=[CAT, DOG], **MODEL)
         prediction_ary = classifier.predict(images=[EXAMPLE_CAT_IMAGE])
-        self.assertEqual(prediction_ary, [
-            {'file_name': EXAMPLE_CAT_IMAGE, 'classification': CAT, 'score': unittest.mock.ANY},
-            {'file_name': EXAMPLE_CAT_IMAGE, 'classification': DOG, 'score': unittest.mock.ANY},
-        ])
+        self.assertEqual(
+            prediction_ary,
+            [
+                {"file_name": EXAMPLE_CAT_IMAGE, "classification": CAT, "score": unittest.mock.ANY},
+                {"file_name": EXAMPLE_CAT_IMAGE, "classification": DOG, "score": unittest.mock.ANY},
+            ],
+        )
 
     def test_custom_labels_classifier_ary_multiple(self):
         classifier = CustomLabelsClassifier(cls_ary=[CAT, DOG], **MODEL)
         prediction_ary = classifier.predict(images=[EXAMPLE_CAT_IMAGE, EXAMPLE_CAT_IMAGE2])
-        self.assertEqual(prediction_ary, [
-            {'file_name': EXAMPLE_CAT_IMAGE, 'classification': CAT, 'score': unittest.mock.ANY},
-            {'file_name': EXAMPLE_CAT_IMAGE, 'classification': DOG, 'score': unittest.mock.ANY},
-            {'file_name': EXAMPLE_CAT_IMAGE2, 'classification': CAT, 'score': unittest.mock.ANY},
-            {'file_name': EXAMPLE_CAT_IMAGE2, 'classification': DOG, 'score': unittest.mock.ANY},
-        ])
+        self.assertEqual(
+            prediction_ary,
+            [
+                {"file_name": EXAMPLE_CAT_IMAGE, "classification": CAT, "score": unittest.mock.ANY},
+                {"file_name": EXAMPLE_CAT_IMAGE, "classification": DOG, "score": unittest.mock.ANY},
+                {
+                    "file_name": EXAMPLE_CAT_IMAGE2,
+                    "classification": CAT,
+                    "score": unittest.mock.ANY,
+                },
+                {
+                    "file_name": EXAMPLE_CAT_IMAGE2,
+                    "classification": DOG,
+                    "score": unittest.mock.ANY,
+                },
+            ],
+        )
 
     def test_custom_labels_classifier_ary_multiple_pil(self):
         classifier = CustomLabelsClassifier(cls_ary=[CAT, DOG], **MODEL)
         img1 = PIL.Image.open(EXAMPLE_CAT_IMAGE)
         img2 = PIL.Image.open(EXAMPLE_CAT_IMAGE2)
         prediction_ary = classifier.predict(images=[img1, img2])
-        self.assertEqual(prediction_ary, [
-            {'file_name': '0', 'classification': CAT, 'score': unittest.mock.ANY},
-            {'file_name': '0', 'classification': DOG, 'score': unittest.mock.ANY},
-            {'file_name': '1', 'classification': CAT, 'score': unittest.mock.ANY},
-            {'file_name': '1', 'classification': DOG, 'score': unittest.mock.ANY},
-        ])
+        self.assertEqual(
+            prediction_ary,
+            [
+                {"file_name": "0", "classification": CAT, "score": unittest.mock.ANY},
+                {"file_name": "0", "classification": DOG, "score": unittest.mock.ANY},
+                {"file_name": "1", "classification": CAT, "score": unittest.mock.ANY},
+                {"file_name": "1", "classification": DOG, "score": unittest.mock.ANY},
+            ],
+        )
 
     def test_predict_with_rgba_image(self):
         # Ensure that the classifier can handle RGBA images
@@ -201,66 +226,87 @@ class TestPredict(unittest.TestCase):
         self.assertEqual(len(prediction_ary), 5)
 
     def test_predict_with_bins(self):
-        classifier = CustomLabelsBinningClassifier(**MODEL, cls_to_bin={
-            'cat': 'one',
-            'mouse': 'two',
-            'fish': 'two',
-        })
+        classifier = CustomLabelsBinningClassifier(
+            **MODEL,
+            cls_to_bin={
+                "cat": "one",
+                "mouse": "two",
+                "fish": "two",
+            },
+        )
         prediction_ary = classifier.predict(images=[EXAMPLE_CAT_IMAGE2])
         self.assertEqual(len(prediction_ary), 2)
-        self.assertEqual(prediction_ary[0]['file_name'], EXAMPLE_CAT_IMAGE2)
-        names = set([pred['classification'] for pred in prediction_ary])
-        self.assertEqual(names, set(['one', 'two']))
+        self.assertEqual(prediction_ary[0]["file_name"], EXAMPLE_CAT_IMAGE2)
+        names = set([pred["classification"] for pred in prediction_ary])
+        self.assertEqual(names, set(["one", "two"]))
 
-        classifier = CustomLabelsBinningClassifier(**MODEL, cls_to_bin={
-            'cat': 'one',
-            'mouse': 'two',
-            'fish': 'three',
-        })
+        classifier = CustomLabelsBinningClassifier(
+            **MODEL,
+            cls_to_bin={
+                "cat": "one",
+                "mouse": "two",
+                "fish": "three",
+            },
+        )
         prediction_ary = classifier.predict(images=[EXAMPLE_CAT_IMAGE2])
         self.assertEqual(len(prediction_ary), 3)
-        self.assertEqual(prediction_ary[0]['file_name'], EXAMPLE_CAT_IMAGE2)
-        names = set([pred['classification'] for pred in prediction_ary])
-        self.assertEqual(names, set(['one', 'two', 'three']))
+        self.assertEqual(prediction_ary[0]["file_name"], EXAMPLE_CAT_IMAGE2)
+        names = set([pred["classification"] for pred in prediction_ary])
+        self.assertEqual(names, set(["one", "two", "three"]))
 
     def test_predict_with_bins_bad_values(self):
         with self.assertRaises(ValueError) as raised_exceptions:
-            CustomLabelsBinningClassifier(**MODEL, cls_to_bin={
-                'cat': 'one',
-                'mouse': '',
-                'fish': 'two',
-            })
-        self.assertEqual(str(raised_exceptions.exception),
-                         "Empty, null, or nan are not allowed for bin values.")
+            CustomLabelsBinningClassifier(
+                **MODEL,
+                cls_to_bin={
+                    "cat": "one",
+                    "mouse": "",
+                    "fish": "two",
+                },
+            )
+        self.assertEqual(
+            str(raised_exceptions.exception), "Empty, null, or nan are not allowed for bin values."
+        )
         with self.assertRaises(ValueError) as raised_exceptions:
-            CustomLabelsBinningClassifier(**MODEL, cls_to_bin={
-                'cat': 'one',
-                'mouse': None,
-                'fish': 'two',
-            })
-        self.assertEqual(str(raised_exceptions.exception),
-                         "Empty, null, or nan are not allowed for bin values.")
+            CustomLabelsBinningClassifier(
+                **MODEL,
+                cls_to_bin={
+                    "cat": "one",
+                    "mouse": None,
+                    "fish": "two",
+                },
+            )
+        self.assertEqual(
+            str(raised_exceptions.exception), "Empty, null, or nan are not allowed for bin values."
+        )
         with self.assertRaises(ValueError) as raised_exceptions:
-            CustomLabelsBinningClassifier(**MODEL, cls_to_bin={
-                'cat': 'one',
-                'mouse': pd.NA,
-                'fish': 'two',
-            })
-        self.assertEqual(str(raised_exceptions.exception),
-                         "Empty, null, or nan are not allowed for bin values.")
+            CustomLabelsBinningClassifier(
+                **MODEL,
+                cls_to_bin={
+                    "cat": "one",
+                    "mouse": pd.NA,
+                    "fish": "two",
+                },
+            )
+        self.assertEqual(
+            str(raised_exceptions.exception), "Empty, null, or nan are not allowed for bin values."
+        )
 
     def test_predict_with_bins_pil(self):
-        classifier = CustomLabelsBinningClassifier(**MODEL, cls_to_bin={
-            'cat': 'one',
-            'mouse': 'two',
-            'fish': 'two',
-        })
+        classifier = CustomLabelsBinningClassifier(
+            **MODEL,
+            cls_to_bin={
+                "cat": "one",
+                "mouse": "two",
+                "fish": "two",
+            },
+        )
         img1 = PIL.Image.open(EXAMPLE_CAT_IMAGE)
         prediction_ary = classifier.predict(images=[img1])
         self.assertEqual(len(prediction_ary), 2)
-        self.assertEqual(prediction_ary[0]['file_name'], '0')
-        names = set([pred['classification'] for pred in prediction_ary])
-        self.assertEqual(names, set(['one', 'two']))
+        self.assertEqual(prediction_ary[0]["file_name"], "0")
+        names = set([pred["classification"] for pred in prediction_ary])
+        self.assertEqual(names, set(["one", "two"]))
 
     @unittest.skip(MOCKS_INTERNALS)
     def test_predict_with_batch_size(self):
@@ -270,14 +316,16 @@ class TestPredict(unittest.TestCase):
             EXAMPLE_CAT_IMAGE: torch.tensor([1, 0, 0, 0, 0]),
             EXAMPLE_CAT_IMAGE2: torch.tensor([1, 0, 0, 0, 0]),
         }
-        prediction_ary = classifier.predict(images=[EXAMPLE_CAT_IMAGE, EXAMPLE_CAT_IMAGE2],
-                                            rank=Rank.SPECIES, batch_size=1)
+        prediction_ary = classifier.predict(
+            images=[EXAMPLE_CAT_IMAGE, EXAMPLE_CAT_IMAGE2], rank=Rank.SPECIES, batch_size=1
+        )
         self.assertEqual(classifier.create_probabilities_for_images.call_count, 2)
         self.assertEqual(len(prediction_ary), 10)
 
         classifier.create_probabilities_for_images.reset_mock()
-        prediction_ary = classifier.predict(images=[EXAMPLE_CAT_IMAGE, EXAMPLE_CAT_IMAGE2],
-                                            rank=Rank.SPECIES, batch_size=2)
+        prediction_ary = classifier.predict(
+            images=[EXAMPLE_CAT_IMAGE, EXAMPLE_CAT_IMAGE2], rank=Rank.SPECIES, batch_size=2
+        )
         self.assertEqual(classifier.create_probabilities_for_images.call_count, 1)
 
     def test_predict_with_callback(self):
@@ -288,8 +336,12 @@ class TestPredict(unittest.TestCase):
         def test_callback(processed, total):
             callback_calls.append((processed, total))
 
-        classifier.predict(images=[EXAMPLE_CAT_IMAGE, EXAMPLE_CAT_IMAGE2],
-                           rank=Rank.SPECIES, batch_size=1, callback=test_callback)
+        classifier.predict(
+            images=[EXAMPLE_CAT_IMAGE, EXAMPLE_CAT_IMAGE2],
+            rank=Rank.SPECIES,
+            batch_size=1,
+            callback=test_callback,
+        )
 
         # Verify callback was called with correct progression
         self.assertEqual(len(callback_calls), 2)
@@ -301,7 +353,7 @@ class TestPredict(unittest.TestCase):
         """Test tqdm is disabled when callback is provided"""
         classifier = CustomLabelsClassifier(cls_ary=[CAT, DOG], **MODEL)
 
-        with patch('biocap_predict.classifiers.tqdm') as mock_tqdm:
+        with patch("biocap_predict.classifiers.tqdm") as mock_tqdm:
             mock_progress = Mock()
             mock_tqdm.return_value.__enter__.return_value = mock_progress
             classifier.predict(images=[EXAMPLE_CAT_IMAGE], callback=lambda p, t: None)
@@ -309,14 +361,14 @@ class TestPredict(unittest.TestCase):
             # Verify tqdm was called with 'disable=True'
             mock_tqdm.assert_called_once()
             call_kwargs = mock_tqdm.call_args[1]
-            self.assertTrue(call_kwargs.get('disable'))
+            self.assertTrue(call_kwargs.get("disable"))
             mock_progress.update.assert_not_called()
 
     def test_predict_without_callback_uses_tqdm(self):
         """Test tqdm is enabled when no callback provided"""
         classifier = CustomLabelsClassifier(cls_ary=[CAT, DOG], **MODEL)
 
-        with patch('biocap_predict.classifiers.tqdm') as mock_tqdm:
+        with patch("biocap_predict.classifiers.tqdm") as mock_tqdm:
             mock_progress = Mock()
             mock_tqdm.return_value.__enter__.return_value = mock_progress
             classifier.predict(images=[EXAMPLE_CAT_IMAGE])
@@ -324,7 +376,7 @@ class TestPredict(unittest.TestCase):
             # Verify tqdm was called with 'disable=False'
             mock_tqdm.assert_called_once()
             call_kwargs = mock_tqdm.call_args[1]
-            self.assertFalse(call_kwargs.get('disable'))
+            self.assertFalse(call_kwargs.get("disable"))
             self.assertGreater(mock_progress.update.call_count, 0)
 
     def test_predict_callback_with_multiple_batches(self):
@@ -336,8 +388,11 @@ class TestPredict(unittest.TestCase):
             callback_calls.append((processed, total))
 
         # Use 3 images with batch_size=2 to ensure multiple batches
-        classifier.predict(images=[EXAMPLE_CAT_IMAGE, EXAMPLE_CAT_IMAGE2, EXAMPLE_CAT_IMAGE],
-                           batch_size=2, callback=test_callback)
+        classifier.predict(
+            images=[EXAMPLE_CAT_IMAGE, EXAMPLE_CAT_IMAGE2, EXAMPLE_CAT_IMAGE],
+            batch_size=2,
+            callback=test_callback,
+        )
 
         # Verify that with 3 images and batch_size=2 (2 batches: [2,1]), the callback is called once per batch (2 calls)
         self.assertEqual(len(callback_calls), 2)
@@ -347,14 +402,25 @@ class TestPredict(unittest.TestCase):
     def test_get_label_data(self):
         classifier = TreeOfLifeClassifier(**TOY)
         df = classifier.get_label_data()
-        self.assertEqual(list(df.columns), ['kingdom', 'phylum', 'class', 'order', 'family', 'genus',
-                                            'species_epithet', 'species','common_name'])
+        self.assertEqual(
+            list(df.columns),
+            [
+                "kingdom",
+                "phylum",
+                "class",
+                "order",
+                "family",
+                "genus",
+                "species_epithet",
+                "species",
+                "common_name",
+            ],
+        )
 
     def test_create_taxa_filter(self):
         classifier = TreeOfLifeClassifier(**TOY)
         taxa_filter = classifier.create_taxa_filter(
-            Rank.SPECIES,
-            user_values=[SPECIES_1, SPECIES_2]
+            Rank.SPECIES, user_values=[SPECIES_1, SPECIES_2]
         )
         self.assertEqual(len(taxa_filter), len(classifier.txt_names))
         # Should have two embeddings since we asked for two species
@@ -363,11 +429,12 @@ class TestPredict(unittest.TestCase):
         # Should raise exception for bogus taxa values
         with self.assertRaises(ValueError) as raised_ex:
             classifier.create_taxa_filter(
-                Rank.SPECIES,
-                user_values=[SPECIES_1, 'Ursus fakespeciesname']
+                Rank.SPECIES, user_values=[SPECIES_1, "Ursus fakespeciesname"]
             )
-        self.assertEqual(str(raised_ex.exception),
-                         "Unknown species received: Ursus fakespeciesname. Only known species may be used.")
+        self.assertEqual(
+            str(raised_ex.exception),
+            "Unknown species received: Ursus fakespeciesname. Only known species may be used.",
+        )
 
     def test_apply_filter(self):
         classifier = TreeOfLifeClassifier(**TOY)
@@ -390,22 +457,26 @@ class TestPredict(unittest.TestCase):
 
     def test_create_taxa_filter_from_csv(self):
         classifier = TreeOfLifeClassifier(**TOY)
-        csv_content = f'species\n{SPECIES_1}\n{SPECIES_2}'
+        csv_content = f"species\n{SPECIES_1}\n{SPECIES_2}"
         with patch("builtins.open", mock_open(read_data=csv_content)):
-            taxa_filter = classifier.create_taxa_filter_from_csv('somefile.csv')
+            taxa_filter = classifier.create_taxa_filter_from_csv("somefile.csv")
         self.assertEqual(len(taxa_filter), len(classifier.txt_names))
         # Should have two embeddings since we asked for two species
         self.assertEqual(sum(taxa_filter), 2)
 
-        csv_content = f'species\n{SPECIES_1}\nUrsus fakename'
+        csv_content = f"species\n{SPECIES_1}\nUrsus fakename"
         with self.assertRaises(ValueError) as raised_exception:
             with patch("builtins.open", mock_open(read_data=csv_content)):
-                taxa_filter = classifier.create_taxa_filter_from_csv('somefile.csv')
-        self.assertEqual(str(raised_exception.exception),
-                         'Unknown species received: Ursus fakename. Only known species may be used.')
+                taxa_filter = classifier.create_taxa_filter_from_csv("somefile.csv")
+        self.assertEqual(
+            str(raised_exception.exception),
+            "Unknown species received: Ursus fakename. Only known species may be used.",
+        )
 
     def test_get_rank_labels(self):
-        self.assertEqual(','.join(get_rank_labels()), 'kingdom,phylum,class,order,family,genus,species')
+        self.assertEqual(
+            ",".join(get_rank_labels()), "kingdom,phylum,class,order,family,genus,species"
+        )
 
     def test_format_species_probs_too_few_species(self):
         classifier = TreeOfLifeClassifier(**TOY)
@@ -414,7 +485,7 @@ class TestPredict(unittest.TestCase):
         probs = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
         top_probs = classifier.format_species_probs(EXAMPLE_CAT_IMAGE, probs, k=5)
         self.assertEqual(len(top_probs), 5)
-        self.assertEqual(top_probs[0]['file_name'], EXAMPLE_CAT_IMAGE)
+        self.assertEqual(top_probs[0]["file_name"], EXAMPLE_CAT_IMAGE)
 
         # test when k > number of probabilities
         probs = torch.tensor([0.1, 0.2, 0.3, 0.4])
@@ -423,13 +494,15 @@ class TestPredict(unittest.TestCase):
 
 class TestEmbed(unittest.TestCase):
     def test_get_image_features(self):
-        classifier = TreeOfLifeClassifier(**TOY, device='cpu')
+        classifier = TreeOfLifeClassifier(**TOY, device="cpu")
         self.assertEqual(classifier.model_str, TOY_MODEL)
         features = classifier.create_image_features_for_image(EXAMPLE_CAT_IMAGE, normalize=False)
         self.assertEqual(features.shape, torch.Size([DIM]))
 
     def test_get_image_features_pil(self):
-        classifier = TreeOfLifeClassifier(**TOY, device='cpu')
+        classifier = TreeOfLifeClassifier(**TOY, device="cpu")
         self.assertEqual(classifier.model_str, TOY_MODEL)
-        features = classifier.create_image_features_for_image(PIL.Image.open(EXAMPLE_CAT_IMAGE), normalize=False)
+        features = classifier.create_image_features_for_image(
+            PIL.Image.open(EXAMPLE_CAT_IMAGE), normalize=False
+        )
         self.assertEqual(features.shape, torch.Size([DIM]))

@@ -24,7 +24,9 @@ MAX_UPLOAD_MB = 0.25
 
 @pytest.fixture(scope="module")
 def client(toy_predictor):
-    return TestClient(create_app(toy_predictor, model_name="BioCAP-toy", max_upload_mb=MAX_UPLOAD_MB))
+    return TestClient(
+        create_app(toy_predictor, model_name="BioCAP-toy", max_upload_mb=MAX_UPLOAD_MB)
+    )
 
 
 def post(client, name: str, data: bytes, **form):
@@ -54,7 +56,9 @@ def test_predict_names_the_true_species_and_the_taxa_of_every_rank(client, toy_p
     for group in result["taxa"]:
         expected = [r for r in rows if r["rank"] == group["rank"]]
         assert [p["name"] for p in group["predictions"]] == [r[group["rank"]] for r in expected]
-        assert [p["score"] for p in group["predictions"]] == pytest.approx([r["score"] for r in expected], abs=1e-5)
+        assert [p["score"] for p in group["predictions"]] == pytest.approx(
+            [r["score"] for r in expected], abs=1e-5
+        )
         scores = [p["score"] for p in group["predictions"]]
         assert scores == sorted(scores, reverse=True) and len(scores) <= 3
 
@@ -104,12 +108,15 @@ def test_an_upload_over_the_limit_is_413_before_it_is_read(client):
 
 def test_an_upload_over_the_limit_without_content_length_is_413_too(client):
     def chunks():  # a generator body goes out chunked, with no Content-Length to check up front
-        yield b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"huge.jpg\"\r\n\r\n"
+        yield b'--b\r\nContent-Disposition: form-data; name="image"; filename="huge.jpg"\r\n\r\n'
         for _ in range(int(MAX_UPLOAD_MB * 16) + 4):
             yield b"\xff" * 65536
 
-    response = client.post("/api/predict", content=chunks(),
-                           headers={"content-type": "multipart/form-data; boundary=b"})
+    response = client.post(
+        "/api/predict",
+        content=chunks(),
+        headers={"content-type": "multipart/form-data; boundary=b"},
+    )
     assert response.status_code == 413
     assert "too large" in response.json()["detail"]
 
@@ -117,6 +124,7 @@ def test_an_upload_over_the_limit_without_content_length_is_413_too(client):
 def png_of(width: int, height: int) -> bytes:
     """A valid grayscale PNG of ``width`` x ``height`` black pixels, compressed row by row: a few
     hundred kilobytes for 11,000 x 11,000 pixels, which take 121 MB once decoded."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         crc = struct.pack(">I", zlib.crc32(kind + data))
         return struct.pack(">I", len(data)) + kind + data + crc
@@ -206,8 +214,12 @@ def test_the_page_and_its_assets_load_from_the_server_alone(client):
     assert sorted(assets) == ["static/page.css", "static/page.js"]
     texts = [page.text] + [client.get("/" + asset).text for asset in assets]
     # Offline: nothing is fetched from anywhere but this server (no CDN, no web fonts).
-    assert not any(re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/|@import|@font-face", t) for t in texts)
-    assert client.get("/docs").status_code == 404  # FastAPI's docs page would load Swagger UI from a CDN
+    assert not any(
+        re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/|@import|@font-face", t) for t in texts
+    )
+    assert (
+        client.get("/docs").status_code == 404
+    )  # FastAPI's docs page would load Swagger UI from a CDN
 
 
 def test_the_web_module_says_how_to_install_the_extra_when_fastapi_is_missing(monkeypatch):

@@ -14,7 +14,15 @@ from biocap_core.checkpoints import save_weights
 from biocap_core.model import build_model
 
 pytestmark = pytest.mark.slow
-FORBIDDEN = ("biocap-train", "biocap-eval", "biocap-captions", "biocap-wiki", "vllm", "scrapy", "fastapi")
+FORBIDDEN = (
+    "biocap-train",
+    "biocap-eval",
+    "biocap-captions",
+    "biocap-wiki",
+    "vllm",
+    "scrapy",
+    "fastapi",
+)
 
 
 @pytest.fixture(scope="module")
@@ -23,21 +31,50 @@ def small_toy(tmp_path_factory) -> Path:
     from biocap_core.toy import ToyConfig, generate
 
     out = tmp_path_factory.mktemp("toy")
-    generate(out, ToyConfig(species=12, images_per_species=1, val_per_species=1, eval_per_species=2,
-                            inquire_queries=2, inquire_candidates=10, image_size=64, shard_size=64))
+    generate(
+        out,
+        ToyConfig(
+            species=12,
+            images_per_species=1,
+            val_per_species=1,
+            eval_per_species=2,
+            inquire_queries=2,
+            inquire_candidates=10,
+            image_size=64,
+            shard_size=64,
+        ),
+    )
     return out
 
 
-def test_wheels_install_alone_and_predict_on_the_toy_tree_of_life(install_alone, tmp_path, small_toy):
+def test_wheels_install_alone_and_predict_on_the_toy_tree_of_life(
+    install_alone, tmp_path, small_toy
+):
     installed = install_alone("biocap-predict")
-    weights = save_weights(build_model("BioCAP-toy"), tmp_path / "random.safetensors")  # a core model name
+    weights = save_weights(
+        build_model("BioCAP-toy"), tmp_path / "random.safetensors"
+    )  # a core model name
     model = ["--model", "BioCAP-toy", "--pretrained", str(weights), "--device", "cpu", "--quiet"]
     images, index = small_toy / "zeroshot" / "images", str(tmp_path / "idx")
-    commands = [["index", "--taxa", str(small_toy / "catalog.parquet"), "--out", index, *model],
-                ["predict", str(images), "--recursive", "--index", index, "--rank", "all", "--k", "1",
-                 "--workers", "0", *model],
-                ["list-models"],
-                ["serve", "--index", index, *model[:4]]]
+    commands = [
+        ["index", "--taxa", str(small_toy / "catalog.parquet"), "--out", index, *model],
+        [
+            "predict",
+            str(images),
+            "--recursive",
+            "--index",
+            index,
+            "--rank",
+            "all",
+            "--k",
+            "1",
+            "--workers",
+            "0",
+            *model,
+        ],
+        ["list-models"],
+        ["serve", "--index", index, *model[:4]],
+    ]
     probe = installed.run(commands)
     assert {"biocap-core", "biocap-predict", "torch", "typer"} <= set(probe["installed"])
     assert not set(FORBIDDEN) & set(probe["installed"])

@@ -20,8 +20,19 @@ def toy(tmp_path_factory) -> Path:
     from biocap_core.toy import ToyConfig, generate
 
     out = tmp_path_factory.mktemp("toy")
-    generate(out, ToyConfig(species=16, images_per_species=12, val_per_species=2, eval_per_species=2,
-                            inquire_queries=4, inquire_candidates=10, image_size=32, shard_size=32))
+    generate(
+        out,
+        ToyConfig(
+            species=16,
+            images_per_species=12,
+            val_per_species=2,
+            eval_per_species=2,
+            inquire_queries=4,
+            inquire_candidates=10,
+            image_size=32,
+            shard_size=32,
+        ),
+    )
     return out
 
 
@@ -48,9 +59,23 @@ def toy_train(toy) -> str:
 @pytest.fixture
 def base_args(toy_train, tiny_model, tmp_path) -> dict:
     """TrainConfig keyword arguments for a few fast fp32 CPU steps on the toy shards."""
-    return dict(train_data=toy_train, model=tiny_model, batch_size=16, train_num_samples=80, epochs=2,
-                lr=2e-3, warmup=2, precision="fp32", workers=0, shuffle_buffer=64, logs=str(tmp_path / "logs"),
-                name="run", log_every_n_steps=1, progress=False, device="cpu")
+    return dict(
+        train_data=toy_train,
+        model=tiny_model,
+        batch_size=16,
+        train_num_samples=80,
+        epochs=2,
+        lr=2e-3,
+        warmup=2,
+        precision="fp32",
+        workers=0,
+        shuffle_buffer=64,
+        logs=str(tmp_path / "logs"),
+        name="run",
+        log_every_n_steps=1,
+        progress=False,
+        device="cpu",
+    )
 
 
 def _rewrite_shards(urls, out: Path, change) -> list[str]:
@@ -63,7 +88,9 @@ def _rewrite_shards(urls, out: Path, change) -> list[str]:
         path = out / Path(url).name
         with wds.TarWriter(str(path)) as sink:
             for s in iter_samples(url):
-                sink.write(change({k: v for k, v in s.items() if not k.startswith("__") or k == "__key__"}))
+                sink.write(
+                    change({k: v for k, v in s.items() if not k.startswith("__") or k == "__key__"})
+                )
         paths.append(str(path))
     return paths
 
@@ -79,14 +106,19 @@ def rewrite_shards():
 def no_caption_shards(toy, tmp_path_factory) -> list[str]:
     """The toy training shards without caption.txt, like real TreeOfLife-10M shards."""
     urls = sorted(str(p) for p in (toy / "train").glob("shard-*.tar"))
-    return _rewrite_shards(urls, tmp_path_factory.mktemp("no-caption"),
-                           lambda s: {k: v for k, v in s.items() if k != "caption.txt"})
+    return _rewrite_shards(
+        urls,
+        tmp_path_factory.mktemp("no-caption"),
+        lambda s: {k: v for k, v in s.items() if k != "caption.txt"},
+    )
 
 
 def _corrupt_inside(jpeg: bytes) -> bytes:
     bad = bytearray(jpeg)
-    table = bad.index(b"\xff\xc4")  # the first Huffman table: its 16 code-length counts become nonsense
-    bad[table + 5:table + 21] = b"\xff" * 16
+    table = bad.index(
+        b"\xff\xc4"
+    )  # the first Huffman table: its 16 code-length counts become nonsense
+    bad[table + 5 : table + 21] = b"\xff" * 16
     return bytes(bad)
 
 

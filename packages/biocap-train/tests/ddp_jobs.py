@@ -40,8 +40,17 @@ DECODE_STEPS = 6
 def steps(info: DistInfo, model: str, out: Path) -> None:
     # eps 1e-3: gradients that are float noise around 0 (e.g. attention key biases) must not be
     # turned into full-size Adam steps, or the comparison would measure noise, not the algorithm
-    cfg = TrainConfig(model=model, precision="fp32", lr=1e-3, warmup=2, wd=0.1, eps=1e-3, caption_share=0.5,
-                      seed=4, progress=False)
+    cfg = TrainConfig(
+        model=model,
+        precision="fp32",
+        lr=1e-3,
+        warmup=2,
+        wd=0.1,
+        eps=1e-3,
+        caption_share=0.5,
+        seed=4,
+        progress=False,
+    )
     trainer = Trainer(cfg, info, total_steps=STEPS)
     tok = trainer.model.tokenizer()
     per_rank = GLOBAL_BATCH // info.world_size
@@ -50,7 +59,9 @@ def steps(info: DistInfo, model: str, out: Path) -> None:
     for step in range(STEPS):
         g = torch.Generator().manual_seed(step)
         images = torch.randn(GLOBAL_BATCH, 3, *trainer.model.image_size, generator=g)
-        texts = tok([f"a photo of species {step}-{i} with {i % 3} marks." for i in range(GLOBAL_BATCH)])
+        texts = tok(
+            [f"a photo of species {step}-{i} with {i % 3} marks." for i in range(GLOBAL_BATCH)]
+        )
         step_text = TextSchedule(cfg.seed, cfg.text_type, cfg.caption_share).at(step)
         micro = [Batch(image=images[rows], text=texts[rows], step_text=step_text)]
         result = trainer.train_step(step, micro)
@@ -62,28 +73,54 @@ def steps(info: DistInfo, model: str, out: Path) -> None:
 
 
 def gpu_decode(info: DistInfo, train_data: str, model: str, out: Path) -> None:
-    cfg = TrainConfig(train_data=train_data, batch_size=8, train_num_samples=128, workers=0, seed=3,
-                      shuffle_buffer=50, precision="fp32", text_type="sci", gpu_decode=True)
+    cfg = TrainConfig(
+        train_data=train_data,
+        batch_size=8,
+        train_num_samples=128,
+        workers=0,
+        seed=3,
+        shuffle_buffer=50,
+        precision="fp32",
+        text_type="sci",
+        gpu_decode=True,
+    )
     data = TrainBatches(cfg, plan_run(cfg, info), info, build_model(model), None, None, say=print)
-    sizes = [[(len(b.image), len(b.text), len(b.keys)) for b in micro]
-             for micro in data.steps(0, DECODE_STEPS)]
+    sizes = [
+        [(len(b.image), len(b.text), len(b.keys)) for b in micro]
+        for micro in data.steps(0, DECODE_STEPS)
+    ]
     failed = data.problems().counts["corrupt_image"]  # every rank's, gathered
-    (out / f"gpu-decode-rank{info.rank}.json").write_text(json.dumps({"sizes": sizes, "failed": failed}))
+    (out / f"gpu-decode-rank{info.rank}.json").write_text(
+        json.dumps({"sizes": sizes, "failed": failed})
+    )
 
 
 def refusals(info: DistInfo, train_data: str, model: str, out: Path) -> None:
     """Runs that rank 0 (or each node's first rank) finds wrong: every rank must stop with the
     error, none waiting for the others at a collective. Writes each rank's error per case."""
-    cfg = TrainConfig(train_data=train_data, model=model, batch_size=8, train_num_samples=64,
-                      steps=1, workers=0, precision="fp32", logs=str(out), progress=False)
-    cases = {"existing": dataclasses.replace(cfg, name="existing"),
-             "captions": dataclasses.replace(cfg, name="captions", text_type="caption",
-                                             captions=str(out / "duplicates.parquet"))}
+    cfg = TrainConfig(
+        train_data=train_data,
+        model=model,
+        batch_size=8,
+        train_num_samples=64,
+        steps=1,
+        workers=0,
+        precision="fp32",
+        logs=str(out),
+        progress=False,
+    )
+    cases = {
+        "existing": dataclasses.replace(cfg, name="existing"),
+        "captions": dataclasses.replace(
+            cfg, name="captions", text_type="caption", captions=str(out / "duplicates.parquet")
+        ),
+    }
     if info.is_main:
         checkpoint_path(cases["existing"].run_dir, 1).parent.mkdir(parents=True)
         checkpoint_path(cases["existing"].run_dir, 1).write_bytes(b"an earlier run's checkpoint")
         pl.DataFrame({"uuid": ["a", "a"], "caption": ["x", "y"]}).write_parquet(
-            out / "duplicates.parquet")
+            out / "duplicates.parquet"
+        )
     distributed.barrier(info)
     outcomes = {}
     for case, case_cfg in cases.items():

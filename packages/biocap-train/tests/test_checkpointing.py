@@ -12,7 +12,12 @@ from biocap_core.checkpoints import read_checkpoint
 from biocap_core.errors import CheckpointError
 from biocap_train import TrainConfig, train
 from biocap_train import checkpointing
-from biocap_train.checkpointing import CheckpointWriteError, checkpoint_path, list_checkpoints, save_checkpoint
+from biocap_train.checkpointing import (
+    CheckpointWriteError,
+    checkpoint_path,
+    list_checkpoints,
+    save_checkpoint,
+)
 from biocap_train.cli import main
 
 
@@ -33,18 +38,24 @@ def cli_args(base_args, **extra) -> list[str]:
 
 def full_disk(monkeypatch, error: BaseException) -> None:
     """torch.save writes part of the file, then fails as it does on a full disk; 1 KB is left free."""
+
     def save(obj, path):
         Path(path).write_bytes(b"PK" * 100)
         raise error
 
     monkeypatch.setattr(torch, "save", save)
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    monkeypatch.setattr(
+        shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000)
+    )
 
 
-@pytest.mark.parametrize("error", [
-    RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 3072 vs 2994"),
-    OSError(errno.ENOSPC, "No space left on device"),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 3072 vs 2994"),
+        OSError(errno.ENOSPC, "No space left on device"),
+    ],
+)
 def test_a_full_disk_names_the_checkpoint_and_the_cause(tmp_path, monkeypatch, error):
     save_checkpoint(tmp_path, 1, {"w": torch.zeros(10)}, keep=0)
     full_disk(monkeypatch, error)
@@ -54,15 +65,22 @@ def test_a_full_disk_names_the_checkpoint_and_the_cause(tmp_path, monkeypatch, e
     assert str(checkpoint_path(tmp_path, 2)) in message
     assert "no space left on device (1.0 KB free in" in message and "needs about 4.0 KB" in message
     assert "--resume latest" in message
-    assert sorted(p.name for p in checkpointing.checkpoint_dir(tmp_path).iterdir()) == ["step_00000001.pt"]
+    assert sorted(p.name for p in checkpointing.checkpoint_dir(tmp_path).iterdir()) == [
+        "step_00000001.pt"
+    ]
 
 
 def test_the_cli_reports_a_full_disk_as_one_line(base_args, monkeypatch):
-    full_disk(monkeypatch, RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 3072 vs 2994"))
+    full_disk(
+        monkeypatch,
+        RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 3072 vs 2994"),
+    )
     with pytest.raises(SystemExit) as caught:
         main(cli_args(base_args, steps=2))
     message = str(caught.value.code)
-    assert message.startswith("biocap-train: error: cannot write checkpoint ") and "\n" not in message
+    assert (
+        message.startswith("biocap-train: error: cannot write checkpoint ") and "\n" not in message
+    )
     assert "step_00000002.pt: no space left on device" in message
 
 
@@ -74,7 +92,10 @@ def test_resume_removes_temp_files_of_an_interrupted_write(base_args, capfd):
     result = train(TrainConfig(**{**base_args, "steps": 3, "resume": "latest"}))
     assert result.step == 3 and not partial.exists()
     err = capfd.readouterr().err
-    assert "removed 1 partial checkpoint file(s) of an interrupted write: .step_00000003.pt.tmp-4242" in err
+    assert (
+        "removed 1 partial checkpoint file(s) of an interrupted write: .step_00000003.pt.tmp-4242"
+        in err
+    )
     assert sorted(p.name for p in folder.iterdir()) == ["step_00000002.pt", "step_00000003.pt"]
 
 
@@ -85,9 +106,13 @@ def test_resuming_a_finished_run_changes_nothing(base_args, capsys):
     capsys.readouterr()
     main(cli_args(base_args, steps=2, resume="latest"))
     out = capsys.readouterr()
-    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.rglob("*") if p.is_file()} == files
+    assert {
+        p: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.rglob("*") if p.is_file()
+    } == files
     assert "already finished: " in out.err and "is at step 2 of 2; nothing to do" in out.err
-    assert out.out.startswith("already finished at step 2; nothing trained or written\ncheckpoint: ")
+    assert out.out.startswith(
+        "already finished at step 2; nothing trained or written\ncheckpoint: "
+    )
     assert str(checkpoint_path(run_dir, 2)) in out.out
 
 
@@ -106,7 +131,9 @@ def test_an_unreadable_newest_checkpoint_falls_back_to_the_previous_one(base_arg
     assert "at step 2" in err and result.step == 4
     assert [s for s, _ in list_checkpoints(run_dir)] == [2, 4]
     assert (run_dir / "checkpoints" / "step_00000004.pt.unreadable").stat().st_size == 1000
-    resumed = read_checkpoint(result.checkpoint)  # exact resume: the same weights as the uninterrupted run
+    resumed = read_checkpoint(
+        result.checkpoint
+    )  # exact resume: the same weights as the uninterrupted run
     for key, value in straight["state_dict"].items():
         assert torch.equal(value, resumed["state_dict"][key]), key
 

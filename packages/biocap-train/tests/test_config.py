@@ -7,31 +7,95 @@ from biocap_train.config import TrainConfig, parse_args, read_config_file
 
 
 def test_open_clip_flags_parse():
-    cfg, given = parse_args([
-        "--train-data", "a-{0..3}.tar::b-{0..1}.tar", "--train-data-upsampling-factors", "1::2",
-        "--dataset-resampled", "--train-num-samples", "1000", "--batch-size", "8", "--epochs", "3", "--lr", "1e-4",
-        "--warmup", "500", "--wd", "0.1", "--beta1", "0.8", "--beta2", "0.9", "--eps", "1e-8",
-        "--precision", "amp_bf16", "--grad-checkpointing", "--accum-freq", "2", "--torchcompile", "--workers", "3",
-        "--seed", "5", "--local-loss", "--gather-with-grad", "--resume", "latest", "--logs", "L", "--name", "n",
-        "--report-to", "tensorboard", "--text-type", "caption", "--caption-share", "0.25",
-    ])
+    cfg, given = parse_args(
+        [
+            "--train-data",
+            "a-{0..3}.tar::b-{0..1}.tar",
+            "--train-data-upsampling-factors",
+            "1::2",
+            "--dataset-resampled",
+            "--train-num-samples",
+            "1000",
+            "--batch-size",
+            "8",
+            "--epochs",
+            "3",
+            "--lr",
+            "1e-4",
+            "--warmup",
+            "500",
+            "--wd",
+            "0.1",
+            "--beta1",
+            "0.8",
+            "--beta2",
+            "0.9",
+            "--eps",
+            "1e-8",
+            "--precision",
+            "amp_bf16",
+            "--grad-checkpointing",
+            "--accum-freq",
+            "2",
+            "--torchcompile",
+            "--workers",
+            "3",
+            "--seed",
+            "5",
+            "--local-loss",
+            "--gather-with-grad",
+            "--resume",
+            "latest",
+            "--logs",
+            "L",
+            "--name",
+            "n",
+            "--report-to",
+            "tensorboard",
+            "--text-type",
+            "caption",
+            "--caption-share",
+            "0.25",
+        ]
+    )
     assert cfg.dataset_resampled and cfg.grad_checkpointing and cfg.torchcompile and cfg.local_loss
-    assert (cfg.batch_size, cfg.epochs, cfg.lr, cfg.warmup, cfg.accum_freq, cfg.workers) == (8, 3, 1e-4, 500, 2, 3)
-    assert (cfg.beta1, cfg.beta2, cfg.eps, cfg.wd, cfg.precision) == (0.8, 0.9, 1e-8, 0.1, "amp_bf16")
+    assert (cfg.batch_size, cfg.epochs, cfg.lr, cfg.warmup, cfg.accum_freq, cfg.workers) == (
+        8,
+        3,
+        1e-4,
+        500,
+        2,
+        3,
+    )
+    assert (cfg.beta1, cfg.beta2, cfg.eps, cfg.wd, cfg.precision) == (
+        0.8,
+        0.9,
+        1e-8,
+        0.1,
+        "amp_bf16",
+    )
     assert cfg.text_type == "caption" and cfg.caption_share == 0.25 and cfg.resume == "latest"
     assert "batch_size" in given and "model" not in given
     assert parse_args(["--no-local-loss"])[0].local_loss is False
 
 
-@pytest.mark.parametrize("suffix,text", [
-    (".toml", 'train-data = "x.tar"\nbatch_size = 12\nlr = 0.01\ndataset-resampled = true\n'),
-    (".yaml", "train-data: x.tar\nbatch_size: 12\nlr: 0.01\ndataset-resampled: true\n"),
-])
+@pytest.mark.parametrize(
+    "suffix,text",
+    [
+        (".toml", 'train-data = "x.tar"\nbatch_size = 12\nlr = 0.01\ndataset-resampled = true\n'),
+        (".yaml", "train-data: x.tar\nbatch_size: 12\nlr: 0.01\ndataset-resampled: true\n"),
+    ],
+)
 def test_config_file_with_flags_overriding(tmp_path, suffix, text):
     path = tmp_path / f"run{suffix}"
     path.write_text(text)
     cfg, _ = parse_args(["--config", str(path), "--lr", "0.5"])
-    assert (cfg.train_data, cfg.batch_size, cfg.lr, cfg.dataset_resampled) == ("x.tar", 12, 0.5, True)
+    assert (cfg.train_data, cfg.batch_size, cfg.lr, cfg.dataset_resampled) == (
+        "x.tar",
+        12,
+        0.5,
+        True,
+    )
 
 
 def test_config_file_unknown_option_is_named(tmp_path):
@@ -48,7 +112,13 @@ def test_shipped_original_recipe_parses():
     cfg, _ = parse_args(["--config", str(recipe), "--train-data", "x.tar"])
     cfg.validate()
     assert (cfg.model, cfg.pretrained, cfg.batch_size, cfg.lr, cfg.warmup, cfg.epochs) == (
-        "ViT-B-16", "openai", 4096, 1e-4, 500, 50)
+        "ViT-B-16",
+        "openai",
+        4096,
+        1e-4,
+        500,
+        50,
+    )
 
 
 def test_invalid_values_are_rejected_with_the_flag_name():
@@ -59,11 +129,22 @@ def test_invalid_values_are_rejected_with_the_flag_name():
 
 
 def test_speed_options_parse_and_a_bad_compile_mode_is_named(tmp_path):
-    cfg, _ = parse_args(["--torchcompile", "--torchcompile-mode", "max-autotune", "--no-fused-adamw",
-                         "--gpu-decode"])
+    cfg, _ = parse_args(
+        [
+            "--torchcompile",
+            "--torchcompile-mode",
+            "max-autotune",
+            "--no-fused-adamw",
+            "--gpu-decode",
+        ]
+    )
     assert (cfg.torchcompile_mode, cfg.fused_adamw, cfg.gpu_decode) == ("max-autotune", False, True)
     default = TrainConfig()
-    assert (default.torchcompile_mode, default.fused_adamw, default.gpu_decode) == ("default", True, False)
+    assert (default.torchcompile_mode, default.fused_adamw, default.gpu_decode) == (
+        "default",
+        True,
+        False,
+    )
     path = tmp_path / "run.toml"
     path.write_text('torchcompile-mode = "fastest"\n')
     with pytest.raises(ValueError, match="--torchcompile-mode 'fastest'"):

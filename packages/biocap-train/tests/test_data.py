@@ -32,10 +32,23 @@ def model(tiny_cfg):
 
 
 def make_spec(urls, model, text_type="random", joint=False, **kw) -> StreamSpec:
-    args = dict(urls=urls, weights=None, resampled=False, batch_size=8, epoch=1, rank=0,
-                world_size=1, num_streams=1, microbatches=4, first_step=40, accum_freq=1,
-                prep=WorkerDecode(model, train=True), tokenizer=model.tokenizer(),
-                texts=TextSchedule(3, text_type, joint=joint), shuffle_buffer=50)
+    args = dict(
+        urls=urls,
+        weights=None,
+        resampled=False,
+        batch_size=8,
+        epoch=1,
+        rank=0,
+        world_size=1,
+        num_streams=1,
+        microbatches=4,
+        first_step=40,
+        accum_freq=1,
+        prep=WorkerDecode(model, train=True),
+        tokenizer=model.tokenizer(),
+        texts=TextSchedule(3, text_type, joint=joint),
+        shuffle_buffer=50,
+    )
     args.update(kw)
     return StreamSpec(**args)
 
@@ -53,8 +66,12 @@ def test_a_restarted_stream_continues_exactly_mid_epoch(toy_train, model, resamp
     assert {full[i].stream for i in range(7)} == {0, 1}
     # after 3 micro-batches: stream 0 produced 0 and 2, stream 1 produced 1
     skip = {0: full[2].consumed, 1: full[1].consumed}
-    rest = collect(make_spec(urls, model, num_streams=2, microbatches=7, resampled=resampled, start=3, skip=skip),
-                   workers=2)
+    rest = collect(
+        make_spec(
+            urls, model, num_streams=2, microbatches=7, resampled=resampled, start=3, skip=skip
+        ),
+        workers=2,
+    )
     assert sorted(rest) == [3, 4, 5, 6]
     for i in rest:
         assert rest[i].keys == full[i].keys
@@ -82,10 +99,16 @@ def test_batches_carry_only_the_text_of_their_step(toy_train, model):
 def test_captions_from_a_parquet_table_by_uuid(toy_train, model, tmp_path):
     urls, _ = expand_sources(toy_train)
     keys = [s["__key__"] for s in iter_samples(urls)]
-    table = pl.DataFrame({"uuid": keys[::2], "caption": [f"parquet caption {i}" for i in range(len(keys[::2]))]})
+    table = pl.DataFrame(
+        {"uuid": keys[::2], "caption": [f"parquet caption {i}" for i in range(len(keys[::2]))]}
+    )
     table.write_parquet(tmp_path / "captions.parquet")
     index = CaptionIndex.build(tmp_path / "captions.parquet", tmp_path / "index")
-    assert len(index) == len(keys[::2]) and index.get(keys[2]) == "parquet caption 1" and index.get(keys[1]) is None
+    assert (
+        len(index) == len(keys[::2])
+        and index.get(keys[2]) == "parquet caption 1"
+        and index.get(keys[1]) is None
+    )
     assert len(pickle.dumps(index)) < 1000  # workers receive the folder name, not the captions
     spec = make_spec(urls, model, text_type="caption", captions=index, microbatches=3)
     batches = collect(spec, workers=0)
@@ -98,15 +121,19 @@ def test_captions_from_a_parquet_table_by_uuid(toy_train, model, tmp_path):
 
 
 def test_duplicate_uuids_in_the_caption_table_are_an_error(tmp_path):
-    pl.DataFrame({"uuid": ["a", "b", "a"], "caption": ["x", "y", "z"]}).write_parquet(tmp_path / "c.parquet")
+    pl.DataFrame({"uuid": ["a", "b", "a"], "caption": ["x", "y", "z"]}).write_parquet(
+        tmp_path / "c.parquet"
+    )
     with pytest.raises(ValueError, match="1 duplicate uuid"):
         CaptionIndex.build(tmp_path / "c.parquet", tmp_path / "index")
 
 
 def write_bad_shards(toy: Path, out: Path) -> list[str]:
     """Shard A: one undecodable JPEG, one sample with no text; shard B: cut off mid-way."""
-    samples = [{k: v for k, v in s.items() if not k.startswith("__") or k == "__key__"}
-               for s in iter_samples(str(toy / "train" / "shard-000000.tar"))]
+    samples = [
+        {k: v for k, v in s.items() if not k.startswith("__") or k == "__key__"}
+        for s in iter_samples(str(toy / "train" / "shard-000000.tar"))
+    ]
     samples[3]["jpg"] = b"\xff\xd8 this is not a jpeg"
     samples[5] = {"__key__": samples[5]["__key__"], "jpg": samples[5]["jpg"]}
     paths = [out / "bad-a.tar", out / "bad-b.tar"]
@@ -160,11 +187,16 @@ def test_a_text_no_sample_has_stops_the_stream_with_one_line_not_a_hang(no_capti
 
 
 @pytest.mark.timeout(120)
-def test_undecodable_images_everywhere_stop_the_stream(toy, model, tmp_path, rewrite_shards, monkeypatch):
+def test_undecodable_images_everywhere_stop_the_stream(
+    toy, model, tmp_path, rewrite_shards, monkeypatch
+):
     # failed decodes cost about 1 ms each
     monkeypatch.setattr(batches_module, "MAX_UNUSABLE_IN_A_ROW", 500)
-    urls = rewrite_shards(sorted(str(p) for p in (toy / "train").glob("shard-*.tar")), tmp_path,
-                          lambda s: {**s, "jpg": b"\xff\xd8 not a jpeg"})
+    urls = rewrite_shards(
+        sorted(str(p) for p in (toy / "train").glob("shard-*.tar")),
+        tmp_path,
+        lambda s: {**s, "jpg": b"\xff\xd8 not a jpeg"},
+    )
     with pytest.raises(DataUnusable, match="no image read from .* could be decoded"):
         collect(make_spec(urls, model, text_type="sci"), workers=0)
 
@@ -178,13 +210,21 @@ def test_a_few_bad_samples_in_a_row_do_not_stop_the_stream(toy, model, tmp_path,
 
 
 def plan(train_data, **kw):
-    return plan_run(TrainConfig(train_data="::".join(train_data), train_num_samples=64, workers=1, **kw), DistInfo())
+    return plan_run(
+        TrainConfig(train_data="::".join(train_data), train_num_samples=64, workers=1, **kw),
+        DistInfo(),
+    )
 
 
-@pytest.mark.parametrize("options", [{}, {"text_type": "caption"}, {"text_type": "taxon", "joint_loss": True}])
+@pytest.mark.parametrize(
+    "options", [{}, {"text_type": "caption"}, {"text_type": "taxon", "joint_loss": True}]
+)
 def test_shards_without_captions_are_refused_before_training(no_caption_shards, options):
-    with pytest.raises(DataUnusable, match=r"--train-data: none of the first 32 samples of .*shard-000000\.tar "
-                                           r"has caption\.txt, .*pass --captions TABLE\.parquet"):
+    with pytest.raises(
+        DataUnusable,
+        match=r"--train-data: none of the first 32 samples of .*shard-000000\.tar "
+        r"has caption\.txt, .*pass --captions TABLE\.parquet",
+    ):
         plan(no_caption_shards, **options)
 
 
@@ -192,28 +232,48 @@ def test_runs_the_data_can_serve_pass_the_check(no_caption_shards, toy, tmp_path
     plan(no_caption_shards, text_type="taxon_com")
     plan(no_caption_shards, caption_share=0.0)
     keys = [s["__key__"] for s in iter_samples(no_caption_shards)]
-    pl.DataFrame({"uuid": keys, "caption": ["a caption"] * len(keys)}).write_parquet(tmp_path / "c.parquet")
+    pl.DataFrame({"uuid": keys, "caption": ["a caption"] * len(keys)}).write_parquet(
+        tmp_path / "c.parquet"
+    )
     plan(no_caption_shards, captions=str(tmp_path / "c.parquet"))
     plan(no_caption_shards, text_type="taxon_com", val_data=str(toy / "val" / "shard-000000.tar"))
 
 
-def test_the_check_names_missing_taxonomic_texts_and_undecodable_images(toy, tmp_path, rewrite_shards):
+def test_the_check_names_missing_taxonomic_texts_and_undecodable_images(
+    toy, tmp_path, rewrite_shards
+):
     urls = sorted(str(p) for p in (toy / "train").glob("shard-*.tar"))
-    no_com = rewrite_shards(urls, tmp_path / "no-com", lambda s: {k: v for k, v in s.items() if k != "com.txt"})
-    with pytest.raises(DataUnusable, match=r"has com\.txt, which --text-type random trains on; they have sci, "
-                                           r"sci_com, taxon, taxon_com"):
+    no_com = rewrite_shards(
+        urls, tmp_path / "no-com", lambda s: {k: v for k, v in s.items() if k != "com.txt"}
+    )
+    with pytest.raises(
+        DataUnusable,
+        match=r"has com\.txt, which --text-type random trains on; they have sci, "
+        r"sci_com, taxon, taxon_com",
+    ):
         plan(no_com)
-    val = rewrite_shards([str(toy / "val" / "shard-000000.tar")], tmp_path / "val",
-                         lambda s: {k: v for k, v in s.items() if k != "caption.txt"})
-    with pytest.raises(DataUnusable, match=r"--val-data: .*has caption\.txt; validation scores .*leave out --val-data"):
+    val = rewrite_shards(
+        [str(toy / "val" / "shard-000000.tar")],
+        tmp_path / "val",
+        lambda s: {k: v for k, v in s.items() if k != "caption.txt"},
+    )
+    with pytest.raises(
+        DataUnusable,
+        match=r"--val-data: .*has caption\.txt; validation scores .*leave out --val-data",
+    ):
         plan(urls, val_data=val[0])
     broken = rewrite_shards(urls, tmp_path / "broken", lambda s: {**s, "jpg": b"not an image"})
-    with pytest.raises(DataUnusable, match=r"--train-data: none of the first 32 samples of .* has a decodable image"):
+    with pytest.raises(
+        DataUnusable,
+        match=r"--train-data: none of the first 32 samples of .* has a decodable image",
+    ):
         plan(broken, text_type="sci")
 
 
 def test_a_missing_shard_is_named_before_training(toy, tmp_path):
-    with pytest.raises(ShardError, match=r"no such shard file\(s\): .*nowhere/shard-000000\.tar, .* and 5 more"):
+    with pytest.raises(
+        ShardError, match=r"no such shard file\(s\): .*nowhere/shard-000000\.tar, .* and 5 more"
+    ):
         plan([str(tmp_path / "nowhere" / "shard-{000000..000009}.tar")])
     tarfile.open(tmp_path / "empty.tar", "w").close()
     with pytest.raises(DataUnusable, match=r"empty\.tar: they hold no samples"):
@@ -229,14 +289,27 @@ def test_a_missing_shard_is_named_before_training(toy, tmp_path):
 MAX_DIFF, MEAN_DIFF = 0.25, 0.01
 
 
-def train_batches(train_data: str, model, gpu_decode: bool, restored=None, workers=2) -> TrainBatches:
-    cfg = TrainConfig(train_data=train_data, batch_size=8, train_num_samples=64, workers=workers, seed=3,
-                      shuffle_buffer=50, precision="fp32", text_type="sci", gpu_decode=gpu_decode)
-    return TrainBatches(cfg, plan_run(cfg, DistInfo()), DistInfo(), model, None, restored, say=print)
+def train_batches(
+    train_data: str, model, gpu_decode: bool, restored=None, workers=2
+) -> TrainBatches:
+    cfg = TrainConfig(
+        train_data=train_data,
+        batch_size=8,
+        train_num_samples=64,
+        workers=workers,
+        seed=3,
+        shuffle_buffer=50,
+        precision="fp32",
+        text_type="sci",
+        gpu_decode=gpu_decode,
+    )
+    return TrainBatches(
+        cfg, plan_run(cfg, DistInfo()), DistInfo(), model, None, restored, say=print
+    )
 
 
 def test_gpu_decode_gives_the_cpu_decodes_batches_and_resumes_exactly(toy_train, model):
-    cpu = [m for m, in train_batches(toy_train, model, gpu_decode=False).steps(0, 5)]
+    cpu = [m for (m,) in train_batches(toy_train, model, gpu_decode=False).steps(0, 5)]
     data = train_batches(toy_train, model, gpu_decode=True)
     device, position = [], None
     for step, (micro,) in enumerate(data.steps(0, 5)):
@@ -247,22 +320,31 @@ def test_gpu_decode_gives_the_cpu_decodes_batches_and_resumes_exactly(toy_train,
         assert a.keys == b.keys and torch.equal(a.text, b.text)
         diff = (b.image - a.image).abs()  # the same crops, drawn in the workers from the same seed
         assert diff.amax() <= MAX_DIFF and diff.mean(dim=(1, 2, 3)).amax() <= MEAN_DIFF
-    resumed = [m for m, in train_batches(toy_train, model, gpu_decode=True, restored=position).steps(3, 5)]
+    resumed = [
+        m
+        for (m,) in train_batches(toy_train, model, gpu_decode=True, restored=position).steps(3, 5)
+    ]
     for a, b in zip(device[3:], resumed, strict=True):
         assert a.keys == b.keys and torch.equal(a.image, b.image)
 
 
-def test_a_jpeg_only_the_device_cannot_decode_is_dropped_and_counted(toy, model, tmp_path, rewrite_shards,
-                                                                     corrupt_inside):
+def test_a_jpeg_only_the_device_cannot_decode_is_dropped_and_counted(
+    toy, model, tmp_path, rewrite_shards, corrupt_inside
+):
     urls = sorted(str(p) for p in (toy / "train").glob("shard-*.tar"))
     bad_keys = {s["__key__"] for s in list(iter_samples(urls))[::4]}
-    bad = rewrite_shards(urls, tmp_path, lambda s: {**s, "jpg": corrupt_inside(s["jpg"])}
-                         if s["__key__"] in bad_keys else s)
+    bad = rewrite_shards(
+        urls,
+        tmp_path,
+        lambda s: {**s, "jpg": corrupt_inside(s["jpg"])} if s["__key__"] in bad_keys else s,
+    )
     data = train_batches("::".join(bad), model, gpu_decode=True, workers=0)
-    batches = [m for m, in data.steps(0, 8)]
+    batches = [m for (m,) in data.steps(0, 8)]
     assert not bad_keys & {k for b in batches for k in b.keys}
     sizes = [len(b.image) for b in batches]
     assert all(len(b.text) == len(b.keys) == n for b, n in zip(batches, sizes))
-    problems = data.problems()  # counted with the workers' skips, in the position a checkpoint saves
+    problems = (
+        data.problems()
+    )  # counted with the workers' skips, in the position a checkpoint saves
     assert problems.counts["corrupt_image"] == 8 * 8 - sum(sizes) > 0
     assert all("(on the device)" in e for e in problems.examples["corrupt_image"])

@@ -33,7 +33,9 @@ def ddp_jobs():
 
 
 @pytest.fixture(scope="module")
-def torchrun_job(toy, toy_train, tiny_model, tmp_path_factory, child_env, rewrite_shards, corrupt_inside):
+def torchrun_job(
+    toy, toy_train, tiny_model, tmp_path_factory, child_env, rewrite_shards, corrupt_inside
+):
     """One ``torchrun --nproc_per_node=2 ddp_jobs.py``: the fixed-batch steps, the --gpu-decode data path
     on shards with a corrupt JPEG in every third sample of half of the shards, and the command line
     (4 steps of batch 8, one data worker per rank). Returns the finished process and its output folder."""
@@ -41,15 +43,61 @@ def torchrun_job(toy, toy_train, tiny_model, tmp_path_factory, child_env, rewrit
 
     out = tmp_path_factory.mktemp("torchrun")
     urls = sorted(str(p) for p in (toy / "train").glob("shard-*.tar"))
-    bad_keys = {s["__key__"] for s in list(iter_samples(urls[:3]))[::3]}  # in half of the shards only
-    shards = rewrite_shards(urls, out / "shards", lambda s: {**s, "jpg": corrupt_inside(s["jpg"])}
-                            if s["__key__"] in bad_keys else s)
-    cli = ["--train-data", toy_train, "--model", tiny_model, "--batch-size", "8", "--steps", "4",
-           "--log-every-n-steps", "1", "--workers", "1", "--precision", "fp32", "--warmup", "1", "--lr", "1e-3",
-           "--shuffle-buffer", "32", "--logs-dir", str(out), "--name", "ddp", "--device", "cpu", "--no-progress"]
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          str(HERE / "ddp_jobs.py"), str(out), tiny_model, "::".join(shards), *cli],
-                         env=child_env, capture_output=True, text=True, timeout=600)
+    bad_keys = {
+        s["__key__"] for s in list(iter_samples(urls[:3]))[::3]
+    }  # in half of the shards only
+    shards = rewrite_shards(
+        urls,
+        out / "shards",
+        lambda s: {**s, "jpg": corrupt_inside(s["jpg"])} if s["__key__"] in bad_keys else s,
+    )
+    cli = [
+        "--train-data",
+        toy_train,
+        "--model",
+        tiny_model,
+        "--batch-size",
+        "8",
+        "--steps",
+        "4",
+        "--log-every-n-steps",
+        "1",
+        "--workers",
+        "1",
+        "--precision",
+        "fp32",
+        "--warmup",
+        "1",
+        "--lr",
+        "1e-3",
+        "--shuffle-buffer",
+        "32",
+        "--logs-dir",
+        str(out),
+        "--name",
+        "ddp",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(HERE / "ddp_jobs.py"),
+            str(out),
+            tiny_model,
+            "::".join(shards),
+            *cli,
+        ],
+        env=child_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     return run, out
 
@@ -59,8 +107,13 @@ def test_two_ranks_equal_one_process_on_the_same_global_batch(torchrun_job, tiny
 
     _, out = torchrun_job
     ddp_jobs().steps(DistInfo(), tiny_model, tmp_path)
-    logs = {"world1-rank0": json.loads((tmp_path / "world1-rank0.json").read_text()),
-            **{name: json.loads((out / f"{name}.json").read_text()) for name in ("world2-rank0", "world2-rank1")}}
+    logs = {
+        "world1-rank0": json.loads((tmp_path / "world1-rank0.json").read_text()),
+        **{
+            name: json.loads((out / f"{name}.json").read_text())
+            for name in ("world2-rank0", "world2-rank1")
+        },
+    }
     types = {name: [s["text_type"] for s in log] for name, log in logs.items()}
     assert types["world2-rank0"] == types["world2-rank1"] == types["world1-rank0"]
     assert "caption" in types["world1-rank0"] and set(types["world1-rank0"]) - {"caption"}
@@ -78,7 +131,11 @@ def test_the_cli_under_torchrun_splits_data_and_checkpoints_every_rank_position(
     ckpt = read_checkpoint(out / "ddp" / "checkpoints" / "step_00000004.pt")
     assert ckpt["world_size"] == 2 and len(ckpt["data_state"]) == 2
     assert all(state["microbatches"] == 4 for state in ckpt["data_state"])
-    keys = [line for line in (out / "ddp" / "metrics.jsonl").read_text().splitlines() if '"train"' in line]
+    keys = [
+        line
+        for line in (out / "ddp" / "metrics.jsonl").read_text().splitlines()
+        if '"train"' in line
+    ]
     assert len(keys) == 4
 
 

@@ -27,9 +27,13 @@ def test_fused_adamw_matches_the_default_update(tiny_cfg):
     fused, plain = _train(models[0], True), _train(models[1], False)
     assert all(torch.allclose(fused[n], plain[n], rtol=1e-5, atol=1e-6) for n in fused)
     assert not torch.equal(fused["visual.proj"], start["visual.proj"])
-    assert torch.equal(fused["visual.caption_proj"], start["visual.caption_proj"])  # no grad: not decayed
+    assert torch.equal(
+        fused["visual.caption_proj"], start["visual.caption_proj"]
+    )  # no grad: not decayed
 
 
 def test_fused_falls_back_where_the_device_has_no_kernel(tiny_cfg):
     model = build_model(tiny_cfg, device="meta")
-    assert make_optimizer(model, 1e-3, 0.2, (0.9, 0.98), 1e-6, fused=True).defaults["fused"] is False
+    assert (
+        make_optimizer(model, 1e-3, 0.2, (0.9, 0.98), 1e-6, fused=True).defaults["fused"] is False
+    )

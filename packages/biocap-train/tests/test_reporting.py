@@ -18,17 +18,37 @@ def reported_run(toy, toy_train, tiny_model, tmp_path_factory) -> Path:
     """One short run with validation and zero-shot, reporting to both TensorBoard and W&B (offline)."""
     root = tmp_path_factory.mktemp("reporting")
     with pytest.MonkeyPatch.context() as mp:
-        for var, value in {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_CONSOLE": "off",
-                           "WANDB_CONFIG_DIR": str(root / "wandb-config"),
-                           "WANDB_CACHE_DIR": str(root / "wandb-cache"),
-                           "WANDB_DATA_DIR": str(root / "wandb-data")}.items():
+        for var, value in {
+            "WANDB_MODE": "offline",
+            "WANDB_SILENT": "true",
+            "WANDB_CONSOLE": "off",
+            "WANDB_CONFIG_DIR": str(root / "wandb-config"),
+            "WANDB_CACHE_DIR": str(root / "wandb-cache"),
+            "WANDB_DATA_DIR": str(root / "wandb-data"),
+        }.items():
             mp.setenv(var, value)
-        result = train(TrainConfig(
-            train_data=toy_train, model=tiny_model, batch_size=16, train_num_samples=80, epochs=2, lr=2e-3,
-            warmup=2, precision="fp32", workers=0, shuffle_buffer=64, logs=str(root / "logs"), name="run",
-            log_every_n_steps=1, progress=False, device="cpu", report_to="tensorboard,wandb",
-            val_data=str(toy / "val" / "shard-000000.tar"), zeroshot_data=str(toy / "zeroshot" / "rare_species.csv"),
-        ))
+        result = train(
+            TrainConfig(
+                train_data=toy_train,
+                model=tiny_model,
+                batch_size=16,
+                train_num_samples=80,
+                epochs=2,
+                lr=2e-3,
+                warmup=2,
+                precision="fp32",
+                workers=0,
+                shuffle_buffer=64,
+                logs=str(root / "logs"),
+                name="run",
+                log_every_n_steps=1,
+                progress=False,
+                device="cpu",
+                report_to="tensorboard,wandb",
+                val_data=str(toy / "val" / "shard-000000.tar"),
+                zeroshot_data=str(toy / "zeroshot" / "rare_species.csv"),
+            )
+        )
     return result.run_dir
 
 
@@ -38,14 +58,24 @@ def jsonl_scalars(run_dir: Path) -> dict[str, dict[int, float]]:
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)
         for key, value in record.items():
-            if key not in ("kind", "step", "time") and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if (
+                key not in ("kind", "step", "time")
+                and isinstance(value, (int, float))
+                and not isinstance(value, bool)
+            ):
                 out.setdefault(f"{record['kind']}/{key}", {})[record["step"]] = value
     return out
 
 
 def expected_tags() -> set[str]:
-    return ({f"train/{k}" for k in PER_HEAD} | {"train/loss", "train/lr", "train/samples_per_s",
-                                                  "val/loss_tax", "val/loss_caption", "zeroshot/top1"})
+    return {f"train/{k}" for k in PER_HEAD} | {
+        "train/loss",
+        "train/lr",
+        "train/samples_per_s",
+        "val/loss_tax",
+        "val/loss_caption",
+        "zeroshot/top1",
+    }
 
 
 def test_tensorboard_gets_every_jsonl_scalar(reported_run):
@@ -74,24 +104,30 @@ def wandb_history(run_file: Path) -> list[dict]:
         if block - pos % block < 7:  # a block's tail too short for a chunk header is padding
             pos += block - pos % block
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if length == 0 and kind == 0:
             break
-        chunks += data[pos + 7:pos + 7 + length]
+        chunks += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):  # FULL or LAST: a whole record
             record = pb.Record()
             record.ParseFromString(chunks)
             chunks = b""
             if record.WhichOneof("record_type") == "history":
-                rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                             for item in record.history.item})
+                rows.append(
+                    {
+                        item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                        for item in record.history.item
+                    }
+                )
     return rows
 
 
 def test_wandb_offline_run_gets_every_jsonl_scalar(reported_run):
     runs = list((reported_run / "wandb").glob("offline-run-*-run/run-run.wandb"))
-    assert len(runs) == 1, runs  # the run id is the run's name, so --resume continues the same W&B run
+    assert len(runs) == 1, (
+        runs
+    )  # the run id is the run's name, so --resume continues the same W&B run
     by_step: dict[int, dict] = {}
     for row in wandb_history(runs[0]):
         by_step.setdefault(row["_step"], {}).update(row)
@@ -102,9 +138,13 @@ def test_wandb_offline_run_gets_every_jsonl_scalar(reported_run):
             assert by_step[step][tag] == pytest.approx(value, rel=1e-6), (tag, step)
 
 
-@pytest.mark.parametrize("target,module,extra", [
-    ("tensorboard", "torch.utils.tensorboard", "tensorboard"), ("wandb", "wandb", "wandb")])
-def test_asking_for_a_missing_logger_fails_before_training(base_args, monkeypatch, target, module, extra):
+@pytest.mark.parametrize(
+    "target,module,extra",
+    [("tensorboard", "torch.utils.tensorboard", "tensorboard"), ("wandb", "wandb", "wandb")],
+)
+def test_asking_for_a_missing_logger_fails_before_training(
+    base_args, monkeypatch, target, module, extra
+):
     monkeypatch.setitem(sys.modules, module, None)  # what `import` sees when the package is absent
     with pytest.raises(RuntimeError, match=rf"biocap-train\[{extra}\]"):
         train(TrainConfig(**{**base_args, "report_to": target, "steps": 1}))

@@ -14,16 +14,40 @@ from biocap_train.cli import main
 
 
 def argv(base_args, name, *extra) -> list[str]:
-    args = {**base_args, "workers": 2, "name": name, "seed": 1, "save_every_n_steps": 1, "keep_checkpoints": 0}
+    args = {
+        **base_args,
+        "workers": 2,
+        "name": name,
+        "seed": 1,
+        "save_every_n_steps": 1,
+        "keep_checkpoints": 0,
+    }
     out = ["--no-progress"]
-    for key in ("train_data", "model", "batch_size", "train_num_samples", "epochs", "lr", "warmup", "precision",
-                "workers", "shuffle_buffer", "logs", "name", "seed", "save_every_n_steps", "keep_checkpoints",
-                "device"):
+    for key in (
+        "train_data",
+        "model",
+        "batch_size",
+        "train_num_samples",
+        "epochs",
+        "lr",
+        "warmup",
+        "precision",
+        "workers",
+        "shuffle_buffer",
+        "logs",
+        "name",
+        "seed",
+        "save_every_n_steps",
+        "keep_checkpoints",
+        "device",
+    ):
         out += [f"--{key.replace('_', '-')}", str(args[key])]
     return out + list(extra)
 
 
-def test_sigkill_then_resume_latest_matches_an_uninterrupted_run(base_args, tmp_path, child_env, capfd):
+def test_sigkill_then_resume_latest_matches_an_uninterrupted_run(
+    base_args, tmp_path, child_env, capfd
+):
     """Only the killed run is a child process (SIGKILL needs one); the uninterrupted run and the resumed
     one call the same command line in this process, which saves two interpreter start-ups. Both
     processes compute on one thread (the root conftest's OMP_NUM_THREADS), so their float reductions match."""
@@ -32,10 +56,16 @@ def test_sigkill_then_resume_latest_matches_an_uninterrupted_run(base_args, tmp_
     main(argv(base_args, "straight"))
 
     run_dir = tmp_path / "logs" / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "biocap_train", *argv(base_args, "killed")], env=child_env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "biocap_train", *argv(base_args, "killed")],
+        env=child_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 600
-    while not checkpoint_path(run_dir, 3).exists() and proc.poll() is None and time.time() < deadline:
+    while (
+        not checkpoint_path(run_dir, 3).exists() and proc.poll() is None and time.time() < deadline
+    ):
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

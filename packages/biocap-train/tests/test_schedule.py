@@ -25,8 +25,9 @@ def test_text_type_depends_only_on_seed_and_step():
 
 @pytest.mark.parametrize("share", [1 / 6, 0.5, 0.0, 1.0])
 def test_caption_share_is_configurable(share):
-    counts = Counter(head_trained_by(text_type_for_step(s, seed=0, caption_share=share))
-                     for s in range(6000))
+    counts = Counter(
+        head_trained_by(text_type_for_step(s, seed=0, caption_share=share)) for s in range(6000)
+    )
     assert counts["caption"] / 6000 == pytest.approx(share, abs=0.02)
 
 

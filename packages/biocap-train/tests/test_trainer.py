@@ -32,19 +32,25 @@ def batch(trainer: Trainer, n=8, seed=0) -> Batch:
     cfg = trainer.cfg
     step_text = TextSchedule(cfg.seed, cfg.text_type, cfg.caption_share, cfg.joint_loss).at(0)
     captions = tok([f"a round body with {i} marks" for i in range(n)]) if step_text.joint else None
-    return Batch(image=torch.randn(n, 3, *trainer.model.image_size, generator=g),
-                 text=tok([f"a photo of species {seed}-{i}." for i in range(n)]),
-                 caption_text=captions, step_text=step_text)
+    return Batch(
+        image=torch.randn(n, 3, *trainer.model.image_size, generator=g),
+        text=tok([f"a photo of species {seed}-{i}." for i in range(n)]),
+        caption_text=captions,
+        step_text=step_text,
+    )
 
 
 def params(trainer):
     return {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
 
 
-@pytest.mark.parametrize("text_type,trained,frozen", [
-    ("sci", ("visual.proj", "logit_scale"), ("visual.caption_proj", "logit_scale_caption")),
-    ("caption", ("visual.caption_proj", "logit_scale_caption"), ("visual.proj", "logit_scale")),
-])
+@pytest.mark.parametrize(
+    "text_type,trained,frozen",
+    [
+        ("sci", ("visual.proj", "logit_scale"), ("visual.caption_proj", "logit_scale_caption")),
+        ("caption", ("visual.caption_proj", "logit_scale_caption"), ("visual.proj", "logit_scale")),
+    ],
+)
 def test_a_step_trains_only_its_head(tiny_model, text_type, trained, frozen):
     trainer = make_trainer(tiny_model, text_type=text_type)
     before = params(trainer)
@@ -87,8 +93,10 @@ def test_accumulation_and_checkpointing_give_the_plain_step(tiny_model, option):
     plain.train_step(0, [whole])
     other = make_trainer(tiny_model, text_type="taxon", **option)
     if option.get("accum_freq") == 2:
-        halves = [dataclasses.replace(whole, image=whole.image[part], text=whole.text[part])
-                  for part in (slice(0, 6), slice(6, 12))]
+        halves = [
+            dataclasses.replace(whole, image=whole.image[part], text=whole.text[part])
+            for part in (slice(0, 6), slice(6, 12))
+        ]
         other.train_step(0, halves)
     else:
         other.train_step(0, [whole])
@@ -112,7 +120,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(base_args, monkeypatc
 
     monkeypatch.setattr(HeadLosses, "__call__", poisoned)
     cfg = TrainConfig(**{**base_args, "save_every_n_steps": 2, "keep_checkpoints": 0})
-    with pytest.raises(TrainingDiverged, match=r"loss is nan at step 3 .*last good checkpoint: .*step_00000002\.pt"):
+    with pytest.raises(
+        TrainingDiverged, match=r"loss is nan at step 3 .*last good checkpoint: .*step_00000002\.pt"
+    ):
         train(cfg)
     ckpts = sorted(p.name for p in (cfg.run_dir / "checkpoints").glob("*.pt"))
     assert ckpts == ["step_00000002.pt"]
@@ -123,25 +133,48 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(base_args, monkeypatc
 
 
 def test_a_run_logs_validates_and_keeps_the_last_checkpoints(base_args, toy):
-    cfg = TrainConfig(**{**base_args, "val_data": str(toy / "val" / "shard-000000.tar"), "save_every_n_steps": 2,
-                         "keep_checkpoints": 2, "zeroshot_data": str(toy / "zeroshot" / "metadata.csv"),
-                         "zeroshot_label_type": "asis", "zeroshot_templates": 2})
+    cfg = TrainConfig(
+        **{
+            **base_args,
+            "val_data": str(toy / "val" / "shard-000000.tar"),
+            "save_every_n_steps": 2,
+            "keep_checkpoints": 2,
+            "zeroshot_data": str(toy / "zeroshot" / "metadata.csv"),
+            "zeroshot_label_type": "asis",
+            "zeroshot_templates": 2,
+        }
+    )
     result = train(cfg)
     assert result.step == 10 and result.checkpoint.name == "step_00000010.pt"
-    assert sorted(p.name for p in (cfg.run_dir / "checkpoints").iterdir()) == ["step_00000008.pt",
-                                                                               "step_00000010.pt"]
-    records = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(p.name for p in (cfg.run_dir / "checkpoints").iterdir()) == [
+        "step_00000008.pt",
+        "step_00000010.pt",
+    ]
+    records = [
+        json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
     kinds = {r["kind"] for r in records}
     assert {"train", "val", "zeroshot", "data", "checkpoint"} <= kinds
     trains = [r for r in records if r["kind"] == "train"]
     assert [r["step"] for r in trains] == list(range(1, 11))
-    for key in ("loss", "lr", "text_type", "scale_tax", "scale_caption", "share_tax", "share_caption",
-                "samples_per_s", "data_wait_s"):
+    for key in (
+        "loss",
+        "lr",
+        "text_type",
+        "scale_tax",
+        "scale_caption",
+        "share_tax",
+        "share_caption",
+        "samples_per_s",
+        "data_wait_s",
+    ):
         assert key in trains[-1], key
     assert trains[-1]["share_tax"] + trains[-1]["share_caption"] == pytest.approx(1.0)
     assert max(r["scale_tax"] for r in trains) <= 100.0 + 1e-4
     val = [r for r in records if r["kind"] == "val"]
-    assert len(val) == 2 and all(v["loss_tax"] > 0 and v["loss_caption"] > 0 and v["samples"] == 32 for v in val)
+    assert len(val) == 2 and all(
+        v["loss_tax"] > 0 and v["loss_caption"] > 0 and v["samples"] == 32 for v in val
+    )
     assert set(result.zeroshot) == {"before", "after"} and result.chance == 1 / 16
     ckpt = read_checkpoint(result.checkpoint)  # weights_only: plain containers only
     assert ckpt["step"] == 10 and ckpt["config"]["batch_size"] == 16 and "optimizer" in ckpt
@@ -149,19 +182,30 @@ def test_a_run_logs_validates_and_keeps_the_last_checkpoints(base_args, toy):
     assert torch.equal(model.visual.caption_proj, ckpt["state_dict"]["visual.caption_proj"])
 
 
-def test_bad_validation_samples_are_counted_and_reported(base_args, toy, tmp_path, rewrite_shards, capfd,
-                                                        monkeypatch):
+def test_bad_validation_samples_are_counted_and_reported(
+    base_args, toy, tmp_path, rewrite_shards, capfd, monkeypatch
+):
     monkeypatch.setenv("COLUMNS", "1000")  # one console line per message
     val = str(toy / "val" / "shard-000000.tar")
-    bad = rewrite_shards([val], tmp_path / "val", lambda s: {**s, "jpg": b"\xff\xd8 not a jpeg"}
-                         if s["__key__"].endswith(("0", "1", "2")) else s)
+    bad = rewrite_shards(
+        [val],
+        tmp_path / "val",
+        lambda s: (
+            {**s, "jpg": b"\xff\xd8 not a jpeg"} if s["__key__"].endswith(("0", "1", "2")) else s
+        ),
+    )
     cfg = TrainConfig(**{**base_args, "val_data": bad[0], "steps": 5})
     result = train(cfg)
-    records = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
     (val_record,) = [r for r in records if r["kind"] == "val"]
     skipped = val_record["skipped"]["corrupt_image"]
     assert skipped > 0 and val_record["samples"] + skipped == 32
-    assert f"epoch 0 validation: skipped {skipped} bad input(s): undecodable image: {skipped}" in capfd.readouterr().err
+    assert (
+        f"epoch 0 validation: skipped {skipped} bad input(s): undecodable image: {skipped}"
+        in capfd.readouterr().err
+    )
     assert result.step == 5
 
 
@@ -183,7 +227,9 @@ def test_train_leaves_the_callers_config_as_given(base_args):
 def test_mixed_and_low_precision_steps_train(tiny_model, precision):
     trainer = make_trainer(tiny_model, precision=precision, text_type="taxon")
     before = params(trainer)
-    losses = [trainer.train_step(step, [batch(trainer, seed=step % 2)])["loss"] for step in range(3)]
+    losses = [
+        trainer.train_step(step, [batch(trainer, seed=step % 2)])["loss"] for step in range(3)
+    ]
     after = params(trainer)
     assert all(math.isfinite(x) for x in losses)
     assert not torch.equal(before["visual.proj"], after["visual.proj"])
@@ -196,11 +242,19 @@ def test_torchcompile_run_matches_eager_and_its_checkpoint_loads(base_args):
     and its checkpoint has the plain parameter names that biocap-core loads."""
     runs = {}
     for compiled in (False, True):
-        args = {**base_args, "name": f"compile-{compiled}", "steps": 3, "text_type": "taxon",
-                "torchcompile": compiled}
+        args = {
+            **base_args,
+            "name": f"compile-{compiled}",
+            "steps": 3,
+            "text_type": "taxon",
+            "torchcompile": compiled,
+        }
         result = train(TrainConfig(**args))
-        losses = [json.loads(line)["loss"] for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()
-                  if '"kind": "train"' in line]
+        losses = [
+            json.loads(line)["loss"]
+            for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()
+            if '"kind": "train"' in line
+        ]
         runs[compiled] = (losses, result.checkpoint)
     assert len(runs[True][0]) == 3
     assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-3)
@@ -213,7 +267,8 @@ def test_torchcompile_run_matches_eager_and_its_checkpoint_loads(base_args):
 
 
 def test_validation_with_gpu_decode_gives_the_cpu_decodes_loss_and_counts_device_failures(
-        base_args, toy, tmp_path, rewrite_shards, corrupt_inside):
+    base_args, toy, tmp_path, rewrite_shards, corrupt_inside
+):
     """The device decode runs on the CPU here (require_cuda is train()'s check, not validation's)."""
     val = str(toy / "val" / "shard-000000.tar")
     model = Trainer(TrainConfig(**base_args), DistInfo(), total_steps=1).model
@@ -222,11 +277,20 @@ def test_validation_with_gpu_decode_gives_the_cpu_decodes_loss_and_counts_device
         cfg = TrainConfig(**{**base_args, "val_data": val, "gpu_decode": gpu_decode})
         results[gpu_decode] = validation_loss(model, cfg, None, torch.device("cpu"))
     (cpu, cpu_problems), (device, device_problems) = results[False], results[True]
-    assert device["samples"] == cpu["samples"] == 32 and not cpu_problems.counts and not device_problems.counts
+    assert (
+        device["samples"] == cpu["samples"] == 32
+        and not cpu_problems.counts
+        and not device_problems.counts
+    )
     assert device["loss_tax"] == pytest.approx(cpu["loss_tax"], rel=1e-3)
     assert device["loss_caption"] == pytest.approx(cpu["loss_caption"], rel=1e-3)
-    bad = rewrite_shards([val], tmp_path / "val", lambda s: {**s, "jpg": corrupt_inside(s["jpg"])}
-                         if s["__key__"].endswith(("0", "1", "2")) else s)
+    bad = rewrite_shards(
+        [val],
+        tmp_path / "val",
+        lambda s: (
+            {**s, "jpg": corrupt_inside(s["jpg"])} if s["__key__"].endswith(("0", "1", "2")) else s
+        ),
+    )
     cfg = TrainConfig(**{**base_args, "val_data": bad[0], "gpu_decode": True})
     result, problems = validation_loss(model, cfg, None, torch.device("cpu"))
     skipped = problems.counts["corrupt_image"]
@@ -234,12 +298,19 @@ def test_validation_with_gpu_decode_gives_the_cpu_decodes_loss_and_counts_device
     assert "(on the device)" in problems.examples["corrupt_image"][0]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="--gpu-decode needs a CUDA device (nvJPEG)")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="--gpu-decode needs a CUDA device (nvJPEG)"
+)
 def test_a_gpu_decode_run_trains_on_cuda(base_args):
-    cfg = TrainConfig(**{**base_args, "device": "cuda", "gpu_decode": True, "steps": 2, "workers": 1})
+    cfg = TrainConfig(
+        **{**base_args, "device": "cuda", "gpu_decode": True, "steps": 2, "workers": 1}
+    )
     result = train(cfg)
     assert result.step == 2 and result.checkpoint.is_file()
-    losses = [json.loads(line)["loss"] for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()
-              if '"kind": "train"' in line]
+    losses = [
+        json.loads(line)["loss"]
+        for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()
+        if '"kind": "train"' in line
+    ]
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
     assert read_checkpoint(result.checkpoint)["config"]["gpu_decode"] is True

@@ -14,6 +14,8 @@ from standin import write_species
 @pytest.fixture
 def species_csv(tmp_path):
     """Write species rows as a CSV in the test's folder."""
+
     def write(rows: list[dict[str, str]], name: str = "species.csv") -> Path:
         return write_species(rows, tmp_path / name)
+
     return write

@@ -30,8 +30,15 @@ from urllib.parse import parse_qs, quote, urlparse
 
 from biocap_core.taxonomy import RANKS
 
-_RANK_LABELS = {"kingdom": "Kingdom", "phylum": "Phylum", "class": "Class", "order": "Order",
-                "family": "Family", "genus": "Genus", "species": "Species"}
+_RANK_LABELS = {
+    "kingdom": "Kingdom",
+    "phylum": "Phylum",
+    "class": "Class",
+    "order": "Order",
+    "family": "Family",
+    "genus": "Genus",
+    "species": "Species",
+}
 
 
 @dataclass
@@ -40,7 +47,9 @@ class WikiPage:
 
     title: str
     wikitext: str
-    ranks: list[tuple[str, str]] = field(default_factory=list)  # (row label, value), e.g. ("Kingdom", "Plantae")
+    ranks: list[tuple[str, str]] = field(
+        default_factory=list
+    )  # (row label, value), e.g. ("Kingdom", "Plantae")
     disambiguation: bool = False
     pageid: int = 0
     revid: int = 0
@@ -58,9 +67,12 @@ class Fault:
 
 def maxlag_fault(when: Callable[[dict[str, str]], bool], retry_after: int = 1) -> Fault:
     """MediaWiki's maxlag refusal: HTTP 200, an error body, Retry-After and MediaWiki-API-Error."""
-    return Fault(when, 200, {"Retry-After": str(retry_after), "X-Database-Lag": "7",
-                             "MediaWiki-API-Error": "maxlag"},
-                 {"error": {"code": "maxlag", "info": "Waiting for db1: 7 seconds lagged.", "lag": 7}})
+    return Fault(
+        when,
+        200,
+        {"Retry-After": str(retry_after), "X-Database-Lag": "7", "MediaWiki-API-Error": "maxlag"},
+        {"error": {"code": "maxlag", "info": "Waiting for db1: 7 seconds lagged.", "lag": 7}},
+    )
 
 
 @dataclass
@@ -69,7 +81,9 @@ class Logged:
     params: dict[str, str]
     status: int
     user_agent: str
-    headers: dict[str, str] = field(default_factory=dict)  # extra headers of the answer (Retry-After, ...)
+    headers: dict[str, str] = field(
+        default_factory=dict
+    )  # extra headers of the answer (Retry-After, ...)
 
 
 def normalise(title: str) -> str:
@@ -81,34 +95,46 @@ def normalise(title: str) -> str:
 class StandinWiki:
     """The wiki's content and behaviour; :meth:`serve` exposes it at ``api_url``."""
 
-    def __init__(self, pages: list[WikiPage], redirects: dict[str, str] | None = None,
-                 content_limit: int | None = None):
+    def __init__(
+        self,
+        pages: list[WikiPage],
+        redirects: dict[str, str] | None = None,
+        content_limit: int | None = None,
+    ):
         self.pages: dict[str, WikiPage] = {}
         for i, page in enumerate(pages, start=1):
             page.pageid, page.revid = page.pageid or 1000 + i, page.revid or 50000 + i
             self.pages[page.title] = page
         self.by_revid = {p.revid: p for p in self.pages.values()}
-        self._lowered = {p.title: (p.title.lower(), p.wikitext.lower()) for p in self.pages.values()}
+        self._lowered = {
+            p.title: (p.title.lower(), p.wikitext.lower()) for p in self.pages.values()
+        }
         self.redirects = dict(redirects or {})
         self.content_limit = content_limit
         self.faults: list[Fault] = []
         #: while set, the requests it matches are answered 503 (the API is down)
         self.outage: Callable[[dict[str, str]], bool] | None = None
         self.log: list[Logged] = []
-        self.holds: list[tuple[Callable[[dict[str, str]], bool], threading.Event, threading.Event]] = []
+        self.holds: list[
+            tuple[Callable[[dict[str, str]], bool], threading.Event, threading.Event]
+        ] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self.api_url = ""
 
     # --- behaviour ------------------------------------------------------------------------------
 
-    def hold(self, when: Callable[[dict[str, str]], bool]) -> tuple[threading.Event, threading.Event]:
+    def hold(
+        self, when: Callable[[dict[str, str]], bool]
+    ) -> tuple[threading.Event, threading.Event]:
         """Hold the first request matching ``when``: returns (arrived, release) events."""
         arrived, release = threading.Event(), threading.Event()
         self.holds.append((when, arrived, release))
         return arrived, release
 
-    def answer(self, params: dict[str, str], user_agent: str = "") -> tuple[int, dict[str, str], dict]:
+    def answer(
+        self, params: dict[str, str], user_agent: str = ""
+    ) -> tuple[int, dict[str, str], dict]:
         with self._lock:
             fault = next((f for f in self.faults if f.when(params)), None)
             if fault:
@@ -122,7 +148,11 @@ class StandinWiki:
             hold[1].set()
             hold[2].wait(60)
         if fault:
-            status, headers, body = fault.status, fault.headers, fault.body or {"error": {"code": "http"}}
+            status, headers, body = (
+                fault.status,
+                fault.headers,
+                fault.body or {"error": {"code": "http"}},
+            )
         else:
             status, headers, body = 200, {}, self._route(params)
             if "error" in body:
@@ -133,7 +163,12 @@ class StandinWiki:
 
     def _route(self, params: dict[str, str]) -> dict:
         if params.get("format") != "json" or params.get("formatversion") != "2":
-            return {"error": {"code": "badformat", "info": "the spider must ask for format=json&formatversion=2"}}
+            return {
+                "error": {
+                    "code": "badformat",
+                    "info": "the spider must ask for format=json&formatversion=2",
+                }
+            }
         if params.get("action") == "parse":
             return self._parse(params)
         if params.get("action") == "query" and params.get("list") == "search":
@@ -155,7 +190,12 @@ class StandinWiki:
     def _query(self, params: dict[str, str]) -> dict:
         titles = params["titles"].split("|")
         if len(titles) > 50:
-            return {"error": {"code": "toomanyvalues", "info": "Too many values supplied for parameter titles. The limit is 50."}}
+            return {
+                "error": {
+                    "code": "toomanyvalues",
+                    "info": "Too many values supplied for parameter titles. The limit is 50.",
+                }
+            }
         normalized, redirects, finals = [], [], []
         for title in titles:
             final, n, r = self._resolve(title)
@@ -170,10 +210,16 @@ class StandinWiki:
             if page is None:
                 pages.append({"ns": 0, "title": final, "missing": True})
                 continue
-            entry = {"pageid": page.pageid, "ns": 0, "title": page.title, "contentmodel": "wikitext",
-                     "pagelanguage": "en", "lastrevid": page.revid,
-                     "fullurl": f"https://en.wikipedia.org/wiki/{quote(page.title.replace(' ', '_'))}",
-                     "canonicalurl": f"https://en.wikipedia.org/wiki/{quote(page.title.replace(' ', '_'))}"}
+            entry = {
+                "pageid": page.pageid,
+                "ns": 0,
+                "title": page.title,
+                "contentmodel": "wikitext",
+                "pagelanguage": "en",
+                "lastrevid": page.revid,
+                "fullurl": f"https://en.wikipedia.org/wiki/{quote(page.title.replace(' ', '_'))}",
+                "canonicalurl": f"https://en.wikipedia.org/wiki/{quote(page.title.replace(' ', '_'))}",
+            }
             if page.disambiguation:
                 entry["pageprops"] = {"disambiguation": ""}
             if page.pageid >= start and cont is None:
@@ -181,37 +227,72 @@ class StandinWiki:
                     cont = {"rvcontinue": f"{page.pageid}|{page.revid}", "continue": "||"}
                 else:
                     sent += 1
-                    entry["revisions"] = [{"revid": page.revid, "parentid": page.revid - 1, "slots": {"main": {
-                        "contentmodel": "wikitext", "contentformat": "text/x-wiki", "content": page.wikitext}}}]
+                    entry["revisions"] = [
+                        {
+                            "revid": page.revid,
+                            "parentid": page.revid - 1,
+                            "slots": {
+                                "main": {
+                                    "contentmodel": "wikitext",
+                                    "contentformat": "text/x-wiki",
+                                    "content": page.wikitext,
+                                }
+                            },
+                        }
+                    ]
             pages.append(entry)
         query = {"pages": pages}
         if normalized:
             query["normalized"] = normalized
         if redirects:
             query["redirects"] = redirects
-        return {"continue": cont, "query": query} if cont else {"batchcomplete": True, "query": query}
+        return (
+            {"continue": cont, "query": query} if cont else {"batchcomplete": True, "query": query}
+        )
 
     def _search(self, params: dict[str, str]) -> dict:
         needle = params["srsearch"].lower()
         limit = int(params.get("srlimit", "10"))
         in_title = [p for p in self.pages.values() if needle in self._lowered[p.title][0]]
-        in_text = [p for p in self.pages.values()
-                   if needle in self._lowered[p.title][1] and needle not in self._lowered[p.title][0]]
+        in_text = [
+            p
+            for p in self.pages.values()
+            if needle in self._lowered[p.title][1] and needle not in self._lowered[p.title][0]
+        ]
         hits = (in_title + in_text)[:limit]
-        return {"batchcomplete": True, "query": {
-            "searchinfo": {"totalhits": len(in_title) + len(in_text)},
-            "search": [{"ns": 0, "title": p.title, "pageid": p.pageid} for p in hits]}}
+        return {
+            "batchcomplete": True,
+            "query": {
+                "searchinfo": {"totalhits": len(in_title) + len(in_text)},
+                "search": [{"ns": 0, "title": p.title, "pageid": p.pageid} for p in hits],
+            },
+        }
 
     def _parse(self, params: dict[str, str]) -> dict:
         page = self.by_revid.get(int(params.get("oldid", "0")))
         if page is None:
-            return {"error": {"code": "nosuchrevid", "info": f"There is no revision with ID {params.get('oldid')}."}}
-        rows = "".join(f'<tr><td>{label}:</td><td><a href="/wiki/{quote(value)}">{value}</a></td></tr>'
-                       for label, value in page.ranks)
-        table = (f'<table class="infobox biota"><tbody><tr><th colspan="2">{page.title}</th></tr>{rows}'
-                 f'</tbody></table>') if page.ranks else ""
+            return {
+                "error": {
+                    "code": "nosuchrevid",
+                    "info": f"There is no revision with ID {params.get('oldid')}.",
+                }
+            }
+        rows = "".join(
+            f'<tr><td>{label}:</td><td><a href="/wiki/{quote(value)}">{value}</a></td></tr>'
+            for label, value in page.ranks
+        )
+        table = (
+            (
+                f'<table class="infobox biota"><tbody><tr><th colspan="2">{page.title}</th></tr>{rows}'
+                f"</tbody></table>"
+            )
+            if page.ranks
+            else ""
+        )
         html = f'<div class="mw-content-ltr mw-parser-output" lang="en" dir="ltr">{table}<p>Lead.</p></div>'
-        return {"parse": {"title": page.title, "pageid": page.pageid, "revid": page.revid, "text": html}}
+        return {
+            "parse": {"title": page.title, "pageid": page.pageid, "revid": page.revid, "text": html}
+        }
 
     # --- HTTP --------------------------------------------------------------------------------------
 
@@ -265,14 +346,20 @@ class StandinWiki:
 
 # --- a synthetic wiki for the benchmark -----------------------------------------------------------
 
-_KINGDOMS = [("Animalia", "Chordata", "Aves", "Passeriformes", "Fringillidae"),
-             ("Plantae", "Tracheophyta", "Magnoliopsida", "Rosales", "Rosaceae"),
-             ("Fungi", "Basidiomycota", "Agaricomycetes", "Agaricales", "Amanitaceae")]
-_WORDS = ("dorsal ventral striped mottled glossy pale dark slender robust ovate lanceolate serrate "
-          "crimson olive tawny ochre violet hairy smooth ridged spotted banded").split()
+_KINGDOMS = [
+    ("Animalia", "Chordata", "Aves", "Passeriformes", "Fringillidae"),
+    ("Plantae", "Tracheophyta", "Magnoliopsida", "Rosales", "Rosaceae"),
+    ("Fungi", "Basidiomycota", "Agaricomycetes", "Agaricales", "Amanitaceae"),
+]
+_WORDS = (
+    "dorsal ventral striped mottled glossy pale dark slender robust ovate lanceolate serrate "
+    "crimson olive tawny ochre violet hairy smooth ridged spotted banded"
+).split()
 
 
-def synthetic_pages(n: int, seed: int = 0) -> tuple[list[WikiPage], dict[str, str], list[dict[str, str]]]:
+def synthetic_pages(
+    n: int, seed: int = 0
+) -> tuple[list[WikiPage], dict[str, str], list[dict[str, str]]]:
     """``n`` species pages shaped like real ones, their redirects, and their species list rows.
 
     90% resolve by title, 5% through a redirect, 5% only through search (their
@@ -285,8 +372,14 @@ def synthetic_pages(n: int, seed: int = 0) -> tuple[list[WikiPage], dict[str, st
         kingdom, phylum, klass, order, family = _KINGDOMS[i % len(_KINGDOMS)]
         genus, epithet = f"Genus{i // 7:05d}", f"epithet{i:06d}"
         binomial = f"{genus} {epithet}"
-        rows.append(dict(zip(("binomial",) + RANKS,
-                             (binomial, kingdom, phylum, klass, order, family, genus, epithet))))
+        rows.append(
+            dict(
+                zip(
+                    ("binomial",) + RANKS,
+                    (binomial, kingdom, phylum, klass, order, family, genus, epithet),
+                )
+            )
+        )
         words = lambda k: " ".join(rng.choice(_WORDS) for _ in range(k))
         wikitext = (
             f"{{{{Short description|Species of {family}}}}}\n"
@@ -294,12 +387,17 @@ def synthetic_pages(n: int, seed: int = 0) -> tuple[list[WikiPage], dict[str, st
             f"'''''{binomial}''''' is a species in the family [[{family}]].<ref>{{{{cite web|title=x}}}}</ref> "
             f"{words(40)}.\n\n== Taxonomy ==\n{words(60)}.\n\n"
             f"== Description ==\nIt is {{{{convert|{i % 90 + 3}|cm|in}}}} long, {words(80)}."
-            f"<ref name=\"a{i}\">{{{{cite journal|title={words(5)}}}}}</ref>\n"
+            f'<ref name="a{i}">{{{{cite journal|title={words(5)}}}}}</ref>\n'
             f"* {words(12)}\n* {words(12)}\n\n"
             f"== Distribution ==\n{words(60)}.\n\n== References ==\n{{{{reflist}}}}\n"
-            f"[[Category:{family}]]\n")
-        ranks = list(zip(("Kingdom", "Phylum", "Class", "Order", "Family", "Genus"),
-                         (kingdom, phylum, klass, order, family, genus)))
+            f"[[Category:{family}]]\n"
+        )
+        ranks = list(
+            zip(
+                ("Kingdom", "Phylum", "Class", "Order", "Family", "Genus"),
+                (kingdom, phylum, klass, order, family, genus),
+            )
+        )
         if i % 20 == 19:  # findable only by search, under a common name
             title = f"Common {epithet}"
         else:

@@ -27,12 +27,22 @@ def test_interrupted_crawl_resumes_with_each_species_exactly_once(tmp_path, spec
     # with one request at a time per host, nothing else completes while it is held
     arrived, release = wiki.hold(third_batch)
     feed, job = tmp_path / "feed.jsonl", tmp_path / "job"
-    cmd = scrapy_command(species_csv(rows), "", feed, overwrite=False,  # -o appends across the two runs
-                         settings={"JOBDIR": str(job), "HTTPCACHE_DIR": str(tmp_path / "cache")})
+    cmd = scrapy_command(
+        species_csv(rows),
+        "",
+        feed,
+        overwrite=False,  # -o appends across the two runs
+        settings={"JOBDIR": str(job), "HTTPCACHE_DIR": str(tmp_path / "cache")},
+    )
     with wiki:
         cmd[cmd.index("api=")] = f"api={wiki.api_url}"
-        first = subprocess.Popen(cmd, cwd=PROJECT, stderr=subprocess.PIPE, text=True,
-                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        first = subprocess.Popen(
+            cmd,
+            cwd=PROJECT,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         stopping = threading.Event()
         log: list[str] = []
 
@@ -53,7 +63,7 @@ def test_interrupted_crawl_resumes_with_each_species_exactly_once(tmp_path, spec
         assert "Spider closed (shutdown)" in "".join(log)
         # the pause stops the requests at once: the one in flight was the last
         last = max(i for i, e in enumerate(wiki.log) if e.params is held[0])
-        assert not wiki.log[last + 1:], f"{len(wiki.log) - last - 1} requests sent after the pause"
+        assert not wiki.log[last + 1 :], f"{len(wiki.log) - last - 1} requests sent after the pause"
         assert "paused with" in "".join(log) and "'wiki/paused': True" in "".join(log)
         done_first = len(read_jsonl(feed))
         assert 0 < done_first < len(rows)
@@ -63,8 +73,12 @@ def test_interrupted_crawl_resumes_with_each_species_exactly_once(tmp_path, spec
         second = run_scrapy(cmd)
         assert "Spider closed (finished)" in second.stderr
         assert "binomials to describe" in second.stderr
-        assert any("titles" in e.params for e in wiki.log[sent_first:]), "the rest was fetched on resume"
+        assert any("titles" in e.params for e in wiki.log[sent_first:]), (
+            "the rest was fetched on resume"
+        )
 
     check_outcomes(read_jsonl(feed), rows)
-    fetched = Counter(t for e in wiki.log if "titles" in e.params for t in e.params["titles"].split("|"))
+    fetched = Counter(
+        t for e in wiki.log if "titles" in e.params for t in e.params["titles"].split("|")
+    )
     assert fetched and max(fetched.values()) == 1, [t for t, n in fetched.items() if n > 1]

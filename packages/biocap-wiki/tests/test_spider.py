@@ -21,8 +21,12 @@ def is_title_query(p):
     return "titles" in p
 
 
-def test_every_species_gets_its_outcome_despite_429_503_maxlag_and_continuation(tmp_path, species_csv):
-    wiki, rows = make_wiki(120, content_limit=30)  # >50 titles per batch, and continuation past 30 pages
+def test_every_species_gets_its_outcome_despite_429_503_maxlag_and_continuation(
+    tmp_path, species_csv
+):
+    wiki, rows = make_wiki(
+        120, content_limit=30
+    )  # >50 titles per batch, and continuation past 30 pages
     wiki.faults = [
         Fault(is_search, 429, {"Retry-After": "1"}, {"error": {"code": "http"}}),
         Fault(is_parse, 503, {}, {"error": {"code": "http"}}),
@@ -30,8 +34,11 @@ def test_every_species_gets_its_outcome_despite_429_503_maxlag_and_continuation(
     ]
     feed = tmp_path / "out.jsonl"
     with wiki:  # no HTTP cache: the log must show every request the spider makes
-        result = run_scrapy(scrapy_command(species_csv(rows), wiki.api_url, feed,
-                                           settings={"HTTPCACHE_ENABLED": "False"}))
+        result = run_scrapy(
+            scrapy_command(
+                species_csv(rows), wiki.api_url, feed, settings={"HTTPCACHE_ENABLED": "False"}
+            )
+        )
     check_outcomes(read_jsonl(feed), rows)
 
     log = wiki.log
@@ -55,12 +62,16 @@ def test_every_species_gets_its_outcome_despite_429_503_maxlag_and_continuation(
     assert max(len(q["titles"].split("|")) for q in queries) <= 50
     assert any("rvcontinue" in q for q in queries)
     first_pages = [q for q in queries if "rvcontinue" not in q]
-    assert len(first_pages) <= math.ceil(129 / 50) + 2 + 1  # start batches, follow-up batches, the maxlag retry
+    assert (
+        len(first_pages) <= math.ceil(129 / 50) + 2 + 1
+    )  # start batches, follow-up batches, the maxlag retry
 
 
 def test_http_cache_replays_a_finished_crawl_without_requests(tmp_path, species_csv):
     wiki, rows = make_wiki(10)
-    user_cache = {"XDG_CACHE_HOME": str(tmp_path / "xdg")}  # the default cache lives there, not in the checkout
+    user_cache = {
+        "XDG_CACHE_HOME": str(tmp_path / "xdg")
+    }  # the default cache lives there, not in the checkout
     with wiki:
         species = species_csv(rows)
         run_scrapy(scrapy_command(species, wiki.api_url, tmp_path / "a.jsonl"), env=user_cache)
@@ -68,5 +79,7 @@ def test_http_cache_replays_a_finished_crawl_without_requests(tmp_path, species_
         run_scrapy(scrapy_command(species, wiki.api_url, tmp_path / "b.jsonl"), env=user_cache)
     assert len(wiki.log) == sent, "the second crawl is served from the cache"
     assert any((tmp_path / "xdg" / "biocap-wiki" / "httpcache").iterdir())
-    strip = lambda recs: sorted((r["binomial"], r.get("content") or "", r.get("reason") or "") for r in recs)
+    strip = lambda recs: sorted(
+        (r["binomial"], r.get("content") or "", r.get("reason") or "") for r in recs
+    )
     assert strip(read_jsonl(tmp_path / "a.jsonl")) == strip(read_jsonl(tmp_path / "b.jsonl"))

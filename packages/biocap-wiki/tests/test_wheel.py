@@ -19,8 +19,14 @@ def test_the_wheel_holds_the_package_modules_and_no_test_support(tmp_path):
     uv = os.environ.get("UV") or shutil.which("uv")
     if not uv:
         pytest.skip("uv is not installed")
-    built = subprocess.run([uv, "build", "--package", "biocap-wiki", "--wheel", "--out-dir", str(tmp_path), "-q"],
-                           cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    built = subprocess.run(
+        [uv, "build", "--package", "biocap-wiki", "--wheel", "--out-dir", str(tmp_path), "-q"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = tmp_path.glob("biocap_wiki-*.whl")
     shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".py")}

@@ -26,10 +26,17 @@ FAST = {
 }
 
 PLANT = ("Plantae", "Tracheophyta", "Magnoliopsida")
-RANKS_PLANT = [("Kingdom", "Plantae"), ("Clade", "Tracheophytes"), ("Clade", "Angiosperms"), ("Clade", "Eudicots")]
+RANKS_PLANT = [
+    ("Kingdom", "Plantae"),
+    ("Clade", "Tracheophytes"),
+    ("Clade", "Angiosperms"),
+    ("Clade", "Eudicots"),
+]
 
 PAGES = [
-    WikiPage("Puma concolor", """{{Short description|Large cat}}
+    WikiPage(
+        "Puma concolor",
+        """{{Short description|Large cat}}
 {{Speciesbox
 | genus = Puma
 | species = concolor
@@ -56,50 +63,93 @@ The cougar has a plain '''tawny coat''' and is {{convert|1.5|-|2.4|m|ft}} long.<
 == References ==
 {{reflist}}
 [[Category:Felids]]
-""", [("Kingdom", "Animalia"), ("Phylum", "Chordata"), ("Class", "Mammalia"), ("Order", "Carnivora"),
-      ("Family", "Felidae"), ("Genus", "Puma")]),
-    WikiPage("Ursus arctos", """{{Speciesbox|genus=Ursus|species=arctos}}
+""",
+        [
+            ("Kingdom", "Animalia"),
+            ("Phylum", "Chordata"),
+            ("Class", "Mammalia"),
+            ("Order", "Carnivora"),
+            ("Family", "Felidae"),
+            ("Genus", "Puma"),
+        ],
+    ),
+    WikiPage(
+        "Ursus arctos",
+        """{{Speciesbox|genus=Ursus|species=arctos}}
 The '''brown bear''' is a bear.
 == Characteristics ==
 Omnivorous.
 == Appearance ==
 Brown bears have a '''shoulder hump'''.
-"""),
-    WikiPage("Cat", """{{Speciesbox|genus=Felis|species=catus}}
+""",
+    ),
+    WikiPage(
+        "Cat",
+        """{{Speciesbox|genus=Felis|species=catus}}
 The '''cat''' is a small '''domesticated carnivore'''.
 
 == History ==
 Cats were domesticated in the Near East.
-"""),
-    WikiPage("White oak", """{{Speciesbox
+""",
+    ),
+    WikiPage(
+        "White oak",
+        """{{Speciesbox
 | taxon = Quercus alba
 }}
 '''''Quercus alba''''', the '''white oak''', is a hardwood of North America.
 == Morphology ==
 The bark is '''light ash-gray''' and the leaves have rounded lobes.
-""", [("Kingdom", "Plantae"), ("Clade", "Tracheophytes"), ("Order", "Fagales"), ("Family", "Fagaceae"),
-      ("Genus", "Quercus")]),
-    WikiPage("Mercurius vulgaris", """'''Mercurius vulgaris''' may refer to:
+""",
+        [
+            ("Kingdom", "Plantae"),
+            ("Clade", "Tracheophytes"),
+            ("Order", "Fagales"),
+            ("Family", "Fagaceae"),
+            ("Genus", "Quercus"),
+        ],
+    ),
+    WikiPage(
+        "Mercurius vulgaris",
+        """'''Mercurius vulgaris''' may refer to:
 * [[Mercurius]], a genus
 {{disambiguation}}
-""", disambiguation=True),
-    WikiPage("Abronia umbellata", """{{Speciesbox
+""",
+        disambiguation=True,
+    ),
+    WikiPage(
+        "Abronia umbellata",
+        """{{Speciesbox
 | genus = Abronia (plant)
 | species = umbellata
 }}
 '''''Abronia umbellata''''' is a sand-verbena of the Pacific coast.
 == Description ==
 A '''prostrate perennial''' with pink flower heads.
-""", RANKS_PLANT + [("Order", "Caryophyllales"), ("Family", "Nyctaginaceae"), ("Genus", "Abronia")]),
-    WikiPage("Sand verbena", """{{Automatic taxobox|taxon=Abronia (plant)}}
+""",
+        RANKS_PLANT
+        + [("Order", "Caryophyllales"), ("Family", "Nyctaginaceae"), ("Genus", "Abronia")],
+    ),
+    WikiPage(
+        "Sand verbena",
+        """{{Automatic taxobox|taxon=Abronia (plant)}}
 '''Abronia''' is a genus of plants; species include ''Abronia umbellata''.
-""", RANKS_PLANT + [("Order", "Caryophyllales"), ("Family", "Nyctaginaceae"), ("Genus", "Abronia")]),
-    WikiPage("Aotus gracilis", """'''Aotus gracilis''' may refer to:
+""",
+        RANKS_PLANT
+        + [("Order", "Caryophyllales"), ("Family", "Nyctaginaceae"), ("Genus", "Abronia")],
+    ),
+    WikiPage(
+        "Aotus gracilis",
+        """'''Aotus gracilis''' may refer to:
 * [[Aotus gracilis (monkey)]]
 * [[Aotus gracilis (plant)]]
 {{disambiguation}}
-""", disambiguation=True),
-    WikiPage("Aotus gracilis (monkey)", """{{Taxobox
+""",
+        disambiguation=True,
+    ),
+    WikiPage(
+        "Aotus gracilis (monkey)",
+        """{{Taxobox
 | regnum = [[Animal]]ia
 | phylum = [[Chordata]]
 | classis = [[Mammal]]ia
@@ -111,75 +161,186 @@ A '''prostrate perennial''' with pink flower heads.
 '''''Aotus gracilis''''' is a night monkey.
 == Description ==
 It has '''large eyes''' for a nocturnal life.
-"""),
-    WikiPage("Aotus gracilis (plant)", """{{Speciesbox|genus=Aotus (plant)|species=gracilis}}
+""",
+    ),
+    WikiPage(
+        "Aotus gracilis (plant)",
+        """{{Speciesbox|genus=Aotus (plant)|species=gracilis}}
 '''''Aotus gracilis''''' is a shrub.
 == Description ==
 It has '''yellow pea flowers'''.
-""", RANKS_PLANT + [("Order", "Fabales"), ("Family", "Fabaceae"), ("Genus", "Aotus")]),
-    WikiPage("Stubbia minima", """{{Speciesbox|genus=Stubbia|species=minima}}
+""",
+        RANKS_PLANT + [("Order", "Fabales"), ("Family", "Fabaceae"), ("Genus", "Aotus")],
+    ),
+    WikiPage(
+        "Stubbia minima",
+        """{{Speciesbox|genus=Stubbia|species=minima}}
 {{Fabaceae-stub}}
 == References ==
 {{reflist}}
-"""),
+""",
+    ),
     # a homonym's page whose rendered taxobox shows nothing above the genus (no ranks): no evidence
-    WikiPage("Abronia graminea", """{{Speciesbox|genus=Abronia|species=graminea}}
+    WikiPage(
+        "Abronia graminea",
+        """{{Speciesbox|genus=Abronia|species=graminea}}
 '''''Abronia graminea''''' is an arboreal alligator lizard.
 == Description ==
 It has '''green scales'''.
-"""),
+""",
+    ),
     # a homonym whose two pages are found by search and arrive in one batch, both to be rendered
-    WikiPage("Morus minor", """'''Morus minor''' may refer to:
+    WikiPage(
+        "Morus minor",
+        """'''Morus minor''' may refer to:
 * [[Morus minor (gannet)]]
 * [[Morus minor (mulberry)]]
 {{disambiguation}}
-""", disambiguation=True),
-    WikiPage("Morus minor (gannet)", """{{Speciesbox|genus=Morus|species=minor}}
+""",
+        disambiguation=True,
+    ),
+    WikiPage(
+        "Morus minor (gannet)",
+        """{{Speciesbox|genus=Morus|species=minor}}
 '''''Morus minor''''' is a small gannet.
 == Description ==
 It '''plunge-dives''' for fish.
-""", [("Kingdom", "Animalia"), ("Phylum", "Chordata"), ("Class", "Aves"), ("Order", "Suliformes"),
-      ("Family", "Sulidae"), ("Genus", "Morus")]),
-    WikiPage("Morus minor (mulberry)", """{{Speciesbox|genus=Morus|species=minor}}
+""",
+        [
+            ("Kingdom", "Animalia"),
+            ("Phylum", "Chordata"),
+            ("Class", "Aves"),
+            ("Order", "Suliformes"),
+            ("Family", "Sulidae"),
+            ("Genus", "Morus"),
+        ],
+    ),
+    WikiPage(
+        "Morus minor (mulberry)",
+        """{{Speciesbox|genus=Morus|species=minor}}
 '''''Morus minor''''' is a shrub.
 == Description ==
 It bears '''dark purple fruit'''.
-""", RANKS_PLANT + [("Order", "Rosales"), ("Family", "Moraceae"), ("Genus", "Morus")]),
+""",
+        RANKS_PLANT + [("Order", "Rosales"), ("Family", "Moraceae"), ("Genus", "Morus")],
+    ),
 ]
 REDIRECTS = {"Felis catus": "Cat"}
 
 # (binomial, kingdom, phylum, class, order, family, genus, species) -> expected outcome:
 # ("description", page title, section, phrase in content) or ("error", reason)
 EXPECTED = {
-    ("Puma concolor", "Animalia", "Chordata", "Mammalia", "Carnivora", "Felidae", "Puma", "concolor"):
-        ("description", "Puma concolor", "Description", "tawny coat"),
-    ("ursus arctos", "Animalia", "Chordata", "Mammalia", "Carnivora", "Ursidae", "Ursus", "arctos"):
-        ("description", "Ursus arctos", "Appearance", "shoulder hump"),
-    ("Felis catus", "Animalia", "Chordata", "Mammalia", "Carnivora", "Felidae", "Felis", "catus"):
-        ("description", "Cat", "lead", "domesticated carnivore"),
-    ("Quercus alba", *PLANT, "Fagales", "Fagaceae", "Quercus", "alba"):
-        ("description", "White oak", "Morphology", "light ash-gray"),
-    ("Nonexistus imaginarius", "Animalia", "Arthropoda", "Insecta", "Diptera", "Muscidae", "Nonexistus",
-     "imaginarius"): ("error", "not found"),
-    ("Mercurius vulgaris", "Animalia", "Mollusca", "Gastropoda", "Littorinimorpha", "Littorinidae",
-     "Mercurius", "vulgaris"): ("error", "disambiguation only"),
-    ("Abronia umbellata", *PLANT, "Caryophyllales", "Nyctaginaceae", "Abronia", "umbellata"):
-        ("description", "Abronia umbellata", "Description", "prostrate perennial"),
-    ("Abronia umbellata", "Animalia", "Chordata", "Reptilia", "Squamata", "Anguidae", "Abronia", "umbellata"):
-        ("error", "taxonomy mismatch"),
-    ("Aotus gracilis", "Animalia", "Chordata", "Mammalia", "Primates", "Aotidae", "Aotus", "gracilis"):
-        ("description", "Aotus gracilis (monkey)", "Description", "large eyes"),
-    ("Aotus gracilis", *PLANT, "Fabales", "Fabaceae", "Aotus", "gracilis"):
-        ("description", "Aotus gracilis (plant)", "Description", "yellow pea flowers"),
+    (
+        "Puma concolor",
+        "Animalia",
+        "Chordata",
+        "Mammalia",
+        "Carnivora",
+        "Felidae",
+        "Puma",
+        "concolor",
+    ): ("description", "Puma concolor", "Description", "tawny coat"),
+    (
+        "ursus arctos",
+        "Animalia",
+        "Chordata",
+        "Mammalia",
+        "Carnivora",
+        "Ursidae",
+        "Ursus",
+        "arctos",
+    ): ("description", "Ursus arctos", "Appearance", "shoulder hump"),
+    ("Felis catus", "Animalia", "Chordata", "Mammalia", "Carnivora", "Felidae", "Felis", "catus"): (
+        "description",
+        "Cat",
+        "lead",
+        "domesticated carnivore",
+    ),
+    ("Quercus alba", *PLANT, "Fagales", "Fagaceae", "Quercus", "alba"): (
+        "description",
+        "White oak",
+        "Morphology",
+        "light ash-gray",
+    ),
+    (
+        "Nonexistus imaginarius",
+        "Animalia",
+        "Arthropoda",
+        "Insecta",
+        "Diptera",
+        "Muscidae",
+        "Nonexistus",
+        "imaginarius",
+    ): ("error", "not found"),
+    (
+        "Mercurius vulgaris",
+        "Animalia",
+        "Mollusca",
+        "Gastropoda",
+        "Littorinimorpha",
+        "Littorinidae",
+        "Mercurius",
+        "vulgaris",
+    ): ("error", "disambiguation only"),
+    ("Abronia umbellata", *PLANT, "Caryophyllales", "Nyctaginaceae", "Abronia", "umbellata"): (
+        "description",
+        "Abronia umbellata",
+        "Description",
+        "prostrate perennial",
+    ),
+    (
+        "Abronia umbellata",
+        "Animalia",
+        "Chordata",
+        "Reptilia",
+        "Squamata",
+        "Anguidae",
+        "Abronia",
+        "umbellata",
+    ): ("error", "taxonomy mismatch"),
+    (
+        "Aotus gracilis",
+        "Animalia",
+        "Chordata",
+        "Mammalia",
+        "Primates",
+        "Aotidae",
+        "Aotus",
+        "gracilis",
+    ): ("description", "Aotus gracilis (monkey)", "Description", "large eyes"),
+    ("Aotus gracilis", *PLANT, "Fabales", "Fabaceae", "Aotus", "gracilis"): (
+        "description",
+        "Aotus gracilis (plant)",
+        "Description",
+        "yellow pea flowers",
+    ),
     ("Stubbia minima", *PLANT, "Fabales", "Fabaceae", "Stubbia", "minima"): ("error", "no content"),
-    ("Abronia graminea", *PLANT, "Caryophyllales", "Nyctaginaceae", "Abronia", "graminea"):
-        ("error", "taxonomy mismatch"),
-    ("Abronia graminea", "Animalia", "Chordata", "Reptilia", "Squamata", "Anguidae", "Abronia", "graminea"):
-        ("error", "taxonomy mismatch"),
-    ("Morus minor", "Animalia", "Chordata", "Aves", "Suliformes", "Sulidae", "Morus", "minor"):
-        ("description", "Morus minor (gannet)", "Description", "plunge-dives"),
-    ("Morus minor", *PLANT, "Rosales", "Moraceae", "Morus", "minor"):
-        ("description", "Morus minor (mulberry)", "Description", "dark purple fruit"),
+    ("Abronia graminea", *PLANT, "Caryophyllales", "Nyctaginaceae", "Abronia", "graminea"): (
+        "error",
+        "taxonomy mismatch",
+    ),
+    (
+        "Abronia graminea",
+        "Animalia",
+        "Chordata",
+        "Reptilia",
+        "Squamata",
+        "Anguidae",
+        "Abronia",
+        "graminea",
+    ): ("error", "taxonomy mismatch"),
+    ("Morus minor", "Animalia", "Chordata", "Aves", "Suliformes", "Sulidae", "Morus", "minor"): (
+        "description",
+        "Morus minor (gannet)",
+        "Description",
+        "plunge-dives",
+    ),
+    ("Morus minor", *PLANT, "Rosales", "Moraceae", "Morus", "minor"): (
+        "description",
+        "Morus minor (mulberry)",
+        "Description",
+        "dark purple fruit",
+    ),
 }
 COLUMNS = ("binomial", "kingdom", "phylum", "class", "order", "family", "genus", "species")
 
@@ -226,23 +387,46 @@ def check_outcomes(records: list[dict], rows: list[dict[str, str]]) -> None:
             assert record["license"] == "CC BY-SA 4.0" and record["fetched_at"]
 
 
-def scrapy_command(species: Path, api_url: str, feed: Path, *extra: str, settings: dict | None = None,
-                   overwrite: bool = True) -> list[str]:
-    cmd = [sys.executable, "-m", "scrapy", "crawl", "wikispecies", "-a", f"species={species}",
-           "-a", f"api={api_url}", "-O" if overwrite else "-o", str(feed)]
+def scrapy_command(
+    species: Path,
+    api_url: str,
+    feed: Path,
+    *extra: str,
+    settings: dict | None = None,
+    overwrite: bool = True,
+) -> list[str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "scrapy",
+        "crawl",
+        "wikispecies",
+        "-a",
+        f"species={species}",
+        "-a",
+        f"api={api_url}",
+        "-O" if overwrite else "-o",
+        str(feed),
+    ]
     for name, value in {**FAST, **(settings or {})}.items():
         cmd += ["-s", f"{name}={value}"]
     return cmd + list(extra)
 
 
-def run_scrapy(cmd: list[str], timeout: float = 120, env: dict[str, str] | None = None
-               ) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=PROJECT, capture_output=True, text=True, timeout=timeout,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+def run_scrapy(
+    cmd: list[str], timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        cmd,
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     return result
 
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-

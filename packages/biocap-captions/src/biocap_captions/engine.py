@@ -106,8 +106,11 @@ def result_of(future: Future[list[Result]]) -> list[Result]:
             continue
 
 
-def generate_isolated(engine: Engine, requests: Sequence[CaptionRequest],
-                      submitted: Future[list[Result]] | None = None) -> list[Result]:
+def generate_isolated(
+    engine: Engine,
+    requests: Sequence[CaptionRequest],
+    submitted: Future[list[Result]] | None = None,
+) -> list[Result]:
     """``engine.generate`` with a failing batch split in halves until each failure stands alone.
 
     ``submitted`` is the batch already started with ``engine.submit``; its
@@ -125,5 +128,7 @@ def generate_isolated(engine: Engine, requests: Sequence[CaptionRequest],
         mid = len(requests) // 2
         return generate_isolated(engine, requests[:mid]) + generate_isolated(engine, requests[mid:])
     if len(results) != len(requests):
-        raise EngineBroken(f"engine {engine.model} returned {len(results)} results for {len(requests)} requests")
+        raise EngineBroken(
+            f"engine {engine.model} returned {len(results)} results for {len(requests)} requests"
+        )
     return results

@@ -48,7 +48,11 @@ from biocap_captions.prompt import chat_messages
 log = logging.getLogger(__name__)
 
 USER_AGENT = f"biocap-captions/{__version__}"
-_MAGIC = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/png"), (b"GIF8", "image/gif"))
+_MAGIC = (
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"GIF8", "image/gif"),
+)
 
 
 def image_mime(data: bytes) -> str | None:
@@ -89,8 +93,12 @@ class OpenAIOptions:
 class OpenAIEngine:
     """Captions through ``POST {base_url}/chat/completions``."""
 
-    def __init__(self, model: str, sampling: SamplingConfig = SamplingConfig(),
-                 options: OpenAIOptions = OpenAIOptions()):
+    def __init__(
+        self,
+        model: str,
+        sampling: SamplingConfig = SamplingConfig(),
+        options: OpenAIOptions = OpenAIOptions(),
+    ):
         concurrency = options.concurrency
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -114,7 +122,9 @@ class OpenAIEngine:
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
         )
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="biocap-openai", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="biocap-openai", daemon=True
+        )
         self._thread.start()
 
     def check_server(self, headers: dict[str, str]) -> None:
@@ -127,19 +137,27 @@ class OpenAIEngine:
         try:
             response = httpx.get(url, headers=headers, timeout=min(self.timeout, 10.0))
         except httpx.HTTPError as exc:
-            raise EngineBroken(f"cannot reach the chat-completions server at {url}: {describe(exc)}; "
-                               "start it or fix --base-url") from exc
+            raise EngineBroken(
+                f"cannot reach the chat-completions server at {url}: {describe(exc)}; "
+                "start it or fix --base-url"
+            ) from exc
         if response.status_code in (401, 403):
-            raise EngineBroken(f"{url} refused the API key (HTTP {response.status_code}); set --api-key "
-                               "or OPENAI_API_KEY")
+            raise EngineBroken(
+                f"{url} refused the API key (HTTP {response.status_code}); set --api-key "
+                "or OPENAI_API_KEY"
+            )
         try:
             served = [m["id"] for m in response.raise_for_status().json()["data"]]
         except (httpx.HTTPStatusError, ValueError, KeyError, TypeError) as exc:
             log.warning("%s does not list its models (%s); going on", url, describe(exc))
             return
         if self.model not in served:
-            log.warning("model %r is not among those %s serves (%s); requests may fail",
-                        self.model, self.base_url, ", ".join(map(str, served[:10])) or "none")
+            log.warning(
+                "model %r is not among those %s serves (%s); requests may fail",
+                self.model,
+                self.base_url,
+                ", ".join(map(str, served[:10])) or "none",
+            )
 
     def payload(self, request: CaptionRequest, mime: str) -> dict:
         url = f"data:{mime};base64,{base64.b64encode(request.image).decode('ascii')}"
@@ -178,7 +196,9 @@ class OpenAIEngine:
     async def _caption(self, request: CaptionRequest) -> Result:
         mime = image_mime(request.image)
         if mime is None:
-            return Failure(f"not a JPEG, PNG, GIF or WebP image (starts with {request.image[:8]!r})")
+            return Failure(
+                f"not a JPEG, PNG, GIF or WebP image (starts with {request.image[:8]!r})"
+            )
         body = self.payload(request, mime)
         for attempt in range(self.max_retries + 1):
             try:
@@ -187,11 +207,15 @@ class OpenAIEngine:
             except _Retry as retry:
                 if attempt == self.max_retries:
                     if retry.unreachable:
-                        raise EngineBroken(f"lost the server at {self.url}: {retry.reason} "
-                                           f"({attempt + 1} attempts); captions so far are kept, rerun to resume")
+                        raise EngineBroken(
+                            f"lost the server at {self.url}: {retry.reason} "
+                            f"({attempt + 1} attempts); captions so far are kept, rerun to resume"
+                        )
                     return Failure(f"gave up after {attempt + 1} attempts: {retry.reason}")
                 delay = min(self.max_backoff, self.backoff * 2**attempt) * random.uniform(0.5, 1.0)
-                await asyncio.sleep(retry.wait if retry.wait is not None else delay)  # outside the window
+                await asyncio.sleep(
+                    retry.wait if retry.wait is not None else delay
+                )  # outside the window
         raise AssertionError("unreachable")
 
     async def _post(self, body: dict) -> Result:
@@ -212,7 +236,10 @@ class OpenAIEngine:
         status = response.status_code
         if status == 429 or status >= 500:
             wait = retry_after_seconds(response.headers.get("retry-after"))
-            raise _Retry(f"HTTP {status}: {response.text[:200]}", None if wait is None else min(wait, self.max_backoff))
+            raise _Retry(
+                f"HTTP {status}: {response.text[:200]}",
+                None if wait is None else min(wait, self.max_backoff),
+            )
         if status >= 400:
             return Failure(f"HTTP {status}: {response.text[:300]} ({self.url})")
         try:
@@ -243,7 +270,11 @@ def parse_completion(body: object) -> Result:
         if not isinstance(text, str):
             raise TypeError(f"content is {type(text).__name__}")
     except (KeyError, IndexError, TypeError) as exc:
-        return Failure(f"malformed response (no choices[0].message.content: {describe(exc)}): {str(body)[:200]}")
+        return Failure(
+            f"malformed response (no choices[0].message.content: {describe(exc)}): {str(body)[:200]}"
+        )
     usage = body.get("usage") or {}
     n_tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
-    return Completion(text, choice.get("finish_reason"), n_tokens if isinstance(n_tokens, int) else None)
+    return Completion(
+        text, choice.get("finish_reason"), n_tokens if isinstance(n_tokens, int) else None
+    )

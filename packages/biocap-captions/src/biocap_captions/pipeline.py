@@ -144,8 +144,13 @@ def one_ahead(items: Iterator[T]) -> Iterator[T]:
 class Captioner:
     """Runs an engine over units, writing one captions and one errors table per unit."""
 
-    def __init__(self, engine: Engine, prompts: PromptBuilder, options: RunOptions,
-                 descriptions: DescriptionLookup | None = None):
+    def __init__(
+        self,
+        engine: Engine,
+        prompts: PromptBuilder,
+        options: RunOptions,
+        descriptions: DescriptionLookup | None = None,
+    ):
         self.engine = engine
         self.prompts = prompts
         self.options = options
@@ -155,8 +160,13 @@ class Captioner:
     def run(self, units: Sequence[Unit]) -> RunReport:
         report, start = RunReport(), time.monotonic()
         stores = {u.name: UnitStore(self.options.out, u.name) for u in units}
-        retry = {u.name for u in units if self.options.retry_errors
-                 and stores[u.name].finished() and stores[u.name].error_count()}
+        retry = {
+            u.name
+            for u in units
+            if self.options.retry_errors
+            and stores[u.name].finished()
+            and stores[u.name].error_count()
+        }
         todo = [u for u in units if u.name in retry or not stores[u.name].finished()]
         for unit in todo:  # refuse to mix models or prompts before any work is done
             store = stores[unit.name]
@@ -168,25 +178,41 @@ class Captioner:
                 report.skipped.append(unit.name)
         expected = [u.expected for u in todo]
         total = sum(expected) if all(e is not None for e in expected) else None
-        with tqdm(total=total, unit="img", desc="captions", disable=not self.options.progress,
-                  dynamic_ncols=True, smoothing=0.05) as bar, logging_redirect_tqdm():
+        with (
+            tqdm(
+                total=total,
+                unit="img",
+                desc="captions",
+                disable=not self.options.progress,
+                dynamic_ncols=True,
+                smoothing=0.05,
+            ) as bar,
+            logging_redirect_tqdm(),
+        ):
             for unit in todo:
                 try:
                     if unit.name in retry:
-                        log.info("retrying the %d samples of %s that have no caption",
-                                 stores[unit.name].error_count(), unit.name)
+                        log.info(
+                            "retrying the %d samples of %s that have no caption",
+                            stores[unit.name].error_count(),
+                            unit.name,
+                        )
                         stores[unit.name].reopen()
                     captions, errors = self._unit(unit, stores[unit.name], bar)
                 except (EngineBroken, OutputError):
                     raise
-                except Exception as exc:  # an unreadable shard or image folder: report it, go on with the rest
+                except (
+                    Exception
+                ) as exc:  # an unreadable shard or image folder: report it, go on with the rest
                     log.error("unit %s failed and stays unfinished: %s", unit.name, exc)
                     report.failed[unit.name] = f"{type(exc).__name__}: {exc}"
                     continue
                 report.finished.append(unit.name)
                 report.captions += captions
                 report.errors += errors
-        report.errors_left = sum(stores[u.name].error_count() for u in units if stores[u.name].finished())
+        report.errors_left = sum(
+            stores[u.name].error_count() for u in units if stores[u.name].finished()
+        )
         report.seconds = time.monotonic() - start
         return report
 
@@ -196,7 +222,9 @@ class Captioner:
         if target is not None and not target.is_file():
             captions = store.read_final()
             with writing(target):
-                write_captioned_shard(unit.url, target, dict(zip(captions["uuid"], captions["caption"])))
+                write_captioned_shard(
+                    unit.url, target, dict(zip(captions["uuid"], captions["caption"]))
+                )
 
     def _shard_target(self, unit: Unit) -> Path | None:
         if self.options.write_shards is None or not isinstance(unit, ShardUnit):
@@ -225,15 +253,19 @@ class Captioner:
                         in_flight.append(self._submit(batch))
                     if len(in_flight) == depth:
                         self._finish(in_flight.popleft(), unit.label, pending, bar)
-                    if (len(pending) >= self.options.checkpoint_rows
-                            or time.monotonic() - last_checkpoint >= self.options.checkpoint_seconds):
+                    if (
+                        len(pending) >= self.options.checkpoint_rows
+                        or time.monotonic() - last_checkpoint >= self.options.checkpoint_seconds
+                    ):
                         store.write_checkpoint(*pending.take(include_streak=False))
                         last_checkpoint = time.monotonic()
             while in_flight:
                 self._finish(in_flight.popleft(), unit.label, pending, bar)
             if unit.expected is not None and read != unit.expected:
-                raise ShardError(f"{unit.label}: read {read} samples where {unit.expected} were expected "
-                                 "(sizes.json); the shard may be truncated")
+                raise ShardError(
+                    f"{unit.label}: read {read} samples where {unit.expected} were expected "
+                    "(sizes.json); the shard may be truncated"
+                )
         except BaseException as exc:
             for started in in_flight:  # never recorded, so a rerun sends them again
                 if started.submitted is not None:
@@ -242,13 +274,17 @@ class Captioner:
             store.write_checkpoint(*pending.take(include_streak=not isinstance(exc, EngineBroken)))
             raise
         new_captions, new_errors = pending.take()
-        saved_captions, saved_errors = store.load_partial()  # earlier runs' checkpoints and this run's
+        saved_captions, saved_errors = (
+            store.load_partial()
+        )  # earlier runs' checkpoints and this run's
         captions = pl.concat([saved_captions, new_captions], how="vertical")
         errors = pl.concat([saved_errors, new_errors], how="vertical")
         target = self._shard_target(unit)
         if target is not None:
             with writing(target):
-                write_captioned_shard(unit.url, target, dict(zip(captions["uuid"], captions["caption"])))
+                write_captioned_shard(
+                    unit.url, target, dict(zip(captions["uuid"], captions["caption"]))
+                )
         store.finalize(captions, errors)
         return captions.height, errors.height
 
@@ -260,7 +296,9 @@ class Captioner:
             read += 1
             if sample.uuid in done:
                 if sample.uuid in seen:
-                    log.warning("%s: uuid %s occurs twice; the second is skipped", unit.label, sample.uuid)
+                    log.warning(
+                        "%s: uuid %s occurs twice; the second is skipped", unit.label, sample.uuid
+                    )
                 continue
             done.add(sample.uuid)
             seen.add(sample.uuid)
@@ -278,7 +316,11 @@ class Captioner:
 
     def _prepare(self, batch: list[Sample], problems: list[dict], read: int) -> _Batch:
         """The batch's prompts and requests, with the engine's own preparation when it has one."""
-        wikis = self.descriptions.get_many([s.uuid for s in batch]) if self.descriptions else [None] * len(batch)
+        wikis = (
+            self.descriptions.get_many([s.uuid for s in batch])
+            if self.descriptions
+            else [None] * len(batch)
+        )
         prompts = [
             self.prompts.build(PromptParts(s.display_name, s.scientific_name, s.klass, wiki))
             for s, wiki in zip(batch, wikis)
@@ -313,27 +355,46 @@ class Captioner:
             self._failures_in_a_row = 0
             pending.errors.extend(pending.streak)
             pending.streak = []
-            checked = check_caption(result.text, result.finish_reason, sample.display_name,
-                                    sample.scientific_name, self.prompts.word_limit)
+            checked = check_caption(
+                result.text,
+                result.finish_reason,
+                sample.display_name,
+                sample.scientific_name,
+                self.prompts.word_limit,
+            )
             if not checked.caption:
-                pending.errors.append(self._error_row(sample.uuid, shard, f"empty caption: raw completion {result.text[:100]!r}", now))
+                pending.errors.append(
+                    self._error_row(
+                        sample.uuid,
+                        shard,
+                        f"empty caption: raw completion {result.text[:100]!r}",
+                        now,
+                    )
+                )
                 continue
-            pending.captions.append({
-                "uuid": sample.uuid,
-                "caption": checked.caption,
-                "model": self.engine.model,
-                "prompt_version": PROMPT_VERSION,
-                "finish_reason": result.finish_reason,
-                "n_tokens": result.n_tokens,
-                "wiki_used": prompt.wiki_used,
-                "created_at": now,
-                "shard": shard,
-                "word_count": checked.word_count,
-                "names_species": checked.names_species,
-                "flags": checked.flags,
-            })
+            pending.captions.append(
+                {
+                    "uuid": sample.uuid,
+                    "caption": checked.caption,
+                    "model": self.engine.model,
+                    "prompt_version": PROMPT_VERSION,
+                    "finish_reason": result.finish_reason,
+                    "n_tokens": result.n_tokens,
+                    "wiki_used": prompt.wiki_used,
+                    "created_at": now,
+                    "shard": shard,
+                    "word_count": checked.word_count,
+                    "names_species": checked.names_species,
+                    "flags": checked.flags,
+                }
+            )
         bar.update(len(batch.samples))
 
     @staticmethod
     def _error_row(uuid: str, shard: str, reason: str, now: datetime | None = None) -> dict:
-        return {"uuid": uuid, "shard": shard, "reason": reason, "created_at": now or datetime.now(timezone.utc)}
+        return {
+            "uuid": uuid,
+            "shard": shard,
+            "reason": reason,
+            "created_at": now or datetime.now(timezone.utc),
+        }

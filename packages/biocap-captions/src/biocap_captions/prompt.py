@@ -40,8 +40,25 @@ _PLACEHOLDERS = {"n/a", "na", "none", "null", "-"}
 #: End of a sentence: punctuation, maybe a closing quote, then space and a capital or digit
 #: (so "A. mellifera" or "24-39.5 g. in" do not end one).
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]?(?=\s+[\"'(\[]?[A-Z0-9])")
-_ABBREVIATIONS = {"e.g.", "i.e.", "ca.", "cf.", "sp.", "spp.", "ssp.", "subsp.", "var.", "approx.", "etc.", "vs.",
-                  "st.", "mt.", "no.", "fig.", "al."}
+_ABBREVIATIONS = {
+    "e.g.",
+    "i.e.",
+    "ca.",
+    "cf.",
+    "sp.",
+    "spp.",
+    "ssp.",
+    "subsp.",
+    "var.",
+    "approx.",
+    "etc.",
+    "vs.",
+    "st.",
+    "mt.",
+    "no.",
+    "fig.",
+    "al.",
+}
 
 
 class PromptError(BioCAPError, ValueError):
@@ -67,7 +84,7 @@ def split_examples(description: str | None, limit: int = 3) -> list[str]:
         items = [text]
     else:
         bounds = [m.start() for m in starts[1:]] + [len(text)]
-        items = [text[m.end():end] for m, end in zip(starts, bounds)]
+        items = [text[m.end() : end] for m, end in zip(starts, bounds)]
     cleaned = [" ".join(item.split()) for item in items]
     return [item for item in cleaned if item and item.lower() not in _PLACEHOLDERS][:limit]
 
@@ -184,12 +201,16 @@ class PromptBuilder:
             "(3) context, only if it helps identification.",
             f"For this image of a {name}, write one concise sentence describing its visible traits.",
         ]
-        return BuiltPrompt("\n\n".join(paragraphs), wiki_used=bool(excerpt), class_examples=specific)
+        return BuiltPrompt(
+            "\n\n".join(paragraphs), wiki_used=bool(excerpt), class_examples=specific
+        )
 
 
 def chat_messages(instruction: str, image_url: str | None = None) -> list[dict]:
     """One user turn, image first, in the OpenAI chat format (the HF multimodal format without a URL)."""
-    image = {"type": "image_url", "image_url": {"url": image_url}} if image_url else {"type": "image"}
+    image = (
+        {"type": "image_url", "image_url": {"url": image_url}} if image_url else {"type": "image"}
+    )
     return [{"role": "user", "content": [image, {"type": "text", "text": instruction}]}]
 
 
@@ -206,7 +227,9 @@ class ChatTemplateRenderer:
 
     _PROBE = "probe-7f3a"
 
-    def __init__(self, tokenizer, image_placeholder: str | None = "<image>", model: str = "the model"):
+    def __init__(
+        self, tokenizer, image_placeholder: str | None = "<image>", model: str = "the model"
+    ):
         self.tokenizer = tokenizer
         self.image_placeholder = image_placeholder
         self.typed = self._renders_image_parts()
@@ -217,17 +240,25 @@ class ChatTemplateRenderer:
             )
 
     def _apply(self, messages: list[dict]) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
 
     def _renders_image_parts(self) -> bool:
         try:
             with_image = self._apply(chat_messages(self._PROBE))
-            text_only = self._apply([{"role": "user", "content": [{"type": "text", "text": self._PROBE}]}])
-        except Exception:  # a string-only template fails on list content (jinja TemplateError, TypeError)
+            text_only = self._apply(
+                [{"role": "user", "content": [{"type": "text", "text": self._PROBE}]}]
+            )
+        except (
+            Exception
+        ):  # a string-only template fails on list content (jinja TemplateError, TypeError)
             return False
         return self._PROBE in with_image and with_image != text_only and "{'type'" not in with_image
 
     def __call__(self, instruction: str) -> str:
         if self.typed:
             return self._apply(chat_messages(instruction))
-        return self._apply([{"role": "user", "content": f"{self.image_placeholder}\n{instruction}"}])
+        return self._apply(
+            [{"role": "user", "content": f"{self.image_placeholder}\n{instruction}"}]
+        )

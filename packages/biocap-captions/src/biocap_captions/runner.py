@@ -53,11 +53,18 @@ class Inputs:
             return shard_units(self.shards)
         if self.catalog is None or catalog is None:
             raise ValueError("give shards, or a catalog with an image_path column")
-        return catalog_units(catalog, str(self.catalog), self.image_root or self.catalog.parent, self.rows_per_unit)
+        return catalog_units(
+            catalog, str(self.catalog), self.image_root or self.catalog.parent, self.rows_per_unit
+        )
 
 
-def run(inputs: Inputs, engine: EngineSettings, options: RunOptions,
-        num_jobs: int | None = None, job_index: int | None = None) -> RunReport:
+def run(
+    inputs: Inputs,
+    engine: EngineSettings,
+    options: RunOptions,
+    num_jobs: int | None = None,
+    job_index: int | None = None,
+) -> RunReport:
     """Caption every image of this job's units; a rerun skips finished units and finishes partial ones.
 
     Raises :class:`~biocap_core.errors.BioCAPError` for bad input, an output that cannot be written
@@ -71,13 +78,34 @@ def run(inputs: Inputs, engine: EngineSettings, options: RunOptions,
     catalog = schemas.CATALOG.read(inputs.catalog) if inputs.catalog else None
     units = inputs.units(catalog)
     mine = select(units, jobs, index)
-    descriptions = load_descriptions(inputs.wiki, catalog, str(inputs.catalog)) if inputs.wiki else None
-    prompts = PromptBuilder(FormatExamples.load(inputs.format_examples), inputs.max_wiki_chars, inputs.word_limit)
-    log.info("job %d/%d: %d of %d units; prompt %s", index + 1, jobs, len(mine), len(units), PROMPT_VERSION)
+    descriptions = (
+        load_descriptions(inputs.wiki, catalog, str(inputs.catalog)) if inputs.wiki else None
+    )
+    prompts = PromptBuilder(
+        FormatExamples.load(inputs.format_examples), inputs.max_wiki_chars, inputs.word_limit
+    )
+    log.info(
+        "job %d/%d: %d of %d units; prompt %s",
+        index + 1,
+        jobs,
+        len(mine),
+        len(units),
+        PROMPT_VERSION,
+    )
     if not mine:
         return RunReport()
-    write_run_manifest(options.out, {"argv": sys.argv, **engine.record(), "prompt_version": PROMPT_VERSION,
-                                     "job": [index, jobs], "units": [u.name for u in mine]}, index, jobs)
+    write_run_manifest(
+        options.out,
+        {
+            "argv": sys.argv,
+            **engine.record(),
+            "prompt_version": PROMPT_VERSION,
+            "job": [index, jobs],
+            "units": [u.name for u in mine],
+        },
+        index,
+        jobs,
+    )
     started = engine.build()
     try:
         return Captioner(started, prompts, options, descriptions).run(mine)

@@ -48,7 +48,9 @@ def _text(sample: dict, member: str) -> str:
     value = sample.get(member)
     if value is None:
         return ""
-    return (value.decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else str(value)).strip()
+    return (
+        value.decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else str(value)
+    ).strip()
 
 
 def names(tol: dict[str, str]) -> tuple[str, str]:
@@ -112,7 +114,9 @@ def shard_units(pattern: str) -> list[ShardUnit]:
                 sizes[path.parent] = {}
         name = path.name.removesuffix(".tar")
         if name in seen:
-            raise ShardError(f"{seen[name]} and {url} share the name {name!r}; caption each split into its own --out")
+            raise ShardError(
+                f"{seen[name]} and {url} share the name {name!r}; caption each split into its own --out"
+            )
         seen[name] = url
         units.append(ShardUnit(url, name, sizes[path.parent].get(path.name)))
     return units
@@ -142,31 +146,45 @@ class CatalogUnit:
             image, problem = None, None
             try:
                 n = tol_names(taxon)
-            except EmptyTaxonError:  # BioCLIP's cleaning left no rank: nothing to name in the prompt
+            except (
+                EmptyTaxonError
+            ):  # BioCLIP's cleaning left no rank: nothing to name in the prompt
                 n = dict.fromkeys(_NAME_MEMBERS, "")
-                problem = f"no taxonomic rank left after cleaning ({self.catalog_path} row {row['_row']})"
+                problem = (
+                    f"no taxonomic rank left after cleaning ({self.catalog_path} row {row['_row']})"
+                )
             display, scientific = names(n)
             try:
                 image = None if problem else path.read_bytes()
             except OSError as exc:
-                problem = (f"unreadable image file: {path} ({exc.strerror or exc}; "
-                           f"{self.catalog_path} row {row['_row']})")
+                problem = (
+                    f"unreadable image file: {path} ({exc.strerror or exc}; "
+                    f"{self.catalog_path} row {row['_row']})"
+                )
             yield Sample(row["uuid"], image, display, scientific, taxon.klass.lower(), problem)
 
 
-def catalog_units(catalog: pl.DataFrame, source: str, image_root: str | os.PathLike, rows_per_unit: int) -> list[CatalogUnit]:
+def catalog_units(
+    catalog: pl.DataFrame, source: str, image_root: str | os.PathLike, rows_per_unit: int
+) -> list[CatalogUnit]:
     """Fixed-size slices of the catalog rows that have an ``image_path``, in file order.
 
     Resuming relies on that order: rerun with the same catalog file and ``rows_per_unit``.
     """
     if "image_path" not in catalog.columns:
-        raise SchemaError(f"{source}: the catalog has no image_path column; caption shards with --shards instead")
-    rows = catalog.with_row_index("_row").filter(pl.col("image_path").is_not_null() & (pl.col("image_path") != ""))
+        raise SchemaError(
+            f"{source}: the catalog has no image_path column; caption shards with --shards instead"
+        )
+    rows = catalog.with_row_index("_row").filter(
+        pl.col("image_path").is_not_null() & (pl.col("image_path") != "")
+    )
     if rows.height == 0:
         raise SchemaError(f"{source}: no catalog row has an image_path")
     root = Path(image_root)
     return [
-        CatalogUnit(rows.slice(start, rows_per_unit), f"part-{start // rows_per_unit:06d}", root, source)
+        CatalogUnit(
+            rows.slice(start, rows_per_unit), f"part-{start // rows_per_unit:06d}", root, source
+        )
         for start in range(0, rows.height, rows_per_unit)
     ]
 
@@ -175,7 +193,9 @@ class DescriptionLookup:
     """Per-uuid descriptions, looked up a batch at a time by binary search on sorted uuids."""
 
     def __init__(self, table: pl.DataFrame):
-        usable = table.filter(pl.col("description").is_not_null() & (pl.col("description").str.strip_chars() != ""))
+        usable = table.filter(
+            pl.col("description").is_not_null() & (pl.col("description").str.strip_chars() != "")
+        )
         usable = usable.unique(subset="uuid", keep="first", maintain_order=True).sort("uuid")
         self._uuids = usable["uuid"]
         self._descriptions = usable["description"]
@@ -198,14 +218,19 @@ def _columns(path: Path) -> list[str]:
         if path.suffix == ".parquet":
             return pl.scan_parquet(path).collect_schema().names()
         if path.suffix in (".csv", ".tsv"):
-            return pl.scan_csv(path, separator="\t" if path.suffix == ".tsv" else ",").collect_schema().names()
+            return (
+                pl.scan_csv(path, separator="\t" if path.suffix == ".tsv" else ",")
+                .collect_schema()
+                .names()
+            )
     except Exception as exc:  # polars raises several error types for unreadable files
         raise SchemaError(f"{path}: cannot read the columns: {exc}") from exc
     raise SchemaError(f"{path}: unsupported table format {path.suffix!r} (use .parquet or .csv)")
 
 
-def load_descriptions(path: str | os.PathLike, catalog: pl.DataFrame | None = None,
-                      catalog_source: str = "catalog") -> DescriptionLookup:
+def load_descriptions(
+    path: str | os.PathLike, catalog: pl.DataFrame | None = None, catalog_source: str = "catalog"
+) -> DescriptionLookup:
     """Wiki descriptions keyed by uuid: a ``uuid, description`` table as it is, or
     species-level descriptions (biocap-wiki's output) joined to the catalog on the 7 ranks."""
     path = Path(path)
@@ -220,6 +245,12 @@ def load_descriptions(path: str | os.PathLike, catalog: pl.DataFrame | None = No
                 f"{path}: species-level descriptions (no uuid column) are joined to images on the 7 ranks; "
                 "pass --catalog with uuid and rank columns"
             )
-        species = pl.read_parquet(path) if path.suffix == ".parquet" else pl.read_csv(path, infer_schema=False)
+        species = (
+            pl.read_parquet(path)
+            if path.suffix == ".parquet"
+            else pl.read_csv(path, infer_schema=False)
+        )
         return DescriptionLookup(per_uuid_descriptions(catalog, species))
-    raise SchemaError(f"{path}: expected uuid + description columns, or species-level binomial + ranks + content; has {columns}")
+    raise SchemaError(
+        f"{path}: expected uuid + description columns, or species-level binomial + ranks + content; has {columns}"
+    )

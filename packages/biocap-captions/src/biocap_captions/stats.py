@@ -31,20 +31,33 @@ def summarize(out: str | os.PathLike) -> dict:
     partial_units = sorted(p.name for p in (out / PARTIAL_DIR).glob("*") if p.is_dir())
     in_progress = sum(
         pl.scan_parquet(p).select(pl.len()).collect().item()
-        for unit in partial_units for p in (out / PARTIAL_DIR / unit).glob("*.parquet")
+        for unit in partial_units
+        for p in (out / PARTIAL_DIR / unit).glob("*.parquet")
     )
     n = captions.height
-    words = captions["word_count"] if "word_count" in captions.columns else pl.Series([], dtype=pl.Int64)
+    words = (
+        captions["word_count"]
+        if "word_count" in captions.columns
+        else pl.Series([], dtype=pl.Int64)
+    )
     histogram, low = {}, 0
     for high in WORD_BINS:
         histogram[f"{low}-{high}"] = int(words.is_between(low, high).sum())
         low = high + 1
     histogram[f">{WORD_BINS[-1]}"] = int((words > WORD_BINS[-1]).sum())
-    flag_lists = captions["flags"].fill_null("").str.split(",") if n else pl.Series([], dtype=pl.List(pl.String))
-    flags = {f: int(flag_lists.list.contains(f).sum()) for f in FLAGS} if n else {f: 0 for f in FLAGS}
+    flag_lists = (
+        captions["flags"].fill_null("").str.split(",")
+        if n
+        else pl.Series([], dtype=pl.List(pl.String))
+    )
+    flags = (
+        {f: int(flag_lists.list.contains(f).sum()) for f in FLAGS} if n else {f: 0 for f in FLAGS}
+    )
     reasons = (
         errors.with_columns(pl.col("reason").str.split(":").list.first().alias("kind"))
-        .group_by("kind").len().sort("len", descending=True)
+        .group_by("kind")
+        .len()
+        .sort("len", descending=True)
     )
     return {
         "units_finished": len(caption_files),
@@ -55,9 +68,13 @@ def summarize(out: str | os.PathLike) -> dict:
         "error_kinds": dict(zip(reasons["kind"].to_list(), reasons["len"].to_list())),
         "models": captions["model"].unique().sort().to_list(),
         "prompt_versions": captions["prompt_version"].unique().sort().to_list(),
-        "finish_reasons": {str(k): v for k, v in captions.group_by("finish_reason").len().iter_rows()},
+        "finish_reasons": {
+            str(k): v for k, v in captions.group_by("finish_reason").len().iter_rows()
+        },
         "wiki_used": _share(captions["wiki_used"].sum(), n),
-        "names_species": _share(captions["names_species"].sum(), n) if "names_species" in captions.columns else None,
+        "names_species": _share(captions["names_species"].sum(), n)
+        if "names_species" in captions.columns
+        else None,
         "mean_words": round(float(words.mean()), 2) if n else None,
         "word_histogram": histogram,
         "flags": flags,
@@ -77,7 +94,8 @@ def render(summary: dict) -> str:
         f"models: {', '.join(summary['models']) or '-'}   prompt versions: {', '.join(summary['prompt_versions']) or '-'}",
         f"share naming the species: {_pct(summary['names_species'])}   wiki used: {_pct(summary['wiki_used'])}   "
         f"mean words: {summary['mean_words']}",
-        "finish reasons: " + (", ".join(f"{k} {v}" for k, v in summary["finish_reasons"].items()) or "-"),
+        "finish reasons: "
+        + (", ".join(f"{k} {v}" for k, v in summary["finish_reasons"].items()) or "-"),
         "flags: " + ", ".join(f"{k} {v}" for k, v in summary["flags"].items()),
         "words per caption:",
     ]

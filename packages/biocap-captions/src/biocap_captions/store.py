@@ -54,7 +54,11 @@ def writing(path: str | os.PathLike) -> Iterator[None]:
     try:
         yield
     except (OSError, pl.exceptions.PolarsError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else " ".join(str(exc).split())
+        reason = (
+            exc.strerror
+            if isinstance(exc, OSError) and exc.strerror
+            else " ".join(str(exc).split())
+        )
         where = getattr(exc, "filename", None)
         detail = f" ({where})" if where and Path(where) != Path(path) else ""
         raise OutputError(f"cannot write {path}: {reason}{detail}") from exc
@@ -70,14 +74,20 @@ def prepare_output(folder: str | os.PathLike) -> Path:
         return writable_folder(folder)
 
 
-def write_run_manifest(out: str | os.PathLike, settings: dict, job_index: int, num_jobs: int) -> Path:
+def write_run_manifest(
+    out: str | os.PathLike, settings: dict, job_index: int, num_jobs: int
+) -> Path:
     """Keep a run's settings beside its output, one file per run, so captions can be traced to them.
 
     Written before the engine starts (a run that dies loading the model is still on record); the
     name carries the start time, the job and the process id, so concurrent jobs never share a file.
     """
     started = datetime.now(timezone.utc)
-    path = Path(out) / RUNS_DIR / f"{started:%Y%m%dT%H%M%S}-job{job_index}of{num_jobs}-{os.getpid()}.json"
+    path = (
+        Path(out)
+        / RUNS_DIR
+        / f"{started:%Y%m%dT%H%M%S}-job{job_index}of{num_jobs}-{os.getpid()}.json"
+    )
     with writing(path):
         atomic_write(path, lambda tmp: tmp.write_text(json.dumps(settings, indent=2, default=str)))
     return path
@@ -97,7 +107,9 @@ class UnitStore:
         return self.captions_path.is_file()
 
     def _parts(self, kind: str) -> list[Path]:
-        return sorted(self.partial_dir.glob(f"*.{kind}.parquet")) if self.partial_dir.is_dir() else []
+        return (
+            sorted(self.partial_dir.glob(f"*.{kind}.parquet")) if self.partial_dir.is_dir() else []
+        )
 
     def load_partial(self) -> tuple[pl.DataFrame, pl.DataFrame]:
         """Captions and errors checkpointed by earlier, interrupted runs."""
@@ -122,7 +134,11 @@ class UnitStore:
         """One numbered checkpoint (errors first, then captions; each written atomically)."""
         if captions.height == 0 and errors.height == 0:
             return
-        existing = [int(p.name.split(".", 1)[0]) for p in self.partial_dir.glob("*.parquet")] if self.partial_dir.is_dir() else []
+        existing = (
+            [int(p.name.split(".", 1)[0]) for p in self.partial_dir.glob("*.parquet")]
+            if self.partial_dir.is_dir()
+            else []
+        )
         number = max(existing, default=-1) + 1
         if errors.height:
             _write(errors, self.partial_dir / f"{number:06d}.errors.parquet")

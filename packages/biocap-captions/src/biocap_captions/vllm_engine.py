@@ -90,8 +90,9 @@ class VLLMEngine:
             seed=sampling.seed,
             stop=list(STOP_STRINGS),
         )
-        self.render = ChatTemplateRenderer(self.llm.get_tokenizer(), options.image_placeholder,
-                                           model=model)
+        self.render = ChatTemplateRenderer(
+            self.llm.get_tokenizer(), options.image_placeholder, model=model
+        )
 
     def prepare(self, requests: Sequence[CaptionRequest]) -> list[CaptionRequest]:
         """The requests with their vLLM input (or the Failure of an undecodable image) in ``prepared``."""
@@ -110,7 +111,9 @@ class VLLMEngine:
         slots = [i for i, p in enumerate(prepared) if not isinstance(p, Failure)]
         if slots:
             try:
-                outputs = self.llm.generate([prepared[i] for i in slots], self.sampling_params, use_tqdm=False)
+                outputs = self.llm.generate(
+                    [prepared[i] for i in slots], self.sampling_params, use_tqdm=False
+                )
             except Exception as exc:
                 if any(cls.__name__ == "EngineDeadError" for cls in type(exc).__mro__):
                     raise EngineBroken(f"vLLM's engine process died: {describe(exc)}") from exc

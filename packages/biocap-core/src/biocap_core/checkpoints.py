@@ -24,7 +24,11 @@ from typing import Any, Mapping
 import open_clip
 import torch
 from open_clip.model import resize_pos_embed, resize_text_pos_embed
-from open_clip.pretrained import download_pretrained, download_pretrained_from_hf, get_pretrained_cfg
+from open_clip.pretrained import (
+    download_pretrained,
+    download_pretrained_from_hf,
+    get_pretrained_cfg,
+)
 from safetensors.torch import load_file, save_file
 
 from biocap_core.errors import CheckpointError
@@ -95,7 +99,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
     if "state_dict" in obj:
         if not isinstance(obj["state_dict"], dict):
-            raise CheckpointError(f"{path}: 'state_dict' is a {type(obj['state_dict']).__name__}, not a dict")
+            raise CheckpointError(
+                f"{path}: 'state_dict' is a {type(obj['state_dict']).__name__}, not a dict"
+            )
         return obj
     return {"state_dict": obj}
 
@@ -114,12 +120,14 @@ def _strip_module(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
     for key, value in state_dict.items():
         for prefix in ("module.", "_orig_mod."):
             if key.startswith(prefix):
-                key = key[len(prefix):]
+                key = key[len(prefix) :]
         out[key] = value
     return out
 
 
-def adapt_state_dict(model: BioCAP, state_dict: Mapping[str, Any], source: str = "<state_dict>") -> tuple[dict, bool]:
+def adapt_state_dict(
+    model: BioCAP, state_dict: Mapping[str, Any], source: str = "<state_dict>"
+) -> tuple[dict, bool]:
     """Make a state dict fit ``model`` exactly, or raise listing what does not fit.
 
     Returns the adapted dict and whether the caption head was filled in from a
@@ -127,7 +135,9 @@ def adapt_state_dict(model: BioCAP, state_dict: Mapping[str, Any], source: str =
     """
     non_tensors = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
     if non_tensors:
-        raise CheckpointError(f"{source}: entries that are not tensors: {non_tensors[:_MAX_LISTED]}")
+        raise CheckpointError(
+            f"{source}: entries that are not tensors: {non_tensors[:_MAX_LISTED]}"
+        )
     sd = _strip_module(state_dict)
     filled = False
     for caption_key, tax_key in CAPTION_KEYS.items():
@@ -197,9 +207,13 @@ def resolve_pretrained(
     schema, identifier = open_clip.factory.parse_model_name(model)
     if schema is not None:
         if pretrained:
-            raise ValueError(f"--pretrained {pretrained!r} cannot be combined with {model!r}, which names its weights")
+            raise ValueError(
+                f"--pretrained {pretrained!r} cannot be combined with {model!r}, which names its weights"
+            )
         if schema == "hf-hub":
-            config_path = Path(download_pretrained_from_hf(identifier, filename=CONFIG_NAME, cache_dir=cache_dir))
+            config_path = Path(
+                download_pretrained_from_hf(identifier, filename=CONFIG_NAME, cache_dir=cache_dir)
+            )
             weights = download_pretrained_from_hf(identifier, cache_dir=cache_dir)
         else:
             directory = Path(identifier)
@@ -208,7 +222,9 @@ def resolve_pretrained(
                 raise FileNotFoundError(f"{config_path}: missing (needed for {model!r})")
             found = _find_weights(directory)
             if found is None:
-                raise FileNotFoundError(f"{directory}: no weights file (looked for {list(_DIR_WEIGHTS)})")
+                raise FileNotFoundError(
+                    f"{directory}: no weights file (looked for {list(_DIR_WEIGHTS)})"
+                )
             weights = str(found)
         full = json.loads(config_path.read_text())
         return full.get("model_cfg", full), full.get("preprocess_cfg", {}), weights
@@ -217,7 +233,9 @@ def resolve_pretrained(
         return cfg, {}, None
     tag_cfg = get_pretrained_cfg(model, pretrained)
     if tag_cfg:
-        preprocess = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg}
+        preprocess = {
+            k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg
+        }
         return cfg, preprocess, download_pretrained(tag_cfg, cache_dir=cache_dir)
     if Path(pretrained).is_file():
         return cfg, {}, pretrained
@@ -227,16 +245,22 @@ def resolve_pretrained(
     )
 
 
-def _self_describing(path: str, pretrained: str | None) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+def _self_describing(
+    path: str, pretrained: str | None
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """A checkpoint given as the model: its config, no preprocessing override, and its contents."""
     if pretrained:
-        raise ValueError(f"--pretrained {pretrained!r} cannot be combined with the checkpoint {path!r}, "
-                         "which holds its weights")
+        raise ValueError(
+            f"--pretrained {pretrained!r} cannot be combined with the checkpoint {path!r}, "
+            "which holds its weights"
+        )
     ckpt = read_checkpoint(path)
     if not isinstance(ckpt.get("model_cfg"), Mapping):
-        raise CheckpointError(f"{path}: holds no model config ('model_cfg', as biocap-train writes); pass its "
-                              f"architecture as the model and the file as pretrained (--model ViT-B-16 "
-                              f"--pretrained {path})")
+        raise CheckpointError(
+            f"{path}: holds no model config ('model_cfg', as biocap-train writes); pass its "
+            f"architecture as the model and the file as pretrained (--model ViT-B-16 "
+            f"--pretrained {path})"
+        )
     return resolve_config(ckpt["model_cfg"]), {}, ckpt
 
 
@@ -278,7 +302,10 @@ def save_weights(model: BioCAP, path: str | os.PathLike) -> Path:
 
 def single_projector_state_dict(model: BioCAP, head: str = "tax") -> dict[str, torch.Tensor]:
     """A plain OpenCLIP state dict whose ``visual.proj``/``logit_scale`` come from ``head``."""
-    sd = {k: v.detach().clone().contiguous().cpu() for k, v in _strip_module(model.state_dict()).items()}
+    sd = {
+        k: v.detach().clone().contiguous().cpu()
+        for k, v in _strip_module(model.state_dict()).items()
+    }
     if head == "caption":
         for caption_key, tax_key in CAPTION_KEYS.items():
             if caption_key in sd:
@@ -300,7 +327,9 @@ def export_open_clip(model: BioCAP, out_dir: str | os.PathLike, head: str = "tax
     out.mkdir(parents=True, exist_ok=True)
     config = {"model_cfg": model.model_cfg, "preprocess_cfg": preprocess_dict(model)}
     sd = single_projector_state_dict(model, head)
-    atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(sd, str(tmp), metadata={"biocap_head": head}))
+    atomic_write(
+        out / WEIGHTS_NAME, lambda tmp: save_file(sd, str(tmp), metadata={"biocap_head": head})
+    )
     atomic_write(out / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(config, indent=2)))
     return out
 
@@ -310,5 +339,11 @@ def preprocess_dict(model: BioCAP) -> dict[str, Any]:
     from biocap_core.preprocess import preprocess_cfg
 
     cfg = preprocess_cfg(model)
-    return {"size": cfg.size, "mode": cfg.mode, "mean": list(cfg.mean), "std": list(cfg.std),
-            "interpolation": cfg.interpolation, "resize_mode": cfg.resize_mode}
+    return {
+        "size": cfg.size,
+        "mode": cfg.mode,
+        "mean": list(cfg.mean),
+        "std": list(cfg.std),
+        "interpolation": cfg.interpolation,
+        "resize_mode": cfg.resize_mode,
+    }

@@ -31,8 +31,14 @@ def _make_out_dir(out: Path) -> None:
     try:
         writable_folder(out)
     except UnwritableFolder as exc:
-        _fail(f"--out {out}: " + ("the folder is not writable" if out.is_dir() else
-                                  f"cannot create the folder ({exc.reason})"))
+        _fail(
+            f"--out {out}: "
+            + (
+                "the folder is not writable"
+                if out.is_dir()
+                else f"cannot create the folder ({exc.reason})"
+            )
+        )
 
 
 @app.command()
@@ -268,9 +274,15 @@ def validate(
 
 @app.command()
 def export(
-    model: str = typer.Argument(..., help="Architecture name, hf-hub:/local-dir: name or JSON config."),
-    out: Path = typer.Option(..., "--out", help="Folder for the OpenCLIP model (config + safetensors)."),
-    pretrained: Optional[str] = typer.Option(None, help="Checkpoint file or OpenCLIP tag to load first."),
+    model: str = typer.Argument(
+        ..., help="Architecture name, hf-hub:/local-dir: name or JSON config."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", help="Folder for the OpenCLIP model (config + safetensors)."
+    ),
+    pretrained: Optional[str] = typer.Option(
+        None, help="Checkpoint file or OpenCLIP tag to load first."
+    ),
     head: str = typer.Option("tax", help="Which projector becomes visual.proj: tax or caption."),
 ) -> None:
     """Export a BioCAP checkpoint as a plain single-projector OpenCLIP model folder."""
@@ -282,7 +294,9 @@ def export(
         export_open_clip(net, out, head=head)
     except (BioCAPError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
-    typer.echo(f"exported the {head} head to {out} (load with open_clip.create_model('local-dir:{out}'))")
+    typer.echo(
+        f"exported the {head} head to {out} (load with open_clip.create_model('local-dir:{out}'))"
+    )
 
 
 @app.command("cache-dir")

@@ -17,7 +17,10 @@ from biocap_core.taxonomy import RANKS
 def _key(df: pl.DataFrame) -> pl.DataFrame:
     """Normalised join key: ranks stripped and lower-cased, nulls as empty strings."""
     return df.with_columns(
-        [pl.col(r).fill_null("").str.strip_chars().str.to_lowercase().alias(f"_k_{r}") for r in RANKS]
+        [
+            pl.col(r).fill_null("").str.strip_chars().str.to_lowercase().alias(f"_k_{r}")
+            for r in RANKS
+        ]
     )
 
 
@@ -30,10 +33,14 @@ def per_uuid_descriptions(catalog: pl.DataFrame, descriptions: pl.DataFrame) -> 
     """
     catalog = schemas.CATALOG.validate(catalog, source="catalog")
     # species-level: binomial, the 7 ranks and content (biocap-wiki's output or the original's merge)
-    descriptions = schemas.SPECIES_LIST.validate(descriptions, source="descriptions", require=["content"])
+    descriptions = schemas.SPECIES_LIST.validate(
+        descriptions, source="descriptions", require=["content"]
+    )
     keys = [f"_k_{r}" for r in RANKS]
-    species = _key(descriptions).unique(subset=keys, keep="first", maintain_order=True).select(
-        *keys, pl.col("content").alias("description")
+    species = (
+        _key(descriptions)
+        .unique(subset=keys, keep="first", maintain_order=True)
+        .select(*keys, pl.col("content").alias("description"))
     )
     joined = _key(catalog).join(species, on=keys, how="left", maintain_order="left")
     return schemas.UUID_DESCRIPTIONS.validate(joined.select("uuid", "description"))

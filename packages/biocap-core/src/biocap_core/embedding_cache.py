@@ -28,8 +28,18 @@ def model_fingerprint(model, head: str, precision: str) -> str:
     """Hex digest identifying the embeddings a model produces (weights, config, preprocessing, head, precision)."""
     h = hashlib.blake2b(digest_size=16)
     cfg = preprocess_cfg(model)
-    h.update(json.dumps({"model_cfg": model.model_cfg, "preprocess": repr(cfg), "head": head,
-                         "precision": precision}, sort_keys=True, default=str).encode())
+    h.update(
+        json.dumps(
+            {
+                "model_cfg": model.model_cfg,
+                "preprocess": repr(cfg),
+                "head": head,
+                "precision": precision,
+            },
+            sort_keys=True,
+            default=str,
+        ).encode()
+    )
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().cpu().contiguous().reshape(-1)
         h.update(f"{name}:{t.dtype}:{tuple(tensor.shape)}".encode())
@@ -88,7 +98,11 @@ class EmbeddingCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         chunk = self.dir / f"{uuid.uuid4().hex}.safetensors"
         tensor = embeddings.detach().float().cpu().contiguous()
-        atomic_write(chunk, lambda tmp: save_file({"embeddings": tensor}, str(tmp),
-                                                  metadata={"keys": json.dumps(keys)}))
+        atomic_write(
+            chunk,
+            lambda tmp: save_file(
+                {"embeddings": tensor}, str(tmp), metadata={"keys": json.dumps(keys)}
+            ),
+        )
         index = self._load_index()
         index.update({k: (chunk, i) for i, k in enumerate(keys)})

@@ -29,7 +29,14 @@ import torch
 from open_clip.transform import MaybeConvertMode, MaybeToTensor
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
-from torchvision.transforms import CenterCrop, Compose, Normalize, PILToTensor, RandomResizedCrop, Resize
+from torchvision.transforms import (
+    CenterCrop,
+    Compose,
+    Normalize,
+    PILToTensor,
+    RandomResizedCrop,
+    Resize,
+)
 from torchvision.transforms import functional as F
 
 from biocap_core.errors import GpuDecodeUnavailable
@@ -52,17 +59,25 @@ class EncodedBatch(NamedTuple):
 
     def pin_memory(self) -> EncodedBatch:
         """What the DataLoader calls with ``pin_memory=True`` (CUDA), for a faster copy to the device."""
-        return EncodedBatch([x.pin_memory() for x in self.images],
-                            None if self.boxes is None else self.boxes.pin_memory())
+        return EncodedBatch(
+            [x.pin_memory() for x in self.images],
+            None if self.boxes is None else self.boxes.pin_memory(),
+        )
 
 
 def require_cuda(device: str | torch.device) -> None:
     """Refuse ``--gpu-decode`` off CUDA: on a CPU the workers' PIL decoding is the fast path."""
     device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available():
-        why = "no CUDA device is available" if not torch.cuda.is_available() else f"the device is {device}"
-        raise GpuDecodeUnavailable(f"--gpu-decode needs CUDA, but {why}; leave the flag out to decode "
-                                   "JPEGs on the CPU in the data workers")
+        why = (
+            "no CUDA device is available"
+            if not torch.cuda.is_available()
+            else f"the device is {device}"
+        )
+        raise GpuDecodeUnavailable(
+            f"--gpu-decode needs CUDA, but {why}; leave the flag out to decode "
+            "JPEGs on the CPU in the data workers"
+        )
 
 
 class DevicePreprocess:
@@ -71,8 +86,14 @@ class DevicePreprocess:
 
     def __init__(self, model_or_size, train: bool):
         steps = image_transform(model_or_size, train=train).transforms
-        unknown = [s for s in steps if not isinstance(s, (RandomResizedCrop, Resize, CenterCrop, MaybeConvertMode,
-                                                          MaybeToTensor, Normalize))]
+        unknown = [
+            s
+            for s in steps
+            if not isinstance(
+                s,
+                (RandomResizedCrop, Resize, CenterCrop, MaybeConvertMode, MaybeToTensor, Normalize),
+            )
+        ]
         if unknown:  # e.g. colour jitter from an augmentation config: do not silently drop it
             raise TypeError(f"the device transform does not implement {unknown}")
         self.crop = next((s for s in steps if isinstance(s, RandomResizedCrop)), None)
@@ -80,7 +101,9 @@ class DevicePreprocess:
         norm = next(s for s in steps if isinstance(s, Normalize))
         self.to_float = UInt8ToFloat(norm.mean, norm.std)
 
-    def encode(self, source: bytes | str | os.PathLike) -> tuple[torch.Tensor, tuple[int, int, int, int] | None]:
+    def encode(
+        self, source: bytes | str | os.PathLike
+    ) -> tuple[torch.Tensor, tuple[int, int, int, int] | None]:
         """Worker side: (encoded JPEG or decoded pixels, train crop box). The crop is drawn from
         torch's RNG exactly where the PIL transform draws it, so seeded augmentation stays seeded.
         Raises what :func:`decode_image` raises for an unreadable file, so callers skip it the same way."""
@@ -91,17 +114,26 @@ class DevicePreprocess:
         else:
             img = decode_image(data)
             pixels = PILToTensor()(img)
-        box = self.crop.get_params(img, self.crop.scale, self.crop.ratio) if self.crop is not None else None
+        box = (
+            self.crop.get_params(img, self.crop.scale, self.crop.ratio)
+            if self.crop is not None
+            else None
+        )
         return pixels, box
 
     @staticmethod
-    def collate(encoded: list[tuple[torch.Tensor, tuple[int, int, int, int] | None]]) -> EncodedBatch:
+    def collate(
+        encoded: list[tuple[torch.Tensor, tuple[int, int, int, int] | None]],
+    ) -> EncodedBatch:
         boxes = [box for _, box in encoded]
-        return EncodedBatch([pixels for pixels, _ in encoded],
-                            None if boxes[0] is None else torch.tensor(boxes, dtype=torch.int64))
+        return EncodedBatch(
+            [pixels for pixels, _ in encoded],
+            None if boxes[0] is None else torch.tensor(boxes, dtype=torch.int64),
+        )
 
-    def apply(self, batch: EncodedBatch, device: str | torch.device, dtype: torch.dtype = torch.float32
-              ) -> tuple[torch.Tensor | None, list[int], list[tuple[int, str]]]:
+    def apply(
+        self, batch: EncodedBatch, device: str | torch.device, dtype: torch.dtype = torch.float32
+    ) -> tuple[torch.Tensor | None, list[int], list[tuple[int, str]]]:
         """Device side, skipping what cannot be decoded: (the normalised batch of the images that
         decoded, or None; their positions in ``batch``; (position, why) of the others). A float
         (3, H, W) tensor is taken as already preprocessed and passed through."""
@@ -112,9 +144,15 @@ class DevicePreprocess:
             return None, kept, failed
         boxes, c = (batch.boxes.tolist() if batch.boxes is not None else None), self.crop
         # images differ in size until cropped, so the resizes run one by one; the normalisation batched
-        crops = {i: self.resize(pixels[i]) if boxes is None else
-                 F.resized_crop(pixels[i], *boxes[i], c.size, c.interpolation, antialias=c.antialias)
-                 for i in kept if not pixels[i].is_floating_point()}
+        crops = {
+            i: self.resize(pixels[i])
+            if boxes is None
+            else F.resized_crop(
+                pixels[i], *boxes[i], c.size, c.interpolation, antialias=c.antialias
+            )
+            for i in kept
+            if not pixels[i].is_floating_point()
+        }
         normed = self.to_float(torch.stack(list(crops.values()))).to(dtype) if crops else None
         if len(crops) == len(kept):
             return normed, kept, failed
@@ -126,7 +164,9 @@ def decode_on(images: list[torch.Tensor], device: torch.device) -> list[torch.Te
     """(3, H, W) pixels on ``device``: JPEG bytes (1-D uint8) in one batched decode, pixels moved.
     A JPEG no decoder takes is, in its place, the reason why."""
     jpegs = [i for i, x in enumerate(images) if x.ndim == 1]
-    out: list[torch.Tensor | str] = [x.to(device, non_blocking=True) if x.ndim == 3 else "" for x in images]
+    out: list[torch.Tensor | str] = [
+        x.to(device, non_blocking=True) if x.ndim == 3 else "" for x in images
+    ]
     if jpegs:
         try:
             decoded = decode_jpeg([images[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
@@ -143,4 +183,3 @@ def _decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor | str:
         return PILToTensor()(decode_image(data.numpy().tobytes())).to(device)
     except Exception as exc:  # PIL raises many types for bad bytes
         return f"cannot decode as an image ({type(exc).__name__}: {exc})"
-

@@ -49,11 +49,18 @@ class ImageFiles(Dataset):
     equal those of OpenCLIP's transform on the fully decoded image, as pybioclip computes them).
     """
 
-    def __init__(self, sources: Sequence[ImageSource], model_or_size, gpu_decode: bool = False,
-                 draft: bool = True):
+    def __init__(
+        self,
+        sources: Sequence[ImageSource],
+        model_or_size,
+        gpu_decode: bool = False,
+        draft: bool = True,
+    ):
         self.sources = sources
         self.to_uint8, self.to_float = split_eval_transform(model_or_size)
-        size = model_or_size if isinstance(model_or_size, (int, tuple)) else model_or_size.image_size
+        size = (
+            model_or_size if isinstance(model_or_size, (int, tuple)) else model_or_size.image_size
+        )
         self.size = (size, size) if isinstance(size, int) else tuple(size)  # (H, W) of the crops
         self.draft_size = short_side(size) if draft else None
         self.device_prep = DevicePreprocess(model_or_size, train=False) if gpu_decode else None
@@ -77,22 +84,31 @@ class ImageFiles(Dataset):
             source = self.sources[i]
             if isinstance(source, torch.Tensor):
                 if source.ndim != 3 or source.shape[0] != 3:
-                    raise _Unreadable(f"a tensor input must be a preprocessed (3, H, W) image, "
-                                      f"not shape {tuple(source.shape)}")
+                    raise _Unreadable(
+                        f"a tensor input must be a preprocessed (3, H, W) image, "
+                        f"not shape {tuple(source.shape)}"
+                    )
                 return source
             if isinstance(source, Image.Image):
                 return source.convert("RGB")
-            if isinstance(source, (bytes, bytearray, str, os.PathLike)) and self.device_prep is not None:
+            if (
+                isinstance(source, (bytes, bytearray, str, os.PathLike))
+                and self.device_prep is not None
+            ):
                 return self.device_prep.encode(source)[0]
             if isinstance(source, (bytes, bytearray, str, os.PathLike)):
-                return decode_image(bytes(source) if isinstance(source, bytearray) else source,
-                                    draft_size=self.draft_size)
+                return decode_image(
+                    bytes(source) if isinstance(source, bytearray) else source,
+                    draft_size=self.draft_size,
+                )
             raise _Unreadable(f"unsupported image input of type {type(source).__name__}")
         except _Unreadable:
             raise
         except FileNotFoundError as exc:
             raise _Unreadable("no such image file") from exc
-        except Exception as exc:  # PIL raises many exception types on bad data; reading and decoding only
+        except (
+            Exception
+        ) as exc:  # PIL raises many exception types on bad data; reading and decoding only
             raise _Unreadable(f"cannot decode as an image ({type(exc).__name__}: {exc})") from exc
 
 
@@ -130,8 +146,11 @@ class _Packed:
     def of(cls, tensors: list[torch.Tensor]) -> "_Packed":
         jpeg = [t.ndim == 1 for t in tensors]
         joined = [t for t, j in zip(tensors, jpeg) if j]
-        return cls(torch.cat(joined) if joined else torch.empty(0, dtype=torch.uint8),
-                   [len(t) if j else -1 for t, j in zip(tensors, jpeg)], [t for t, j in zip(tensors, jpeg) if not j])
+        return cls(
+            torch.cat(joined) if joined else torch.empty(0, dtype=torch.uint8),
+            [len(t) if j else -1 for t, j in zip(tensors, jpeg)],
+            [t for t, j in zip(tensors, jpeg) if not j],
+        )
 
     def unpack(self) -> list[torch.Tensor]:
         """The batch as :class:`~biocap_core.gpu_decode.DevicePreprocess` takes it (views, no copies)."""
@@ -153,8 +172,12 @@ class _Collate:
     receiving a batch then costs 0.4-0.5 instead of 1.1-1.5 ms (64x64 crops, batch 32, measured),
     as no shared-memory segment is made, sent and mapped per batch."""
 
-    def __init__(self, to_float: Callable[[torch.Tensor], torch.Tensor], stack: bool = True,
-                 slots: torch.Tensor | None = None):
+    def __init__(
+        self,
+        to_float: Callable[[torch.Tensor], torch.Tensor],
+        stack: bool = True,
+        slots: torch.Tensor | None = None,
+    ):
         self.to_float, self.stack, self.slots = to_float, stack, slots
 
     def __call__(self, items: list[tuple[int, torch.Tensor | str]]) -> ImageBatch:
@@ -169,7 +192,7 @@ class _Collate:
             tensors = [self.to_float(t[None])[0] if t.dtype == torch.uint8 else t for t in tensors]
         elif self.slots is not None and all(t.shape == self.slots.shape[2:] for t in tensors):
             slot = items[0][0] // self.slots.shape[1] % self.slots.shape[0]
-            torch.stack(tensors, out=self.slots[slot, :len(tensors)])
+            torch.stack(tensors, out=self.slots[slot, : len(tensors)])
             return ImageBatch([i for i, _ in good], slot, unreadable)
         return ImageBatch([i for i, _ in good], torch.stack(tensors), unreadable)
 
@@ -181,8 +204,9 @@ class _Collate:
 HANDOVER_IMAGES = 128
 
 
-def image_batches(images: ImageFiles, batch_size: int, workers: int = 0,
-                  device: torch.device | str = "cpu") -> Iterator[ImageBatch]:
+def image_batches(
+    images: ImageFiles, batch_size: int, workers: int = 0, device: torch.device | str = "cpu"
+) -> Iterator[ImageBatch]:
     """Batches of ``batch_size`` images in order (fewer where some did not decode), decoded by ``workers``
     processes (or, with the images' ``gpu_decode``, on ``device``), normalised on ``device``."""
     # uint8 across processes: 1 worker delivers 3,800 instead of 2,300 64x64 images/s, and the main process
@@ -195,22 +219,36 @@ def image_batches(images: ImageFiles, batch_size: int, workers: int = 0,
         # a batch is in use from the worker's write until the main process has normalised its last cut
         # (a copy, in _cut) and asks for the next; at most prefetch x workers later batches are dispatched
         # by then. About the shared memory the per-batch segments of as many batches in flight would take.
-        slots = torch.empty(workers * prefetch + 2, per_load, 3, *images.size, dtype=torch.uint8).share_memory_()
-    loader = DataLoader(images, batch_size=per_load, num_workers=workers, shuffle=False,
-                        collate_fn=_Collate(images.to_float, stack=images.device_prep is None, slots=slots),
-                        pin_memory=device.type == "cuda", prefetch_factor=prefetch)
+        slots = torch.empty(
+            workers * prefetch + 2, per_load, 3, *images.size, dtype=torch.uint8
+        ).share_memory_()
+    loader = DataLoader(
+        images,
+        batch_size=per_load,
+        num_workers=workers,
+        shuffle=False,
+        collate_fn=_Collate(images.to_float, stack=images.device_prep is None, slots=slots),
+        pin_memory=device.type == "cuda",
+        prefetch_factor=prefetch,
+    )
     for batch in loader:
         if isinstance(batch.images, int):
-            batch.images = slots[batch.images, :len(batch.positions)]
+            batch.images = slots[batch.images, : len(batch.positions)]
         if images.device_prep is not None and batch.images is not None:
-            decoded, kept, failed = images.device_prep.apply(EncodedBatch(batch.images.unpack(), None), device)
+            decoded, kept, failed = images.device_prep.apply(
+                EncodedBatch(batch.images.unpack(), None), device
+            )
             batch.unreadable += [(batch.positions[j], why) for j, why in failed]
             batch.positions, batch.images = [batch.positions[j] for j in kept], decoded
         yield from _cut(batch, batch_size, images.to_float, device)
 
 
-def _cut(batch: ImageBatch, size: int, to_float: Callable[[torch.Tensor], torch.Tensor],
-         device: torch.device) -> Iterator[ImageBatch]:
+def _cut(
+    batch: ImageBatch,
+    size: int,
+    to_float: Callable[[torch.Tensor], torch.Tensor],
+    device: torch.device,
+) -> Iterator[ImageBatch]:
     """``batch`` as batches of ``size`` decoded images on ``device``, normalised; an unreadable image goes
     with the batch its position falls in (the last, after the last decoded one)."""
     if batch.images is None:
@@ -222,16 +260,25 @@ def _cut(batch: ImageBatch, size: int, to_float: Callable[[torch.Tensor], torch.
     for position, why in batch.unreadable:
         unreadable[min(bisect.bisect_left(ends, position), len(ends) - 1)].append((position, why))
     for s, bad in zip(starts, unreadable):
-        images = batch.images[s:s + size].to(device, non_blocking=True)
-        if images.dtype == torch.uint8:  # a new float tensor: the shared slot is not read again for it
+        images = batch.images[s : s + size].to(device, non_blocking=True)
+        if (
+            images.dtype == torch.uint8
+        ):  # a new float tensor: the shared slot is not read again for it
             images = to_float(images)
-        yield ImageBatch(batch.positions[s:s + size], images, bad)
+        yield ImageBatch(batch.positions[s : s + size], images, bad)
 
 
 @torch.no_grad()
-def encoded_batches(model, images: ImageFiles, heads: Sequence[str] = ("tax",), batch_size: int = 64,
-                    workers: int = 0, device: torch.device | str = "cpu", precision: str = "fp32",
-                    normalize: bool = True) -> Iterator[tuple[ImageBatch, dict[str, torch.Tensor]]]:
+def encoded_batches(
+    model,
+    images: ImageFiles,
+    heads: Sequence[str] = ("tax",),
+    batch_size: int = 64,
+    workers: int = 0,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    normalize: bool = True,
+) -> Iterator[tuple[ImageBatch, dict[str, torch.Tensor]]]:
     """Each batch of :func:`image_batches` with the model's float32 embeddings of its decoded images,
     one per head in ``heads`` (the backbone runs once); ``{}`` when none of the batch decoded. The
     callers (zero-shot's matrix of embeddings, biocap-predict's stream of them) decide what an

@@ -43,8 +43,9 @@ def job_from_env(env: Mapping[str, str] = os.environ) -> tuple[int, int] | None:
     return count, task - low
 
 
-def resolve_job(num_shards: int | None, shard_index: int | None,
-                env: Mapping[str, str] = os.environ) -> tuple[int, int]:
+def resolve_job(
+    num_shards: int | None, shard_index: int | None, env: Mapping[str, str] = os.environ
+) -> tuple[int, int]:
     """The (num_jobs, job_index) to use: explicit flags win over SLURM, default one job."""
     if (num_shards is None) != (shard_index is None):
         raise JobSpecError("give both --num-shards and --shard-index, or neither")

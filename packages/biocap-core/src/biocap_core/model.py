@@ -61,8 +61,12 @@ class BioCAP(open_clip.CLIP):
         self.logit_bias_caption = (
             nn.Parameter(self.logit_bias.detach().clone()) if self.logit_bias is not None else None
         )
-        self.model_cfg: dict[str, Any] = {"embed_dim": embed_dim, "vision_cfg": dict(vision_cfg),
-                                          "text_cfg": dict(text_cfg), **kwargs}
+        self.model_cfg: dict[str, Any] = {
+            "embed_dim": embed_dim,
+            "vision_cfg": dict(vision_cfg),
+            "text_cfg": dict(text_cfg),
+            **kwargs,
+        }
         self.model_cfg.pop("cast_dtype", None)
         self.preprocess_cfg: dict[str, Any] = {}
         self.load_report = None  # set by biocap_core.checkpoints when weights are loaded
@@ -91,7 +95,9 @@ class BioCAP(open_clip.CLIP):
             feats = out.split(self.visual.proj.shape[1], dim=-1)
         return {h: F.normalize(f, dim=-1) if normalize else f for h, f in zip(heads, feats)}
 
-    def encode_image(self, image: torch.Tensor, normalize: bool = False, head: str = "tax") -> torch.Tensor:
+    def encode_image(
+        self, image: torch.Tensor, normalize: bool = False, head: str = "tax"
+    ) -> torch.Tensor:
         return self.encode_image_heads(image, (head,), normalize=normalize)[head]
 
     def logit_scale_of(self, head: str) -> nn.Parameter:
@@ -232,4 +238,3 @@ def build_model(
     cfg.pop("custom_text", None)
     model = BioCAP(**cfg, cast_dtype=weight_dtype(precision))
     return set_precision(model.to(device), precision)
-

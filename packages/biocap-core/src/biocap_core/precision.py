@@ -69,4 +69,6 @@ def autocast(device: torch.device | str, precision: str, *, inputs_cast: bool = 
     dtype = _AUTOCAST_DTYPES.get(check(precision))
     if dtype is None and not inputs_cast:
         dtype = weight_dtype(precision)
-    return torch.autocast(device_type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    return (
+        torch.autocast(device_type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    )

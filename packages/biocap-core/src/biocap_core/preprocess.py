@@ -28,7 +28,10 @@ def preprocess_cfg(model_or_size) -> PreprocessCfg:
     if isinstance(model_or_size, (int, tuple)):
         size, overrides = model_or_size, {}
     else:
-        size, overrides = model_or_size.image_size, dict(getattr(model_or_size, "preprocess_cfg", {}) or {})
+        size, overrides = (
+            model_or_size.image_size,
+            dict(getattr(model_or_size, "preprocess_cfg", {}) or {}),
+        )
     overrides.pop("size", None)
     fields = {k: v for k, v in overrides.items() if k in PreprocessCfg.__dataclass_fields__}
     for key in ("mean", "std"):
@@ -40,12 +43,15 @@ def preprocess_cfg(model_or_size) -> PreprocessCfg:
 def image_transform(model_or_size, train: bool) -> Callable[[Image.Image], torch.Tensor]:
     """The train or eval transform, PIL image to normalised tensor."""
     return image_transform_v2(
-        preprocess_cfg(model_or_size), is_train=train, aug_cfg=AugmentationCfg(scale=TRAIN_CROP_SCALE)
+        preprocess_cfg(model_or_size),
+        is_train=train,
+        aug_cfg=AugmentationCfg(scale=TRAIN_CROP_SCALE),
     )
 
 
-def split_eval_transform(model_or_size) -> tuple[Callable[[Image.Image], torch.Tensor],
-                                                 Callable[[torch.Tensor], torch.Tensor]]:
+def split_eval_transform(
+    model_or_size,
+) -> tuple[Callable[[Image.Image], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
     """The eval transform in two stages: PIL image to a uint8 (3, H, W) tensor, and a uint8 batch
     (B, 3, H, W), on any device, to the normalised float batch (the same values as the eval
     transform per image). Both come from the eval transform itself, so size, mean and std stay there.
@@ -76,8 +82,10 @@ class UInt8ToFloat:
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         if batch.device not in self._on:
-            self._on[batch.device] = (torch.tensor(self.mean, device=batch.device).view(-1, 1, 1),
-                                      torch.tensor(self.std, device=batch.device).view(-1, 1, 1))
+            self._on[batch.device] = (
+                torch.tensor(self.mean, device=batch.device).view(-1, 1, 1),
+                torch.tensor(self.std, device=batch.device).view(-1, 1, 1),
+            )
         mean, std = self._on[batch.device]
         return batch.float().div_(255).sub_(mean).div_(std)
 
@@ -86,8 +94,9 @@ def short_side(size: int | tuple[int, int]) -> int:
     return size if isinstance(size, int) else min(size)
 
 
-def decode_image(source: bytes | str | os.PathLike, draft_size: int | None = None,
-                 max_side: int | None = None) -> Image.Image:
+def decode_image(
+    source: bytes | str | os.PathLike, draft_size: int | None = None, max_side: int | None = None
+) -> Image.Image:
     """Decode an image as RGB. With ``draft_size``, a JPEG is decoded at the smallest
     DCT scale (1/2, 1/4, 1/8) that keeps both sides >= ``draft_size``, which cuts
     decode time for large images without changing what the crop sees. With
@@ -102,7 +111,9 @@ def decode_image(source: bytes | str | os.PathLike, draft_size: int | None = Non
         img.draft("RGB", (draft_size, draft_size))
     elif max_side and img.format == "JPEG" and max(img.size) > max_side:
         scale = max_side / max(img.size)
-        img.draft("RGB", (max(1, math.ceil(img.width * scale)), max(1, math.ceil(img.height * scale))))
+        img.draft(
+            "RGB", (max(1, math.ceil(img.width * scale)), max(1, math.ceil(img.height * scale)))
+        )
     if img.mode != "RGB":
         img = img.convert("RGBA").convert("RGB") if img.mode in ("P", "LA") else img.convert("RGB")
     img.load()

@@ -163,15 +163,19 @@ def _cast(series: pl.Series, dtype: pl.DataType) -> pl.Series:
         lowered = series.str.strip_chars().str.to_lowercase()
         return (
             pl.select(
-                pl.when(lowered.is_in(["true", "1", "yes"])).then(True)
-                .when(lowered.is_in(["false", "0", "no"])).then(False)
+                pl.when(lowered.is_in(["true", "1", "yes"]))
+                .then(True)
+                .when(lowered.is_in(["false", "0", "no"]))
+                .then(False)
                 .otherwise(None)
             )
             .to_series()
             .alias(series.name)
         )
     if isinstance(dtype, pl.Datetime) and series.dtype == pl.String:
-        return series.str.to_datetime(time_unit=dtype.time_unit, time_zone=dtype.time_zone, strict=False)
+        return series.str.to_datetime(
+            time_unit=dtype.time_unit, time_zone=dtype.time_zone, strict=False
+        )
     if series.dtype == pl.String and dtype.is_numeric():
         series = series.str.strip_chars().replace("", None)
     return series.cast(dtype, strict=False)
@@ -182,7 +186,16 @@ def _ranks(required: bool, fill: object = None, class_name: str = "class", class
     for rank in RANKS:
         name = class_name if rank == "class" else rank
         aliases = class_alias if rank == "class" else ()
-        cols.append(Column(name, pl.String, required=required, nullable=fill is not None, fill=fill, aliases=aliases))
+        cols.append(
+            Column(
+                name,
+                pl.String,
+                required=required,
+                nullable=fill is not None,
+                fill=fill,
+                aliases=aliases,
+            )
+        )
     return tuple(cols)
 
 
@@ -190,8 +203,15 @@ S, I64, F64, B = pl.String, pl.Int64, pl.Float64, pl.Boolean
 UTC = pl.Datetime("us", "UTC")
 
 #: The image-location columns of the TreeOfLife-10M download's ``metadata/catalog.csv``.
-TOL_SOURCE_COLUMNS = ("eol_content_id", "eol_page_id", "inat21_filename", "inat21_cls_name",
-                      "inat21_cls_num", "bioscan_part", "bioscan_filename")
+TOL_SOURCE_COLUMNS = (
+    "eol_content_id",
+    "eol_page_id",
+    "inat21_filename",
+    "inat21_cls_name",
+    "inat21_cls_num",
+    "bioscan_part",
+    "bioscan_filename",
+)
 
 CATALOG = Schema(
     "catalog",

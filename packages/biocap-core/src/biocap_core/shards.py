@@ -33,7 +33,9 @@ def expand_sources(spec: str, weights: str | None = None) -> tuple[list[str], li
     sources = [s.strip() for s in spec.split("::") if s.strip()]
     factors = [float(x) for x in weights.split("::")] if weights else None
     if factors is not None and len(factors) != len(sources):
-        raise ShardError(f"weights {weights!r}: {len(factors)} weight(s) for {len(sources)} source(s) in {spec!r}")
+        raise ShardError(
+            f"weights {weights!r}: {len(factors)} weight(s) for {len(sources)} source(s) in {spec!r}"
+        )
     urls: list[str] = []
     per_shard: list[float] = []
     for i, source in enumerate(sources):
@@ -66,7 +68,9 @@ def read_sizes(shard_dir: str | os.PathLike) -> dict[str, int]:
     """Per-shard sample counts from ``sizes.json`` (flat, or nested under ``per_shard``)."""
     path = Path(shard_dir) / "sizes.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no sizes.json beside the shards; pass the sample count explicitly")
+        raise FileNotFoundError(
+            f"{path}: no sizes.json beside the shards; pass the sample count explicitly"
+        )
     data = json.loads(path.read_text())
     data = data.get("per_shard", data)
     try:
@@ -108,7 +112,9 @@ def _members(stream: BinaryIO, url: str) -> Iterator[tuple[str, bytes]]:
             else:
                 size = int(size_field.rstrip(b"\0 ").strip() or b"0", 8)
         except ValueError as exc:
-            raise ShardError(f"{url}: corrupt tar header near {header[:100].rstrip(bytes(1))!r}") from exc
+            raise ShardError(
+                f"{url}: corrupt tar header near {header[:100].rstrip(bytes(1))!r}"
+            ) from exc
         kind = header[156:157]
         data = stream.read(size)
         if len(data) < size:
@@ -200,8 +206,9 @@ def write_shard(path: str | os.PathLike, samples: Iterable[Mapping[str, object]]
     return count
 
 
-def write_shards(samples: Iterable[Mapping[str, object]], out_dir: str | os.PathLike,
-                 shard_size: int) -> dict[str, int]:
+def write_shards(
+    samples: Iterable[Mapping[str, object]], out_dir: str | os.PathLike, shard_size: int
+) -> dict[str, int]:
     """Write ``shard-000000.tar``, ``shard-000001.tar`` ... of ``shard_size`` samples each under
     ``out_dir``, then their ``sizes.json``; returns the per-shard counts.
 
@@ -214,6 +221,8 @@ def write_shards(samples: Iterable[Mapping[str, object]], out_dir: str | os.Path
     stream = iter(samples)
     for first in stream:  # each shard: the next sample and up to shard_size - 1 after it
         name = f"shard-{len(sizes):06d}.tar"
-        sizes[name] = write_shard(out_dir / name, itertools.chain([first], itertools.islice(stream, shard_size - 1)))
+        sizes[name] = write_shard(
+            out_dir / name, itertools.chain([first], itertools.islice(stream, shard_size - 1))
+        )
     atomic_write(out_dir / "sizes.json", lambda tmp: tmp.write_text(json.dumps(sizes, indent=1)))
     return sizes

@@ -96,11 +96,16 @@ def read_templates(path: str | os.PathLike) -> tuple[str, ...]:
             raise SchemaError(f"{path}: a JSON templates file must hold a list of strings")
         numbered = list(enumerate(items, start=1))
     else:
-        numbered = [(i, line.strip()) for i, line in enumerate(text.splitlines(), start=1)
-                    if line.strip() and not line.lstrip().startswith("#")]
+        numbered = [
+            (i, line.strip())
+            for i, line in enumerate(text.splitlines(), start=1)
+            if line.strip() and not line.lstrip().startswith("#")
+        ]
     bad = [n for n, t in numbered if not (t.count("{}") == t.count("{") == t.count("}") == 1)]
     if bad:
-        raise SchemaError(f"{path}: template(s) at line/item {bad[:5]} need exactly one '{{}}' where the class goes")
+        raise SchemaError(
+            f"{path}: template(s) at line/item {bad[:5]} need exactly one '{{}}' where the class goes"
+        )
     if not numbered:
         raise SchemaError(f"{path}: no templates")
     return tuple(t for _, t in numbered)
@@ -114,7 +119,11 @@ def _collapse(text: str) -> str:
 #: Values that mean "not known" in the source catalogs; compared after lower-casing, not stripped.
 _PLACEHOLDERS = ("(unidentified)", "unknown", "pleasehelp")
 #: Kingdom names of other classifications, mapped to the ones the rest of the data uses.
-_KINGDOM_SYNONYMS = {"metazoa": "animalia", "archaeplastida": "plantae", "chloroplastida": "plantae"}
+_KINGDOM_SYNONYMS = {
+    "metazoa": "animalia",
+    "archaeplastida": "plantae",
+    "chloroplastida": "plantae",
+}
 #: A paired tag such as ``<i>...</i>``; unpaired tags (``<br>``) are left to :data:`_EPITHET_CUTS`.
 _HTML_PAIR = re.compile(r"<.*?>(.*?)</.*?>")
 #: Where a species epithet ends and authors, years, subspecies or markup begin; each cuts what
@@ -220,7 +229,15 @@ class Taxon:
         )
 
     def ranks(self) -> tuple[str, ...]:
-        return (self.kingdom, self.phylum, self.klass, self.order, self.family, self.genus, self.species)
+        return (
+            self.kingdom,
+            self.phylum,
+            self.klass,
+            self.order,
+            self.family,
+            self.genus,
+            self.species,
+        )
 
     def rank(self, name: str) -> str:
         return self.ranks()[RANKS.index(name)]
@@ -237,7 +254,9 @@ class Taxon:
         (``leo leo``) becomes one. Whitespace is stripped only around the epithet, as in the
         original, and the common name is kept as it is.
         """
-        kingdom, phylum, klass, order, family, genus, species = (_clean_rank(r) for r in self.ranks())
+        kingdom, phylum, klass, order, family, genus, species = (
+            _clean_rank(r) for r in self.ranks()
+        )
         kingdom = _KINGDOM_SYNONYMS.get(kingdom, kingdom)
         species = _clean_epithet(species)
         if species:
@@ -307,7 +326,12 @@ def tol_texts(taxon: Taxon) -> dict[str, str]:
     Raises :class:`EmptyTaxonError` for a taxon with no rank left after cleaning.
     """
     _refuse_empty(taxon)
-    sci, taxonomic, tag, common = taxon.scientific, taxon.taxonomic, taxon.taxonomic_tag, taxon.common
+    sci, taxonomic, tag, common = (
+        taxon.scientific,
+        taxon.taxonomic,
+        taxon.taxonomic_tag,
+        taxon.common,
+    )
     return {
         "sci": f"a photo of {sci}.",
         "com": f"a photo of {common}.",
@@ -321,7 +345,9 @@ def tol_texts(taxon: Taxon) -> dict[str, str]:
 
 _TAG_RE = re.compile(
     r"^(?:a photo of)?"
-    + "".join(rf"(?:(?:^| ){rank} (?P<{'klass' if rank == 'class' else rank}>.+?))?" for rank in RANKS)
+    + "".join(
+        rf"(?:(?:^| ){rank} (?P<{'klass' if rank == 'class' else rank}>.+?))?" for rank in RANKS
+    )
     + r"(?: with common name (?P<common_name>.+?))?\.?$"
 )
 
@@ -406,7 +432,10 @@ def label_texts(table: pl.DataFrame, label_type: str, source: str = "<table>") -
             f"(it has {table.columns})"
         )
     asis = table["class"].to_list() if "class" in table.columns else [None] * table.height
-    labels = [label_text(Taxon.from_mapping(row), label_type, a) for row, a in zip(table.iter_rows(named=True), asis)]
+    labels = [
+        label_text(Taxon.from_mapping(row), label_type, a)
+        for row, a in zip(table.iter_rows(named=True), asis)
+    ]
     empty = [i for i, label in enumerate(labels) if not label]
     if empty:
         raise SchemaError(

@@ -114,8 +114,14 @@ def encode_images(
     positions, feats = [], []
     with eval_mode(model):
         batches = encoded_batches(model, images, (head,), batch_size, workers, device, precision)
-        for batch, encoded in tqdm(batches, desc="images", unit="batch", disable=not progress, leave=False,
-                                   total=-(-len(images) // batch_size)):
+        for batch, encoded in tqdm(
+            batches,
+            desc="images",
+            unit="batch",
+            disable=not progress,
+            leave=False,
+            total=-(-len(images) // batch_size),
+        ):
             for position, why in batch.unreadable:
                 if on_unreadable is None:
                     source = images.sources[position]
@@ -147,15 +153,19 @@ def classifier_weights(
     texts = [t.format(c) for c in classnames for t in templates]
     feats = []
     with eval_mode(model):
-        for i in tqdm(range(0, len(texts), batch_size), desc="class texts", disable=not progress, leave=False):
+        for i in tqdm(
+            range(0, len(texts), batch_size), desc="class texts", disable=not progress, leave=False
+        ):
             with autocast(device, precision):
-                tokens = tokenizer(texts[i:i + batch_size]).to(device)
+                tokens = tokenizer(texts[i : i + batch_size]).to(device)
                 feats.append(model.encode_text(tokens, normalize=True).float())
     per_class = torch.cat(feats).view(len(classnames), len(templates), -1).mean(dim=1)
     return F.normalize(per_class, dim=-1).T.cpu()
 
 
-def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: Iterable[int] = (1, 3, 5)) -> dict[int, float]:
+def topk_accuracy(
+    logits: torch.Tensor, labels: torch.Tensor, ks: Iterable[int] = (1, 3, 5)
+) -> dict[int, float]:
     """Share of samples whose label is among the k highest logits (k capped at the class count)."""
     out = {}
     for k in ks:
@@ -168,5 +178,7 @@ def per_class_recall(logits: torch.Tensor, labels: torch.Tensor, n_classes: int)
     """Top-1 recall of each class (NaN for classes with no sample)."""
     pred = logits.argmax(dim=1)
     hits = torch.zeros(n_classes).index_add_(0, labels, (pred == labels).float())
-    counts = torch.zeros(n_classes).index_add_(0, labels, torch.ones_like(labels, dtype=torch.float))
+    counts = torch.zeros(n_classes).index_add_(
+        0, labels, torch.ones_like(labels, dtype=torch.float)
+    )
     return hits / counts

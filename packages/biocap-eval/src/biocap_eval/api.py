@@ -34,13 +34,23 @@ def evaluate(
     :func:`biocap_core.checkpoints.load_model` takes; selectors as in ``biocap-eval run``.
     ``gpu_decode`` (CUDA only) decodes JPEGs on the device, as ``--gpu-decode``."""
     if isinstance(model, (str, os.PathLike, Mapping)):
-        spec = ModelSpec(model if isinstance(model, Mapping) else str(model), pretrained, head=head,
-                         precision=precision)
+        spec = ModelSpec(
+            model if isinstance(model, Mapping) else str(model),
+            pretrained,
+            head=head,
+            precision=precision,
+        )
         model = None
     else:
         spec = ModelSpec("<loaded model>", head=head, precision=precision)
-    options = RunOptions(Path(data_root), device=device, batch_size=batch_size, workers=workers,
-                         cache_dir=cache_dir, gpu_decode=gpu_decode)
+    options = RunOptions(
+        Path(data_root),
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
+        cache_dir=cache_dir,
+        gpu_decode=gpu_decode,
+    )
     enc = open_encoder(spec, options, model, log=lambda _: None)
     chosen = select(load_registry(registry), list(benchmarks))
     return {b.name: task_of(b).evaluate(b, Path(data_root), enc, settings) for b in chosen}

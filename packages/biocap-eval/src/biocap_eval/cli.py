@@ -12,11 +12,18 @@ from biocap_core.errors import BioCAPError
 from biocap_core.precision import PRECISIONS
 from biocap_core.taxonomy import LABEL_TYPES
 
-app = typer.Typer(help="Biology benchmarks for CLIP-style models: zero-shot classification, INQUIRE-Rerank, "
-                       "text-image retrieval.", no_args_is_help=True)
+app = typer.Typer(
+    help="Biology benchmarks for CLIP-style models: zero-shot classification, INQUIRE-Rerank, "
+    "text-image retrieval.",
+    no_args_is_help=True,
+)
 
-DATA_ROOT = typer.Option(Path("."), "--data-root", envvar="BIOCAP_EVAL_DATA",
-                         help="Folder the registry's paths are relative to (env BIOCAP_EVAL_DATA).")
+DATA_ROOT = typer.Option(
+    Path("."),
+    "--data-root",
+    envvar="BIOCAP_EVAL_DATA",
+    help="Folder the registry's paths are relative to (env BIOCAP_EVAL_DATA).",
+)
 REGISTRY = typer.Option(None, "--registry", help="A registry TOML file instead of the shipped one.")
 
 
@@ -47,36 +54,82 @@ def list_benchmarks(data_root: Path = DATA_ROOT, registry: Optional[Path] = REGI
 
 @app.command()
 def run(
-    model: str = typer.Option(..., "--model", help="OpenCLIP or toolkit architecture (BioCAP-toy), hf-hub:/local-dir: "
-                              "name, JSON config, or a biocap-train checkpoint (.pt: it carries its config)."),
-    pretrained: Optional[str] = typer.Option(None, help="OpenCLIP tag (e.g. openai) or weights file for "
-                                             "--model's architecture."),
-    benchmarks: list[str] = typer.Option(["all"], "--benchmarks", "-b",
-                                         help="'all', names, tasks (zeroshot, inquire, retrieval) or tags "
-                                              "(paper, toy); repeat or separate with commas."),
+    model: str = typer.Option(
+        ...,
+        "--model",
+        help="OpenCLIP or toolkit architecture (BioCAP-toy), hf-hub:/local-dir: "
+        "name, JSON config, or a biocap-train checkpoint (.pt: it carries its config).",
+    ),
+    pretrained: Optional[str] = typer.Option(
+        None, help="OpenCLIP tag (e.g. openai) or weights file for --model's architecture."
+    ),
+    benchmarks: list[str] = typer.Option(
+        ["all"],
+        "--benchmarks",
+        "-b",
+        help="'all', names, tasks (zeroshot, inquire, retrieval) or tags "
+        "(paper, toy); repeat or separate with commas.",
+    ),
     data_root: Path = DATA_ROOT,
-    out: Path = typer.Option(Path("eval-results"), "--out", help="Results folder: OUT/<model>/<benchmark>.json."),
-    name: Optional[str] = typer.Option(None, help="Model label in results and reports (default: from --model)."),
+    out: Path = typer.Option(
+        Path("eval-results"), "--out", help="Results folder: OUT/<model>/<benchmark>.json."
+    ),
+    name: Optional[str] = typer.Option(
+        None, help="Model label in results and reports (default: from --model)."
+    ),
     head: str = typer.Option("tax", help="Visual projector: tax (as the original) or caption."),
-    label_type: Optional[str] = typer.Option(None, help=f"Override zero-shot label texts: {', '.join(LABEL_TYPES)}."),
-    templates: Optional[Path] = typer.Option(None, help="Zero-shot templates file (.txt, one per line, or .json)."),
-    per_class: bool = typer.Option(False, "--per-class", help="Store per-class zero-shot recall in the results."),
-    inquire_k: Optional[int] = typer.Option(None, help="Rank cut-off for INQUIRE metrics (default: all candidates)."),
-    retrieval_prefix: str = typer.Option("a photo of", help="Text put before each retrieval caption."),
-    prefix_bug: bool = typer.Option(False, "--prefix-bug",
-                                    help="Join prefix and caption with no space, as the original did."),
-    skip_missing: bool = typer.Option(False, "--skip-missing", help="Evaluate without missing images (counted)."),
-    strict: bool = typer.Option(False, "--strict", help="Fail a benchmark on an undecodable image instead of "
-                                                        "skipping it (skipped ones are counted and named)."),
-    force: bool = typer.Option(False, "--force", help="Re-run benchmarks that have finished results."),
+    label_type: Optional[str] = typer.Option(
+        None, help=f"Override zero-shot label texts: {', '.join(LABEL_TYPES)}."
+    ),
+    templates: Optional[Path] = typer.Option(
+        None, help="Zero-shot templates file (.txt, one per line, or .json)."
+    ),
+    per_class: bool = typer.Option(
+        False, "--per-class", help="Store per-class zero-shot recall in the results."
+    ),
+    inquire_k: Optional[int] = typer.Option(
+        None, help="Rank cut-off for INQUIRE metrics (default: all candidates)."
+    ),
+    retrieval_prefix: str = typer.Option(
+        "a photo of", help="Text put before each retrieval caption."
+    ),
+    prefix_bug: bool = typer.Option(
+        False, "--prefix-bug", help="Join prefix and caption with no space, as the original did."
+    ),
+    skip_missing: bool = typer.Option(
+        False, "--skip-missing", help="Evaluate without missing images (counted)."
+    ),
+    strict: bool = typer.Option(
+        False,
+        "--strict",
+        help="Fail a benchmark on an undecodable image instead of "
+        "skipping it (skipped ones are counted and named).",
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Re-run benchmarks that have finished results."
+    ),
     batch_size: int = typer.Option(64, min=1),
-    workers: int = typer.Option(min(4, os.cpu_count() or 1), min=0, help="Image decoding worker processes."),
-    gpu_decode: bool = typer.Option(False, "--gpu-decode", help="Decode, resize and normalise JPEGs on the GPU "
-                                    "(CUDA only); workers just read the files."),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available)."),
-    precision: Optional[str] = typer.Option(None, help=f"{', '.join(PRECISIONS)} (default: amp on GPU, else fp32)."),
-    cache_dir: Optional[Path] = typer.Option(None, help="Image embedding cache (default: OUT/.embeddings)."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the embedding cache."),
+    workers: int = typer.Option(
+        min(4, os.cpu_count() or 1), min=0, help="Image decoding worker processes."
+    ),
+    gpu_decode: bool = typer.Option(
+        False,
+        "--gpu-decode",
+        help="Decode, resize and normalise JPEGs on the GPU "
+        "(CUDA only); workers just read the files.",
+    ),
+    device: Optional[str] = typer.Option(
+        None, help="cpu, cuda, cuda:1 ... (default: cuda when available)."
+    ),
+    precision: Optional[str] = typer.Option(
+        None, help=f"{', '.join(PRECISIONS)} (default: amp on GPU, else fp32)."
+    ),
+    cache_dir: Optional[Path] = typer.Option(
+        None, help="Image embedding cache (default: OUT/.embeddings)."
+    ),
+    no_cache: bool = typer.Option(
+        False, "--no-cache", help="Do not read or write the embedding cache."
+    ),
     registry: Optional[Path] = REGISTRY,
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
@@ -93,25 +146,45 @@ def run(
     if precision is not None and precision not in PRECISIONS:
         raise typer.BadParameter(f"--precision must be one of {PRECISIONS}, not {precision!r}")
     try:
-        settings = Settings(label_type=label_type, per_class=per_class, inquire_k=inquire_k,
-                            retrieval_prefix=retrieval_prefix, prefix_bug=prefix_bug, skip_missing=skip_missing,
-                            strict=strict)
+        settings = Settings(
+            label_type=label_type,
+            per_class=per_class,
+            inquire_k=inquire_k,
+            retrieval_prefix=retrieval_prefix,
+            prefix_bug=prefix_bug,
+            skip_missing=skip_missing,
+            strict=strict,
+        )
         settings = settings.with_templates(templates) if templates is not None else settings
         spec = ModelSpec(model, pretrained, head=head, precision=precision, name=name)
-        options = RunOptions(data_root=data_root, out_dir=out, device=device, batch_size=batch_size,
-                             workers=workers, cache_dir=None if no_cache else (cache_dir or out / ".embeddings"),
-                             force=force, progress=not quiet, gpu_decode=gpu_decode)
-        summary = run_selected(spec, benchmarks, settings, options, registry=registry, log=typer.echo)
+        options = RunOptions(
+            data_root=data_root,
+            out_dir=out,
+            device=device,
+            batch_size=batch_size,
+            workers=workers,
+            cache_dir=None if no_cache else (cache_dir or out / ".embeddings"),
+            force=force,
+            progress=not quiet,
+            gpu_decode=gpu_decode,
+        )
+        summary = run_selected(
+            spec, benchmarks, settings, options, registry=registry, log=typer.echo
+        )
     except (BioCAPError, ValueError, FileNotFoundError) as exc:
         raise _fail(exc)
     if summary.failed:
-        raise _fail(BioCAPError(f"{len(summary.failed)} benchmark(s) failed: {', '.join(summary.failed)}"))
+        raise _fail(
+            BioCAPError(f"{len(summary.failed)} benchmark(s) failed: {', '.join(summary.failed)}")
+        )
 
 
 @app.command()
 def report(
     results_dir: Path = typer.Argument(..., help="Folder of result JSONs (a `run --out` folder)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Where to write the report (default: RESULTS_DIR)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Where to write the report (default: RESULTS_DIR)."
+    ),
 ) -> None:
     """Write the comparison tables (markdown, CSV) and a bar chart (PNG), laid out as the paper's."""
     from biocap_eval.report import write_report

@@ -84,7 +84,9 @@ class Encoder:
 
     @cached_property
     def cache(self) -> EmbeddingCache | None:
-        return EmbeddingCache(self.cache_dir, self.fingerprint) if self.cache_dir is not None else None
+        return (
+            EmbeddingCache(self.cache_dir, self.fingerprint) if self.cache_dir is not None else None
+        )
 
     def image_files(self, paths: Sequence[Path]) -> ImageEmbeddings:
         """L2-normalised embeddings of image files."""
@@ -93,11 +95,15 @@ class Encoder:
 
     def hf_images(self, dataset, rows: Sequence[int], keys: Sequence[str]) -> ImageEmbeddings:
         """Embeddings of the images in ``rows`` of a Hugging Face dataset, cached under ``keys``."""
-        return self._cached(list(keys) if self.cache is not None else [], len(rows),
-                            lambda missing: HubImages(dataset, [rows[i] for i in missing]))
+        return self._cached(
+            list(keys) if self.cache is not None else [],
+            len(rows),
+            lambda missing: HubImages(dataset, [rows[i] for i in missing]),
+        )
 
-    def _cached(self, keys: list[str], n: int,
-                sources_of: Callable[[list[int]], Sequence[ImageSource]]) -> ImageEmbeddings:
+    def _cached(
+        self, keys: list[str], n: int, sources_of: Callable[[list[int]], Sequence[ImageSource]]
+    ) -> ImageEmbeddings:
         found = self.cache.get(keys) if self.cache is not None else {}
         missing = [i for i in range(n) if i not in found]
         out = torch.empty(n, self.embed_dim)
@@ -107,7 +113,9 @@ class Encoder:
             out[positions] = torch.stack([found[i] for i in positions])
         if missing:
             failed: dict[int, str] = {}
-            fresh = self.encode(sources_of(missing), on_unreadable=failed.__setitem__)  # failed rows are zero
+            fresh = self.encode(
+                sources_of(missing), on_unreadable=failed.__setitem__
+            )  # failed rows are zero
             unreadable = {missing[j]: why for j, why in failed.items()}
             out[missing] = fresh
             good = [j for j in range(len(missing)) if j not in failed]
@@ -122,18 +130,34 @@ class Encoder:
             return
         try:
             self.cache.put(keys, embeddings)
-        except (OSError, SafetensorError) as exc:  # safetensors reports I/O errors (disk full) as its own type
+        except (
+            OSError,
+            SafetensorError,
+        ) as exc:  # safetensors reports I/O errors (disk full) as its own type
             self.cache_writable = False
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            log.warning("warning: embedding cache %s cannot be written (%s); going on without it",
-                        self.cache.dir, reason)
+            log.warning(
+                "warning: embedding cache %s cannot be written (%s); going on without it",
+                self.cache.dir,
+                reason,
+            )
 
-    def encode(self, images: Sequence[ImageSource],
-               on_unreadable: Callable[[int, str], None] | None = None) -> torch.Tensor:
+    def encode(
+        self, images: Sequence[ImageSource], on_unreadable: Callable[[int, str], None] | None = None
+    ) -> torch.Tensor:
         """Run images through the model, batched; (N, D) float32 on the CPU (see core's ``encode_images``)."""
-        return encode_images(self.model, images, head=self.head, batch_size=self.batch_size,
-                             workers=self.workers, device=self.device, precision=self.precision,
-                             progress=self.progress, on_unreadable=on_unreadable, gpu_decode=self.gpu_decode)
+        return encode_images(
+            self.model,
+            images,
+            head=self.head,
+            batch_size=self.batch_size,
+            workers=self.workers,
+            device=self.device,
+            precision=self.precision,
+            progress=self.progress,
+            on_unreadable=on_unreadable,
+            gpu_decode=self.gpu_decode,
+        )
 
     def texts(self, texts: Sequence[str]) -> torch.Tensor:
         """(N, D) L2-normalised embeddings of raw texts (no template)."""
@@ -141,10 +165,16 @@ class Encoder:
 
     def classifier(self, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
         """(D, C) zero-shot classifier: per class, the re-normalised mean of its template embeddings."""
-        return classifier_weights(self.model, classnames, templates, batch_size=max(self.batch_size, 256),
-                                  device=self.device, precision=self.precision, progress=self.progress)
+        return classifier_weights(
+            self.model,
+            classnames,
+            templates,
+            batch_size=max(self.batch_size, 256),
+            device=self.device,
+            precision=self.precision,
+            progress=self.progress,
+        )
 
     @property
     def embed_dim(self) -> int:
         return self.model.visual.proj.shape[1]
-

@@ -29,8 +29,9 @@ def descending(scores: np.ndarray) -> np.ndarray:
     return np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
 
 
-def average_precision(relevant: np.ndarray, scores: np.ndarray, count_pos: int | None = None,
-                      k: int | None = None) -> float:
+def average_precision(
+    relevant: np.ndarray, scores: np.ndarray, count_pos: int | None = None, k: int | None = None
+) -> float:
     """INQUIRE's AP at ``k`` (default: the list length) of a scored list.
 
     scikit-learn's AP over the top ``k`` by score (tied scores form one
@@ -54,7 +55,9 @@ def average_precision(relevant: np.ndarray, scores: np.ndarray, count_pos: int |
     return float((gained * tp / n).sum() / min(count_pos, k))
 
 
-def ndcg(relevant: np.ndarray, scores: np.ndarray, count_pos: int | None = None, k: int | None = None) -> float:
+def ndcg(
+    relevant: np.ndarray, scores: np.ndarray, count_pos: int | None = None, k: int | None = None
+) -> float:
     """INQUIRE's nDCG at ``k`` (default: the list length) of a whole scored list.
 
     Positives counted in ``count_pos`` but absent from the list are appended with
@@ -122,8 +125,9 @@ class RerankScores:
     n_relevant: int
 
 
-def rerank_metrics(relevant: np.ndarray, scores: np.ndarray, k: int | None = None,
-                   count_pos: int | None = None) -> RerankScores:
+def rerank_metrics(
+    relevant: np.ndarray, scores: np.ndarray, k: int | None = None, count_pos: int | None = None
+) -> RerankScores:
     """INQUIRE's metrics of one query's scored candidates at ``k`` (default: all of them).
 
     ``count_pos`` is how many positives exist (default: the relevant candidates);
@@ -162,8 +166,8 @@ def true_item_ranks(similarity: torch.Tensor, block: int = 2048) -> torch.Tensor
     index = torch.arange(n, device=similarity.device)
     ranks = []
     for start in range(0, n, block):
-        rows = similarity[start:start + block]
-        own = index[start:start + rows.shape[0], None]
+        rows = similarity[start : start + block]
+        own = index[start : start + rows.shape[0], None]
         truth = rows.gather(1, own)
         tied_before = (rows == truth) & (index[None, :] < own)
         ranks.append(((rows > truth) | tied_before).sum(dim=1))

@@ -37,7 +37,9 @@ def _entry(raw: dict, source: str) -> Benchmark:
         raise RegistryError(f"{source}: a [[benchmark]] entry has no name")
     unknown = set(raw) - _FIELDS
     if unknown:
-        raise RegistryError(f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(_FIELDS)}")
+        raise RegistryError(
+            f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(_FIELDS)}"
+        )
     missing = [f for f in ("title", "task", "table", "columns") if f not in raw]
     if missing:
         raise RegistryError(f"{where}: missing field(s) {missing}")
@@ -47,8 +49,14 @@ def _entry(raw: dict, source: str) -> Benchmark:
     if raw["table"] not in TABLES:
         raise RegistryError(f"{where}: table {raw['table']!r} is not one of {list(TABLES)}")
     subsets = tuple(Subset(**s) for s in raw.get("subsets", ()))
-    bench = Benchmark(**{**raw, "tags": tuple(raw.get("tags", ())), "subsets": subsets,
-                         "columns": dict(raw["columns"])})
+    bench = Benchmark(
+        **{
+            **raw,
+            "tags": tuple(raw.get("tags", ())),
+            "subsets": subsets,
+            "columns": dict(raw["columns"]),
+        }
+    )
     problem = task.check(bench)
     if problem:
         raise RegistryError(f"{where}: {problem}")

@@ -63,7 +63,10 @@ def load_results(results_dir: Path) -> list[dict]:
 
 def build_tables(results: list[dict]) -> dict[str, Table]:
     order = {name: i for i, name in enumerate(load_registry())}
-    results = sorted(results, key=lambda d: (order.get(d["benchmark"]["name"], len(order)), d["benchmark"]["name"]))
+    results = sorted(
+        results,
+        key=lambda d: (order.get(d["benchmark"]["name"], len(order)), d["benchmark"]["name"]),
+    )
     tables: dict[str, Table] = {}
     for doc in results:
         bench = doc["benchmark"]
@@ -92,13 +95,21 @@ def markdown(tables: dict[str, Table]) -> str:
         for j in range(len(header) - 1):
             values = [v for m in table.rows if (v := _cells(table, m)[j]) is not None]
             best[j] = max(values) if values else None
-        lines = [f"## {TABLES[table.name]}", "", "| " + " | ".join(header) + " |",
-                 "|" + "---|" + "---:|" * (len(header) - 1)]
+        lines = [
+            f"## {TABLES[table.name]}",
+            "",
+            "| " + " | ".join(header) + " |",
+            "|" + "---|" + "---:|" * (len(header) - 1),
+        ]
         for model in table.rows:
             cells = []
             for j, v in enumerate(_cells(table, model)):
                 text = "–" if v is None else f"{v:.1f}"
-                cells.append(f"**{text}**" if v is not None and len(table.rows) > 1 and v == best[j] else text)
+                cells.append(
+                    f"**{text}**"
+                    if v is not None and len(table.rows) > 1 and v == best[j]
+                    else text
+                )
             lines.append("| " + " | ".join([model, *cells]) + " |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
@@ -115,16 +126,29 @@ def table_csv(table: Table) -> str:
 
 def long_frame(results: list[dict]) -> pl.DataFrame:
     """Every metric of every result, one row each (the ``eval_results`` schema)."""
-    rows = [{"model": d["model"]["label"], "benchmark": d["benchmark"]["name"], "task": d["benchmark"]["task"],
-             "metric": metric, "value": value}
-            for d in results for metric, value in d["metrics"].items()]
+    rows = [
+        {
+            "model": d["model"]["label"],
+            "benchmark": d["benchmark"]["name"],
+            "task": d["benchmark"]["task"],
+            "metric": metric,
+            "value": value,
+        }
+        for d in results
+        for metric, value in d["metrics"].items()
+    ]
     return schemas.EVAL_RESULTS.validate(schemas.EVAL_RESULTS.frame(rows), source="results")
 
 
 def bar_chart(tables: dict[str, Table], path: Path) -> None:
     """One panel per table: grouped bars, one colour per model, the mean last."""
-    fig = Figure(figsize=(max(8.0, 1.0 + 0.9 * max(len(t.columns) + 1 for t in tables.values())),
-                          3.6 * len(tables)), layout="constrained")
+    fig = Figure(
+        figsize=(
+            max(8.0, 1.0 + 0.9 * max(len(t.columns) + 1 for t in tables.values())),
+            3.6 * len(tables),
+        ),
+        layout="constrained",
+    )
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(tables), 1, squeeze=False)[:, 0]
     for ax, table in zip(axes, tables.values()):
@@ -133,8 +157,12 @@ def bar_chart(tables: dict[str, Table], path: Path) -> None:
         width = 0.8 / max(1, len(models))
         for i, model in enumerate(models):
             values = [math.nan if v is None else v for v in _cells(table, model)]
-            ax.bar([x + (i - (len(models) - 1) / 2) * width for x in range(len(labels))], values, width,
-                   label=model)
+            ax.bar(
+                [x + (i - (len(models) - 1) / 2) * width for x in range(len(labels))],
+                values,
+                width,
+                label=model,
+            )
         ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
         ax.set_ylabel("%")
         ax.set_title(TABLES[table.name])
@@ -148,7 +176,11 @@ def write_report(results_dir: Path, out_dir: Path | None = None) -> dict[str, Pa
     tables = build_tables(results)
     out = Path(out_dir or results_dir)
     out.mkdir(parents=True, exist_ok=True)
-    files = {"markdown": out / "report.md", "long_csv": out / "results_long.csv", "chart": out / "report.png"}
+    files = {
+        "markdown": out / "report.md",
+        "long_csv": out / "results_long.csv",
+        "chart": out / "report.png",
+    }
     atomic_write(files["markdown"], lambda tmp: tmp.write_text(markdown(tables)))
     for name, table in tables.items():
         files[f"{name}_csv"] = out / f"report_{name}.csv"

@@ -28,6 +28,7 @@ from biocap_eval.benchmark import Benchmark, Status
 from biocap_eval.embedding import Encoder
 from biocap_eval.registry import load_registry, select, selector_list
 from biocap_eval.tasks import Settings, TaskResult, recorded_settings, task_of
+
 RESULT_VERSION = 1
 
 
@@ -59,7 +60,9 @@ class ModelSpec:
         else:
             label = Path(self.model).stem if Path(self.model).is_file() else self.model
         if self.pretrained:
-            label += "/" + (Path(self.pretrained).stem if Path(self.pretrained).is_file() else self.pretrained)
+            label += "/" + (
+                Path(self.pretrained).stem if Path(self.pretrained).is_file() else self.pretrained
+            )
         return label + ("#caption" if self.head == "caption" else "")
 
     @property
@@ -68,13 +71,21 @@ class ModelSpec:
 
     def identity(self) -> dict:
         """What makes two runs the same model; a weights file adds its size and mtime."""
-        out = {"model": self.model, "pretrained": self.pretrained, "head": self.head, "precision": self.precision}
+        out = {
+            "model": self.model,
+            "pretrained": self.pretrained,
+            "head": self.head,
+            "precision": self.precision,
+        }
         for key in ("model", "pretrained"):
             value = getattr(self, key)
             if isinstance(value, str) and Path(value).is_file():
                 st = Path(value).stat()
-                out[f"{key}_file"] = {"path": str(Path(value).resolve()), "size": st.st_size,
-                                      "mtime_ns": st.st_mtime_ns}
+                out[f"{key}_file"] = {
+                    "path": str(Path(value).resolve()),
+                    "size": st.st_size,
+                    "mtime_ns": st.st_mtime_ns,
+                }
         return out
 
 
@@ -89,8 +100,9 @@ def is_finished(path: Path, spec: ModelSpec, bench: Benchmark, settings: Setting
         done = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    return (done.get("model", {}).get("identity") == spec.identity()
-            and done.get("settings") == recorded_settings(settings, bench))
+    return done.get("model", {}).get("identity") == spec.identity() and done.get(
+        "settings"
+    ) == recorded_settings(settings, bench)
 
 
 @dataclass
@@ -118,8 +130,9 @@ class RunSummary:
     failed: dict[str, str] = field(default_factory=dict)
 
 
-def settled(spec: ModelSpec, options: RunOptions, model: torch.nn.Module | None = None
-            ) -> tuple[ModelSpec, RunOptions]:
+def settled(
+    spec: ModelSpec, options: RunOptions, model: torch.nn.Module | None = None
+) -> tuple[ModelSpec, RunOptions]:
     """``spec`` and ``options`` with what was left None chosen: the device is the given model's, else
     CUDA when available; the precision amp on a GPU, fp32 on the CPU (as the original). ``gpu_decode``
     off CUDA is refused here (:class:`~biocap_core.errors.GpuDecodeUnavailable`), before any work."""
@@ -131,8 +144,13 @@ def settled(spec: ModelSpec, options: RunOptions, model: torch.nn.Module | None 
     return replace(spec, precision=spec.precision or default_precision(options.device)), options
 
 
-def runnable(selectors: Iterable[str], data_root: Path, skip_missing: bool = False,
-             registry: str | os.PathLike | None = None, log: Callable[[str], None] = print) -> list[Benchmark]:
+def runnable(
+    selectors: Iterable[str],
+    data_root: Path,
+    skip_missing: bool = False,
+    registry: str | os.PathLike | None = None,
+    log: Callable[[str], None] = print,
+) -> list[Benchmark]:
     """The benchmarks ``selectors`` choose (see :func:`~biocap_eval.registry.select`) that can run.
 
     One named explicitly always runs, so bad input fails loudly; one chosen by ``all``, a task or a
@@ -149,21 +167,33 @@ def runnable(selectors: Iterable[str], data_root: Path, skip_missing: bool = Fal
         else:
             log(f"{bench.name}: not run ({st.state}: {st.detail})")
     if not chosen:
-        raise BioCAPError(f"none of {selectors} can run from data root {Path(data_root).resolve()} "
-                          "(see `biocap-eval list --data-root ...`)")
+        raise BioCAPError(
+            f"none of {selectors} can run from data root {Path(data_root).resolve()} "
+            "(see `biocap-eval list --data-root ...`)"
+        )
     return chosen
 
 
-def run_selected(spec: ModelSpec, selectors: Iterable[str], settings: Settings, options: RunOptions,
-                 registry: str | os.PathLike | None = None, log: Callable[[str], None] = print) -> RunSummary:
+def run_selected(
+    spec: ModelSpec,
+    selectors: Iterable[str],
+    settings: Settings,
+    options: RunOptions,
+    registry: str | os.PathLike | None = None,
+    log: Callable[[str], None] = print,
+) -> RunSummary:
     """``biocap-eval run``: the :func:`runnable` benchmarks of ``selectors``, each to its result file;
     a failing one is logged in the summary and the others still run."""
     benchmarks = runnable(selectors, options.data_root, settings.skip_missing, registry, log)
     return run(spec, benchmarks, settings, options, log=log, keep_going=True)
 
 
-def open_encoder(spec: ModelSpec, options: RunOptions, model: torch.nn.Module | None = None,
-                 log: Callable[[str], None] = print) -> Encoder:
+def open_encoder(
+    spec: ModelSpec,
+    options: RunOptions,
+    model: torch.nn.Module | None = None,
+    log: Callable[[str], None] = print,
+) -> Encoder:
     """The encoder a run's benchmarks share: ``model`` as given (it stays on its device), or ``spec``
     loaded through biocap-core's loader: the one way both the CLI and the Python API load a model."""
     spec, options = settled(spec, options, model)
@@ -171,10 +201,20 @@ def open_encoder(spec: ModelSpec, options: RunOptions, model: torch.nn.Module | 
         from biocap_core.checkpoints import load_model
 
         log(f"loading {spec.model}" + (f" ({spec.pretrained})" if spec.pretrained else ""))
-        model = load_model(spec.model, spec.pretrained or None, device=options.device, precision=spec.precision)
-    return Encoder(model, head=spec.head, device=options.device, precision=spec.precision,
-                   batch_size=options.batch_size, workers=options.workers, cache_dir=options.cache_dir,
-                   progress=options.progress, gpu_decode=options.gpu_decode)
+        model = load_model(
+            spec.model, spec.pretrained or None, device=options.device, precision=spec.precision
+        )
+    return Encoder(
+        model,
+        head=spec.head,
+        device=options.device,
+        precision=spec.precision,
+        batch_size=options.batch_size,
+        workers=options.workers,
+        cache_dir=options.cache_dir,
+        progress=options.progress,
+        gpu_decode=options.gpu_decode,
+    )
 
 
 def run(
@@ -197,7 +237,9 @@ def run(
     for bench in benchmarks:
         path = result_path(options.out_dir, spec, bench)
         if not options.force and is_finished(path, spec, bench, settings):
-            log(f"{spec.label} / {bench.name}: finished earlier ({path}); skipped (--force re-runs it)")
+            log(
+                f"{spec.label} / {bench.name}: finished earlier ({path}); skipped (--force re-runs it)"
+            )
             summary.paths[bench.name] = path
         else:
             todo.append((bench, path))
@@ -218,15 +260,31 @@ def run(
             continue
         seconds = time.perf_counter() - start
         try:
-            write_result(path, spec, bench, settings, result, enc, options, seconds, enc.encoded - encoded_before)
+            write_result(
+                path,
+                spec,
+                bench,
+                settings,
+                result,
+                enc,
+                options,
+                seconds,
+                enc.encoded - encoded_before,
+            )
         except OSError as exc:  # e.g. the disk filled up since the results folder was checked
             raise BioCAPError(f"cannot write the result {path}: {exc.strerror or exc}") from exc
         summary.paths[bench.name] = path
         shown = ", ".join(f"{k} {v:.2f}" for k, v in list(result.metrics.items())[:4])
         unreadable = result.counts.get("unreadable", 0)
-        skipped = f", {unreadable} undecodable image(s) skipped, named in the result" if unreadable else ""
-        log(f"{spec.label} / {bench.name}: {shown} ({seconds:.1f} s, {enc.encoded - encoded_before} images "
-            f"encoded{skipped}) -> {path}")
+        skipped = (
+            f", {unreadable} undecodable image(s) skipped, named in the result"
+            if unreadable
+            else ""
+        )
+        log(
+            f"{spec.label} / {bench.name}: {shown} ({seconds:.1f} s, {enc.encoded - encoded_before} images "
+            f"encoded{skipped}) -> {path}"
+        )
     return summary
 
 
@@ -239,8 +297,17 @@ def results_folder(path: Path) -> None:
         raise BioCAPError(f"cannot create the results folder {path}: {exc.reason}") from exc
 
 
-def write_result(path: Path, spec: ModelSpec, bench: Benchmark, settings: Settings, result: TaskResult,
-                 enc: Encoder, options: RunOptions, seconds: float, encoded: int) -> None:
+def write_result(
+    path: Path,
+    spec: ModelSpec,
+    bench: Benchmark,
+    settings: Settings,
+    result: TaskResult,
+    enc: Encoder,
+    options: RunOptions,
+    seconds: float,
+    encoded: int,
+) -> None:
     doc = {
         "format": RESULT_VERSION,
         "model": {"label": spec.label, "identity": spec.identity(), "fingerprint": enc.fingerprint},

@@ -41,8 +41,12 @@ class _RankLabel:
 
 
 #: pybioclip's ranks, ``Rank.KINGDOM`` (0) to ``Rank.SPECIES`` (6): core's list of ranks by level.
-Rank = Enum("Rank", [(name.upper(), level) for level, name in enumerate(RANKS)], type=_RankLabel,
-            module=__name__)
+Rank = Enum(
+    "Rank",
+    [(name.upper(), level) for level, name in enumerate(RANKS)],
+    type=_RankLabel,
+    module=__name__,
+)
 
 
 def get_rank_labels() -> list[str]:
@@ -178,7 +182,7 @@ class TreeOfLifeClassifier(BaseClassifier):
         """pybioclip's rows: names down to ``rank`` then ``score`` (species rows add the epithet,
         binomial and common name). Higher ranks sum the species above ``min_prob``."""
         level = Rank[rank.upper()] if isinstance(rank, str) else rank
-        keys = ["file_name", *RANKS[:min(level.value + 1, SPECIES)]]
+        keys = ["file_name", *RANKS[: min(level.value + 1, SPECIES)]]
         if level is Rank.SPECIES:
             keys += ["species_epithet", "species", "common_name"]
         images = _as_list(images)

@@ -15,25 +15,45 @@ from biocap_core.errors import BioCAPError
 from biocap_core.precision import PRECISIONS
 from biocap_core.taxonomy import TAXON_LABEL_TYPES
 
-app = typer.Typer(help="Name the organism in a photo with any BioCAP/BioCLIP-style model.", no_args_is_help=True)
+app = typer.Typer(
+    help="Name the organism in a photo with any BioCAP/BioCLIP-style model.", no_args_is_help=True
+)
 
-MODEL = typer.Option("hf-hub:imageomics/biocap", "--model", help="OpenCLIP or toolkit architecture (BioCAP-toy), "
-                     "hf-hub:/local-dir: name, JSON config, or a biocap-train checkpoint (.pt: it carries its config).")
-PRETRAINED = typer.Option(None, "--pretrained", help="OpenCLIP tag (e.g. openai) or weights file for --model's "
-                          "architecture.")
+MODEL = typer.Option(
+    "hf-hub:imageomics/biocap",
+    "--model",
+    help="OpenCLIP or toolkit architecture (BioCAP-toy), "
+    "hf-hub:/local-dir: name, JSON config, or a biocap-train checkpoint (.pt: it carries its config).",
+)
+PRETRAINED = typer.Option(
+    None,
+    "--pretrained",
+    help="OpenCLIP tag (e.g. openai) or weights file for --model's architecture.",
+)
 DEVICE = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
-PRECISION = typer.Option(None, "--precision", help=f"{', '.join(PRECISIONS)} (default: amp on GPU, else fp32).")
+PRECISION = typer.Option(
+    None, "--precision", help=f"{', '.join(PRECISIONS)} (default: amp on GPU, else fp32)."
+)
 BATCH = typer.Option(32, "--batch-size", min=1, help="Images per forward pass.")
 WORKERS = typer.Option(2, "--workers", min=0, help="Image-decoding worker processes.")
-GPU_DECODE = typer.Option(False, "--gpu-decode", help="Decode, resize and normalise JPEGs on the GPU (CUDA only); "
-                          "workers just read the files.")
-LOG = typer.Option(None, "--log", help="Write a JSON provenance record (versions, command, model, inputs) here.")
+GPU_DECODE = typer.Option(
+    False,
+    "--gpu-decode",
+    help="Decode, resize and normalise JPEGs on the GPU (CUDA only); workers just read the files.",
+)
+LOG = typer.Option(
+    None, "--log", help="Write a JSON provenance record (versions, command, model, inputs) here."
+)
 QUIET = typer.Option(False, "--quiet", help="No progress bars.")
-RECURSIVE = typer.Option(False, "--recursive", "-r", help="Descend into sub-folders of folder inputs.")
+RECURSIVE = typer.Option(
+    False, "--recursive", "-r", help="Descend into sub-folders of folder inputs."
+)
 FROM_LIST = typer.Option(None, "--from-list", help="A file naming one image per line.")
-PUBLISHED_HELP = ("hf-hub:imageomics/bioclip, bioclip-2 and biocap use the tree-of-life embeddings "
-                  "published on the Hugging Face Hub (downloaded once into its cache, HF_HOME; "
-                  "HF_HUB_OFFLINE=1 uses the cache alone); other models need an index.")
+PUBLISHED_HELP = (
+    "hf-hub:imageomics/bioclip, bioclip-2 and biocap use the tree-of-life embeddings "
+    "published on the Hugging Face Hub (downloaded once into its cache, HF_HOME; "
+    "HF_HUB_OFFLINE=1 uses the cache alone); other models need an index."
+)
 
 
 def _run(call):
@@ -50,34 +70,68 @@ def _options(model, pretrained, device, precision, batch_size, workers, quiet, g
 
     if precision is not None and precision not in PRECISIONS:
         raise typer.BadParameter(f"--precision must be one of {PRECISIONS}, not {precision!r}")
-    return ModelOptions(model, pretrained, device, precision, batch_size, workers, progress=not quiet,
-                        gpu_decode=gpu_decode)
+    return ModelOptions(
+        model,
+        pretrained,
+        device,
+        precision,
+        batch_size,
+        workers,
+        progress=not quiet,
+        gpu_decode=gpu_decode,
+    )
 
 
 @app.command()
 def index(
-    out: Path = typer.Option(..., "--out", help="Index folder to write (resumed or reused when it matches)."),
-    taxa: Optional[Path] = typer.Option(None, "--taxa", help="Catalog parquet, species CSV or any 7-rank table."),
+    out: Path = typer.Option(
+        ..., "--out", help="Index folder to write (resumed or reused when it matches)."
+    ),
+    taxa: Optional[Path] = typer.Option(
+        None, "--taxa", help="Catalog parquet, species CSV or any 7-rank table."
+    ),
     from_tol: Optional[Path] = typer.Option(
-        None, "--from-tol", help="Published tree-of-life embeddings to import instead: a "
-        "txt_emb_*.npy file (its .json beside it) or a folder holding one such pair."),
-    label_type: str = typer.Option("taxon_com", "--label-type",
-                                   help=f"Text per taxon: {', '.join(TAXON_LABEL_TYPES)}."),
-    templates: Optional[Path] = typer.Option(None, "--templates", help="Templates file (.txt one per line, or "
-                                             ".json); default the 81 zero-shot templates."),
-    captions: Optional[Path] = typer.Option(None, "--captions", help="Trait captions table to index too."),
-    model: str = MODEL, pretrained: Optional[str] = PRETRAINED, device: str = DEVICE,
-    precision: Optional[str] = PRECISION, batch_size: int = typer.Option(256, "--batch-size", min=1),
-    log: Optional[Path] = LOG, quiet: bool = QUIET,
+        None,
+        "--from-tol",
+        help="Published tree-of-life embeddings to import instead: a "
+        "txt_emb_*.npy file (its .json beside it) or a folder holding one such pair.",
+    ),
+    label_type: str = typer.Option(
+        "taxon_com", "--label-type", help=f"Text per taxon: {', '.join(TAXON_LABEL_TYPES)}."
+    ),
+    templates: Optional[Path] = typer.Option(
+        None,
+        "--templates",
+        help="Templates file (.txt one per line, or .json); default the 81 zero-shot templates.",
+    ),
+    captions: Optional[Path] = typer.Option(
+        None, "--captions", help="Trait captions table to index too."
+    ),
+    model: str = MODEL,
+    pretrained: Optional[str] = PRETRAINED,
+    device: str = DEVICE,
+    precision: Optional[str] = PRECISION,
+    batch_size: int = typer.Option(256, "--batch-size", min=1),
+    log: Optional[Path] = LOG,
+    quiet: bool = QUIET,
 ) -> None:
     """Build a taxa index: one text embedding per taxon (and trait caption) for one model."""
     from biocap_predict.runs import build_index
 
     options = _options(model, pretrained, device, precision, batch_size, 0, quiet)
-    built = _run(lambda: build_index(options, str(out), taxa=taxa and str(taxa), from_tol=from_tol and str(from_tol),
-                                     label_type=label_type, templates=templates and str(templates),
-                                     captions=captions and str(captions), log=log and str(log),
-                                     echo=lambda m: typer.echo(m, err=True)))
+    built = _run(
+        lambda: build_index(
+            options,
+            str(out),
+            taxa=taxa and str(taxa),
+            from_tol=from_tol and str(from_tol),
+            label_type=label_type,
+            templates=templates and str(templates),
+            captions=captions and str(captions),
+            log=log and str(log),
+            echo=lambda m: typer.echo(m, err=True),
+        )
+    )
     typer.echo(f"{built!r}", err=True)
 
 
@@ -85,33 +139,75 @@ def index(
 def predict(
     paths: List[str] = typer.Argument(None, help="Image files and folders."),
     index: Optional[Path] = typer.Option(
-        None, "--index", help="Taxa index: open-ended tree-of-life prediction. Without it (and "
-        "without --labels/--bins), " + PUBLISHED_HELP),
-    labels: Optional[str] = typer.Option(None, "--labels", help="Custom labels: 'a,b,c' or a file, one per line."),
-    bins: Optional[Path] = typer.Option(None, "--bins", help="CSV of label,bin: probabilities summed per bin."),
-    embeddings: Optional[Path] = typer.Option(None, "--embeddings", help="Stored image embeddings instead of images."),
-    recursive: bool = RECURSIVE, from_list: Optional[Path] = FROM_LIST,
-    rank: str = typer.Option("species", "--rank", help="kingdom ... species, or all (every rank in one pass)."),
+        None,
+        "--index",
+        help="Taxa index: open-ended tree-of-life prediction. Without it (and "
+        "without --labels/--bins), " + PUBLISHED_HELP,
+    ),
+    labels: Optional[str] = typer.Option(
+        None, "--labels", help="Custom labels: 'a,b,c' or a file, one per line."
+    ),
+    bins: Optional[Path] = typer.Option(
+        None, "--bins", help="CSV of label,bin: probabilities summed per bin."
+    ),
+    embeddings: Optional[Path] = typer.Option(
+        None, "--embeddings", help="Stored image embeddings instead of images."
+    ),
+    recursive: bool = RECURSIVE,
+    from_list: Optional[Path] = FROM_LIST,
+    rank: str = typer.Option(
+        "species", "--rank", help="kingdom ... species, or all (every rank in one pass)."
+    ),
     k: int = typer.Option(5, "--k", min=1, help="Hits per image and rank."),
-    within: Optional[List[str]] = typer.Option(None, "--within", help="Restrict the index, e.g. order=Lepidoptera."),
-    subset: Optional[Path] = typer.Option(None, "--subset", help="CSV whose first column, named after a rank, "
-                                          "lists the names to keep."),
-    captions: int = typer.Option(0, "--captions", min=0, help="Also give this many nearest trait captions."),
+    within: Optional[List[str]] = typer.Option(
+        None, "--within", help="Restrict the index, e.g. order=Lepidoptera."
+    ),
+    subset: Optional[Path] = typer.Option(
+        None,
+        "--subset",
+        help="CSV whose first column, named after a rank, lists the names to keep.",
+    ),
+    captions: int = typer.Option(
+        0, "--captions", min=0, help="Also give this many nearest trait captions."
+    ),
     fmt: str = typer.Option("csv", "--format", help="csv, table, jsonl or parquet."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output file (default: stdout)."),
-    model: str = MODEL, pretrained: Optional[str] = PRETRAINED, device: str = DEVICE,
-    precision: Optional[str] = PRECISION, batch_size: int = BATCH, workers: int = WORKERS,
-    gpu_decode: bool = GPU_DECODE, log: Optional[Path] = LOG, quiet: bool = QUIET,
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help="Output file (default: stdout)."
+    ),
+    model: str = MODEL,
+    pretrained: Optional[str] = PRETRAINED,
+    device: str = DEVICE,
+    precision: Optional[str] = PRECISION,
+    batch_size: int = BATCH,
+    workers: int = WORKERS,
+    gpu_decode: bool = GPU_DECODE,
+    log: Optional[Path] = LOG,
+    quiet: bool = QUIET,
 ) -> None:
     """Predict taxa (or custom labels, or bins) for images or stored embeddings."""
     from biocap_predict.runs import Inputs, PredictRequest, predict as run_predict
 
     options = _options(model, pretrained, device, precision, batch_size, workers, quiet, gpu_decode)
-    inputs = Inputs(paths or (), recursive, from_list and str(from_list), embeddings and str(embeddings))
-    request = PredictRequest(index and str(index), labels, bins and str(bins), rank, k, within or (),
-                             subset and str(subset), captions, fmt, output and str(output))
-    summary = _run(lambda: run_predict(options, inputs, request, log=log and str(log),
-                                       echo=lambda m: typer.echo(m, err=True)))
+    inputs = Inputs(
+        paths or (), recursive, from_list and str(from_list), embeddings and str(embeddings)
+    )
+    request = PredictRequest(
+        index and str(index),
+        labels,
+        bins and str(bins),
+        rank,
+        k,
+        within or (),
+        subset and str(subset),
+        captions,
+        fmt,
+        output and str(output),
+    )
+    summary = _run(
+        lambda: run_predict(
+            options, inputs, request, log=log and str(log), echo=lambda m: typer.echo(m, err=True)
+        )
+    )
     if summary.skipped:
         typer.echo(f"{len(summary.skipped)} input(s) skipped, {summary.images} predicted", err=True)
 
@@ -119,14 +215,27 @@ def predict(
 @app.command()
 def embed(
     paths: List[str] = typer.Argument(None, help="Image files and folders."),
-    output: Path = typer.Option(..., "--output", "-o", help="Embeddings file (.parquet, .npz or .jsonl)."),
+    output: Path = typer.Option(
+        ..., "--output", "-o", help="Embeddings file (.parquet, .npz or .jsonl)."
+    ),
     head: str = typer.Option("tax", "--head", help="tax, caption or both."),
-    normalize: bool = typer.Option(True, "--normalize/--raw", help="Unit-length embeddings, or the raw projections."),
-    fmt: Optional[str] = typer.Option(None, "--format", help="parquet, npz or jsonl (default: from the suffix)."),
-    recursive: bool = RECURSIVE, from_list: Optional[Path] = FROM_LIST,
-    model: str = MODEL, pretrained: Optional[str] = PRETRAINED, device: str = DEVICE,
-    precision: Optional[str] = PRECISION, batch_size: int = BATCH, workers: int = WORKERS,
-    gpu_decode: bool = GPU_DECODE, log: Optional[Path] = LOG, quiet: bool = QUIET,
+    normalize: bool = typer.Option(
+        True, "--normalize/--raw", help="Unit-length embeddings, or the raw projections."
+    ),
+    fmt: Optional[str] = typer.Option(
+        None, "--format", help="parquet, npz or jsonl (default: from the suffix)."
+    ),
+    recursive: bool = RECURSIVE,
+    from_list: Optional[Path] = FROM_LIST,
+    model: str = MODEL,
+    pretrained: Optional[str] = PRETRAINED,
+    device: str = DEVICE,
+    precision: Optional[str] = PRECISION,
+    batch_size: int = BATCH,
+    workers: int = WORKERS,
+    gpu_decode: bool = GPU_DECODE,
+    log: Optional[Path] = LOG,
+    quiet: bool = QUIET,
 ) -> None:
     """Write image embeddings (one or both heads) that `predict --embeddings` reads back."""
     from biocap_predict.runs import Inputs, embed as run_embed
@@ -134,14 +243,26 @@ def embed(
     options = _options(model, pretrained, device, precision, batch_size, workers, quiet, gpu_decode)
     inputs = Inputs(paths or (), recursive, from_list and str(from_list))
     fmt = fmt or output.suffix.lstrip(".") or "parquet"
-    summary = _run(lambda: run_embed(options, inputs, str(output), head=head, normalize=normalize, fmt=fmt,
-                                     log=log and str(log), echo=lambda m: typer.echo(m, err=True)))
+    summary = _run(
+        lambda: run_embed(
+            options,
+            inputs,
+            str(output),
+            head=head,
+            normalize=normalize,
+            fmt=fmt,
+            log=log and str(log),
+            echo=lambda m: typer.echo(m, err=True),
+        )
+    )
     typer.echo(f"{summary.images} image(s) embedded -> {output}", err=True)
 
 
 @app.command("list-taxa")
-def list_taxa(index: Path = typer.Option(..., "--index", help="Taxa index folder."),
-              rank: str = typer.Option("species", "--rank", help="kingdom ... species.")) -> None:
+def list_taxa(
+    index: Path = typer.Option(..., "--index", help="Taxa index folder."),
+    rank: str = typer.Option("species", "--rank", help="kingdom ... species."),
+) -> None:
     """Print the distinct names at one rank of an index (species as binomials)."""
     from biocap_predict.runs import list_taxa as names
 
@@ -160,26 +281,53 @@ def list_models() -> None:
 
 @app.command()
 def serve(
-    index: Optional[Path] = typer.Option(None, "--index",
-                                         help="Taxa index folder. Without it, " + PUBLISHED_HELP),
-    model: str = MODEL, pretrained: Optional[str] = PRETRAINED,
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface; "
-                             "the page has no login)."),
-    port: int = typer.Option(8000, "--port", min=0, help="Port; 0 picks a free one. The URL is printed."),
-    max_upload_mb: float = typer.Option(10.0, "--max-upload-mb", min=0.01, help="Largest upload accepted."),
+    index: Optional[Path] = typer.Option(
+        None, "--index", help="Taxa index folder. Without it, " + PUBLISHED_HELP
+    ),
+    model: str = MODEL,
+    pretrained: Optional[str] = PRETRAINED,
+    host: str = typer.Option(
+        "127.0.0.1",
+        "--host",
+        help="Address to listen on (0.0.0.0: every interface; the page has no login).",
+    ),
+    port: int = typer.Option(
+        8000, "--port", min=0, help="Port; 0 picks a free one. The URL is printed."
+    ),
+    max_upload_mb: float = typer.Option(
+        10.0, "--max-upload-mb", min=0.01, help="Largest upload accepted."
+    ),
     max_upload_pixels: int = typer.Option(
-        40_000_000, "--max-upload-pixels", min=1,
-        help="Most pixels a photo may have (read from its header; more gets 413 before decoding)."),
-    max_decodes: int = typer.Option(2, "--max-decodes", min=1,
-                                    help="Uploads decoded at the same time (bounds memory)."),
-    device: str = DEVICE, precision: Optional[str] = PRECISION,
+        40_000_000,
+        "--max-upload-pixels",
+        min=1,
+        help="Most pixels a photo may have (read from its header; more gets 413 before decoding).",
+    ),
+    max_decodes: int = typer.Option(
+        2, "--max-decodes", min=1, help="Uploads decoded at the same time (bounds memory)."
+    ),
+    device: str = DEVICE,
+    precision: Optional[str] = PRECISION,
 ) -> None:
     """Serve the demo page and its JSON API (needs the [web] extra: pip install 'biocap-predict[web]')."""
     try:
         from biocap_predict.web import serve as run_serve
-    except ImportError as exc:  # the web module's message names the missing package and the install command
+    except (
+        ImportError
+    ) as exc:  # the web module's message names the missing package and the install command
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    _run(lambda: run_serve(index, model, pretrained, host=host, port=port, device=device, precision=precision,
-                           max_upload_mb=max_upload_mb, max_upload_pixels=max_upload_pixels,
-                           max_decodes=max_decodes))
+    _run(
+        lambda: run_serve(
+            index,
+            model,
+            pretrained,
+            host=host,
+            port=port,
+            device=device,
+            precision=precision,
+            max_upload_mb=max_upload_mb,
+            max_upload_pixels=max_upload_pixels,
+            max_decodes=max_decodes,
+        )
+    )

@@ -31,13 +31,17 @@ def parse_within(within: str | Mapping[str, str | Iterable[str]] | Iterable[str]
         for spec in [within] if isinstance(within, str) else within:
             rank, sep, values = spec.partition("=")
             if not sep or not values.strip():
-                raise PredictInputError(f"--within {spec!r}: expected RANK=NAME[,NAME...], e.g. order=Lepidoptera")
+                raise PredictInputError(
+                    f"--within {spec!r}: expected RANK=NAME[,NAME...], e.g. order=Lepidoptera"
+                )
             items.append((rank, values.split(",")))
     filters: Filters = {}
     for rank, values in items:
         rank = rank.strip().lower()
         if rank not in RANKS:
-            raise PredictInputError(f"--within: unknown rank {rank!r}; expected one of {', '.join(RANKS)}")
+            raise PredictInputError(
+                f"--within: unknown rank {rank!r}; expected one of {', '.join(RANKS)}"
+            )
         filters.setdefault(rank, []).extend(v.strip() for v in values if v.strip())
     return filters
 
@@ -49,8 +53,10 @@ def read_subset(path: str | os.PathLike) -> Filters:
     except (OSError, pl.exceptions.PolarsError) as exc:
         raise PredictInputError(f"{path}: cannot read the subset CSV: {exc}") from exc
     if table.width == 0 or table.columns[0].strip().lower() not in RANKS:
-        raise PredictInputError(f"{path}: the first column must be named after a rank ({', '.join(RANKS)}); "
-                                f"found {table.columns[:1]}")
+        raise PredictInputError(
+            f"{path}: the first column must be named after a rank ({', '.join(RANKS)}); "
+            f"found {table.columns[:1]}"
+        )
     values = [v for v in table[table.columns[0]].to_list() if v and v.strip()]
     if not values:
         raise PredictInputError(f"{path}: the subset lists no names")
@@ -67,8 +73,10 @@ def matching(index: TaxaIndex, filters: Filters) -> np.ndarray:
         present = set(lowered.unique().to_list())
         unknown = [v for v, low in zip(values, wanted) if low not in present]
         if unknown:
-            raise PredictInputError(f"unknown {rank} name(s) {unknown[:10]}: the index has no such {rank}"
-                                    + (" (species are named 'Genus epithet')" if rank == "species" else ""))
+            raise PredictInputError(
+                f"unknown {rank} name(s) {unknown[:10]}: the index has no such {rank}"
+                + (" (species are named 'Genus epithet')" if rank == "species" else "")
+            )
         keep &= lowered.is_in(wanted).to_numpy()
     return keep
 

@@ -50,19 +50,27 @@ class PublishedTol:
         try:
             if not constants.HF_HUB_OFFLINE:
                 self._announce(echo)
-            paths = [Path(hf_hub_download(self.repo_id, name, repo_type=self.repo_type))
-                     for name in self.files]
+            paths = [
+                Path(hf_hub_download(self.repo_id, name, repo_type=self.repo_type))
+                for name in self.files
+            ]
         except LocalEntryNotFoundError as exc:
-            why = ("HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE
-                   else f"the Hugging Face Hub cannot be reached ({_first_line(exc)})")
+            why = (
+                "HF_HUB_OFFLINE is set"
+                if constants.HF_HUB_OFFLINE
+                else f"the Hugging Face Hub cannot be reached ({_first_line(exc)})"
+            )
             raise TaxaIndexError(
                 f"{self.model}: its tree-of-life text embeddings ({where}: "
                 f"{', '.join(self.files)}) are not in the Hugging Face cache "
                 f"({constants.HF_HUB_CACHE}) and {why}; run once with network access, or pass "
-                "--index IDX") from exc
+                "--index IDX"
+            ) from exc
         except HfHubHTTPError as exc:
-            raise TaxaIndexError(f"{self.model}: cannot download its tree-of-life text embeddings "
-                                 f"from {where}: {_first_line(exc)}") from exc
+            raise TaxaIndexError(
+                f"{self.model}: cannot download its tree-of-life text embeddings "
+                f"from {where}: {_first_line(exc)}"
+            ) from exc
         # the cache keeps each file at .../snapshots/<commit>/<path in the repo>
         revision = paths[0].parents[len(PurePosixPath(self.matrix).parts) - 1].name
         return TolFiles(self, paths[0], paths[1], revision)
@@ -84,9 +92,11 @@ class PublishedTol:
         if coming:
             total = _size(sum(size or 0 for _, size in coming))
             sizes = ", ".join(f"{name} ({_size(size)})" for name, size in coming)
-            echo(f"downloading the tree-of-life text embeddings of {self.model} (once, {total} "
-                 f"in all) from the Hugging Face Hub, {self.repo_type} {self.repo_id}: {sizes}; "
-                 f"kept in {constants.HF_HUB_CACHE}")
+            echo(
+                f"downloading the tree-of-life text embeddings of {self.model} (once, {total} "
+                f"in all) from the Hugging Face Hub, {self.repo_type} {self.repo_id}: {sizes}; "
+                f"kept in {constants.HF_HUB_CACHE}"
+            )
 
 
 @dataclass(frozen=True)
@@ -98,33 +108,57 @@ class TolFiles:
     names: Path
     revision: str
 
-    def index(self, model, *, model_name: str = "", fingerprint: str | None = None,
-              echo: Echo = print) -> TaxaIndex:
+    def index(
+        self, model, *, model_name: str = "", fingerprint: str | None = None, echo: Echo = print
+    ) -> TaxaIndex:
         """The pair as a taxa index for ``model``: imported the first time, then read back as it
         is (``fingerprint``: the model's weights fingerprint, when the caller has it already)."""
         fingerprint = fingerprint or weights_fingerprint(model)
         slug = re.sub(r"[^A-Za-z0-9._-]+", "-", self.published.model.removeprefix("hf-hub:"))
-        out = (cache_dir() / "predict" / "published" / slug.strip("-")
-               / f"{self.revision[:12]}-{fingerprint[:16]}")
+        out = (
+            cache_dir()
+            / "predict"
+            / "published"
+            / slug.strip("-")
+            / f"{self.revision[:12]}-{fingerprint[:16]}"
+        )
         if _imported(out, fingerprint, self.matrix):
             index = TaxaIndex.load(out)
-            echo(f"taxa index: the published tree of life of {self.published.model}, "
-                 f"{len(index):,} taxa ({out})")
+            echo(
+                f"taxa index: the published tree of life of {self.published.model}, "
+                f"{len(index):,} taxa ({out})"
+            )
             return index
         echo(f"importing the tree-of-life text embeddings as a taxa index (once): {out}")
-        return TaxaIndex.from_tol(model, self.matrix, out,
-                                  model_name=model_name or self.published.model)
+        return TaxaIndex.from_tol(
+            model, self.matrix, out, model_name=model_name or self.published.model
+        )
 
 
 #: The released models whose tree-of-life text embeddings are published, by ``--model`` name.
-PUBLISHED = {p.model: p for p in (
-    PublishedTol("hf-hub:imageomics/bioclip", "imageomics/TreeOfLife-10M",
-                 "embeddings/txt_emb_species.npy", "embeddings/txt_emb_species.json"),
-    PublishedTol("hf-hub:imageomics/bioclip-2", "imageomics/TreeOfLife-200M",
-                 "embeddings/txt_emb_species.npy", "embeddings/txt_emb_species.json"),
-    PublishedTol("hf-hub:imageomics/biocap", "imageomics/TreeOfLife-10M",
-                 "embeddings/txt_emb_biocap.npy", "embeddings/txt_emb_biocap.json"),
-)}
+PUBLISHED = {
+    p.model: p
+    for p in (
+        PublishedTol(
+            "hf-hub:imageomics/bioclip",
+            "imageomics/TreeOfLife-10M",
+            "embeddings/txt_emb_species.npy",
+            "embeddings/txt_emb_species.json",
+        ),
+        PublishedTol(
+            "hf-hub:imageomics/bioclip-2",
+            "imageomics/TreeOfLife-200M",
+            "embeddings/txt_emb_species.npy",
+            "embeddings/txt_emb_species.json",
+        ),
+        PublishedTol(
+            "hf-hub:imageomics/biocap",
+            "imageomics/TreeOfLife-10M",
+            "embeddings/txt_emb_biocap.npy",
+            "embeddings/txt_emb_biocap.json",
+        ),
+    )
+}
 
 
 def published_for(model: str) -> PublishedTol:
@@ -137,7 +171,8 @@ def published_for(model: str) -> PublishedTol:
             f"{', '.join(PUBLISHED)} do). Build a taxa index for it once: biocap-predict index "
             f"--model {model} [--pretrained CKPT] --taxa catalog.parquet --out IDX (a catalog, "
             "species CSV or any table with the 7 ranks), then predict with --index IDX; or give "
-            "--labels or --bins")
+            "--labels or --bins"
+        )
     return found
 
 
@@ -167,8 +202,10 @@ def announce_weights(model: str, echo: Echo = print) -> None:
         except (HfHubHTTPError, OSError):
             return
         if missing:
-            echo(f"downloading the weights of {model} (once) from the Hugging Face Hub: {name} "
-                 f"({_size(size)}); kept in {constants.HF_HUB_CACHE}")
+            echo(
+                f"downloading the weights of {model} (once) from the Hugging Face Hub: {name} "
+                f"({_size(size)}); kept in {constants.HF_HUB_CACHE}"
+            )
         return
 
 
@@ -187,8 +224,9 @@ def _imported(out: Path, fingerprint: str, matrix: Path) -> bool:
         meta = json.loads((out / "index.json").read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    return (meta.get("model_fingerprint") == fingerprint
-            and meta.get("inputs", {}).get("tol") == str(matrix.absolute()))
+    return meta.get("model_fingerprint") == fingerprint and meta.get("inputs", {}).get(
+        "tol"
+    ) == str(matrix.absolute())
 
 
 def _size(n: int | None) -> str:

@@ -14,6 +14,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from biocap_predict.errors import ImageError
 
+
 @dataclass(frozen=True)
 class Named:
     """One input with the name it has in the output (``file_name``)."""
@@ -38,8 +39,11 @@ def name_inputs(images: Iterable[Any]) -> list[Named]:
     return out
 
 
-def expand_paths(paths: Sequence[str | os.PathLike], recursive: bool = False,
-                 from_list: str | os.PathLike | None = None) -> list[str]:
+def expand_paths(
+    paths: Sequence[str | os.PathLike],
+    recursive: bool = False,
+    from_list: str | os.PathLike | None = None,
+) -> list[str]:
     """Files named on the command line, the image files of folders, and the lines of a list file.
 
     A name that does not exist is an :class:`ImageError` naming it; a folder without images too.
@@ -57,7 +61,9 @@ def expand_paths(paths: Sequence[str | os.PathLike], recursive: bool = False,
         if p.is_dir():
             found = sorted(_files_in(str(p), recursive))
             if not found:
-                raise ImageError(f"{p}: folder holds no files" + ("" if recursive else " (use --recursive?)"))
+                raise ImageError(
+                    f"{p}: folder holds no files" + ("" if recursive else " (use --recursive?)")
+                )
             files += found
         elif p.is_file():
             files.append(name)

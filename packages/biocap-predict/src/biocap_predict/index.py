@@ -54,17 +54,26 @@ def read_taxa(source: str | os.PathLike | pl.DataFrame) -> pl.DataFrame:
     """Distinct taxa of a catalog (one row per image), a species list or any table with the 7 ranks,
     in order of first appearance; the first non-empty common name of each taxon is kept."""
     name = "<frame>" if isinstance(source, pl.DataFrame) else str(source)
-    table = (schemas.TAXA.validate(source, source=name) if isinstance(source, pl.DataFrame)
-             else schemas.TAXA.read(source))
+    table = (
+        schemas.TAXA.validate(source, source=name)
+        if isinstance(source, pl.DataFrame)
+        else schemas.TAXA.read(source)
+    )
     if "common_name" not in table.columns:
         table = table.with_columns(pl.lit("").alias("common_name"))
     columns = schemas.TAXA.column_names  # the 7 ranks and common_name
     table = table.select(columns).with_columns(pl.col(c).str.strip_chars() for c in columns)
-    taxa = (table.with_columns(pl.when(pl.col("common_name") == "").then(None).otherwise(pl.col("common_name"))
-                               .alias("common_name"))
-            .group_by(list(RANKS), maintain_order=True)
-            .agg(pl.col("common_name").drop_nulls().first())
-            .with_columns(pl.col("common_name").fill_null("")))
+    taxa = (
+        table.with_columns(
+            pl.when(pl.col("common_name") == "")
+            .then(None)
+            .otherwise(pl.col("common_name"))
+            .alias("common_name")
+        )
+        .group_by(list(RANKS), maintain_order=True)
+        .agg(pl.col("common_name").drop_nulls().first())
+        .with_columns(pl.col("common_name").fill_null(""))
+    )
     if taxa.height == 0:
         raise TaxaIndexError(f"{name}: no taxa (the table is empty)")
     return taxa
@@ -73,12 +82,16 @@ def read_taxa(source: str | os.PathLike | pl.DataFrame) -> pl.DataFrame:
 def taxa_texts(taxa: pl.DataFrame, label_type: str, source: str = "<taxa>") -> list[str]:
     """The label text of each taxon, built like the zero-shot benchmarks' (core's ``label_text``)."""
     if label_type not in TAXON_LABEL_TYPES:
-        raise TaxaIndexError(f"unknown label type {label_type!r}; expected one of {TAXON_LABEL_TYPES}")
+        raise TaxaIndexError(
+            f"unknown label type {label_type!r}; expected one of {TAXON_LABEL_TYPES}"
+        )
     texts = [label_text(Taxon.from_mapping(row), label_type) for row in taxa.iter_rows(named=True)]
     empty = [i for i, t in enumerate(texts) if not t]
     if empty:
-        raise TaxaIndexError(f"{source}: label type {label_type!r} gives no text for {len(empty)} taxa; "
-                             f"first rows (0-based): {empty[:5]}")
+        raise TaxaIndexError(
+            f"{source}: label type {label_type!r} gives no text for {len(empty)} taxa; "
+            f"first rows (0-based): {empty[:5]}"
+        )
     return texts
 
 
@@ -90,12 +103,16 @@ def read_captions(path: str | os.PathLike) -> list[str]:
             table = schema.read(path)
         except SchemaError:
             continue
-        captions = list(dict.fromkeys(c.strip() for c in table[column].drop_nulls().to_list() if c.strip()))
+        captions = list(
+            dict.fromkeys(c.strip() for c in table[column].drop_nulls().to_list() if c.strip())
+        )
         if not captions:
             raise TaxaIndexError(f"{path}: no captions in column {column!r}")
         return captions
-    raise TaxaIndexError(f"{path}: not a captions table (needs a 'caption' column, as biocap-captions writes, "
-                         "or a 'captions' column, as retrieval tables have)")
+    raise TaxaIndexError(
+        f"{path}: not a captions table (needs a 'caption' column, as biocap-captions writes, "
+        "or a 'captions' column, as retrieval tables have)"
+    )
 
 
 def _digest(items: Iterable[str]) -> str:
@@ -116,14 +133,16 @@ class RankGroups:
 
     ids: tuple[torch.Tensor, ...]  # per rank level kingdom..genus: (taxa,) int64
     first: tuple[np.ndarray, ...]  # per rank level: (groups,) row of the group's first taxon
-    parent: tuple[torch.Tensor | None, ...]  # per rank level: (groups,) group id one rank up; None for kingdom
+    parent: tuple[
+        torch.Tensor | None, ...
+    ]  # per rank level: (groups,) group id one rank up; None for kingdom
 
     @classmethod
     def of(cls, taxa: pl.DataFrame) -> "RankGroups":
         ids, first, parent = [], [], []
         rows = np.arange(taxa.height)
         for level in range(SPECIES):
-            key = taxa.select(pl.concat_str(list(RANKS[:level + 1]), separator="\x1f")).to_series()
+            key = taxa.select(pl.concat_str(list(RANKS[: level + 1]), separator="\x1f")).to_series()
             gid = (key.rank("dense") - 1).cast(pl.Int64).to_numpy()
             head = np.zeros(int(gid.max()) + 1, dtype=np.int64)
             head[gid[::-1]] = rows[::-1]
@@ -139,11 +158,19 @@ class RankGroups:
 class TaxaIndex:
     """Taxa, their text embeddings and optionally trait captions, for one model (see module doc)."""
 
-    def __init__(self, taxa: pl.DataFrame, embeddings: torch.Tensor, meta: dict[str, Any],
-                 captions: list[str] | None = None, caption_embeddings: torch.Tensor | None = None,
-                 path: Path | None = None):
+    def __init__(
+        self,
+        taxa: pl.DataFrame,
+        embeddings: torch.Tensor,
+        meta: dict[str, Any],
+        captions: list[str] | None = None,
+        caption_embeddings: torch.Tensor | None = None,
+        path: Path | None = None,
+    ):
         if embeddings.shape[0] != taxa.height:
-            raise TaxaIndexError(f"{path or '<index>'}: {taxa.height} taxa but {embeddings.shape[0]} embeddings")
+            raise TaxaIndexError(
+                f"{path or '<index>'}: {taxa.height} taxa but {embeddings.shape[0]} embeddings"
+            )
         self.taxa, self.embeddings, self.meta, self.path = taxa, embeddings, meta, path
         self.captions, self.caption_embeddings = captions, caption_embeddings
 
@@ -151,8 +178,10 @@ class TaxaIndex:
         return self.taxa.height
 
     def __repr__(self) -> str:
-        return (f"TaxaIndex({len(self)} taxa, {len(self.captions or [])} captions, "
-                f"label_type={self.meta.get('label_type')!r}, path={str(self.path) if self.path else None!r})")
+        return (
+            f"TaxaIndex({len(self)} taxa, {len(self.captions or [])} captions, "
+            f"label_type={self.meta.get('label_type')!r}, path={str(self.path) if self.path else None!r})"
+        )
 
     @property
     def fingerprint(self) -> str:
@@ -173,14 +202,22 @@ class TaxaIndex:
         return self.taxa[RANKS[level]].unique(maintain_order=True).to_list()
 
     def binomials(self) -> pl.Series:
-        return self.taxa.select(pl.concat_str(["genus", "species"], separator=" ").str.strip_chars()).to_series()
+        return self.taxa.select(
+            pl.concat_str(["genus", "species"], separator=" ").str.strip_chars()
+        ).to_series()
 
     def select(self, keep: np.ndarray | torch.Tensor) -> "TaxaIndex":
         """A view on the taxa where ``keep`` (a boolean mask) is true; captions are kept whole."""
         keep = torch.as_tensor(keep, dtype=torch.bool)
         rows = keep.nonzero().squeeze(1)
-        return TaxaIndex(self.taxa[rows.numpy()], self.embeddings[rows], {**self.meta, "subset": True},
-                         self.captions, self.caption_embeddings, self.path)
+        return TaxaIndex(
+            self.taxa[rows.numpy()],
+            self.embeddings[rows],
+            {**self.meta, "subset": True},
+            self.captions,
+            self.caption_embeddings,
+            self.path,
+        )
 
     # ---- reading ----
     @classmethod
@@ -189,11 +226,17 @@ class TaxaIndex:
         meta_path = path / "index.json"
         if not meta_path.is_file():
             unfinished = (path / ".build").is_dir()
-            hint = " (an unfinished build: run `biocap-predict index` again to resume)" if unfinished else ""
+            hint = (
+                " (an unfinished build: run `biocap-predict index` again to resume)"
+                if unfinished
+                else ""
+            )
             raise TaxaIndexError(f"{path}: not a taxa index, {meta_path.name} is missing{hint}")
         meta = json.loads(meta_path.read_text())
         if meta.get("format") != FORMAT:
-            raise TaxaIndexError(f"{path}: index format {meta.get('format')!r}; this version reads {FORMAT}")
+            raise TaxaIndexError(
+                f"{path}: index format {meta.get('format')!r}; this version reads {FORMAT}"
+            )
         taxa = schemas.TAXA.read(path / "taxa.parquet").select(schemas.TAXA.column_names)
         embeddings = load_file(str(path / "text.safetensors"))["embeddings"]
         captions = caption_embeddings = None
@@ -208,15 +251,27 @@ class TaxaIndex:
             raise TaxaIndexError(
                 f"{self.path or 'the index'} was built with model {self.meta.get('model', '?')} "
                 f"(fingerprint {self.fingerprint}), but {model_name} has fingerprint {fingerprint}; "
-                "rebuild the index with this model (biocap-predict index)")
+                "rebuild the index with this model (biocap-predict index)"
+            )
 
     # ---- building ----
     @classmethod
-    def build(cls, model, taxa: str | os.PathLike | pl.DataFrame, out: str | os.PathLike, *,
-              label_type: str = "taxon_com", templates: Sequence[str] | None = None,
-              captions: str | os.PathLike | Sequence[str] | None = None, device: str = "auto",
-              precision: str | None = None, batch_size: int = 256, progress: bool = True,
-              model_name: str = "", pretrained: str | None = None) -> "TaxaIndex":
+    def build(
+        cls,
+        model,
+        taxa: str | os.PathLike | pl.DataFrame,
+        out: str | os.PathLike,
+        *,
+        label_type: str = "taxon_com",
+        templates: Sequence[str] | None = None,
+        captions: str | os.PathLike | Sequence[str] | None = None,
+        device: str = "auto",
+        precision: str | None = None,
+        batch_size: int = 256,
+        progress: bool = True,
+        model_name: str = "",
+        pretrained: str | None = None,
+    ) -> "TaxaIndex":
         """Encode one text per taxon (normalised mean over ``templates``, default the 81) and,
         optionally, each trait caption; write the index to ``out`` and return it.
 
@@ -226,32 +281,62 @@ class TaxaIndex:
         precision = precision or default_precision(device)
         templates = tuple(templates or TEMPLATES)
         table = read_taxa(taxa)
-        texts = taxa_texts(table, label_type, str(taxa) if not isinstance(taxa, pl.DataFrame) else "<taxa>")
-        caption_list = (read_captions(captions) if isinstance(captions, (str, os.PathLike))
-                        else list(captions or []))
+        texts = taxa_texts(
+            table, label_type, str(taxa) if not isinstance(taxa, pl.DataFrame) else "<taxa>"
+        )
+        caption_list = (
+            read_captions(captions)
+            if isinstance(captions, (str, os.PathLike))
+            else list(captions or [])
+        )
         fingerprint = weights_fingerprint(model)
-        key = {"format": FORMAT, "model_fingerprint": fingerprint, "label_type": label_type,
-               "templates": list(templates), "texts_sha256": _digest(texts),
-               "captions_sha256": _digest(caption_list) if caption_list else None}
+        key = {
+            "format": FORMAT,
+            "model_fingerprint": fingerprint,
+            "label_type": label_type,
+            "templates": list(templates),
+            "texts_sha256": _digest(texts),
+            "captions_sha256": _digest(caption_list) if caption_list else None,
+        }
         out = Path(out)
         if _finished(out, key):
             return cls.load(out)
         builder = _Builder(model, out / ".build", key, device, precision, batch_size, progress)
         embeddings = builder.encode("taxa", texts, templates)
-        caption_embeddings = builder.encode("captions", caption_list, ("{}",)) if caption_list else None
-        meta = {**key, "model": model_name, "pretrained": pretrained, "precision": precision,
-                "n_taxa": table.height, "embed_dim": embeddings.shape[1], "captions": len(caption_list),
-                "inputs": {"taxa": str(taxa) if not isinstance(taxa, pl.DataFrame) else "<frame>",
-                           "captions": str(captions) if isinstance(captions, (str, os.PathLike)) else None},
-                "source": "build", "created_at": now(), "versions": versions()}
+        caption_embeddings = (
+            builder.encode("captions", caption_list, ("{}",)) if caption_list else None
+        )
+        meta = {
+            **key,
+            "model": model_name,
+            "pretrained": pretrained,
+            "precision": precision,
+            "n_taxa": table.height,
+            "embed_dim": embeddings.shape[1],
+            "captions": len(caption_list),
+            "inputs": {
+                "taxa": str(taxa) if not isinstance(taxa, pl.DataFrame) else "<frame>",
+                "captions": str(captions) if isinstance(captions, (str, os.PathLike)) else None,
+            },
+            "source": "build",
+            "created_at": now(),
+            "versions": versions(),
+        }
         index = cls(table, embeddings, meta, caption_list or None, caption_embeddings, out)
         index.save(out)
         shutil.rmtree(out / ".build", ignore_errors=True)
         return index
 
     @classmethod
-    def from_tol(cls, model, source: str | os.PathLike, out: str | os.PathLike, *,
-                 model_name: str = "", pretrained: str | None = None) -> "TaxaIndex":
+    def from_tol(
+        cls,
+        model,
+        source: str | os.PathLike,
+        out: str | os.PathLike,
+        *,
+        model_name: str = "",
+        pretrained: str | None = None,
+    ) -> "TaxaIndex":
         """Import published BioCLIP-style tree-of-life text embeddings as an index for ``model``: a
         ``(dim, taxa)`` matrix ``txt_emb_*.npy`` and its names ``txt_emb_*.json`` (``[[kingdom, ...,
         genus, epithet], common name]`` per column). ``source`` is the ``.npy`` file (its ``.json``
@@ -260,19 +345,40 @@ class TaxaIndex:
         matrix = torch.from_numpy(np.load(npy)).float()
         names = json.loads(names_path.read_text())
         if matrix.ndim != 2 or matrix.shape[1] != len(names):
-            raise TaxaIndexError(f"{npy}: shape {tuple(matrix.shape)} does not fit the {len(names)} names of "
-                                 f"{names_path.name} (expected (dim, {len(names)}))")
-        bad = [i for i, n in enumerate(names) if not (isinstance(n, list) and len(n) == 2 and len(n[0]) == 7)]
+            raise TaxaIndexError(
+                f"{npy}: shape {tuple(matrix.shape)} does not fit the {len(names)} names of "
+                f"{names_path.name} (expected (dim, {len(names)}))"
+            )
+        bad = [
+            i
+            for i, n in enumerate(names)
+            if not (isinstance(n, list) and len(n) == 2 and len(n[0]) == 7)
+        ]
         if bad:
-            raise TaxaIndexError(f"{names_path}: entries {bad[:5]} are not [[7 rank names], common name]")
+            raise TaxaIndexError(
+                f"{names_path}: entries {bad[:5]} are not [[7 rank names], common name]"
+            )
         columns = schemas.TAXA.column_names
-        taxa = pl.DataFrame([dict(zip(columns, [*(r or "" for r in n[0]), n[1] or ""]))
-                             for n in names], schema={c: pl.String for c in columns}, orient="row")
-        meta = {"format": FORMAT, "model_fingerprint": weights_fingerprint(model), "label_type": "tol",
-                "templates": None, "model": model_name, "pretrained": pretrained, "n_taxa": taxa.height,
-                "embed_dim": matrix.shape[0], "captions": 0,
-                "inputs": {"tol": str(npy.absolute()), "tol_names": str(names_path.absolute())},
-                "source": "tol", "created_at": now(), "versions": versions()}
+        taxa = pl.DataFrame(
+            [dict(zip(columns, [*(r or "" for r in n[0]), n[1] or ""])) for n in names],
+            schema={c: pl.String for c in columns},
+            orient="row",
+        )
+        meta = {
+            "format": FORMAT,
+            "model_fingerprint": weights_fingerprint(model),
+            "label_type": "tol",
+            "templates": None,
+            "model": model_name,
+            "pretrained": pretrained,
+            "n_taxa": taxa.height,
+            "embed_dim": matrix.shape[0],
+            "captions": 0,
+            "inputs": {"tol": str(npy.absolute()), "tol_names": str(names_path.absolute())},
+            "source": "tol",
+            "created_at": now(),
+            "versions": versions(),
+        }
         index = cls(taxa, F.normalize(matrix.T.contiguous(), dim=-1), meta, path=Path(out))
         index.save(out)
         return index
@@ -284,9 +390,13 @@ class TaxaIndex:
         schemas.write_parquet_atomic(schemas.TAXA.validate(self.taxa), out / "taxa.parquet")
         _save_matrix(self.embeddings, out / "text.safetensors")
         if self.captions:
-            schemas.write_parquet_atomic(pl.DataFrame({"caption": self.captions}), out / "captions.parquet")
+            schemas.write_parquet_atomic(
+                pl.DataFrame({"caption": self.captions}), out / "captions.parquet"
+            )
             _save_matrix(self.caption_embeddings, out / "captions.safetensors")
-        atomic_write(out / "index.json", lambda tmp: tmp.write_text(json.dumps(self.meta, indent=1)))
+        atomic_write(
+            out / "index.json", lambda tmp: tmp.write_text(json.dumps(self.meta, indent=1))
+        )
         self.path = out
 
 
@@ -302,14 +412,17 @@ def tol_pair(source: Path) -> tuple[Path, Path]:
         found = [default] if default.is_file() else sorted(source.glob("txt_emb_*.npy"))
         if len(found) != 1:
             listed = [p.name for p in found] or "none"
-            raise TaxaIndexError(f"{source}: expected one txt_emb_*.npy + .json pair of published "
-                                 f"tree-of-life embeddings, found {listed}")
+            raise TaxaIndexError(
+                f"{source}: expected one txt_emb_*.npy + .json pair of published "
+                f"tree-of-life embeddings, found {listed}"
+            )
         source = found[0]
     pair = (source, source.with_suffix(".json"))
     for p in pair:
         if not p.is_file():
-            raise TaxaIndexError(f"{p}: missing (--from-tol needs a txt_emb_*.npy file and its "
-                                 ".json names)")
+            raise TaxaIndexError(
+                f"{p}: missing (--from-tol needs a txt_emb_*.npy file and its .json names)"
+            )
     return pair
 
 
@@ -324,8 +437,16 @@ def _finished(out: Path, key: dict) -> bool:
 class _Builder:
     """Encodes texts in chunks saved under ``work``, skipping chunks an earlier run of the same key saved."""
 
-    def __init__(self, model, work: Path, key: dict, device: str, precision: str, batch_size: int,
-                 progress: bool):
+    def __init__(
+        self,
+        model,
+        work: Path,
+        key: dict,
+        device: str,
+        precision: str,
+        batch_size: int,
+        progress: bool,
+    ):
         self.model, self.work, self.device, self.precision = model, work, device, precision
         self.batch_size, self.progress = batch_size, progress
         key_path = work / "key.json"
@@ -338,15 +459,22 @@ class _Builder:
         """(len(texts), dim) unit rows: per text, the re-normalised mean over templates."""
         self.model.to(self.device)
         parts = []
-        with tqdm(total=len(texts), desc=f"encoding {kind}", unit=kind, disable=not self.progress) as bar:
+        with tqdm(
+            total=len(texts), desc=f"encoding {kind}", unit=kind, disable=not self.progress
+        ) as bar:
             for start in range(0, len(texts), _CHUNK_TAXA):
                 chunk = self.work / f"{kind}-{start:09d}.safetensors"
                 if chunk.is_file():
                     parts.append(load_file(str(chunk))["embeddings"])
                 else:
-                    part = classifier_weights(self.model, texts[start:start + _CHUNK_TAXA], templates,
-                                              batch_size=self.batch_size, device=self.device,
-                                              precision=self.precision).T.contiguous()
+                    part = classifier_weights(
+                        self.model,
+                        texts[start : start + _CHUNK_TAXA],
+                        templates,
+                        batch_size=self.batch_size,
+                        device=self.device,
+                        precision=self.precision,
+                    ).T.contiguous()
                     _save_matrix(part, chunk)
                     parts.append(part)
                 bar.update(parts[-1].shape[0])

@@ -42,14 +42,22 @@ class RowWriter:
             raise PredictInputError("--format parquet needs --output FILE")
         self.path, self.fmt, self.columns = (Path(path) if path else None), fmt, list(columns)
         self.count = 0
-        self._block: list[pl.DataFrame] = []  # rows not written yet (``table``: all of them, until close)
+        self._block: list[
+            pl.DataFrame
+        ] = []  # rows not written yet (``table``: all of them, until close)
         self._block_rows = 0
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._parts: Path | None = Path(tempfile.mkdtemp(prefix=".parts-", dir=self.path.parent)) \
-            if fmt == "parquet" else None
-        self._fh: IO[str] | None = (open(self.path, "w", newline="") if self.path else sys.stdout) \
-            if fmt in ("csv", "jsonl") else None
+        self._parts: Path | None = (
+            Path(tempfile.mkdtemp(prefix=".parts-", dir=self.path.parent))
+            if fmt == "parquet"
+            else None
+        )
+        self._fh: IO[str] | None = (
+            (open(self.path, "w", newline="") if self.path else sys.stdout)
+            if fmt in ("csv", "jsonl")
+            else None
+        )
         if fmt == "csv":
             pl.DataFrame(schema=self._schema()).write_csv(self._fh)
 
@@ -57,7 +65,9 @@ class RowWriter:
         if rows.height == 0:
             return
         if rows.columns != self.columns:
-            rows = rows.select([pl.col(c) if c in rows.columns else pl.lit("").alias(c) for c in self.columns])
+            rows = rows.select(
+                [pl.col(c) if c in rows.columns else pl.lit("").alias(c) for c in self.columns]
+            )
         self._block.append(rows)
         self._block_rows += rows.height
         self.count += rows.height
@@ -68,7 +78,11 @@ class RowWriter:
         """The rows not written yet, as one frame (None when there are none)."""
         if not self._block:
             return None
-        return pl.concat(self._block, how="vertical_relaxed") if len(self._block) > 1 else self._block[0]
+        return (
+            pl.concat(self._block, how="vertical_relaxed")
+            if len(self._block) > 1
+            else self._block[0]
+        )
 
     def _write_block(self) -> None:
         rows = self._joined()
@@ -85,7 +99,9 @@ class RowWriter:
     def close(self) -> None:
         if self.fmt == "table":
             rows = self._joined()
-            self._write_text(format_table(rows.to_dicts() if rows is not None else [], self.columns))
+            self._write_text(
+                format_table(rows.to_dicts() if rows is not None else [], self.columns)
+            )
             return
         self._write_block()
         if self.fmt == "parquet":
@@ -138,7 +154,9 @@ class EmbeddingWriter:
 
     def __init__(self, path: str | os.PathLike, fmt: str, fingerprint: str, normalized: bool):
         if fmt not in EMBEDDING_FORMATS:
-            raise PredictInputError(f"unknown embedding format {fmt!r}; expected one of {EMBEDDING_FORMATS}")
+            raise PredictInputError(
+                f"unknown embedding format {fmt!r}; expected one of {EMBEDDING_FORMATS}"
+            )
         self.path, self.fmt = Path(path), fmt
         self.meta = {"model_fingerprint": fingerprint, "normalized": normalized}
         self.count = 0
@@ -151,8 +169,12 @@ class EmbeddingWriter:
         if self._fh:
             lists = {h: f.tolist() for h, f in feats.items()}
             for i, name in enumerate(names):
-                self._fh.write(json.dumps({"file_name": name, **self.meta, **{h: v[i] for h, v in lists.items()}})
-                               + "\n")
+                self._fh.write(
+                    json.dumps(
+                        {"file_name": name, **self.meta, **{h: v[i] for h, v in lists.items()}}
+                    )
+                    + "\n"
+                )
         else:
             self._names += names
             for head, f in feats.items():
@@ -165,18 +187,31 @@ class EmbeddingWriter:
             return
         feats = {h: torch.cat(parts).numpy() for h, parts in self._feats.items()}
         if self.fmt == "npz":
+
             def save(tmp: Path) -> None:
                 with open(tmp, "wb") as fh:
-                    np.savez(fh, file_name=np.array(self._names), meta=np.array(json.dumps(self.meta)), **feats)
+                    np.savez(
+                        fh,
+                        file_name=np.array(self._names),
+                        meta=np.array(json.dumps(self.meta)),
+                        **feats,
+                    )
+
             atomic_write(self.path, save)
         else:
-            frame = pl.DataFrame({"file_name": self._names, **{h: list(v) for h, v in feats.items()}})
-            frame = frame.with_columns(pl.lit(self.meta["model_fingerprint"]).alias("model_fingerprint"),
-                                       pl.lit(self.meta["normalized"]).alias("normalized"))
+            frame = pl.DataFrame(
+                {"file_name": self._names, **{h: list(v) for h, v in feats.items()}}
+            )
+            frame = frame.with_columns(
+                pl.lit(self.meta["model_fingerprint"]).alias("model_fingerprint"),
+                pl.lit(self.meta["normalized"]).alias("normalized"),
+            )
             atomic_write(self.path, frame.write_parquet)
 
 
-def read_embeddings(path: str | os.PathLike) -> tuple[list[str], dict[str, torch.Tensor], str | None]:
+def read_embeddings(
+    path: str | os.PathLike,
+) -> tuple[list[str], dict[str, torch.Tensor], str | None]:
     """(file names, {head: (n, dim) tensor}, model fingerprint or None) of an embeddings file."""
     path = Path(path)
     if not path.is_file():
@@ -185,18 +220,32 @@ def read_embeddings(path: str | os.PathLike) -> tuple[list[str], dict[str, torch
         if path.suffix == ".npz":
             with np.load(path) as z:
                 meta = json.loads(str(z["meta"])) if "meta" in z else {}
-                feats = {h: torch.from_numpy(z[h].astype(np.float32)) for h in ("tax", "caption") if h in z}
+                feats = {
+                    h: torch.from_numpy(z[h].astype(np.float32))
+                    for h in ("tax", "caption")
+                    if h in z
+                }
                 names = [str(n) for n in z["file_name"]]
             return names, feats, meta.get("model_fingerprint")
-        frame = (pl.read_parquet(path) if path.suffix == ".parquet"
-                 else pl.read_ndjson(io.BytesIO(path.read_bytes()), infer_schema_length=None))
+        frame = (
+            pl.read_parquet(path)
+            if path.suffix == ".parquet"
+            else pl.read_ndjson(io.BytesIO(path.read_bytes()), infer_schema_length=None)
+        )
     except (OSError, ValueError, KeyError, pl.exceptions.PolarsError) as exc:
-        raise PredictInputError(f"{path}: cannot read as embeddings (.parquet, .npz or .jsonl from "
-                                f"`biocap-predict embed`): {exc}") from exc
+        raise PredictInputError(
+            f"{path}: cannot read as embeddings (.parquet, .npz or .jsonl from "
+            f"`biocap-predict embed`): {exc}"
+        ) from exc
     heads = [h for h in ("tax", "caption") if h in frame.columns]
     if "file_name" not in frame.columns or not heads:
-        raise PredictInputError(f"{path}: needs a file_name column and a tax and/or caption column; "
-                                f"has {frame.columns}")
+        raise PredictInputError(
+            f"{path}: needs a file_name column and a tax and/or caption column; has {frame.columns}"
+        )
     feats = {h: torch.tensor(np.array(frame[h].to_list(), dtype=np.float32)) for h in heads}
-    fingerprint = frame["model_fingerprint"][0] if "model_fingerprint" in frame.columns and frame.height else None
+    fingerprint = (
+        frame["model_fingerprint"][0]
+        if "model_fingerprint" in frame.columns and frame.height
+        else None
+    )
     return frame["file_name"].to_list(), feats, fingerprint

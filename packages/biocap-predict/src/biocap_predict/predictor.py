@@ -64,8 +64,9 @@ class _Task:
             yield self.rows(names, _joined(parts))
 
 
-def _runtime(device: str | torch.device, precision: str | None,
-             gpu_decode: bool) -> tuple[torch.device, str]:
+def _runtime(
+    device: str | torch.device, precision: str | None, gpu_decode: bool
+) -> tuple[torch.device, str]:
     """Where and at what precision a predictor runs: ``auto`` is CUDA when available, precision amp
     on GPU and fp32 on CPU; ``gpu_decode`` off CUDA is refused here, before any model loads."""
     resolved = torch.device(resolve_device(str(device)))
@@ -88,10 +89,21 @@ class Predictor:
     DCT scale that keeps the crop's size.
     """
 
-    def __init__(self, model, index: TaxaIndex | str | os.PathLike | None = None, *, device: str = "auto",
-                 precision: str | None = None, batch_size: int = 32, workers: int = 0,
-                 templates: Sequence[str] | None = None, progress: bool = False, model_name: str = "the model",
-                 gpu_decode: bool = False, jpeg_draft: bool = True):
+    def __init__(
+        self,
+        model,
+        index: TaxaIndex | str | os.PathLike | None = None,
+        *,
+        device: str = "auto",
+        precision: str | None = None,
+        batch_size: int = 32,
+        workers: int = 0,
+        templates: Sequence[str] | None = None,
+        progress: bool = False,
+        model_name: str = "the model",
+        gpu_decode: bool = False,
+        jpeg_draft: bool = True,
+    ):
         self.device, self.precision = _runtime(device, precision, gpu_decode)
         self.gpu_decode, self.jpeg_draft = gpu_decode, jpeg_draft
         self.model = model.to(self.device).eval()
@@ -102,17 +114,32 @@ class Predictor:
         self.use_index(index)
 
     @classmethod
-    def from_pretrained(cls, model: str, pretrained: str | None = None,
-                        index: str | Path | TaxaIndex | None = None, *, device: str = "auto",
-                        precision: str | None = None, batch_size: int = 32, **kwargs: Any) -> "Predictor":
+    def from_pretrained(
+        cls,
+        model: str,
+        pretrained: str | None = None,
+        index: str | Path | TaxaIndex | None = None,
+        *,
+        device: str = "auto",
+        precision: str | None = None,
+        batch_size: int = 32,
+        **kwargs: Any,
+    ) -> "Predictor":
         """Load any model core can load (OpenCLIP name/tag, hf-hub:, local-dir:, a checkpoint file)."""
         from biocap_core.checkpoints import load_model
 
         device, precision = _runtime(device, precision, kwargs.get("gpu_decode", False))
         net = load_model(model, pretrained, device=device, precision=precision)
         label = model + (f" ({pretrained})" if pretrained else "")
-        return cls(net, index, device=device, precision=precision, batch_size=batch_size, model_name=label,
-                   **kwargs)
+        return cls(
+            net,
+            index,
+            device=device,
+            precision=precision,
+            batch_size=batch_size,
+            model_name=label,
+            **kwargs,
+        )
 
     @cached_property
     def fingerprint(self) -> str:
@@ -120,17 +147,34 @@ class Predictor:
         return weights_fingerprint(self.model)
 
     # ---- encoding ----
-    def _encode(self, images: Iterable[Any], heads: Sequence[str], on_skip: OnSkip,
-                normalize: bool = True,
-                callback: Progress = None) -> Iterator[tuple[list[str], Features]]:
+    def _encode(
+        self,
+        images: Iterable[Any],
+        heads: Sequence[str],
+        on_skip: OnSkip,
+        normalize: bool = True,
+        callback: Progress = None,
+    ) -> Iterator[tuple[list[str], Features]]:
         items = name_inputs(images)
-        dataset = ImageFiles([item.data for item in items], self.model, gpu_decode=self.gpu_decode,
-                             draft=self.jpeg_draft)
+        dataset = ImageFiles(
+            [item.data for item in items],
+            self.model,
+            gpu_decode=self.gpu_decode,
+            draft=self.jpeg_draft,
+        )
         bar = tqdm(total=len(items), unit="img", desc="images", disable=not self.progress)
         done = 0
         with bar:
-            for batch, feats in encoded_batches(self.model, dataset, heads, self.batch_size, self.workers, self.device,
-                                                self.precision, normalize):
+            for batch, feats in encoded_batches(
+                self.model,
+                dataset,
+                heads,
+                self.batch_size,
+                self.workers,
+                self.device,
+                self.precision,
+                normalize,
+            ):
                 for position, why in batch.unreadable:
                     error = ImageError(f"{items[position].name}: {why}")
                     if on_skip is None:
@@ -143,8 +187,13 @@ class Predictor:
                 if feats:
                     yield [items[p].name for p in batch.positions], feats
 
-    def embed(self, images: Iterable[Any], head: str = "tax", normalize: bool = True,
-              on_skip: OnSkip = None) -> Iterator[tuple[list[str], Features]]:
+    def embed(
+        self,
+        images: Iterable[Any],
+        head: str = "tax",
+        normalize: bool = True,
+        on_skip: OnSkip = None,
+    ) -> Iterator[tuple[list[str], Features]]:
         """Image embeddings per batch: (names, {head: (batch, dim)}); ``head`` is tax, caption or both."""
         heads = ("tax", "caption") if head == "both" else (head,)
         if not set(heads) <= {"tax", "caption"}:
@@ -165,26 +214,38 @@ class Predictor:
     def _view(self, within: Any) -> tuple[TaxaIndex, torch.Tensor, TaxonNames]:
         """The index restricted by ``within``, its text matrix on the device and its hits' names (cached)."""
         if self.index is None:
-            raise PredictInputError("no taxa index: pass index= (or --index) for open-ended prediction")
+            raise PredictInputError(
+                "no taxa index: pass index= (or --index) for open-ended prediction"
+            )
         filters = parse_within(within)
         key = tuple(sorted((k, tuple(v)) for k, v in filters.items()))
         if key not in self._views:
             view = restrict(self.index, filters)
-            self._views[key] = view, view.embeddings.to(self.device, torch.float32), TaxonNames(view.taxa)
+            self._views[key] = (
+                view,
+                view.embeddings.to(self.device, torch.float32),
+                TaxonNames(view.taxa),
+            )
         return self._views[key]
 
-    def _tree_task(self, rank: str, k: int, within: Any, captions: int,
-                   min_prob: float = 0.0) -> _Task:
+    def _tree_task(
+        self, rank: str, k: int, within: Any, captions: int, min_prob: float = 0.0
+    ) -> _Task:
         levels = parse_rank(rank)
         view, text, names_of = self._view(within)
         if captions and not view.has_captions:
-            raise PredictInputError(f"{view.path or 'the index'} has no trait captions; build it with --captions")
+            raise PredictInputError(
+                f"{view.path or 'the index'} has no trait captions; build it with --captions"
+            )
         scale = self.model.logit_scale.exp().item()
 
         def rows(names: list[str], feats: Features) -> pl.DataFrame:
             tops = rank_topk(feats["tax"], text, scale, view.groups, levels, k, min_prob=min_prob)
-            nearest = caption_rows(names, self._nearest(feats["caption"], captions), self.index.captions) \
-                if captions else None
+            nearest = (
+                caption_rows(names, self._nearest(feats["caption"], captions), self.index.captions)
+                if captions
+                else None
+            )
             frame = taxon_rows(names_of, view.groups.first, names, tops, nearest)
             # a group no species above min_prob falls in has no row, as in pybioclip
             if min_prob:
@@ -193,17 +254,34 @@ class Predictor:
 
         return _Task(("tax", "caption") if captions else ("tax",), rows)
 
-    def iter_predict(self, images: Iterable[Any], rank: str = "all", k: int = 5, within: Any = None, *,
-                     captions: int = 0, on_skip: OnSkip = None, min_prob: float = 0.0,
-                     callback: Progress = None) -> Iterator[pl.DataFrame]:
+    def iter_predict(
+        self,
+        images: Iterable[Any],
+        rank: str = "all",
+        k: int = 5,
+        within: Any = None,
+        *,
+        captions: int = 0,
+        on_skip: OnSkip = None,
+        min_prob: float = 0.0,
+        callback: Progress = None,
+    ) -> Iterator[pl.DataFrame]:
         """The rows of each block of images (see :meth:`predict`) as a DataFrame; ``captions`` adds that
         many nearest captions per image (rows with ``rank`` ``caption`` and a ``caption`` column)."""
         task = self._tree_task(rank, k, within, captions, min_prob)
         yield from task.over(self._encode(images, task.heads, on_skip, callback=callback))
 
-    def predict(self, images: Iterable[Any], rank: str = "all", k: int = 5, within: Any = None, *,
-                on_skip: OnSkip = None, min_prob: float = 0.0,
-                callback: Progress = None) -> list[dict]:
+    def predict(
+        self,
+        images: Iterable[Any],
+        rank: str = "all",
+        k: int = 5,
+        within: Any = None,
+        *,
+        on_skip: OnSkip = None,
+        min_prob: float = 0.0,
+        callback: Progress = None,
+    ) -> list[dict]:
         """One row per (image, rank, hit), sorted by image, rank (kingdom first) and score.
 
         Higher ranks sum the species probabilities of the index (restricted by ``within``, e.g.
@@ -212,55 +290,97 @@ class Predictor:
         raises :class:`ImageError`, unless ``on_skip`` is given: then it is passed the error and
         skipped. ``callback(processed, total)`` is called after each batch of images.
         """
-        blocks = self.iter_predict(images, rank, k, within, on_skip=on_skip, min_prob=min_prob,
-                                   callback=callback)
+        blocks = self.iter_predict(
+            images, rank, k, within, on_skip=on_skip, min_prob=min_prob, callback=callback
+        )
         return [row for rows in blocks for row in rows.to_dicts()]
 
-    def iter_predict_embeddings(self, names: Sequence[str], features: torch.Tensor | Features, rank: str = "all",
-                                k: int = 5, within: Any = None, *, captions: int = 0) -> Iterator[pl.DataFrame]:
+    def iter_predict_embeddings(
+        self,
+        names: Sequence[str],
+        features: torch.Tensor | Features,
+        rank: str = "all",
+        k: int = 5,
+        within: Any = None,
+        *,
+        captions: int = 0,
+    ) -> Iterator[pl.DataFrame]:
         """As :meth:`iter_predict`, from stored image embeddings (``tax`` head; ``caption`` for captions)."""
         task = self._tree_task(rank, k, within, captions)
         yield from self._over_features(task, names, features)
 
-    def predict_embeddings(self, features: torch.Tensor | Features, names: Sequence[str] | None = None,
-                           rank: str = "all", k: int = 5, within: Any = None) -> list[dict]:
+    def predict_embeddings(
+        self,
+        features: torch.Tensor | Features,
+        names: Sequence[str] | None = None,
+        rank: str = "all",
+        k: int = 5,
+        within: Any = None,
+    ) -> list[dict]:
         names = names or [str(i) for i in range(_rows_of(features))]
-        return [r for rows in self.iter_predict_embeddings(names, features, rank, k, within) for r in rows.to_dicts()]
+        return [
+            r
+            for rows in self.iter_predict_embeddings(names, features, rank, k, within)
+            for r in rows.to_dicts()
+        ]
 
     def _over_features(self, task: _Task, names: Sequence[str], features: torch.Tensor | Features):
         feats = features if isinstance(features, Mapping) else {"tax": features}
         missing = [h for h in task.heads if h not in feats]
         if missing:
-            raise PredictInputError(f"the embeddings lack the {missing} head(s); embed with --head both")
+            raise PredictInputError(
+                f"the embeddings lack the {missing} head(s); embed with --head both"
+            )
         dim = self.model.visual.proj.shape[1]
         for head in task.heads:
-            if feats[head].ndim != 2 or feats[head].shape[1] != dim or feats[head].shape[0] != len(names):
-                raise PredictInputError(f"{head} embeddings of shape {tuple(feats[head].shape)} do not fit "
-                                        f"{len(names)} names and the model's dimension {dim}")
+            if (
+                feats[head].ndim != 2
+                or feats[head].shape[1] != dim
+                or feats[head].shape[0] != len(names)
+            ):
+                raise PredictInputError(
+                    f"{head} embeddings of shape {tuple(feats[head].shape)} do not fit "
+                    f"{len(names)} names and the model's dimension {dim}"
+                )
         size = self.batch_size
-        yield from task.over((list(names[s:s + size]),
-                              {h: F.normalize(feats[h][s:s + size].to(self.device).float(), dim=-1) for h in task.heads})
-                             for s in range(0, len(names), size))
+        yield from task.over(
+            (
+                list(names[s : s + size]),
+                {
+                    h: F.normalize(feats[h][s : s + size].to(self.device).float(), dim=-1)
+                    for h in task.heads
+                },
+            )
+            for s in range(0, len(names), size)
+        )
 
     # ---- trait captions ----
     def _nearest(self, caption_feats: torch.Tensor, k: int) -> TopK:
         """Per image, the ``k`` captions of the index nearest under the caption head (cosine scores)."""
         if self._captions is None:
             self._captions = self.index.caption_embeddings.to(self.device, torch.float32)
-        scores, ids = (caption_feats @ self._captions.T).topk(min(k, len(self.index.captions)), dim=1)
+        scores, ids = (caption_feats @ self._captions.T).topk(
+            min(k, len(self.index.captions)), dim=1
+        )
         return TopK(scores, ids)
 
-    def nearest_captions(self, images: Iterable[Any], k: int = 5, *, on_skip: OnSkip = None) -> list[list[dict]]:
+    def nearest_captions(
+        self, images: Iterable[Any], k: int = 5, *, on_skip: OnSkip = None
+    ) -> list[list[dict]]:
         """Per image, the ``k`` trait captions of the index closest to it under the caption head
         (``caption``, cosine ``score``)."""
         if self.index is None or not self.index.has_captions:
-            raise PredictInputError(f"{getattr(self.index, 'path', None) or 'the index'} has no trait captions; "
-                                    "build it with `biocap-predict index --captions`")
+            raise PredictInputError(
+                f"{getattr(self.index, 'path', None) or 'the index'} has no trait captions; "
+                "build it with `biocap-predict index --captions`"
+            )
         captions, out = self.index.captions, []
         for _, feats in self._encode(images, ("caption",), on_skip):
             top = self._nearest(feats["caption"], k)
-            out += [[{"caption": captions[i], "score": s} for s, i in zip(srow, irow)]
-                    for srow, irow in zip(top.scores.tolist(), top.ids.tolist())]
+            out += [
+                [{"caption": captions[i], "score": s} for s, i in zip(srow, irow)]
+                for srow, irow in zip(top.scores.tolist(), top.ids.tolist())
+            ]
         return out
 
     # ---- custom labels and bins ----
@@ -269,12 +389,15 @@ class Predictor:
         templates (kept for the next call with the same labels)."""
         key = tuple(labels)
         if key not in self._labels:
-            weights = classifier_weights(self.model, key, self.templates, device=self.device,
-                                         precision=self.precision)
+            weights = classifier_weights(
+                self.model, key, self.templates, device=self.device, precision=self.precision
+            )
             self._labels[key] = weights.T.contiguous().to(self.device)
         return self._labels[key]
 
-    def _label_task(self, labels: Sequence[str] | None, bins: Mapping[str, Sequence[str]] | None, k: int) -> _Task:
+    def _label_task(
+        self, labels: Sequence[str] | None, bins: Mapping[str, Sequence[str]] | None, k: int
+    ) -> _Task:
         if (labels is None) == (bins is None):
             raise PredictInputError("give exactly one of labels or bins")
         names, bin_ids, bin_names = _label_space(labels, bins)
@@ -282,28 +405,51 @@ class Predictor:
         shown = bin_names or names
 
         def rows(batch_names: list[str], feats: Features) -> pl.DataFrame:
-            return label_rows(batch_names, label_topk(feats["tax"], text, scale, k, bin_ids, len(bin_names)), shown)
+            return label_rows(
+                batch_names,
+                label_topk(feats["tax"], text, scale, k, bin_ids, len(bin_names)),
+                shown,
+            )
 
         return _Task(("tax",), rows)
 
-    def iter_classify(self, images: Iterable[Any], labels: Sequence[str] | None = None,
-                      bins: Mapping[str, Sequence[str]] | None = None, k: int = 5, *,
-                      on_skip: OnSkip = None, callback: Progress = None) -> Iterator[pl.DataFrame]:
+    def iter_classify(
+        self,
+        images: Iterable[Any],
+        labels: Sequence[str] | None = None,
+        bins: Mapping[str, Sequence[str]] | None = None,
+        k: int = 5,
+        *,
+        on_skip: OnSkip = None,
+        callback: Progress = None,
+    ) -> Iterator[pl.DataFrame]:
         task = self._label_task(labels, bins, k)
         yield from task.over(self._encode(images, task.heads, on_skip, callback=callback))
 
-    def classify(self, images: Iterable[Any], labels: Sequence[str] | None = None,
-                 bins: Mapping[str, Sequence[str]] | None = None, k: int = 5, *,
-                 on_skip: OnSkip = None, callback: Progress = None) -> list[dict]:
+    def classify(
+        self,
+        images: Iterable[Any],
+        labels: Sequence[str] | None = None,
+        bins: Mapping[str, Sequence[str]] | None = None,
+        k: int = 5,
+        *,
+        on_skip: OnSkip = None,
+        callback: Progress = None,
+    ) -> list[dict]:
         """Rows ``file_name, classification, score``: the top ``k`` labels, or bins (``{bin: [labels]}``,
         probabilities of a bin's labels summed), per image. Label texts go through the templates;
         ``callback`` as in :meth:`predict`."""
         blocks = self.iter_classify(images, labels, bins, k, on_skip=on_skip, callback=callback)
         return [r for rows in blocks for r in rows.to_dicts()]
 
-    def iter_classify_embeddings(self, names: Sequence[str], features: torch.Tensor | Features,
-                                 labels: Sequence[str] | None = None, bins: Mapping[str, Sequence[str]] | None = None,
-                                 k: int = 5) -> Iterator[pl.DataFrame]:
+    def iter_classify_embeddings(
+        self,
+        names: Sequence[str],
+        features: torch.Tensor | Features,
+        labels: Sequence[str] | None = None,
+        bins: Mapping[str, Sequence[str]] | None = None,
+        k: int = 5,
+    ) -> Iterator[pl.DataFrame]:
         yield from self._over_features(self._label_task(labels, bins, k), names, features)
 
 

@@ -25,7 +25,12 @@ class RunLog:
 
     def __init__(self, path: str | Path | None, **details: Any):
         self.path = Path(path) if path else None
-        self.record: dict[str, Any] = {"command": sys.argv, "started_at": now(), "versions": versions(), **details}
+        self.record: dict[str, Any] = {
+            "command": sys.argv,
+            "started_at": now(),
+            "versions": versions(),
+            **details,
+        }
 
     def update(self, **details: Any) -> None:
         self.record.update(details)
@@ -34,4 +39,6 @@ class RunLog:
         if self.path is None:
             return
         self.record.update(status=status, finished_at=now())
-        atomic_write(self.path, lambda tmp: tmp.write_text(json.dumps(self.record, indent=1, default=str)))
+        atomic_write(
+            self.path, lambda tmp: tmp.write_text(json.dumps(self.record, indent=1, default=str))
+        )

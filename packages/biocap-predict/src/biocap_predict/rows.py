@@ -20,8 +20,15 @@ from biocap_predict.scoring import TopK
 #: Columns of a tree-of-life prediction row, in order (pybioclip's, plus ``rank``): the ranks above
 #: species, then the species' epithet, binomial and common name. The index's own table is core's
 #: ``schemas.TAXA`` (the 7 ranks, species as the epithet, and common name).
-TAXON_COLUMNS = ("file_name", *RANKS[:SPECIES], "species_epithet", "species", "common_name",
-                 "score", "rank")
+TAXON_COLUMNS = (
+    "file_name",
+    *RANKS[:SPECIES],
+    "species_epithet",
+    "species",
+    "common_name",
+    "score",
+    "rank",
+)
 _NAMES = TAXON_COLUMNS[1:-2]  # the taxon's names: kingdom .. common_name
 #: Columns of a custom-label or bin prediction.
 LABEL_COLUMNS = ("file_name", "classification", "score")
@@ -36,7 +43,9 @@ def parse_rank(rank: str) -> tuple[int, ...]:
     if name == ALL_RANKS:
         return tuple(range(len(RANKS)))
     if name not in RANKS:
-        raise PredictInputError(f"unknown rank {rank!r}; expected one of {', '.join(RANKS)} or {ALL_RANKS}")
+        raise PredictInputError(
+            f"unknown rank {rank!r}; expected one of {', '.join(RANKS)} or {ALL_RANKS}"
+        )
     return (RANKS.index(name),)
 
 
@@ -44,8 +53,11 @@ def _per_hit(names: Sequence[str], top: TopK) -> dict[str, pl.Series]:
     """Each hit's image (its position, for ordering), file name and score, image by image."""
     batch, k = top.ids.shape
     image = np.repeat(np.arange(batch), k)
-    return {"image": pl.Series(image), "file_name": pl.Series(list(names), dtype=pl.String).gather(image),
-            "score": pl.Series(top.scores.float().cpu().numpy().ravel(), dtype=pl.Float64)}
+    return {
+        "image": pl.Series(image),
+        "file_name": pl.Series(list(names), dtype=pl.String).gather(image),
+        "score": pl.Series(top.scores.float().cpu().numpy().ravel(), dtype=pl.Float64),
+    }
 
 
 class TaxonNames:
@@ -67,14 +79,22 @@ class TaxonNames:
                 names = table[row]  # (kingdom, ..., genus, epithet, common name)
                 ranks = tuple(names[i] if i <= level else "" for i in range(SPECIES))
                 epithet, genus = names[SPECIES], names[GENUS]
-                species = (epithet, f"{genus or ''} {epithet or ''}".strip(), names[SPECIES + 1]) \
-                    if level == SPECIES else ("", "", "")
+                species = (
+                    (epithet, f"{genus or ''} {epithet or ''}".strip(), names[SPECIES + 1])
+                    if level == SPECIES
+                    else ("", "", "")
+                )
                 self.known[row, level] = ranks + species
         return [self.known[k] for k in keys]
 
 
-def taxon_rows(names_of: TaxonNames, first: Sequence[np.ndarray], names: Sequence[str],
-               tops: dict[int, TopK], captions: pl.DataFrame | None = None) -> pl.DataFrame:
+def taxon_rows(
+    names_of: TaxonNames,
+    first: Sequence[np.ndarray],
+    names: Sequence[str],
+    tops: dict[int, TopK],
+    captions: pl.DataFrame | None = None,
+) -> pl.DataFrame:
     """One block's rows, by image, then rank (kingdom first; nearest ``captions`` last), then score.
 
     ``first[level]`` is each group's first row of the index: a hit at a higher rank shows the names
@@ -84,16 +104,29 @@ def taxon_rows(names_of: TaxonNames, first: Sequence[np.ndarray], names: Sequenc
     # every hit's (image, level, row, score), put in (image, level, hit) order with one stable sort
     # (a rank may have fewer than k groups), then the columns made in one go
     ids = {lv: tops[lv].ids.cpu().numpy() for lv in levels}
-    rows = np.concatenate([(ids[lv] if lv == SPECIES else first[lv][ids[lv]]).ravel() for lv in levels])
+    rows = np.concatenate(
+        [(ids[lv] if lv == SPECIES else first[lv][ids[lv]]).ravel() for lv in levels]
+    )
     scores = np.concatenate([tops[lv].scores.float().cpu().numpy().ravel() for lv in levels])
     level = np.concatenate([np.full(ids[lv].size, lv) for lv in levels])
     image = np.concatenate([np.repeat(np.arange(len(names)), ids[lv].shape[1]) for lv in levels])
     order = np.argsort(image, kind="stable")
-    rows, scores, level, image = rows[order].tolist(), scores[order], level[order].tolist(), image[order]
+    rows, scores, level, image = (
+        rows[order].tolist(),
+        scores[order],
+        level[order].tolist(),
+        image[order],
+    )
     columns = dict(zip(_NAMES, zip(*names_of(rows, level))))
-    frame = pl.DataFrame({"file_name": [names[i] for i in image.tolist()], **columns,
-                          "score": pl.Series(scores, dtype=pl.Float64), "rank": [RANKS[lv] for lv in level]},
-                         schema_overrides={c: pl.String for c in _NAMES})
+    frame = pl.DataFrame(
+        {
+            "file_name": [names[i] for i in image.tolist()],
+            **columns,
+            "score": pl.Series(scores, dtype=pl.Float64),
+            "rank": [RANKS[lv] for lv in level],
+        },
+        schema_overrides={c: pl.String for c in _NAMES},
+    )
     if captions is None:
         return frame
     frame = frame.with_columns(image=pl.Series(image), caption=_EMPTY)
@@ -106,14 +139,25 @@ def caption_rows(names: Sequence[str], top: TopK, captions: Sequence[str]) -> pl
     fields empty, ``rank`` ``caption``; with an ``image`` column for :func:`taxon_rows` to order by."""
     hits = _per_hit(names, top)
     return pl.DataFrame(hits).select(
-        "image", "file_name", *[_EMPTY.alias(c) for c in _NAMES], "score",
-        rank=pl.lit("caption"), caption=_pick(captions, top))
+        "image",
+        "file_name",
+        *[_EMPTY.alias(c) for c in _NAMES],
+        "score",
+        rank=pl.lit("caption"),
+        caption=_pick(captions, top),
+    )
 
 
 def label_rows(names: Sequence[str], top: TopK, shown: Sequence[str]) -> pl.DataFrame:
     """Custom-label (or bin) rows ``file_name, classification, score``, by image then score."""
     hits = _per_hit(names, top)
-    return pl.DataFrame({"file_name": hits["file_name"], "classification": _pick(shown, top), "score": hits["score"]})
+    return pl.DataFrame(
+        {
+            "file_name": hits["file_name"],
+            "classification": _pick(shown, top),
+            "score": hits["score"],
+        }
+    )
 
 
 def _pick(texts: Sequence[str], top: TopK) -> pl.Series:

@@ -45,9 +45,17 @@ class ModelOptions:
         """The predictor; through ``echo``, what is downloaded first (:func:`announce_weights`)."""
         if echo is not None:
             announce_weights(self.model, echo)
-        return Predictor.from_pretrained(self.model, self.pretrained, index, device=self.device,
-                                         precision=self.precision, batch_size=self.batch_size, workers=self.workers,
-                                         progress=self.progress, gpu_decode=self.gpu_decode)
+        return Predictor.from_pretrained(
+            self.model,
+            self.pretrained,
+            index,
+            device=self.device,
+            precision=self.precision,
+            batch_size=self.batch_size,
+            workers=self.workers,
+            progress=self.progress,
+            gpu_decode=self.gpu_decode,
+        )
 
 
 @dataclass
@@ -82,7 +90,9 @@ def read_label_list(value: str) -> list[str]:
         return labels
     labels = [v.strip() for v in value.split(",") if v.strip()]
     if not labels:
-        raise PredictInputError(f"--labels {value!r}: no labels (give 'a,b,c' or a file, one label per line)")
+        raise PredictInputError(
+            f"--labels {value!r}: no labels (give 'a,b,c' or a file, one label per line)"
+        )
     return labels
 
 
@@ -101,23 +111,45 @@ def read_bins(path: str | os.PathLike) -> dict[str, list[str]]:
     return bins_of(rows)
 
 
-def build_index(options: ModelOptions, out: str, *, taxa: str | None = None, from_tol: str | None = None,
-                label_type: str = "taxon_com", templates: str | None = None, captions: str | None = None,
-                log: str | None = None, echo: Echo = print) -> TaxaIndex:
+def build_index(
+    options: ModelOptions,
+    out: str,
+    *,
+    taxa: str | None = None,
+    from_tol: str | None = None,
+    label_type: str = "taxon_com",
+    templates: str | None = None,
+    captions: str | None = None,
+    log: str | None = None,
+    echo: Echo = print,
+) -> TaxaIndex:
     """``biocap-predict index``: build (or resume, or reuse) an index, or import a published one."""
     if (taxa is None) == (from_tol is None):
         raise PredictInputError("give exactly one of --taxa or --from-tol")
-    record = RunLog(log, model=options.model, pretrained=options.pretrained, out=out,
-                    inputs={"taxa": taxa, "from_tol": from_tol, "captions": captions, "templates": templates})
+    record = RunLog(
+        log,
+        model=options.model,
+        pretrained=options.pretrained,
+        out=out,
+        inputs={"taxa": taxa, "from_tol": from_tol, "captions": captions, "templates": templates},
+    )
     predictor = options.load(echo=echo)
     kwargs = {"model_name": options.model, "pretrained": options.pretrained}
     if from_tol:
         index = TaxaIndex.from_tol(predictor.model, from_tol, out, **kwargs)
     else:
-        index = TaxaIndex.build(predictor.model, taxa, out, label_type=label_type,
-                                templates=read_templates(templates) if templates else None, captions=captions,
-                                device=str(predictor.device), precision=predictor.precision,
-                                progress=options.progress, **kwargs)
+        index = TaxaIndex.build(
+            predictor.model,
+            taxa,
+            out,
+            label_type=label_type,
+            templates=read_templates(templates) if templates else None,
+            captions=captions,
+            device=str(predictor.device),
+            precision=predictor.precision,
+            progress=options.progress,
+            **kwargs,
+        )
     record.update(model_fingerprint=index.fingerprint, taxa=len(index))
     record.write()
     return index
@@ -139,8 +171,14 @@ class PredictRequest:
     output: str | None = None
 
 
-def predict(options: ModelOptions, inputs: Inputs, request: PredictRequest, *, log: str | None = None,
-            echo: Echo = print) -> RunSummary:
+def predict(
+    options: ModelOptions,
+    inputs: Inputs,
+    request: PredictRequest,
+    *,
+    log: str | None = None,
+    echo: Echo = print,
+) -> RunSummary:
     """``biocap-predict predict``: stream rows for every input image (or stored embedding).
 
     Without ``--index``, ``--labels`` or ``--bins``, the released models whose tree-of-life text
@@ -155,11 +193,19 @@ def predict(options: ModelOptions, inputs: Inputs, request: PredictRequest, *, l
     files = inputs.files()
     labels = read_label_list(request.labels) if request.labels is not None else None
     bins = read_bins(request.bins) if request.bins is not None else None
-    within = {**parse_within(list(request.within)), **(read_subset(request.subset) if request.subset else {})}
+    within = {
+        **parse_within(list(request.within)),
+        **(read_subset(request.subset) if request.subset else {}),
+    }
     index = TaxaIndex.load(request.index) if request.index else None
     tol_files = published.fetch(echo) if published else None  # before the model loads
-    record = RunLog(log, model=options.model, pretrained=options.pretrained, request=request.__dict__,
-                    inputs=inputs.embeddings or files)
+    record = RunLog(
+        log,
+        model=options.model,
+        pretrained=options.pretrained,
+        request=request.__dict__,
+        inputs=inputs.embeddings or files,
+    )
     predictor = options.load(index, echo=echo)
     if tol_files is not None:
         index = tol_files.index(predictor.model, fingerprint=predictor.fingerprint, echo=echo)
@@ -171,13 +217,21 @@ def predict(options: ModelOptions, inputs: Inputs, request: PredictRequest, *, l
         summary.skipped.append(str(error))
         echo(f"skipped: {error}")
 
-    columns = LABEL_COLUMNS if index is None else TAXON_COLUMNS + (("caption",) if request.captions else ())
+    columns = (
+        LABEL_COLUMNS
+        if index is None
+        else TAXON_COLUMNS + (("caption",) if request.captions else ())
+    )
     writer = RowWriter(request.output, request.fmt, columns)
     try:
-        for rows in _row_batches(predictor, files, inputs.embeddings, labels, bins, within, request, skip):
+        for rows in _row_batches(
+            predictor, files, inputs.embeddings, labels, bins, within, request, skip
+        ):
             writer.write(rows)
             summary.rows += rows.height
-            summary.images += len(set(rows["file_name"].to_list()))  # polars' n_unique: ~1 ms a call
+            summary.images += len(
+                set(rows["file_name"].to_list())
+            )  # polars' n_unique: ~1 ms a call
     finally:
         writer.close()
     record.update(rows=summary.rows, images=summary.images, skipped=summary.skipped)
@@ -189,22 +243,38 @@ def _row_batches(predictor: Predictor, files, embeddings, labels, bins, within, 
     if embeddings:
         names, feats, fingerprint = read_embeddings(embeddings)
         if fingerprint and fingerprint != predictor.fingerprint:
-            raise PredictInputError(f"{embeddings}: embeddings of another model (fingerprint {fingerprint}); "
-                                    f"{predictor.model_name} has {predictor.fingerprint}")
+            raise PredictInputError(
+                f"{embeddings}: embeddings of another model (fingerprint {fingerprint}); "
+                f"{predictor.model_name} has {predictor.fingerprint}"
+            )
         if predictor.index is None:
             return predictor.iter_classify_embeddings(names, feats, labels, bins, request.k)
-        return predictor.iter_predict_embeddings(names, feats, request.rank, request.k, within,
-                                                 captions=request.captions)
+        return predictor.iter_predict_embeddings(
+            names, feats, request.rank, request.k, within, captions=request.captions
+        )
     if predictor.index is None:
         return predictor.iter_classify(files, labels, bins, request.k, on_skip=skip)
-    return predictor.iter_predict(files, request.rank, request.k, within, captions=request.captions, on_skip=skip)
+    return predictor.iter_predict(
+        files, request.rank, request.k, within, captions=request.captions, on_skip=skip
+    )
 
 
-def embed(options: ModelOptions, inputs: Inputs, out: str, *, head: str = "tax", normalize: bool = True,
-          fmt: str = "parquet", log: str | None = None, echo: Echo = print) -> RunSummary:
+def embed(
+    options: ModelOptions,
+    inputs: Inputs,
+    out: str,
+    *,
+    head: str = "tax",
+    normalize: bool = True,
+    fmt: str = "parquet",
+    log: str | None = None,
+    echo: Echo = print,
+) -> RunSummary:
     """``biocap-predict embed``: image embeddings that ``predict --embeddings`` reads back."""
     files = inputs.files()
-    record = RunLog(log, model=options.model, pretrained=options.pretrained, inputs=files, head=head)
+    record = RunLog(
+        log, model=options.model, pretrained=options.pretrained, inputs=files, head=head
+    )
     predictor = options.load(echo=echo)
     writer = EmbeddingWriter(out, fmt, predictor.fingerprint, normalize)
     summary = RunSummary()
@@ -217,7 +287,9 @@ def embed(options: ModelOptions, inputs: Inputs, out: str, *, head: str = "tax",
         writer.write(names, feats)
         summary.images += len(names)
     writer.close()
-    record.update(model_fingerprint=predictor.fingerprint, images=summary.images, skipped=summary.skipped)
+    record.update(
+        model_fingerprint=predictor.fingerprint, images=summary.images, skipped=summary.skipped
+    )
     record.write()
     return summary
 
@@ -239,4 +311,6 @@ def list_models() -> list[str]:
     for arch, tag in open_clip.list_pretrained():
         tags.setdefault(arch, []).append(tag)
     own = [f"{name}\t(biocap toolkit)" for name in toolkit_models()]
-    return own + [f"{arch}\t{', '.join(tags.get(arch, [])) or '-'}" for arch in open_clip.list_models()]
+    return own + [
+        f"{arch}\t{', '.join(tags.get(arch, [])) or '-'}" for arch in open_clip.list_models()
+    ]

@@ -131,11 +131,17 @@ def _check_pixels(name: str, data: bytes, max_pixels: int) -> None:
     except Exception:  # noqa: BLE001 (PIL raises many types on bad data; the decode names it)
         return
     if width is None or width * height > max_pixels:
-        size = (f" ({width:,} x {height:,} pixels, {width * height / 1e6:.1f} megapixels)"
-                if width else "")
-        raise HTTPException(413, f"The photo {name} is too large to process{size}; this server "
-                                 f"takes at most {max_pixels / 1e6:g} megapixels. Scale it down "
-                                 "and try again.")
+        size = (
+            f" ({width:,} x {height:,} pixels, {width * height / 1e6:.1f} megapixels)"
+            if width
+            else ""
+        )
+        raise HTTPException(
+            413,
+            f"The photo {name} is too large to process{size}; this server "
+            f"takes at most {max_pixels / 1e6:g} megapixels. Scale it down "
+            "and try again.",
+        )
 
 
 def _decode(name: str, data: bytes, model) -> torch.Tensor:
@@ -148,13 +154,20 @@ def _decode(name: str, data: bytes, model) -> torch.Tensor:
     return crop
 
 
-def create_app(predictor, *, model_name: str = "", max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
-               max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS,
-               max_decodes: int = DEFAULT_MAX_DECODES) -> FastAPI:
+def create_app(
+    predictor,
+    *,
+    model_name: str = "",
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS,
+    max_decodes: int = DEFAULT_MAX_DECODES,
+) -> FastAPI:
     """The demo app around a loaded ``predictor`` (anything with ``model``, ``predict``,
     ``nearest_captions``, ``classify``, and an ``index`` with ``len`` and ``has_captions``, as
     ``biocap_predict.Predictor`` has)."""
-    app = FastAPI(title="BioCAP predict", docs_url=None, redoc_url=None)  # /docs and /redoc load from a CDN
+    app = FastAPI(
+        title="BioCAP predict", docs_url=None, redoc_url=None
+    )  # /docs and /redoc load from a CDN
     # One inference at a time: the model is shared, and one batch already uses every core.
     model_lock = threading.Lock()
     # Decodes run beside inference, a few at a time: each holds up to max_upload_pixels RGB pixels.
@@ -164,7 +177,9 @@ def create_app(predictor, *, model_name: str = "", max_upload_mb: float = DEFAUL
     @app.exception_handler(RequestValidationError)
     async def readable_validation_error(request, exc: RequestValidationError):
         """A form field that is missing or malformed, said in one line the page can show."""
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or 'request'}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'][1:])) or 'request'}: {e['msg']}" for e in exc.errors()
+        )
         return JSONResponse({"detail": f"Bad request: {problems}"}, status_code=422)
 
     @app.get("/", include_in_schema=False)
@@ -184,16 +199,26 @@ def create_app(predictor, *, model_name: str = "", max_upload_mb: float = DEFAUL
         }
 
     def taxa(upload, k: int) -> dict[str, Any]:
-        captions = predictor.nearest_captions(upload, k=k)[0] if predictor.index.has_captions else []
-        return {"mode": "taxa", "taxa": _group_by_rank(predictor.predict(upload, rank="all", k=k)),
-                "captions": captions}
+        captions = (
+            predictor.nearest_captions(upload, k=k)[0] if predictor.index.has_captions else []
+        )
+        return {
+            "mode": "taxa",
+            "taxa": _group_by_rank(predictor.predict(upload, rank="all", k=k)),
+            "captions": captions,
+        }
 
     def custom_labels(upload, labels: list[str], k: int) -> dict[str, Any]:
         rows = predictor.classify(upload, labels=labels, k=min(k, len(labels)))
-        return {"mode": "labels", "labels": [{"label": r["classification"], "score": r["score"]} for r in rows]}
+        return {
+            "mode": "labels",
+            "labels": [{"label": r["classification"], "score": r["score"]} for r in rows],
+        }
 
     @app.post("/api/predict")
-    def predict(image: UploadFile = File(...), labels: str | None = Form(None), k: int = Form(5)) -> dict[str, Any]:
+    def predict(
+        image: UploadFile = File(...), labels: str | None = Form(None), k: int = Form(5)
+    ) -> dict[str, Any]:
         if not 1 <= k <= MAX_K:
             raise HTTPException(422, f"k must be between 1 and {MAX_K}, not {k}.")
         label_list = None if labels is None else _labels(labels)
@@ -204,7 +229,9 @@ def create_app(predictor, *, model_name: str = "", max_upload_mb: float = DEFAUL
             upload = [(name, _decode(name, data, predictor.model))]  # decoded once for every answer
         try:
             with model_lock:
-                result = taxa(upload, k) if label_list is None else custom_labels(upload, label_list, k)
+                result = (
+                    taxa(upload, k) if label_list is None else custom_labels(upload, label_list, k)
+                )
         except BioCAPError as exc:
             raise HTTPException(422, str(exc)) from exc
         return {"file_name": name, **result}
@@ -219,17 +246,25 @@ def _listen(host: str, port: int) -> socket.socket:
     """A listening socket on ``host:port``; port 0 lets the OS pick a free one, which the caller reads
     back so it can print the real URL (uvicorn alone would report port 0)."""
     try:
-        return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
-                                    backlog=128)
+        return socket.create_server(
+            (host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET, backlog=128
+        )
     except OSError as exc:  # port taken, unknown host: the CLI prints a BioCAPError as one line
         raise BioCAPError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
 
-def serve(index, model: str, pretrained: str | None = None, host: str = "127.0.0.1", port: int = 0,
-          device: str = "auto", precision: str | None = None,
-          max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
-          max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS,
-          max_decodes: int = DEFAULT_MAX_DECODES) -> None:
+def serve(
+    index,
+    model: str,
+    pretrained: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    device: str = "auto",
+    precision: str | None = None,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS,
+    max_decodes: int = DEFAULT_MAX_DECODES,
+) -> None:
     """Load the model and index (``None``: the model's published tree of life, see
     :mod:`biocap_predict.hub`), then serve the demo page until interrupted.
 
@@ -244,17 +279,26 @@ def serve(index, model: str, pretrained: str | None = None, host: str = "127.0.0
 
     tol_files = published_for(model).fetch(say) if index is None else None  # before the model loads
     announce_weights(model, say)
-    predictor = Predictor.from_pretrained(model, pretrained, index, device=device, precision=precision)
+    predictor = Predictor.from_pretrained(
+        model, pretrained, index, device=device, precision=precision
+    )
     if tol_files is not None:
         index = tol_files.index(predictor.model, fingerprint=predictor.fingerprint, echo=say)
         predictor.use_index(index)
-    app = create_app(predictor, model_name=model, max_upload_mb=max_upload_mb,
-                     max_upload_pixels=max_upload_pixels, max_decodes=max_decodes)
+    app = create_app(
+        predictor,
+        model_name=model,
+        max_upload_mb=max_upload_mb,
+        max_upload_pixels=max_upload_pixels,
+        max_decodes=max_decodes,
+    )
     sock = _listen(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     print(f"BioCAP demo page: http://{shown}:{bound_port}/", flush=True)
-    config = uvicorn.Config(app, host=bound_host, port=bound_port, log_level="info")  # for its own log lines
+    config = uvicorn.Config(
+        app, host=bound_host, port=bound_port, log_level="info"
+    )  # for its own log lines
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:

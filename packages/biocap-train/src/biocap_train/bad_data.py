@@ -13,9 +13,11 @@ from biocap_core.errors import BioCAPError
 _MAX_EXAMPLES = 3
 #: What to do when shards have no caption.txt, as both the pre-flight check and a stream that gives
 #: up say.
-CAPTIONS_FIX = ("pass --captions TABLE.parquet (uuid, caption), or train the taxonomic head only "
-                "(a taxonomic --text-type such as taxon_com, or --caption-share 0; "
-                "no --joint-loss)")
+CAPTIONS_FIX = (
+    "pass --captions TABLE.parquet (uuid, caption), or train the taxonomic head only "
+    "(a taxonomic --text-type such as taxon_com, or --caption-share 0; "
+    "no --joint-loss)"
+)
 
 
 class DataUnusable(BioCAPError, ValueError):
@@ -37,14 +39,18 @@ class DataCounts:
             kept.append(detail[:300])
 
     def as_dict(self) -> dict[str, Any]:
-        return {"counts": dict(self.counts),
-                "examples": {k: list(v) for k, v in self.examples.items()}}
+        return {
+            "counts": dict(self.counts),
+            "examples": {k: list(v) for k, v in self.examples.items()},
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> DataCounts:
         data = data or {}
-        return cls(Counter(data.get("counts", {})),
-                   {k: list(v) for k, v in data.get("examples", {}).items()})
+        return cls(
+            Counter(data.get("counts", {})),
+            {k: list(v) for k, v in data.get("examples", {}).items()},
+        )
 
     @staticmethod
     def merge(items) -> DataCounts:
@@ -54,14 +60,18 @@ class DataCounts:
             out.counts.update(item.counts)
             for kind, examples in item.examples.items():
                 kept = out.examples.setdefault(kind, [])
-                kept += examples[:_MAX_EXAMPLES - len(kept)]
+                kept += examples[: _MAX_EXAMPLES - len(kept)]
         return out
 
     def summary(self) -> str:
         if not self.counts:
             return "no bad samples"
-        names = {"corrupt_image": "undecodable image", "no_image": "no image", "no_text": "no text",
-                 "tar_error": "unreadable tar data (rest of shard skipped)"}
+        names = {
+            "corrupt_image": "undecodable image",
+            "no_image": "no image",
+            "no_text": "no text",
+            "tar_error": "unreadable tar data (rest of shard skipped)",
+        }
         parts = [f"{names.get(k, k)}: {n}" for k, n in sorted(self.counts.items())]
         lines = [", ".join(parts)]
         for kind, examples in sorted(self.examples.items()):

@@ -59,8 +59,9 @@ class Batch(StreamCounts):
     index: int = 0
     consumed: int = 0
 
-    def prepare_images(self, prep: ImagePrep, device: torch.device, dtype: torch.dtype
-                       ) -> list[str]:
+    def prepare_images(
+        self, prep: ImagePrep, device: torch.device, dtype: torch.dtype
+    ) -> list[str]:
         """Make ``image`` the model's input on ``device``, in place; returns why any sample failed.
 
         With ``--gpu-decode`` a JPEG whose header and end marker look right can still be corrupt
@@ -71,8 +72,10 @@ class Batch(StreamCounts):
         names = self.keys or [f"sample {i} of a batch" for i in range(len(self.text))]
         reasons = [f"{names[i]} (on the device): {why}" for i, why in failed]
         if images is None:
-            raise DataUnusable(f"no image of a batch of {len(failed)} could be decoded on the "
-                               f"device (e.g. {reasons[0]})")
+            raise DataUnusable(
+                f"no image of a batch of {len(failed)} could be decoded on the "
+                f"device (e.g. {reasons[0]})"
+            )
         self.image = images
         if failed:
             self.keep_texts(kept)
@@ -99,8 +102,13 @@ class BatchMaker:
     """Turns raw samples into batches: prepare the image, tokenize the texts; skips and counts bad
     samples, and gives up after :data:`MAX_UNUSABLE_IN_A_ROW` skipped samples in a row."""
 
-    def __init__(self, prep: ImagePrep, tokenizer: Callable, captions: CaptionIndex | None,
-                 counts: DataCounts):
+    def __init__(
+        self,
+        prep: ImagePrep,
+        tokenizer: Callable,
+        captions: CaptionIndex | None,
+        counts: DataCounts,
+    ):
         self.prep, self.tokenizer, self.captions, self.counts = prep, tokenizer, captions, counts
         self._run: Counter = Counter()  # (kind, text type) of the skips since the last usable one
         self._run_shards: set[str] = set()
@@ -138,27 +146,39 @@ class BatchMaker:
         """What the skipped run of samples lacked, and how to fix it."""
         (kind, text_type), _ = self._run.most_common(1)[0]
         where = describe_shards(self._run_shards)
-        head = (f"{MAX_UNUSABLE_IN_A_ROW} samples in a row could not be used, so no batch can be "
-                "made: ")
+        head = (
+            f"{MAX_UNUSABLE_IN_A_ROW} samples in a row could not be used, so no batch can be made: "
+        )
         if kind == "no_text" and text_type == "caption" and self.captions is not None:
-            return head + (f"no sample read from {where} has a caption in the --captions table "
-                           f"{self.captions.meta.get('source')}; its uuid column must hold the "
-                           f"shards' sample keys (e.g. {self._run_example})")
+            return head + (
+                f"no sample read from {where} has a caption in the --captions table "
+                f"{self.captions.meta.get('source')}; its uuid column must hold the "
+                f"shards' sample keys (e.g. {self._run_example})"
+            )
         if kind == "no_text" and text_type == "caption":
             return head + f"no sample read from {where} has caption.txt: " + CAPTIONS_FIX
         if kind == "no_text":
-            return head + (f"no sample read from {where} has {text_type}.txt: choose a "
-                           "--text-type these shards carry")
+            return head + (
+                f"no sample read from {where} has {text_type}.txt: choose a "
+                "--text-type these shards carry"
+            )
         if kind == "no_image":
-            return head + (f"no sample read from {where} has an image member "
-                           f"({'/'.join(IMAGE_MEMBERS)})")
+            return head + (
+                f"no sample read from {where} has an image member ({'/'.join(IMAGE_MEMBERS)})"
+            )
         return head + f"no image read from {where} could be decoded (e.g. {self._run_example})"
 
     def collate(self, examples: list, keys: list[str], step_text: StepText, **stream) -> Batch:
         """The batch of ``examples`` (:meth:`example`'s) for a step of ``step_text``; ``stream``:
         the :class:`StreamCounts` and position fields of :class:`Batch`."""
-        tokens = [self.tokenizer([e[1][j] for e in examples])
-                  for j in range(len(step_text.members))]
-        return Batch(image=self.prep.collate([e[0] for e in examples]), text=tokens[0],
-                     caption_text=tokens[1] if step_text.joint else None, keys=keys,
-                     step_text=step_text, **stream)
+        tokens = [
+            self.tokenizer([e[1][j] for e in examples]) for j in range(len(step_text.members))
+        ]
+        return Batch(
+            image=self.prep.collate([e[0] for e in examples]),
+            text=tokens[0],
+            caption_text=tokens[1] if step_text.joint else None,
+            keys=keys,
+            step_text=step_text,
+            **stream,
+        )

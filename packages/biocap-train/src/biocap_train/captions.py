@@ -53,20 +53,29 @@ class CaptionIndex:
         try:
             table = pl.read_parquet(parquet, columns=[KEY, TEXT])
         except pl.exceptions.ColumnNotFoundError as exc:
-            raise SchemaError(f"--captions {parquet}: needs columns {KEY!r} and {TEXT!r} ({exc})") from exc
+            raise SchemaError(
+                f"--captions {parquet}: needs columns {KEY!r} and {TEXT!r} ({exc})"
+            ) from exc
         n_rows = table.height
-        table = table.filter(pl.col(KEY).is_not_null() & pl.col(TEXT).is_not_null()
-                             & (pl.col(TEXT).str.strip_chars() != ""))
+        table = table.filter(
+            pl.col(KEY).is_not_null()
+            & pl.col(TEXT).is_not_null()
+            & (pl.col(TEXT).str.strip_chars() != "")
+        )
         keys = np.array(table[KEY].to_list(), dtype=np.bytes_)
         if keys.size == 0:
-            raise SchemaError(f"--captions {parquet}: no rows with both a uuid and a non-empty caption")
+            raise SchemaError(
+                f"--captions {parquet}: no rows with both a uuid and a non-empty caption"
+            )
         order = np.argsort(keys, kind="stable")
         keys = keys[order]
         dup = np.flatnonzero(keys[1:] == keys[:-1])
         if dup.size:
             examples = [k.decode() for k in keys[dup[:3]]]
-            raise SchemaError(f"--captions {parquet}: {dup.size} duplicate uuid(s), e.g. {examples}; "
-                              "keep one caption per uuid")
+            raise SchemaError(
+                f"--captions {parquet}: {dup.size} duplicate uuid(s), e.g. {examples}; "
+                "keep one caption per uuid"
+            )
         texts = [t.encode("utf-8") for t in table[TEXT].gather(order).to_list()]
         offsets = np.zeros(len(texts) + 1, dtype=np.int64)
         np.cumsum([len(t) for t in texts], out=offsets[1:])
@@ -79,6 +88,7 @@ class CaptionIndex:
             def write(tmp: Path) -> None:
                 with open(tmp, "wb") as fh:  # a file object: np.save would add ".npy" to a path
                     np.save(fh, array)
+
             return write
 
         atomic_write(directory / "keys.npy", write_array(keys))
@@ -93,8 +103,11 @@ class CaptionIndex:
             keys = np.load(self.directory / "keys.npy", mmap_mode="r")
             offsets = np.load(self.directory / "offsets.npy", mmap_mode="r")
             size = int(offsets[-1])
-            blob = (np.memmap(self.directory / "captions.bin", dtype=np.uint8, mode="r") if size
-                    else np.zeros(0, np.uint8))
+            blob = (
+                np.memmap(self.directory / "captions.bin", dtype=np.uint8, mode="r")
+                if size
+                else np.zeros(0, np.uint8)
+            )
             self._arrays = (keys, offsets, blob)
         return self._arrays
 
@@ -107,7 +120,7 @@ class CaptionIndex:
         i = int(np.searchsorted(keys, np.bytes_(encoded)))
         if i >= len(keys) or keys[i] != encoded:
             return None
-        return bytes(blob[offsets[i]:offsets[i + 1]]).decode("utf-8")
+        return bytes(blob[offsets[i] : offsets[i + 1]]).decode("utf-8")
 
     def __len__(self) -> int:
         return int(self.meta["indexed"])

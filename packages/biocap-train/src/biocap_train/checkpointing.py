@@ -70,7 +70,9 @@ def remove_partial_checkpoints(run_dir: Path) -> list[Path]:
     Call only before this run writes a checkpoint: a temp file is then never one being written.
     """
     folder = checkpoint_dir(run_dir)
-    partial = sorted(p for p in folder.iterdir() if _PARTIAL.match(p.name)) if folder.is_dir() else []
+    partial = (
+        sorted(p for p in folder.iterdir() if _PARTIAL.match(p.name)) if folder.is_dir() else []
+    )
     for path in partial:
         path.unlink(missing_ok=True)
     return partial
@@ -117,10 +119,14 @@ def _write_failure(path: Path, state: dict[str, Any], exc: BaseException) -> str
     elif isinstance(exc, OSError):
         why = f"{exc.strerror or exc} ({space})"
     else:
-        why = (f"torch failed writing it ({str(exc).splitlines()[0]}); a full disk or quota is the usual "
-               f"cause ({space})")
-    return (f"cannot write checkpoint {path}: {why}. Earlier checkpoints are untouched; make room, then "
-            "rerun with --resume latest")
+        why = (
+            f"torch failed writing it ({str(exc).splitlines()[0]}); a full disk or quota is the usual "
+            f"cause ({space})"
+        )
+    return (
+        f"cannot write checkpoint {path}: {why}. Earlier checkpoints are untouched; make room, then "
+        "rerun with --resume latest"
+    )
 
 
 def _tensor_bytes(obj: Any) -> int:
@@ -141,7 +147,9 @@ def _size(n: int) -> str:
     return f"{n:.1f} TB"
 
 
-def resume_checkpoint(cfg: TrainConfig, info: DistInfo, say) -> tuple[Path | None, dict[str, Any] | None]:
+def resume_checkpoint(
+    cfg: TrainConfig, info: DistInfo, say
+) -> tuple[Path | None, dict[str, Any] | None]:
     """The checkpoint ``--resume`` names and its contents; (None, None) for a fresh run.
 
     ``--resume latest`` skips an unreadable newest checkpoint (a bad disk, a copy cut short), saying
@@ -168,10 +176,14 @@ def resume_checkpoint(cfg: TrainConfig, info: DistInfo, say) -> tuple[Path | Non
             path = candidate
             break
         if unreadable and path is None:
-            raise CheckpointError(f"--resume latest: no checkpoint of {cfg.run_dir} is readable; newest: "
-                                  f"{unreadable[0][1]}")
+            raise CheckpointError(
+                f"--resume latest: no checkpoint of {cfg.run_dir} is readable; newest: "
+                f"{unreadable[0][1]}"
+            )
         for bad, exc in unreadable:
-            say(f"warning: {exc}; set aside as {set_aside(bad).name}, resuming from {path.name} instead")
+            say(
+                f"warning: {exc}; set aside as {set_aside(bad).name}, resuming from {path.name} instead"
+            )
         return path
 
     path = distributed.decided_on_main(info, newest_readable)

@@ -16,8 +16,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg, user_set = parse_args(argv)
     demo = cfg.train_data is None
     if demo:
-        print("biocap-train: no --train-data given, running the demo on the toy tree of life "
-              "(see biocap-train --help for the full recipe)", file=sys.stderr, flush=True)
+        print(
+            "biocap-train: no --train-data given, running the demo on the toy tree of life "
+            "(see biocap-train --help for the full recipe)",
+            file=sys.stderr,
+            flush=True,
+        )
         cfg = demo_config(cfg, user_set)
     try:
         result = train(cfg)
@@ -27,8 +31,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(f"biocap-train: error: {exc}")
     if result.rank != 0:
         return
-    lines = [f"already finished at step {result.step}; nothing trained or written" if result.finished
-             else f"trained {result.step} steps in {result.seconds:.0f} s"]
+    lines = [
+        f"already finished at step {result.step}; nothing trained or written"
+        if result.finished
+        else f"trained {result.step} steps in {result.seconds:.0f} s"
+    ]
     if "after" in result.zeroshot:
         before = result.zeroshot.get("before")
         lines.append(

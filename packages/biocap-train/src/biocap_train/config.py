@@ -29,8 +29,13 @@ TRAIN_PRECISIONS = tuple(p for p in PRECISIONS if p != "fp16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
-def _f(default: Any = None, help: str = "", choices: Sequence[str] | None = None,
-       aliases: tuple[str, ...] = (), bool_negatable: bool = False) -> Any:
+def _f(
+    default: Any = None,
+    help: str = "",
+    choices: Sequence[str] | None = None,
+    aliases: tuple[str, ...] = (),
+    bool_negatable: bool = False,
+) -> Any:
     """A dataclass field carrying its CLI help."""
     meta = {"help": help, "choices": choices, "aliases": aliases, "negatable": bool_negatable}
     return field(default=default, metadata=meta)
@@ -41,37 +46,76 @@ class TrainConfig:
     """Every knob of a biocap-train run. Defaults are OpenCLIP's unless noted."""
 
     # ---- data ----
-    train_data: str | None = _f(None, "Training shards: brace patterns, several sources joined with '::' "
-                                      "(e.g. 'tol/shard-{000000..000159}.tar::extra/shard-{0..9}.tar'). "
-                                      "Not given: the toy demo.")
-    train_data_upsampling_factors: str | None = _f(None, "Per-source weights for '::' sources, e.g. '1::2' "
-                                                         "(needs --dataset-resampled).")
-    val_data: str | None = _f(None, "Validation shards (taxonomic and caption loss every --val-frequency epochs).")
-    dataset_resampled: bool = _f(False, "Draw shards with replacement (infinite stream, virtual epochs).")
-    train_num_samples: int | None = _f(None, "Samples per epoch; default: sum of sizes.json beside the shards.")
-    shuffle_buffer: int = _f(5000, "Sample shuffle buffer per data stream (OpenCLIP's size; capped at "
-                                   "half of what one stream yields per epoch).")
-    text_type: str = _f("random", "Text supervising each step: 'random' draws one per step (caption with "
-                                  "--caption-share, else a taxonomic type), or a fixed type.", TEXT_TYPES)
-    caption_share: float = _f(1 / 6, "Share of steps that train the caption head with --text-type random "
-                                     "(the original: 1 in 6).")
-    joint_loss: bool = _f(False, "Train both heads every step: taxonomic loss + --caption-loss-weight x "
-                                 "caption loss (instead of one head per step).")
+    train_data: str | None = _f(
+        None,
+        "Training shards: brace patterns, several sources joined with '::' "
+        "(e.g. 'tol/shard-{000000..000159}.tar::extra/shard-{0..9}.tar'). "
+        "Not given: the toy demo.",
+    )
+    train_data_upsampling_factors: str | None = _f(
+        None, "Per-source weights for '::' sources, e.g. '1::2' (needs --dataset-resampled)."
+    )
+    val_data: str | None = _f(
+        None, "Validation shards (taxonomic and caption loss every --val-frequency epochs)."
+    )
+    dataset_resampled: bool = _f(
+        False, "Draw shards with replacement (infinite stream, virtual epochs)."
+    )
+    train_num_samples: int | None = _f(
+        None, "Samples per epoch; default: sum of sizes.json beside the shards."
+    )
+    shuffle_buffer: int = _f(
+        5000,
+        "Sample shuffle buffer per data stream (OpenCLIP's size; capped at "
+        "half of what one stream yields per epoch).",
+    )
+    text_type: str = _f(
+        "random",
+        "Text supervising each step: 'random' draws one per step (caption with "
+        "--caption-share, else a taxonomic type), or a fixed type.",
+        TEXT_TYPES,
+    )
+    caption_share: float = _f(
+        1 / 6,
+        "Share of steps that train the caption head with --text-type random "
+        "(the original: 1 in 6).",
+    )
+    joint_loss: bool = _f(
+        False,
+        "Train both heads every step: taxonomic loss + --caption-loss-weight x "
+        "caption loss (instead of one head per step).",
+    )
     caption_loss_weight: float = _f(1.0, "Weight of the caption loss with --joint-loss.")
-    captions: str | None = _f(None, "Parquet table (uuid, caption) giving captions by sample key, instead of "
-                                    "caption.txt inside the shards.")
-    draft_decode: bool = _f(True, "Decode large JPEGs at reduced size (PIL draft) when the crop is smaller.",
-                            bool_negatable=True)
-    gpu_decode: bool = _f(False, "Decode, crop and normalise JPEGs on the GPU (nvJPEG), batched; the data "
-                                 "workers only read bytes. Needs CUDA.")
+    captions: str | None = _f(
+        None,
+        "Parquet table (uuid, caption) giving captions by sample key, instead of "
+        "caption.txt inside the shards.",
+    )
+    draft_decode: bool = _f(
+        True,
+        "Decode large JPEGs at reduced size (PIL draft) when the crop is smaller.",
+        bool_negatable=True,
+    )
+    gpu_decode: bool = _f(
+        False,
+        "Decode, crop and normalise JPEGs on the GPU (nvJPEG), batched; the data "
+        "workers only read bytes. Needs CUDA.",
+    )
     # ---- model ----
-    model: str = _f("ViT-B-16", "OpenCLIP architecture name, hf-hub:/local-dir: name or JSON config file.")
-    pretrained: str | None = _f(None, "Initial weights: an OpenCLIP tag (openai), an hf-hub: name or a "
-                                      "checkpoint file (single-projector weights fill the caption head).")
+    model: str = _f(
+        "ViT-B-16", "OpenCLIP architecture name, hf-hub:/local-dir: name or JSON config file."
+    )
+    pretrained: str | None = _f(
+        None,
+        "Initial weights: an OpenCLIP tag (openai), an hf-hub: name or a "
+        "checkpoint file (single-projector weights fill the caption head).",
+    )
     # ---- optimisation ----
     batch_size: int = _f(64, "Batch size per process.")
     epochs: int = _f(32, "Epochs (of --train-num-samples samples).")
-    steps: int | None = _f(None, "Stop after this many optimiser steps (overrides --epochs' total).")
+    steps: int | None = _f(
+        None, "Stop after this many optimiser steps (overrides --epochs' total)."
+    )
     lr: float = _f(5e-4, "Peak learning rate.")
     warmup: int = _f(10000, "Linear warm-up steps.")
     lr_scheduler: str = _f("cosine", "Learning-rate schedule after warm-up.", ("cosine", "const"))
@@ -79,38 +123,66 @@ class TrainConfig:
     beta1: float = _f(0.9, "AdamW beta1.")
     beta2: float = _f(0.98, "AdamW beta2.")
     eps: float = _f(1e-6, "AdamW epsilon.")
-    fused_adamw: bool = _f(True, "AdamW's fused kernel on CPU and CUDA (the same update up to rounding; "
-                                 "--no-fused-adamw: PyTorch's default loop).", bool_negatable=True)
+    fused_adamw: bool = _f(
+        True,
+        "AdamW's fused kernel on CPU and CUDA (the same update up to rounding; "
+        "--no-fused-adamw: PyTorch's default loop).",
+        bool_negatable=True,
+    )
     grad_clip_norm: float | None = _f(None, "Clip the gradient norm to this value.")
-    precision: str = _f("amp", "Numeric precision (amp: fp16 autocast with loss scaling; bf16: pure bf16 "
-                               "weights).", TRAIN_PRECISIONS)
+    precision: str = _f(
+        "amp",
+        "Numeric precision (amp: fp16 autocast with loss scaling; bf16: pure bf16 weights).",
+        TRAIN_PRECISIONS,
+    )
     grad_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
-    accum_freq: int = _f(1, "Micro-batches per optimiser step (features cached so the loss sees the whole "
-                            "accumulated batch, as OpenCLIP).")
+    accum_freq: int = _f(
+        1,
+        "Micro-batches per optimiser step (features cached so the loss sees the whole "
+        "accumulated batch, as OpenCLIP).",
+    )
     torchcompile: bool = _f(False, "torch.compile the model.")
     torchcompile_mode: str = _f("default", "torch.compile mode with --torchcompile.", COMPILE_MODES)
-    local_loss: bool = _f(True, "Each rank scores its own samples against all gathered features.",
-                          bool_negatable=True)
-    gather_with_grad: bool = _f(True, "All-gather features with gradient (the scalable, exact setting).",
-                                bool_negatable=True)
+    local_loss: bool = _f(
+        True, "Each rank scores its own samples against all gathered features.", bool_negatable=True
+    )
+    gather_with_grad: bool = _f(
+        True,
+        "All-gather features with gradient (the scalable, exact setting).",
+        bool_negatable=True,
+    )
     # ---- runtime ----
     workers: int = _f(4, "Data-loading processes per rank.")
     device: str | None = _f(None, "Device; default cuda:LOCAL_RANK if CUDA is available, else cpu.")
     seed: int = _f(0, "Seed of model init, data order, augmentation and the per-step text type.")
     # ---- checkpoints ----
-    logs: str = _f("./logs", "Root folder of runs. Under torchrun write --logs-dir: torchrun's own parser "
-                             "takes --logs for an abbreviation of its --logs-specs.", aliases=("--logs-dir",))
+    logs: str = _f(
+        "./logs",
+        "Root folder of runs. Under torchrun write --logs-dir: torchrun's own parser "
+        "takes --logs for an abbreviation of its --logs-specs.",
+        aliases=("--logs-dir",),
+    )
     name: str | None = _f(None, "Run name (folder under --logs); default: date-model-lr-batch.")
-    resume: str | None = _f(None, "'latest' (newest checkpoint of this run, if any) or a checkpoint path.")
-    save_frequency: int = _f(1, "Save every this many epochs (0: only --save-every-n-steps and the end).")
+    resume: str | None = _f(
+        None, "'latest' (newest checkpoint of this run, if any) or a checkpoint path."
+    )
+    save_frequency: int = _f(
+        1, "Save every this many epochs (0: only --save-every-n-steps and the end)."
+    )
     save_every_n_steps: int | None = _f(None, "Also save every this many steps.")
     keep_checkpoints: int = _f(3, "Keep the newest K step checkpoints (0 keeps all).")
     # ---- evaluation and logging ----
     val_frequency: int = _f(1, "Validate every this many epochs.")
-    zeroshot_data: str | None = _f(None, "Zero-shot classification CSV (any of the original's layouts).")
-    zeroshot_images: str | None = _f(None, "Image root of --zeroshot-data; default: the CSV's folder.")
+    zeroshot_data: str | None = _f(
+        None, "Zero-shot classification CSV (any of the original's layouts)."
+    )
+    zeroshot_images: str | None = _f(
+        None, "Image root of --zeroshot-data; default: the CSV's folder."
+    )
     zeroshot_label_type: str = _f("taxon_com", "Label text type of --zeroshot-data.", LABEL_TYPES)
-    zeroshot_frequency: int = _f(1, "Zero-shot top-1 every this many epochs (also before and after training).")
+    zeroshot_frequency: int = _f(
+        1, "Zero-shot top-1 every this many epochs (also before and after training)."
+    )
     zeroshot_templates: int = _f(81, "Use the first N of the 81 zero-shot templates.")
     log_every_n_steps: int = _f(100, "Log (console, JSONL, TensorBoard, W&B) every N steps.")
     report_to: str = _f("", "Also log to 'tensorboard', 'wandb' or 'tensorboard,wandb'.")
@@ -132,11 +204,19 @@ class TrainConfig:
         if self.precision not in TRAIN_PRECISIONS:
             problems.append(f"--precision {self.precision!r}: expected one of {TRAIN_PRECISIONS}")
         if self.torchcompile_mode not in COMPILE_MODES:
-            problems.append(f"--torchcompile-mode {self.torchcompile_mode!r}: expected one of {COMPILE_MODES}")
+            problems.append(
+                f"--torchcompile-mode {self.torchcompile_mode!r}: expected one of {COMPILE_MODES}"
+            )
         if not 0.0 <= self.caption_share <= 1.0:
             problems.append(f"--caption-share {self.caption_share}: must lie in [0, 1]")
-        for name in ("batch_size", "accum_freq", "epochs", "shuffle_buffer", "log_every_n_steps",
-                     "zeroshot_templates"):
+        for name in (
+            "batch_size",
+            "accum_freq",
+            "epochs",
+            "shuffle_buffer",
+            "log_every_n_steps",
+            "zeroshot_templates",
+        ):
             if getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
         if self.workers < 0:
@@ -146,11 +226,18 @@ class TrainConfig:
         if self.train_data_upsampling_factors and not self.dataset_resampled:
             problems.append("--train-data-upsampling-factors needs --dataset-resampled")
         if self.joint_loss and self.text_type == "caption":
-            problems.append("--joint-loss trains the caption head every step already; give a taxonomic "
-                            "--text-type or 'random'")
-        unknown = {r.strip() for r in self.report_to.split(",") if r.strip()} - {"tensorboard", "wandb"}
+            problems.append(
+                "--joint-loss trains the caption head every step already; give a taxonomic "
+                "--text-type or 'random'"
+            )
+        unknown = {r.strip() for r in self.report_to.split(",") if r.strip()} - {
+            "tensorboard",
+            "wandb",
+        }
         if unknown:
-            problems.append(f"--report-to {self.report_to!r}: unknown {sorted(unknown)}; use tensorboard, wandb")
+            problems.append(
+                f"--report-to {self.report_to!r}: unknown {sorted(unknown)}; use tensorboard, wandb"
+            )
         if problems:
             raise ValueError("invalid training configuration:\n  " + "\n  ".join(problems))
 
@@ -175,7 +262,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     else:
         raise ValueError(f"--config {path}: expected a .toml, .yaml/.yml or .json file")
     if not isinstance(data, dict):
-        raise ValueError(f"--config {path}: expected a table of options, found {type(data).__name__}")
+        raise ValueError(
+            f"--config {path}: expected a table of options, found {type(data).__name__}"
+        )
     out = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
@@ -202,18 +291,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="biocap-train",
         description="Train BioCAP (one backbone, a taxonomic and a caption head) on TreeOfLife-style shards. "
-                    "With no arguments: a 2-minute CPU demo on the toy tree of life.",
+        "With no arguments: a 2-minute CPU demo on the toy tree of life.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--config", help="TOML or YAML file of options (flags given here override it).")
+    parser.add_argument(
+        "--config", help="TOML or YAML file of options (flags given here override it)."
+    )
     for f in dataclasses.fields(TrainConfig):
         flags = ["--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ())]
         kind = _type_of(f)
-        kwargs: dict[str, Any] = {"dest": f.name, "help": f.metadata.get("help", ""),
-                                  "default": argparse.SUPPRESS}
+        kwargs: dict[str, Any] = {
+            "dest": f.name,
+            "help": f.metadata.get("help", ""),
+            "default": argparse.SUPPRESS,
+        }
         if kind is bool:
-            kwargs["action"] = (argparse.BooleanOptionalAction if f.metadata.get("negatable") or f.default
-                                else "store_true")
+            kwargs["action"] = (
+                argparse.BooleanOptionalAction
+                if f.metadata.get("negatable") or f.default
+                else "store_true"
+            )
         else:
             kwargs["type"] = kind
             if f.metadata.get("choices"):

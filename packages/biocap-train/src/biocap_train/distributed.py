@@ -64,8 +64,13 @@ def init(device: str | None = None) -> DistInfo:
         torch.cuda.set_device(dev)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world_size,
-                                device_id=dev if dev.type == "cuda" else None)
+        dist.init_process_group(
+            backend,
+            init_method="env://",
+            rank=rank,
+            world_size=world_size,
+            device_id=dev if dev.type == "cuda" else None,
+        )
     return DistInfo(rank, world_size, local_rank, dev)
 
 
@@ -74,8 +79,12 @@ def set_cpu_threads(info: DistInfo, workers: int) -> None:
     oversubscribed OpenMP threads spin and can make a step ten times slower."""
     if info.device.type != "cpu" or "OMP_NUM_THREADS" in os.environ:
         return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    per_process = cores // int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size if info.enabled else 1))
+    cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )
+    per_process = cores // int(
+        os.environ.get("LOCAL_WORLD_SIZE", info.world_size if info.enabled else 1)
+    )
     torch.set_num_threads(max(1, per_process - workers))
 
 

@@ -28,8 +28,9 @@ class ImagePrep(Protocol):
     def collate(self, items: list[Any]) -> Any:
         """Data worker: a micro-batch of :meth:`encode`'s results."""
 
-    def apply(self, batch: Any, device: torch.device, dtype: torch.dtype
-              ) -> tuple[torch.Tensor | None, list[int], list[tuple[int, str]]]:
+    def apply(
+        self, batch: Any, device: torch.device, dtype: torch.dtype
+    ) -> tuple[torch.Tensor | None, list[int], list[tuple[int, str]]]:
         """Main process: (the (B, 3, H, W) batch of the images that made it, on ``device`` in
         ``dtype``, or None; their positions; (position, why) of those that did not)."""
 
@@ -49,8 +50,9 @@ class WorkerDecode:
         return torch.stack(items)
 
     @staticmethod
-    def apply(batch: torch.Tensor, device: torch.device, dtype: torch.dtype
-              ) -> tuple[torch.Tensor, list[int], list[tuple[int, str]]]:
+    def apply(
+        batch: torch.Tensor, device: torch.device, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, list[int], list[tuple[int, str]]]:
         return batch.to(device, dtype=dtype, non_blocking=True), list(range(len(batch))), []
 
 

@@ -16,7 +16,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     return [
         {"params": [p for n, p in named if excluded_from_decay(n, p)], "weight_decay": 0.0},
-        {"params": [p for n, p in named if not excluded_from_decay(n, p)], "weight_decay": weight_decay},
+        {
+            "params": [p for n, p in named if not excluded_from_decay(n, p)],
+            "weight_decay": weight_decay,
+        },
     ]
 
 
@@ -24,8 +27,14 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 FUSED_DEVICES = ("cpu", "cuda")
 
 
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
-                   eps: float, fused: bool = True) -> torch.optim.AdamW:
+def make_optimizer(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    eps: float,
+    fused: bool = True,
+) -> torch.optim.AdamW:
     """AdamW over all trainable parameters. Parameters whose grad is None on a step (the head
     that step does not train) are skipped by AdamW: neither moved nor decayed, as in the original.
 
@@ -34,5 +43,10 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tupl
     PyTorch's default (the multi-tensor loop on CUDA), the baseline benchmarks/train_throughput.py
     compares against."""
     device = next(model.parameters()).device.type
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps,
-                             fused=fused and device in FUSED_DEVICES)
+    return torch.optim.AdamW(
+        param_groups(model, weight_decay),
+        lr=lr,
+        betas=betas,
+        eps=eps,
+        fused=fused and device in FUSED_DEVICES,
+    )

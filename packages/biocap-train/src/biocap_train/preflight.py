@@ -49,8 +49,9 @@ def preflight(urls: list[str], candidates: tuple[str, ...]) -> tuple[str, set[st
         raise DataUnusable(f"no sample could be read from {describe_shards(tried)}: {why}")
     where = f"the first {len(samples)} samples of {samples[0]['__url__']}"
     if not any(_decodes(s) for s in samples):
-        raise DataUnusable(f"none of {where} has a decodable image ({'/'.join(IMAGE_MEMBERS)} "
-                           "member)")
+        raise DataUnusable(
+            f"none of {where} has a decodable image ({'/'.join(IMAGE_MEMBERS)} member)"
+        )
     return where, {t for t in candidates if any(sample_text(s, t, None) for s in samples)}
 
 
@@ -68,8 +69,11 @@ def _decodes(sample: dict) -> bool:
 def check_data(cfg: TrainConfig) -> None:
     """Refuse, before any model is built, a run that the data cannot serve (see the module
     docstring), saying what is missing and how to fix it."""
-    needs = [t for t in text_types_of_run(cfg.text_type, cfg.caption_share, cfg.joint_loss)
-             if not (t == "caption" and cfg.captions)]
+    needs = [
+        t
+        for t in text_types_of_run(cfg.text_type, cfg.caption_share, cfg.joint_loss)
+        if not (t == "caption" and cfg.captions)
+    ]
     for urls in _sources(cfg.train_data):
         where, carried = _preflight(urls, tuple(needs), "--train-data")
         missing = [t for t in needs if t not in carried]
@@ -79,25 +83,34 @@ def check_data(cfg: TrainConfig) -> None:
                 need += f" (its caption steps, --caption-share {cfg.caption_share:.3g})"
             raise DataUnusable(
                 f"--train-data: none of {where} has caption.txt, which {need} needs: "
-                + CAPTIONS_FIX)
+                + CAPTIONS_FIX
+            )
         if missing:
             have = sorted(t for t in carried if t != "caption")
             raise DataUnusable(
                 f"--train-data: none of {where} has {', '.join(t + '.txt' for t in missing)}, "
                 f"which --text-type {cfg.text_type} trains on; "
-                + (f"they have {', '.join(have)}: use one of those as --text-type" if have
-                   else "these are not TreeOfLife shards with taxonomic texts"))
+                + (
+                    f"they have {', '.join(have)}: use one of those as --text-type"
+                    if have
+                    else "these are not TreeOfLife shards with taxonomic texts"
+                )
+            )
     if cfg.val_data:
         needs = TRAIN_TAXONOMIC_TYPES + (() if cfg.captions else ("caption",))
         for urls in _sources(cfg.val_data):
             where, carried = _preflight(urls, needs, "--val-data")
             missing = [t for t in needs if t not in carried]
             if missing:
-                fix = ("pass --captions TABLE.parquet with their captions, or leave out --val-data"
-                       if "caption" in missing else "leave out --val-data")
+                fix = (
+                    "pass --captions TABLE.parquet with their captions, or leave out --val-data"
+                    if "caption" in missing
+                    else "leave out --val-data"
+                )
                 raise DataUnusable(
                     f"--val-data: none of {where} has {', '.join(t + '.txt' for t in missing)}; "
-                    f"validation scores the caption and every taxonomic text type: {fix}")
+                    f"validation scores the caption and every taxonomic text type: {fix}"
+                )
 
 
 def _sources(spec: str) -> list[list[str]]:

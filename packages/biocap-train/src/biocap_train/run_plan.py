@@ -15,9 +15,21 @@ from biocap_train.preflight import check_data
 
 #: Config fields that fix the data stream: a resume that changes one cannot continue it
 #: exactly.
-STREAM_FIELDS = ("train_data", "train_data_upsampling_factors", "dataset_resampled",
-                 "train_num_samples", "batch_size", "accum_freq", "workers", "seed",
-                 "shuffle_buffer", "text_type", "caption_share", "joint_loss", "captions")
+STREAM_FIELDS = (
+    "train_data",
+    "train_data_upsampling_factors",
+    "dataset_resampled",
+    "train_num_samples",
+    "batch_size",
+    "accum_freq",
+    "workers",
+    "seed",
+    "shuffle_buffer",
+    "text_type",
+    "caption_share",
+    "joint_loss",
+    "captions",
+)
 
 
 @dataclass
@@ -62,8 +74,9 @@ def plan_run(cfg: TrainConfig, info: DistInfo) -> RunPlan:
     return RunPlan(urls, weights, samples, steps_per_epoch, total, streams)
 
 
-def resume_position(ckpt: dict[str, Any], cfg: TrainConfig, info: DistInfo,
-                    say) -> dict[str, Any] | None:
+def resume_position(
+    ckpt: dict[str, Any], cfg: TrainConfig, info: DistInfo, say
+) -> dict[str, Any] | None:
     """This rank's stream position saved in ``ckpt``, or None (saying why) if the run's data
     stream changed since (a :data:`STREAM_FIELDS` option, the world size): it then restarts at the
     epoch position."""
@@ -73,7 +86,9 @@ def resume_position(ckpt: dict[str, Any], cfg: TrainConfig, info: DistInfo,
         changed.append(f"world size ({ckpt.get('world_size')} -> {info.world_size})")
     states = ckpt.get("data_state") or []
     if changed or len(states) != info.world_size:
-        say(f"warning: resuming with changed {changed or ['data state']}: the data stream "
-            "restarts at the current epoch position instead of continuing exactly")
+        say(
+            f"warning: resuming with changed {changed or ['data state']}: the data stream "
+            "restarts at the current epoch position instead of continuing exactly"
+        )
         return None
     return states[info.rank]

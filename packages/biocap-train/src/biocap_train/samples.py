@@ -33,8 +33,10 @@ def raw_samples(urls: Iterator[str], counts: DataCounts, limit_empty: int) -> It
         if not produced:
             empty_shards += 1
             if empty_shards >= limit_empty:
-                raise ShardError(f"{limit_empty} shards in a row gave no sample (last: {url}); "
-                                 "are the shards readable webdataset tar files?")
+                raise ShardError(
+                    f"{limit_empty} shards in a row gave no sample (last: {url}); "
+                    "are the shards readable webdataset tar files?"
+                )
 
 
 def describe_shards(urls) -> str:

@@ -18,8 +18,13 @@ def step_rng(seed: int, step: int, purpose: str = "text") -> random.Random:
     return random.Random(f"{seed}/{purpose}/{step}")
 
 
-def text_type_for_step(step: int, seed: int, text_type: str = "random", caption_share: float = 1 / 6,
-                       joint: bool = False) -> str:
+def text_type_for_step(
+    step: int,
+    seed: int,
+    text_type: str = "random",
+    caption_share: float = 1 / 6,
+    joint: bool = False,
+) -> str:
     """The text type of global step ``step``, the same on every rank.
 
     ``random``: ``caption`` with probability ``caption_share``, otherwise one of
@@ -35,7 +40,9 @@ def text_type_for_step(step: int, seed: int, text_type: str = "random", caption_
     return rng.choice(TRAIN_TAXONOMIC_TYPES)
 
 
-def text_types_of_run(text_type: str = "random", caption_share: float = 1 / 6, joint: bool = False) -> tuple[str, ...]:
+def text_types_of_run(
+    text_type: str = "random", caption_share: float = 1 / 6, joint: bool = False
+) -> tuple[str, ...]:
     """Every text type some step of such a run may train on: what the data must carry.
 
     ``random`` can draw any taxonomic type, and ``caption`` unless ``caption_share`` is 0; ``joint`` adds
@@ -96,7 +103,9 @@ class TextSchedule:
         return StepText(drawn, self.joint)
 
 
-def learning_rate(step: int, base_lr: float, warmup: int, total_steps: int, kind: str = "cosine") -> float:
+def learning_rate(
+    step: int, base_lr: float, warmup: int, total_steps: int, kind: str = "cosine"
+) -> float:
     """OpenCLIP's schedule: linear warm-up from base/warmup, then cosine to 0 (or constant)."""
     if step < warmup:
         return base_lr * (step + 1) / warmup

@@ -118,8 +118,9 @@ class TrainStream(IterableDataset):
         # webdataset's public shuffle filter with our own generator: its detshuffle seeds from
         # seed + epoch only, but each (rank, stream) needs its own order, fixed by the seed, to
         # resume exactly.
-        shuffled = wds.shuffle(bufsize=s.shuffle_buffer, initial=max(1, s.shuffle_buffer // 5),
-                               rng=rng)(raw)
+        shuffled = wds.shuffle(
+            bufsize=s.shuffle_buffer, initial=max(1, s.shuffle_buffer // 5), rng=rng
+        )(raw)
         consumed = 0
         for _ in range(s.skip.get(stream, 0)):
             next(shuffled)
@@ -137,8 +138,15 @@ class TrainStream(IterableDataset):
                     if example is not None:
                         examples.append(example)
                         keys.append(sample["__key__"])
-            yield maker.collate(examples, keys, step_text, index=index, stream=stream,
-                                consumed=consumed, counts=counts.as_dict())
+            yield maker.collate(
+                examples,
+                keys,
+                step_text,
+                index=index,
+                stream=stream,
+                consumed=consumed,
+                counts=counts.as_dict(),
+            )
 
 
 class ValStream(IterableDataset):
@@ -147,8 +155,15 @@ class ValStream(IterableDataset):
     Each batch carries its worker's skipped-sample counts so far (``counts``, ``stream``); a worker
     whose last samples were all skipped ends with a :class:`StreamCounts` alone."""
 
-    def __init__(self, urls: list[str], batch_size: int, seed: int, prep: ImagePrep, tokenizer,
-                 captions: CaptionIndex | None = None):
+    def __init__(
+        self,
+        urls: list[str],
+        batch_size: int,
+        seed: int,
+        prep: ImagePrep,
+        tokenizer,
+        captions: CaptionIndex | None = None,
+    ):
         super().__init__()
         self.urls, self.batch_size, self.seed = urls, batch_size, seed
         self.prep, self.tokenizer, self.captions = prep, tokenizer, captions
@@ -170,8 +185,9 @@ class ValStream(IterableDataset):
                 examples.append(example)
                 keys.append(sample["__key__"])
             if len(examples) == self.batch_size:
-                yield maker.collate(examples, keys, step_text, counts=counts.as_dict(),
-                                    stream=worker)
+                yield maker.collate(
+                    examples, keys, step_text, counts=counts.as_dict(), stream=worker
+                )
                 n_batch, examples, keys = n_batch + 1, [], []
                 step_text = StepText(val_text_type(n_batch * n_workers + worker, self.seed), True)
         if examples:
@@ -201,9 +217,15 @@ def carry_errors(batches: Iterator) -> Iterator:
 def loader(dataset: IterableDataset, workers: int, pin_memory: bool = False) -> Iterator[Any]:
     """The batches of a stream through a DataLoader; a data error in a stream is raised as itself
     (see :class:`WorkerError`), other exceptions (bugs) with the DataLoader's traceback."""
-    batches = wds.WebLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
-                            persistent_workers=False, pin_memory=pin_memory,
-                            prefetch_factor=4 if workers else None)
+    batches = wds.WebLoader(
+        dataset,
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        persistent_workers=False,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if workers else None,
+    )
     for item in batches:
         if isinstance(item, WorkerError):
             raise item.error

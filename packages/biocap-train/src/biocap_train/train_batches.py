@@ -29,8 +29,16 @@ class TrainBatches:
     checkpoint saves per rank; given back as ``restored``, the streams continue exactly there.
     """
 
-    def __init__(self, cfg: TrainConfig, plan: RunPlan, info: DistInfo, model,
-                 captions: CaptionIndex | None, restored: dict[str, Any] | None, say):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        plan: RunPlan,
+        info: DistInfo,
+        model,
+        captions: CaptionIndex | None,
+        restored: dict[str, Any] | None,
+        say,
+    ):
         self.cfg, self.plan, self.info, self.captions = cfg, plan, info, captions
         self.restored, self.say = restored, say
         self.prep, self.tokenizer = image_prep(cfg, model, train=True), model.tokenizer()
@@ -52,18 +60,31 @@ class TrainBatches:
         first = epoch * plan.steps_per_epoch
         streams = self._restored_streams(epoch, start, done=(start - first) * cfg.accum_freq)
         spec = StreamSpec(
-            urls=plan.urls, weights=plan.weights, resampled=cfg.dataset_resampled,
-            batch_size=cfg.batch_size, epoch=epoch, rank=self.info.rank,
-            world_size=self.info.world_size, num_streams=plan.num_streams,
-            microbatches=plan.steps_per_epoch * cfg.accum_freq, first_step=first,
-            accum_freq=cfg.accum_freq, prep=self.prep, tokenizer=self.tokenizer, texts=self.texts,
-            captions=self.captions, shuffle_buffer=self.shuffle_buffer,
+            urls=plan.urls,
+            weights=plan.weights,
+            resampled=cfg.dataset_resampled,
+            batch_size=cfg.batch_size,
+            epoch=epoch,
+            rank=self.info.rank,
+            world_size=self.info.world_size,
+            num_streams=plan.num_streams,
+            microbatches=plan.steps_per_epoch * cfg.accum_freq,
+            first_step=first,
+            accum_freq=cfg.accum_freq,
+            prep=self.prep,
+            tokenizer=self.tokenizer,
+            texts=self.texts,
+            captions=self.captions,
+            shuffle_buffer=self.shuffle_buffer,
             start=(start - first) * cfg.accum_freq,
             skip={int(w): s["consumed"] for w, s in streams.items()},
             counts={int(w): s["counts"] for w, s in streams.items()},
         )
-        self.position = {"epoch": epoch, "microbatches": spec.start,
-                         "streams": {int(w): dict(s) for w, s in streams.items()}}
+        self.position = {
+            "epoch": epoch,
+            "microbatches": spec.start,
+            "streams": {int(w): dict(s) for w, s in streams.items()},
+        }
         self._device_skips = {}
         pin = self.info.device.type == "cuda"
         batches = iter(loader(TrainStream(spec), cfg.workers, pin_memory=pin))
@@ -77,8 +98,10 @@ class TrainBatches:
         if saved and saved.get("epoch") == epoch and saved.get("microbatches") == done:
             return saved.get("streams", {})
         if done:
-            self.say(f"warning: no stream position for step {step}; epoch {epoch} continues with "
-                     "fresh streams (not bit-identical to an uninterrupted run)")
+            self.say(
+                f"warning: no stream position for step {step}; epoch {epoch} continues with "
+                "fresh streams (not bit-identical to an uninterrupted run)"
+            )
         return {}
 
     def _on_device(self, batch: Batch) -> Batch:
@@ -99,8 +122,10 @@ class TrainBatches:
     def _advance(self, batch: Batch) -> Batch:
         """Check that ``batch`` is the next micro-batch and move the position past it."""
         if batch.index != self.position["microbatches"]:
-            raise RuntimeError(f"data stream out of order: got micro-batch {batch.index}, "
-                               f"expected {self.position['microbatches']}")
+            raise RuntimeError(
+                f"data stream out of order: got micro-batch {batch.index}, "
+                f"expected {self.position['microbatches']}"
+            )
         self.position["microbatches"] += 1
         counts, stream = batch.counts, batch.stream
         if stream in self._device_skips:  # the workers' counts lack what failed on the device

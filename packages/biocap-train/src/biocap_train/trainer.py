@@ -105,8 +105,10 @@ def prepare_run_dir(run_dir: Path) -> None:
 def refuse_to_overwrite(run_dir: Path) -> None:
     """A fresh run must not mix its checkpoints with an earlier run's under the same name."""
     if list_checkpoints(run_dir):
-        raise FileExistsError(f"{run_dir} already has checkpoints; pass --resume latest to "
-                              "continue it or choose another --name")
+        raise FileExistsError(
+            f"{run_dir} already has checkpoints; pass --resume latest to "
+            "continue it or choose another --name"
+        )
 
 
 def default_name(cfg: TrainConfig) -> str:
@@ -143,22 +145,31 @@ class Trainer:
         self.device = info.device
         torch.manual_seed(cfg.seed)
         if cfg.pretrained:
-            self.model = load_model(cfg.model, cfg.pretrained, device=self.device, precision=cfg.precision)
+            self.model = load_model(
+                cfg.model, cfg.pretrained, device=self.device, precision=cfg.precision
+            )
         else:
             self.model = build_model(cfg.model, precision=cfg.precision, device=self.device)
         self.model.train()
         if cfg.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
-        self.optimizer = make_optimizer(self.model, cfg.lr, cfg.wd, (cfg.beta1, cfg.beta2), cfg.eps,
-                                        fused=cfg.fused_adamw)
+        self.optimizer = make_optimizer(
+            self.model, cfg.lr, cfg.wd, (cfg.beta1, cfg.beta2), cfg.eps, fused=cfg.fused_adamw
+        )
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "amp" else None
-        clip_loss = ClipLoss(local_loss=cfg.local_loss, gather_with_grad=cfg.gather_with_grad, cache_labels=True,
-                             rank=info.rank, world_size=info.world_size)
+        clip_loss = ClipLoss(
+            local_loss=cfg.local_loss,
+            gather_with_grad=cfg.gather_with_grad,
+            cache_labels=True,
+            rank=info.rank,
+            world_size=info.world_size,
+        )
         self.loss = HeadLosses(clip_loss, cfg.caption_loss_weight if cfg.joint_loss else 1.0)
         self.ddp = None
         if info.enabled:
             self.ddp = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=not cfg.joint_loss,
             )
         self.forward = self.ddp if self.ddp is not None else self.model
@@ -173,22 +184,34 @@ class Trainer:
         loss is not finite on any rank."""
         step_text = step_text_of(micro, step)
         text_type, heads = step_text.text_type, step_text.heads
-        lr = learning_rate(step, self.cfg.lr, self.cfg.warmup, self.total_steps, self.cfg.lr_scheduler)
+        lr = learning_rate(
+            step, self.cfg.lr, self.cfg.warmup, self.total_steps, self.cfg.lr_scheduler
+        )
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         losses = self._forward_backward(micro, heads)
         mean = self._mean_losses(losses, step, text_type)
         self._optimizer_step()
-        return {"loss": mean["loss"], "text_type": text_type, "heads": heads, "lr": lr,
-                **{f"loss_{h}": mean[h] for h in heads}}
+        return {
+            "loss": mean["loss"],
+            "text_type": text_type,
+            "heads": heads,
+            "lr": lr,
+            **{f"loss_{h}": mean[h] for h in heads},
+        }
 
-    def _forward_backward(self, micro: list[Batch], heads: tuple[str, ...]
-                          ) -> dict[str, torch.Tensor]:
+    def _forward_backward(
+        self, micro: list[Batch], heads: tuple[str, ...]
+    ) -> dict[str, torch.Tensor]:
         # TrainBatches hands the images over on the device already (a no-op then)
         images = [b.image.to(self.device, dtype=self.input_dtype, non_blocking=True) for b in micro]
-        texts = [(torch.cat([b.text, b.caption_text]) if len(heads) == 2 else b.text).to(
-            self.device, non_blocking=True) for b in micro]
+        texts = [
+            (torch.cat([b.text, b.caption_text]) if len(heads) == 2 else b.text).to(
+                self.device, non_blocking=True
+            )
+            for b in micro
+        ]
         amp = autocast(self.device, self.cfg.precision, inputs_cast=True)
         if len(micro) == 1:
             with amp:
@@ -198,15 +221,26 @@ class Trainer:
             return losses
         # OpenCLIP's accumulation: every micro-batch sees the others' cached features as negatives
         with torch.no_grad(), amp:
-            cached = [head_features(self.forward(i, t, heads=heads), heads, len(i)) for i, t in zip(images, texts)]
+            cached = [
+                head_features(self.forward(i, t, heads=heads), heads, len(i))
+                for i, t in zip(images, texts)
+            ]
         for j in range(len(micro)):
             last = j == len(micro) - 1
-            sync = self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
+            sync = (
+                self.ddp.no_sync()
+                if self.ddp is not None and not last
+                else contextlib.nullcontext()
+            )
             with sync, amp:
                 out = self.forward(images[j], texts[j], heads=heads)
                 mine = head_features(out, heads, len(images[j]))
-                feats = {k: torch.cat([c[k] for c in cached[:j]] + [mine[k]] + [c[k] for c in cached[j + 1:]])
-                         for k in mine}
+                feats = {
+                    k: torch.cat(
+                        [c[k] for c in cached[:j]] + [mine[k]] + [c[k] for c in cached[j + 1 :]]
+                    )
+                    for k in mine
+                }
                 # every micro-batch's loss is the whole batch's loss: let one of them train the
                 # temperatures, or their gradient would be accum_freq times too large (OpenCLIP's is)
                 losses = self.loss(feats, out, heads, scale_grad=last)
@@ -216,15 +250,21 @@ class Trainer:
     def _backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
-    def _mean_losses(self, losses: dict[str, torch.Tensor], step: int, text_type: str) -> dict[str, float]:
+    def _mean_losses(
+        self, losses: dict[str, torch.Tensor], step: int, text_type: str
+    ) -> dict[str, float]:
         """The losses averaged over ranks; raises TrainingDiverged if one is not finite on any rank."""
         values = [losses["loss"].detach().float()]
-        values += [losses[h].detach().float() if h in losses else torch.zeros((), device=self.device)
-                   for h in ("tax", "caption")]
+        values += [
+            losses[h].detach().float() if h in losses else torch.zeros((), device=self.device)
+            for h in ("tax", "caption")
+        ]
         bad = sum((~torch.isfinite(v)).float() for v in values)
         reduced = distributed.sum_tensor(self.info, torch.stack(values + [bad]))
         if reduced[-1].item() > 0:
-            raise TrainingDiverged(f"loss is {values[0].item()} at step {step} (text type {text_type})")
+            raise TrainingDiverged(
+                f"loss is {values[0].item()} at step {step} (text type {text_type})"
+            )
         return dict(zip(("loss", "tax", "caption"), (reduced[:3] / self.info.world_size).tolist()))
 
     def _optimizer_step(self) -> None:
@@ -244,11 +284,15 @@ class Trainer:
     # ---- state ----
     def state(self, step: int, data_state: list[Any]) -> dict[str, Any]:
         return {
-            "step": step, "name": self.cfg.name, "state_dict": self.model.state_dict(),
+            "step": step,
+            "name": self.cfg.name,
+            "state_dict": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else {},
-            "model_cfg": self.model.model_cfg, "config": self.cfg.to_dict(),
-            "world_size": self.info.world_size, "data_state": data_state,
+            "model_cfg": self.model.model_cfg,
+            "config": self.cfg.to_dict(),
+            "world_size": self.info.world_size,
+            "data_state": data_state,
         }
 
     def load_state(self, ckpt: dict[str, Any]) -> None:
@@ -276,17 +320,25 @@ class Trainer:
         if ckpt is not None and int(ckpt["step"]) >= plan.total_steps:
             # Saving again would rewrite the final checkpoint (new mtime, no data position), and eval
             # would take it for a new model.
-            say(f"{cfg.run_dir} already finished: {resume} is at step {ckpt['step']} of {plan.total_steps}; "
-                "nothing to do (raise --epochs or --steps to train further)")
-            return TrainResult(cfg.run_dir, resume, int(ckpt["step"]), rank=info.rank, finished=True)
+            say(
+                f"{cfg.run_dir} already finished: {resume} is at step {ckpt['step']} of {plan.total_steps}; "
+                "nothing to do (raise --epochs or --steps to train further)"
+            )
+            return TrainResult(
+                cfg.run_dir, resume, int(ckpt["step"]), rank=info.rank, finished=True
+            )
         run, step = self._open_run(plan, resume, ckpt, say)
         result = TrainResult(cfg.run_dir, None, step, rank=info.rank)
         with distributed.failing_together(info):  # rank 0's evaluation
             self._zeroshot_before(run, step, result)
         global_batch = cfg.batch_size * cfg.accum_freq * info.world_size
-        say(f"training {plan.total_steps} steps ({plan.steps_per_epoch}/epoch, global batch {global_batch}) on "
-            f"{info.world_size} x {self.device}; logs in {cfg.run_dir}")
-        progress = ProgressDisplay(plan.total_steps, step, enabled=info.is_main and cfg.progress, console=console)
+        say(
+            f"training {plan.total_steps} steps ({plan.steps_per_epoch}/epoch, global batch {global_batch}) on "
+            f"{info.world_size} x {self.device}; logs in {cfg.run_dir}"
+        )
+        progress = ProgressDisplay(
+            plan.total_steps, step, enabled=info.is_main and cfg.progress, console=console
+        )
         log = StepLog(run.metrics, progress, plan.total_steps, global_batch, cfg.log_every_n_steps)
         try:
             while step < plan.total_steps:
@@ -302,19 +354,27 @@ class Trainer:
             progress.close()
             raise self._diverged(run, step, exc) from None
         progress.close()
-        result.checkpoint = self._save(run, step) if run.last_saved != step else latest_checkpoint(cfg.run_dir)
+        result.checkpoint = (
+            self._save(run, step) if run.last_saved != step else latest_checkpoint(cfg.run_dir)
+        )
         result.step, result.data_problems = step, dict(run.problems.counts)
         with distributed.failing_together(info):  # rank 0's evaluation and logs
             if run.zeroshot is not None:
-                result.zeroshot["after"] = top1 = zeroshot_top1(self.model, run.zeroshot, cfg,
-                                                                self.device)
+                result.zeroshot["after"] = top1 = zeroshot_top1(
+                    self.model, run.zeroshot, cfg, self.device
+                )
                 run.metrics.write("zeroshot", step, top1=top1, when="after")
             result.seconds = time.time() - started
             run.metrics.close()
         return result
 
-    def _open_run(self, plan: RunPlan, resume: Path | None, ckpt: dict[str, Any] | None,
-                  say: Callable[[str], None]) -> tuple[Run, int]:
+    def _open_run(
+        self,
+        plan: RunPlan,
+        resume: Path | None,
+        ckpt: dict[str, Any] | None,
+        say: Callable[[str], None],
+    ) -> tuple[Run, int]:
         """Clean the run folder of interrupted writes, start its logs, restore the checkpoint's state if
         resuming; the run and its first step."""
         cfg, info = self.cfg, self.info
@@ -322,10 +382,17 @@ class Trainer:
             if info.is_main:
                 removed = remove_partial_checkpoints(cfg.run_dir)
                 if removed:
-                    say(f"removed {len(removed)} partial checkpoint file(s) of an interrupted "
-                        "write: " + ", ".join(p.name for p in removed))
-            metrics = MetricsLog(cfg.run_dir, cfg.report_to, cfg.to_dict(), cfg.wandb_project_name,
-                                 enabled=info.is_main)
+                    say(
+                        f"removed {len(removed)} partial checkpoint file(s) of an interrupted "
+                        "write: " + ", ".join(p.name for p in removed)
+                    )
+            metrics = MetricsLog(
+                cfg.run_dir,
+                cfg.report_to,
+                cfg.to_dict(),
+                cfg.wandb_project_name,
+                enabled=info.is_main,
+            )
             if info.is_main:
                 text = json.dumps(cfg.to_dict(), indent=2)
                 atomic_write(cfg.run_dir / "config.json", lambda tmp: tmp.write_text(text))
@@ -345,10 +412,14 @@ class Trainer:
             return
         classes = len(run.zeroshot.classnames)
         result.chance = 1 / classes
-        result.zeroshot["before"] = top1 = zeroshot_top1(self.model, run.zeroshot, self.cfg, self.device)
+        result.zeroshot["before"] = top1 = zeroshot_top1(
+            self.model, run.zeroshot, self.cfg, self.device
+        )
         run.metrics.write("zeroshot", step, top1=top1, when="before", classes=classes)
-        run.say(f"zero-shot top-1 before training: {100 * top1:.1f}% ({classes} classes, "
-                f"chance {100 * result.chance:.1f}%)")
+        run.say(
+            f"zero-shot top-1 before training: {100 * top1:.1f}% ({classes} classes, "
+            f"chance {100 * result.chance:.1f}%)"
+        )
 
     def _end_epoch(self, run: Run, plan: RunPlan, epoch: int, step: int) -> None:
         """Report the epoch's bad samples; after a whole epoch, validate, zero-shot and save as configured."""
@@ -357,16 +428,24 @@ class Trainer:
         run.problems = DataCounts.merge([run.problems, problems])
         run.metrics.write("data", step, epoch=epoch, skipped=dict(problems.counts))
         if problems.counts:
-            run.say(f"epoch {epoch}: skipped {sum(problems.counts.values())} bad input(s): {problems.summary()}")
+            run.say(
+                f"epoch {epoch}: skipped {sum(problems.counts.values())} bad input(s): {problems.summary()}"
+            )
         if step != (epoch + 1) * plan.steps_per_epoch:  # the run ended mid-epoch (--steps)
             return
         completed = epoch + 1
         with distributed.failing_together(info):  # rank 0's evaluation
-            if info.is_main and cfg.val_data and (completed % cfg.val_frequency == 0
-                                                  or step == plan.total_steps):
+            if (
+                info.is_main
+                and cfg.val_data
+                and (completed % cfg.val_frequency == 0 or step == plan.total_steps)
+            ):
                 self._validate(run, epoch, step)
-            if (run.zeroshot is not None and completed % cfg.zeroshot_frequency == 0
-                    and step < plan.total_steps):
+            if (
+                run.zeroshot is not None
+                and completed % cfg.zeroshot_frequency == 0
+                and step < plan.total_steps
+            ):
                 top1 = zeroshot_top1(self.model, run.zeroshot, cfg, self.device)
                 run.metrics.write("zeroshot", step, top1=top1, epoch=epoch)
                 run.say(f"epoch {epoch} zero-shot top-1: {100 * top1:.1f}%")
@@ -378,10 +457,14 @@ class Trainer:
         val, problems = validation_loss(self.model, self.cfg, run.captions, self.device)
         run.metrics.write("val", step, epoch=epoch, **val, skipped=dict(problems.counts))
         if problems.counts:
-            run.say(f"epoch {epoch} validation: skipped {sum(problems.counts.values())} bad "
-                    f"input(s): {problems.summary()}")
-        run.say(f"epoch {epoch} validation: taxonomic loss {val['loss_tax']:.4f}, caption loss "
-                f"{val['loss_caption']:.4f} ({val['samples']} samples)")
+            run.say(
+                f"epoch {epoch} validation: skipped {sum(problems.counts.values())} bad "
+                f"input(s): {problems.summary()}"
+            )
+        run.say(
+            f"epoch {epoch} validation: taxonomic loss {val['loss_tax']:.4f}, caption loss "
+            f"{val['loss_caption']:.4f} ({val['samples']} samples)"
+        )
 
     def _save(self, run: Run, step: int) -> Path | None:
         """Save a checkpoint with every rank's stream position (rank 0 writes); its path on rank 0."""
@@ -389,8 +472,9 @@ class Trainer:
         path = None
         with distributed.failing_together(self.info):  # e.g. a full disk where rank 0 writes
             if self.info.is_main:
-                path = save_checkpoint(run.dir, step, self.state(step, gathered),
-                                       self.cfg.keep_checkpoints)
+                path = save_checkpoint(
+                    run.dir, step, self.state(step, gathered), self.cfg.keep_checkpoints
+                )
                 run.metrics.write("checkpoint", step, path=str(path))
         run.last_saved = step
         return path
@@ -398,7 +482,9 @@ class Trainer:
     def _diverged(self, run: Run, step: int, exc: TrainingDiverged) -> TrainingDiverged:
         """Log the divergence and say how to go on from the last good checkpoint."""
         last = latest_checkpoint(run.dir)
-        run.metrics.write("diverged", step, message=str(exc), last_checkpoint=str(last) if last else None)
+        run.metrics.write(
+            "diverged", step, message=str(exc), last_checkpoint=str(last) if last else None
+        )
         run.metrics.close()
         keep = f"last good checkpoint: {last}" if last else "no checkpoint was saved yet"
         return TrainingDiverged(

@@ -12,7 +12,13 @@ import torch
 from biocap_core.precision import autocast, input_dtype
 from biocap_core.shards import expand_sources
 from biocap_core.taxonomy import TEMPLATES
-from biocap_core.zeroshot import ClassificationSet, classifier_weights, encode_images, eval_mode, topk_accuracy
+from biocap_core.zeroshot import (
+    ClassificationSet,
+    classifier_weights,
+    encode_images,
+    eval_mode,
+    topk_accuracy,
+)
 from open_clip import ClipLoss
 
 from biocap_train.bad_data import DataCounts
@@ -32,17 +38,27 @@ def zeroshot_set(cfg: TrainConfig) -> ClassificationSet | None:
     return ClassificationSet.from_csv(cfg.zeroshot_data, root, cfg.zeroshot_label_type)
 
 
-def zeroshot_top1(model, dataset: ClassificationSet, cfg: TrainConfig, device: torch.device) -> float:
+def zeroshot_top1(
+    model, dataset: ClassificationSet, cfg: TrainConfig, device: torch.device
+) -> float:
     """Top-1 of the taxonomic head on a zero-shot classification set (the original's protocol)."""
-    feats = encode_images(model, dataset.paths, head="tax", batch_size=256, device=device, precision=cfg.precision)
-    weights = classifier_weights(model, dataset.classnames, TEMPLATES[:cfg.zeroshot_templates], device=device,
-                                 precision=cfg.precision)
+    feats = encode_images(
+        model, dataset.paths, head="tax", batch_size=256, device=device, precision=cfg.precision
+    )
+    weights = classifier_weights(
+        model,
+        dataset.classnames,
+        TEMPLATES[: cfg.zeroshot_templates],
+        device=device,
+        precision=cfg.precision,
+    )
     return topk_accuracy(feats @ weights, torch.tensor(dataset.labels), ks=(1,))[1]
 
 
 @torch.no_grad()
-def validation_loss(model, cfg: TrainConfig, captions: CaptionIndex | None,
-                    device: torch.device) -> tuple[dict[str, float], DataCounts]:
+def validation_loss(
+    model, cfg: TrainConfig, captions: CaptionIndex | None, device: torch.device
+) -> tuple[dict[str, float], DataCounts]:
     """Mean taxonomic and caption CLIP loss over every ``--val-data`` sample (one process), their mix
     at ``--caption-share`` as ``loss``, and the validation samples skipped as bad."""
     urls, _ = expand_sources(cfg.val_data)
@@ -68,8 +84,12 @@ def validation_loss(model, cfg: TrainConfig, captions: CaptionIndex | None,
             n += size
     problems = DataCounts.merge([*counts.values(), on_device])
     if n == 0:
-        raise ValueError(f"--val-data {cfg.val_data}: no readable validation samples ({problems.summary()})")
+        raise ValueError(
+            f"--val-data {cfg.val_data}: no readable validation samples ({problems.summary()})"
+        )
     result = {f"loss_{h}": v / n for h, v in totals.items()}
-    result["loss"] = (1 - cfg.caption_share) * result["loss_tax"] + cfg.caption_share * result["loss_caption"]
+    result["loss"] = (1 - cfg.caption_share) * result["loss_tax"] + cfg.caption_share * result[
+        "loss_caption"
+    ]
     result["samples"] = n
     return result, problems

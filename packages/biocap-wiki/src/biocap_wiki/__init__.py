@@ -15,4 +15,12 @@ from biocap_wiki.extract import describe  # noqa: E402
 from biocap_wiki.tables import load_species, read_feed  # noqa: E402
 from biocap_wiki.taxobox import ranks_agree  # noqa: E402
 
-__all__ = ["CrawlResult", "__version__", "crawl", "describe", "load_species", "ranks_agree", "read_feed"]
+__all__ = [
+    "CrawlResult",
+    "__version__",
+    "crawl",
+    "describe",
+    "load_species",
+    "ranks_agree",
+    "read_feed",
+]

@@ -66,8 +66,12 @@ def _url(api: str, params: Mapping[str, str | int], maxlag: int | None) -> str:
     return f"{api}?{urlencode(merged)}"
 
 
-def query_url(api: str, titles: Iterable[str], maxlag: int | None = None,
-              cont: Mapping[str, str] | None = None) -> str:
+def query_url(
+    api: str,
+    titles: Iterable[str],
+    maxlag: int | None = None,
+    cont: Mapping[str, str] | None = None,
+) -> str:
     """One batched ``action=query`` for up to 50 titles: redirects, disambiguation flag,
     canonical URL and the latest revision's wikitext."""
     params = {
@@ -86,15 +90,28 @@ def query_url(api: str, titles: Iterable[str], maxlag: int | None = None,
 
 def search_url(api: str, query: str, limit: int, maxlag: int | None = None) -> str:
     """``list=search`` in the article namespace, titles only."""
-    params = {"action": "query", "list": "search", "srsearch": query, "srlimit": str(limit),
-              "srnamespace": "0", "srprop": "", "srinfo": ""}
+    params = {
+        "action": "query",
+        "list": "search",
+        "srsearch": query,
+        "srlimit": str(limit),
+        "srnamespace": "0",
+        "srprop": "",
+        "srinfo": "",
+    }
     return _url(api, params, maxlag)
 
 
 def parse_url(api: str, revid: int, maxlag: int | None = None) -> str:
     """``action=parse`` of one revision's lead section (where the taxobox lives)."""
-    params = {"action": "parse", "oldid": str(revid), "prop": "text", "section": "0",
-              "disableeditsection": "1", "disablelimitreport": "1"}
+    params = {
+        "action": "parse",
+        "oldid": str(revid),
+        "prop": "text",
+        "section": "0",
+        "disableeditsection": "1",
+        "disablelimitreport": "1",
+    }
     return _url(api, params, maxlag)
 
 
@@ -118,8 +135,9 @@ def response_time(date_header: bytes | str | None) -> str:
     return datetime.now(UTC).isoformat()
 
 
-def read_query(payload: Mapping, requested: Iterable[str], fetched_at: str | None = None
-               ) -> tuple[dict[str, Page], dict[str, str] | None]:
+def read_query(
+    payload: Mapping, requested: Iterable[str], fetched_at: str | None = None
+) -> tuple[dict[str, Page], dict[str, str] | None]:
     """Map each requested title to its page, following ``normalized`` and ``redirects``.
 
     Returns the pages that are complete in this response and the ``continue``
@@ -152,7 +170,9 @@ def read_query(payload: Mapping, requested: Iterable[str], fetched_at: str | Non
             pageid=raw.get("pageid"),
             revid=revision.get("revid"),
             url=raw.get("canonicalurl") or raw.get("fullurl"),
-            wikitext=(revision.get("slots", {}).get("main", {}).get("content") if revision else None),
+            wikitext=(
+                revision.get("slots", {}).get("main", {}).get("content") if revision else None
+            ),
             disambiguation="disambiguation" in (raw.get("pageprops") or {}),
             fetched_at=fetched_at,
         )
@@ -173,6 +193,8 @@ def read_parse(payload: Mapping, revid: int) -> str:
     """
     parsed = check(payload).get("parse", {})
     if parsed.get("revid") != revid:
-        raise ValueError(f"action=parse answered for revision {parsed.get('revid')}, asked for {revid}")
+        raise ValueError(
+            f"action=parse answered for revision {parsed.get('revid')}, asked for {revid}"
+        )
     text = parsed.get("text", "")
     return text if isinstance(text, str) else text.get("*", "")

@@ -78,8 +78,14 @@ def check_writable(path: str | os.PathLike, *, folder: bool = False) -> None:
         raise OSError(exc.errno, f"cannot write here: {exc.reason}", str(path)) from None
 
 
-def crawl_settings(jobdir: Path, *, api: str | None = None, contact: str | None = None,
-                   cache_dir: Path | None = None, overrides: Mapping[str, object] | None = None):
+def crawl_settings(
+    jobdir: Path,
+    *,
+    api: str | None = None,
+    contact: str | None = None,
+    cache_dir: Path | None = None,
+    overrides: Mapping[str, object] | None = None,
+):
     """The project settings plus this job's folders and the caller's overrides."""
     from scrapy.settings import Settings
 
@@ -102,11 +108,18 @@ def crawl_settings(jobdir: Path, *, api: str | None = None, contact: str | None 
     return settings
 
 
-def crawl(species: str | os.PathLike, out: str | os.PathLike | None = None,
-          errors: str | os.PathLike | None = None, *, api: str | None = None,
-          contact: str | None = None, jobdir: str | os.PathLike | None = None,
-          cache_dir: str | os.PathLike | None = None, fresh: bool = False,
-          settings: Mapping[str, object] | None = None) -> CrawlResult:
+def crawl(
+    species: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    errors: str | os.PathLike | None = None,
+    *,
+    api: str | None = None,
+    contact: str | None = None,
+    jobdir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    fresh: bool = False,
+    settings: Mapping[str, object] | None = None,
+) -> CrawlResult:
     """Describe every species of a species list; write parquet tables when the crawl finishes.
 
     ``jobdir`` (default ``<out>.job``) keeps the resumable state and the feed:
@@ -137,8 +150,13 @@ def crawl(species: str | os.PathLike, out: str | os.PathLike | None = None,
     if fresh and jobdir.is_dir():
         shutil.rmtree(jobdir)
     check_writable(jobdir, folder=True)
-    scrapy_settings = crawl_settings(jobdir, api=api, contact=contact,
-                                     cache_dir=Path(cache_dir) if cache_dir else None, overrides=settings)
+    scrapy_settings = crawl_settings(
+        jobdir,
+        api=api,
+        contact=contact,
+        cache_dir=Path(cache_dir) if cache_dir else None,
+        overrides=settings,
+    )
     check_contact(scrapy_settings.get("WIKI_API"), scrapy_settings.get("WIKI_CONTACT"))
     process = CrawlerProcess(scrapy_settings)
     crawler = process.create_crawler(WikispeciesSpider)
@@ -147,8 +165,9 @@ def crawl(species: str | os.PathLike, out: str | os.PathLike | None = None,
         process.start()
     stats = crawler.stats.get_stats()
     descriptions, failed = read_feed(jobdir / FEED_NAME)
-    result = CrawlResult(str(stats.get("finish_reason", "unknown")), stats, jobdir / FEED_NAME,
-                         descriptions, failed)
+    result = CrawlResult(
+        str(stats.get("finish_reason", "unknown")), stats, jobdir / FEED_NAME, descriptions, failed
+    )
     if result.finished and out is not None:
         schemas.write_parquet_atomic(descriptions, out)
         schemas.write_parquet_atomic(failed, errors or default_errors_path(out))
@@ -157,8 +176,9 @@ def crawl(species: str | os.PathLike, out: str | os.PathLike | None = None,
 
 #: The signals Scrapy takes over while it crawls
 #: (``scrapy.utils.ossignal.install_shutdown_handlers``).
-_SHUTDOWN_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGBREAK")
-                          if hasattr(signal, n))
+_SHUTDOWN_SIGNALS = tuple(
+    getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGBREAK") if hasattr(signal, n)
+)
 
 
 @contextlib.contextmanager

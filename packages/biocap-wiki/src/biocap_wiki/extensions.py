@@ -51,8 +51,10 @@ class Progress:
         errors = sum(v for k, v in stats.items() if k.startswith("wiki/errors/"))
         requests = sum(v for k, v in stats.items() if k.startswith("wiki/requests/"))
         done = stats.get("wiki/rows_before", 0) + described + errors
-        return (f"{done}/{stats.get('wiki/rows', '?')} species: {described} described, {errors} errors; "
-                f"{requests} requests")
+        return (
+            f"{done}/{stats.get('wiki/rows', '?')} species: {described} described, {errors} errors; "
+            f"{requests} requests"
+        )
 
     def report(self, last: bool = False) -> None:
         line = self.line()

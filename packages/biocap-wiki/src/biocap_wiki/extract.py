@@ -33,22 +33,74 @@ SECTION_KEYWORDS: tuple[str, ...] = (
 LEAD = "lead"
 
 _DROP_TAGS = {
-    "ref", "references", "table", "gallery", "imagemap", "timeline", "math", "chem",
-    "score", "graph", "templatestyles", "syntaxhighlight", "includeonly", "mapframe",
+    "ref",
+    "references",
+    "table",
+    "gallery",
+    "imagemap",
+    "timeline",
+    "math",
+    "chem",
+    "score",
+    "graph",
+    "templatestyles",
+    "syntaxhighlight",
+    "includeonly",
+    "mapframe",
 }
 _DROP_LINK_NAMESPACES = {"file", "image", "media", "category"}
 # Inline templates whose first positional parameter is the visible text.
 _TEXT_TEMPLATES = {
-    "nowrap", "nobr", "small", "smaller", "big", "em", "strong", "var", "mvar", "abbr",
-    "not a typo", "sic", "visible anchor", "vanchor", "ill", "taxlink", "gloss", "noitalic",
-    "linktext", "lt", "sc", "smallcaps", "angbr",
+    "nowrap",
+    "nobr",
+    "small",
+    "smaller",
+    "big",
+    "em",
+    "strong",
+    "var",
+    "mvar",
+    "abbr",
+    "not a typo",
+    "sic",
+    "visible anchor",
+    "vanchor",
+    "ill",
+    "taxlink",
+    "gloss",
+    "noitalic",
+    "linktext",
+    "lt",
+    "sc",
+    "smallcaps",
+    "angbr",
 }
 _LITERAL_TEMPLATES = {
-    "snd": " – ", "spaced ndash": " – ", "ndash": "–", "mdash": "—", "spaced en dash": " – ",
-    "nbsp": " ", "'": "'", "'s": "'s", "-": "", "shy": "", "zwsp": "",
+    "snd": " – ",
+    "spaced ndash": " – ",
+    "ndash": "–",
+    "mdash": "—",
+    "spaced en dash": " – ",
+    "nbsp": " ",
+    "'": "'",
+    "'s": "'s",
+    "-": "",
+    "shy": "",
+    "zwsp": "",
 }
-_RANGE_WORDS = {"-": "–", "–": "–", "to": " to ", "and": " and ", "or": " or ", "by": " by ",
-                "x": " × ", "×": " × ", "+/-": " ± ", "to(-)": " to ", "and(-)": " and "}
+_RANGE_WORDS = {
+    "-": "–",
+    "–": "–",
+    "to": " to ",
+    "and": " and ",
+    "or": " or ",
+    "by": " by ",
+    "x": " × ",
+    "×": " × ",
+    "+/-": " ± ",
+    "to(-)": " to ",
+    "and(-)": " and ",
+}
 
 
 def parse(wikitext: str) -> Wikicode:
@@ -86,7 +138,11 @@ def _template_text(template: Template) -> str:
     name = template_name(template)
     if name in _LITERAL_TEMPLATES:
         return _LITERAL_TEMPLATES[name]
-    if name not in _TEXT_TEMPLATES and name not in ("convert", "cvt", "lang") and not name.startswith("lang-"):
+    if (
+        name not in _TEXT_TEMPLATES
+        and name not in ("convert", "cvt", "lang")
+        and not name.startswith("lang-")
+    ):
         return ""
     args = _positional(template)
     if name in ("convert", "cvt") and len(args) >= 2:
@@ -104,7 +160,9 @@ def _is_dropped_link(link: Wikilink) -> bool:
     title = str(link.title).strip().lstrip(":")
     prefix = title.split(":", 1)[0].strip().lower() if ":" in title else ""
     # [[fr:...]]-style interlanguage links have a two- or three-letter language prefix.
-    return prefix in _DROP_LINK_NAMESPACES or (0 < len(prefix) <= 3 and prefix.isalpha() and prefix.islower())
+    return prefix in _DROP_LINK_NAMESPACES or (
+        0 < len(prefix) <= 3 and prefix.isalpha() and prefix.islower()
+    )
 
 
 def _remove_markup(code: Wikicode) -> None:

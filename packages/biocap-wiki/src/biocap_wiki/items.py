@@ -17,8 +17,12 @@ def _item_class(name: str, schema: schemas.Schema, doc: str) -> type[scrapy.Item
 
 
 WikiDescription = _item_class(
-    "WikiDescription", schemas.WIKI_DESCRIPTIONS,
-    "A description of one (binomial, taxonomy) with provenance: page, revision, section, time, licence.")
+    "WikiDescription",
+    schemas.WIKI_DESCRIPTIONS,
+    "A description of one (binomial, taxonomy) with provenance: page, revision, section, time, licence.",
+)
 WikiError = _item_class(
-    "WikiError", schemas.WIKI_ERRORS,
-    "A (binomial, taxonomy) without a description, with the reason and a detail.")
+    "WikiError",
+    schemas.WIKI_ERRORS,
+    "A (binomial, taxonomy) without a description, with the reason and a detail.",
+)

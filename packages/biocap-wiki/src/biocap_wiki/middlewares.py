@@ -62,7 +62,9 @@ class RetryAfterMiddleware(RetryMiddleware):
         self.backoff_base = settings.getfloat("RETRY_BACKOFF_BASE", 1.0)
         self.backoff_max = settings.getfloat("RETRY_BACKOFF_MAX", 60.0)
         self.retry_after_max = settings.getfloat("RETRY_AFTER_MAX", 300.0)
-        self.api_error_codes = set(settings.getlist("RETRY_API_ERROR_CODES", ["maxlag", "ratelimited"]))
+        self.api_error_codes = set(
+            settings.getlist("RETRY_API_ERROR_CODES", ["maxlag", "ratelimited"])
+        )
         self._held_until: dict[str, float] = {}
 
     @classmethod
@@ -83,17 +85,23 @@ class RetryAfterMiddleware(RetryMiddleware):
 
     def response_downloaded(self, response: Response, request: Request, spider=None) -> None:
         reason = self._retry_reason(request, response)
-        if reason and request.meta.get("retry_times", 0) < request.meta.get("max_retry_times", self.max_retry_times):
+        if reason and request.meta.get("retry_times", 0) < request.meta.get(
+            "max_retry_times", self.max_retry_times
+        ):
             self._wait(request, reason, retry_after_seconds(response.headers.get(b"Retry-After")))
 
-    def process_response(self, request: Request, response: Response, spider=None) -> Request | Response:
+    def process_response(
+        self, request: Request, response: Response, spider=None
+    ) -> Request | Response:
         reason = self._retry_reason(request, response)
         if reason is None:
             return response
         return self._retry(request, reason) or response
 
     def process_exception(self, request: Request, exception: Exception, spider=None):
-        if isinstance(exception, CONNECT_ERRORS) and not self.crawler.stats.get_value("response_received_count"):
+        if isinstance(exception, CONNECT_ERRORS) and not self.crawler.stats.get_value(
+            "response_received_count"
+        ):
             return None  # unreachable from the start: the spider's errback says so (and stops)
         retry = super().process_exception(request, exception)
         if isinstance(retry, Request):
@@ -106,8 +114,14 @@ class RetryAfterMiddleware(RetryMiddleware):
             seconds, source = min(retry_after, self.retry_after_max), "Retry-After"
         else:
             seconds, source = min(self.backoff_base * 2**attempt, self.backoff_max), "backoff"
-        logger.info("%s for %s: waiting %.2f s (%s) before retry %d",
-                    reason, request.url[:120], seconds, source, attempt + 1)
+        logger.info(
+            "%s for %s: waiting %.2f s (%s) before retry %d",
+            reason,
+            request.url[:120],
+            seconds,
+            source,
+            attempt + 1,
+        )
         self.crawler.stats.inc_value(f"retry/wait/{source}")
         self._hold_slot(request, seconds)
 
@@ -140,4 +154,7 @@ class ApiCachePolicy(DummyPolicy):
     """
 
     def should_cache_response(self, response: Response, request: Request) -> bool:
-        return super().should_cache_response(response, request) and API_ERROR_HEADER not in response.headers
+        return (
+            super().should_cache_response(response, request)
+            and API_ERROR_HEADER not in response.headers
+        )

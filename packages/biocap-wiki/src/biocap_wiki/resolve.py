@@ -139,7 +139,9 @@ class Lookup:
             return []
         self.waiting.discard(("search", query))
         lowered = query.lower()
-        titles = sorted(titles, key=lambda t: t.lower() != lowered)  # exact title first, as the original
+        titles = sorted(
+            titles, key=lambda t: t.lower() != lowered
+        )  # exact title first, as the original
         known = {t for t, _ in self.candidates} | self.evaluated
         new = [t for t in dict.fromkeys(titles) if t not in known]
         self.candidates.extend((t, True) for t in new)
@@ -196,7 +198,13 @@ class Lookup:
                 if extract:
                     actions.append(Found(taxon, page, extract))
                 else:
-                    actions.append(Failed(taxon, NO_CONTENT, f"{page.title}: no text in a keyword section or the lead"))
+                    actions.append(
+                        Failed(
+                            taxon,
+                            NO_CONTENT,
+                            f"{page.title}: no text in a keyword section or the lead",
+                        )
+                    )
             elif f"{page.title} ({_ranks_text(ranks)})" not in self.mismatches:
                 self.mismatches.append(f"{page.title} ({_ranks_text(ranks)})")
         return actions

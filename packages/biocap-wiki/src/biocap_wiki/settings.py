@@ -63,7 +63,9 @@ DOWNLOADER_MIDDLEWARES = {
 # --- HTTP cache on disk: the user's cache folder (or --cache-dir, -s HTTPCACHE_DIR=...) ---------
 # Absolute: Scrapy puts a relative HTTPCACHE_DIR under the project's .scrapy/, inside the checkout.
 HTTPCACHE_ENABLED = True
-HTTPCACHE_DIR = str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "biocap-wiki" / "httpcache")
+HTTPCACHE_DIR = str(
+    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "biocap-wiki" / "httpcache"
+)
 HTTPCACHE_EXPIRATION_SECS = 30 * 24 * 3600
 HTTPCACHE_POLICY = "biocap_wiki.middlewares.ApiCachePolicy"
 HTTPCACHE_IGNORE_HTTP_CODES = RETRY_HTTP_CODES

@@ -33,8 +33,10 @@ def load_species(path: str | os.PathLike) -> list[tuple[str, list[RankValues]]]:
     df = df.with_columns(pl.col(c).str.strip_chars() for c in KEY)
     empty = df.with_row_index("_row").filter(pl.col("binomial") == "")
     if empty.height:
-        raise SchemaError(f"{path}: column 'binomial' is blank in {empty.height} row(s); "
-                          f"first rows (0-based): {empty['_row'].head(5).to_list()}")
+        raise SchemaError(
+            f"{path}: column 'binomial' is blank in {empty.height} row(s); "
+            f"first rows (0-based): {empty['_row'].head(5).to_list()}"
+        )
     groups: dict[str, list[RankValues]] = {}
     for row in df.select(KEY).unique(maintain_order=True).iter_rows():
         groups.setdefault(row[0], []).append(tuple(row[1:]))
@@ -64,9 +66,16 @@ def read_feed(path: str | os.PathLike) -> tuple[pl.DataFrame, pl.DataFrame]:
     df = df.unique(subset=list(KEY), keep="last", maintain_order=True)
     described = df.filter(pl.col("reason").is_null())
     failed = df.filter(pl.col("reason").is_not_null())
-    descriptions = (schemas.WIKI_DESCRIPTIONS.validate(described.select(schemas.WIKI_DESCRIPTIONS.column_names),
-                                                       source=path)
-                    if described.height else schemas.WIKI_DESCRIPTIONS.empty())
-    errors = (schemas.WIKI_ERRORS.validate(failed.select(schemas.WIKI_ERRORS.column_names), source=path)
-              if failed.height else schemas.WIKI_ERRORS.empty())
+    descriptions = (
+        schemas.WIKI_DESCRIPTIONS.validate(
+            described.select(schemas.WIKI_DESCRIPTIONS.column_names), source=path
+        )
+        if described.height
+        else schemas.WIKI_DESCRIPTIONS.empty()
+    )
+    errors = (
+        schemas.WIKI_ERRORS.validate(failed.select(schemas.WIKI_ERRORS.column_names), source=path)
+        if failed.height
+        else schemas.WIKI_ERRORS.empty()
+    )
     return descriptions, errors

@@ -26,16 +26,49 @@ from biocap_wiki.extract import parse, template_name
 #: Ranks compared by the homonym check (species is not: taxoboxes abbreviate it).
 COMPARED_RANKS: tuple[str, ...] = RANKS[:-1]
 _HIGHER_RANKS = COMPARED_RANKS[:-1]
-_SUFFIXES = ("phytes", "phyte", "phyta", "opsida", "idae", "inae", "oidea", "aceae", "ales",
-             "ina", "eae", "ae", "es", "us", "a", "e", "s")
+_SUFFIXES = (
+    "phytes",
+    "phyte",
+    "phyta",
+    "opsida",
+    "idae",
+    "inae",
+    "oidea",
+    "aceae",
+    "ales",
+    "ina",
+    "eae",
+    "ae",
+    "es",
+    "us",
+    "a",
+    "e",
+    "s",
+)
 # Manual {{Taxobox}} parameters (Latin) and their rank.
-_TAXOBOX_PARAMS = {"regnum": "kingdom", "phylum": "phylum", "divisio": "phylum", "classis": "class",
-                   "ordo": "order", "familia": "family", "genus": "genus", "species": "species"}
+_TAXOBOX_PARAMS = {
+    "regnum": "kingdom",
+    "phylum": "phylum",
+    "divisio": "phylum",
+    "classis": "class",
+    "ordo": "order",
+    "familia": "family",
+    "genus": "genus",
+    "species": "species",
+}
 _SPECIESBOXES = {"speciesbox", "subspeciesbox", "infraspeciesbox", "hybridbox"}
 # Row labels of a rendered taxobox. Matched exactly, unlike the original's
 # "label contains", which also let "Subfamily:" or "Superorder:" overwrite a rank.
-_ROW_LABELS = {"kingdom": "kingdom", "phylum": "phylum", "division": "phylum", "class": "class",
-               "order": "order", "family": "family", "genus": "genus", "species": "species"}
+_ROW_LABELS = {
+    "kingdom": "kingdom",
+    "phylum": "phylum",
+    "division": "phylum",
+    "class": "class",
+    "order": "order",
+    "family": "family",
+    "genus": "genus",
+    "species": "species",
+}
 
 
 def _name(value: str) -> str:
@@ -50,7 +83,9 @@ def wikitext_ranks(wikitext: str | Wikicode) -> dict[str, str]:
     code = parse(wikitext) if isinstance(wikitext, str) else wikitext
     for template in code.filter_templates(recursive=False):
         name = template_name(template)
-        params = {str(p.name).strip().lower(): p.value.strip_code().strip() for p in template.params}
+        params = {
+            str(p.name).strip().lower(): p.value.strip_code().strip() for p in template.params
+        }
         if name == "taxobox":
             ranks = {}
             for param, rank in _TAXOBOX_PARAMS.items():
@@ -77,7 +112,9 @@ def rendered_ranks(html: str) -> dict[str, str]:
         cells = row.xpath("./td|./th")
         if len(cells) < 2:
             continue
-        label = " ".join(" ".join(cells[0].css("::text").getall()).split()).lower().rstrip(":").strip()
+        label = (
+            " ".join(" ".join(cells[0].css("::text").getall()).split()).lower().rstrip(":").strip()
+        )
         rank = _ROW_LABELS.get(label)
         if rank and rank not in ranks:
             words = " ".join(cells[1].css("::text").getall()).replace("†", " ").split()

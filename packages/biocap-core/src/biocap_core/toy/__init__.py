@@ -12,5 +12,13 @@ from biocap_core.toy.download import write_download
 from biocap_core.toy.render import BACKGROUNDS, TILTS, render
 from biocap_core.toy.species import COLOURS, make_species
 
-__all__ = ["BACKGROUNDS", "COLOURS", "TILTS", "ToyConfig", "generate", "make_species", "render",
-           "write_download"]
+__all__ = [
+    "BACKGROUNDS",
+    "COLOURS",
+    "TILTS",
+    "ToyConfig",
+    "generate",
+    "make_species",
+    "render",
+    "write_download",
+]

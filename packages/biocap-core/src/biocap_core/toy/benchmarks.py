@@ -33,40 +33,51 @@ def _save_images(items: list[ToyImage], root: Path, name) -> list[str]:
 
 def write_classification(items: list[ToyImage], root: Path) -> None:
     """Zero-shot sets in the original's three layouts, sharing one image folder."""
-    paths = _save_images(items, root, lambda im: f"images/{im.species.taxon.genus}_{im.species.taxon.species}/{im.uuid}.jpg")
+    paths = _save_images(
+        items,
+        root,
+        lambda im: f"images/{im.species.taxon.genus}_{im.species.taxon.species}/{im.uuid}.jpg",
+    )
     ranks = [{r: im.species.taxon.rank(r) for r in RANKS} for im in items]
     # camera-trap layout: lower-case ranks in `cls`, common name, filepath, uuid; no index, no class column
-    pl.DataFrame({
-        "scientific_name": [im.species.scientific for im in items],
-        "common_name": [im.species.taxon.common_name for im in items],
-        **{("cls" if r == "class" else r): [row[r].lower() for row in ranks] for r in RANKS},
-        "filepath": paths,
-        "uuid": [im.uuid for im in items],
-    }).write_csv(root / "camera_trap.csv")
+    pl.DataFrame(
+        {
+            "scientific_name": [im.species.scientific for im in items],
+            "common_name": [im.species.taxon.common_name for im in items],
+            **{("cls" if r == "class" else r): [row[r].lower() for row in ranks] for r in RANKS},
+            "filepath": paths,
+            "uuid": [im.uuid for im in items],
+        }
+    ).write_csv(root / "camera_trap.csv")
     # meta-album / NABirds layout: unnamed index, filepath, class (scientific name, used as is)
-    pl.DataFrame({"": range(len(items)), "filepath": paths, "class": [im.species.scientific for im in items]}
-                 ).write_csv(root / "metadata.csv")
+    pl.DataFrame(
+        {"": range(len(items)), "filepath": paths, "class": [im.species.scientific for im in items]}
+    ).write_csv(root / "metadata.csv")
     # rare-species layout: unnamed index, capitalised ranks in `cls`, common_name, filepath, class
-    pl.DataFrame({
-        "": range(len(items)),
-        **{("cls" if r == "class" else r): [row[r] for row in ranks] for r in RANKS},
-        "common_name": [im.species.taxon.common_name for im in items],
-        "filepath": paths,
-        "class": [im.species.scientific for im in items],
-    }).write_csv(root / "rare_species.csv")
+    pl.DataFrame(
+        {
+            "": range(len(items)),
+            **{("cls" if r == "class" else r): [row[r] for row in ranks] for r in RANKS},
+            "common_name": [im.species.taxon.common_name for im in items],
+            "filepath": paths,
+            "class": [im.species.scientific for im in items],
+        }
+    ).write_csv(root / "rare_species.csv")
 
 
 def write_retrieval(items: list[ToyImage], root: Path) -> None:
     """Image-caption pairs in the retrieval CSV layout (numeric ids, ``"<Species>, <traits>"`` captions)."""
     ids = {im.uuid: str(100000 + i) for i, im in enumerate(items)}
     _save_images(items, root, lambda im: f"images/{ids[im.uuid]}.jpg")
-    pl.DataFrame({
-        "": range(len(items)),
-        "id": list(ids.values()),
-        "source_url": [f"toy://retrieval/{i}.jpg" for i in ids.values()],
-        "captions": [f"{im.species.scientific}, {im.species.trait_caption()}" for im in items],
-        "md5": [hashlib.md5(im.jpeg).hexdigest() for im in items],
-    }).write_csv(root / "toy_retrieval.csv")
+    pl.DataFrame(
+        {
+            "": range(len(items)),
+            "id": list(ids.values()),
+            "source_url": [f"toy://retrieval/{i}.jpg" for i in ids.values()],
+            "captions": [f"{im.species.scientific}, {im.species.trait_caption()}" for im in items],
+            "md5": [hashlib.md5(im.jpeg).hexdigest() for im in items],
+        }
+    ).write_csv(root / "toy_retrieval.csv")
 
 
 def _queries(pool: list[ToyImage], rng: random.Random, n_queries: int):
@@ -79,7 +90,10 @@ def _queries(pool: list[ToyImage], rng: random.Random, n_queries: int):
             text = f"a {sp.colour} organism with a {sp.pattern} pattern"
             return text, lambda o: (o.species.colour, o.species.pattern) == (sp.colour, sp.pattern)
         if supercategory == "Behavior":
-            return f"a {sp.plan} {im.tilt}", lambda o: (o.species.plan, o.tilt) == (sp.plan, im.tilt)
+            return (
+                f"a {sp.plan} {im.tilt}",
+                lambda o: (o.species.plan, o.tilt) == (sp.plan, im.tilt),
+            )
         if supercategory == "Context":
             text = f"a {sp.colour} organism on a {im.background} background"
             return text, lambda o: (o.species.colour, o.background) == (sp.colour, im.background)
@@ -96,7 +110,9 @@ def _queries(pool: list[ToyImage], rng: random.Random, n_queries: int):
     return queries
 
 
-def write_inquire(pool: list[ToyImage], root: Path, n_queries: int, n_candidates: int, seed: int) -> None:
+def write_inquire(
+    pool: list[ToyImage], root: Path, n_queries: int, n_candidates: int, seed: int
+) -> None:
     """INQUIRE-Rerank: queries and, per query, up to ``n_candidates`` pool images marked relevant or not."""
     rng = random.Random(f"{seed}/inquire")
     _save_images(pool, root, lambda im: f"images/{im.uuid}.jpg")
@@ -106,12 +122,29 @@ def write_inquire(pool: list[ToyImage], root: Path, n_queries: int, n_candidates
         positives = [im for im in pool if predicate(im)]
         negatives = [im for im in pool if not predicate(im)]
         n_pos = min(len(positives), max(1, int(n_candidates * rng.uniform(0.05, 0.3))))
-        chosen = rng.sample(positives, n_pos) + rng.sample(negatives, min(len(negatives), n_candidates - n_pos))
+        chosen = rng.sample(positives, n_pos) + rng.sample(
+            negatives, min(len(negatives), n_candidates - n_pos)
+        )
         rng.shuffle(chosen)
-        queries.append({"query_id": qid, "query_text": text, "supercategory": supercategory,
-                        "category": f"toy {supercategory.lower()}", "iconic_group": "Toy"})
-        rows += [{"query": text, "filepath": f"images/{im.uuid}.jpg", "relevant": int(predicate(im)),
-                  "inat24_image_id": image_ids[im.uuid], "supercategory": supercategory} for im in chosen]
+        queries.append(
+            {
+                "query_id": qid,
+                "query_text": text,
+                "supercategory": supercategory,
+                "category": f"toy {supercategory.lower()}",
+                "iconic_group": "Toy",
+            }
+        )
+        rows += [
+            {
+                "query": text,
+                "filepath": f"images/{im.uuid}.jpg",
+                "relevant": int(predicate(im)),
+                "inat24_image_id": image_ids[im.uuid],
+                "supercategory": supercategory,
+            }
+            for im in chosen
+        ]
     schemas.INQUIRE_QUERIES.frame(queries).write_csv(root / "queries.csv")
     schemas.INQUIRE_RERANK.frame(rows).write_parquet(root / "rerank.parquet")
 
@@ -125,20 +158,33 @@ def write_wiki(species: list[ToySpecies], root: Path) -> None:
         content = (
             f"{sp.scientific} is a {sp.plan} of the family {t.family}, order {t.order}.\n"
             f"Description. Adults have a {sp.shape}, {sp.colour} body"
-            + ("" if sp.pattern == "plain" else f" covered in a {sp.pattern_colour} {sp.pattern} pattern")
+            + (
+                ""
+                if sp.pattern == "plain"
+                else f" covered in a {sp.pattern_colour} {sp.pattern} pattern"
+            )
             + f". A row of {MARK_WORDS[sp.marks - 1]} dark mark{'s' if sp.marks > 1 else ''} sits above the body. "
             f"It is found in toy habitats across the {t.kingdom} collection."
         )
         binomial = sp.scientific
         species_rows.append({"binomial": binomial, **ranks})
-        rows.append({
-            "binomial": binomial, **ranks, "content": content, "title": binomial,
-            "pageid": 1000 + sp.index, "revid": 9000 + sp.index,
-            "url": f"https://en.wikipedia.org/?curid={1000 + sp.index}", "section": "Description",
-            "fetched_at": None, "license": "CC BY-SA 4.0",
-        })
+        rows.append(
+            {
+                "binomial": binomial,
+                **ranks,
+                "content": content,
+                "title": binomial,
+                "pageid": 1000 + sp.index,
+                "revid": 9000 + sp.index,
+                "url": f"https://en.wikipedia.org/?curid={1000 + sp.index}",
+                "section": "Description",
+                "fetched_at": None,
+                "license": "CC BY-SA 4.0",
+            }
+        )
     frame = schemas.WIKI_DESCRIPTIONS.frame(rows).with_columns(
-        pl.lit("2026-01-01T00:00:00Z").str.to_datetime(time_zone="UTC").alias("fetched_at"))
+        pl.lit("2026-01-01T00:00:00Z").str.to_datetime(time_zone="UTC").alias("fetched_at")
+    )
     frame.write_parquet(root / "wiki_descriptions.parquet")
     schemas.SPECIES_LIST.frame(species_rows).write_csv(root / "species.csv")
 
@@ -149,9 +195,14 @@ def write_format_examples(species: list[ToySpecies], root: Path) -> None:
     for sp in species:
         by_class.setdefault(sp.taxon.klass, []).append(sp)
     rows = [
-        {"class": klass, "description": "\n\n".join(
-            f"{i}. The {sp.taxon.common_name or sp.scientific}, {sp.scientific}, displays a {sp.shape} "
-            f"{sp.colour} body with {sp.pattern} markings." for i, sp in enumerate(members[:3], start=1))}
+        {
+            "class": klass,
+            "description": "\n\n".join(
+                f"{i}. The {sp.taxon.common_name or sp.scientific}, {sp.scientific}, displays a {sp.shape} "
+                f"{sp.colour} body with {sp.pattern} markings."
+                for i, sp in enumerate(members[:3], start=1)
+            ),
+        }
         for klass, members in by_class.items()
     ]
     schemas.FORMAT_EXAMPLES.frame(rows).write_parquet(root / "format_examples.parquet")

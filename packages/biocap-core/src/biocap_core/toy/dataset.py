@@ -68,22 +68,34 @@ def generate(out: str | Path, config: ToyConfig = ToyConfig()) -> dict[str, obje
     species = make_species(config.species, config.seed)
     catalog = []
     for split, per in (("train", config.images_per_species), ("val", config.val_per_species)):
+
         def samples(split=split, per=per):
             for i, im in enumerate(images(species, per, config.seed, split, config.image_size)):
                 t = im.species.taxon
-                catalog.append({"uuid": im.uuid, **{r: t.rank(r) for r in RANKS}, "common_name": t.common_name,
-                                "split": split, "shard": f"shard-{i // config.shard_size:06d}.tar"})
+                catalog.append(
+                    {
+                        "uuid": im.uuid,
+                        **{r: t.rank(r) for r in RANKS},
+                        "common_name": t.common_name,
+                        "split": split,
+                        "shard": f"shard-{i // config.shard_size:06d}.tar",
+                    }
+                )
                 yield _shard_sample(im)
 
         progress = tqdm(samples(), desc=f"toy {split} shards", unit="img", leave=False)
         write_shards(progress, out / split, config.shard_size)
     schemas.write_parquet_atomic(schemas.CATALOG.frame(catalog), out / "catalog.parquet")
-    eval_images = list(images(species, config.eval_per_species, config.seed, "eval", config.image_size))
+    eval_images = list(
+        images(species, config.eval_per_species, config.seed, "eval", config.image_size)
+    )
     write_classification(eval_images, out / "zeroshot")
     retrieval_images = list(images(species, 2, config.seed, "retrieval", config.image_size))
     write_retrieval(retrieval_images, out / "retrieval")
     pool = list(images(species, 8, config.seed, "inquire", config.image_size))
-    write_inquire(pool, out / "inquire", config.inquire_queries, config.inquire_candidates, config.seed)
+    write_inquire(
+        pool, out / "inquire", config.inquire_queries, config.inquire_candidates, config.seed
+    )
     (out / "wiki").mkdir(exist_ok=True)
     write_wiki(species, out / "wiki")
     write_format_examples(species, out)

@@ -31,7 +31,9 @@ class ToyImage:
     jpeg: bytes = field(repr=False)
 
 
-def render(sp: ToySpecies, rng: random.Random, size: int, background: str, tilt: str) -> Image.Image:
+def render(
+    sp: ToySpecies, rng: random.Random, size: int, background: str, tilt: str
+) -> Image.Image:
     """Draw one image of a species at ``size`` x ``size`` pixels (drawn at 2x, then downsampled)."""
     s = size * 2
     bg = tuple(max(0, min(255, c + rng.randint(-20, 20))) for c in BACKGROUNDS[background])
@@ -40,7 +42,12 @@ def render(sp: ToySpecies, rng: random.Random, size: int, background: str, tilt:
     d = ImageDraw.Draw(body)
     cx, cy = s / 2 + rng.uniform(-0.06, 0.06) * s, s / 2 + rng.uniform(-0.06, 0.06) * s
     scale = rng.uniform(0.85, 1.1) * s
-    w, h = {"round": (0.5, 0.5), "long": (0.66, 0.36), "tall": (0.36, 0.62), "square": (0.48, 0.48)}[sp.shape]
+    w, h = {
+        "round": (0.5, 0.5),
+        "long": (0.66, 0.36),
+        "tall": (0.36, 0.62),
+        "square": (0.48, 0.48),
+    }[sp.shape]
     w, h = w * scale, h * scale
     colour = tuple(max(0, min(255, c + rng.randint(-15, 15))) for c in COLOURS[sp.colour])
     dark = tuple(c // 2 for c in colour)
@@ -54,12 +61,26 @@ def render(sp: ToySpecies, rng: random.Random, size: int, background: str, tilt:
         d.ellipse((box[2] - w * 0.08, cy - h * 0.18, box[2] + w * 0.22, cy + h * 0.18), fill=dark)
     elif sp.plan == "sprout":  # a stem with two leaves under the body
         d.line((cx, cy, cx, min(s - 2, box[3] + h * 0.45)), fill=(60, 120, 40), width=lw * 2)
-        d.polygon([(cx, box[3] + h * 0.2), (cx - w * 0.45, box[3] + h * 0.05), (cx - w * 0.2, box[3] + h * 0.35)],
-                  fill=(60, 140, 50))
-        d.polygon([(cx, box[3] + h * 0.25), (cx + w * 0.45, box[3] + h * 0.1), (cx + w * 0.2, box[3] + h * 0.4)],
-                  fill=(60, 140, 50))
+        d.polygon(
+            [
+                (cx, box[3] + h * 0.2),
+                (cx - w * 0.45, box[3] + h * 0.05),
+                (cx - w * 0.2, box[3] + h * 0.35),
+            ],
+            fill=(60, 140, 50),
+        )
+        d.polygon(
+            [
+                (cx, box[3] + h * 0.25),
+                (cx + w * 0.45, box[3] + h * 0.1),
+                (cx + w * 0.2, box[3] + h * 0.4),
+            ],
+            fill=(60, 140, 50),
+        )
     else:  # cap: a pale stalk under the body
-        d.rectangle((cx - w * 0.1, cy, cx + w * 0.1, min(s - 2, box[3] + h * 0.5)), fill=(230, 220, 200))
+        d.rectangle(
+            (cx - w * 0.1, cy, cx + w * 0.1, min(s - 2, box[3] + h * 0.5)), fill=(230, 220, 200)
+        )
     shape_mask = Image.new("L", (s, s), 0)
     m = ImageDraw.Draw(shape_mask)
     if sp.shape == "square":
@@ -80,7 +101,9 @@ def render(sp: ToySpecies, rng: random.Random, size: int, background: str, tilt:
             p.rectangle((x, box[1], x + step // 2 - 1, box[3]), fill=255)
         for j, y in enumerate(ys):
             if sp.pattern == "spotted":
-                p.ellipse((x + step / 4, y + step / 4, x + 3 * step / 4, y + 3 * step / 4), fill=255)
+                p.ellipse(
+                    (x + step / 4, y + step / 4, x + 3 * step / 4, y + 3 * step / 4), fill=255
+                )
             elif sp.pattern == "checked" and (i + j) % 2 == 0:
                 p.rectangle((x, y, x + step - 1, y + step - 1), fill=255)
     body.paste(PATTERN_COLOURS[sp.pattern_colour], (0, 0), ImageChops.multiply(pattern, shape_mask))
@@ -89,10 +112,14 @@ def render(sp: ToySpecies, rng: random.Random, size: int, background: str, tilt:
     for i in range(sp.marks):
         x = cx + (i - (sp.marks - 1) / 2) * r * 3
         d.ellipse((x - r, box[1] - r * 3, x + r, box[1] - r), fill=(15, 15, 15))
-    angle = {"upright": 0.0, "leaning left": 18.0, "leaning right": -18.0}[tilt] + rng.uniform(-5, 5)
+    angle = {"upright": 0.0, "leaning left": 18.0, "leaning right": -18.0}[tilt] + rng.uniform(
+        -5, 5
+    )
     body = body.rotate(angle, resample=Image.BICUBIC, center=(cx, cy))
     img.paste(body, (0, 0), body)
-    return img.resize((size, size), Image.LANCZOS).filter(ImageFilter.GaussianBlur(rng.uniform(0, 0.4)))
+    return img.resize((size, size), Image.LANCZOS).filter(
+        ImageFilter.GaussianBlur(rng.uniform(0, 0.4))
+    )
 
 
 def _uuid(rng: random.Random) -> str:
@@ -105,11 +132,15 @@ def _jpeg(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def images(species: list[ToySpecies], per_species: int, seed: int, split: str, size: int) -> Iterator[ToyImage]:
+def images(
+    species: list[ToySpecies], per_species: int, seed: int, split: str, size: int
+) -> Iterator[ToyImage]:
     """Rendered images, species-major, each from its own seeded generator."""
     for sp in species:
         for k in range(per_species):
             rng = random.Random(f"{seed}/{split}/{sp.index}/{k}")
             background = rng.choice(list(BACKGROUNDS))
             tilt = rng.choice(TILTS)
-            yield ToyImage(_uuid(rng), sp, background, tilt, _jpeg(render(sp, rng, size, background, tilt)))
+            yield ToyImage(
+                _uuid(rng), sp, background, tilt, _jpeg(render(sp, rng, size, background, tilt))
+            )

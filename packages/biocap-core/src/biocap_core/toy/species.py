@@ -36,7 +36,12 @@ COLOURS = {  # name -> RGB
 }
 SHAPES = ("round", "long", "tall", "square")
 PATTERNS = ("plain", "striped", "spotted", "checked")
-PATTERN_COLOURS = {"white": (245, 245, 245), "black": (20, 20, 20), "grey": (128, 128, 128), "brown": (110, 70, 30)}
+PATTERN_COLOURS = {
+    "white": (245, 245, 245),
+    "black": (20, 20, 20),
+    "grey": (128, 128, 128),
+    "brown": (110, 70, 30),
+}
 MARK_WORDS = ("one", "two", "three", "four")
 
 _RANK_SUFFIX = {
@@ -48,12 +53,43 @@ _RANK_SUFFIX = {
     "genus": ("us", "a", "ia", "ella"),
     "species": ("ensis", "ata", "us", "ii", "ica"),
 }
-_SYLLABLES = ("ba", "ce", "di", "fo", "gu", "ka", "le", "mi", "no", "pu", "ra", "se", "ti", "vo", "xa", "zo",
-              "bri", "cla", "dro", "fla", "gri", "pla", "stro", "tha")
+_SYLLABLES = (
+    "ba",
+    "ce",
+    "di",
+    "fo",
+    "gu",
+    "ka",
+    "le",
+    "mi",
+    "no",
+    "pu",
+    "ra",
+    "se",
+    "ti",
+    "vo",
+    "xa",
+    "zo",
+    "bri",
+    "cla",
+    "dro",
+    "fla",
+    "gri",
+    "pla",
+    "stro",
+    "tha",
+)
 # Each rank's branching grows in this order until the tree has enough leaves.
 _GROWTH_ORDER = ("kingdom", "class", "species", "order", "family", "genus", "phylum")
-_RANK_LIMIT = {"kingdom": len(PLANS), "class": len(COLOURS), "order": len(SHAPES), "family": len(PATTERNS),
-               "genus": len(PATTERN_COLOURS), "species": len(MARK_WORDS), "phylum": 4}
+_RANK_LIMIT = {
+    "kingdom": len(PLANS),
+    "class": len(COLOURS),
+    "order": len(SHAPES),
+    "family": len(PATTERNS),
+    "genus": len(PATTERN_COLOURS),
+    "species": len(MARK_WORDS),
+    "phylum": 4,
+}
 
 
 @dataclass(frozen=True)
@@ -75,7 +111,11 @@ class ToySpecies:
 
     def trait_caption(self) -> str:
         """One sentence of visible traits, true of every image of the species."""
-        pattern = "no pattern" if self.pattern == "plain" else f"{self.pattern_colour} {self.pattern} pattern"
+        pattern = (
+            "no pattern"
+            if self.pattern == "plain"
+            else f"{self.pattern_colour} {self.pattern} pattern"
+        )
         name = self.taxon.common_name or self.scientific
         return (
             f"{name} shows a {self.shape} {self.colour} {self.plan} body with {pattern} "
@@ -94,7 +134,9 @@ def _branching(n_species: int) -> dict[str, int]:
                 branching[rank] += 1
                 grown = True
         if not grown:
-            raise ValueError(f"the toy tree holds at most {math.prod(_RANK_LIMIT.values())} species")
+            raise ValueError(
+                f"the toy tree holds at most {math.prod(_RANK_LIMIT.values())} species"
+            )
     return branching
 
 
@@ -139,7 +181,11 @@ def make_species(n_species: int, seed: int = 0) -> list[ToySpecies]:
         shape, pattern = SHAPES[path[3]], PATTERNS[path[4]]
         pattern_colour = list(PATTERN_COLOURS)[path[5]]
         marks = path[6] + 1
-        common = "" if index % 5 == 4 else f"{MARK_WORDS[marks - 1]}-marked {pattern} {colour} {plan}"
+        common = (
+            "" if index % 5 == 4 else f"{MARK_WORDS[marks - 1]}-marked {pattern} {colour} {plan}"
+        )
         taxon = Taxon(*ranks, common_name=common.capitalize())
-        species.append(ToySpecies(index, taxon, plan, colour, shape, pattern, pattern_colour, marks))
+        species.append(
+            ToySpecies(index, taxon, plan, colour, shape, pattern, pattern_colour, marks)
+        )
     return species

@@ -71,8 +71,9 @@ class ReportTable(NamedTuple):
 
 
 ZEROSHOT_TABLE = ReportTable("zeroshot", "Zero-shot classification, top-1 accuracy (%)")
-RETRIEVAL_TABLE = ReportTable("retrieval",
-                              "Retrieval: INQUIRE-Rerank AP (%) and image-text recall (%)")
+RETRIEVAL_TABLE = ReportTable(
+    "retrieval", "Retrieval: INQUIRE-Rerank AP (%) and image-text recall (%)"
+)
 
 
 def no_problem(bench: Benchmark) -> str | None:
@@ -109,8 +110,9 @@ def count_present(paths: list[Path]) -> int:
     return sum(p.is_file() for p in paths)
 
 
-def readable(source: Path | str, embedded: ImageEmbeddings, names: Sequence[str],
-             strict: bool) -> tuple[list[int], dict[str, str]]:
+def readable(
+    source: Path | str, embedded: ImageEmbeddings, names: Sequence[str], strict: bool
+) -> tuple[list[int], dict[str, str]]:
     """Positions of the images that decoded, and the undecodable ones by name with why.
 
     With ``strict`` an undecodable image is an error naming it (and so fails only
@@ -119,6 +121,8 @@ def readable(source: Path | str, embedded: ImageEmbeddings, names: Sequence[str]
     unreadable = {str(names[i]): why for i, why in sorted(embedded.unreadable.items())}
     if unreadable and strict:
         name, why = next(iter(unreadable.items()))
-        raise EvalError(f"{source}: {len(unreadable)} image(s) cannot be decoded; first: {name} ({why}); "
-                        "without --strict they are skipped and counted")
+        raise EvalError(
+            f"{source}: {len(unreadable)} image(s) cannot be decoded; first: {name} ({why}); "
+            "without --strict they are skipped and counted"
+        )
     return embedded.readable(), unreadable

@@ -24,8 +24,17 @@ from biocap_core.errors import BioCAPError
 from biocap_eval.benchmark import Benchmark, Status, hf_available
 from biocap_eval.embedding import Encoder, ImageEmbeddings
 from biocap_eval.metrics import rerank_metrics
-from biocap_eval.tasks.base import (RETRIEVAL_TABLE, SHOW_MISSING, EvalError, Settings, Task,
-                                    TaskResult, count_present, missing_error, readable)
+from biocap_eval.tasks.base import (
+    RETRIEVAL_TABLE,
+    SHOW_MISSING,
+    EvalError,
+    Settings,
+    Task,
+    TaskResult,
+    count_present,
+    missing_error,
+    readable,
+)
 
 
 @dataclass
@@ -68,7 +77,11 @@ def read_local(bench: Benchmark, data_root: Path, skip_missing: bool = False) ->
     index = {p: n for n, p in enumerate(distinct)}
     paths = list(distinct)
     queries = table["query"].to_list()
-    rows_super = table["supercategory"].to_list() if "supercategory" in table.columns else [None] * table.height
+    rows_super = (
+        table["supercategory"].to_list()
+        if "supercategory" in table.columns
+        else [None] * table.height
+    )
     return Candidates(
         queries=[queries[i] for i in keep],
         image=[index[files[i]] for i in keep],
@@ -85,17 +98,23 @@ def read_local(bench: Benchmark, data_root: Path, skip_missing: bool = False) ->
 def read_hf(bench: Benchmark, data_root: Path) -> Candidates:
     """Candidates from a Hugging Face dataset (a Hub name or a local dataset folder)."""
     if not hf_available():
-        raise EvalError(f"{bench.name}: no local candidates and the `datasets` package is missing; "
-                        f"install biocap-eval[hf] to read {bench.hf_dataset} from the Hugging Face Hub")
+        raise EvalError(
+            f"{bench.name}: no local candidates and the `datasets` package is missing; "
+            f"install biocap-eval[hf] to read {bench.hf_dataset} from the Hugging Face Hub"
+        )
     import datasets
 
     source = f"{bench.hf_dataset} (split {bench.hf_split})"
     try:
         ds = datasets.load_dataset(bench.hf_dataset, split=bench.hf_split)
     except Exception as exc:  # offline, unknown repo, bad split: datasets raises many types
-        raise EvalError(f"{bench.name}: cannot load {source} from the Hugging Face Hub: {exc}; "
-                        f"or put the candidates at {data_root / (bench.candidates or '')}") from exc
-    missing = [c for c in ("query", "relevant", "inat24_image_id", "image") if c not in ds.column_names]
+        raise EvalError(
+            f"{bench.name}: cannot load {source} from the Hugging Face Hub: {exc}; "
+            f"or put the candidates at {data_root / (bench.candidates or '')}"
+        ) from exc
+    missing = [
+        c for c in ("query", "relevant", "inat24_image_id", "image") if c not in ds.column_names
+    ]
     if missing:
         raise EvalError(f"{source}: missing column(s) {missing}; it has {ds.column_names}")
     ds = ds.cast_column("image", datasets.Image(decode=False))
@@ -107,7 +126,9 @@ def read_hf(bench: Benchmark, data_root: Path) -> Candidates:
     index = {image_id: n for n, image_id in enumerate(first_row)}
     rows = list(first_row.values())
     keys = [f"hf:{bench.hf_dataset}:{ds._fingerprint}:{image_id}" for image_id in first_row]
-    supers = list(ds["supercategory"]) if "supercategory" in ds.column_names else [None] * len(queries)
+    supers = (
+        list(ds["supercategory"]) if "supercategory" in ds.column_names else [None] * len(queries)
+    )
     return Candidates(
         queries=queries,
         image=[index[i] for i in ids],
@@ -122,7 +143,10 @@ def read_hf(bench: Benchmark, data_root: Path) -> Candidates:
 
 
 def uses_hub(bench: Benchmark, data_root: Path) -> bool:
-    return not (bench.candidates and (data_root / bench.candidates).is_file()) and bench.hf_dataset is not None
+    return (
+        not (bench.candidates and (data_root / bench.candidates).is_file())
+        and bench.hf_dataset is not None
+    )
 
 
 def read(bench: Benchmark, data_root: Path, skip_missing: bool = False) -> Candidates:
@@ -155,12 +179,22 @@ def status(bench: Benchmark, data_root: Path) -> Status:
         state = "ready" if found == len(files) else "partial" if found else "no-images"
         n_queries = table["query"].n_unique()
         if queries is not None and not queries.is_file():
-            notes.append(f"{queries} not found: per-supercategory means only if the candidates carry them")
-        return Status(state, rows=table.height, images_found=found, images_expected=len(files),
-                      detail=f"{n_queries} queries, {table.height} candidates", notes=notes)
+            notes.append(
+                f"{queries} not found: per-supercategory means only if the candidates carry them"
+            )
+        return Status(
+            state,
+            rows=table.height,
+            images_found=found,
+            images_expected=len(files),
+            detail=f"{n_queries} queries, {table.height} candidates",
+            notes=notes,
+        )
     hub = f"{bench.hf_dataset} (split {bench.hf_split})"
     if bench.hf_dataset and hf_available():
-        return Status("hub", detail=f"candidates and images from the Hugging Face Hub: {hub}", notes=notes)
+        return Status(
+            "hub", detail=f"candidates and images from the Hugging Face Hub: {hub}", notes=notes
+        )
     if queries is None or not queries.is_file():
         return Status("missing", detail=f"neither {candidates} nor {queries} found", notes=notes)
     where = f"put candidates at {candidates}" if candidates else "configure candidates"
@@ -179,7 +213,9 @@ def evaluate(bench: Benchmark, data_root: Path, enc: Encoder, settings: Settings
     """
     cands = read(bench, data_root, settings.skip_missing)
     if not cands.queries:
-        raise EvalError(f"{cands.source}: no candidates to evaluate (empty table, or every image missing)")
+        raise EvalError(
+            f"{cands.source}: no candidates to evaluate (empty table, or every image missing)"
+        )
     embedded = cands.embed(enc)
     _, unreadable = readable(cands.source, embedded, cands.names, settings.strict)
     images = embedded.vectors
@@ -198,18 +234,34 @@ def evaluate(bench: Benchmark, data_root: Path, enc: Encoder, settings: Settings
         rows = np.asarray(by_query[q])
         scores = (images[image_index[rows]] @ text).numpy()
         m = rerank_metrics(relevant[rows], scores, settings.inquire_k)
-        per_query.append({"query": q, "supercategory": cands.supercategory.get(q), "candidates": m.n_candidates,
-                          "relevant": m.n_relevant, "ap": 100 * m.ap, "ndcg": 100 * m.ndcg, "mrr": m.mrr,
-                          "precision": 100 * m.precision, "recall": 100 * m.recall})
+        per_query.append(
+            {
+                "query": q,
+                "supercategory": cands.supercategory.get(q),
+                "candidates": m.n_candidates,
+                "relevant": m.n_relevant,
+                "ap": 100 * m.ap,
+                "ndcg": 100 * m.ndcg,
+                "mrr": m.mrr,
+                "precision": 100 * m.precision,
+                "recall": 100 * m.recall,
+            }
+        )
     metrics = _means(per_query, "")
     groups = sorted({r["supercategory"] for r in per_query if r["supercategory"]})
     for g in groups:
         metrics.update(_means([r for r in per_query if r["supercategory"] == g], f"_{g}"))
-    counts = {"queries": len(per_query), "candidates": sum(len(rows) for rows in by_query.values()),
-              "images": cands.n_images - len(unreadable), "skipped": len(cands.skipped),
-              "unreadable": len(unreadable),
-              "queries_without_supercategory": sum(1 for r in per_query if not r["supercategory"])}
-    counts.update({f"queries_{g}": sum(1 for r in per_query if r["supercategory"] == g) for g in groups})
+    counts = {
+        "queries": len(per_query),
+        "candidates": sum(len(rows) for rows in by_query.values()),
+        "images": cands.n_images - len(unreadable),
+        "skipped": len(cands.skipped),
+        "unreadable": len(unreadable),
+        "queries_without_supercategory": sum(1 for r in per_query if not r["supercategory"]),
+    }
+    counts.update(
+        {f"queries_{g}": sum(1 for r in per_query if r["supercategory"] == g) for g in groups}
+    )
     details = {"source": cands.source, "per_query": per_query}
     if cands.skipped:
         details["skipped_first"] = cands.skipped[:SHOW_MISSING]
@@ -219,8 +271,10 @@ def evaluate(bench: Benchmark, data_root: Path, enc: Encoder, settings: Settings
 
 
 def _means(rows: list[dict], suffix: str) -> dict[str, float]:
-    return {f"{m}{suffix}": float(np.mean([r[m] for r in rows]))
-            for m in ("ap", "ndcg", "mrr", "precision", "recall")}
+    return {
+        f"{m}{suffix}": float(np.mean([r[m] for r in rows]))
+        for m in ("ap", "ndcg", "mrr", "precision", "recall")
+    }
 
 
 def recorded(settings: Settings, bench: Benchmark) -> dict:

@@ -17,8 +17,17 @@ from biocap_core.errors import BioCAPError
 from biocap_eval.benchmark import Benchmark, Status
 from biocap_eval.embedding import Encoder
 from biocap_eval.metrics import recall_at_k
-from biocap_eval.tasks.base import (RETRIEVAL_TABLE, SHOW_MISSING, EvalError, Settings, Task,
-                                    TaskResult, count_present, missing_error, readable)
+from biocap_eval.tasks.base import (
+    RETRIEVAL_TABLE,
+    SHOW_MISSING,
+    EvalError,
+    Settings,
+    Task,
+    TaskResult,
+    count_present,
+    missing_error,
+    readable,
+)
 
 KS = (1, 5, 10)
 
@@ -50,9 +59,13 @@ def read(bench: Benchmark, data_root: Path, skip_missing: bool = False) -> Pairs
         raise missing_error(csv, skipped, len(paths), root)
     keep = [i for i, ok in enumerate(present) if ok]
     if not keep:
-        raise EvalError(f"{csv}: no image-caption pairs to evaluate (empty table, or every image missing)")
+        raise EvalError(
+            f"{csv}: no image-caption pairs to evaluate (empty table, or every image missing)"
+        )
     ids, captions = table["id"].to_list(), table["captions"].to_list()
-    return Pairs([ids[i] for i in keep], [paths[i] for i in keep], [captions[i] for i in keep], skipped)
+    return Pairs(
+        [ids[i] for i in keep], [paths[i] for i in keep], [captions[i] for i in keep], skipped
+    )
 
 
 def status(bench: Benchmark, data_root: Path) -> Status:
@@ -66,8 +79,13 @@ def status(bench: Benchmark, data_root: Path) -> Status:
     root = bench.image_root(data_root)
     found = count_present([root / f"{i}.jpg" for i in table["id"]])
     state = "ready" if found == table.height else "partial" if found else "no-images"
-    return Status(state, rows=table.height, images_found=found, images_expected=table.height,
-                  detail=f"{table.height} pairs")
+    return Status(
+        state,
+        rows=table.height,
+        images_found=found,
+        images_expected=table.height,
+        detail=f"{table.height} pairs",
+    )
 
 
 def evaluate(bench: Benchmark, data_root: Path, enc: Encoder, settings: Settings) -> TaskResult:
@@ -75,19 +93,29 @@ def evaluate(bench: Benchmark, data_root: Path, enc: Encoder, settings: Settings
     caption would otherwise be a query whose right answer is absent), as a missing one does."""
     pairs = read(bench, data_root, settings.skip_missing)
     embedded = enc.image_files(pairs.paths)
-    keep, unreadable = readable(data_root / bench.annotation, embedded, pairs.paths, settings.strict)
+    keep, unreadable = readable(
+        data_root / bench.annotation, embedded, pairs.paths, settings.strict
+    )
     if not keep:
-        raise EvalError(f"{data_root / bench.annotation}: no image-caption pairs to evaluate "
-                        "(no image could be decoded)")
+        raise EvalError(
+            f"{data_root / bench.annotation}: no image-caption pairs to evaluate "
+            "(no image could be decoded)"
+        )
     captions = [pairs.captions[i] for i in keep]
-    texts = enc.texts([text_of(c, settings.retrieval_prefix, settings.prefix_bug) for c in captions])
+    texts = enc.texts(
+        [text_of(c, settings.retrieval_prefix, settings.prefix_bug) for c in captions]
+    )
     similarity = embedded.vectors[keep] @ texts.T
     metrics = {}
     for direction, sim in (("i2t", similarity), ("t2i", similarity.T)):
         for k, value in recall_at_k(sim, KS).items():
             metrics[f"{direction}_R@{k}"] = 100 * value
-    counts = {"pairs": len(keep), "distinct_captions": len(set(captions)), "skipped": len(pairs.skipped),
-              "unreadable": len(unreadable)}
+    counts = {
+        "pairs": len(keep),
+        "distinct_captions": len(set(captions)),
+        "skipped": len(pairs.skipped),
+        "unreadable": len(unreadable),
+    }
     details = {"example_text": text_of(captions[0], settings.retrieval_prefix, settings.prefix_bug)}
     if pairs.skipped:
         details["skipped_first"] = pairs.skipped[:SHOW_MISSING]

@@ -18,8 +18,16 @@ from biocap_core.zeroshot import ClassificationSet, per_class_recall, read_label
 
 from biocap_eval.benchmark import Benchmark, Status
 from biocap_eval.embedding import Encoder
-from biocap_eval.tasks.base import (SHOW_MISSING, ZEROSHOT_TABLE, EvalError, Settings, Task,
-                                    TaskResult, count_present, readable)
+from biocap_eval.tasks.base import (
+    SHOW_MISSING,
+    ZEROSHOT_TABLE,
+    EvalError,
+    Settings,
+    Task,
+    TaskResult,
+    count_present,
+    readable,
+)
 
 KS = (1, 3, 5)
 
@@ -58,16 +66,24 @@ def evaluate(bench: Benchmark, data_root: Path, enc: Encoder, settings: Settings
     label_type = settings.label_type or bench.label_type
     subsets = {}
     for name, rel in annotation_files(bench):
-        data = ClassificationSet.from_csv(data_root / rel, bench.image_root(data_root, rel), label_type,
-                                          skip_missing=settings.skip_missing)
+        data = ClassificationSet.from_csv(
+            data_root / rel,
+            bench.image_root(data_root, rel),
+            label_type,
+            skip_missing=settings.skip_missing,
+        )
         subsets[name] = _classify(data, enc, settings)
     if len(subsets) == 1:
         return next(iter(subsets.values()))
     first = next(iter(subsets.values()))
     metrics = {m: sum(r.metrics[m] for r in subsets.values()) / len(subsets) for m in first.metrics}
     counts = {c: sum(r.counts[c] for r in subsets.values()) for c in first.counts}
-    details = {"aggregate": f"mean of {len(subsets)} subsets",
-               "subsets": {n: {"metrics": r.metrics, "counts": r.counts, **r.details} for n, r in subsets.items()}}
+    details = {
+        "aggregate": f"mean of {len(subsets)} subsets",
+        "subsets": {
+            n: {"metrics": r.metrics, "counts": r.counts, **r.details} for n, r in subsets.items()
+        },
+    }
     return TaskResult(metrics, counts, details)
 
 
@@ -85,8 +101,12 @@ def _classify(data: ClassificationSet, enc: Encoder, settings: Settings) -> Task
     recall = per_class_recall(logits, labels, len(data.classnames))
     metrics = {f"top{k}": 100 * acc[k] for k in KS}
     metrics["mean_per_class_recall"] = 100 * recall.nanmean().item()
-    counts = {"images": len(keep), "classes": len(data.classnames), "skipped": len(data.skipped),
-              "unreadable": len(unreadable)}
+    counts = {
+        "images": len(keep),
+        "classes": len(data.classnames),
+        "skipped": len(data.skipped),
+        "unreadable": len(unreadable),
+    }
     details: dict = {"source": data.source}
     if data.skipped:
         details["skipped_first"] = data.skipped[:SHOW_MISSING]
@@ -95,16 +115,23 @@ def _classify(data: ClassificationSet, enc: Encoder, settings: Settings) -> Task
     if settings.per_class:
         n = torch.bincount(labels, minlength=len(data.classnames))
         details["per_class"] = [
-            {"class": c, "images": int(n[i]), "top1_recall": None if n[i] == 0 else 100 * recall[i].item()}
+            {
+                "class": c,
+                "images": int(n[i]),
+                "top1_recall": None if n[i] == 0 else 100 * recall[i].item(),
+            }
             for i, c in enumerate(data.classnames)
         ]
     return TaskResult(metrics, counts, details)
 
 
 def recorded(settings: Settings, bench: Benchmark) -> dict:
-    return {"label_type": settings.label_type or bench.label_type,
-            "templates": list(settings.templates), "templates_source": settings.templates_source,
-            "per_class": settings.per_class}
+    return {
+        "label_type": settings.label_type or bench.label_type,
+        "templates": list(settings.templates),
+        "templates_source": settings.templates_source,
+        "per_class": settings.per_class,
+    }
 
 
 def check(bench: Benchmark) -> str | None:

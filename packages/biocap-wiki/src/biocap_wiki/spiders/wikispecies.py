@@ -44,7 +44,13 @@ from biocap_wiki.resolve import Action, Failed, Fetch, Found, Lookup, Render, Se
 from biocap_wiki.tables import fingerprint, load_species
 from biocap_wiki.taxobox import rendered_ranks
 
-_WIKIMEDIA_HOSTS = ("wikipedia.org", "wikimedia.org", "wikidata.org", "wikispecies.org", "wiktionary.org")
+_WIKIMEDIA_HOSTS = (
+    "wikipedia.org",
+    "wikimedia.org",
+    "wikidata.org",
+    "wikispecies.org",
+    "wiktionary.org",
+)
 _FOLLOW_UP_PRIORITY = 10  # finish started species before starting new ones
 #: Finish reason of a crawl whose first requests could not connect.
 API_UNREACHABLE = "api_unreachable"
@@ -56,7 +62,8 @@ def check_contact(api_url: str, contact: str) -> None:
     if host.endswith(_WIKIMEDIA_HOSTS) and not contact:
         raise ValueError(
             f"{host} asks every client for contact information (Wikimedia User-Agent policy): set "
-            "WIKI_CONTACT (-s WIKI_CONTACT=you@example.org, --contact, or BIOCAP_WIKI_CONTACT)")
+            "WIKI_CONTACT (-s WIKI_CONTACT=you@example.org, --contact, or BIOCAP_WIKI_CONTACT)"
+        )
 
 
 def user_agent(contact: str) -> str:
@@ -67,10 +74,14 @@ def user_agent(contact: str) -> str:
 class WikispeciesSpider(scrapy.Spider):
     name = "wikispecies"
 
-    def __init__(self, species: str | None = None, api: str | None = None, *args: Any, **kwargs: Any):
+    def __init__(
+        self, species: str | None = None, api: str | None = None, *args: Any, **kwargs: Any
+    ):
         super().__init__(*args, **kwargs)
         if not species:
-            raise ValueError("the species list is required: scrapy crawl wikispecies -a species=PATH.csv")
+            raise ValueError(
+                "the species list is required: scrapy crawl wikispecies -a species=PATH.csv"
+            )
         self.species_path = species
         self.api_arg = api
         self.species = load_species(species)  # fails early, naming the file, column and rows
@@ -84,7 +95,11 @@ class WikispeciesSpider(scrapy.Spider):
         # that host's slot sends at once (below -s CONCURRENT_REQUESTS=...). The others wait in the
         # scheduler, which JOBDIR saves, and not in the downloader's queue, which a pause would
         # still send one by one at the polite pace (Scrapy's default lets 16 wait there).
-        settings.set("CONCURRENT_REQUESTS", settings.getint("CONCURRENT_REQUESTS_PER_DOMAIN"), priority="spider")
+        settings.set(
+            "CONCURRENT_REQUESTS",
+            settings.getint("CONCURRENT_REQUESTS_PER_DOMAIN"),
+            priority="spider",
+        )
 
     @classmethod
     def from_crawler(cls, crawler, *args: Any, **kwargs: Any) -> WikispeciesSpider:
@@ -93,7 +108,9 @@ class WikispeciesSpider(scrapy.Spider):
         spider.api = spider.api_arg or s.get("WIKI_API")
         spider.batch_size = s.getint("WIKI_BATCH_SIZE")
         if not 1 <= spider.batch_size <= 50:
-            raise ValueError(f"WIKI_BATCH_SIZE must be 1..50 (the API's title limit), got {spider.batch_size}")
+            raise ValueError(
+                f"WIKI_BATCH_SIZE must be 1..50 (the API's title limit), got {spider.batch_size}"
+            )
         spider.maxlag = s.getint("WIKI_MAXLAG")
         spider.search_limit = s.getint("WIKI_SEARCH_LIMIT")
         spider.license = s.get("WIKI_LICENSE")
@@ -112,8 +129,10 @@ class WikispeciesSpider(scrapy.Spider):
             self.state = {}
         digest = fingerprint(self.species)
         if self.state.setdefault("input", digest) != digest:
-            raise CloseSpider(f"JOBDIR holds a job for another species list than {self.species_path}; "
-                              "use a new JOBDIR to start a new job")
+            raise CloseSpider(
+                f"JOBDIR holds a job for another species list than {self.species_path}; "
+                "use a new JOBDIR to start a new job"
+            )
         self.state.setdefault("next", 0)
         self.lookups: dict[str, Lookup] = self.state.setdefault("lookups", {})
         # titles waiting for a batched query, each with the binomials that asked for it
@@ -125,13 +144,29 @@ class WikispeciesSpider(scrapy.Spider):
         self.crawler.stats.inc_value(f"wiki/requests/{kind}")
         # Our own state decides what is left to fetch, so the URL dupefilter stays out of it;
         # robots.txt does not apply to the Action API (see settings.py).
-        return scrapy.Request(url, callback=callback, errback=self.on_error, priority=priority,
-                              dont_filter=True, meta={**meta, "dont_obey_robotstxt": True})
+        return scrapy.Request(
+            url,
+            callback=callback,
+            errback=self.on_error,
+            priority=priority,
+            dont_filter=True,
+            meta={**meta, "dont_obey_robotstxt": True},
+        )
 
-    def _query(self, titles: dict[str, list[str]], priority: int = _FOLLOW_UP_PRIORITY,
-               cont: dict | None = None, delivered: Iterable[str] = ()) -> scrapy.Request:
-        return self._request(api.query_url(self.api, titles, self.maxlag, cont), self.parse_query,
-                             {"titles": titles, "delivered": list(delivered)}, priority, "query")
+    def _query(
+        self,
+        titles: dict[str, list[str]],
+        priority: int = _FOLLOW_UP_PRIORITY,
+        cont: dict | None = None,
+        delivered: Iterable[str] = (),
+    ) -> scrapy.Request:
+        return self._request(
+            api.query_url(self.api, titles, self.maxlag, cont),
+            self.parse_query,
+            {"titles": titles, "delivered": list(delivered)},
+            priority,
+            "query",
+        )
 
     def _flush(self, everything: bool) -> Iterator[scrapy.Request]:
         """Batched queries for the buffered titles: full batches, or all with ``everything``."""
@@ -146,13 +181,21 @@ class WikispeciesSpider(scrapy.Spider):
                 for title in action.titles:
                     self.buffer.setdefault(title, []).append(lookup.binomial)
             elif isinstance(action, Search):
-                yield self._request(api.search_url(self.api, action.query, self.search_limit, self.maxlag),
-                                    self.parse_search, {"binomial": lookup.binomial, "query": action.query},
-                                    _FOLLOW_UP_PRIORITY, "search")
+                yield self._request(
+                    api.search_url(self.api, action.query, self.search_limit, self.maxlag),
+                    self.parse_search,
+                    {"binomial": lookup.binomial, "query": action.query},
+                    _FOLLOW_UP_PRIORITY,
+                    "search",
+                )
             elif isinstance(action, Render):
-                yield self._request(api.parse_url(self.api, action.revid, self.maxlag), self.parse_render,
-                                    {"binomial": lookup.binomial, "title": action.title, "revid": action.revid},
-                                    _FOLLOW_UP_PRIORITY, "parse")
+                yield self._request(
+                    api.parse_url(self.api, action.revid, self.maxlag),
+                    self.parse_render,
+                    {"binomial": lookup.binomial, "title": action.title, "revid": action.revid},
+                    _FOLLOW_UP_PRIORITY,
+                    "parse",
+                )
             else:
                 yield self._item(lookup.binomial, action)
         if lookup.done:
@@ -163,32 +206,49 @@ class WikispeciesSpider(scrapy.Spider):
         ranks = dict(zip(RANKS, outcome.taxon))
         if isinstance(outcome, Failed):
             self.crawler.stats.inc_value(f"wiki/errors/{outcome.reason}")
-            return WikiError(binomial=binomial, **ranks, reason=outcome.reason, detail=outcome.detail)
+            return WikiError(
+                binomial=binomial, **ranks, reason=outcome.reason, detail=outcome.detail
+            )
         self.crawler.stats.inc_value("wiki/descriptions")
         page = outcome.page
         return WikiDescription(
-            binomial=binomial, **ranks, content=outcome.extract.text, title=page.title,
-            pageid=page.pageid, revid=page.revid, url=page.url or f"{self.api}?curid={page.pageid}",
-            section=outcome.extract.section, fetched_at=page.fetched_at, license=self.license)
+            binomial=binomial,
+            **ranks,
+            content=outcome.extract.text,
+            title=page.title,
+            pageid=page.pageid,
+            revid=page.revid,
+            url=page.url or f"{self.api}?curid={page.pageid}",
+            section=outcome.extract.section,
+            fetched_at=page.fetched_at,
+            license=self.license,
+        )
 
     # --- start, callbacks --------------------------------------------------------------------------
 
     async def start(self):
         self._open_state()
-        self.logger.info("%d binomials to describe; %d done or started before, %d open",
-                         len(self.species), self.state["next"], len(self.lookups))
+        self.logger.info(
+            "%d binomials to describe; %d done or started before, %d open",
+            len(self.species),
+            self.state["next"],
+            len(self.lookups),
+        )
         # for the progress line: (binomial, taxonomy) rows in the list, and those ended in earlier runs
         stats = self.crawler.stats
         stats.set_value("wiki/rows", sum(len(taxa) for _, taxa in self.species))
-        stats.set_value("wiki/rows_before", sum(len(taxa) for _, taxa in self.species[: self.state["next"]])
-                        - sum(len(lookup.taxa) for lookup in self.lookups.values()))
+        stats.set_value(
+            "wiki/rows_before",
+            sum(len(taxa) for _, taxa in self.species[: self.state["next"]])
+            - sum(len(lookup.taxa) for lookup in self.lookups.values()),
+        )
         engine = self.crawler.engine
         while self.state["next"] < len(self.species):
             # Scrapy reads start() eagerly; waiting while the downloader is full keeps the open
             # lookups (memory, and the state a pause must save) to what is actually in flight.
             while engine.running and engine.needs_backout():
                 await sleep(0.05)
-            chunk = self.species[self.state["next"]: self.state["next"] + self.batch_size]
+            chunk = self.species[self.state["next"] : self.state["next"] + self.batch_size]
             self.state["next"] += len(chunk)
             titles: dict[str, list[str]] = {}
             for binomial, taxa in chunk:
@@ -209,8 +269,9 @@ class WikispeciesSpider(scrapy.Spider):
         titles: dict[str, list[str]] = response.meta["titles"]
         delivered = set(response.meta["delivered"])
         try:
-            pages, cont = api.read_query(self._payload(response), titles,
-                                         api.response_time(response.headers.get("Date")))
+            pages, cont = api.read_query(
+                self._payload(response), titles, api.response_time(response.headers.get("Date"))
+            )
         except (api.ApiError, ValueError) as exc:
             yield from self._fail({b for bs in titles.values() for b in bs}, str(exc))
             return
@@ -219,7 +280,9 @@ class WikispeciesSpider(scrapy.Spider):
                 continue
             for binomial in titles[requested]:
                 if binomial in self.lookups:
-                    yield from self._act(self.lookups[binomial], self.lookups[binomial].on_page(requested, page))
+                    yield from self._act(
+                        self.lookups[binomial], self.lookups[binomial].on_page(requested, page)
+                    )
         if cont:
             yield self._query(titles, cont=cont, delivered=delivered | set(pages))
 
@@ -231,7 +294,9 @@ class WikispeciesSpider(scrapy.Spider):
             yield from self._fail([binomial], str(exc))
             return
         if binomial in self.lookups:
-            yield from self._act(self.lookups[binomial], self.lookups[binomial].on_search(query, hits))
+            yield from self._act(
+                self.lookups[binomial], self.lookups[binomial].on_search(query, hits)
+            )
 
     def parse_render(self, response):
         binomial, title = response.meta["binomial"], response.meta["title"]
@@ -241,7 +306,9 @@ class WikispeciesSpider(scrapy.Spider):
             yield from self._fail([binomial], str(exc))
             return
         if binomial in self.lookups:
-            yield from self._act(self.lookups[binomial], self.lookups[binomial].on_render(title, ranks))
+            yield from self._act(
+                self.lookups[binomial], self.lookups[binomial].on_render(title, ranks)
+            )
 
     def on_error(self, failure) -> list[Any]:
         """A request failed for good: retries are spent (5xx, maxlag), or there is no connection.
@@ -252,13 +319,21 @@ class WikispeciesSpider(scrapy.Spider):
         """
         request = failure.request
         meta = request.meta
-        binomials = [b for bs in meta["titles"].values() for b in bs] if "titles" in meta else [meta["binomial"]]
+        binomials = (
+            [b for bs in meta["titles"].values() for b in bs]
+            if "titles" in meta
+            else [meta["binomial"]]
+        )
         self.crawler.stats.inc_value("wiki/request_failures")
         detail = failure.getErrorMessage()
         if failure.check(HttpError):  # "Ignoring non-200 response" would not say which
             detail = f"HTTP {status_message(failure.value.response.status)} after every retry"
-        if failure.check(*CONNECT_ERRORS) and not self.crawler.stats.get_value("response_received_count"):
-            self.logger.error("cannot connect to the API at %s: %s", self.api, failure.getErrorMessage())
+        if failure.check(*CONNECT_ERRORS) and not self.crawler.stats.get_value(
+            "response_received_count"
+        ):
+            self.logger.error(
+                "cannot connect to the API at %s: %s", self.api, failure.getErrorMessage()
+            )
             # what raising CloseSpider does, without Scrapy logging the failure's traceback
             deferred_from_coro(self.crawler.engine.close_spider_async(reason=API_UNREACHABLE))
             return []
@@ -295,23 +370,40 @@ class WikispeciesSpider(scrapy.Spider):
     def closed(self, reason: str) -> None:
         """Log how the crawl ended, and leave it in the stats: ``scrapy crawl`` exits 0 either way."""
         stats = self.crawler.stats
-        errors = {k.rsplit("/", 1)[1]: v for k, v in stats.get_stats().items() if k.startswith("wiki/errors/")}
-        self.logger.info("closed (%s): %d descriptions, errors %s, requests: %d query, %d search, %d parse",
-                         reason, stats.get_value("wiki/descriptions", 0), errors or "none",
-                         stats.get_value("wiki/requests/query", 0), stats.get_value("wiki/requests/search", 0),
-                         stats.get_value("wiki/requests/parse", 0))
+        errors = {
+            k.rsplit("/", 1)[1]: v
+            for k, v in stats.get_stats().items()
+            if k.startswith("wiki/errors/")
+        }
+        self.logger.info(
+            "closed (%s): %d descriptions, errors %s, requests: %d query, %d search, %d parse",
+            reason,
+            stats.get_value("wiki/descriptions", 0),
+            errors or "none",
+            stats.get_value("wiki/requests/query", 0),
+            stats.get_value("wiki/requests/search", 0),
+            stats.get_value("wiki/requests/parse", 0),
+        )
         state = getattr(self, "state", None) or {}  # empty if the crawl closed before start()
         lookups = state.get("lookups", {})
         stats.set_value("wiki/open", len(lookups))
         jobdir = self.crawler.settings.get("JOBDIR")
         if reason == "shutdown":
             stats.set_value("wiki/paused", True)
-            self.logger.warning("paused with %d species open and %d not started; %s", len(lookups),
-                                len(self.species) - state.get("next", 0),
-                                f"the same command with JOBDIR={jobdir} resumes" if jobdir
-                                else "without a JOBDIR nothing is kept, the next run starts over")
+            self.logger.warning(
+                "paused with %d species open and %d not started; %s",
+                len(lookups),
+                len(self.species) - state.get("next", 0),
+                f"the same command with JOBDIR={jobdir} resumes"
+                if jobdir
+                else "without a JOBDIR nothing is kept, the next run starts over",
+            )
         elif reason == "finished" and lookups:
-            self.logger.error("%d species ended with request failures (%s); %s", len(lookups),
-                              ", ".join(list(lookups)[:10]),
-                              f"the same command with JOBDIR={jobdir} asks for them again" if jobdir
-                              else "set a JOBDIR to retry only them")
+            self.logger.error(
+                "%d species ended with request failures (%s); %s",
+                len(lookups),
+                ", ".join(list(lookups)[:10]),
+                f"the same command with JOBDIR={jobdir} asks for them again"
+                if jobdir
+                else "set a JOBDIR to retry only them",
+            )
