@@ -27,9 +27,11 @@ DEMO_GROUP = "biocap-demo"
 
 def pytest_configure(config):
     """Every test process computes on one thread, and so do the processes tests start (they inherit
-    the variable; torch reads it when it starts, after this). pytest-xdist runs one worker per core, the
-    toy models gain nothing from more threads, and idle-spinning OpenMP threads beside another worker
-    made small steps several times slower; ``train()`` leaves the thread count alone when it is set."""
+    the variable; torch reads it when it starts, after this). pytest-xdist runs one worker per core,
+    the toy models gain nothing from more threads, and idle-spinning OpenMP threads beside another
+    worker made small steps several times slower; ``train()`` leaves the thread count alone when it
+    is set.
+    """
     os.environ["OMP_NUM_THREADS"] = "1"
 
 
@@ -51,7 +53,8 @@ class DemoRun:
 
 @pytest.fixture(scope="session")
 def child_env() -> dict:
-    """Environment for child processes: on one thread as the parent (:func:`pytest_configure`), no stray
+    """Environment for child processes: on one thread as the parent (:func:`pytest_configure`), no
+    stray
     torchrun variables."""
     return {
         k: v
@@ -70,7 +73,8 @@ def child_env() -> dict:
 
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory, child_env) -> DemoRun:
-    """``python -m biocap_train`` without arguments, from an empty cache; skipped without biocap-train."""
+    """``python -m biocap_train`` without arguments, from an empty cache; skipped without
+    biocap-train."""
     pytest.importorskip("biocap_train")
     cwd = tmp_path_factory.mktemp("demo")
     env = {
@@ -90,9 +94,10 @@ def demo(tmp_path_factory, child_env) -> DemoRun:
 
 REPO = Path(__file__).resolve().parent
 
-#: Run by the venv's Python: what is installed, where the app imports from, and the exit code, stdout
-#: and stderr of each command in argv[2] (a JSON list of argument lists), run through the installed
-#: console-script entry point argv[1] (a crash's traceback fails the probe with it on stderr).
+#: Run by the venv's Python: what is installed, where the app imports from, and the exit code,
+#: stdout and stderr of each command in argv[2] (a JSON list of argument lists), run through the
+#: installed console-script entry point argv[1] (a crash's traceback fails the probe with it on
+#: stderr).
 PROBE = """
 import importlib, importlib.metadata as m, json, sys
 from typer.testing import CliRunner
@@ -100,8 +105,9 @@ from typer.testing import CliRunner
 app, runner = script.load(), CliRunner()
 runs = [runner.invoke(app, args, catch_exceptions=False) for args in json.loads(sys.argv[2])]
 module = importlib.import_module(sys.argv[1].replace("-", "_"))
-print(json.dumps({"installed": sorted(d.metadata["Name"].lower() for d in m.distributions()),
-                  "module": module.__file__, "runs": [[r.exit_code, r.stdout, r.stderr] for r in runs]}))
+installed = sorted(d.metadata["Name"].lower() for d in m.distributions())
+runs = [[r.exit_code, r.stdout, r.stderr] for r in runs]
+print(json.dumps({"installed": installed, "module": module.__file__, "runs": runs}))
 """
 
 
@@ -115,8 +121,9 @@ class InstalledAlone:
     cwd: Path  #: where its commands run (the test's tmp_path)
 
     def run(self, commands: list[list[str]]) -> dict:
-        """The app's ``commands``, in one interpreter of the venv (each start-up costs about 5 CPU-seconds
-        of imports, torch and OpenCLIP), with what is installed and where the app imports from."""
+        """The app's ``commands``, in one interpreter of the venv (each start-up costs about 5
+        CPU-seconds of imports, torch and OpenCLIP), with what is installed and where the app
+        imports from."""
         return json.loads(
             _sh(
                 self.venv / "bin" / "python",
@@ -130,10 +137,11 @@ class InstalledAlone:
         )
 
 
-#: Where an app's venv is made, anew for each test, with its bytecode kept beside it between runs: a new
-#: venv's first interpreter compiles torch's and OpenCLIP's modules, 8 of a probe's 15 s (measured). At the
-#: same path every run, ``PYTHONPYCACHEPREFIX`` finds that bytecode again (checked against each source's
-#: size and mtime, as always); a lock per app keeps two test runs out of each other's venv.
+#: Where an app's venv is made, anew for each test, with its bytecode kept beside it between runs: a
+#: new venv's first interpreter compiles torch's and OpenCLIP's modules, 8 of a probe's 15 s
+#: (measured). At the same path every run, ``PYTHONPYCACHEPREFIX`` finds that bytecode again
+#: (checked against each source's size and mtime, as always); a lock per app keeps two test runs out
+#: of each other's venv.
 INSTALL_ROOT = Path(os.environ.get("BIOCAP_TEST_VENVS", "~/.cache/biocap/test-venvs")).expanduser()
 
 

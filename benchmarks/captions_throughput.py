@@ -59,11 +59,13 @@ class ZeroLatencyEngine:
 
 
 def make_shards(out: Path) -> dict[int, str]:
-    """Shards of 1,000 and 10,000 samples (toy images reused under new uuids) and a catalog covering them."""
+    """Shards of 1,000 and 10,000 samples (toy images reused under new uuids) and a catalog covering
+    them."""
     import uuid
 
     import polars as pl
     import webdataset as wds
+
     from biocap_core import schemas
     from biocap_core.shards import iter_samples
     from biocap_core.toy import ToyConfig, generate
@@ -271,7 +273,7 @@ def main() -> None:
         t0 = time.perf_counter()
         shards = make_shards(toy)
         print(
-            f"shards of 1,000 and 10,000 toy samples (64 px JPEG + 11 text members) written in "
+            "shards of 1,000 and 10,000 toy samples (64 px JPEG + 11 text members) written in "
             f"{time.perf_counter() - t0:.0f} s",
             flush=True,
         )
@@ -284,32 +286,33 @@ def main() -> None:
         best = max(runs, key=lambda r: r["per_s_cpu"])
         rates = ", ".join(f"{r['per_s_cpu']:,.0f}" for r in runs)
         print(
-            f"zero-latency engine, one core, batch {args.batch_size}, 10,000-sample shard -> parquet "
-            "(wiki join, prompts, checks, checkpoints), best of 2 by CPU time:"
+            f"zero-latency engine, one core, batch {args.batch_size}, 10,000-sample shard ->"
+            " parquet (wiki join, prompts, checks, checkpoints), best of 2 by CPU time:"
         )
         print(
             f"  end to end: {best['per_s_cpu']:,.0f} samples per CPU-second "
             f"({best['per_s_wall']:,.0f}/s wall on this shared machine; runs: {rates})"
         )
         print(
-            f"  reading the shard alone (biocap_core.shards.iter_samples): "
+            "  reading the shard alone (biocap_core.shards.iter_samples): "
             f"{best['read_only_per_s_cpu']:,.0f} samples per CPU-second"
         )
         print(
-            f"  the pipeline's own work (the same samples already in memory): {best['own_per_s_cpu']:,.0f} "
-            "samples per CPU-second (goal >= 2,000)"
+            "  the pipeline's own work (the same samples already in memory):"
+            f" {best['own_per_s_cpu']:,.0f} samples per CPU-second (goal >= 2,000)"
         )
         print("memory during the run (resident set, sampled every 2 ms):")
         for size, r in memory.items():
             print(
-                f"  shard of {size:>6,} samples: {r['rss_before_mb']:.0f} MB before, peak {r['rss_peak_mb']:.0f} MB "
-                f"(+{r['rss_peak_mb'] - r['rss_before_mb']:.0f} MB)"
+                f"  shard of {size:>6,} samples: {r['rss_before_mb']:.0f} MB before, peak"
+                f" {r['rss_peak_mb']:.0f} MB (+{r['rss_peak_mb'] - r['rss_before_mb']:.0f} MB)"
             )
         growth = (memory[10_000]["rss_peak_mb"] - memory[10_000]["rss_before_mb"]) - (
             memory[1000]["rss_peak_mb"] - memory[1000]["rss_before_mb"]
         )
         print(
-            f"  10x the samples in one shard -> {growth:+.0f} MB more growth (goal: flat in shard size)"
+            f"  10x the samples in one shard -> {growth:+.0f} MB more growth (goal: flat in shard"
+            " size)"
         )
 
 

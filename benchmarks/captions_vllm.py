@@ -1,4 +1,5 @@
-"""``captions_throughput.py --vllm``: vLLM's own offline throughput against our pipeline's, on one model.
+"""``captions_throughput.py --vllm``: vLLM's own offline throughput against our pipeline's, on one
+model.
 
 See captions_throughput.py's docstring for what is measured. The model has
 random weights, so answers are fixed at 50 tokens (``ignore_eos``, no stop
@@ -19,11 +20,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "packages" / "biocap-captions" / "scripts"
-#: TreeOfLife-sized images: longest side 500 px, the aspect ratios of common cameras, both orientations.
+#: TreeOfLife-sized images: longest side 500 px, the aspect ratios of common cameras, both
+#: orientations.
 PHOTO_SIZES = [(500, 375), (375, 500), (500, 333), (500, 500)]
 ANSWER_TOKENS = 50
-#: InternVL3-38B's two parts, InternViT-6B-448px-V2.5 and Qwen2.5-32B, as their config.json files give them
-#: (check against the checkpoint before relying on the projection). Only what the FLOPs count needs.
+#: InternVL3-38B's two parts, InternViT-6B-448px-V2.5 and Qwen2.5-32B, as their config.json files
+#: give them (check against the checkpoint before relying on the projection). Only what the FLOPs
+#: count needs.
 INTERNVL3_38B = {
     "image": 448,
     "vision": dict(hidden_size=3200, num_hidden_layers=45, intermediate_size=12800),
@@ -39,14 +42,17 @@ INTERNVL3_38B = {
 
 
 def photo_shard(toy: Path, path: Path, n: int, seed: int) -> dict[str, str]:
-    """A shard of ``n`` distinct ~500 px JPEGs (toy images scaled up, plus mild noise and a per-image
-    stamp), with the text members of the toy's samples. Returns uuid -> toy uuid (for the catalog)."""
+    """A shard of ``n`` distinct ~500 px JPEGs (toy images scaled up, plus mild noise and a
+    per-image stamp), with the text members of the toy's samples. Returns uuid -> toy uuid (for the
+    catalog).
+    """
     import io
 
     import numpy as np
     import webdataset as wds
-    from biocap_core.shards import iter_samples
     from PIL import Image
+
+    from biocap_core.shards import iter_samples
 
     rng = np.random.default_rng(seed)
     base = list(iter_samples(str(toy / "train" / "shard-000000.tar")))
@@ -75,8 +81,10 @@ def photo_shard(toy: Path, path: Path, n: int, seed: int) -> dict[str, str]:
 
 def flops_per_image(spec: dict, tiles: float, prompt_tokens: float, answer_tokens: int) -> float:
     """Forward FLOPs of one image's request (2 per multiply-add): the vision tower over each tile
-    (448 px: 1,025 tokens), the MLP projector (256 tokens per tile), the language model over the prompt and the
-    answer (weights, attention over the context so far) and the output layer for the answer tokens."""
+    (448 px: 1,025 tokens), the MLP projector (256 tokens per tile), the language model over the
+    prompt and the answer (weights, attention over the context so far) and the output layer for the
+    answer tokens.
+    """
     v, t = spec["vision"], spec["text"]
     hv, ht = v["hidden_size"], t["hidden_size"]
     patches = (spec["image"] // 14) ** 2
@@ -106,10 +114,11 @@ def flops_per_image(spec: dict, tiles: float, prompt_tokens: float, answer_token
 
 
 def projection(measured_per_s: float, spec: dict, tiles: float, prompt_tokens: float) -> dict:
-    """InternVL3-38B's images/s per GPU, scaled from the measured rate by FLOPs per image (same tiles and
-    prompt tokens, 50 answer tokens), and the GPU-hours for 10M images. It assumes the same share of the
-    GPU's peak is reached, which holds for compute-bound prefill (image tokens dominate); AWQ's 4-bit
-    weights change memory, not FLOPs, and its kernels may reach a lower share."""
+    """InternVL3-38B's images/s per GPU, scaled from the measured rate by FLOPs per image (same
+    tiles and prompt tokens, 50 answer tokens), and the GPU-hours for 10M images. It assumes the
+    same share of the GPU's peak is reached, which holds for compute-bound prefill (image tokens
+    dominate); AWQ's 4-bit weights change memory, not FLOPs, and its kernels may reach a lower
+    share."""
     ours = flops_per_image(spec, tiles, prompt_tokens, ANSWER_TOKENS)
     big = flops_per_image(INTERNVL3_38B, tiles, prompt_tokens, ANSWER_TOKENS)
     per_s = measured_per_s * ours / big
@@ -119,13 +128,17 @@ def projection(measured_per_s: float, spec: dict, tiles: float, prompt_tokens: f
         "flops_ratio": big / ours,
         "images_per_s_per_gpu_38b": per_s,
         "gpu_hours_10m_images_38b": 1e7 / per_s / 3600,
-        "how": "images/s(38B) = images/s(measured, pipeline) x FLOPs/image(measured model) / "
-        "FLOPs/image(38B), FLOPs/image from flops_per_image() at the measured tiles and prompt tokens",
+        "how": (
+            "images/s(38B) = images/s(measured, pipeline) x FLOPs/image(measured model) /"
+            " FLOPs/image(38B), FLOPs/image from flops_per_image() at the measured tiles and prompt"
+            " tokens"
+        ),
     }
 
 
 def prefix_cache_counters(llm) -> tuple[float, float] | None:
-    """(queries, hits) of vLLM's prefix cache, in tokens, from its metrics; None where this vLLM has none."""
+    """(queries, hits) of vLLM's prefix cache, in tokens, from its metrics; None where this vLLM has
+    none."""
     try:
         metrics = {m.name: m.value for m in llm.get_metrics() if hasattr(m, "value")}
     except Exception:  # older vLLM (no get_metrics) or stats disabled
@@ -142,9 +155,10 @@ def hit_rate(before, after) -> float | None:
 
 
 def make_engine(model_dir: Path, args):
+    from vllm import SamplingParams
+
     from biocap_captions.engine import SamplingConfig
     from biocap_captions.vllm_engine import VLLMEngine, VLLMOptions
-    from vllm import SamplingParams
 
     kwargs = dict(disable_log_stats=False, limit_mm_per_prompt={"image": 1, "video": 0})
     if args.device == "cpu":
@@ -168,7 +182,8 @@ def make_engine(model_dir: Path, args):
 
 
 def offline(engine, shard: str, prompts, descriptions) -> dict:
-    """(a): vLLM's ``LLM.generate`` over all inputs of the shard at once, prepared beforehand (not timed)."""
+    """(a): vLLM's ``LLM.generate`` over all inputs of the shard at once, prepared beforehand (not
+    timed)."""
     from biocap_captions.engine import CaptionRequest
     from biocap_captions.prompt import PromptParts
     from biocap_captions.sources import shard_units
@@ -229,6 +244,8 @@ def run_vllm_benchmark(args) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     sys.path.insert(0, str(SCRIPTS))
     import polars as pl
+    from tiny_vlm import SIZES, build
+
     from biocap_captions.prompt import (
         DEFAULT_FORMAT_EXAMPLES,
         FormatExamples,
@@ -238,7 +255,6 @@ def run_vllm_benchmark(args) -> None:
     from biocap_captions.sources import load_descriptions
     from biocap_core import schemas
     from biocap_core.toy import ToyConfig, generate
-    from tiny_vlm import SIZES, build
 
     work = Path(tempfile.mkdtemp(prefix="captions-vllm-"))
     toy = work / "toy"
@@ -326,10 +342,10 @@ def run_vllm_benchmark(args) -> None:
     engine.close()
     print(json.dumps(figures, indent=1))
     print(
-        f"(a) vLLM offline {a['images_per_s']:.1f} images/s, (b) pipeline {b['images_per_s']:.1f} images/s, "
-        f"b/a {figures['ratio_b_over_a']:.2f} (goal >= 0.9); 38B projection "
-        f"{figures['projection']['images_per_s_per_gpu_38b']:.2f} images/s per GPU, "
-        f"{figures['projection']['gpu_hours_10m_images_38b']:,.0f} GPU-hours for 10M images"
+        f"(a) vLLM offline {a['images_per_s']:.1f} images/s, (b) pipeline {b['images_per_s']:.1f}"
+        f" images/s, b/a {figures['ratio_b_over_a']:.2f} (goal >= 0.9); 38B projection"
+        f" {figures['projection']['images_per_s_per_gpu_38b']:.2f} images/s per GPU,"
+        f" {figures['projection']['gpu_hours_10m_images_38b']:,.0f} GPU-hours for 10M images"
     )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))
@@ -344,7 +360,8 @@ def _device(kind: str) -> str:
 
 
 def _gpu_memory() -> float | None:
-    """Memory in use on GPU 0 (all processes: vLLM reserves ``gpu_memory_utilization`` of it for the KV cache)."""
+    """Memory in use on GPU 0 (all processes: vLLM reserves ``gpu_memory_utilization`` of it for the
+    KV cache)."""
     try:
         import torch
 

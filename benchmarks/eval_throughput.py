@@ -1,4 +1,5 @@
-"""biocap-eval image throughput: end to end (JPEG files -> decode -> preprocess -> model) vs the model alone.
+"""biocap-eval image throughput: end to end (JPEG files -> decode -> preprocess -> model) against
+the model alone.
 
 The model-alone figure runs ``encode_image`` on one already preprocessed batch, on
 the device, over and over; the end-to-end figure is biocap-eval's own encoding path
@@ -6,12 +7,14 @@ the device, over and over; the end-to-end figure is biocap-eval's own encoding p
 host-to-device copy, the same model call), cache off. A ratio near 1 means the data
 path is not the bottleneck (goal: >= 0.9).
 
-    uv run python benchmarks/eval_throughput.py                       # ViT-B-16, random weights, CPU
-    uv run python benchmarks/eval_throughput.py --device cuda --images 4096 --batch-size 256 --workers 8
-    uv run python benchmarks/eval_throughput.py --device cuda --images 4096 --batch-size 256 --workers 8 --gpu-decode
+    uv run python benchmarks/eval_throughput.py       # ViT-B-16, random weights, CPU
+    uv run python benchmarks/eval_throughput.py --device cuda --images 4096 --batch-size 256 \
+        --workers 8
+    uv run python benchmarks/eval_throughput.py --device cuda --images 4096 --batch-size 256 \
+        --workers 8 --gpu-decode
 
-``--gpu-decode``: the same ``Encoder`` with biocap-eval's ``--gpu-decode``: the workers only read the
-files and the device decodes, resizes and normalises each batch (biocap-core's ``gpu_decode``).
+``--gpu-decode``: the same ``Encoder`` with biocap-eval's ``--gpu-decode``: the workers only read
+the files and the device decodes, resizes and normalises each batch (biocap-core's ``gpu_decode``).
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from biocap_eval.embedding import Encoder
 
 
 def write_photos(folder: Path, n: int, size: tuple[int, int]) -> list[Path]:
-    """``n`` camera-sized JPEGs (toy organisms rendered and resized to ``size``), like benchmark images."""
+    """``n`` camera-sized JPEGs (toy organisms rendered and resized to ``size``), like benchmark
+    images."""
     species = make_species(16)
     distinct = []
     for i in range(min(n, 32)):
@@ -112,9 +116,10 @@ def main() -> None:
 
     assert feats.shape[0] == len(paths)
     print(
-        f"model {args.model} on {args.device} ({precision}), {torch.get_num_threads()} torch threads, "
-        f"batch {args.batch_size}, {args.workers} workers, {args.images} JPEGs of "
-        f"{args.photo_size[0]}x{args.photo_size[1]}, {'device' if args.gpu_decode else 'CPU'} decode"
+        f"model {args.model} on {args.device} ({precision}), {torch.get_num_threads()} torch"
+        f" threads, batch {args.batch_size}, {args.workers} workers, {args.images} JPEGs of"
+        f" {args.photo_size[0]}x{args.photo_size[1]}, {'device' if args.gpu_decode else 'CPU'}"
+        " decode"
     )
     print(f"model forward only : {forward:8.1f} images/s")
     print(f"end to end         : {end_to_end:8.1f} images/s")

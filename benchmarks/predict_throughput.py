@@ -12,10 +12,11 @@
 3. Index size: predictions (every rank in one pass) with an index of 450,000 species against one of
    1,000 (random unit vectors, random 7-rank names), on the same images. Goal: >= 0.8 of the speed.
 
-    uv run python benchmarks/predict_throughput.py                   # CPU, 1 torch thread, a few minutes
-    uv run python benchmarks/predict_throughput.py --parts 1         # only the data path, a minute
-    uv run python benchmarks/predict_throughput.py --parts 2         # only memory
-    uv run python benchmarks/predict_throughput.py --device cuda --images 20000 --batch-size 256 --workers 8
+    uv run python benchmarks/predict_throughput.py           # CPU, 1 torch thread, a few minutes
+    uv run python benchmarks/predict_throughput.py --parts 1 # only the data path, a minute
+    uv run python benchmarks/predict_throughput.py --parts 2 # only memory
+    uv run python benchmarks/predict_throughput.py --device cuda --images 20000 --batch-size 256 \
+        --workers 8
 """
 
 from __future__ import annotations
@@ -89,8 +90,10 @@ def random_index(n: int, dim: int, fingerprint: str, seed: int = 0) -> TaxaIndex
 def model_alone(
     model, paths: list[Path], batch: int, device: str, precision: str
 ) -> tuple[float, float]:
-    """Images/s of the model call predict makes, on every image of ``paths`` (preprocessed beforehand,
-    on the device), in batches of ``batch``, after one warm-up batch; and the CPU seconds it took."""
+    """Images/s of the model call predict makes, on every image of ``paths`` (preprocessed
+    beforehand, on the device), in batches of ``batch``, after one warm-up batch; and the CPU
+    seconds it took.
+    """
     transform = image_transform(model, train=False)
     images = torch.stack([transform(decode_image(p)) for p in paths]).to(device)
     batches = images.split(batch)
@@ -119,14 +122,13 @@ def end_to_end(
 
 
 def peak_rss_mb(args: argparse.Namespace, folder: Path, index: Path, out: Path) -> float:
-    """Peak RSS (MB) of a fresh process predicting every image of ``folder``: its own high-water mark
-    (``VmHWM``), not ``ru_maxrss``, which Linux carries across exec from the process it was forked from
-    (here this benchmark, holding the preprocessed images of part 1)."""
+    """Peak RSS (MB) of a fresh process predicting every image of ``folder``: its own high-water
+    mark (``VmHWM``), not ``ru_maxrss``, which Linux carries across exec from the process it was
+    forked from (here this benchmark, holding the preprocessed images of part 1)."""
     code = (
-        "import atexit, sys; from biocap_predict.cli import app; "
-        "sys.argv = ['biocap-predict'] + sys.argv[1:]; "
-        "atexit.register(lambda: print('RSS', next(line.split()[1] for line in open('/proc/self/status') "
-        "if line.startswith('VmHWM:')))); app()"
+        "import atexit, sys; from biocap_predict.cli import app; sys.argv = ['biocap-predict'] +"
+        " sys.argv[1:]; atexit.register(lambda: print('RSS', next(line.split()[1] for line in"
+        " open('/proc/self/status') if line.startswith('VmHWM:')))); app()"
     )
     cmd = [
         sys.executable,
@@ -162,7 +164,8 @@ def peak_rss_mb(args: argparse.Namespace, folder: Path, index: Path, out: Path) 
 def index_speed(
     args: argparse.Namespace, paths: list[Path], sizes=(1_000, 450_000)
 ) -> dict[int, float]:
-    """Images/s of Predictor.predict(rank='all') with random indexes of each size, same images and model."""
+    """Images/s of Predictor.predict(rank='all') with random indexes of each size, same images and
+    model."""
     device = resolve_device(args.device)
     model = load_model(args.big_model, None, device=device, precision=default_precision(device))
     fingerprint = weights_fingerprint(model)
@@ -192,9 +195,9 @@ def data_path(
 ) -> None:
     """Part 1: end to end against the forward pass alone, ``--repeats`` times, each run printed."""
     print(
-        f"1. data path: {args.images} JPEGs {args.photo_size[0]}x{args.photo_size[1]}, {args.model}, "
-        f"{device}, batch {args.batch_size}, {args.workers} worker(s), {torch.get_num_threads()} torch "
-        f"thread(s), 1,000 species, rank species"
+        f"1. data path: {args.images} JPEGs {args.photo_size[0]}x{args.photo_size[1]},"
+        f" {args.model}, {device}, batch {args.batch_size}, {args.workers} worker(s),"
+        f" {torch.get_num_threads()} torch thread(s), 1,000 species, rank species"
     )
     options = ModelOptions(
         args.model, args.weights, device, precision, args.batch_size, args.workers, progress=False
@@ -215,14 +218,14 @@ def data_path(
         steady = (n - n_few) / (n / e2e - n_few / e2e_few)
         ratios.append(steady / alone)
         print(
-            f"  run {run + 1}: model alone {alone:7.1f} images/s; end to end {e2e:7.1f} images/s ({n} images, "
-            f"ratio {e2e / alone:.2f} with start-up); without start-up (model and index load) {steady:7.1f} "
-            f"images/s: ratio {steady / alone:.2f}"
+            f"  run {run + 1}: model alone {alone:7.1f} images/s; end to end {e2e:7.1f} images/s"
+            f" ({n} images, ratio {e2e / alone:.2f} with start-up); without start-up (model and"
+            f" index load) {steady:7.1f} images/s: ratio {steady / alone:.2f}"
         )
-        # CPU time is less swayed by other jobs than wall time: what the main process spends per image
-        # end to end (beside the decoding workers) against the forward pass alone
+        # CPU time is less swayed by other jobs than wall time: what the main process spends per
+        # image end to end (beside the decoding workers) against the forward pass alone
         print(
-            f"         main-process CPU per 1,000 images: end to end without start-up "
+            "         main-process CPU per 1,000 images: end to end without start-up "
             f"{1000 * (cpu_n - cpu_few) / (n - n_few):.3f} s, forward alone "
             f"{1000 * cpu_alone / len(paths):.3f} s"
         )
@@ -238,16 +241,20 @@ def main() -> None:
     parser.add_argument(
         "--big-model",
         default="ViT-B-16",
-        help="Model of the index-size comparison (BioCAP's "
-        "architecture: the index's cost only matters relative to a real model's forward pass).",
+        help=(
+            "Model of the index-size comparison (BioCAP's "
+            "architecture: the index's cost only matters relative to a real model's forward pass)."
+        ),
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--images",
         type=int,
         default=6000,
-        help="JPEGs of the data-path measurement (6,000: "
-        "with 2,000, taking the start-up out swung the ratio by +-0.07 on the 2-core machine)",
+        help=(
+            "JPEGs of the data-path measurement (6,000: "
+            "with 2,000, taking the start-up out swung the ratio by +-0.07 on the 2-core machine)"
+        ),
     )
     parser.add_argument("--index-images", type=int, default=64)
     parser.add_argument(
@@ -271,8 +278,10 @@ def main() -> None:
         "--threads",
         type=int,
         default=1,
-        help="torch threads, for the forward pass alone and "
-        "end to end alike (1 on the 2-core development machine: the other core decodes)",
+        help=(
+            "torch threads, for the forward pass alone and "
+            "end to end alike (1 on the 2-core development machine: the other core decodes)"
+        ),
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -84,6 +84,7 @@ def row(uid: str, i: int) -> dict:
 
 def write_catalog(path: Path, ids: list[str]) -> None:
     import polars as pl
+
     from biocap_core.toy.download import CATALOG_COLUMNS
 
     rows = [row(u, i) for i, u in enumerate(ids)]

@@ -38,6 +38,7 @@ BATCH, WORKERS, PRECISION, TEXT_TYPE, SAMPLES = 64, 1, "fp32", "taxon_com", 2048
 def bench_shards(root: Path) -> str:
     """Toy train shards with an extra ``txt`` member (= taxon_com.txt) for OpenCLIP."""
     import webdataset as wds
+
     from biocap_core.shards import iter_samples
     from biocap_core.toy import ToyConfig, generate
 
@@ -169,19 +170,22 @@ def trainer_comparison(root: Path, repeats: int, threads: str | None) -> None:
             run_open_clip(shards, root / "logs", f"openclip-{threads}-{i}-{time.time_ns()}", env)
         )
         print(
-            f"  repeat {i + 1}: biocap-train {ours[-1]:7.1f} samples/s   OpenCLIP {theirs[-1]:7.1f} samples/s",
+            f"  repeat {i + 1}: biocap-train {ours[-1]:7.1f} samples/s   OpenCLIP {theirs[-1]:7.1f}"
+            " samples/s",
             flush=True,
         )
     a, b = statistics.median(ours), statistics.median(theirs)
     print(
-        f"trainer (BioCAP-toy, batch {BATCH}, {WORKERS} worker, {PRECISION}, OMP_NUM_THREADS={threads or 'unset'}, "
-        f"CPU): biocap-train {a:.1f} samples/s, OpenCLIP {b:.1f} samples/s, ratio {a / b:.2f}x"
+        f"trainer (BioCAP-toy, batch {BATCH}, {WORKERS} worker, {PRECISION},"
+        f" OMP_NUM_THREADS={threads or 'unset'}, CPU): biocap-train {a:.1f} samples/s, OpenCLIP"
+        f" {b:.1f} samples/s, ratio {a / b:.2f}x"
     )
 
 
 def loader_comparison(root: Path, sizes=(512, 1024), n_images=128) -> None:
     import open_clip
     import torch
+
     from biocap_core.shards import expand_sources
     from biocap_core.toy import ToyConfig, generate
     from biocap_train.image_prep import WorkerDecode
@@ -236,13 +240,15 @@ def loader_comparison(root: Path, sizes=(512, 1024), n_images=128) -> None:
                 best = max(best, n / (time.perf_counter() - start))
             rates[draft] = best
         print(
-            f"loader, {size} px JPEGs -> 224 px crop, 1 process: full decode {rates[None]:.1f} samples/s, "
-            f"draft decode {rates[224]:.1f} samples/s ({rates[224] / rates[None]:.2f}x)",
+            f"loader, {size} px JPEGs -> 224 px crop, 1 process: full decode {rates[None]:.1f}"
+            f" samples/s, draft decode {rates[224]:.1f} samples/s"
+            f" ({rates[224] / rates[None]:.2f}x)",
             flush=True,
         )
 
 
-# (dense bf16 FLOP/s, memory bytes/s) from the datasheets; the first name contained in the device's name wins
+# (dense bf16 FLOP/s, memory bytes/s) from the datasheets; the first name contained in the device's
+# name wins
 GPU_SPECS = {
     "H200": (989e12, 4.8e12),
     "H100 PCIe": (756e12, 2.0e12),
@@ -252,7 +258,8 @@ GPU_SPECS = {
     "A10": (125e12, 0.6e12),
 }
 H100 = GPU_SPECS["H100"]
-#: a route tracks the baseline's loss curve if every step's loss is within this fraction of the baseline's
+#: a route tracks the baseline's loss curve if every step's loss is within this fraction of the
+#: baseline's
 LOSS_RTOL = 0.02
 PROJECTED_SAMPLES = 500e6
 
@@ -267,9 +274,9 @@ def _route(name, causal=True, fused=True, compile_mode=None, precision="amp_bf16
     }
 
 
-#: In order of importance, so a tight budget still measures the baseline, all routes and the data path.
-#: "baseline" is the step with none of the routes (explicit causal mask, PyTorch's default AdamW,
-#: eager).
+#: In order of importance, so a tight budget still measures the baseline, all routes and the data
+#: path. "baseline" is the step with none of the routes (explicit causal mask, PyTorch's default
+#: AdamW, eager).
 ROUTES = [
     _route("baseline", causal=False, fused=False),
     _route("eager-all"),
@@ -283,7 +290,8 @@ ROUTES = [
 
 
 class Budget:
-    """Seconds left of the GPU budget; a part that would start after it is skipped, not cut short."""
+    """Seconds left of the GPU budget; a part that would start after it is skipped, not cut
+    short."""
 
     def __init__(self, seconds: float):
         self.seconds, self.began = seconds, time.perf_counter()
@@ -312,6 +320,7 @@ def make_trainer(route: dict, model: str, device, steps: int):
     """A Trainer for one route. The routes are applied to the built trainer (the text attention
     class, the optimiser, the compiled forward), so each is measured alone."""
     import torch
+
     from biocap_core.model import set_causal_text_attention
     from biocap_train import TrainConfig
     from biocap_train.distributed import DistInfo
@@ -339,8 +348,10 @@ def make_trainer(route: dict, model: str, device, steps: int):
 
 
 def synthetic_batches(trainer, batch: int, n: int = 4) -> list:
-    """``n`` fixed random batches (seeded, so every route sees the same ones), cycled by the steps."""
+    """``n`` fixed random batches (seeded, so every route sees the same ones), cycled by the
+    steps."""
     import torch
+
     from biocap_train.batches import Batch
     from biocap_train.schedule import StepText
 
@@ -387,6 +398,7 @@ def jpeg_shards(root: Path, n_samples: int, size=(500, 375), per_shard: int = 51
     import random
 
     import webdataset as wds
+
     from biocap_core.toy import BACKGROUNDS, TILTS, make_species, render
 
     out = root / f"jpeg-{size[0]}x{size[1]}"
@@ -558,8 +570,9 @@ def gpu_benchmark(
             row = end_to_end(e2e_trainer, urls, batch, e2e_steps, warmup, workers, gpu_decode, sync)
             report["end_to_end"].append(row)
             print(
-                f"  end to end, {row['decode']} decode, {workers} workers: {row['samples_per_s']:.0f} samples/s, "
-                f"{row['cpu_cores_busy'] or float('nan'):.1f} CPU cores busy",
+                f"  end to end, {row['decode']} decode, {workers} workers:"
+                f" {row['samples_per_s']:.0f} samples/s,"
+                f" {row['cpu_cores_busy'] or float('nan'):.1f} CPU cores busy",
                 flush=True,
             )
     best = max(
@@ -568,8 +581,9 @@ def gpu_benchmark(
         default=None,
     )
     if best and peak:
-        # H100 and H200 share the dense bf16 peak; H200's memory is 1.43x faster. So the H100 time lies
-        # between the compute-bound scaling (peak ratio) and the memory-bound one (bandwidth ratio).
+        # H100 and H200 share the dense bf16 peak; H200's memory is 1.43x faster. So the H100 time
+        # lies between the compute-bound scaling (peak ratio) and the memory-bound one (bandwidth
+        # ratio).
         hours = PROJECTED_SAMPLES / best["samples_per_s"] / 3600
         low, high = hours * peak / H100[0], hours * max(peak / H100[0], bandwidth / H100[1])
         report["projected_h100_hours_500M"] = {"route": best["name"], "low": low, "high": high}

@@ -20,7 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-#: The MediaWiki stand-in is test code kept out of the wheel; run as a script, it needs only biocap-core.
+#: The MediaWiki stand-in is test code kept out of the wheel; run as a script, it needs only
+#: biocap-core.
 STANDIN = Path(__file__).resolve().parents[1] / "packages" / "biocap-wiki" / "tests" / "standin.py"
 
 
@@ -78,10 +79,12 @@ def main() -> None:
         stats.get(f"wiki/requests/{k}", 0) for k in ("query", "search", "parse")
     )
     print(
-        f"species: {n} ({resolved} described, {result.errors.height} errors), finish: {result.finish_reason}"
+        f"species: {n} ({resolved} described, {result.errors.height} errors), finish:"
+        f" {result.finish_reason}"
     )
     print(
-        f"crawl time: {elapsed:.2f} s (wall incl. Scrapy start-up and parquet reading: {wall:.2f} s)"
+        f"crawl time: {elapsed:.2f} s (wall incl. Scrapy start-up and parquet reading:"
+        f" {wall:.2f} s)"
     )
     print(
         f"throughput: {n / elapsed:.0f} species/s (goal >= 200); "

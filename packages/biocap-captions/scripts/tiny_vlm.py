@@ -37,16 +37,18 @@ SPECIAL_TOKENS = [
 
 #: InternVL-hf style: image parts become the context-image token on their own line.
 CHAT_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for part in message['content'] %}{% if part['type'] == 'image' %}{{ '<IMG_CONTEXT>\\n' }}"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "{{ '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' }}{% if"
+    " message['content'] is string %}{{ message['content'] }}{% else %}{% for part in"
+    " message['content'] %}{% if part['type'] == 'image' %}{{ '<IMG_CONTEXT>\\n' }}{% elif"
+    " part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}{{"
+    " '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n'"
+    " }}{% endif %}"
 )
 
 IMAGE_SIZE, PATCH = 112, 14  # tiny: (112/14)^2 * 0.5^2 = 16 tokens per image
 
-#: Vision and text sizes: tiny (tests), and InternVL3-1B / -2B (InternViT-300M + Qwen2.5-0.5B / -1.5B).
+#: Vision and text sizes: tiny (tests), and InternVL3-1B / -2B (InternViT-300M + Qwen2.5-0.5B /
+#: -1.5B).
 SIZES = {
     "tiny": dict(
         vision=dict(

@@ -33,6 +33,8 @@ def main() -> None:
     args = parser.parse_args()
 
     import polars as pl
+    from tiny_vlm import build
+
     from biocap_captions.engine import SamplingConfig
     from biocap_captions.pipeline import Captioner, RunOptions
     from biocap_captions.prompt import FormatExamples, PromptBuilder
@@ -41,13 +43,13 @@ def main() -> None:
     from biocap_core import schemas
     from biocap_core.preprocess import decode_image
     from biocap_core.shards import iter_samples
-    from tiny_vlm import build
 
     started = time.monotonic()
     model_dir = build(args.out / "tiny-internvl")
     built = time.monotonic()
-    # skip_mm_profiling: no dummy multimodal forward at start-up (it sizes GPU memory; the CPU's KV cache
-    # is VLLM_CPU_KVCACHE_SPACE), which took 1.4 of the engine's 7.3 s start-up here (measured)
+    # skip_mm_profiling: no dummy multimodal forward at start-up (it sizes GPU memory; the CPU's KV
+    # cache is VLLM_CPU_KVCACHE_SPACE), which took 1.4 of the engine's 7.3 s start-up here
+    # (measured)
     llm_kwargs = dict(
         enforce_eager=True,
         max_num_seqs=4,
@@ -146,9 +148,17 @@ def main() -> None:
         "uuids": uuids,
         "too_long": too_long,
         "report": {"finished": report.finished, "failed": report.failed},
-        "captions": captions.select(
-            "uuid", "caption", "model", "prompt_version", "finish_reason", "n_tokens", "wiki_used"
-        ).to_dicts(),
+        "captions": (
+            captions.select(
+                "uuid",
+                "caption",
+                "model",
+                "prompt_version",
+                "finish_reason",
+                "n_tokens",
+                "wiki_used",
+            ).to_dicts()
+        ),
         "errors": errors.select("uuid", "reason").to_dicts(),
         "calls": calls,
         "toy_image_size": list(decode_image(samples[0]["jpg"]).size),

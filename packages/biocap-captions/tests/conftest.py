@@ -1,4 +1,5 @@
-"""Fixtures: toy shards, a deterministic fake engine and a fake chat-completions server on 127.0.0.1."""
+"""Fixtures: toy shards, a deterministic fake engine and a fake chat-completions server on
+127.0.0.1."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
 from biocap_captions.engine import CaptionRequest, Completion, Failure
 
 PACKAGE = Path(__file__).resolve().parents[1]

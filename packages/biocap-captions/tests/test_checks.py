@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from biocap_captions.checks import check_caption, clean_caption, names_species
 
 

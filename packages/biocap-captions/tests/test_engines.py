@@ -8,6 +8,8 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from typer.testing import CliRunner
+
 from biocap_captions import engines
 from biocap_captions.cli import app
 from biocap_captions.engine import Completion, SamplingConfig
@@ -15,7 +17,6 @@ from biocap_captions.engines import ENGINES, EngineEntry, EngineSettings
 from biocap_captions.openai_engine import OpenAIOptions
 from biocap_captions.vllm_engine import VLLMOptions
 from biocap_core import schemas
-from typer.testing import CliRunner
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The package installs and imports beside biocap-core."""
 
-import biocap_core
 import biocap_captions
+import biocap_core
 
 
 def test_imports_with_its_version():

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import polars as pl
+
 from biocap_core import schemas
 from biocap_core.shards import iter_samples
 

@@ -14,6 +14,8 @@ import time
 import polars as pl
 import pytest
 import typer
+from typer.testing import CliRunner
+
 from biocap_captions import __version__
 from biocap_captions.cli import app
 from biocap_captions.engine import (
@@ -26,7 +28,6 @@ from biocap_captions.engine import (
 )
 from biocap_captions.openai_engine import OpenAIEngine, OpenAIOptions, image_mime
 from biocap_core import schemas
-from typer.testing import CliRunner
 
 JPEG = b"\xff\xd8\xff\xe0" + b"fake jpeg body" * 4
 PROMPT = "Describe. For this image of a Toy crawler, write one sentence."
@@ -111,7 +112,8 @@ def test_failures_are_per_sample_and_say_why(chat_server):
         and server.attempts[PROMPT + " [400]"] == 1
     )
     assert malformed.reason.startswith("malformed response (no choices[0].message.content")
-    # a body that does not parse is retried like a 5xx (a proxy cut it off), a JSON body without a completion is not
+    # a body that does not parse is retried like a 5xx (a proxy cut it off), a JSON body without a
+    # completion is not
     assert html.reason.startswith("gave up after 3 attempts: malformed response (not JSON)")
     assert (
         server.attempts[PROMPT + " [notjson]"] == 3
@@ -135,7 +137,8 @@ def test_concurrency_is_bounded(chat_server):
 
 
 def test_a_request_waiting_to_retry_leaves_its_slot_to_the_others(chat_server):
-    """Two throttled requests (Retry-After 1 s) at concurrency 2 must not stall the other six for that second."""
+    """Two throttled requests (Retry-After 1 s) at concurrency 2 must not stall the other six for
+    that second."""
     throttled = [f"{PROMPT} [429x1] #{i}" for i in range(2)]
     plain = [f"{PROMPT} #{i}" for i in range(6)]
     with chat_server(delay=0.02, retry_after="1") as server:
@@ -152,8 +155,8 @@ def test_a_request_waiting_to_retry_leaves_its_slot_to_the_others(chat_server):
 
 
 def test_a_throttled_request_does_not_hold_up_the_next_batch(toy_dir, tmp_path, chat_server):
-    """The first request of a 10-sample shard (two batches of 5) waits 1 s to retry; the second batch
-    must be sent meanwhile, so the window stays full instead of idling at the batch's end."""
+    """The first request of a 10-sample shard (two batches of 5) waits 1 s to retry; the second
+    batch must be sent meanwhile, so the window stays full instead of idling at the batch's end."""
     from biocap_captions.pipeline import Captioner, RunOptions
     from biocap_captions.prompt import FormatExamples, PromptBuilder
     from biocap_captions.sources import shard_units
@@ -175,8 +178,10 @@ def test_a_throttled_request_does_not_hold_up_the_next_batch(toy_dir, tmp_path, 
 
 
 def test_ctrl_c_ends_the_wait_for_a_batch_at_once(chat_server):
-    """SIGINT may land on any thread (here the test server's); the wait must not last until the batch is done."""
-    # Python's own Ctrl-C handler, whatever an earlier test in this (pytest-xdist worker) process installed
+    """SIGINT may land on any thread (here the test server's); the wait must not last until the
+    batch is done."""
+    # Python's own Ctrl-C handler, whatever an earlier test in this (pytest-xdist worker) process
+    # installed
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         _wait_is_interrupted(chat_server)

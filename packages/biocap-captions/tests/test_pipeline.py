@@ -11,6 +11,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import webdataset as wds
+
 from biocap_captions.engine import EngineBroken, Failure
 from biocap_captions.pipeline import Captioner, RunOptions, one_ahead
 from biocap_captions.prompt import PROMPT_VERSION, FormatExamples, PromptBuilder
@@ -366,7 +367,8 @@ def test_catalog_input_reads_image_paths(toy_dir, tmp_path, fake_engine):
 def test_a_catalog_row_with_no_rank_left_after_cleaning_is_an_error_row(
     toy_dir, tmp_path, fake_engine
 ):
-    """BioCLIP's cleaning empties placeholder ranks; such a row has no name to prompt with, and the rest go on."""
+    """BioCLIP's cleaning empties placeholder ranks; such a row has no name to prompt with, and the
+    rest go on."""
     samples = list(iter_samples(str(toy_dir / "train" / "shard-000000.tar")))[:3]
     (tmp_path / "img").mkdir()
     for s in samples:
@@ -484,8 +486,8 @@ def preparing_engine(base):
     """``base`` (conftest's FakeEngine) with ``prepare``: see the class docstring."""
 
     class PreparingEngine(base):
-        """A fake with ``prepare``; each ``generate`` blocks until the batch after its own is prepared
-        (or ``wait`` seconds pass), and records whether it was. ``crash_on_call`` n raises
+        """A fake with ``prepare``; each ``generate`` blocks until the batch after its own is
+        prepared (or ``wait`` seconds pass), and records whether it was. ``crash_on_call`` n raises
         KeyboardInterrupt (a kill) in the n-th ``generate``."""
 
         def __init__(self, wait: float = 1.0, crash_on_call: int | None = None):

@@ -8,6 +8,7 @@ from pathlib import Path
 import jinja2
 import polars as pl
 import pytest
+
 from biocap_captions.prompt import (
     FALLBACK_EXAMPLES,
     PROMPT_VERSION,
@@ -24,10 +25,10 @@ SNAPSHOT = Path(__file__).parent / "snapshots" / f"prompt-{PROMPT_VERSION}.txt"
 
 #: Multimodal ChatML as InternVL3-hf and Qwen2-VL write it: image parts become a placeholder token.
 TYPED_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
-    "{% else %}{% for p in m['content'] %}{% if p['type'] == 'image' %}<IMG_CONTEXT>\n"
-    "{% elif p['type'] == 'text' %}{{ p['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{"
+    " m['content'] }}{% else %}{% for p in m['content'] %}{% if p['type'] == 'image'"
+    " %}<IMG_CONTEXT>\n{% elif p['type'] == 'text' %}{{ p['text'] }}{% endif %}{% endfor %}{% endif"
+    " %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 #: Text-only ChatML, as InternVL's remote-code checkpoints ship it.
 STRING_TEMPLATE = (
@@ -37,7 +38,8 @@ STRING_TEMPLATE = (
 
 
 class JinjaTokenizer:
-    """The part of a HF tokenizer the renderer uses: ``apply_chat_template`` over a jinja template."""
+    """The part of a HF tokenizer the renderer uses: ``apply_chat_template`` over a jinja
+    template."""
 
     def __init__(self, template: str):
         self.template = jinja2.Environment().from_string(template)
@@ -58,8 +60,8 @@ SPARROW = PromptParts(
     "House sparrow",
     "Passer domesticus",
     "Aves",
-    "The house sparrow is a small bird of the family Passeridae. Males have a grey crown and black bib. "
-    "Females are plain buff-brown. It lives near people across most of the world.",
+    "The house sparrow is a small bird of the family Passeridae. Males have a grey crown and black"
+    " bib. Females are plain buff-brown. It lives near people across most of the world.",
 )
 UNKNOWN_CLASS = PromptParts("Toy crawler", "Toyus crawlerus", "Toyopsida", None)
 
@@ -158,8 +160,8 @@ def test_split_examples(cell, expected):
 
 def test_wiki_excerpt_cuts_at_a_sentence_boundary():
     text = (
-        "The honey bee (A. mellifera) is a eusocial insect. Workers are 12 mm long and weigh 0.1 g. "
-        "Queens are larger."
+        "The honey bee (A. mellifera) is a eusocial insect. Workers are 12 mm long and weigh 0.1 g."
+        " Queens are larger."
     )
     assert wiki_excerpt(text, 1000) == text
     assert wiki_excerpt(text, 60) == "The honey bee (A. mellifera) is a eusocial insect."

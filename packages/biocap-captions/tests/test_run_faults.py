@@ -1,4 +1,5 @@
-"""``biocap-captions run`` against faults: a flaky or dead server, and output paths that cannot be written."""
+"""``biocap-captions run`` against faults: a flaky or dead server, and output paths that cannot be
+written."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from typer.testing import CliRunner
+
 from biocap_captions.cli import app
 from biocap_core import schemas
 from biocap_core.shards import iter_samples
-from typer.testing import CliRunner
 
 
 def shard_pattern(toy: Path) -> str:
@@ -128,7 +130,8 @@ def test_a_dead_server_stops_the_run_at_once_naming_the_url(toy_dir, tmp_path):
 
 
 def test_an_output_write_failing_mid_run_stops_it_in_one_line(toy_dir, tmp_path, chat_server):
-    """The first unit's final tables cannot be written: stop there, do not caption the other 30 images."""
+    """The first unit's final tables cannot be written: stop there, do not caption the other 30
+    images."""
     out = tmp_path / "out"
     out.mkdir()
     (out / "errors").write_text("a file where the errors folder should be")
@@ -136,8 +139,8 @@ def test_an_output_write_failing_mid_run_stops_it_in_one_line(toy_dir, tmp_path,
         result = CliRunner().invoke(app, run_args(toy_dir, out, server.url))
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     assert (
-        f"error: cannot write {out / 'errors' / 'shard-000000.parquet'}: File exists ({out / 'errors'})"
-        in result.output
+        f"error: cannot write {out / 'errors' / 'shard-000000.parquet'}: File exists"
+        f" ({out / 'errors'})" in result.output
     )
     assert len(server.bodies) == 10
 

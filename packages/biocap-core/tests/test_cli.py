@@ -1,4 +1,5 @@
-"""``biocap-core toy`` and ``export``: an --out that cannot be a writable folder fails in one line naming it."""
+"""``biocap-core toy`` and ``export``: an --out that cannot be a writable folder fails in one line
+naming it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The --gpu-decode path gives the tensors of core's PIL preprocessing, on CPU and (where present) CUDA.
+"""The --gpu-decode path gives the tensors of core's PIL preprocessing, on CPU and (where present)
+CUDA.
 
 Tolerance: decoders and bicubic resamplers round differently, so a value may differ by a few uint8
 levels on edges. On CPU (libjpeg in both paths) we allow 3 levels per value (3/255 over the smallest
@@ -57,7 +58,8 @@ def _assert_close(out: torch.Tensor, ref: torch.Tensor, max_diff: float, mean_di
 
 
 def _device_batch(prep: DevicePreprocess, sources, device, dtype=torch.float32) -> torch.Tensor:
-    """The whole batch as the device path gives it: encoded in the workers, decoded on ``device``."""
+    """The whole batch as the device path gives it: encoded in the workers, decoded on
+    ``device``."""
     images, kept, failed = prep.apply(
         prep.collate([prep.encode(s) for s in sources]), device, dtype
     )

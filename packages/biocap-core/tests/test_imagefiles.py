@@ -1,4 +1,5 @@
-"""The one image dataset: every kind of source, uint8 across workers, bad images reported and not fatal."""
+"""The one image dataset: every kind of source, uint8 across workers, bad images reported and not
+fatal."""
 
 from __future__ import annotations
 
@@ -179,7 +180,8 @@ def _random_jpegs(folder: Path, n: int) -> list[Path]:
 def test_workers_reusing_shared_batch_slots_hand_over_every_batch_intact(
     tiny_cfg, tmp_path, monkeypatch
 ):
-    """More hand-overs than the ring of shared slots holds (2 workers x 2 prefetched + 2), each distinct."""
+    """More hand-overs than the ring of shared slots holds (2 workers x 2 prefetched + 2), each
+    distinct."""
     monkeypatch.setattr(imagefiles, "HANDOVER_IMAGES", 4)  # hand-overs of 2 model batches of 2
     data = ImageFiles(_random_jpegs(tmp_path, 45), build_model(tiny_cfg))
     alone = torch.cat([b.images for b in image_batches(data, batch_size=2, workers=0)])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from biocap_core.jobs import JobSpecError, job_from_env, resolve_job, select
 
 
@@ -37,7 +38,8 @@ def test_flags_win_over_slurm_and_are_checked():
 
 
 def test_a_job_whose_share_is_empty_starts_no_engine_and_writes_no_manifest(toy_dir, tmp_path):
-    """The 12th task of a 12-task array over 4 shards has nothing to do: it must not load a model."""
+    """The 12th task of a 12-task array over 4 shards has nothing to do: it must not load a
+    model."""
     from biocap_captions.engines import EngineSettings
     from biocap_captions.pipeline import RunOptions
     from biocap_captions.runner import Inputs, run

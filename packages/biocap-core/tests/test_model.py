@@ -104,12 +104,11 @@ def test_toolkit_model_names_resolve_without_side_effects():
     import sys
 
     code = (
-        "import sys, open_clip; from biocap_core.model import resolve_config, toolkit_models;"
-        "cfg = resolve_config('BioCAP-toy');"
-        "assert 'BioCAP-toy' in toolkit_models();"
-        "assert open_clip.get_model_config('BioCAP-toy') is None, 'import registered configs globally';"
-        "assert not any(m.startswith('biocap_train') for m in sys.modules);"
-        "print(cfg['embed_dim'])"
+        "import sys, open_clip; from biocap_core.model import resolve_config, toolkit_models;cfg ="
+        " resolve_config('BioCAP-toy');assert 'BioCAP-toy' in toolkit_models();assert"
+        " open_clip.get_model_config('BioCAP-toy') is None, 'import registered configs"
+        " globally';assert not any(m.startswith('biocap_train') for m in"
+        " sys.modules);print(cfg['embed_dim'])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "64"
@@ -117,6 +116,7 @@ def test_toolkit_model_names_resolve_without_side_effects():
 
 def test_unknown_model_error_lists_toolkit_models():
     import pytest
+
     from biocap_core.model import resolve_config
 
     with pytest.raises(ValueError, match="BioCAP-toy"):

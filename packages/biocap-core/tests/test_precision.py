@@ -40,7 +40,8 @@ def test_inference_autocast_lets_fp32_images_meet_the_weights(tiny_cfg, precisio
 
 
 def test_training_runs_pure_weights_without_autocast_on_cast_inputs():
-    """OpenCLIP's training: amp autocasts; pure bf16 computes in its weights' dtype with no autocast."""
+    """OpenCLIP's training: amp autocasts; pure bf16 computes in its weights' dtype with no
+    autocast."""
     x = torch.randn(4, 4)
     with autocast("cpu", "amp_bf16", inputs_cast=True):
         assert (x @ x).dtype == torch.bfloat16

@@ -14,6 +14,9 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
 from biocap_core.cli import app
 from biocap_core.errors import SchemaError
 from biocap_core.shard_builder import (
@@ -29,8 +32,6 @@ from biocap_core.shard_builder.plan import make_plan
 from biocap_core.shards import iter_samples, read_sizes
 from biocap_core.toy import ToyConfig, write_download
 from biocap_core.toy.download import READABLE_DEFECTS
-from PIL import Image
-from typer.testing import CliRunner
 
 SIZE = 32
 #: Small shards, so a few dozen rows make several and each job and worker gets some.

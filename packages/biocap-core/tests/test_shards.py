@@ -1,4 +1,5 @@
-"""Shard patterns name a missing shard at once; written shards read back as written, split by size."""
+"""Shard patterns name a missing shard at once; written shards read back as written, split by
+size."""
 
 from __future__ import annotations
 

@@ -6,7 +6,8 @@ import csv
 import string
 
 import pytest
-from hypothesis import assume, given, strategies as st
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from biocap_core import schemas
 from biocap_core.errors import SchemaError, TaxonParseError
@@ -157,7 +158,7 @@ def _original_labels(path, text_type):
     out = []
     for row in rows:
         g = {
-            k: (row.get(k) or "")
+            k: row.get(k) or ""
             for k in (
                 "kingdom",
                 "phylum",

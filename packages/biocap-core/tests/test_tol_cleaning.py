@@ -1,4 +1,5 @@
-"""TreeOfLife-10M texts on messy taxonomy strings: BioCLIP's cleaning, then its shard writer, byte for byte.
+"""TreeOfLife-10M texts on messy taxonomy strings: BioCLIP's cleaning, then its shard writer, byte
+for byte.
 
 The oracle below is an independent restatement of BioCLIP's code (Imageomics/bioclip at
 80ee3e36): ``clean_rank``, ``strip_html``, ``clean_name`` and ``Taxon`` from
@@ -14,7 +15,8 @@ import dataclasses
 import re
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from biocap_core.errors import EmptyTaxonError
 from biocap_core.taxonomy import Taxon, label_text, tol_names, tol_texts

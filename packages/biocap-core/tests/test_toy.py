@@ -186,6 +186,9 @@ def test_truncated_tar_names_the_shard(toy_dir, tmp_path):
 
 
 def test_reading_text_and_shards_does_not_import_torch():
-    code = "import sys, biocap_core.shards, biocap_core.taxonomy, biocap_core.schemas; print('torch' in sys.modules)"
+    code = (
+        "import sys, biocap_core.shards, biocap_core.taxonomy, biocap_core.schemas; print('torch'"
+        " in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -1,4 +1,5 @@
-"""`biocap-eval run|report|list` end to end on the toy tree of life: result files, skipping, cache, report."""
+"""`biocap-eval run|report|list` end to end on the toy tree of life: result files, skipping, cache,
+report."""
 
 from __future__ import annotations
 
@@ -290,8 +291,8 @@ def test_an_undecodable_image_fails_only_its_benchmark_with_strict_and_is_skippe
     strict = invoke(*base, "--strict")
     assert strict.exit_code == 1 and isinstance(strict.exception, SystemExit), strict.output
     assert (
-        f"toy-retrieval: FAILED: {data / 'retrieval' / 'toy_retrieval.csv'}: 1 image(s) cannot be decoded; "
-        f"first: {broken}" in strict.output
+        f"toy-retrieval: FAILED: {data / 'retrieval' / 'toy_retrieval.csv'}: 1 image(s) cannot be"
+        f" decoded; first: {broken}" in strict.output
     )
     assert "1 benchmark(s) failed: toy-retrieval" in strict.output
     assert (out / "tiny" / "toy-zeroshot.json").is_file()  # the benchmark after it still ran

@@ -17,16 +17,16 @@ from biocap_eval.metrics import (
 
 
 def _sklearn():
-    """sklearn.metrics, the reference: imported by the tests that use it, not at collection, where each
-    pytest-xdist worker would pay its 1.4 s (with pandas and scipy)."""
+    """sklearn.metrics, the reference: imported by the tests that use it, not at collection, where
+    each pytest-xdist worker would pay its 1.4 s (with pandas and scipy)."""
     from sklearn import metrics
 
     return metrics
 
 
 def inquire_reference(y_true: np.ndarray, y_pred: np.ndarray, count_pos: int, k: int):
-    """INQUIRE's src/metrics.py restated with scikit-learn: ap_at_k, ndcg_at_k and mrr called on a whole
-    list at k, precision and recall as compute_retrieval_metrics counts them over the top k.
+    """INQUIRE's src/metrics.py restated with scikit-learn: ap_at_k, ndcg_at_k and mrr called on a
+    whole list at k, precision and recall as compute_retrieval_metrics counts them over the top k.
 
     The list must come sorted by score (ties in the order they should keep): INQUIRE's AP cuts by
     position, and its mrr's unstable argsort would otherwise pick an arbitrary order among ties.
@@ -90,7 +90,8 @@ def test_rerank_metrics_match_inquire_with_sklearn_on_all_candidates(seed):
 
 @pytest.mark.parametrize("seed", [2, 3])
 def test_rerank_metrics_at_k_match_inquire_with_sklearn(seed):
-    """k below and above the list length, count_pos at and above the list's positives, ties across the cut."""
+    """k below and above the list length, count_pos at and above the list's positives, ties across
+    the cut."""
     rng = np.random.default_rng(seed)
     for relevant, scores in random_lists(seed):
         n, in_list = len(relevant), int(relevant.sum())

@@ -1,4 +1,5 @@
-"""The shipped registry: the paper's benchmarks, read from the real annotation files, and selection."""
+"""The shipped registry: the paper's benchmarks, read from the real annotation files, and
+selection."""
 
 from __future__ import annotations
 
@@ -82,8 +83,10 @@ def test_every_real_annotation_file_loads_with_the_published_counts(original_dat
 def test_real_label_texts_and_captions_are_read_as_the_original(original_data):
     reg = load_registry()
     table = schemas.CLASSIFICATION.read(original_data / reg["rare-species"].annotation)
-    assert label_texts(table, "taxon_com")[0] == (
-        "Animalia Mollusca Bivalvia Unionida Unionidae Cyclonaias tuberculata with common name purple wartyback"
+    assert (
+        label_texts(table, "taxon_com")[0]
+        == "Animalia Mollusca Bivalvia Unionida Unionidae Cyclonaias tuberculata with common name"
+        " purple wartyback"
     )
     fungi = schemas.CLASSIFICATION.read(original_data / reg["fungi"].annotation)
     assert label_texts(fungi, "asis")[0] == "Amanita excelsa Gonn. & Rabenh."
@@ -135,13 +138,17 @@ def test_selectors_and_unknown_names():
     "body, message",
     [
         (
-            '[[benchmark]]\nname = "x"\ntitle = "X"\ntask = "zeroshot"\ntable = "zeroshot"\ncolumns = {}\n'
-            'annotation = "a.csv"\nlabel_type = "latin"',
+            (
+                '[[benchmark]]\nname = "x"\ntitle = "X"\ntask = "zeroshot"\ntable ='
+                ' "zeroshot"\ncolumns = {}\nannotation = "a.csv"\nlabel_type = "latin"'
+            ),
             "label_type 'latin'",
         ),
         (
-            '[[benchmark]]\nname = "x"\ntitle = "X"\ntask = "retrieval"\ntable = "retrieval"\ncolumns = {}\n'
-            'annotation = "a.csv"\nimage_dir = "i"',
+            (
+                '[[benchmark]]\nname = "x"\ntitle = "X"\ntask = "retrieval"\ntable ='
+                ' "retrieval"\ncolumns = {}\nannotation = "a.csv"\nimage_dir = "i"'
+            ),
             r"unknown field\(s\) \['image_dir'\]",
         ),
         (

@@ -6,13 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
+
 from biocap_eval.benchmark import Benchmark, Status
 from biocap_eval.cli import app
 from biocap_eval.registry import RegistryError, load_registry
 from biocap_eval.runner import status
 from biocap_eval.tasks import TABLES, TASKS, EvalError, Settings, recorded_settings
 from biocap_eval.tasks.base import ReportTable, Task, TaskResult
-from typer.testing import CliRunner
 
 COUNT_TABLE = ReportTable("counting", "Images counted per benchmark")
 
@@ -122,8 +123,7 @@ def test_an_unknown_task_is_an_error_not_retrieval(tmp_path, toy_dir):
     registry.write_text(REGISTRY.replace('task = "count"', 'task = "segmentation"'))
     with pytest.raises(
         RegistryError,
-        match=r"task 'segmentation' is not one of \['zeroshot', 'inquire', "
-        r"'retrieval'\]",
+        match=r"task 'segmentation' is not one of \['zeroshot', 'inquire', " r"'retrieval'\]",
     ):
         load_registry(registry)
     bench = Benchmark(name="seg", title="Seg", task="segmentation", table="retrieval", columns={})

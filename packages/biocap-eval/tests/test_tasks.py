@@ -1,4 +1,5 @@
-"""The three tasks on the toy tree of life, checked against direct computations, and their bad-input errors."""
+"""The three tasks on the toy tree of life, checked against direct computations, and their bad-input
+errors."""
 
 from __future__ import annotations
 
@@ -306,7 +307,8 @@ def test_inquire_from_a_hugging_face_dataset_matches_the_local_files(toy_dir, ti
 
 
 def truncate(path, keep=0.5):
-    """Cut a JPEG short, as an interrupted download leaves it: the header still opens, decoding fails."""
+    """Cut a JPEG short, as an interrupted download leaves it: the header still opens, decoding
+    fails."""
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep)])
 

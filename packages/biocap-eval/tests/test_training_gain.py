@@ -1,4 +1,5 @@
-"""End to end with biocap-train: on the toy tree of life, training clearly beats no training on all three tasks.
+"""End to end with biocap-train: on the toy tree of life, training clearly beats no training on all
+three tasks.
 
 biocap-eval does not depend on biocap-train; the workspace's test environment has both.
 """
@@ -31,8 +32,10 @@ def r10(result) -> float:
 
 
 def learnable_ap(result) -> float:
-    """AP over the toy queries a model can learn from toy training text: colours and patterns (Appearance)
-    and species names (Species). Tilt (Behavior) and background (Context) appear in no training text."""
+    """AP over the toy queries a model can learn from toy training text: colours and patterns
+    (Appearance) and species names (Species). Tilt (Behavior) and background (Context) appear in no
+    training text.
+    """
     return (result.metrics["ap_Appearance"] + result.metrics["ap_Species"]) / 2
 
 

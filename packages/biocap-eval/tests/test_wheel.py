@@ -37,7 +37,7 @@ def test_wheels_install_alone_and_run_the_toy_benchmarks(install_alone, tmp_path
     assert not set(FORBIDDEN) & set(probe["installed"])
     assert "datasets" not in probe["installed"]  # the [hf] extra stays optional
     assert probe["module"].startswith(str(installed.venv))
-    (ran, reported) = probe["runs"]
+    ran, reported = probe["runs"]
     assert ran[0] == 0, ran
     results = {p.stem: json.loads(p.read_text()) for p in (out / "BioCAP-toy").glob("*.json")}
     assert sorted(results) == [

@@ -22,7 +22,8 @@ MODEL = "BioCAP-toy"
 
 @pytest.fixture(scope="session")
 def trained_checkpoint(demo) -> Path:
-    """The demo's BioCAP-toy checkpoint: 512 steps on the toy tree of life, far from good, well above chance."""
+    """The demo's BioCAP-toy checkpoint: 512 steps on the toy tree of life, far from good, well
+    above chance."""
     if demo.run.returncode != 0:
         pytest.fail(f"the no-argument demo failed:\n{demo.run.stderr[-3000:]}")
     return Path(re.search(r"checkpoint: (\S+)", demo.run.stdout).group(1))
@@ -86,9 +87,9 @@ def zeroshot_images(toy_dir) -> list[tuple[Path, str]]:
 def photo(zeroshot_images, toy_predictor) -> dict:
     """A toy zero-shot photo that the fixture model gets right, its species and three other species.
 
-    The demo's briefly trained model is right on only some toy photos; these tests check that the API
-    reports the model's answers faithfully, which needs a photo whose right answers the model gives:
-    its species on top of the index, and first among its own and three other species' names.
+    The demo's briefly trained model is right on only some toy photos; these tests check that the
+    API reports the model's answers faithfully, which needs a photo whose right answers the model
+    gives: its species on top of the index, and first among its own and three other species' names.
     """
     named = {
         row["file_name"]: row["species"]
@@ -114,7 +115,8 @@ def photo(zeroshot_images, toy_predictor) -> dict:
 
 @dataclass(frozen=True)
 class OpenClipToy:
-    """The toy model as pybioclip users hold a model: an OpenCLIP folder and published embeddings."""
+    """The toy model as pybioclip users hold a model: an OpenCLIP folder and published
+    embeddings."""
 
     model: str  #: ``local-dir:FOLDER``, the checkpoint exported by core (config + safetensors)
     tol: Path  #: ``txt_emb_species.npy`` (dim, taxa) + ``.json``, the toy index's text embeddings
@@ -125,6 +127,7 @@ class OpenClipToy:
 @pytest.fixture(scope="session")
 def open_clip_toy(toy_model, toy_index, tmp_path_factory) -> OpenClipToy:
     import numpy as np
+
     from biocap_core.checkpoints import export_open_clip, load_model
     from biocap_predict import TaxaIndex
 

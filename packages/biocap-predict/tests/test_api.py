@@ -40,7 +40,8 @@ def test_open_ended_prediction_names_the_right_species_well_above_chance(
 
 
 def test_every_rank_at_once_is_consistent(toy_predictor, zeroshot_images):
-    """With k covering every taxon: each rank's scores sum to 1 and a genus scores the sum of its species."""
+    """With k covering every taxon: each rank's scores sum to 1 and a genus scores the sum of its
+    species."""
     images = [p for p, _ in zeroshot_images[:5]]
     rows = toy_predictor.predict(images, rank="all", k=100)
     totals, species_sum, genus = defaultdict(float), defaultdict(float), {}

@@ -1,5 +1,6 @@
 """The command line on the toy tree of life: index, predict (folders, formats, stored embeddings,
-labels, bins), embed, list-taxa, list-models, and a clear one-line error for each kind of bad input."""
+labels, bins), embed, list-taxa, list-models, and a clear one-line error for each kind of bad input.
+"""
 
 from __future__ import annotations
 

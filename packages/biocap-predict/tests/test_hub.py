@@ -22,12 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tqdm import tqdm
+from typer.testing import CliRunner
+
 from biocap_predict.cli import app
 from biocap_predict.hub import PUBLISHED, published_for
 from biocap_predict.index import TaxaIndex
 from biocap_predict.outputs import read_rows
-from tqdm import tqdm
-from typer.testing import CliRunner
 
 pytestmark = pytest.mark.slow
 BIOCAP = PUBLISHED["hf-hub:imageomics/biocap"]
@@ -260,8 +261,9 @@ def test_another_model_without_an_index_is_told_how_to_build_one(photo):
 
 
 def test_offline_without_the_embeddings_in_the_cache_names_what_is_missing(monkeypatch, tmp_path):
-    from biocap_predict.errors import TaxaIndexError
     from huggingface_hub import constants
+
+    from biocap_predict.errors import TaxaIndexError
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))

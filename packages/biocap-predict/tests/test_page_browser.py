@@ -1,8 +1,8 @@
 """The demo page end to end: the real ``biocap-predict serve`` command, driven in Debian's Chromium.
 
-Without /usr/bin/chromium the browser test skips, except on CI (``CI=true``), where it fails so that a
-missing install step in .ci/run cannot pass silently. Playwright drives the system Chromium; it never
-downloads a browser of its own.
+Without /usr/bin/chromium the browser test skips, except on CI (``CI=true``), where it fails so that
+a missing install step in .ci/run cannot pass silently. Playwright drives the system Chromium; it
+never downloads a browser of its own.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
 from biocap_core.taxonomy import RANKS
 
 pytestmark = pytest.mark.slow
@@ -88,8 +89,8 @@ def api_predict(url: str, path: Path) -> dict:
     boundary = "biocap-test-boundary"
     body = (
         (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{path.name}"\r\n'
-            f"Content-Type: image/jpeg\r\n\r\n"
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image";'
+            f' filename="{path.name}"\r\nContent-Type: image/jpeg\r\n\r\n'
         ).encode()
         + path.read_bytes()
         + f"\r\n--{boundary}--\r\n".encode()
@@ -135,7 +136,8 @@ def test_the_page_in_chromium(server, photo, tmp_path):
             page.goto(server)
             expect(page.locator("#model")).to_contain_text("BioCAP-toy")
 
-            # a photo: preview, one table per rank with the true species on top, the nearest captions
+            # a photo: preview, one table per rank with the true species on top, the nearest
+            # captions
             page.set_input_files("#file", photo["path"])
             expect(page.locator("#taxa-results")).to_be_visible(timeout=60_000)
             assert page.locator("#preview").evaluate("img => img.complete && img.naturalWidth > 0")

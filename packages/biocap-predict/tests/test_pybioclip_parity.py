@@ -10,13 +10,14 @@ import json
 import subprocess
 
 import pytest
+from PIL import Image
+
 from biocap_predict import (
     CustomLabelsBinningClassifier,
     CustomLabelsClassifier,
     Rank,
     TreeOfLifeClassifier,
 )
-from PIL import Image
 
 pytestmark = pytest.mark.slow
 

@@ -12,6 +12,7 @@ exist here), and the three tests of ``TestEnsureTolSupportedModel`` (not ported:
 pybioclip's map from its model names to the Hugging Face repositories of its embeddings,
 ``ensure_tol_supported_model`` and ``get_tol_repo_id``, which biocap-predict does not have).
 """
+
 # ruff: noqa: E501, I001, F401, F841
 
 import unittest

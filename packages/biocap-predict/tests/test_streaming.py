@@ -1,5 +1,6 @@
 """How rows are made and written in blocks, and how folders are listed: the parts of the data path
-that ``benchmarks/predict_throughput.py`` made faster must give exactly what the simple way gives."""
+that ``benchmarks/predict_throughput.py`` made faster must give exactly what the simple way gives.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The demo page's JSON API, on the real app around the predictor trained on the toy tree of life."""
+"""The demo page's JSON API, on the real app around the predictor trained on the toy tree of
+life."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+
 from biocap_core.taxonomy import RANKS
 
 pytest.importorskip("fastapi", reason="the [web] extra is not installed")

@@ -1,6 +1,6 @@
-"""biocap-predict installs alone: wheels of biocap-core and biocap-predict into a fresh venv, outside the
-workspace (the root conftest's ``install_alone``): core and predict, not train, eval, captions, wiki,
-vLLM or Scrapy, and not the [web] extra's FastAPI; and its commands run there."""
+"""biocap-predict installs alone: wheels of biocap-core and biocap-predict into a fresh venv,
+outside the workspace (the root conftest's ``install_alone``): core and predict, not train, eval,
+captions, wiki, vLLM or Scrapy, and not the [web] extra's FastAPI; and its commands run there."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def test_wheels_install_alone_and_predict_on_the_toy_tree_of_life(
     assert {"biocap-core", "biocap-predict", "torch", "typer"} <= set(probe["installed"])
     assert not set(FORBIDDEN) & set(probe["installed"])
     assert probe["module"].startswith(str(installed.venv))
-    (indexed, predicted, listed, served) = probe["runs"]
+    indexed, predicted, listed, served = probe["runs"]
     assert indexed[0] == 0 and (tmp_path / "idx" / "index.json").is_file(), indexed
     assert predicted[0] == 0, predicted
     rows = list(csv.DictReader(io.StringIO(predicted[1])))

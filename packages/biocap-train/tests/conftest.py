@@ -1,4 +1,5 @@
-"""Shared fixtures: a small toy tree of life and a tiny model config, so each test runs in seconds."""
+"""Shared fixtures: a small toy tree of life and a tiny model config, so each test runs in
+seconds."""
 
 from __future__ import annotations
 
@@ -80,6 +81,7 @@ def base_args(toy_train, tiny_model, tmp_path) -> dict:
 
 def _rewrite_shards(urls, out: Path, change) -> list[str]:
     import webdataset as wds
+
     from biocap_core.shards import iter_samples
 
     out.mkdir(parents=True, exist_ok=True)
@@ -97,8 +99,8 @@ def _rewrite_shards(urls, out: Path, change) -> list[str]:
 
 @pytest.fixture(scope="session")
 def rewrite_shards():
-    """``rewrite_shards(urls, out_dir, change)``: copies of the shards with ``change(sample)`` applied to
-    every sample (it returns the sample to write); returns the new paths."""
+    """``rewrite_shards(urls, out_dir, change)``: copies of the shards with ``change(sample)``
+    applied to every sample (it returns the sample to write); returns the new paths."""
     return _rewrite_shards
 
 
@@ -124,6 +126,7 @@ def _corrupt_inside(jpeg: bytes) -> bytes:
 
 @pytest.fixture(scope="session")
 def corrupt_inside():
-    """``corrupt_inside(jpeg)``: the JPEG with a bogus Huffman table but its header and end marker intact,
-    so ``--gpu-decode``'s workers hand it over and only the decode (on the device) finds it."""
+    """``corrupt_inside(jpeg)``: the JPEG with a bogus Huffman table but its header and end marker
+    intact, so ``--gpu-decode``'s workers hand it over and only the decode (on the device) finds
+    it."""
     return _corrupt_inside

@@ -7,7 +7,8 @@ jobs.
 1. :func:`steps`: a few training steps on fixed global batches, each rank taking its half of every
    global batch (run as one process by the test, it takes the whole batch). Writes the text type and
    loss of each step per rank, and rank 0's final parameters.
-2. :func:`gpu_decode`: ``--gpu-decode``'s data path (the device decode run on the CPU) on SHARDS. Writes
+2. :func:`gpu_decode`: ``--gpu-decode``'s data path (the device decode run on the CPU) on SHARDS.
+  Writes
    each rank's micro-batch sizes and device-failure count.
 3. :func:`refusals`: runs that one rank finds wrong before training. Writes each rank's errors.
 4. The ``biocap-train`` command line with CLI ARGS, as ``torchrun -m biocap_train CLI ARGS`` runs
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import polars as pl
 import torch
+
 from biocap_core.model import build_model
 from biocap_train import TrainConfig, distributed
 from biocap_train.batches import Batch

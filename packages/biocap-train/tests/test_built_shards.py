@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import polars as pl
+
 from biocap_core.shard_builder import BuildOptions, ImagePolicy, Inputs, build
 from biocap_core.shards import read_sizes
 from biocap_core.taxonomy import RANKS

@@ -1,4 +1,5 @@
-"""Checkpoint files under failure: a full disk, a kill mid-write, a finished run resumed, an unreadable newest."""
+"""Checkpoint files under failure: a full disk, a kill mid-write, a finished run resumed, an
+unreadable newest."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from biocap_core.checkpoints import read_checkpoint
 from biocap_core.errors import CheckpointError
-from biocap_train import TrainConfig, train
-from biocap_train import checkpointing
+from biocap_train import TrainConfig, checkpointing, train
 from biocap_train.checkpointing import (
     CheckpointWriteError,
     checkpoint_path,
@@ -23,7 +24,8 @@ from biocap_train.cli import main
 
 @pytest.fixture(autouse=True)
 def wide_console(monkeypatch):
-    """The trainer's console wraps at the terminal width (80 under pytest), which would split the paths."""
+    """The trainer's console wraps at the terminal width (80 under pytest), which would split the
+    paths."""
     monkeypatch.setenv("COLUMNS", "1000")
 
 
@@ -37,7 +39,8 @@ def cli_args(base_args, **extra) -> list[str]:
 
 
 def full_disk(monkeypatch, error: BaseException) -> None:
-    """torch.save writes part of the file, then fails as it does on a full disk; 1 KB is left free."""
+    """torch.save writes part of the file, then fails as it does on a full disk; 1 KB is left
+    free."""
 
     def save(obj, path):
         Path(path).write_bytes(b"PK" * 100)

@@ -1,4 +1,5 @@
-"""Input mistakes end the CLI with one line naming what is wrong and a non-zero exit, never a traceback."""
+"""Input mistakes end the CLI with one line naming what is wrong and a non-zero exit, never a
+traceback."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import errno
 import tempfile
 
 import pytest
+
 from biocap_train.cli import main
 
 
@@ -34,13 +36,14 @@ def test_logs_under_a_regular_file(base_args, tmp_path, under):
     (tmp_path / "file").write_text("not a folder")
     message = one_line_error(argv(base_args, logs=tmp_path / under, steps=1))
     assert (
-        f"--logs: cannot write the run folder {tmp_path / under / 'run'}: {tmp_path / 'file'} is a file"
-        in message
+        f"--logs: cannot write the run folder {tmp_path / under / 'run'}: {tmp_path / 'file'} is a"
+        " file" in message
     )
 
 
 def test_logs_in_a_folder_without_write_permission(base_args, tmp_path, monkeypatch):
-    """Simulated at the edge (tests run as root, who may write anywhere): creating a file there is refused."""
+    """Simulated at the edge (tests run as root, who may write anywhere): creating a file there is
+    refused."""
 
     def refuse(dir=None, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied", dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from biocap_train.config import TrainConfig, parse_args, read_config_file
 
 

@@ -1,4 +1,5 @@
-"""The shard pipeline: exact mid-epoch restart, per-step texts, captions by uuid, bad data skipped."""
+"""The shard pipeline: exact mid-epoch restart, per-step texts, captions by uuid, bad data
+skipped."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import polars as pl
 import pytest
 import torch
 import webdataset as wds
+
 from biocap_core.errors import ShardError
 from biocap_core.model import build_model
 from biocap_core.shards import expand_sources, iter_samples
@@ -175,8 +177,8 @@ def test_fewer_shards_than_readers_is_an_error_before_training(toy):
 
 @pytest.mark.timeout(120)
 def test_a_text_no_sample_has_stops_the_stream_with_one_line_not_a_hang(no_caption_shards, model):
-    """Before: the worker looped forever at full CPU looking for a caption. The error raised in the worker
-    process comes out with its own message, not the DataLoader's traceback dump."""
+    """Before: the worker looped forever at full CPU looking for a caption. The error raised in the
+    worker process comes out with its own message, not the DataLoader's traceback dump."""
     spec = make_spec(no_caption_shards, model, text_type="caption")
     with pytest.raises(DataUnusable) as caught:
         collect(spec, workers=1)
@@ -282,10 +284,11 @@ def test_a_missing_shard_is_named_before_training(toy, tmp_path):
 
 # --gpu-decode's data path, with the device decode run on the CPU: require_cuda is the run's check
 # (train()), not the data path's, so these tests exercise the same code a GPU run does.
-#: Tolerance of the device path against PIL's: biocap-core's tests/test_gpu_decode.py's looser (CUDA) bound,
-#: 0.25 per value and a mean below one uint8 level. Its CPU bound (3 levels, mean 0.002) holds for 224 px
-#: crops of photos; the toy's sharp-edged 32 px crops are upsampled, and PIL rounds between its two bicubic
-#: passes where torch does not (up to 5 levels, mean 0.0025 here). A crop shifted by 2 px differs by 0.08.
+#: Tolerance of the device path against PIL's: biocap-core's tests/test_gpu_decode.py's looser
+#: (CUDA) bound, 0.25 per value and a mean below one uint8 level. Its CPU bound (3 levels, mean
+#: 0.002) holds for 224 px crops of photos; the toy's sharp-edged 32 px crops are upsampled, and PIL
+#: rounds between its two bicubic passes where torch does not (up to 5 levels, mean 0.0025 here). A
+#: crop shifted by 2 px differs by 0.08.
 MAX_DIFF, MEAN_DIFF = 0.25, 0.01
 
 

@@ -17,10 +17,12 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from biocap_core.checkpoints import read_checkpoint
 
 HERE = Path(__file__).parent
-# the tests of this module share one torchrun launch: under pytest-xdist they must share a worker too
+# the tests of this module share one torchrun launch: under pytest-xdist they must share a worker
+# too
 pytestmark = pytest.mark.xdist_group("biocap-train-torchrun")
 
 
@@ -36,9 +38,11 @@ def ddp_jobs():
 def torchrun_job(
     toy, toy_train, tiny_model, tmp_path_factory, child_env, rewrite_shards, corrupt_inside
 ):
-    """One ``torchrun --nproc_per_node=2 ddp_jobs.py``: the fixed-batch steps, the --gpu-decode data path
-    on shards with a corrupt JPEG in every third sample of half of the shards, and the command line
-    (4 steps of batch 8, one data worker per rank). Returns the finished process and its output folder."""
+    """One ``torchrun --nproc_per_node=2 ddp_jobs.py``: the fixed-batch steps, the --gpu-decode data
+    path on shards with a corrupt JPEG in every third sample of half of the shards, and the command
+    line (4 steps of batch 8, one data worker per rank). Returns the finished process and its output
+    folder.
+    """
     from biocap_core.shards import iter_samples
 
     out = tmp_path_factory.mktemp("torchrun")
@@ -140,7 +144,8 @@ def test_the_cli_under_torchrun_splits_data_and_checkpoints_every_rank_position(
 
 
 def test_gpu_decode_ranks_trim_to_the_smallest_batch_when_a_jpeg_fails_on_one_device(torchrun_job):
-    """ClipLoss gathers equal-sized batches: a sample dropped on one rank's device shrinks every rank's."""
+    """ClipLoss gathers equal-sized batches: a sample dropped on one rank's device shrinks every
+    rank's."""
     _, out = torchrun_job
     ranks = [json.loads((out / f"gpu-decode-rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["sizes"] == ranks[1]["sizes"]

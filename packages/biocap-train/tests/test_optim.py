@@ -1,8 +1,10 @@
-"""AdamW: the fused kernel gives the default implementation's update, and is used only where it exists."""
+"""AdamW: the fused kernel gives the default implementation's update, and is used only where it
+exists."""
 
 from __future__ import annotations
 
 import torch
+
 from biocap_core.model import build_model
 from biocap_train.optim import make_optimizer
 

@@ -1,4 +1,5 @@
-"""TensorBoard and W&B (offline) receive the same scalars as metrics.jsonl; a missing one is a clear error."""
+"""TensorBoard and W&B (offline) receive the same scalars as metrics.jsonl; a missing one is a clear
+error."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from biocap_train import TrainConfig, train
 
 PER_HEAD = ("loss_tax", "loss_caption", "scale_tax", "scale_caption", "share_tax", "share_caption")
@@ -15,7 +17,8 @@ PER_HEAD = ("loss_tax", "loss_caption", "scale_tax", "scale_caption", "share_tax
 
 @pytest.fixture(scope="module")
 def reported_run(toy, toy_train, tiny_model, tmp_path_factory) -> Path:
-    """One short run with validation and zero-shot, reporting to both TensorBoard and W&B (offline)."""
+    """One short run with validation and zero-shot, reporting to both TensorBoard and W&B
+    (offline)."""
     root = tmp_path_factory.mktemp("reporting")
     with pytest.MonkeyPatch.context() as mp:
         for var, value in {

@@ -1,4 +1,5 @@
-"""A run killed with SIGKILL and resumed ends with exactly the parameters of an uninterrupted run."""
+"""A run killed with SIGKILL and resumed ends with exactly the parameters of an uninterrupted
+run."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 import time
 
 import torch
+
 from biocap_core.checkpoints import read_checkpoint
 from biocap_train.checkpointing import checkpoint_path, list_checkpoints
 from biocap_train.cli import main
@@ -48,11 +50,13 @@ def argv(base_args, name, *extra) -> list[str]:
 def test_sigkill_then_resume_latest_matches_an_uninterrupted_run(
     base_args, tmp_path, child_env, capfd
 ):
-    """Only the killed run is a child process (SIGKILL needs one); the uninterrupted run and the resumed
-    one call the same command line in this process, which saves two interpreter start-ups. Both
-    processes compute on one thread (the root conftest's OMP_NUM_THREADS), so their float reductions match."""
-    # 80 samples / batch 16 = 5 steps per epoch, 2 epochs; 2 data workers, so resuming at step 3 restarts
-    # mid-epoch with the worker streams rotated.
+    """Only the killed run is a child process (SIGKILL needs one); the uninterrupted run and the
+    resumed one call the same command line in this process, which saves two interpreter start-ups.
+    Both processes compute on one thread (the root conftest's OMP_NUM_THREADS), so their float
+    reductions match.
+    """
+    # 80 samples / batch 16 = 5 steps per epoch, 2 epochs; 2 data workers, so resuming at step 3
+    # restarts mid-epoch with the worker streams rotated.
     main(argv(base_args, "straight"))
 
     run_dir = tmp_path / "logs" / "killed"

@@ -6,6 +6,7 @@ import math
 from collections import Counter
 
 import pytest
+
 from biocap_core.taxonomy import TRAIN_TAXONOMIC_TYPES
 from biocap_train.schedule import (
     StepText,

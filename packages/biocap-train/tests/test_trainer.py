@@ -1,4 +1,5 @@
-"""One optimisation step: which parameters move, scale clamping, accumulation, divergence, outputs."""
+"""One optimisation step: which parameters move, scale clamping, accumulation, divergence,
+outputs."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from biocap_core.checkpoints import load_model, read_checkpoint
 from biocap_train import TrainConfig, TrainingDiverged, train
 from biocap_train.batches import Batch
@@ -269,7 +271,8 @@ def test_torchcompile_run_matches_eager_and_its_checkpoint_loads(base_args):
 def test_validation_with_gpu_decode_gives_the_cpu_decodes_loss_and_counts_device_failures(
     base_args, toy, tmp_path, rewrite_shards, corrupt_inside
 ):
-    """The device decode runs on the CPU here (require_cuda is train()'s check, not validation's)."""
+    """The device decode runs on the CPU here (require_cuda is train()'s check, not
+    validation's)."""
     val = str(toy / "val" / "shard-000000.tar")
     model = Trainer(TrainConfig(**base_args), DistInfo(), total_steps=1).model
     results = {}

@@ -1,5 +1,7 @@
-"""Makes the test-support modules importable by the tests: ``standin`` (the MediaWiki stand-in server,
-also run by ``benchmarks/wiki_throughput.py``) and ``wikitest`` (the stand-in wiki's pages and the crawl runners)."""
+"""Makes the test-support modules importable by the tests: ``standin`` (the MediaWiki stand-in
+server, also run by ``benchmarks/wiki_throughput.py``) and ``wikitest`` (the stand-in wiki's pages
+and the crawl runners).
+"""
 
 import sys
 from pathlib import Path

@@ -1,4 +1,5 @@
-"""A local MediaWiki Action API stand-in, for the tests and the benchmark (test code: not in the wheel).
+"""A local MediaWiki Action API stand-in, for the tests and the benchmark (test code: not in the
+wheel).
 
 It answers the three calls the spider makes with the JSON shapes English
 Wikipedia returns (``formatversion=2``): batched ``action=query`` with
@@ -43,7 +44,8 @@ _RANK_LABELS = {
 
 @dataclass
 class WikiPage:
-    """A page: wikitext, the rows its rendered taxobox shows, and whether it is a disambiguation page."""
+    """A page: wikitext, the rows its rendered taxobox shows, and whether it is a disambiguation
+    page."""
 
     title: str
     wikitext: str
@@ -218,7 +220,9 @@ class StandinWiki:
                 "pagelanguage": "en",
                 "lastrevid": page.revid,
                 "fullurl": f"https://en.wikipedia.org/wiki/{quote(page.title.replace(' ', '_'))}",
-                "canonicalurl": f"https://en.wikipedia.org/wiki/{quote(page.title.replace(' ', '_'))}",
+                "canonicalurl": (
+                    f"https://en.wikipedia.org/wiki/{quote(page.title.replace(' ', '_'))}"
+                ),
             }
             if page.disambiguation:
                 entry["pageprops"] = {"disambiguation": ""}
@@ -282,19 +286,21 @@ class StandinWiki:
             for label, value in page.ranks
         )
         table = (
-            (
-                f'<table class="infobox biota"><tbody><tr><th colspan="2">{page.title}</th></tr>{rows}'
-                f"</tbody></table>"
-            )
+            f'<table class="infobox biota"><tbody><tr><th colspan="2">{page.title}</th></tr>{rows}'
+            "</tbody></table>"
             if page.ranks
             else ""
         )
-        html = f'<div class="mw-content-ltr mw-parser-output" lang="en" dir="ltr">{table}<p>Lead.</p></div>'
+        html = (
+            '<div class="mw-content-ltr mw-parser-output" lang="en"'
+            f' dir="ltr">{table}<p>Lead.</p></div>'
+        )
         return {
             "parse": {"title": page.title, "pageid": page.pageid, "revid": page.revid, "text": html}
         }
 
-    # --- HTTP --------------------------------------------------------------------------------------
+    # --- HTTP
+    # --------------------------------------------------------------------------------------
 
     def serve(self, host: str = "127.0.0.1", port: int = 0) -> StandinWiki:
         wiki = self
@@ -380,11 +386,16 @@ def synthetic_pages(
                 )
             )
         )
-        words = lambda k: " ".join(rng.choice(_WORDS) for _ in range(k))
+
+        def words(k: int) -> str:
+            return " ".join(rng.choice(_WORDS) for _ in range(k))
+
         wikitext = (
             f"{{{{Short description|Species of {family}}}}}\n"
-            f"{{{{Speciesbox\n| genus = {genus}\n| species = {epithet}\n| authority = Author, 1900\n}}}}\n"
-            f"'''''{binomial}''''' is a species in the family [[{family}]].<ref>{{{{cite web|title=x}}}}</ref> "
+            f"{{{{Speciesbox\n| genus = {genus}\n| species = {epithet}\n| authority = Author,"
+            " 1900\n}}\n"
+            f"'''''{binomial}''''' is a species in the family [[{family}]].<ref>{{{{cite"
+            " web|title=x}}</ref> "
             f"{words(40)}.\n\n== Taxonomy ==\n{words(60)}.\n\n"
             f"== Description ==\nIt is {{{{convert|{i % 90 + 3}|cm|in}}}} long, {words(80)}."
             f'<ref name="a{i}">{{{{cite journal|title={words(5)}}}}}</ref>\n'

@@ -3,6 +3,7 @@
 from urllib.parse import parse_qs, urlparse
 
 import pytest
+
 from biocap_wiki.api import clean_title, query_url, read_parse, read_query, search_url
 
 

@@ -10,10 +10,11 @@ import sys
 from pathlib import Path
 
 import polars as pl
-from biocap_core import schemas
-from biocap_wiki.cli import app
 from typer.testing import CliRunner
 from wikitest import CONTACT, EXPECTED, FAST, PLANT, make_wiki
+
+from biocap_core import schemas
+from biocap_wiki.cli import app
 
 # the CLI's own log level (quiet unless -v) stays
 FAST_SETS = [
@@ -252,8 +253,8 @@ def test_request_failures_exit_non_zero_and_the_same_command_retries_only_them(
 ):
     wiki, rows = make_wiki(0)
     out = tmp_path / "descriptions.parquet"
-    # every retry still happens, a millisecond apart: waiting for FAST's 0.05 s backoff (1.55 s per request,
-    # one request at a time) was most of this test's time
+    # every retry still happens, a millisecond apart: waiting for FAST's 0.05 s backoff (1.55 s per
+    # request, one request at a time) was most of this test's time
     crawl = [
         "crawl",
         str(species_csv(rows)),
@@ -304,12 +305,12 @@ def test_crawl_from_python_gives_back_the_callers_ctrl_c_handler(tmp_path, speci
     wiki, rows = make_wiki(0)
     species = species_csv(rows[:3])
     script = (
-        "import json, signal, sys\n"
-        "from biocap_wiki.crawl import crawl\n"
-        "before = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]\n"
-        f"result = crawl(sys.argv[1], sys.argv[2], api=sys.argv[3], contact={CONTACT!r}, settings={FAST!r})\n"
-        "after = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]\n"
-        "print(json.dumps([result.finished, before == after, repr(after[0])]))\n"
+        "import json, signal, sys\nfrom biocap_wiki.crawl import crawl\nbefore ="
+        " [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]\nresult ="
+        f" crawl(sys.argv[1], sys.argv[2], api=sys.argv[3], contact={CONTACT!r},"
+        f" settings={FAST!r})\nafter = [signal.getsignal(s) for s in (signal.SIGINT,"
+        " signal.SIGTERM)]\nprint(json.dumps([result.finished, before == after,"
+        " repr(after[0])]))\n"
     )
     with wiki:
         run = subprocess.run(

@@ -4,7 +4,10 @@ from biocap_wiki.extract import LEAD, describe, plain_text
 
 
 def test_keyword_priority_beats_document_order():
-    text = "Lead.\n== Characteristics ==\nC text.\n== Identification ==\nI text.\n== Morphology ==\nM text.\n"
+    text = (
+        "Lead.\n== Characteristics ==\nC text.\n== Identification ==\nI text.\n== Morphology ==\nM"
+        " text.\n"
+    )
     assert describe(text).section == "Morphology"
     assert describe(text).text == "M text."
 
@@ -34,11 +37,10 @@ def test_lead_fallback_and_none_without_text():
 
 def test_markup_references_files_tables_and_templates_are_stripped():
     text = plain_text(
-        "[[File:X.jpg|thumb|A [[caption]]]]\nIts '''bill''' is [[red (colour)|red]]<ref>{{cite web|t=x}}</ref>"
-        " and {{convert|12|-|15|cm|in}} long,{{sfn|A|2001}} see [http://example.org the key].<!-- note -->\n"
-        "continued line.\n\n"
-        '{| class="wikitable"\n| a || b\n|}\n'
-        "* one {{lang|la|unus}}\n* two\n; term : definition\n[[Category:Birds]]\n[[de:Vogel]]\n"
+        "[[File:X.jpg|thumb|A [[caption]]]]\nIts '''bill''' is [[red (colour)|red]]<ref>{{cite"
+        " web|t=x}}</ref> and {{convert|12|-|15|cm|in}} long,{{sfn|A|2001}} see [http://example.org"
+        ' the key].<!-- note -->\ncontinued line.\n\n{| class="wikitable"\n| a || b\n|}\n* one'
+        " {{lang|la|unus}}\n* two\n; term : definition\n[[Category:Birds]]\n[[de:Vogel]]\n"
     )
     assert text.splitlines() == [
         "Its bill is red and 12–15 cm long, see the key. continued line.",

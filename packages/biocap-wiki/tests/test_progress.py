@@ -1,4 +1,5 @@
-"""The progress line of `biocap-wiki crawl`: rewritten in place on a terminal, one line each time in a log."""
+"""The progress line of `biocap-wiki crawl`: rewritten in place on a terminal, one line each time in
+a log."""
 
 import io
 

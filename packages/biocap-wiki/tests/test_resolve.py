@@ -87,7 +87,8 @@ def test_homonym_each_taxonomy_gets_its_own_matching_page_or_a_mismatch():
 
 
 def test_homonym_page_without_ranks_beyond_the_genus_is_a_mismatch_for_every_taxonomy():
-    # the rendered taxobox shows nothing (e.g. a broken Template:Taxonomy): only the genus, which both share
+    # the rendered taxobox shows nothing (e.g. a broken Template:Taxonomy): only the genus, which
+    # both share
     lookup = Lookup.new("Abronia umbellata", [PLANT, LIZARD])
     lookup.start()
     assert lookup.on_page("Abronia umbellata", page("Abronia umbellata")) == [

@@ -1,4 +1,5 @@
-"""Pause with SIGINT and resume with the same JOBDIR: each species exactly once, no page fetched twice."""
+"""Pause with SIGINT and resume with the same JOBDIR: each species exactly once, no page fetched
+twice."""
 
 from __future__ import annotations
 

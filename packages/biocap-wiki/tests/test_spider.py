@@ -1,4 +1,5 @@
-"""`scrapy crawl wikispecies` against the stand-in: every species' outcome, batching and politeness."""
+"""`scrapy crawl wikispecies` against the stand-in: every species' outcome, batching and
+politeness."""
 
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ def test_every_species_gets_its_outcome_despite_429_503_maxlag_and_continuation(
     # politeness: every request carries maxlag, the JSON format and a User-Agent with the contact
     assert all(e.params.get("maxlag") == "5" and e.params.get("formatversion") == "2" for e in log)
     assert all(CONTACT in e.user_agent and e.user_agent.startswith("biocap-wiki/") for e in log)
-    # Retry-After is honoured for the whole host: nothing is sent for 1 s after a 429 or a maxlag refusal
+    # Retry-After is honoured for the whole host: nothing is sent for 1 s after a 429 or a maxlag
+    # refusal
     waits = [i for i, e in enumerate(log) if "Retry-After" in e.headers]
     assert len(waits) == 2
     for i in waits:
@@ -54,7 +56,8 @@ def test_every_species_gets_its_outcome_despite_429_503_maxlag_and_continuation(
     # the 503 was retried after a short backoff and its species still got an answer
     assert [e.status for e in log if is_parse(e.params)][0] == 503
     assert "429 Too Many Requests" in result.stderr and "Unknown Status" not in result.stderr
-    # each revision is rendered once, also when two candidates of a homonym (Morus minor) arrive in one batch
+    # each revision is rendered once, also when two candidates of a homonym (Morus minor) arrive in
+    # one batch
     rendered = Counter(e.params["oldid"] for e in log if is_parse(e.params) and e.status == 200)
     assert max(rendered.values()) == 1, [oldid for oldid, n in rendered.items() if n > 1]
     # batching: at most 50 titles per query, and few queries for 129 binomials
@@ -79,7 +82,8 @@ def test_http_cache_replays_a_finished_crawl_without_requests(tmp_path, species_
         run_scrapy(scrapy_command(species, wiki.api_url, tmp_path / "b.jsonl"), env=user_cache)
     assert len(wiki.log) == sent, "the second crawl is served from the cache"
     assert any((tmp_path / "xdg" / "biocap-wiki" / "httpcache").iterdir())
-    strip = lambda recs: sorted(
-        (r["binomial"], r.get("content") or "", r.get("reason") or "") for r in recs
-    )
+
+    def strip(recs):
+        return sorted((r["binomial"], r.get("content") or "", r.get("reason") or "") for r in recs)
+
     assert strip(read_jsonl(tmp_path / "a.jsonl")) == strip(read_jsonl(tmp_path / "b.jsonl"))

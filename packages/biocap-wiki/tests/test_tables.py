@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from biocap_core import schemas
 from biocap_core.errors import SchemaError
 from biocap_wiki.tables import load_species, read_feed

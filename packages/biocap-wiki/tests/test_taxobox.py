@@ -56,9 +56,9 @@ def test_the_genus_alone_is_no_evidence_but_a_different_genus_is():
 
 def test_wikitext_ranks_of_manual_and_automatic_taxoboxes():
     manual = (
-        "{{Taxobox\n| regnum = [[Plant]]ae\n| divisio = [[Magnoliophyta]]\n| classis = [[Liliopsida]]\n"
-        "| ordo = [[Poales]]\n| familia = [[Poaceae]]\n| genus = ''[[Tridens (plant)|Tridens]]''\n"
-        "| species = '''''T. flavus'''''\n}}\nText."
+        "{{Taxobox\n| regnum = [[Plant]]ae\n| divisio = [[Magnoliophyta]]\n| classis ="
+        " [[Liliopsida]]\n| ordo = [[Poales]]\n| familia = [[Poaceae]]\n| genus = ''[[Tridens"
+        " (plant)|Tridens]]''\n| species = '''''T. flavus'''''\n}}\nText."
     )
     assert wikitext_ranks(manual) == {
         "kingdom": "Plantae",
@@ -83,9 +83,12 @@ def test_wikitext_ranks_of_manual_and_automatic_taxoboxes():
 def test_rendered_ranks_match_row_labels_exactly():
     html = (
         '<table class="infobox biota"><tr><th colspan="2">Abronia umbellata</th></tr>'
-        "<tr><td>Kingdom:</td><td><a>Plantae</a></td></tr><tr><td>Clade:</td><td>Tracheophytes</td></tr>"
-        "<tr><td>Superorder:</td><td>Caryophyllanae</td></tr><tr><td>Order:</td><td>Caryophyllales</td></tr>"
-        "<tr><td>Family:</td><td>Nyctaginaceae</td></tr><tr><td>Subfamily:</td><td>Nyctaginoideae</td></tr>"
+        "<tr><td>Kingdom:</td><td><a>Plantae</a></td></tr>"
+        "<tr><td>Clade:</td><td>Tracheophytes</td></tr>"
+        "<tr><td>Superorder:</td><td>Caryophyllanae</td></tr>"
+        "<tr><td>Order:</td><td>Caryophyllales</td></tr>"
+        "<tr><td>Family:</td><td>Nyctaginaceae</td></tr>"
+        "<tr><td>Subfamily:</td><td>Nyctaginoideae</td></tr>"
         "<tr><td>Division:</td><td>† Magnoliophyta</td></tr>"
         "<tr><td>Species:</td><td><b><i>A. umbellata</i></b></td></tr></table>"
     )

@@ -1,4 +1,5 @@
-"""The wheel ships the spider and nothing of the test code (the MediaWiki stand-in stays in tests/)."""
+"""The wheel ships the spider and nothing of the test code (the MediaWiki stand-in stays in
+tests/)."""
 
 from __future__ import annotations
 

@@ -63,7 +63,7 @@ The cougar has a plain '''tawny coat''' and is {{convert|1.5|-|2.4|m|ft}} long.<
 == References ==
 {{reflist}}
 [[Category:Felids]]
-""",
+""",  # noqa: E501 (wikitext: a line break would change the page)
         [
             ("Kingdom", "Animalia"),
             ("Phylum", "Chordata"),

@@ -1,19 +1,19 @@
-"""``biocap-captions``: caption shards or a catalog (``run``), summarise a run (``stats``), show the prompt."""
+"""``biocap-captions``: caption shards or a catalog (``run``), summarise a run (``stats``), show the
+prompt."""
 
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
-from typing import Optional
 
 import typer
-from biocap_core.errors import BioCAPError
 
 from biocap_captions.engine import DEFAULT_MODEL, SamplingConfig
 from biocap_captions.engines import ENGINES, EngineSettings
-from biocap_core.jobs import JobSpecError
 from biocap_captions.prompt import PROMPT_VERSION, FormatExamples, PromptBuilder, PromptParts
+from biocap_core.errors import BioCAPError
+from biocap_core.jobs import JobSpecError
 
 # Plain help text: rich's table cuts long option names ("--max-consecutive-fa…") at 80 columns
 # when the output is not a terminal (piped to less, grep, CI logs).
@@ -34,22 +34,24 @@ def run(
     out: Path = typer.Option(
         ..., "--out", help="Output folder: captions/, errors/ and partial/ per unit."
     ),
-    shards: Optional[str] = typer.Option(
+    shards: str | None = typer.Option(
         None, help="Input shards: brace pattern, '::' joins patterns."
     ),
-    catalog: Optional[Path] = typer.Option(
+    catalog: Path | None = typer.Option(
         None,
-        help="Catalog table. Without --shards its image_path rows are the input; it also carries the "
-        "7 ranks that species-level --wiki descriptions are joined on.",
+        help=(
+            "Catalog table. Without --shards its image_path rows are the input; it also carries the"
+            " 7 ranks that species-level --wiki descriptions are joined on."
+        ),
     ),
-    image_root: Optional[Path] = typer.Option(
+    image_root: Path | None = typer.Option(
         None, help="Folder image_path is relative to (default: the catalog's)."
     ),
     rows_per_unit: int = typer.Option(10_000, help="Catalog rows per output unit."),
-    wiki: Optional[Path] = typer.Option(
+    wiki: Path | None = typer.Option(
         None, help="Wiki descriptions: uuid,description or species-level (needs --catalog)."
     ),
-    format_examples: Optional[Path] = typer.Option(
+    format_examples: Path | None = typer.Option(
         None, help="class,description table (default: the original's 347 classes)."
     ),
     max_wiki_chars: int = typer.Option(
@@ -60,8 +62,10 @@ def run(
     ),
     engine: str = typer.Option(
         "vllm",
-        help=f"Caption engine: {', '.join(ENGINES)} (vllm: offline, in this process; "
-        "openai: a chat-completions server).",
+        help=(
+            f"Caption engine: {', '.join(ENGINES)} (vllm: offline, in this process; "
+            "openai: a chat-completions server)."
+        ),
     ),
     model: str = typer.Option(
         DEFAULT_MODEL, help="Model path or name (for openai: the served model name)."
@@ -69,52 +73,48 @@ def run(
     temperature: float = typer.Option(0.6),
     top_p: float = typer.Option(0.8),
     max_tokens: int = typer.Option(50),
-    seed: Optional[int] = typer.Option(None, help="Sampling seed (per request)."),
-    quantization: Optional[str] = typer.Option(
+    seed: int | None = typer.Option(None, help="Sampling seed (per request)."),
+    quantization: str | None = typer.Option(
         None, help="vllm: quantization method (default awq); 'none' disables it."
     ),
-    tensor_parallel_size: Optional[int] = typer.Option(
-        None, help="vllm: GPUs per model (default 1)."
-    ),
-    max_model_len: Optional[int] = typer.Option(None, help="vllm: context length (default 2048)."),
-    dtype: Optional[str] = typer.Option(None, help="vllm: weight dtype (default auto)."),
-    image_placeholder: Optional[str] = typer.Option(
+    tensor_parallel_size: int | None = typer.Option(None, help="vllm: GPUs per model (default 1)."),
+    max_model_len: int | None = typer.Option(None, help="vllm: context length (default 2048)."),
+    dtype: str | None = typer.Option(None, help="vllm: weight dtype (default auto)."),
+    image_placeholder: str | None = typer.Option(
         None,
-        help="vllm: image placeholder for chat templates that take only text "
-        "(default <image>; '' to require image parts).",
+        help=(
+            "vllm: image placeholder for chat templates that take only text "
+            "(default <image>; '' to require image parts)."
+        ),
     ),
-    max_image_side: Optional[int] = typer.Option(
+    max_image_side: int | None = typer.Option(
         None, help="vllm: shrink decoded images to this longest side."
     ),
-    prefix_caching: Optional[bool] = typer.Option(
+    prefix_caching: bool | None = typer.Option(
         None,
         "--prefix-caching/--no-prefix-caching",
         help="vllm: automatic prefix caching (default: vLLM's).",
     ),
-    base_url: Optional[str] = typer.Option(
+    base_url: str | None = typer.Option(
         None, help="openai: server URL up to /v1 (default http://127.0.0.1:8000/v1)."
     ),
-    api_key: Optional[str] = typer.Option(
-        None, envvar="OPENAI_API_KEY", help="openai: bearer token."
-    ),
-    concurrency: Optional[int] = typer.Option(
-        None, help="openai: requests in flight (default 16)."
-    ),
-    timeout: Optional[float] = typer.Option(
+    api_key: str | None = typer.Option(None, envvar="OPENAI_API_KEY", help="openai: bearer token."),
+    concurrency: int | None = typer.Option(None, help="openai: requests in flight (default 16)."),
+    timeout: float | None = typer.Option(
         None, help="openai: seconds per request before a retry (default 120)."
     ),
-    max_retries: Optional[int] = typer.Option(
+    max_retries: int | None = typer.Option(
         None, help="openai: retries on 429, 5xx and timeouts (default 5)."
     ),
     engine_option: list[str] = typer.Option(
         [], "--engine-option", help="NAME=VALUE: any option of the chosen engine (repeatable)."
     ),
     batch_size: int = typer.Option(256, help="Samples per engine call; bounds memory."),
-    num_shards: Optional[int] = typer.Option(
+    num_shards: int | None = typer.Option(
         None, help="Number of jobs the units are split over (else SLURM array)."
     ),
-    shard_index: Optional[int] = typer.Option(None, help="This job's index, 0-based."),
-    write_shards: Optional[Path] = typer.Option(
+    shard_index: int | None = typer.Option(None, help="This job's index, 0-based."),
+    write_shards: Path | None = typer.Option(
         None, help="Also write each shard again with caption.txt here."
     ),
     checkpoint_seconds: float = typer.Option(60.0, help="Checkpoint unfinished units this often."),
@@ -129,7 +129,8 @@ def run(
     ),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
-    """Caption every image of this job's units; a rerun skips finished units and finishes partial ones."""
+    """Caption every image of this job's units; a rerun skips finished units and finishes partial
+    ones."""
     from biocap_captions.pipeline import RunOptions
     from biocap_captions.runner import Inputs
     from biocap_captions.runner import run as run_job
@@ -200,8 +201,8 @@ def run(
     )
     if report.errors_left:
         typer.echo(
-            f"{report.errors_left} samples of this job's units have no caption (reasons in {out / 'errors'}); "
-            "rerun with --retry-errors to try them again",
+            f"{report.errors_left} samples of this job's units have no caption (reasons in"
+            f" {out / 'errors'}); rerun with --retry-errors to try them again",
             err=True,
         )
     for name, reason in report.failed.items():
@@ -231,7 +232,7 @@ def show_prompt(
     scientific: str = typer.Option("", help="Scientific name."),
     klass: str = typer.Option("", "--class", help="Taxonomic class (selects the format examples)."),
     wiki: str = typer.Option("", help="Wiki text to excerpt."),
-    format_examples: Optional[Path] = typer.Option(None),
+    format_examples: Path | None = typer.Option(None),
     max_wiki_chars: int = typer.Option(600),
     word_limit: int = typer.Option(20),
 ) -> None:
@@ -239,7 +240,8 @@ def show_prompt(
     builder = PromptBuilder(FormatExamples.load(format_examples), max_wiki_chars, word_limit)
     built = builder.build(PromptParts(name, scientific, klass, wiki or None))
     typer.echo(
-        f"# prompt {PROMPT_VERSION}; class examples: {built.class_examples}; wiki used: {built.wiki_used}"
+        f"# prompt {PROMPT_VERSION}; class examples: {built.class_examples}; wiki used:"
+        f" {built.wiki_used}"
     )
     typer.echo(built.instruction)
 

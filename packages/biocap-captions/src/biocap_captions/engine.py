@@ -24,9 +24,10 @@ current one generates, so the accelerator does not wait for the CPU.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 from biocap_core.errors import BioCAPError
 
@@ -71,7 +72,8 @@ Result = Completion | Failure
 
 
 class Engine(Protocol):
-    """What the pipeline needs from an engine (``submit`` and ``prepare`` are optional; see the module docs)."""
+    """What the pipeline needs from an engine (``submit`` and ``prepare`` are optional; see the
+    module docs)."""
 
     #: Recorded in the ``model`` column of every caption.
     model: str

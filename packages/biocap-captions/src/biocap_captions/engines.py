@@ -136,4 +136,4 @@ def _convert(raw: str, kind: object) -> object:
 
 
 def _type_name(kind: object) -> str:
-    return " or ".join(getattr(a, "__name__", str(a)) for a in (typing.get_args(kind) or (kind,)))
+    return " or ".join(getattr(a, "__name__", str(a)) for a in typing.get_args(kind) or (kind,))

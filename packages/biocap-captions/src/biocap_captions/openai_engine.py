@@ -24,12 +24,11 @@ import base64
 import logging
 import random
 import threading
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Sequence
 
 import httpx
-from biocap_core.retry_after import retry_after_seconds
 
 from biocap_captions import __version__
 from biocap_captions.engine import (
@@ -44,6 +43,7 @@ from biocap_captions.engine import (
     result_of,
 )
 from biocap_captions.prompt import chat_messages
+from biocap_core.retry_after import retry_after_seconds
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,8 @@ class OpenAIEngine:
         return body
 
     def submit(self, requests: Sequence[CaptionRequest]) -> Future[list[Result]]:
-        """Start a batch and return at once; its requests share the window with those of earlier batches."""
+        """Start a batch and return at once; its requests share the window with those of earlier
+        batches."""
         return asyncio.run_coroutine_threadsafe(self._batch(requests), self._loop)
 
     def generate(self, requests: Sequence[CaptionRequest]) -> list[Result]:
@@ -210,7 +211,7 @@ class OpenAIEngine:
                         raise EngineBroken(
                             f"lost the server at {self.url}: {retry.reason} "
                             f"({attempt + 1} attempts); captions so far are kept, rerun to resume"
-                        )
+                        ) from None
                     return Failure(f"gave up after {attempt + 1} attempts: {retry.reason}")
                 delay = min(self.max_backoff, self.backoff * 2**attempt) * random.uniform(0.5, 1.0)
                 await asyncio.sleep(
@@ -225,11 +226,11 @@ class OpenAIEngine:
             if not self._unreachable:
                 self._unreachable = True
                 log.warning("cannot connect to %s (%s); retrying", self.url, describe(exc))
-            raise _Retry(f"connection error: {describe(exc)}", unreachable=True)
+            raise _Retry(f"connection error: {describe(exc)}", unreachable=True) from exc
         except httpx.TimeoutException as exc:
-            raise _Retry(f"timeout after {self.timeout:g} s ({type(exc).__name__})")
+            raise _Retry(f"timeout after {self.timeout:g} s ({type(exc).__name__})") from exc
         except httpx.TransportError as exc:
-            raise _Retry(f"connection error: {describe(exc)}")
+            raise _Retry(f"connection error: {describe(exc)}") from exc
         if self._unreachable:
             self._unreachable = False
             log.warning("connected to %s again", self.url)
@@ -244,8 +245,8 @@ class OpenAIEngine:
             return Failure(f"HTTP {status}: {response.text[:300]} ({self.url})")
         try:
             payload = response.json()
-        except ValueError:  # a body cut off on the way is as transient as a 5xx
-            raise _Retry(f"malformed response (not JSON): {response.text[:200]!r}")
+        except ValueError as exc:  # a body cut off on the way is as transient as a 5xx
+            raise _Retry(f"malformed response (not JSON): {response.text[:200]!r}") from exc
         return parse_completion(payload)
 
     def close(self) -> None:
@@ -271,7 +272,8 @@ def parse_completion(body: object) -> Result:
             raise TypeError(f"content is {type(text).__name__}")
     except (KeyError, IndexError, TypeError) as exc:
         return Failure(
-            f"malformed response (no choices[0].message.content: {describe(exc)}): {str(body)[:200]}"
+            f"malformed response (no choices[0].message.content: {describe(exc)}):"
+            f" {str(body)[:200]}"
         )
     usage = body.get("usage") or {}
     n_tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None

@@ -1,4 +1,5 @@
-"""New shards with ``caption.txt`` added: the original's output, for training without ``--captions``.
+"""New shards with ``caption.txt`` added: the original's output, for training without
+``--captions``.
 
 Members are copied with their stored names (``taxonTag.txt`` keeps its case,
 which webdataset's default reader would lower) and bytes; an existing
@@ -9,7 +10,7 @@ one, as the original did.
 from __future__ import annotations
 
 import os
-from typing import Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 from biocap_core.shards import iter_samples, write_shard
 
@@ -17,7 +18,8 @@ CAPTION_MEMBER = "caption.txt"
 
 
 def write_captioned_shard(src: str, dst: str | os.PathLike, captions: Mapping[str, str]) -> int:
-    """Copy shard ``src`` to ``dst`` (atomically) with captions; returns how many samples got one."""
+    """Copy shard ``src`` to ``dst`` (atomically) with captions; returns how many samples got
+    one."""
     captioned = 0
 
     def samples() -> Iterator[dict]:

@@ -22,16 +22,15 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator, Sequence, TypeVar
+from typing import TypeVar
 
 import polars as pl
-from biocap_core import schemas
-from biocap_core.errors import ShardError
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -49,6 +48,8 @@ from biocap_captions.output_shards import write_captioned_shard
 from biocap_captions.prompt import PROMPT_VERSION, BuiltPrompt, PromptBuilder, PromptParts
 from biocap_captions.sources import DescriptionLookup, Sample, ShardUnit, Unit
 from biocap_captions.store import OutputError, UnitStore, writing
+from biocap_core import schemas
+from biocap_core.errors import ShardError
 
 log = logging.getLogger("biocap_captions")
 T = TypeVar("T")
@@ -65,7 +66,8 @@ class RunOptions:
     write_shards: Path | None = None
     max_consecutive_failures: int = 100
     progress: bool = True
-    #: Caption again the error rows of finished units (a transient fault must not leave a permanent hole).
+    #: Caption again the error rows of finished units (a transient fault must not leave a permanent
+    #: hole).
     retry_errors: bool = False
 
 
@@ -77,7 +79,8 @@ class RunReport:
     captions: int = 0
     errors: int = 0
     seconds: float = 0.0
-    #: Error rows in all finished units of the run, finished now or before: what ``retry_errors`` would retry.
+    #: Error rows in all finished units of the run, finished now or before: what ``retry_errors``
+    #: would retry.
     errors_left: int = 0
 
 
@@ -103,7 +106,8 @@ class _Pending:
 
 @dataclass
 class _Batch:
-    """Samples sent to the engine together; ``submitted`` while the engine works on it in the background.
+    """Samples sent to the engine together; ``submitted`` while the engine works on it in the
+    background.
 
     ``problems`` are error rows of samples read with the batch that have no usable image;
     ``read`` counts the unit's samples read up to the batch's last one."""
@@ -120,7 +124,8 @@ _END = object()
 
 
 def one_ahead(items: Iterator[T]) -> Iterator[T]:
-    """Yield ``items``, making the next one in a background thread while the caller works on this one.
+    """Yield ``items``, making the next one in a background thread while the caller works on this
+    one.
 
     At most one item is made ahead, so memory holds two. Exceptions of ``items``
     reach the caller at that item. Closing waits for an item being made (one
@@ -243,7 +248,8 @@ class Captioner:
         depth = 2 if hasattr(self.engine, "submit") else 1
         last_checkpoint = time.monotonic()
         try:
-            # the next batch is read, prompted and prepared in a background thread while this one generates
+            # the next batch is read, prompted and prepared in a background thread while this one
+            # generates
             with closing(one_ahead(self._batches(unit, done))) as batches:
                 for batch in batches:
                     read = batch.read
@@ -270,7 +276,8 @@ class Captioner:
             for started in in_flight:  # never recorded, so a rerun sends them again
                 if started.submitted is not None:
                     started.submitted.cancel()
-            # keep what was captioned; a broken engine's failure streak is left out so a rerun retries it
+            # keep what was captioned; a broken engine's failure streak is left out so a rerun
+            # retries it
             store.write_checkpoint(*pending.take(include_streak=not isinstance(exc, EngineBroken)))
             raise
         new_captions, new_errors = pending.take()
@@ -289,8 +296,10 @@ class Captioner:
         return captions.height, errors.height
 
     def _batches(self, unit: Unit, done: set[str]) -> Iterator[_Batch]:
-        """The unit's samples not in ``done``, in batches ready for the engine, ending with one that has
-        no samples. Runs in :func:`one_ahead`'s thread, so it changes nothing the run's thread reads."""
+        """The unit's samples not in ``done``, in batches ready for the engine, ending with one that
+        has no samples. Runs in :func:`one_ahead`'s thread, so it changes nothing the run's thread
+        reads.
+        """
         batch, problems, seen, read = [], [], set(), 0
         for sample in unit.samples():
             read += 1
@@ -332,7 +341,8 @@ class Captioner:
         return _Batch(batch, prompts, requests, problems, read)
 
     def _submit(self, batch: _Batch) -> _Batch:
-        """Submit the batch if the engine can take it now (it runs in the background until finished)."""
+        """Submit the batch if the engine can take it now (it runs in the background until
+        finished)."""
         submit = getattr(self.engine, "submit", None)
         if submit is not None:
             batch.submitted = submit(batch.requests)
@@ -341,15 +351,16 @@ class Captioner:
     def _finish(self, batch: _Batch, shard: str, pending: _Pending, bar: tqdm) -> None:
         """Wait for the batch's results and record each as a caption or an error row."""
         results = generate_isolated(self.engine, batch.requests, batch.submitted)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         for sample, prompt, result in zip(batch.samples, batch.prompts, results):
             if not isinstance(result, Completion):
                 pending.streak.append(self._error_row(sample.uuid, shard, result.reason, now))
                 self._failures_in_a_row += 1
                 if self._failures_in_a_row >= self.options.max_consecutive_failures:
                     raise EngineBroken(
-                        f"{self._failures_in_a_row} samples in a row failed (last: {result.reason}); "
-                        f"stopping. Captions so far are checkpointed; rerun to resume"
+                        f"{self._failures_in_a_row} samples in a row failed (last:"
+                        f" {result.reason}); stopping. Captions so far are checkpointed; rerun to"
+                        " resume"
                     )
                 continue
             self._failures_in_a_row = 0
@@ -396,5 +407,5 @@ class Captioner:
             "uuid": uuid,
             "shard": shard,
             "reason": reason,
-            "created_at": now or datetime.now(timezone.utc),
+            "created_at": now or datetime.now(UTC),
         }

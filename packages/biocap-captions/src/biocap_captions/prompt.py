@@ -27,12 +27,18 @@ DEFAULT_FORMAT_EXAMPLES = files("biocap_captions") / "data" / "format_examples.p
 
 #: Used when a class has no examples: three kingdoms, one trait sentence each.
 FALLBACK_EXAMPLES: tuple[str, ...] = (
-    "The fly agaric, Amanita muscaria, has a domed scarlet cap studded with white warty flecks, "
-    "pale free gills and a white stem with a hanging ring.",
-    "The lady fern, Athyrium filix-femina, shows arching, light green fronds that are twice divided "
-    "into narrow, finely toothed leaflets rising from a central crown.",
-    "The Old World swallowtail, Papilio machaon, displays yellow wings crossed by black veins and bands, "
-    "a row of blue scales and a red eyespot near each tailed hindwing.",
+    (
+        "The fly agaric, Amanita muscaria, has a domed scarlet cap studded with white warty flecks,"
+        " pale free gills and a white stem with a hanging ring."
+    ),
+    (
+        "The lady fern, Athyrium filix-femina, shows arching, light green fronds that are twice"
+        " divided into narrow, finely toothed leaflets rising from a central crown."
+    ),
+    (
+        "The Old World swallowtail, Papilio machaon, displays yellow wings crossed by black veins"
+        " and bands, a row of blue scales and a red eyespot near each tailed hindwing."
+    ),
 )
 
 _NUMBER = re.compile(r"(?:^|(?<=\s))(\d{1,2})\s*[.)]\s*")
@@ -96,7 +102,7 @@ class FormatExamples:
         self._by_class = by_class
 
     @classmethod
-    def load(cls, path: str | os.PathLike | None = None) -> "FormatExamples":
+    def load(cls, path: str | os.PathLike | None = None) -> FormatExamples:
         """Read a ``class, description`` table (parquet/CSV); ``None`` loads the shipped default."""
         source = Path(str(DEFAULT_FORMAT_EXAMPLES)) if path is None else Path(path)
         table = schemas.FORMAT_EXAMPLES.read(source)
@@ -180,12 +186,20 @@ class PromptBuilder:
         examples, specific = self._examples_for(parts.klass)
         excerpt = wiki_excerpt(parts.wiki, self.max_wiki_chars)
         paragraphs = [
-            "You are a field biologist. Describe the organism using only what can be seen in this photograph.",
+            (
+                "You are a field biologist. Describe the organism using only what can be seen in"
+                " this photograph."
+            ),
             "Goal: a single concise caption that names the diagnostic traits visible in the image.",
-            "Concentrate on anatomy: colour, shape, pattern, texture and the position of body parts. "
-            "Mention the substrate, cues to size or an interaction with another organism only when "
-            "they are clearly visible.",
-            "Use exact biological terms; avoid vague words such as 'nice', 'interesting' or 'some'.",
+            (
+                "Concentrate on anatomy: colour, shape, pattern, texture and the position of body"
+                " parts. Mention the substrate, cues to size or an interaction with another"
+                " organism only when they are clearly visible."
+            ),
+            (
+                "Use exact biological terms; avoid vague words such as 'nice', 'interesting' or"
+                " 'some'."
+            ),
             "Examples of good captions:\n" + examples,
         ]
         if excerpt:
@@ -197,9 +211,14 @@ class PromptBuilder:
         paragraphs += [
             f"Write at most {self.word_limit} words.",
             f'Include the name "{name}" naturally in the sentence.',
-            "Priorities: (1) the most diagnostic visible trait; (2) a second distinctive trait; "
-            "(3) context, only if it helps identification.",
-            f"For this image of a {name}, write one concise sentence describing its visible traits.",
+            (
+                "Priorities: (1) the most diagnostic visible trait; (2) a second distinctive trait;"
+                " (3) context, only if it helps identification."
+            ),
+            (
+                f"For this image of a {name}, write one concise sentence describing its visible"
+                " traits."
+            ),
         ]
         return BuiltPrompt(
             "\n\n".join(paragraphs), wiki_used=bool(excerpt), class_examples=specific
@@ -207,7 +226,8 @@ class PromptBuilder:
 
 
 def chat_messages(instruction: str, image_url: str | None = None) -> list[dict]:
-    """One user turn, image first, in the OpenAI chat format (the HF multimodal format without a URL)."""
+    """One user turn, image first, in the OpenAI chat format (the HF multimodal format without a
+    URL)."""
     image = (
         {"type": "image_url", "image_url": {"url": image_url}} if image_url else {"type": "image"}
     )
@@ -235,8 +255,8 @@ class ChatTemplateRenderer:
         self.typed = self._renders_image_parts()
         if not self.typed and not image_placeholder:
             raise PromptError(
-                f"the chat template of {model} ignores image parts and no image placeholder is set; "
-                "pass the model's placeholder (InternVL: '<image>')"
+                f"the chat template of {model} ignores image parts and no image placeholder is set;"
+                " pass the model's placeholder (InternVL: '<image>')"
             )
 
     def _apply(self, messages: list[dict]) -> str:

@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
-from biocap_core import schemas
 
 from biocap_captions.engines import EngineSettings
-from biocap_core.jobs import resolve_job, select
 from biocap_captions.pipeline import Captioner, RunOptions, RunReport
 from biocap_captions.prompt import PROMPT_VERSION, FormatExamples, PromptBuilder
 from biocap_captions.sources import Unit, catalog_units, load_descriptions, shard_units
 from biocap_captions.store import prepare_output, write_run_manifest
+from biocap_core import schemas
+from biocap_core.jobs import resolve_job, select
 
 log = logging.getLogger("biocap_captions")
 
@@ -65,7 +65,8 @@ def run(
     num_jobs: int | None = None,
     job_index: int | None = None,
 ) -> RunReport:
-    """Caption every image of this job's units; a rerun skips finished units and finishes partial ones.
+    """Caption every image of this job's units; a rerun skips finished units and finishes partial
+    ones.
 
     Raises :class:`~biocap_core.errors.BioCAPError` for bad input, an output that cannot be written
     or an engine that cannot work, :class:`~biocap_core.jobs.JobSpecError` for an inconsistent

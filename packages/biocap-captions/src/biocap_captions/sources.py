@@ -9,11 +9,13 @@ per batch from a uuid-sorted table.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import polars as pl
+
 from biocap_core import schemas
 from biocap_core.descriptions import per_uuid_descriptions
 from biocap_core.errors import EmptyTaxonError, SchemaError, ShardError
@@ -115,7 +117,8 @@ def shard_units(pattern: str) -> list[ShardUnit]:
         name = path.name.removesuffix(".tar")
         if name in seen:
             raise ShardError(
-                f"{seen[name]} and {url} share the name {name!r}; caption each split into its own --out"
+                f"{seen[name]} and {url} share the name {name!r}; caption each split into its own"
+                " --out"
             )
         seen[name] = url
         units.append(ShardUnit(url, name, sizes[path.parent].get(path.name)))
@@ -140,7 +143,7 @@ class CatalogUnit:
         return self.rows.height
 
     def samples(self) -> Iterator[Sample]:
-        for index, row in enumerate(self.rows.iter_rows(named=True)):
+        for row in self.rows.iter_rows(named=True):
             taxon = Taxon.from_mapping(row)
             path = self.image_root / row["image_path"]
             image, problem = None, None
@@ -242,8 +245,8 @@ def load_descriptions(
     if "content" in columns:
         if catalog is None:
             raise SchemaError(
-                f"{path}: species-level descriptions (no uuid column) are joined to images on the 7 ranks; "
-                "pass --catalog with uuid and rank columns"
+                f"{path}: species-level descriptions (no uuid column) are joined to images on the 7"
+                " ranks; pass --catalog with uuid and rank columns"
             )
         species = (
             pl.read_parquet(path)
@@ -252,5 +255,6 @@ def load_descriptions(
         )
         return DescriptionLookup(per_uuid_descriptions(catalog, species))
     raise SchemaError(
-        f"{path}: expected uuid + description columns, or species-level binomial + ranks + content; has {columns}"
+        f"{path}: expected uuid + description columns, or species-level binomial + ranks + content;"
+        f" has {columns}"
     )

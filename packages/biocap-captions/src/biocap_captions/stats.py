@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 
 import polars as pl
-from biocap_core import schemas
 
 from biocap_captions.checks import FLAGS
 from biocap_captions.store import CAPTIONS_DIR, ERRORS_DIR, PARTIAL_DIR
+from biocap_core import schemas
 
 #: Word-count histogram bins (upper bounds, inclusive); the last bin is open.
 WORD_BINS = (5, 10, 15, 20, 25, 30)
@@ -21,7 +21,8 @@ def _read(files: list[Path], schema: schemas.Schema) -> pl.DataFrame:
 
 
 def summarize(out: str | os.PathLike) -> dict:
-    """Counts, failures by reason, flags, a word-count histogram and the share naming the species."""
+    """Counts, failures by reason, flags, a word-count histogram and the share naming the
+    species."""
     out = Path(out)
     if not out.is_dir():
         raise FileNotFoundError(f"{out}: no such output folder")
@@ -72,9 +73,11 @@ def summarize(out: str | os.PathLike) -> dict:
             str(k): v for k, v in captions.group_by("finish_reason").len().iter_rows()
         },
         "wiki_used": _share(captions["wiki_used"].sum(), n),
-        "names_species": _share(captions["names_species"].sum(), n)
-        if "names_species" in captions.columns
-        else None,
+        "names_species": (
+            _share(captions["names_species"].sum(), n)
+            if "names_species" in captions.columns
+            else None
+        ),
         "mean_words": round(float(words.mean()), 2) if n else None,
         "word_histogram": histogram,
         "flags": flags,
@@ -88,12 +91,20 @@ def _share(count, total: int) -> float | None:
 def render(summary: dict) -> str:
     """The summary as a short text report with a bar histogram."""
     lines = [
-        f"units finished: {summary['units_finished']}, in progress: {summary['units_in_progress']} "
-        f"({summary['samples_in_progress']} samples checkpointed)",
+        (
+            f"units finished: {summary['units_finished']}, in progress:"
+            f" {summary['units_in_progress']} ({summary['samples_in_progress']} samples"
+            " checkpointed)"
+        ),
         f"captions: {summary['captions']}   errors: {summary['errors']}",
-        f"models: {', '.join(summary['models']) or '-'}   prompt versions: {', '.join(summary['prompt_versions']) or '-'}",
-        f"share naming the species: {_pct(summary['names_species'])}   wiki used: {_pct(summary['wiki_used'])}   "
-        f"mean words: {summary['mean_words']}",
+        (
+            f"models: {', '.join(summary['models']) or '-'}   prompt versions:"
+            f" {', '.join(summary['prompt_versions']) or '-'}"
+        ),
+        (
+            f"share naming the species: {_pct(summary['names_species'])}   wiki used:"
+            f" {_pct(summary['wiki_used'])}   mean words: {summary['mean_words']}"
+        ),
         "finish reasons: "
         + (", ".join(f"{k} {v}" for k, v in summary["finish_reasons"].items()) or "-"),
         "flags: " + ", ".join(f"{k} {v}" for k, v in summary["flags"].items()),

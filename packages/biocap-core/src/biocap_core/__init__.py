@@ -1,4 +1,5 @@
-"""biocap-core: what every BioCAP package shares (model, checkpoints, preprocessing, text formats, schemas, toy data)."""
+"""biocap-core: what every BioCAP package shares (model, checkpoints, preprocessing, text formats,
+schemas, toy data)."""
 
 from importlib.metadata import version as _version
 

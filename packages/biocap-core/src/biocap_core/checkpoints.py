@@ -17,9 +17,10 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import open_clip
 import torch
@@ -80,8 +81,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path}: checkpoint file not found")
     if path.suffix != ".safetensors" and not _is_torch_save_file(path):
         raise CheckpointError(
-            f"{path}: not a checkpoint: it begins as no torch.save file does (zip or legacy format), "
-            "and only files named .safetensors are read as safetensors"
+            f"{path}: not a checkpoint: it begins as no torch.save file does (zip or legacy"
+            " format), and only files named .safetensors are read as safetensors"
         )
     try:
         if path.suffix == ".safetensors":
@@ -90,8 +91,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
-            f"{path}: refusing to load: it is not a weights-only checkpoint (it would run pickled code). "
-            f"Convert it to safetensors with a trusted tool first. Detail: {str(exc).splitlines()[0]}"
+            f"{path}: refusing to load: it is not a weights-only checkpoint (it would run pickled"
+            " code). Convert it to safetensors with a trusted tool first. Detail:"
+            f" {str(exc).splitlines()[0]}"
         ) from exc
     except Exception as exc:  # corrupt zip, truncated file, bad header ...
         raise CheckpointError(f"{path}: cannot read checkpoint: {exc}") from exc
@@ -208,7 +210,8 @@ def resolve_pretrained(
     if schema is not None:
         if pretrained:
             raise ValueError(
-                f"--pretrained {pretrained!r} cannot be combined with {model!r}, which names its weights"
+                f"--pretrained {pretrained!r} cannot be combined with {model!r}, which names its"
+                " weights"
             )
         if schema == "hf-hub":
             config_path = Path(
@@ -258,7 +261,7 @@ def _self_describing(
     if not isinstance(ckpt.get("model_cfg"), Mapping):
         raise CheckpointError(
             f"{path}: holds no model config ('model_cfg', as biocap-train writes); pass its "
-            f"architecture as the model and the file as pretrained (--model ViT-B-16 "
+            "architecture as the model and the file as pretrained (--model ViT-B-16 "
             f"--pretrained {path})"
         )
     return resolve_config(ckpt["model_cfg"]), {}, ckpt

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import NoReturn
 
 import typer
 
@@ -13,8 +13,10 @@ from biocap_core.errors import BioCAPError, UnwritableFolder
 from biocap_core.fileio import writable_folder
 
 app = typer.Typer(
-    help="BioCAP core tools: toy data, training shards, table validation, checkpoint export, "
-    "the cache folder.",
+    help=(
+        "BioCAP core tools: toy data, training shards, table validation, checkpoint export, "
+        "the cache folder."
+    ),
     no_args_is_help=True,
 )
 
@@ -43,15 +45,17 @@ def _make_out_dir(out: Path) -> None:
 
 @app.command()
 def toy(
-    out: Optional[Path] = typer.Option(
+    out: Path | None = typer.Option(
         None, "--out", help="Folder to write the toy tree of life into."
     ),
-    as_download: Optional[Path] = typer.Option(
+    as_download: Path | None = typer.Option(
         None,
         "--as-download",
-        help="Instead, write the toy species in the TreeOfLife-10M download's layout "
-        "(metadata/catalog.csv, dataset/eol|inat21|bioscan, captions/), broken files included, for "
-        "`biocap-core shards`.",
+        help=(
+            "Instead, write the toy species in the TreeOfLife-10M download's layout"
+            " (metadata/catalog.csv, dataset/eol|inat21|bioscan, captions/), broken files included,"
+            " for `biocap-core shards`."
+        ),
     ),
     species: int = typer.Option(64, help="Number of species."),
     images_per_species: int = typer.Option(32, help="Training images per species."),
@@ -96,45 +100,55 @@ def shards(
     catalog: Path = typer.Option(
         ...,
         "--catalog",
-        help="metadata/catalog.csv of the TreeOfLife-10M download, or "
-        "your own CSV/parquet with image_path, the 7 ranks and common.",
+        help=(
+            "metadata/catalog.csv of the TreeOfLife-10M download, or "
+            "your own CSV/parquet with image_path, the 7 ranks and common."
+        ),
     ),
     out: Path = typer.Option(
         ...,
         "--out",
         help="Output folder: <split>/shard-NNNNNN.tar + sizes.json, errors.parquet, manifest.json.",
     ),
-    eol: Optional[Path] = typer.Option(None, help="Folder of the download's image_set_*.tar.gz."),
-    inat21: Optional[Path] = typer.Option(None, help="iNat21's train/ folder (class folders)."),
-    bioscan: Optional[Path] = typer.Option(None, help="BIOSCAN-1M's folder of part1 ... part113."),
-    image_root: Optional[Path] = typer.Option(
+    eol: Path | None = typer.Option(None, help="Folder of the download's image_set_*.tar.gz."),
+    inat21: Path | None = typer.Option(None, help="iNat21's train/ folder (class folders)."),
+    bioscan: Path | None = typer.Option(None, help="BIOSCAN-1M's folder of part1 ... part113."),
+    image_root: Path | None = typer.Option(
         None, help="Where relative image_path values start (default: the catalog's folder)."
     ),
-    key_column: Optional[str] = typer.Option(
+    key_column: str | None = typer.Option(
         None, help="Id column of your own catalog (default: uuid)."
     ),
     split: list[str] = typer.Option(
         [],
         "--split",
-        help="Split to build (repeatable); default: every split "
-        "in the catalog but train_small (a subset of train: ask for it by name).",
+        help=(
+            "Split to build (repeatable); default: every split "
+            "in the catalog but train_small (a subset of train: ask for it by name)."
+        ),
     ),
-    captions: Optional[Path] = typer.Option(
+    captions: Path | None = typer.Option(
         None,
-        help="uuid, caption table (e.g. TreeOfLife-10M-Captions' "
-        "uuid_caption_description.parquet): adds caption.txt.",
+        help=(
+            "uuid, caption table (e.g. TreeOfLife-10M-Captions' "
+            "uuid_caption_description.parquet): adds caption.txt."
+        ),
     ),
     exclude: list[Path] = typer.Option(
         [],
-        help="File of ids, 'Genus species' names or EOL file names to "
-        "leave out (text, one a line, or JSON such as the Rare Species "
-        "lists); repeatable.",
+        help=(
+            "File of ids, 'Genus species' names or EOL file names to "
+            "leave out (text, one a line, or JSON such as the Rare Species "
+            "lists); repeatable."
+        ),
     ),
     image_size: int = typer.Option(224, help="Side of the stored images."),
     keep_aspect: bool = typer.Option(
         False,
-        help="Resize the short side and centre-crop, instead of "
-        "squashing to a square as the original.",
+        help=(
+            "Resize the short side and centre-crop, instead of "
+            "squashing to a square as the original."
+        ),
     ),
     keep_original: bool = typer.Option(
         False, help="Store the JPEG bytes untouched (others re-encoded at their size)."
@@ -144,20 +158,24 @@ def shards(
     ),
     max_pixels: int = typer.Option(
         30_000 * 30_000,
-        help="PIL's MAX_IMAGE_PIXELS: images over twice this "
-        "are refused as decompression bombs (the original's value).",
+        help=(
+            "PIL's MAX_IMAGE_PIXELS: images over twice this "
+            "are refused as decompression bombs (the original's value)."
+        ),
     ),
     shard_size: int = typer.Option(
         10_000, help="Samples per shard (the last one of a split has fewer)."
     ),
     seed: int = typer.Option(0, help="Seed of the order of samples in the shards."),
     workers: int = typer.Option(1, help="Processes on this machine."),
-    num_shards: Optional[int] = typer.Option(
+    num_shards: int | None = typer.Option(
         None,
-        help="Split the work across this many jobs (default: "
-        "SLURM_ARRAY_TASK_COUNT, else 1); all must run at once.",
+        help=(
+            "Split the work across this many jobs (default: "
+            "SLURM_ARRAY_TASK_COUNT, else 1); all must run at once."
+        ),
     ),
-    shard_index: Optional[int] = typer.Option(
+    shard_index: int | None = typer.Option(
         None, help="This job's index (default: SLURM_ARRAY_TASK_ID)."
     ),
     strict: bool = typer.Option(False, help="Exit 1 if any catalog row could not be written."),
@@ -208,8 +226,8 @@ def shards(
     if not result.complete:
         typer.echo(
             f"wrote {result.written_now} shard(s); the other jobs write the rest, and the last "
-            f"to finish "
-            f"writes sizes.json and the manifest"
+            "to finish "
+            "writes sizes.json and the manifest"
         )
         return
     manifest = result.manifest
@@ -280,7 +298,7 @@ def export(
     out: Path = typer.Option(
         ..., "--out", help="Folder for the OpenCLIP model (config + safetensors)."
     ),
-    pretrained: Optional[str] = typer.Option(
+    pretrained: str | None = typer.Option(
         None, help="Checkpoint file or OpenCLIP tag to load first."
     ),
     head: str = typer.Option("tax", help="Which projector becomes visual.proj: tax or caption."),

@@ -32,7 +32,8 @@ def per_uuid_descriptions(catalog: pl.DataFrame, descriptions: pl.DataFrame) -> 
     descriptions share one taxonomy the first is kept.
     """
     catalog = schemas.CATALOG.validate(catalog, source="catalog")
-    # species-level: binomial, the 7 ranks and content (biocap-wiki's output or the original's merge)
+    # species-level: binomial, the 7 ranks and content (biocap-wiki's output or the original's
+    # merge)
     descriptions = schemas.SPECIES_LIST.validate(
         descriptions, source="descriptions", require=["content"]
     )

@@ -25,7 +25,8 @@ from biocap_core.preprocess import preprocess_cfg
 
 
 def model_fingerprint(model, head: str, precision: str) -> str:
-    """Hex digest identifying the embeddings a model produces (weights, config, preprocessing, head, precision)."""
+    """Hex digest identifying the embeddings a model produces (weights, config, preprocessing, head,
+    precision)."""
     h = hashlib.blake2b(digest_size=16)
     cfg = preprocess_cfg(model)
     h.update(

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from biocap_core.errors import UnwritableFolder
 
@@ -14,10 +14,10 @@ from biocap_core.errors import UnwritableFolder
 def writable_folder(path: str | os.PathLike) -> Path:
     """Create ``path`` (and its parents) and prove a file can be written in it.
 
-    Every app calls this on its output folder before loading a model or reading data, so a path under
-    a regular file, on a read-only mount or without permission fails at once with one line instead of
-    a traceback after the work. Raises :class:`UnwritableFolder`, whose ``reason`` names the file in
-    the way ("X is a file, not a folder") or gives the OS's reason.
+    Every app calls this on its output folder before loading a model or reading data, so a path
+    under a regular file, on a read-only mount or without permission fails at once with one line
+    instead of a traceback after the work. Raises :class:`UnwritableFolder`, whose ``reason`` names
+    the file in the way ("X is a file, not a folder") or gives the OS's reason.
     """
     path = Path(path)
     try:
@@ -31,7 +31,8 @@ def writable_folder(path: str | os.PathLike) -> Path:
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
-    """Call ``write(tmp)`` on a temp path in the same folder, fsync it, then rename it to ``path``."""
+    """Call ``write(tmp)`` on a temp path in the same folder, fsync it, then rename it to
+    ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

@@ -58,7 +58,8 @@ class EncodedBatch(NamedTuple):
     boxes: torch.Tensor | None
 
     def pin_memory(self) -> EncodedBatch:
-        """What the DataLoader calls with ``pin_memory=True`` (CUDA), for a faster copy to the device."""
+        """What the DataLoader calls with ``pin_memory=True`` (CUDA), for a faster copy to the
+        device."""
         return EncodedBatch(
             [x.pin_memory() for x in self.images],
             None if self.boxes is None else self.boxes.pin_memory(),
@@ -106,7 +107,9 @@ class DevicePreprocess:
     ) -> tuple[torch.Tensor, tuple[int, int, int, int] | None]:
         """Worker side: (encoded JPEG or decoded pixels, train crop box). The crop is drawn from
         torch's RNG exactly where the PIL transform draws it, so seeded augmentation stays seeded.
-        Raises what :func:`decode_image` raises for an unreadable file, so callers skip it the same way."""
+        Raises what :func:`decode_image` raises for an unreadable file, so callers skip it the same
+        way.
+        """
         data = source if isinstance(source, (bytes, bytearray)) else Path(source).read_bytes()
         img = Image.open(io.BytesIO(data))  # reads the header only
         if img.format == "JPEG" and img.mode in _DEVICE_JPEG_MODES and data.endswith(_JPEG_END):
@@ -143,12 +146,15 @@ class DevicePreprocess:
         if not kept:
             return None, kept, failed
         boxes, c = (batch.boxes.tolist() if batch.boxes is not None else None), self.crop
-        # images differ in size until cropped, so the resizes run one by one; the normalisation batched
+        # images differ in size until cropped, so the resizes run one by one; the normalisation
+        # batched
         crops = {
-            i: self.resize(pixels[i])
-            if boxes is None
-            else F.resized_crop(
-                pixels[i], *boxes[i], c.size, c.interpolation, antialias=c.antialias
+            i: (
+                self.resize(pixels[i])
+                if boxes is None
+                else F.resized_crop(
+                    pixels[i], *boxes[i], c.size, c.interpolation, antialias=c.antialias
+                )
             )
             for i in kept
             if not pixels[i].is_floating_point()

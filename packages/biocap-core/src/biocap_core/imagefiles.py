@@ -1,25 +1,26 @@
 """The one dataset of images to embed: biocap-eval's benchmark images, biocap-predict's inputs and
 the training loop's zero-shot images; and the one loop that embeds them (:func:`encoded_batches`).
 
-DataLoader workers decode (JPEGs drafted to the crop size) and resize and crop to uint8 tensors; each
-batch is normalised to float where the model runs (:func:`~biocap_core.preprocess.split_eval_transform`),
-so a quarter of the bytes cross between processes and to the device. An image that cannot be read
-or decoded does not stop the loader: its item carries why instead of a tensor, and each batch hands
-those to the caller, which skips and reports them (eval's ``counts.unreadable``, predict's skipped
-inputs) or fails (eval's ``--strict``).
+DataLoader workers decode (JPEGs drafted to the crop size) and resize and crop to uint8 tensors;
+each batch is normalised to float where the model runs
+(:func:`~biocap_core.preprocess.split_eval_transform`), so a quarter of the bytes cross between
+processes and to the device. An image that cannot be read or decoded does not stop the loader: its
+item carries why instead of a tensor, and each batch hands those to the caller, which skips and
+reports them (eval's ``counts.unreadable``, predict's skipped inputs) or fails (eval's
+``--strict``).
 
-With ``gpu_decode`` the workers only read the files: JPEGs cross as their encoded bytes and the device
-decodes, resizes and normalises each batch (:mod:`biocap_core.gpu_decode`); other formats are decoded
-in the worker and cross as full-size pixels. A JPEG that only the device finds undecodable is reported
-at its position like any other.
+With ``gpu_decode`` the workers only read the files: JPEGs cross as their encoded bytes and the
+device decodes, resizes and normalises each batch (:mod:`biocap_core.gpu_decode`); other formats are
+decoded in the worker and cross as full-size pixels. A JPEG that only the device finds undecodable
+is reported at its position like any other.
 """
 
 from __future__ import annotations
 
 import bisect
 import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence, Union
 
 import torch
 from PIL import Image
@@ -32,21 +33,24 @@ from biocap_core.preprocess import decode_image, short_side, split_eval_transfor
 
 #: What an image can be given as: a file, its encoded bytes, a PIL image, or a tensor already
 #: preprocessed for the model ((3, H, W), passed through as it is).
-ImageSource = Union[str, os.PathLike, bytes, bytearray, Image.Image, torch.Tensor]
+ImageSource = str | os.PathLike | bytes | bytearray | Image.Image | torch.Tensor
 
 
 class _Unreadable(Exception):
-    """Why one source gave no image (caught in :meth:`ImageFiles.__getitem__`, never raised to callers)."""
+    """Why one source gave no image (caught in :meth:`ImageFiles.__getitem__`, never raised to
+    callers)."""
 
 
 class ImageFiles(Dataset):
-    """Images for one model; item ``i`` is ``(i, uint8 (3, H, W) tensor)`` or ``(i, why it has none)``.
+    """Images for one model; item ``i`` is ``(i, uint8 (3, H, W) tensor)`` or ``(i, why it has
+    none)``.
 
     ``sources`` may be any sequence, read in the workers (e.g. rows of a Hugging Face dataset). With
     ``gpu_decode`` the tensor of an item is what :class:`~biocap_core.gpu_decode.DevicePreprocess`
-    takes: a JPEG's bytes (1-D), an image's full-size pixels (uint8), or a preprocessed tensor (float).
-    ``draft`` False decodes every JPEG at full size (slower for large photos; the crop's pixels then
-    equal those of OpenCLIP's transform on the fully decoded image, as pybioclip computes them).
+    takes: a JPEG's bytes (1-D), an image's full-size pixels (uint8), or a preprocessed tensor
+    (float). ``draft`` False decodes every JPEG at full size (slower for large photos; the crop's
+    pixels then equal those of OpenCLIP's transform on the fully decoded image, as pybioclip
+    computes them).
     """
 
     def __init__(
@@ -85,7 +89,7 @@ class ImageFiles(Dataset):
             if isinstance(source, torch.Tensor):
                 if source.ndim != 3 or source.shape[0] != 3:
                     raise _Unreadable(
-                        f"a tensor input must be a preprocessed (3, H, W) image, "
+                        "a tensor input must be a preprocessed (3, H, W) image, "
                         f"not shape {tuple(source.shape)}"
                     )
                 return source
@@ -114,7 +118,8 @@ class ImageFiles(Dataset):
 
 @dataclass
 class ImageBatch:
-    """One batch: the positions that decoded, their images, and the positions that did not, with why.
+    """One batch: the positions that decoded, their images, and the positions that did not, with
+    why.
 
     ``images`` as :func:`image_batches` yields it: the normalised float (B, 3, H, W) batch on the
     device, or None when no image decoded. Between the workers and :func:`image_batches` it is what
@@ -126,8 +131,9 @@ class ImageBatch:
     images: torch.Tensor | _Packed | int | None  # int: the shared slot the worker wrote them to
     unreadable: list[tuple[int, str]]
 
-    def pin_memory(self) -> "ImageBatch":
-        """What the DataLoader calls with ``pin_memory=True`` (CUDA), for a faster copy to the device."""
+    def pin_memory(self) -> ImageBatch:
+        """What the DataLoader calls with ``pin_memory=True`` (CUDA), for a faster copy to the
+        device."""
         if isinstance(self.images, (torch.Tensor, _Packed)):
             self.images = self.images.pin_memory()
         return self
@@ -143,7 +149,7 @@ class _Packed:
     others: list[torch.Tensor]
 
     @classmethod
-    def of(cls, tensors: list[torch.Tensor]) -> "_Packed":
+    def of(cls, tensors: list[torch.Tensor]) -> _Packed:
         jpeg = [t.ndim == 1 for t in tensors]
         joined = [t for t, j in zip(tensors, jpeg) if j]
         return cls(
@@ -153,19 +159,21 @@ class _Packed:
         )
 
     def unpack(self) -> list[torch.Tensor]:
-        """The batch as :class:`~biocap_core.gpu_decode.DevicePreprocess` takes it (views, no copies)."""
+        """The batch as :class:`~biocap_core.gpu_decode.DevicePreprocess` takes it (views, no
+        copies)."""
         parts = iter(self.jpegs.split([n for n in self.sizes if n >= 0]))
         others = iter(self.others)
         return [next(parts) if n >= 0 else next(others) for n in self.sizes]
 
-    def pin_memory(self) -> "_Packed":
+    def pin_memory(self) -> _Packed:
         return _Packed(self.jpegs.pin_memory(), self.sizes, [t.pin_memory() for t in self.others])
 
 
 class _Collate:
-    """Stacks a batch: uint8 when every image is (normalised later, where the model runs), else float
-    with the uint8 ones normalised here (a batch mixing decoded images and preprocessed tensors).
-    With ``stack`` False (``gpu_decode``) they are packed as they are, for the device to decode.
+    """Stacks a batch: uint8 when every image is (normalised later, where the model runs), else
+    float with the uint8 ones normalised here (a batch mixing decoded images and preprocessed
+    tensors). With ``stack`` False (``gpu_decode``) they are packed as they are, for the device to
+    decode.
 
     With ``slots`` (a ring of shared uint8 batches, made before the workers start), a uint8 batch is
     stacked into the slot of its batch number and only that number crosses to the main process:
@@ -197,28 +205,32 @@ class _Collate:
         return ImageBatch([i for i, _ in good], torch.stack(tensors), unreadable)
 
 
-#: Images worker processes hand over at a time (as many whole model batches as fit, at least one): each
-#: hand-over costs the main process about 0.35-0.55 ms whatever its size (DataLoader's queues and their
-#: threads: 0.34 ms for 32 64x64 images, 0.53 for 128, measured), 3% of a toy-model batch of 32 on one
-#: CPU thread, so small model batches are handed over several at a time and cut where the model runs.
+#: Images worker processes hand over at a time (as many whole model batches as fit, at least one):
+#: each hand-over costs the main process about 0.35-0.55 ms whatever its size (DataLoader's queues
+#: and their threads: 0.34 ms for 32 64x64 images, 0.53 for 128, measured), 3% of a toy-model batch
+#: of 32 on one CPU thread, so small model batches are handed over several at a time and cut where
+#: the model runs.
 HANDOVER_IMAGES = 128
 
 
 def image_batches(
     images: ImageFiles, batch_size: int, workers: int = 0, device: torch.device | str = "cpu"
 ) -> Iterator[ImageBatch]:
-    """Batches of ``batch_size`` images in order (fewer where some did not decode), decoded by ``workers``
-    processes (or, with the images' ``gpu_decode``, on ``device``), normalised on ``device``."""
-    # uint8 across processes: 1 worker delivers 3,800 instead of 2,300 64x64 images/s, and the main process
-    # waits 90-115 instead of 140-230 ms in next() over 2,000 images while it runs the toy model (measured)
+    """Batches of ``batch_size`` images in order (fewer where some did not decode), decoded by
+    ``workers`` processes (or, with the images' ``gpu_decode``, on ``device``), normalised on
+    ``device``."""
+    # uint8 across processes: 1 worker delivers 3,800 instead of 2,300 64x64 images/s, and the main
+    # process waits 90-115 instead of 140-230 ms in next() over 2,000 images while it runs the toy
+    # model (measured)
     device = torch.device(device)
     per_load = batch_size * max(1, HANDOVER_IMAGES // batch_size) if workers else batch_size
     prefetch = (4 if per_load == batch_size else 2) if workers else None
     slots = None
     if workers and device.type == "cpu" and images.device_prep is None:
-        # a batch is in use from the worker's write until the main process has normalised its last cut
-        # (a copy, in _cut) and asks for the next; at most prefetch x workers later batches are dispatched
-        # by then. About the shared memory the per-batch segments of as many batches in flight would take.
+        # a batch is in use from the worker's write until the main process has normalised its last
+        # cut (a copy, in _cut) and asks for the next; at most prefetch x workers later batches are
+        # dispatched by then. About the shared memory the per-batch segments of as many batches in
+        # flight would take.
         slots = torch.empty(
             workers * prefetch + 2, per_load, 3, *images.size, dtype=torch.uint8
         ).share_memory_()
@@ -249,8 +261,8 @@ def _cut(
     to_float: Callable[[torch.Tensor], torch.Tensor],
     device: torch.device,
 ) -> Iterator[ImageBatch]:
-    """``batch`` as batches of ``size`` decoded images on ``device``, normalised; an unreadable image goes
-    with the batch its position falls in (the last, after the last decoded one)."""
+    """``batch`` as batches of ``size`` decoded images on ``device``, normalised; an unreadable
+    image goes with the batch its position falls in (the last, after the last decoded one)."""
     if batch.images is None:
         yield batch
         return
@@ -279,10 +291,10 @@ def encoded_batches(
     precision: str = "fp32",
     normalize: bool = True,
 ) -> Iterator[tuple[ImageBatch, dict[str, torch.Tensor]]]:
-    """Each batch of :func:`image_batches` with the model's float32 embeddings of its decoded images,
-    one per head in ``heads`` (the backbone runs once); ``{}`` when none of the batch decoded. The
-    callers (zero-shot's matrix of embeddings, biocap-predict's stream of them) decide what an
-    unreadable image means; the model is used as it is (put it in eval mode first)."""
+    """Each batch of :func:`image_batches` with the model's float32 embeddings of its decoded
+    images, one per head in ``heads`` (the backbone runs once); ``{}`` when none of the batch
+    decoded. The callers (zero-shot's matrix of embeddings, biocap-predict's stream of them) decide
+    what an unreadable image means; the model is used as it is (put it in eval mode first)."""
     for batch in image_batches(images, batch_size, workers, device):
         feats: dict[str, torch.Tensor] = {}
         if batch.images is not None:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import copy
 import json
 import math
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping
+from typing import Any, Literal
 
 import open_clip
 import torch
@@ -53,8 +54,8 @@ class BioCAP(open_clip.CLIP):
         proj = getattr(self.visual, "proj", None)
         if not isinstance(proj, nn.Parameter):
             raise ValueError(
-                "BioCAP needs a vision tower with a linear projection `visual.proj` (OpenCLIP ViT); "
-                f"{type(self.visual).__name__} has none"
+                "BioCAP needs a vision tower with a linear projection `visual.proj` (OpenCLIP"
+                f" ViT); {type(self.visual).__name__} has none"
             )
         self.visual.caption_proj = nn.Parameter(proj.shape[0] ** -0.5 * torch.randn_like(proj))
         self.logit_scale_caption = nn.Parameter(self.logit_scale.detach().clone())
@@ -162,8 +163,9 @@ class _CausalHintAttention(nn.MultiheadAttention):
 
 def set_causal_text_attention(model: BioCAP, enabled: bool = True) -> None:
     """Give the text tower's causal mask to SDPA as ``is_causal`` (the default of every BioCAP),
-    or with ``enabled=False`` as OpenCLIP passes it (the baseline of benchmarks/train_throughput.py).
-    A text tower without the standard causal mask (``no_causal_mask``) is left as it is."""
+    or with ``enabled=False`` as OpenCLIP passes it (the baseline of
+    benchmarks/train_throughput.py). A text tower without the standard causal mask
+    (``no_causal_mask``) is left as it is."""
     mask = model.attn_mask
     if mask is None or not torch.equal(mask, torch.full_like(mask, float("-inf")).triu(1)):
         return
@@ -200,8 +202,9 @@ def resolve_config(arch: str | Mapping[str, Any]) -> dict[str, Any]:
         cfg = open_clip.get_model_config(str(arch))
         if cfg is None:
             raise ValueError(
-                f"unknown model {arch!r}: not a toolkit model ({', '.join(toolkit_models())}), an OpenCLIP "
-                f"architecture (see open_clip.list_models()), hf-hub:/local-dir: name or JSON config file"
+                f"unknown model {arch!r}: not a toolkit model ({', '.join(toolkit_models())}), an"
+                " OpenCLIP architecture (see open_clip.list_models()), hf-hub:/local-dir: name or"
+                " JSON config file"
             )
     cfg = cfg.get("model_cfg", cfg)
     if "hf_model_name" in cfg.get("text_cfg", {}) or cfg.get("custom_text"):

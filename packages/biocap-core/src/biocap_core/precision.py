@@ -60,10 +60,11 @@ def set_precision(model: nn.Module, precision: str) -> nn.Module:
 def autocast(device: torch.device | str, precision: str, *, inputs_cast: bool = False):
     """The autocast context for running a model of ``precision``.
 
-    ``amp``/``amp_bf16``: autocast to fp16/bf16. ``fp32``: none. Pure ``fp16``/``bf16`` weights depend
-    on the caller: inference passes fp32 images, so it runs under autocast of the weights' dtype, which
-    makes them meet the cast weights; training casts its inputs to :func:`input_dtype` (``inputs_cast``)
-    and runs without autocast, as OpenCLIP's training does, so its loss is computed as OpenCLIP's is.
+    ``amp``/``amp_bf16``: autocast to fp16/bf16. ``fp32``: none. Pure ``fp16``/``bf16`` weights
+    depend on the caller: inference passes fp32 images, so it runs under autocast of the weights'
+    dtype, which makes them meet the cast weights; training casts its inputs to :func:`input_dtype`
+    (``inputs_cast``) and runs without autocast, as OpenCLIP's training does, so its loss is
+    computed as OpenCLIP's is.
     """
     device_type = torch.device(device).type
     dtype = _AUTOCAST_DTYPES.get(check(precision))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import math
 import os
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from open_clip.transform import AugmentationCfg, MaybeToTensor, PreprocessCfg, image_transform_v2
@@ -54,7 +54,8 @@ def split_eval_transform(
 ) -> tuple[Callable[[Image.Image], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
     """The eval transform in two stages: PIL image to a uint8 (3, H, W) tensor, and a uint8 batch
     (B, 3, H, W), on any device, to the normalised float batch (the same values as the eval
-    transform per image). Both come from the eval transform itself, so size, mean and std stay there.
+    transform per image). Both come from the eval transform itself, so size, mean and std stay
+    there.
 
     Data loaders pass the uint8 batch between processes (4x fewer bytes than float32) and normalise
     it where the model runs.

@@ -24,7 +24,8 @@ def default_precision(device: str) -> str:
 
 
 def versions(app: str) -> dict[str, str]:
-    """Python, platform and the versions of ``app``, biocap-core, torch and OpenCLIP: for provenance."""
+    """Python, platform and the versions of ``app``, biocap-core, torch and OpenCLIP: for
+    provenance."""
     out = {"python": platform.python_version(), "platform": platform.platform()}
     for dist in (app, "biocap-core", "torch", "open_clip_torch"):
         try:

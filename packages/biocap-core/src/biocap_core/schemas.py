@@ -10,9 +10,9 @@ load as they are.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import polars as pl
 
@@ -105,8 +105,9 @@ class Schema:
                 bad = df.with_row_index("_row").filter(empty)
                 if bad.height:
                     raise SchemaError(
-                        f"{source}: column {c.name!r} of the {self.name} table has {bad.height} empty "
-                        f"value(s); first rows (0-based): {bad['_row'].head(_SHOW_ROWS).to_list()}"
+                        f"{source}: column {c.name!r} of the {self.name} table has {bad.height}"
+                        " empty value(s); first rows (0-based):"
+                        f" {bad['_row'].head(_SHOW_ROWS).to_list()}"
                     )
         return df
 
@@ -313,7 +314,8 @@ UUID_DESCRIPTIONS = Schema(
 
 FORMAT_EXAMPLES = Schema(
     "format_examples",
-    "Example captions per taxonomic class, used in the caption prompt (14 of the original's 347 are empty).",
+    "Example captions per taxonomic class, used in the caption prompt (14 of the original's 347 are"
+    " empty).",
     (Column("class", S), Column("description", S, nullable=True)),
 )
 

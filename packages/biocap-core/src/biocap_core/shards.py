@@ -9,8 +9,9 @@ import itertools
 import json
 import os
 import tarfile
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator, Mapping
+from typing import BinaryIO
 
 import braceexpand
 
@@ -19,7 +20,8 @@ from biocap_core.fileio import atomic_write
 
 
 def member_key(member: str) -> str:
-    """The key webdataset gives a member (it lower-cases extensions: ``taxonTag.txt`` -> ``taxontag.txt``)."""
+    """The key webdataset gives a member (it lower-cases extensions: ``taxonTag.txt`` ->
+    ``taxontag.txt``)."""
     return member.lower()
 
 
@@ -34,7 +36,8 @@ def expand_sources(spec: str, weights: str | None = None) -> tuple[list[str], li
     factors = [float(x) for x in weights.split("::")] if weights else None
     if factors is not None and len(factors) != len(sources):
         raise ShardError(
-            f"weights {weights!r}: {len(factors)} weight(s) for {len(sources)} source(s) in {spec!r}"
+            f"weights {weights!r}: {len(factors)} weight(s) for {len(sources)} source(s) in"
+            f" {spec!r}"
         )
     urls: list[str] = []
     per_shard: list[float] = []
@@ -138,8 +141,8 @@ def _members(stream: BinaryIO, url: str) -> Iterator[tuple[str, bytes]]:
 
 
 def _open(url: str) -> BinaryIO:
-    """A local shard is opened directly; other URLs (``pipe:``, ``http(s)``, ``s3`` via pipes) through
-    webdataset's opener."""
+    """A local shard is opened directly; other URLs (``pipe:``, ``http(s)``, ``s3`` via pipes)
+    through webdataset's opener."""
     if Path(url).is_file():
         return open(url, "rb")
     from webdataset import gopen  # imports torch: only for remote URLs

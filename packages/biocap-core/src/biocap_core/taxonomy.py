@@ -25,9 +25,9 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from functools import cached_property
-from typing import Mapping
 
 import polars as pl
 
@@ -82,8 +82,10 @@ def __getattr__(name: str):
 
 
 def read_templates(path: str | os.PathLike) -> tuple[str, ...]:
-    """Templates from a text file (one per line, ``{}`` marks the class; blank lines and ``#`` comments
-    skipped) or a JSON list of strings. Raises :class:`SchemaError` naming the file and the bad lines."""
+    """Templates from a text file (one per line, ``{}`` marks the class; blank lines and ``#``
+    comments skipped) or a JSON list of strings. Raises :class:`SchemaError` naming the file and the
+    bad lines.
+    """
     path = os.fspath(path)
     try:
         with open(path, encoding="utf-8") as fh:
@@ -104,7 +106,8 @@ def read_templates(path: str | os.PathLike) -> tuple[str, ...]:
     bad = [n for n, t in numbered if not (t.count("{}") == t.count("{") == t.count("}") == 1)]
     if bad:
         raise SchemaError(
-            f"{path}: template(s) at line/item {bad[:5]} need exactly one '{{}}' where the class goes"
+            f"{path}: template(s) at line/item {bad[:5]} need exactly one '{{}}' where the class"
+            " goes"
         )
     if not numbered:
         raise SchemaError(f"{path}: no templates")
@@ -115,7 +118,8 @@ def _collapse(text: str) -> str:
     return " ".join(text.split())
 
 
-# ---- BioCLIP's cleaning (imageomics/naming.py: clean_rank, strip_html, clean_name, Taxon.__post_init__) ----
+# ---- BioCLIP's cleaning (imageomics/naming.py: clean_rank, strip_html, clean_name,
+# Taxon.__post_init__) ----
 #: Values that mean "not known" in the source catalogs; compared after lower-casing, not stripped.
 _PLACEHOLDERS = ("(unidentified)", "unknown", "pleasehelp")
 #: Kingdom names of other classifications, mapped to the ones the rest of the data uses.
@@ -201,7 +205,7 @@ class Taxon:
     common_name: str = ""
 
     @classmethod
-    def from_mapping(cls, row: Mapping[str, object]) -> "Taxon":
+    def from_mapping(cls, row: Mapping[str, object]) -> Taxon:
         """Build from a table row; accepts ``cls`` or ``class`` and ``common_name`` or ``common``.
 
         ``cls`` wins over ``class`` because the rare-species layout has both, with
@@ -243,8 +247,9 @@ class Taxon:
         return self.ranks()[RANKS.index(name)]
 
     @cached_property
-    def cleaned(self) -> "Taxon":
-        """The ranks as BioCLIP's ``naming.Taxon`` constructor leaves them before the shard writer runs.
+    def cleaned(self) -> Taxon:
+        """The ranks as BioCLIP's ``naming.Taxon`` constructor leaves them before the shard writer
+        runs.
 
         Every rank loses paired HTML tags and is lower-cased; the placeholders ``unknown``,
         ``(unidentified)`` and ``pleasehelp`` become empty; the species epithet is cut before
@@ -266,7 +271,8 @@ class Taxon:
 
     # ---- TreeOfLife-10M training names, from the cleaned ranks ----
     def _written(self) -> tuple[str, ...]:
-        """The cleaned ranks as the writer prints them: capitalised, the species epithet lower-case."""
+        """The cleaned ranks as the writer prints them: capitalised, the species epithet
+        lower-case."""
         clean = self.cleaned.ranks()
         return tuple(r.capitalize() for r in clean[:6]) + (clean[6].lower(),)
 
@@ -303,7 +309,8 @@ def _refuse_empty(taxon: Taxon) -> None:
     "a photo of ." for a taxon whose every rank was cleaned away."""
     if not any(taxon.cleaned.ranks()):
         raise EmptyTaxonError(
-            f"{taxon}: no rank is left after BioCLIP's cleaning, so the shard writer has no text for it"
+            f"{taxon}: no rank is left after BioCLIP's cleaning, so the shard writer has no text"
+            " for it"
         )
 
 
@@ -362,7 +369,8 @@ def parse_taxon_tag(text: str) -> Taxon:
     match = _TAG_RE.match(stripped)
     if match is None or not any(match.group(g) for g in _FIELD_NAMES[:7]):
         raise TaxonParseError(
-            f"not a taxonTag text: {text!r} (expected 'a photo of kingdom X phylum Y ... species z.')"
+            f"not a taxonTag text: {text!r} (expected 'a photo of kingdom X phylum Y ... species"
+            " z.')"
         )
     return Taxon(**{k: v or "" for k, v in match.groupdict().items()})
 
@@ -439,7 +447,7 @@ def label_texts(table: pl.DataFrame, label_type: str, source: str = "<table>") -
     empty = [i for i, label in enumerate(labels) if not label]
     if empty:
         raise SchemaError(
-            f"{source}: label type {label_type!r} gives no text for {len(empty)} row(s); first rows (0-based): "
-            f"{empty[:5]}"
+            f"{source}: label type {label_type!r} gives no text for {len(empty)} row(s); first rows"
+            f" (0-based): {empty[:5]}"
         )
     return labels

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import polars as pl
 import torch
@@ -48,8 +48,9 @@ class ClassificationSet:
         image_root: str | os.PathLike,
         label_type: str,
         skip_missing: bool = False,
-    ) -> "ClassificationSet":
-        """Read an annotation CSV in any of the original layouts; images are ``image_root/filepath``.
+    ) -> ClassificationSet:
+        """Read an annotation CSV in any of the original layouts; images are
+        ``image_root/filepath``.
 
         Missing images are an error naming the CSV and the first missing files, or,
         with ``skip_missing``, dropped and listed in :attr:`skipped`; their classes
@@ -62,8 +63,8 @@ class ClassificationSet:
         skipped = [str(p) for p, ok in zip(paths, present) if not ok]
         if skipped and not skip_missing:
             raise SchemaError(
-                f"{csv}: {len(skipped)} of {len(paths)} image(s) missing under {root}; first: {skipped[:3]} "
-                "(use --skip-missing to evaluate the rest)"
+                f"{csv}: {len(skipped)} of {len(paths)} image(s) missing under {root}; first:"
+                f" {skipped[:3]} (use --skip-missing to evaluate the rest)"
             )
         if "class_idx" in table.columns:
             order = sorted(set(zip(table["class_idx"].cast(int).to_list(), names)))
@@ -79,7 +80,8 @@ class ClassificationSet:
 
 @contextlib.contextmanager
 def eval_mode(model: torch.nn.Module):
-    """Eval mode (no dropout) for the block, then the caller's mode again (e.g. inside a training loop)."""
+    """Eval mode (no dropout) for the block, then the caller's mode again (e.g. inside a training
+    loop)."""
     was_training = model.training
     model.eval()
     try:
@@ -106,8 +108,8 @@ def encode_images(
     ``images`` is a list of files (or any :data:`~biocap_core.imagefiles.ImageSource`) or an
     :class:`~biocap_core.imagefiles.ImageFiles`. An image that cannot be decoded is handed to
     ``on_unreadable(position, why)`` and its row left zero; without ``on_unreadable`` it is an
-    :class:`~biocap_core.errors.ImageError` naming it. ``gpu_decode``: JPEGs are decoded on ``device``
-    (see :mod:`~biocap_core.imagefiles`).
+    :class:`~biocap_core.errors.ImageError` naming it. ``gpu_decode``: JPEGs are decoded on
+    ``device`` (see :mod:`~biocap_core.imagefiles`).
     """
     if not isinstance(images, ImageFiles):
         images = ImageFiles(images, model, gpu_decode=gpu_decode)
@@ -147,7 +149,8 @@ def classifier_weights(
     precision: str = "fp32",
     progress: bool = False,
 ) -> torch.Tensor:
-    """(D, C) zero-shot classifier: per class, the re-normalised mean of normalised template embeddings."""
+    """(D, C) zero-shot classifier: per class, the re-normalised mean of normalised template
+    embeddings."""
     templates = list(templates)
     tokenizer = model.tokenizer()
     texts = [t.format(c) for c in classnames for t in templates]

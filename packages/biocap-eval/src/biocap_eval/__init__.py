@@ -1,6 +1,8 @@
-"""biocap-eval: zero-shot classification, INQUIRE-Rerank and text-image retrieval for CLIP-style models.
+"""biocap-eval: zero-shot classification, INQUIRE-Rerank and text-image retrieval for CLIP-style
+models.
 
-``biocap-eval run|list|report`` is the command line; :func:`biocap_eval.api.evaluate` the Python API.
+``biocap-eval run|list|report`` is the command line; :func:`biocap_eval.api.evaluate` the Python
+API.
 """
 
 from importlib.metadata import version as _version

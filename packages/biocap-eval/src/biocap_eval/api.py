@@ -6,8 +6,8 @@ For scripts and training loops; ``biocap-eval run`` adds result files, skipping 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 from biocap_eval.registry import load_registry, select
 from biocap_eval.runner import ModelSpec, RunOptions, open_encoder

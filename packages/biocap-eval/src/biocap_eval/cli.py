@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -13,8 +12,10 @@ from biocap_core.precision import PRECISIONS
 from biocap_core.taxonomy import LABEL_TYPES
 
 app = typer.Typer(
-    help="Biology benchmarks for CLIP-style models: zero-shot classification, INQUIRE-Rerank, "
-    "text-image retrieval.",
+    help=(
+        "Biology benchmarks for CLIP-style models: zero-shot classification, INQUIRE-Rerank, "
+        "text-image retrieval."
+    ),
     no_args_is_help=True,
 )
 
@@ -33,7 +34,7 @@ def _fail(exc: Exception) -> typer.Exit:
 
 
 @app.command("list")
-def list_benchmarks(data_root: Path = DATA_ROOT, registry: Optional[Path] = REGISTRY) -> None:
+def list_benchmarks(data_root: Path = DATA_ROOT, registry: Path | None = REGISTRY) -> None:
     """Show every benchmark of the registry and whether its annotations and images are on disk."""
     from biocap_eval.registry import load_registry
     from biocap_eval.runner import status
@@ -41,7 +42,7 @@ def list_benchmarks(data_root: Path = DATA_ROOT, registry: Optional[Path] = REGI
     try:
         benchmarks = load_registry(registry)
     except BioCAPError as exc:
-        raise _fail(exc)
+        raise _fail(exc) from exc
     typer.echo(f"data root: {data_root.resolve()}")
     typer.echo(f"{'benchmark':<16} {'task':<10} {'status':<10} {'images':>15}  details")
     for bench in benchmarks.values():
@@ -57,37 +58,41 @@ def run(
     model: str = typer.Option(
         ...,
         "--model",
-        help="OpenCLIP or toolkit architecture (BioCAP-toy), hf-hub:/local-dir: "
-        "name, JSON config, or a biocap-train checkpoint (.pt: it carries its config).",
+        help=(
+            "OpenCLIP or toolkit architecture (BioCAP-toy), hf-hub:/local-dir: "
+            "name, JSON config, or a biocap-train checkpoint (.pt: it carries its config)."
+        ),
     ),
-    pretrained: Optional[str] = typer.Option(
+    pretrained: str | None = typer.Option(
         None, help="OpenCLIP tag (e.g. openai) or weights file for --model's architecture."
     ),
     benchmarks: list[str] = typer.Option(
         ["all"],
         "--benchmarks",
         "-b",
-        help="'all', names, tasks (zeroshot, inquire, retrieval) or tags "
-        "(paper, toy); repeat or separate with commas.",
+        help=(
+            "'all', names, tasks (zeroshot, inquire, retrieval) or tags "
+            "(paper, toy); repeat or separate with commas."
+        ),
     ),
     data_root: Path = DATA_ROOT,
     out: Path = typer.Option(
         Path("eval-results"), "--out", help="Results folder: OUT/<model>/<benchmark>.json."
     ),
-    name: Optional[str] = typer.Option(
+    name: str | None = typer.Option(
         None, help="Model label in results and reports (default: from --model)."
     ),
     head: str = typer.Option("tax", help="Visual projector: tax (as the original) or caption."),
-    label_type: Optional[str] = typer.Option(
+    label_type: str | None = typer.Option(
         None, help=f"Override zero-shot label texts: {', '.join(LABEL_TYPES)}."
     ),
-    templates: Optional[Path] = typer.Option(
+    templates: Path | None = typer.Option(
         None, help="Zero-shot templates file (.txt, one per line, or .json)."
     ),
     per_class: bool = typer.Option(
         False, "--per-class", help="Store per-class zero-shot recall in the results."
     ),
-    inquire_k: Optional[int] = typer.Option(
+    inquire_k: int | None = typer.Option(
         None, help="Rank cut-off for INQUIRE metrics (default: all candidates)."
     ),
     retrieval_prefix: str = typer.Option(
@@ -102,8 +107,10 @@ def run(
     strict: bool = typer.Option(
         False,
         "--strict",
-        help="Fail a benchmark on an undecodable image instead of "
-        "skipping it (skipped ones are counted and named).",
+        help=(
+            "Fail a benchmark on an undecodable image instead of "
+            "skipping it (skipped ones are counted and named)."
+        ),
     ),
     force: bool = typer.Option(
         False, "--force", help="Re-run benchmarks that have finished results."
@@ -115,22 +122,24 @@ def run(
     gpu_decode: bool = typer.Option(
         False,
         "--gpu-decode",
-        help="Decode, resize and normalise JPEGs on the GPU "
-        "(CUDA only); workers just read the files.",
+        help=(
+            "Decode, resize and normalise JPEGs on the GPU "
+            "(CUDA only); workers just read the files."
+        ),
     ),
-    device: Optional[str] = typer.Option(
+    device: str | None = typer.Option(
         None, help="cpu, cuda, cuda:1 ... (default: cuda when available)."
     ),
-    precision: Optional[str] = typer.Option(
+    precision: str | None = typer.Option(
         None, help=f"{', '.join(PRECISIONS)} (default: amp on GPU, else fp32)."
     ),
-    cache_dir: Optional[Path] = typer.Option(
+    cache_dir: Path | None = typer.Option(
         None, help="Image embedding cache (default: OUT/.embeddings)."
     ),
     no_cache: bool = typer.Option(
         False, "--no-cache", help="Do not read or write the embedding cache."
     ),
-    registry: Optional[Path] = REGISTRY,
+    registry: Path | None = REGISTRY,
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Evaluate one model on benchmarks; one result JSON per benchmark, finished ones skipped."""
@@ -172,7 +181,7 @@ def run(
             spec, benchmarks, settings, options, registry=registry, log=typer.echo
         )
     except (BioCAPError, ValueError, FileNotFoundError) as exc:
-        raise _fail(exc)
+        raise _fail(exc) from exc
     if summary.failed:
         raise _fail(
             BioCAPError(f"{len(summary.failed)} benchmark(s) failed: {', '.join(summary.failed)}")
@@ -182,17 +191,18 @@ def run(
 @app.command()
 def report(
     results_dir: Path = typer.Argument(..., help="Folder of result JSONs (a `run --out` folder)."),
-    out: Optional[Path] = typer.Option(
+    out: Path | None = typer.Option(
         None, "--out", help="Where to write the report (default: RESULTS_DIR)."
     ),
 ) -> None:
-    """Write the comparison tables (markdown, CSV) and a bar chart (PNG), laid out as the paper's."""
+    """Write the comparison tables (markdown, CSV) and a bar chart (PNG), laid out as the
+    paper's."""
     from biocap_eval.report import write_report
 
     try:
         files = write_report(results_dir, out)
     except BioCAPError as exc:
-        raise _fail(exc)
+        raise _fail(exc) from exc
     typer.echo((files["markdown"]).read_text())
     for kind, path in files.items():
         typer.echo(f"{kind}: {path}")

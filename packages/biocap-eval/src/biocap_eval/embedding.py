@@ -28,8 +28,8 @@ log = logging.getLogger("biocap_eval")
 
 
 class HubImages(Sequence):
-    """The encoded image of each of ``rows`` of a Hugging Face dataset (``image`` column, not decoded),
-    read when a loader worker asks for it: the sources of a core :class:`ImageFiles`."""
+    """The encoded image of each of ``rows`` of a Hugging Face dataset (``image`` column, not
+    decoded), read when a loader worker asks for it: the sources of a core :class:`ImageFiles`."""
 
     def __init__(self, dataset, rows: Sequence[int]):
         self.dataset, self.rows = dataset, list(rows)
@@ -44,7 +44,8 @@ class HubImages(Sequence):
 
 @dataclass
 class ImageEmbeddings:
-    """Embeddings of a list of images, and which of them could not be decoded (their rows are zero)."""
+    """Embeddings of a list of images, and which of them could not be decoded (their rows are
+    zero)."""
 
     vectors: torch.Tensor  # (N, D), L2-normalised
     unreadable: dict[int, str]  # position in the list -> why it could not be decoded
@@ -145,7 +146,8 @@ class Encoder:
     def encode(
         self, images: Sequence[ImageSource], on_unreadable: Callable[[int, str], None] | None = None
     ) -> torch.Tensor:
-        """Run images through the model, batched; (N, D) float32 on the CPU (see core's ``encode_images``)."""
+        """Run images through the model, batched; (N, D) float32 on the CPU (see core's
+        ``encode_images``)."""
         return encode_images(
             self.model,
             images,
@@ -164,7 +166,8 @@ class Encoder:
         return self.classifier(texts, ("{}",)).T
 
     def classifier(self, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
-        """(D, C) zero-shot classifier: per class, the re-normalised mean of its template embeddings."""
+        """(D, C) zero-shot classifier: per class, the re-normalised mean of its template
+        embeddings."""
         return classifier_weights(
             self.model,
             classnames,

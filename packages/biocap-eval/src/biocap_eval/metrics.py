@@ -94,7 +94,8 @@ def _check_k(n: int, k: int | None) -> int:
 
 
 def _scored_list(relevant, scores, k: int | None, count_pos: int | None):
-    """The list as float arrays, its cut-off ``k``, the positives in it and ``count_pos`` (default: those)."""
+    """The list as float arrays, its cut-off ``k``, the positives in it and ``count_pos`` (default:
+    those)."""
     relevant = np.asarray(relevant, dtype=np.float64)
     scores = np.asarray(scores, dtype=np.float64)
     k = _check_k(len(relevant), k)

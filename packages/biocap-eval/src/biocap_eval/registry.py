@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
-from typing import Iterable
 
 from biocap_core.errors import BioCAPError
-
 from biocap_eval.benchmark import Benchmark, Subset
 from biocap_eval.tasks import TABLES, TASKS
 
@@ -95,8 +94,8 @@ def selector_list(items: Iterable[str]) -> list[str]:
 
 
 def select(registry: dict[str, Benchmark], selectors: Iterable[str]) -> list[Benchmark]:
-    """Benchmarks named by selectors: ``all``, a name, a task (``zeroshot``...) or a tag (``paper``, ``toy``);
-    an item may hold several, separated by commas.
+    """Benchmarks named by selectors: ``all``, a name, a task (``zeroshot``...) or a tag (``paper``,
+    ``toy``); an item may hold several, separated by commas.
 
     ``all`` keeps registry order and means every benchmark (the caller drops those not on disk).
     """

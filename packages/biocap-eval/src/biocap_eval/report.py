@@ -22,7 +22,6 @@ from matplotlib.figure import Figure
 from biocap_core import schemas
 from biocap_core.errors import BioCAPError
 from biocap_core.fileio import atomic_write
-
 from biocap_eval.registry import load_registry
 from biocap_eval.tasks import TABLES
 
@@ -171,7 +170,8 @@ def bar_chart(tables: dict[str, Table], path: Path) -> None:
 
 
 def write_report(results_dir: Path, out_dir: Path | None = None) -> dict[str, Path]:
-    """Write ``report.md``, ``report_<table>.csv``, ``results_long.csv`` and ``report.png``; return their paths."""
+    """Write ``report.md``, ``report_<table>.csv``, ``results_long.csv`` and ``report.png``; return
+    their paths."""
     results = load_results(results_dir)
     tables = build_tables(results)
     out = Path(out_dir or results_dir)

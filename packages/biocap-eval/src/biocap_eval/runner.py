@@ -12,10 +12,11 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 
@@ -23,7 +24,6 @@ from biocap_core.errors import BioCAPError, UnwritableFolder
 from biocap_core.fileio import atomic_write, writable_folder
 from biocap_core.gpu_decode import require_cuda
 from biocap_core.runtime import default_device, default_precision, versions
-
 from biocap_eval.benchmark import Benchmark, Status
 from biocap_eval.embedding import Encoder
 from biocap_eval.registry import load_registry, select, selector_list
@@ -124,7 +124,8 @@ class RunOptions:
 
 @dataclass
 class RunSummary:
-    """Result files of a run (written now or finished earlier) and the benchmarks that failed, with why."""
+    """Result files of a run (written now or finished earlier) and the benchmarks that failed, with
+    why."""
 
     paths: dict[str, Path] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
@@ -133,9 +134,11 @@ class RunSummary:
 def settled(
     spec: ModelSpec, options: RunOptions, model: torch.nn.Module | None = None
 ) -> tuple[ModelSpec, RunOptions]:
-    """``spec`` and ``options`` with what was left None chosen: the device is the given model's, else
-    CUDA when available; the precision amp on a GPU, fp32 on the CPU (as the original). ``gpu_decode``
-    off CUDA is refused here (:class:`~biocap_core.errors.GpuDecodeUnavailable`), before any work."""
+    """``spec`` and ``options`` with what was left None chosen: the device is the given model's,
+    else CUDA when available; the precision amp on a GPU, fp32 on the CPU (as the original).
+    ``gpu_decode`` off CUDA is refused here (:class:`~biocap_core.errors.GpuDecodeUnavailable`),
+    before any work.
+    """
     if options.device is None:
         device = str(next(model.parameters()).device) if model is not None else default_device()
         options = replace(options, device=device)
@@ -182,8 +185,8 @@ def run_selected(
     registry: str | os.PathLike | None = None,
     log: Callable[[str], None] = print,
 ) -> RunSummary:
-    """``biocap-eval run``: the :func:`runnable` benchmarks of ``selectors``, each to its result file;
-    a failing one is logged in the summary and the others still run."""
+    """``biocap-eval run``: the :func:`runnable` benchmarks of ``selectors``, each to its result
+    file; a failing one is logged in the summary and the others still run."""
     benchmarks = runnable(selectors, options.data_root, settings.skip_missing, registry, log)
     return run(spec, benchmarks, settings, options, log=log, keep_going=True)
 
@@ -194,8 +197,10 @@ def open_encoder(
     model: torch.nn.Module | None = None,
     log: Callable[[str], None] = print,
 ) -> Encoder:
-    """The encoder a run's benchmarks share: ``model`` as given (it stays on its device), or ``spec``
-    loaded through biocap-core's loader: the one way both the CLI and the Python API load a model."""
+    """The encoder a run's benchmarks share: ``model`` as given (it stays on its device), or
+    ``spec`` loaded through biocap-core's loader: the one way both the CLI and the Python API load a
+    model.
+    """
     spec, options = settled(spec, options, model)
     if model is None:
         from biocap_core.checkpoints import load_model
@@ -238,7 +243,8 @@ def run(
         path = result_path(options.out_dir, spec, bench)
         if not options.force and is_finished(path, spec, bench, settings):
             log(
-                f"{spec.label} / {bench.name}: finished earlier ({path}); skipped (--force re-runs it)"
+                f"{spec.label} / {bench.name}: finished earlier ({path}); skipped (--force"
+                " re-runs it)"
             )
             summary.paths[bench.name] = path
         else:
@@ -282,8 +288,8 @@ def run(
             else ""
         )
         log(
-            f"{spec.label} / {bench.name}: {shown} ({seconds:.1f} s, {enc.encoded - encoded_before} images "
-            f"encoded{skipped}) -> {path}"
+            f"{spec.label} / {bench.name}: {shown} ({seconds:.1f} s, {enc.encoded - encoded_before}"
+            f" images encoded{skipped}) -> {path}"
         )
     return summary
 
@@ -325,7 +331,7 @@ def write_result(
             "seconds": round(seconds, 3),
             "images_encoded": encoded,
             "cache_dir": str(options.cache_dir) if options.cache_dir else None,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "command": " ".join(sys.argv),
         },
         "versions": versions("biocap-eval"),

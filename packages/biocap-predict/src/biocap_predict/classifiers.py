@@ -252,7 +252,7 @@ class TreeOfLifeClassifier(BaseClassifier):
         )  # a copy: a pandas mask's array is read-only
         if keep.ndim != 1 or keep.shape[0] != len(self._full):
             raise ValueError(
-                f"Invalid keep_embeddings values. This parameter should be a list containing "
+                "Invalid keep_embeddings values. This parameter should be a list containing "
                 f"{len(self._full)} items (one per row of get_label_data()), not {keep.size}."
             )
         if not keep.any():

@@ -1,4 +1,5 @@
-"""``biocap-predict``: build a taxa index, predict, embed, list taxa and models, serve the demo page.
+"""``biocap-predict``: build a taxa index, predict, embed, list taxa and models, serve the demo
+page.
 
 Each command parses its flags and calls one function of :mod:`biocap_predict.runs` (or the web
 module); errors on bad input are printed as one line naming the input, with exit status 1.
@@ -7,7 +8,6 @@ module); errors on bad input are printed as one line naming the input, with exit
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -22,8 +22,10 @@ app = typer.Typer(
 MODEL = typer.Option(
     "hf-hub:imageomics/biocap",
     "--model",
-    help="OpenCLIP or toolkit architecture (BioCAP-toy), "
-    "hf-hub:/local-dir: name, JSON config, or a biocap-train checkpoint (.pt: it carries its config).",
+    help=(
+        "OpenCLIP or toolkit architecture (BioCAP-toy), hf-hub:/local-dir: name, JSON config, or a"
+        " biocap-train checkpoint (.pt: it carries its config)."
+    ),
 )
 PRETRAINED = typer.Option(
     None,
@@ -87,32 +89,34 @@ def index(
     out: Path = typer.Option(
         ..., "--out", help="Index folder to write (resumed or reused when it matches)."
     ),
-    taxa: Optional[Path] = typer.Option(
+    taxa: Path | None = typer.Option(
         None, "--taxa", help="Catalog parquet, species CSV or any 7-rank table."
     ),
-    from_tol: Optional[Path] = typer.Option(
+    from_tol: Path | None = typer.Option(
         None,
         "--from-tol",
-        help="Published tree-of-life embeddings to import instead: a "
-        "txt_emb_*.npy file (its .json beside it) or a folder holding one such pair.",
+        help=(
+            "Published tree-of-life embeddings to import instead: a "
+            "txt_emb_*.npy file (its .json beside it) or a folder holding one such pair."
+        ),
     ),
     label_type: str = typer.Option(
         "taxon_com", "--label-type", help=f"Text per taxon: {', '.join(TAXON_LABEL_TYPES)}."
     ),
-    templates: Optional[Path] = typer.Option(
+    templates: Path | None = typer.Option(
         None,
         "--templates",
         help="Templates file (.txt one per line, or .json); default the 81 zero-shot templates.",
     ),
-    captions: Optional[Path] = typer.Option(
+    captions: Path | None = typer.Option(
         None, "--captions", help="Trait captions table to index too."
     ),
     model: str = MODEL,
-    pretrained: Optional[str] = PRETRAINED,
+    pretrained: str | None = PRETRAINED,
     device: str = DEVICE,
-    precision: Optional[str] = PRECISION,
+    precision: str | None = PRECISION,
     batch_size: int = typer.Option(256, "--batch-size", min=1),
-    log: Optional[Path] = LOG,
+    log: Path | None = LOG,
     quiet: bool = QUIET,
 ) -> None:
     """Build a taxa index: one text embedding per taxon (and trait caption) for one model."""
@@ -137,32 +141,35 @@ def index(
 
 @app.command()
 def predict(
-    paths: List[str] = typer.Argument(None, help="Image files and folders."),
-    index: Optional[Path] = typer.Option(
+    paths: list[str] = typer.Argument(None, help="Image files and folders."),
+    index: Path | None = typer.Option(
         None,
         "--index",
-        help="Taxa index: open-ended tree-of-life prediction. Without it (and "
-        "without --labels/--bins), " + PUBLISHED_HELP,
+        help=(
+            "Taxa index: open-ended tree-of-life prediction. Without it (and "
+            "without --labels/--bins), "
+        )
+        + PUBLISHED_HELP,
     ),
-    labels: Optional[str] = typer.Option(
+    labels: str | None = typer.Option(
         None, "--labels", help="Custom labels: 'a,b,c' or a file, one per line."
     ),
-    bins: Optional[Path] = typer.Option(
+    bins: Path | None = typer.Option(
         None, "--bins", help="CSV of label,bin: probabilities summed per bin."
     ),
-    embeddings: Optional[Path] = typer.Option(
+    embeddings: Path | None = typer.Option(
         None, "--embeddings", help="Stored image embeddings instead of images."
     ),
     recursive: bool = RECURSIVE,
-    from_list: Optional[Path] = FROM_LIST,
+    from_list: Path | None = FROM_LIST,
     rank: str = typer.Option(
         "species", "--rank", help="kingdom ... species, or all (every rank in one pass)."
     ),
     k: int = typer.Option(5, "--k", min=1, help="Hits per image and rank."),
-    within: Optional[List[str]] = typer.Option(
+    within: list[str] | None = typer.Option(
         None, "--within", help="Restrict the index, e.g. order=Lepidoptera."
     ),
-    subset: Optional[Path] = typer.Option(
+    subset: Path | None = typer.Option(
         None,
         "--subset",
         help="CSV whose first column, named after a rank, lists the names to keep.",
@@ -171,21 +178,22 @@ def predict(
         0, "--captions", min=0, help="Also give this many nearest trait captions."
     ),
     fmt: str = typer.Option("csv", "--format", help="csv, table, jsonl or parquet."),
-    output: Optional[Path] = typer.Option(
+    output: Path | None = typer.Option(
         None, "--output", "-o", help="Output file (default: stdout)."
     ),
     model: str = MODEL,
-    pretrained: Optional[str] = PRETRAINED,
+    pretrained: str | None = PRETRAINED,
     device: str = DEVICE,
-    precision: Optional[str] = PRECISION,
+    precision: str | None = PRECISION,
     batch_size: int = BATCH,
     workers: int = WORKERS,
     gpu_decode: bool = GPU_DECODE,
-    log: Optional[Path] = LOG,
+    log: Path | None = LOG,
     quiet: bool = QUIET,
 ) -> None:
     """Predict taxa (or custom labels, or bins) for images or stored embeddings."""
-    from biocap_predict.runs import Inputs, PredictRequest, predict as run_predict
+    from biocap_predict.runs import Inputs, PredictRequest
+    from biocap_predict.runs import predict as run_predict
 
     options = _options(model, pretrained, device, precision, batch_size, workers, quiet, gpu_decode)
     inputs = Inputs(
@@ -214,7 +222,7 @@ def predict(
 
 @app.command()
 def embed(
-    paths: List[str] = typer.Argument(None, help="Image files and folders."),
+    paths: list[str] = typer.Argument(None, help="Image files and folders."),
     output: Path = typer.Option(
         ..., "--output", "-o", help="Embeddings file (.parquet, .npz or .jsonl)."
     ),
@@ -222,23 +230,24 @@ def embed(
     normalize: bool = typer.Option(
         True, "--normalize/--raw", help="Unit-length embeddings, or the raw projections."
     ),
-    fmt: Optional[str] = typer.Option(
+    fmt: str | None = typer.Option(
         None, "--format", help="parquet, npz or jsonl (default: from the suffix)."
     ),
     recursive: bool = RECURSIVE,
-    from_list: Optional[Path] = FROM_LIST,
+    from_list: Path | None = FROM_LIST,
     model: str = MODEL,
-    pretrained: Optional[str] = PRETRAINED,
+    pretrained: str | None = PRETRAINED,
     device: str = DEVICE,
-    precision: Optional[str] = PRECISION,
+    precision: str | None = PRECISION,
     batch_size: int = BATCH,
     workers: int = WORKERS,
     gpu_decode: bool = GPU_DECODE,
-    log: Optional[Path] = LOG,
+    log: Path | None = LOG,
     quiet: bool = QUIET,
 ) -> None:
     """Write image embeddings (one or both heads) that `predict --embeddings` reads back."""
-    from biocap_predict.runs import Inputs, embed as run_embed
+    from biocap_predict.runs import Inputs
+    from biocap_predict.runs import embed as run_embed
 
     options = _options(model, pretrained, device, precision, batch_size, workers, quiet, gpu_decode)
     inputs = Inputs(paths or (), recursive, from_list and str(from_list))
@@ -281,11 +290,11 @@ def list_models() -> None:
 
 @app.command()
 def serve(
-    index: Optional[Path] = typer.Option(
+    index: Path | None = typer.Option(
         None, "--index", help="Taxa index folder. Without it, " + PUBLISHED_HELP
     ),
     model: str = MODEL,
-    pretrained: Optional[str] = PRETRAINED,
+    pretrained: str | None = PRETRAINED,
     host: str = typer.Option(
         "127.0.0.1",
         "--host",
@@ -307,9 +316,10 @@ def serve(
         2, "--max-decodes", min=1, help="Uploads decoded at the same time (bounds memory)."
     ),
     device: str = DEVICE,
-    precision: Optional[str] = PRECISION,
+    precision: str | None = PRECISION,
 ) -> None:
-    """Serve the demo page and its JSON API (needs the [web] extra: pip install 'biocap-predict[web]')."""
+    """Serve the demo page and its JSON API (needs the [web] extra: pip install
+    'biocap-predict[web]')."""
     try:
         from biocap_predict.web import serve as run_serve
     except (

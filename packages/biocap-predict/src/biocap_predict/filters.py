@@ -1,4 +1,5 @@
-"""Restricting an index to part of the tree before the softmax: ``--within rank=value`` and ``--subset``.
+"""Restricting an index to part of the tree before the softmax: ``--within rank=value`` and
+``--subset``.
 
 Names match whatever their case; the species rank is matched by binomial ("Genus epithet"), as in
 pybioclip's subset files. A name the index does not hold is an error listing it, never a silent
@@ -8,7 +9,7 @@ empty result.
 from __future__ import annotations
 
 import os
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import polars as pl
@@ -21,7 +22,8 @@ Filters = dict[str, list[str]]
 
 
 def parse_within(within: str | Mapping[str, str | Iterable[str]] | Iterable[str] | None) -> Filters:
-    """``"order=Lepidoptera"``, ``"family=A,B"``, a list of those, or ``{"order": "Lepidoptera"}``."""
+    """``"order=Lepidoptera"``, ``"family=A,B"``, a list of those, or ``{"order":
+    "Lepidoptera"}``."""
     if within is None:
         return {}
     if isinstance(within, Mapping):
@@ -47,7 +49,8 @@ def parse_within(within: str | Mapping[str, str | Iterable[str]] | Iterable[str]
 
 
 def read_subset(path: str | os.PathLike) -> Filters:
-    """A pybioclip subset CSV: the first column is named after a rank and lists the names to keep."""
+    """A pybioclip subset CSV: the first column is named after a rank and lists the names to
+    keep."""
     try:
         table = pl.read_csv(path, infer_schema=False)
     except (OSError, pl.exceptions.PolarsError) as exc:

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from biocap_core.cache import cache_dir
 from tqdm import tqdm
 
+from biocap_core.cache import cache_dir
 from biocap_predict.errors import TaxaIndexError
 from biocap_predict.index import TaxaIndex, weights_fingerprint
 

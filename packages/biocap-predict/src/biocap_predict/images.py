@@ -2,15 +2,17 @@
 
 Decoding and preprocessing are core's one image dataset (:mod:`biocap_core.imagefiles`): workers
 hand over uint8 crops, each batch is normalised where the model runs, and an image that cannot be
-decoded comes back as a failure of its batch, so a folder run skips it and reports it instead of stopping.
+decoded comes back as a failure of its batch, so a folder run skips it and reports it instead of
+stopping.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 from biocap_predict.errors import ImageError
 
@@ -77,7 +79,9 @@ def expand_paths(
 def _files_in(folder: str, recursive: bool) -> Iterator[str]:
     """The files of ``folder`` (and of its subfolders, symlinked ones not followed) but hidden ones.
     ``os.scandir`` reads each entry's type from the listing, where ``Path.iterdir`` and ``is_file``
-    stat every file: 1 instead of 10 us a file, which a folder of a million photos notices (measured)."""
+    stat every file: 1 instead of 10 us a file, which a folder of a million photos notices
+    (measured).
+    """
     with os.scandir(folder) as entries:
         for entry in entries:
             if entry.is_file() and not entry.name.startswith("."):

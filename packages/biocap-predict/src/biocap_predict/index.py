@@ -18,10 +18,11 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -80,7 +81,8 @@ def read_taxa(source: str | os.PathLike | pl.DataFrame) -> pl.DataFrame:
 
 
 def taxa_texts(taxa: pl.DataFrame, label_type: str, source: str = "<taxa>") -> list[str]:
-    """The label text of each taxon, built like the zero-shot benchmarks' (core's ``label_text``)."""
+    """The label text of each taxon, built like the zero-shot benchmarks' (core's
+    ``label_text``)."""
     if label_type not in TAXON_LABEL_TYPES:
         raise TaxaIndexError(
             f"unknown label type {label_type!r}; expected one of {TAXON_LABEL_TYPES}"
@@ -96,7 +98,8 @@ def taxa_texts(taxa: pl.DataFrame, label_type: str, source: str = "<taxa>") -> l
 
 
 def read_captions(path: str | os.PathLike) -> list[str]:
-    """Distinct trait captions of a captions table (``caption`` column) or a retrieval table (``captions``)."""
+    """Distinct trait captions of a captions table (``caption`` column) or a retrieval table
+    (``captions``)."""
     path = Path(path)
     for schema, column in ((schemas.CAPTIONS, "caption"), (schemas.RETRIEVAL, "captions")):
         try:
@@ -125,7 +128,8 @@ def _digest(items: Iterable[str]) -> str:
 
 @dataclass(frozen=True)
 class RankGroups:
-    """For ranks kingdom..genus: each species row's group id, each group's first row, each group's parent.
+    """For ranks kingdom..genus: each species row's group id, each group's first row, each group's
+    parent.
 
     A group is a path of names from the kingdom down (two genera of one name in different families
     are two groups), as pybioclip groups them.
@@ -138,7 +142,7 @@ class RankGroups:
     ]  # per rank level: (groups,) group id one rank up; None for kingdom
 
     @classmethod
-    def of(cls, taxa: pl.DataFrame) -> "RankGroups":
+    def of(cls, taxa: pl.DataFrame) -> RankGroups:
         ids, first, parent = [], [], []
         rows = np.arange(taxa.height)
         for level in range(SPECIES):
@@ -179,8 +183,9 @@ class TaxaIndex:
 
     def __repr__(self) -> str:
         return (
-            f"TaxaIndex({len(self)} taxa, {len(self.captions or [])} captions, "
-            f"label_type={self.meta.get('label_type')!r}, path={str(self.path) if self.path else None!r})"
+            f"TaxaIndex({len(self)} taxa, {len(self.captions or [])} captions,"
+            f" label_type={self.meta.get('label_type')!r},"
+            f" path={str(self.path) if self.path else None!r})"
         )
 
     @property
@@ -206,7 +211,7 @@ class TaxaIndex:
             pl.concat_str(["genus", "species"], separator=" ").str.strip_chars()
         ).to_series()
 
-    def select(self, keep: np.ndarray | torch.Tensor) -> "TaxaIndex":
+    def select(self, keep: np.ndarray | torch.Tensor) -> TaxaIndex:
         """A view on the taxa where ``keep`` (a boolean mask) is true; captions are kept whole."""
         keep = torch.as_tensor(keep, dtype=torch.bool)
         rows = keep.nonzero().squeeze(1)
@@ -221,7 +226,7 @@ class TaxaIndex:
 
     # ---- reading ----
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "TaxaIndex":
+    def load(cls, path: str | os.PathLike) -> TaxaIndex:
         path = Path(path)
         meta_path = path / "index.json"
         if not meta_path.is_file():
@@ -249,9 +254,9 @@ class TaxaIndex:
         """Refuse an index built with other weights: its scores would be meaningless."""
         if fingerprint != self.fingerprint:
             raise TaxaIndexError(
-                f"{self.path or 'the index'} was built with model {self.meta.get('model', '?')} "
-                f"(fingerprint {self.fingerprint}), but {model_name} has fingerprint {fingerprint}; "
-                "rebuild the index with this model (biocap-predict index)"
+                f"{self.path or 'the index'} was built with model {self.meta.get('model', '?')}"
+                f" (fingerprint {self.fingerprint}), but {model_name} has fingerprint"
+                f" {fingerprint}; rebuild the index with this model (biocap-predict index)"
             )
 
     # ---- building ----
@@ -271,7 +276,7 @@ class TaxaIndex:
         progress: bool = True,
         model_name: str = "",
         pretrained: str | None = None,
-    ) -> "TaxaIndex":
+    ) -> TaxaIndex:
         """Encode one text per taxon (normalised mean over ``templates``, default the 81) and,
         optionally, each trait caption; write the index to ``out`` and return it.
 
@@ -336,7 +341,7 @@ class TaxaIndex:
         *,
         model_name: str = "",
         pretrained: str | None = None,
-    ) -> "TaxaIndex":
+    ) -> TaxaIndex:
         """Import published BioCLIP-style tree-of-life text embeddings as an index for ``model``: a
         ``(dim, taxa)`` matrix ``txt_emb_*.npy`` and its names ``txt_emb_*.json`` (``[[kingdom, ...,
         genus, epithet], common name]`` per column). ``source`` is the ``.npy`` file (its ``.json``
@@ -435,7 +440,8 @@ def _finished(out: Path, key: dict) -> bool:
 
 
 class _Builder:
-    """Encodes texts in chunks saved under ``work``, skipping chunks an earlier run of the same key saved."""
+    """Encodes texts in chunks saved under ``work``, skipping chunks an earlier run of the same key
+    saved."""
 
     def __init__(
         self,

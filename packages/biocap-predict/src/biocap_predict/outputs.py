@@ -14,8 +14,9 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Sequence
+from typing import IO
 
 import numpy as np
 import polars as pl
@@ -32,8 +33,8 @@ EMBEDDING_FORMATS = ("parquet", "npz", "jsonl")
 
 
 class RowWriter:
-    """Streams rows (polars DataFrames) to ``path`` (stdout when None) in one of :data:`ROW_FORMATS`;
-    a batch's columns missing from ``columns`` are written empty."""
+    """Streams rows (polars DataFrames) to ``path`` (stdout when None) in one of
+    :data:`ROW_FORMATS`; a batch's columns missing from ``columns`` are written empty."""
 
     def __init__(self, path: str | os.PathLike | None, fmt: str, columns: Sequence[str]):
         if fmt not in ROW_FORMATS:

@@ -1,4 +1,5 @@
-"""The Python API: a model plus (optionally) a taxa index, predicting from images or stored embeddings.
+"""The Python API: a model plus (optionally) a taxa index, predicting from images or stored
+embeddings.
 
 Every method streams: images are decoded and encoded a batch at a time, and rows are made for a
 block of :data:`SCORE_IMAGES` images before more are read, so memory does not grow with the number
@@ -9,10 +10,11 @@ collect them as dicts, pybioclip's rows).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import polars as pl
 import torch
@@ -41,17 +43,19 @@ Progress = Callable[[int, int], None] | None
 
 @dataclass
 class _Task:
-    """What to do with the embeddings of the images: the heads it needs and the function making rows."""
+    """What to do with the embeddings of the images: the heads it needs and the function making
+    rows."""
 
     heads: tuple[str, ...]
     rows: Callable[[list[str], Features], pl.DataFrame]
 
     def over(self, encoded: Iterable[tuple[list[str], Features]]) -> Iterator[pl.DataFrame]:
-        """The rows of the encoded batches, in order, made for :data:`SCORE_IMAGES` images or more at a time:
-        scoring and making rows cost nearly as much for 32 images as for 256 (the fixed costs of small
-        ops and of polars calls), so this takes about 0.85 ms a batch of 32 off the process that runs the
-        forward pass on the CPU (0.43 instead of 1.28 ms, measured with ``benchmarks/predict_throughput.py``'s
-        setup). Memory holds that many images' embeddings, not more."""
+        """The rows of the encoded batches, in order, made for :data:`SCORE_IMAGES` images or more
+        at a time: scoring and making rows cost nearly as much for 32 images as for 256 (the fixed
+        costs of small ops and of polars calls), so this takes about 0.85 ms a batch of 32 off the
+        process that runs the forward pass on the CPU (0.43 instead of 1.28 ms, measured with
+        ``benchmarks/predict_throughput.py``'s setup). Memory holds that many images' embeddings,
+        not more."""
         names: list[str] = []
         parts: list[Features] = []
         for batch_names, feats in encoded:
@@ -82,8 +86,8 @@ def _joined(parts: list[Features]) -> Features:
 class Predictor:
     """A BioCAP model ready to predict: open-ended over a :class:`TaxaIndex`, or over custom labels.
 
-    ``device`` ``"auto"`` picks CUDA when available; ``precision`` defaults to amp on GPU, fp32 on CPU.
-    ``gpu_decode`` decodes JPEGs on the device (CUDA only; refused elsewhere with
+    ``device`` ``"auto"`` picks CUDA when available; ``precision`` defaults to amp on GPU, fp32 on
+    CPU. ``gpu_decode`` decodes JPEGs on the device (CUDA only; refused elsewhere with
     :class:`~biocap_core.errors.GpuDecodeUnavailable`). ``jpeg_draft`` False decodes large JPEGs at
     full size before the resize (slower; the pixels pybioclip computes) instead of at the smallest
     DCT scale that keeps the crop's size.
@@ -124,8 +128,9 @@ class Predictor:
         precision: str | None = None,
         batch_size: int = 32,
         **kwargs: Any,
-    ) -> "Predictor":
-        """Load any model core can load (OpenCLIP name/tag, hf-hub:, local-dir:, a checkpoint file)."""
+    ) -> Predictor:
+        """Load any model core can load (OpenCLIP name/tag, hf-hub:, local-dir:, a checkpoint
+        file)."""
         from biocap_core.checkpoints import load_model
 
         device, precision = _runtime(device, precision, kwargs.get("gpu_decode", False))
@@ -194,7 +199,8 @@ class Predictor:
         normalize: bool = True,
         on_skip: OnSkip = None,
     ) -> Iterator[tuple[list[str], Features]]:
-        """Image embeddings per batch: (names, {head: (batch, dim)}); ``head`` is tax, caption or both."""
+        """Image embeddings per batch: (names, {head: (batch, dim)}); ``head`` is tax, caption or
+        both."""
         heads = ("tax", "caption") if head == "both" else (head,)
         if not set(heads) <= {"tax", "caption"}:
             raise PredictInputError(f"unknown head {head!r}; expected tax, caption or both")
@@ -212,7 +218,8 @@ class Predictor:
         self._captions: torch.Tensor | None = None
 
     def _view(self, within: Any) -> tuple[TaxaIndex, torch.Tensor, TaxonNames]:
-        """The index restricted by ``within``, its text matrix on the device and its hits' names (cached)."""
+        """The index restricted by ``within``, its text matrix on the device and its hits' names
+        (cached)."""
         if self.index is None:
             raise PredictInputError(
                 "no taxa index: pass index= (or --index) for open-ended prediction"
@@ -266,8 +273,10 @@ class Predictor:
         min_prob: float = 0.0,
         callback: Progress = None,
     ) -> Iterator[pl.DataFrame]:
-        """The rows of each block of images (see :meth:`predict`) as a DataFrame; ``captions`` adds that
-        many nearest captions per image (rows with ``rank`` ``caption`` and a ``caption`` column)."""
+        """The rows of each block of images (see :meth:`predict`) as a DataFrame; ``captions`` adds
+        that many nearest captions per image (rows with ``rank`` ``caption`` and a ``caption``
+        column).
+        """
         task = self._tree_task(rank, k, within, captions, min_prob)
         yield from task.over(self._encode(images, task.heads, on_skip, callback=callback))
 
@@ -305,7 +314,8 @@ class Predictor:
         *,
         captions: int = 0,
     ) -> Iterator[pl.DataFrame]:
-        """As :meth:`iter_predict`, from stored image embeddings (``tax`` head; ``caption`` for captions)."""
+        """As :meth:`iter_predict`, from stored image embeddings (``tax`` head; ``caption`` for
+        captions)."""
         task = self._tree_task(rank, k, within, captions)
         yield from self._over_features(task, names, features)
 
@@ -356,7 +366,8 @@ class Predictor:
 
     # ---- trait captions ----
     def _nearest(self, caption_feats: torch.Tensor, k: int) -> TopK:
-        """Per image, the ``k`` captions of the index nearest under the caption head (cosine scores)."""
+        """Per image, the ``k`` captions of the index nearest under the caption head (cosine
+        scores)."""
         if self._captions is None:
             self._captions = self.index.caption_embeddings.to(self.device, torch.float32)
         scores, ids = (caption_feats @ self._captions.T).topk(
@@ -436,9 +447,9 @@ class Predictor:
         on_skip: OnSkip = None,
         callback: Progress = None,
     ) -> list[dict]:
-        """Rows ``file_name, classification, score``: the top ``k`` labels, or bins (``{bin: [labels]}``,
-        probabilities of a bin's labels summed), per image. Label texts go through the templates;
-        ``callback`` as in :meth:`predict`."""
+        """Rows ``file_name, classification, score``: the top ``k`` labels, or bins (``{bin:
+        [labels]}``, probabilities of a bin's labels summed), per image. Label texts go through the
+        templates; ``callback`` as in :meth:`predict`."""
         blocks = self.iter_classify(images, labels, bins, k, on_skip=on_skip, callback=callback)
         return [r for rows in blocks for r in rows.to_dicts()]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +17,12 @@ def versions() -> dict[str, str]:
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 class RunLog:
-    """A provenance record (versions, command, model, inputs, start and end) written as JSON at the end."""
+    """A provenance record (versions, command, model, inputs, start and end) written as JSON at the
+    end."""
 
     def __init__(self, path: str | Path | None, **details: Any):
         self.path = Path(path) if path else None

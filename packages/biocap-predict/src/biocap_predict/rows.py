@@ -8,7 +8,7 @@ dict per row and Python's csv module; ``--rank species`` the same, about 0.05 s 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import polars as pl
@@ -136,7 +136,8 @@ def taxon_rows(
 
 def caption_rows(names: Sequence[str], top: TopK, captions: Sequence[str]) -> pl.DataFrame:
     """Nearest trait captions (``top.ids`` index ``captions``) as rows of a prediction table: taxon
-    fields empty, ``rank`` ``caption``; with an ``image`` column for :func:`taxon_rows` to order by."""
+    fields empty, ``rank`` ``caption``; with an ``image`` column for :func:`taxon_rows` to order by.
+    """
     hits = _per_hit(names, top)
     return pl.DataFrame(hits).select(
         "image",

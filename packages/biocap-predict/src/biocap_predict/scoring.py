@@ -1,4 +1,5 @@
-"""Scores of a batch of image embeddings against a taxa index, at any set of ranks, in bounded memory.
+"""Scores of a batch of image embeddings against a taxa index, at any set of ranks, in bounded
+memory.
 
 The species softmax is computed over the index in column chunks with an online log-sum-exp, so a
 batch never holds more than (batch, chunk) logits however many taxa there are. Alongside, the
@@ -65,7 +66,8 @@ def rank_topk(
     image = image * scale  # scaled on the (batch, dim) side: one small multiply, not one per logit
     for start in range(0, n, chunk):
         logits = image @ text[start : start + chunk].T
-        # amax, not max(dim=1): no argmax, 0.02 instead of 0.23 ms on the CPU for 256 x 1,000 (measured)
+        # amax, not max(dim=1): no argmax, 0.02 instead of 0.23 ms on the CPU for 256 x 1,000
+        # (measured)
         new_max = torch.maximum(run_max, logits.amax(dim=1))
         rescale = torch.exp(run_max - new_max)
         weights = (logits - new_max[:, None]).exp_()
@@ -126,7 +128,8 @@ def label_topk(
     bins: torch.Tensor | None = None,
     n_bins: int = 0,
 ) -> TopK:
-    """Top-k over custom labels (softmax of scaled cosines), or over bins when each label has a bin id."""
+    """Top-k over custom labels (softmax of scaled cosines), or over bins when each label has a bin
+    id."""
     probs = (scale * image @ text.T).softmax(dim=1)
     if bins is not None:
         probs = torch.zeros(probs.shape[0], n_bins, device=probs.device).index_add_(

@@ -1,8 +1,9 @@
-"""The demo page and its JSON API: upload a photo, get taxa at every rank and the nearest trait captions.
+"""The demo page and its JSON API: upload a photo, get taxa at every rank and the nearest trait
+captions.
 
 ``create_app`` wraps any loaded ``Predictor`` in a FastAPI app; ``serve`` loads one and runs it with
-uvicorn (what ``biocap-predict serve`` calls). The page is plain HTML/CSS/JS from package data, with no
-CDN, no web fonts and FastAPI's CDN-backed ``/docs`` turned off, so it works on a closed network.
+uvicorn (what ``biocap-predict serve`` calls). The page is plain HTML/CSS/JS from package data, with
+no CDN, no web fonts and FastAPI's CDN-backed ``/docs`` turned off, so it works on a closed network.
 
 API (``POST /api/predict`` takes a multipart form):
 
@@ -11,10 +12,10 @@ API (``POST /api/predict`` takes a multipart form):
   instead of the taxa index (the page's "My labels" mode).
 - ``k``: how many answers per rank (or labels) to return, 1-50.
 
-A file that is not a readable image gets 422 with the decoder's message, a body over the upload limit
-413, and so does a photo of more pixels than ``max_upload_pixels`` (read from its header, before
-it is decoded); none of them stops the server. At most ``max_decodes`` uploads are decoded at a
-time, so memory stays bounded (each decode holds at most ``max_upload_pixels`` RGB pixels) however
+A file that is not a readable image gets 422 with the decoder's message, a body over the upload
+limit 413, and so does a photo of more pixels than ``max_upload_pixels`` (read from its header,
+before it is decoded); none of them stops the server. At most ``max_decodes`` uploads are decoded at
+a time, so memory stays bounded (each decode holds at most ``max_upload_pixels`` RGB pixels) however
 many arrive together.
 """
 
@@ -38,14 +39,16 @@ try:
     from starlette.datastructures import Headers
 except ImportError as exc:  # the [web] extra is optional: the library and CLI work without it
     raise ImportError(
-        f"the demo page needs the web extra ({exc.name} is missing): pip install 'biocap-predict[web]'"
+        f"the demo page needs the web extra ({exc.name} is missing): pip install"
+        " 'biocap-predict[web]'"
     ) from exc
 
 import torch
+from PIL import Image
+
 from biocap_core.errors import BioCAPError
 from biocap_core.imagefiles import ImageFiles
 from biocap_core.taxonomy import RANKS
-from PIL import Image
 
 STATIC = Path(__file__).with_name("static")
 DEFAULT_MAX_UPLOAD_MB = 10.0
@@ -53,8 +56,8 @@ DEFAULT_MAX_UPLOAD_PIXELS = 40_000_000
 DEFAULT_MAX_DECODES = 2
 MAX_K = 50
 MAX_LABELS = 200
-# Pillow names an in-memory upload by its repr ("cannot identify image file <_io.BytesIO object at 0x…>");
-# the file name is already in the message, so the repr is only noise to a user.
+# Pillow names an in-memory upload by its repr ("cannot identify image file <_io.BytesIO object at
+# 0x…>"); the file name is already in the message, so the repr is only noise to a user.
 _BUFFER_REPR = re.compile(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>")
 
 
@@ -62,8 +65,8 @@ class _BodyLimit:
     """Refuses request bodies over ``limit`` bytes with 413.
 
     Starlette's multipart parser spools a file part of any size to disk before the endpoint runs, so
-    the limit has to be enforced here: from Content-Length up front when the client sends one, and by
-    counting bytes as they arrive when it does not (chunked uploads).
+    the limit has to be enforced here: from Content-Length up front when the client sends one, and
+    by counting bytes as they arrive when it does not (chunked uploads).
     """
 
     def __init__(self, app, limit: int, shown_limit: int):
@@ -98,8 +101,8 @@ class _BodyLimit:
 
 
 def _group_by_rank(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Predictor rows (one per answer, each tagged with its rank) as one list per rank, kingdom first,
-    each answer with the ``name`` of its taxon at that rank (for species, the binomial)."""
+    """Predictor rows (one per answer, each tagged with its rank) as one list per rank, kingdom
+    first, each answer with the ``name`` of its taxon at that rank (for species, the binomial)."""
     by_rank: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         answer = {key: value for key, value in row.items() if key not in ("file_name", "rank")}
@@ -243,8 +246,8 @@ def create_app(
 
 
 def _listen(host: str, port: int) -> socket.socket:
-    """A listening socket on ``host:port``; port 0 lets the OS pick a free one, which the caller reads
-    back so it can print the real URL (uvicorn alone would report port 0)."""
+    """A listening socket on ``host:port``; port 0 lets the OS pick a free one, which the caller
+    reads back so it can print the real URL (uvicorn alone would report port 0)."""
     try:
         return socket.create_server(
             (host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET, backlog=128
@@ -268,8 +271,8 @@ def serve(
     """Load the model and index (``None``: the model's published tree of life, see
     :mod:`biocap_predict.hub`), then serve the demo page until interrupted.
 
-    The line ``BioCAP demo page: http://HOST:PORT/`` goes to stdout once the socket is listening, so a
-    script (or a test) that started ``serve --port 0`` can read where to connect.
+    The line ``BioCAP demo page: http://HOST:PORT/`` goes to stdout once the socket is listening, so
+    a script (or a test) that started ``serve --port 0`` can read where to connect.
     """
     from biocap_predict import Predictor
     from biocap_predict.hub import announce_weights, published_for

@@ -150,21 +150,22 @@ class BatchMaker:
             f"{MAX_UNUSABLE_IN_A_ROW} samples in a row could not be used, so no batch can be made: "
         )
         if kind == "no_text" and text_type == "caption" and self.captions is not None:
-            return head + (
-                f"no sample read from {where} has a caption in the --captions table "
+            return (
+                head + f"no sample read from {where} has a caption in the --captions table "
                 f"{self.captions.meta.get('source')}; its uuid column must hold the "
                 f"shards' sample keys (e.g. {self._run_example})"
             )
         if kind == "no_text" and text_type == "caption":
             return head + f"no sample read from {where} has caption.txt: " + CAPTIONS_FIX
         if kind == "no_text":
-            return head + (
-                f"no sample read from {where} has {text_type}.txt: choose a "
+            return (
+                head + f"no sample read from {where} has {text_type}.txt: choose a "
                 "--text-type these shards carry"
             )
         if kind == "no_image":
-            return head + (
-                f"no sample read from {where} has an image member ({'/'.join(IMAGE_MEMBERS)})"
+            return (
+                head
+                + f"no sample read from {where} has an image member ({'/'.join(IMAGE_MEMBERS)})"
             )
         return head + f"no image read from {where} could be decoded (e.g. {self._run_example})"
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+
 from biocap_core import schemas
 from biocap_core.errors import SchemaError
 from biocap_core.fileio import atomic_write
@@ -26,7 +27,8 @@ _FILES = ("keys.npy", "offsets.npy", "captions.bin", "meta.json")
 
 
 def index_dir_for(parquet: str | os.PathLike, root: str | os.PathLike) -> Path:
-    """The index folder of a parquet file under ``root``, named by the file's path, size and mtime."""
+    """The index folder of a parquet file under ``root``, named by the file's path, size and
+    mtime."""
     path = Path(parquet).resolve()
     stat = path.stat()
     digest = hashlib.sha1(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
@@ -46,7 +48,8 @@ class CaptionIndex:
 
     @classmethod
     def build(cls, parquet: str | os.PathLike, directory: str | os.PathLike) -> CaptionIndex:
-        """Index the ``uuid`` and ``caption`` columns of ``parquet`` into ``directory`` (reused if present)."""
+        """Index the ``uuid`` and ``caption`` columns of ``parquet`` into ``directory`` (reused if
+        present)."""
         directory = Path(directory)
         if all((directory / f).is_file() for f in _FILES):
             return cls(directory)

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from biocap_core.checkpoints import read_checkpoint
 from biocap_core.errors import CheckpointError
 from biocap_core.fileio import atomic_write
-
 from biocap_train import distributed
 from biocap_train.config import TrainConfig
 from biocap_train.distributed import DistInfo
@@ -35,7 +35,8 @@ _PARTIAL = re.compile(r"^\.step_\d+\.pt\.tmp-\d+$")
 
 
 class CheckpointWriteError(CheckpointError):
-    """A checkpoint could not be written (full disk, quota, permissions); names the file and the cause."""
+    """A checkpoint could not be written (full disk, quota, permissions); names the file and the
+    cause."""
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -47,7 +48,8 @@ def checkpoint_path(run_dir: Path, step: int) -> Path:
 
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """Finished checkpoints of a run, oldest first (temp files of an interrupted write are ignored)."""
+    """Finished checkpoints of a run, oldest first (temp files of an interrupted write are
+    ignored)."""
     folder = checkpoint_dir(run_dir)
     if not folder.is_dir():
         return []
@@ -79,18 +81,21 @@ def remove_partial_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def set_aside(path: Path) -> Path:
-    """Rename an unreadable checkpoint to ``step_N.pt.unreadable``: kept for inspection, but no longer a
-    checkpoint that ``--resume latest`` would pick or that pruning would keep instead of a good one."""
+    """Rename an unreadable checkpoint to ``step_N.pt.unreadable``: kept for inspection, but no
+    longer a checkpoint that ``--resume latest`` would pick or that pruning would keep instead of a
+    good one.
+    """
     aside = path.with_name(path.name + ".unreadable")
     path.rename(aside)
     return aside
 
 
 def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int) -> Path:
-    """Write ``state`` as ``checkpoints/step_N.pt`` (temp file + rename), then drop all but the newest ``keep``.
+    """Write ``state`` as ``checkpoints/step_N.pt`` (temp file + rename), then drop all but the
+    newest ``keep``.
 
-    Raises :class:`CheckpointWriteError` naming the file and the cause if the write fails: on a full disk
-    torch only says ``[enforce fail at inline_container.cc:...] unexpected pos ...``.
+    Raises :class:`CheckpointWriteError` naming the file and the cause if the write fails: on a full
+    disk torch only says ``[enforce fail at inline_container.cc:...] unexpected pos ...``.
     """
     path = checkpoint_path(run_dir, step)
     try:
@@ -120,12 +125,12 @@ def _write_failure(path: Path, state: dict[str, Any], exc: BaseException) -> str
         why = f"{exc.strerror or exc} ({space})"
     else:
         why = (
-            f"torch failed writing it ({str(exc).splitlines()[0]}); a full disk or quota is the usual "
-            f"cause ({space})"
+            f"torch failed writing it ({str(exc).splitlines()[0]}); a full disk or quota is the"
+            f" usual cause ({space})"
         )
     return (
-        f"cannot write checkpoint {path}: {why}. Earlier checkpoints are untouched; make room, then "
-        "rerun with --resume latest"
+        f"cannot write checkpoint {path}: {why}. Earlier checkpoints are untouched; make room, then"
+        " rerun with --resume latest"
     )
 
 
@@ -182,7 +187,8 @@ def resume_checkpoint(
             )
         for bad, exc in unreadable:
             say(
-                f"warning: {exc}; set aside as {set_aside(bad).name}, resuming from {path.name} instead"
+                f"warning: {exc}; set aside as {set_aside(bad).name}, resuming from {path.name}"
+                " instead"
             )
         return path
 

@@ -1,4 +1,5 @@
-"""``biocap-train``: flags (OpenCLIP's names), an optional TOML/YAML config, or nothing for the demo."""
+"""``biocap-train``: flags (OpenCLIP's names), an optional TOML/YAML config, or nothing for the
+demo."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import sys
 from collections.abc import Sequence
 
 from biocap_core.errors import BioCAPError
-
 from biocap_train.config import parse_args
 from biocap_train.demo import demo_config, mark_latest, next_commands
 from biocap_train.trainer import TrainingDiverged, train
@@ -32,9 +32,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if result.rank != 0:
         return
     lines = [
-        f"already finished at step {result.step}; nothing trained or written"
-        if result.finished
-        else f"trained {result.step} steps in {result.seconds:.0f} s"
+        (
+            f"already finished at step {result.step}; nothing trained or written"
+            if result.finished
+            else f"trained {result.step} steps in {result.seconds:.0f} s"
+        )
     ]
     if "after" in result.zeroshot:
         before = result.zeroshot.get("before")

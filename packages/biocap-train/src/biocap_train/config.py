@@ -1,4 +1,5 @@
-"""The training configuration: one dataclass behind the CLI flags, the config file and the Python API.
+"""The training configuration: one dataclass behind the CLI flags, the config file and the Python
+API.
 
 Flag names are OpenCLIP's wherever OpenCLIP has the option (``--train-data``,
 ``--batch-size``, ``--precision`` ...), so an OpenCLIP or original-BioCAP
@@ -290,8 +291,10 @@ def _type_of(f: dataclasses.Field):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="biocap-train",
-        description="Train BioCAP (one backbone, a taxonomic and a caption head) on TreeOfLife-style shards. "
-        "With no arguments: a 2-minute CPU demo on the toy tree of life.",
+        description=(
+            "Train BioCAP (one backbone, a taxonomic and a caption head) on TreeOfLife-style"
+            " shards. With no arguments: a 2-minute CPU demo on the toy tree of life."
+        ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(

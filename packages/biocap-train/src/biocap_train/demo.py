@@ -19,7 +19,6 @@ from pathlib import Path
 
 from biocap_core.cache import cache_dir
 from biocap_core.toy import ToyConfig, generate
-
 from biocap_train.config import TrainConfig
 
 TOY_VERSION = "toy-v1"
@@ -53,7 +52,8 @@ def toy_root(root: Path | None = None) -> Path:
 
 
 def ensure_toy(root: Path | None = None) -> Path:
-    """The toy tree of life under the cache folder, generated (atomically, as a folder) if absent."""
+    """The toy tree of life under the cache folder, generated (atomically, as a folder) if
+    absent."""
     target = toy_root(root)
     if (target / "manifest.json").is_file():
         return target
@@ -108,9 +108,13 @@ def next_commands(checkpoint: Path, model: str, toy: Path | None = None) -> list
 
     return [
         f"{run}biocap-eval run --data-root {shlex.quote(str(toy))} --benchmarks toy {weights}",
-        f"{run}biocap-predict index --out toy-index {weights} --taxa {at('catalog.parquet')} "
-        f"--captions {at('retrieval', 'toy_retrieval.csv')}",
-        f"{run}biocap-predict predict {at('zeroshot', 'images')} --recursive --index toy-index "
-        f"{weights} --rank all --k 3 --format table",
+        (
+            f"{run}biocap-predict index --out toy-index {weights} --taxa {at('catalog.parquet')} "
+            f"--captions {at('retrieval', 'toy_retrieval.csv')}"
+        ),
+        (
+            f"{run}biocap-predict predict {at('zeroshot', 'images')} --recursive --index toy-index "
+            f"{weights} --rank all --k 3 --format table"
+        ),
         f"{run}biocap-predict serve --index toy-index {weights} --port 0",
     ]

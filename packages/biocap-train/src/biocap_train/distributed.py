@@ -43,9 +43,9 @@ def _env_ranks() -> tuple[int, int, int]:
         missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if v not in env]
         if missing:
             raise RuntimeError(
-                f"SLURM job with {env['SLURM_NTASKS']} tasks but {missing} unset; export e.g. "
-                "MASTER_ADDR=$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n1) MASTER_PORT=29500, "
-                "or launch with torchrun"
+                f"SLURM job with {env['SLURM_NTASKS']} tasks but {missing} unset; export e.g."
+                " MASTER_ADDR=$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n1)"
+                " MASTER_PORT=29500, or launch with torchrun"
             )
         return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
     return 0, 1, 0

@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import torch
+
 from biocap_core.gpu_decode import DevicePreprocess
 from biocap_core.preprocess import decode_image, image_transform, short_side
-
 from biocap_train.config import TrainConfig
 
 

@@ -18,7 +18,8 @@ _SCALES = {"tax": "logit_scale", "caption": "logit_scale_caption"}
 def head_features(
     out: dict[str, torch.Tensor], heads: tuple[str, ...], n: int
 ) -> dict[str, torch.Tensor]:
-    """``image_<head>`` and ``text_<head>`` features of a model output on ``n`` images and their texts."""
+    """``image_<head>`` and ``text_<head>`` features of a model output on ``n`` images and their
+    texts."""
     feats = {f"image_{h}": out[f"image_features_{h}"] for h in heads}
     texts = out["text_features"].split(n) if len(heads) == 2 else (out["text_features"],)
     feats.update({f"text_{h}": t for h, t in zip(heads, texts)})

@@ -12,7 +12,6 @@ from biocap_core.errors import ShardError
 from biocap_core.preprocess import decode_image
 from biocap_core.shards import expand_sources, iter_samples
 from biocap_core.taxonomy import TRAIN_TAXONOMIC_TYPES
-
 from biocap_train.bad_data import CAPTIONS_FIX, DataUnusable
 from biocap_train.config import TrainConfig
 from biocap_train.samples import IMAGE_MEMBERS, describe_shards, image_bytes, sample_text

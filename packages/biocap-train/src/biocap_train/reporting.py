@@ -19,7 +19,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 class MetricsLog:
-    """Appends one JSON object per record to ``metrics.jsonl``; mirrors scalars to TensorBoard/W&B."""
+    """Appends one JSON object per record to ``metrics.jsonl``; mirrors scalars to
+    TensorBoard/W&B."""
 
     def __init__(
         self,
@@ -121,9 +122,9 @@ class ProgressDisplay:
 
 
 class StepLog:
-    """Every step's progress line, and every ``--log-every-n-steps`` steps a ``train`` record: the recent
-    loss of each head (last 20 steps that trained it), the share of steps per head, samples/s and the
-    time spent waiting for data, over the steps since the last record."""
+    """Every step's progress line, and every ``--log-every-n-steps`` steps a ``train`` record: the
+    recent loss of each head (last 20 steps that trained it), the share of steps per head, samples/s
+    and the time spent waiting for data, over the steps since the last record."""
 
     def __init__(
         self,
@@ -143,7 +144,8 @@ class StepLog:
         self.interval_start, self.interval_steps, self.interval_wait = time.time(), 0, 0.0
 
     def step(self, step: int, epoch: int, out: dict[str, Any], waited_s: float, model) -> None:
-        """Record step ``step`` (counted from 1) after training it; ``out`` is what the step returned."""
+        """Record step ``step`` (counted from 1) after training it; ``out`` is what the step
+        returned."""
         self.interval_steps += 1
         self.interval_wait += waited_s
         for h in out["heads"]:

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from biocap_core.shards import count_samples, expand_sources
-
 from biocap_train.config import TrainConfig
 from biocap_train.distributed import DistInfo
 from biocap_train.preflight import check_data
@@ -57,8 +56,8 @@ def plan_run(cfg: TrainConfig, info: DistInfo) -> RunPlan:
         raise ValueError(
             f"--train-data has {len(urls)} shard(s) but {info.world_size} rank(s) x {streams} "
             f"worker stream(s) = {info.world_size * streams} readers each need at least one; use "
-            f"--dataset-resampled (shards drawn with replacement), fewer --workers, or split the "
-            f"data into more shards"
+            "--dataset-resampled (shards drawn with replacement), fewer --workers, or split the "
+            "data into more shards"
         )
     check_data(cfg)
     if cfg.train_num_samples is not None:

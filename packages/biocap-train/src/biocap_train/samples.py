@@ -10,7 +10,6 @@ from collections.abc import Iterator
 
 from biocap_core.errors import ShardError
 from biocap_core.shards import iter_samples, member_key
-
 from biocap_train.bad_data import DataCounts
 from biocap_train.captions import CaptionIndex
 

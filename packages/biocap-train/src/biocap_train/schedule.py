@@ -45,8 +45,8 @@ def text_types_of_run(
 ) -> tuple[str, ...]:
     """Every text type some step of such a run may train on: what the data must carry.
 
-    ``random`` can draw any taxonomic type, and ``caption`` unless ``caption_share`` is 0; ``joint`` adds
-    the caption to every step and never draws it as the step's own type.
+    ``random`` can draw any taxonomic type, and ``caption`` unless ``caption_share`` is 0; ``joint``
+    adds the caption to every step and never draws it as the step's own type.
     """
     if text_type != "random":
         return (text_type, "caption") if joint else (text_type,)
@@ -55,7 +55,8 @@ def text_types_of_run(
 
 
 def val_text_type(batch_index: int, seed: int) -> str:
-    """The taxonomic text type of a validation batch (the original seeds it with the batch index)."""
+    """The taxonomic text type of a validation batch (the original seeds it with the batch
+    index)."""
     return step_rng(seed, batch_index, "val").choice(TRAIN_TAXONOMIC_TYPES)
 
 

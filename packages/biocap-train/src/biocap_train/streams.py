@@ -29,9 +29,9 @@ from typing import Any
 
 import torch
 import webdataset as wds
-from biocap_core.errors import BioCAPError
 from torch.utils.data import IterableDataset, get_worker_info
 
+from biocap_core.errors import BioCAPError
 from biocap_train.bad_data import DataCounts
 from biocap_train.batches import Batch, BatchMaker, StreamCounts
 from biocap_train.captions import CaptionIndex

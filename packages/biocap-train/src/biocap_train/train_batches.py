@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from typing import Any
 
 from biocap_core.precision import input_dtype
-
 from biocap_train import distributed
 from biocap_train.bad_data import DataCounts
 from biocap_train.batches import Batch

@@ -28,6 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from open_clip import ClipLoss
+from rich.console import Console
+from torch.nn.parallel import DistributedDataParallel
+
 from biocap_core.checkpoints import load_model, load_weights
 from biocap_core.errors import BioCAPError, UnwritableFolder
 from biocap_core.fileio import atomic_write, writable_folder
@@ -35,10 +39,6 @@ from biocap_core.gpu_decode import require_cuda
 from biocap_core.model import build_model
 from biocap_core.precision import autocast, input_dtype
 from biocap_core.zeroshot import ClassificationSet
-from open_clip import ClipLoss
-from rich.console import Console
-from torch.nn.parallel import DistributedDataParallel
-
 from biocap_train import distributed
 from biocap_train.bad_data import DataCounts
 from biocap_train.batches import Batch
@@ -81,7 +81,8 @@ class TrainResult:
 
 @dataclass
 class Run:
-    """What one :meth:`Trainer.fit` works with besides the model: where it writes and what it reads."""
+    """What one :meth:`Trainer.fit` works with besides the model: where it writes and what it
+    reads."""
 
     dir: Path
     say: Callable[[str], None]
@@ -94,8 +95,10 @@ class Run:
 
 
 def prepare_run_dir(run_dir: Path) -> None:
-    """Create the run folder and check it takes files, before the model is built: a --logs path under a
-    regular file or in an unwritable place then fails at once, naming the path, not as a traceback later."""
+    """Create the run folder and check it takes files, before the model is built: a --logs path
+    under a regular file or in an unwritable place then fails at once, naming the path, not as a
+    traceback later.
+    """
     try:
         writable_folder(run_dir)
     except UnwritableFolder as exc:
@@ -242,7 +245,8 @@ class Trainer:
                     for k in mine
                 }
                 # every micro-batch's loss is the whole batch's loss: let one of them train the
-                # temperatures, or their gradient would be accum_freq times too large (OpenCLIP's is)
+                # temperatures, or their gradient would be accum_freq times too large (OpenCLIP's
+                # is)
                 losses = self.loss(feats, out, heads, scale_grad=last)
                 self._backward(losses["loss"])
         return losses
@@ -253,7 +257,8 @@ class Trainer:
     def _mean_losses(
         self, losses: dict[str, torch.Tensor], step: int, text_type: str
     ) -> dict[str, float]:
-        """The losses averaged over ranks; raises TrainingDiverged if one is not finite on any rank."""
+        """The losses averaged over ranks; raises TrainingDiverged if one is not finite on any
+        rank."""
         values = [losses["loss"].detach().float()]
         values += [
             losses[h].detach().float() if h in losses else torch.zeros((), device=self.device)
@@ -318,11 +323,11 @@ class Trainer:
                 if info.is_main:
                     refuse_to_overwrite(cfg.run_dir)
         if ckpt is not None and int(ckpt["step"]) >= plan.total_steps:
-            # Saving again would rewrite the final checkpoint (new mtime, no data position), and eval
-            # would take it for a new model.
+            # Saving again would rewrite the final checkpoint (new mtime, no data position), and
+            # eval would take it for a new model.
             say(
-                f"{cfg.run_dir} already finished: {resume} is at step {ckpt['step']} of {plan.total_steps}; "
-                "nothing to do (raise --epochs or --steps to train further)"
+                f"{cfg.run_dir} already finished: {resume} is at step {ckpt['step']} of"
+                f" {plan.total_steps}; nothing to do (raise --epochs or --steps to train further)"
             )
             return TrainResult(
                 cfg.run_dir, resume, int(ckpt["step"]), rank=info.rank, finished=True
@@ -333,8 +338,8 @@ class Trainer:
             self._zeroshot_before(run, step, result)
         global_batch = cfg.batch_size * cfg.accum_freq * info.world_size
         say(
-            f"training {plan.total_steps} steps ({plan.steps_per_epoch}/epoch, global batch {global_batch}) on "
-            f"{info.world_size} x {self.device}; logs in {cfg.run_dir}"
+            f"training {plan.total_steps} steps ({plan.steps_per_epoch}/epoch, global batch"
+            f" {global_batch}) on {info.world_size} x {self.device}; logs in {cfg.run_dir}"
         )
         progress = ProgressDisplay(
             plan.total_steps, step, enabled=info.is_main and cfg.progress, console=console
@@ -375,8 +380,8 @@ class Trainer:
         ckpt: dict[str, Any] | None,
         say: Callable[[str], None],
     ) -> tuple[Run, int]:
-        """Clean the run folder of interrupted writes, start its logs, restore the checkpoint's state if
-        resuming; the run and its first step."""
+        """Clean the run folder of interrupted writes, start its logs, restore the checkpoint's
+        state if resuming; the run and its first step."""
         cfg, info = self.cfg, self.info
         with distributed.failing_together(info):  # what rank 0 alone reads and writes
             if info.is_main:
@@ -422,14 +427,16 @@ class Trainer:
         )
 
     def _end_epoch(self, run: Run, plan: RunPlan, epoch: int, step: int) -> None:
-        """Report the epoch's bad samples; after a whole epoch, validate, zero-shot and save as configured."""
+        """Report the epoch's bad samples; after a whole epoch, validate, zero-shot and save as
+        configured."""
         cfg, info = self.cfg, self.info
         problems = run.data.problems()
         run.problems = DataCounts.merge([run.problems, problems])
         run.metrics.write("data", step, epoch=epoch, skipped=dict(problems.counts))
         if problems.counts:
             run.say(
-                f"epoch {epoch}: skipped {sum(problems.counts.values())} bad input(s): {problems.summary()}"
+                f"epoch {epoch}: skipped {sum(problems.counts.values())} bad input(s):"
+                f" {problems.summary()}"
             )
         if step != (epoch + 1) * plan.steps_per_epoch:  # the run ended mid-epoch (--steps)
             return
@@ -467,7 +474,8 @@ class Trainer:
         )
 
     def _save(self, run: Run, step: int) -> Path | None:
-        """Save a checkpoint with every rank's stream position (rank 0 writes); its path on rank 0."""
+        """Save a checkpoint with every rank's stream position (rank 0 writes); its path on rank
+        0."""
         gathered = distributed.gather_objects(self.info, run.data.position)
         path = None
         with distributed.failing_together(self.info):  # e.g. a full disk where rank 0 writes

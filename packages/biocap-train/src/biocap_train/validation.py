@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from open_clip import ClipLoss
+
 from biocap_core.precision import autocast, input_dtype
 from biocap_core.shards import expand_sources
 from biocap_core.taxonomy import TEMPLATES
@@ -19,8 +21,6 @@ from biocap_core.zeroshot import (
     eval_mode,
     topk_accuracy,
 )
-from open_clip import ClipLoss
-
 from biocap_train.bad_data import DataCounts
 from biocap_train.batches import Batch
 from biocap_train.captions import CaptionIndex
@@ -31,7 +31,8 @@ from biocap_train.streams import ValStream, loader
 
 
 def zeroshot_set(cfg: TrainConfig) -> ClassificationSet | None:
-    """The ``--zeroshot-data`` set (images under ``--zeroshot-images``, else beside the CSV), if given."""
+    """The ``--zeroshot-data`` set (images under ``--zeroshot-images``, else beside the CSV), if
+    given."""
     if not cfg.zeroshot_data:
         return None
     root = cfg.zeroshot_images or str(Path(cfg.zeroshot_data).parent)
@@ -59,8 +60,8 @@ def zeroshot_top1(
 def validation_loss(
     model, cfg: TrainConfig, captions: CaptionIndex | None, device: torch.device
 ) -> tuple[dict[str, float], DataCounts]:
-    """Mean taxonomic and caption CLIP loss over every ``--val-data`` sample (one process), their mix
-    at ``--caption-share`` as ``loss``, and the validation samples skipped as bad."""
+    """Mean taxonomic and caption CLIP loss over every ``--val-data`` sample (one process), their
+    mix at ``--caption-share`` as ``loss``, and the validation samples skipped as bad."""
     urls, _ = expand_sources(cfg.val_data)
     prep = image_prep(cfg, model, train=False)
     stream = ValStream(urls, cfg.batch_size, cfg.seed, prep, model.tokenizer(), captions)

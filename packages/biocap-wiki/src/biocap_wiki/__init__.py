@@ -1,4 +1,5 @@
-"""biocap-wiki: species descriptions from the MediaWiki Action API (the ``wikispecies`` Scrapy spider).
+"""biocap-wiki: species descriptions from the MediaWiki Action API (the ``wikispecies`` Scrapy
+spider).
 
 Python API: :func:`crawl` (run the spider, get the tables), :func:`load_species`,
 :func:`read_feed`, :func:`describe` (wikitext to a description) and

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import typer
+
 from biocap_core.errors import BioCAPError
 
 app = typer.Typer(
@@ -17,9 +18,11 @@ app = typer.Typer(
 def _exit_with(exc: Exception) -> NoReturn:
     """One line, exit status 1: the path and the reason of an OSError, else the error's message."""
     typer.echo(
-        f"error: {exc.filename}: {exc.strerror}"
-        if isinstance(exc, OSError) and exc.filename
-        else f"error: {exc}",
+        (
+            f"error: {exc.filename}: {exc.strerror}"
+            if isinstance(exc, OSError) and exc.filename
+            else f"error: {exc}"
+        ),
         err=True,
     )
     raise typer.Exit(1)
@@ -130,7 +133,6 @@ def tables(
 ) -> None:
     """Convert a spider feed into the descriptions and errors parquet tables."""
     from biocap_core import schemas
-
     from biocap_wiki.crawl import check_writable, default_errors_path
     from biocap_wiki.tables import read_feed
 
@@ -166,7 +168,6 @@ def merge(
     """Give every catalog image the description of its own 7-rank taxon, for biocap-captions."""
     from biocap_core import schemas
     from biocap_core.descriptions import per_uuid_descriptions
-
     from biocap_wiki.crawl import check_writable
 
     try:

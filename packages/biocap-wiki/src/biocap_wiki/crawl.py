@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+
 from biocap_core import schemas
 from biocap_core.errors import UnwritableFolder
 from biocap_core.fileio import writable_folder
-
 from biocap_wiki.resolve import REQUEST_FAILED
 from biocap_wiki.tables import load_species, read_feed
 
@@ -47,7 +47,8 @@ class CrawlResult:
 
     @property
     def request_failures(self) -> int:
-        """(binomial, taxonomy) rows whose last outcome is ``request failed``: the next run asks again."""
+        """(binomial, taxonomy) rows whose last outcome is ``request failed``: the next run asks
+        again."""
         return self.errors.filter(pl.col("reason") == REQUEST_FAILED).height
 
 
@@ -64,8 +65,8 @@ def default_cache_dir() -> Path:
 
 
 def check_writable(path: str | os.PathLike, *, folder: bool = False) -> None:
-    """Create the folder of ``path`` (or ``path`` itself with ``folder``) and make sure a file can be
-    written in it; raise :class:`OSError` naming ``path`` otherwise.
+    """Create the folder of ``path`` (or ``path`` itself with ``folder``) and make sure a file can
+    be written in it; raise :class:`OSError` naming ``path`` otherwise.
 
     Called before crawling, so a mistyped ``--out`` fails at once rather than after the crawl.
     """

@@ -4,8 +4,8 @@ Scrapy's LogStats reports pages and items per minute through the log; a
 person running the CLI wants to know how many species are done. :class:`Progress`
 reads the spider's stats every ``WIKI_PROGRESS_INTERVAL`` seconds and writes
 one line to stderr: rewritten in place on a terminal, a new line otherwise
-(a log file), and a last one when the crawl closes. It is off unless ``WIKI_PROGRESS`` is set; the CLI sets it
-unless ``-v`` asks for Scrapy's own log.
+(a log file), and a last one when the crawl closes. It is off unless ``WIKI_PROGRESS`` is set; the
+CLI sets it unless ``-v`` asks for Scrapy's own log.
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ class Progress:
         requests = sum(v for k, v in stats.items() if k.startswith("wiki/requests/"))
         done = stats.get("wiki/rows_before", 0) + described + errors
         return (
-            f"{done}/{stats.get('wiki/rows', '?')} species: {described} described, {errors} errors; "
-            f"{requests} requests"
+            f"{done}/{stats.get('wiki/rows', '?')} species: {described} described, {errors} errors;"
+            f" {requests} requests"
         )
 
     def report(self, last: bool = False) -> None:

@@ -17,7 +17,8 @@ import mwparserfromhell
 from mwparserfromhell.nodes import Comment, Heading, Tag, Template, Text, Wikilink
 from mwparserfromhell.wikicode import Wikicode
 
-#: Heading keywords in the priority order of the original's ``wiki_scraper/scraper_unique_names.py``.
+#: Heading keywords in the priority order of the original's
+#: ``wiki_scraper/scraper_unique_names.py``.
 SECTION_KEYWORDS: tuple[str, ...] = (
     "description",
     "morphology",

@@ -8,6 +8,7 @@ cannot drift apart. Feeds can route them separately with ``item_classes``.
 from __future__ import annotations
 
 import scrapy
+
 from biocap_core import schemas
 
 
@@ -19,7 +20,8 @@ def _item_class(name: str, schema: schemas.Schema, doc: str) -> type[scrapy.Item
 WikiDescription = _item_class(
     "WikiDescription",
     schemas.WIKI_DESCRIPTIONS,
-    "A description of one (binomial, taxonomy) with provenance: page, revision, section, time, licence.",
+    "A description of one (binomial, taxonomy) with provenance: page, revision, section, time,"
+    " licence.",
 )
 WikiError = _item_class(
     "WikiError",

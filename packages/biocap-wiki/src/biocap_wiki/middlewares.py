@@ -18,7 +18,6 @@ import logging
 from http import HTTPStatus
 from time import monotonic
 
-from biocap_core.retry_after import retry_after_seconds
 from scrapy import signals
 from scrapy.downloadermiddlewares.retry import RetryMiddleware
 from scrapy.exceptions import CannotResolveHostError, DownloadConnectionRefusedError
@@ -28,10 +27,13 @@ from scrapy.utils.asyncio import call_later
 from scrapy.utils.response import response_status_message
 from twisted.internet.error import ConnectError
 
+from biocap_core.retry_after import retry_after_seconds
+
 logger = logging.getLogger(__name__)
 API_ERROR_HEADER = b"MediaWiki-API-Error"
 #: Failures that mean no connection to the host at all: Scrapy's wrappers of Twisted's
-#: "connection refused" and DNS errors, and the Twisted errors it passes on (connect timeout, no route).
+#: "connection refused" and DNS errors, and the Twisted errors it passes on (connect timeout, no
+#: route).
 CONNECT_ERRORS = (DownloadConnectionRefusedError, CannotResolveHostError, ConnectError)
 
 

@@ -28,10 +28,8 @@ run asks again and its outcome supersedes it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 from biocap_core.taxonomy import RANKS
-
 from biocap_wiki.api import Page, clean_title
 from biocap_wiki.extract import Extract, describe, parse
 from biocap_wiki.taxobox import has_higher_ranks, ranks_agree, wikitext_ranks
@@ -89,7 +87,7 @@ class Failed:
     detail: str
 
 
-Action = Union[Fetch, Search, Render, Found, Failed]
+Action = Fetch | Search | Render | Found | Failed
 
 
 def _ranks_text(ranks: dict[str, str]) -> str:
@@ -178,7 +176,8 @@ class Lookup:
         return actions
 
     def _judge(self, page: Page, strict: bool) -> list[Action] | None:
-        """Accept or reject ``page`` for each remaining taxonomy; ``None`` while its rendered ranks are needed."""
+        """Accept or reject ``page`` for each remaining taxonomy; ``None`` while its rendered ranks
+        are needed."""
         code = parse(page.wikitext or "")
         ranks = wikitext_ranks(code)
         if strict and not has_higher_ranks(ranks):

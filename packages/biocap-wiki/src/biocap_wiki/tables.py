@@ -14,10 +14,10 @@ import os
 from pathlib import Path
 
 import polars as pl
+
 from biocap_core import schemas
 from biocap_core.errors import SchemaError
 from biocap_core.taxonomy import RANKS
-
 from biocap_wiki.resolve import RankValues
 
 KEY = ("binomial",) + RANKS

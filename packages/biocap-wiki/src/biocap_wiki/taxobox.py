@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from biocap_core.taxonomy import RANKS
 from mwparserfromhell.wikicode import Wikicode
 from parsel import Selector
 
+from biocap_core.taxonomy import RANKS
 from biocap_wiki.extract import parse, template_name
 
 #: Ranks compared by the homonym check (species is not: taxoboxes abbreviate it).

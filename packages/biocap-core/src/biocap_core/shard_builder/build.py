@@ -135,7 +135,7 @@ def _plan(inputs: Inputs, out: Path, work: Path, options: BuildOptions) -> dict:
         if json.loads(stamp.read_text()) != fingerprint:
             raise BuildMismatch(
                 f"--out {out} holds a build of other inputs or flags ({stamp}); "
-                f"rerun with its exact command, or build into a new --out"
+                "rerun with its exact command, or build into a new --out"
             )
         return read_summary(work)
     summary = make_plan(
@@ -162,9 +162,9 @@ def _fingerprint(inputs: Inputs, options: BuildOptions) -> dict:
     return {
         "files": {k: _describe_file(p) for k, p in files.items() if p is not None},
         "folders": folders,
-        "eol_sets": [[t.name, t.stat().st_size] for t in eol.eol_tars(inputs.eol)]
-        if inputs.eol
-        else [],
+        "eol_sets": (
+            [[t.name, t.stat().st_size] for t in eol.eol_tars(inputs.eol)] if inputs.eol else []
+        ),
         "key_column": inputs.key_column,
         "splits": list(options.splits) if options.splits else None,
         "policy": options.policy.describe(),

@@ -39,7 +39,8 @@ def write_classification(items: list[ToyImage], root: Path) -> None:
         lambda im: f"images/{im.species.taxon.genus}_{im.species.taxon.species}/{im.uuid}.jpg",
     )
     ranks = [{r: im.species.taxon.rank(r) for r in RANKS} for im in items]
-    # camera-trap layout: lower-case ranks in `cls`, common name, filepath, uuid; no index, no class column
+    # camera-trap layout: lower-case ranks in `cls`, common name, filepath, uuid; no index, no class
+    # column
     pl.DataFrame(
         {
             "scientific_name": [im.species.scientific for im in items],
@@ -66,7 +67,8 @@ def write_classification(items: list[ToyImage], root: Path) -> None:
 
 
 def write_retrieval(items: list[ToyImage], root: Path) -> None:
-    """Image-caption pairs in the retrieval CSV layout (numeric ids, ``"<Species>, <traits>"`` captions)."""
+    """Image-caption pairs in the retrieval CSV layout (numeric ids, ``"<Species>, <traits>"``
+    captions)."""
     ids = {im.uuid: str(100000 + i) for i, im in enumerate(items)}
     _save_images(items, root, lambda im: f"images/{ids[im.uuid]}.jpg")
     pl.DataFrame(
@@ -113,7 +115,8 @@ def _queries(pool: list[ToyImage], rng: random.Random, n_queries: int):
 def write_inquire(
     pool: list[ToyImage], root: Path, n_queries: int, n_candidates: int, seed: int
 ) -> None:
-    """INQUIRE-Rerank: queries and, per query, up to ``n_candidates`` pool images marked relevant or not."""
+    """INQUIRE-Rerank: queries and, per query, up to ``n_candidates`` pool images marked relevant or
+    not."""
     rng = random.Random(f"{seed}/inquire")
     _save_images(pool, root, lambda im: f"images/{im.uuid}.jpg")
     image_ids = {im.uuid: 5_000_000 + i for i, im in enumerate(pool)}
@@ -163,8 +166,8 @@ def write_wiki(species: list[ToySpecies], root: Path) -> None:
                 if sp.pattern == "plain"
                 else f" covered in a {sp.pattern_colour} {sp.pattern} pattern"
             )
-            + f". A row of {MARK_WORDS[sp.marks - 1]} dark mark{'s' if sp.marks > 1 else ''} sits above the body. "
-            f"It is found in toy habitats across the {t.kingdom} collection."
+            + f". A row of {MARK_WORDS[sp.marks - 1]} dark mark{'s' if sp.marks > 1 else ''} sits"
+            f" above the body. It is found in toy habitats across the {t.kingdom} collection."
         )
         binomial = sp.scientific
         species_rows.append({"binomial": binomial, **ranks})
@@ -198,8 +201,8 @@ def write_format_examples(species: list[ToySpecies], root: Path) -> None:
         {
             "class": klass,
             "description": "\n\n".join(
-                f"{i}. The {sp.taxon.common_name or sp.scientific}, {sp.scientific}, displays a {sp.shape} "
-                f"{sp.colour} body with {sp.pattern} markings."
+                f"{i}. The {sp.taxon.common_name or sp.scientific}, {sp.scientific}, displays a"
+                f" {sp.shape} {sp.colour} body with {sp.pattern} markings."
                 for i, sp in enumerate(members[:3], start=1)
             ),
         }

@@ -41,7 +41,8 @@ def _shard_sample(image: ToyImage) -> dict[str, object]:
 
 @dataclass(frozen=True)
 class ToyConfig:
-    """Sizes of the toy tree of life; the defaults train a tiny model to a clear zero-shot gain in minutes."""
+    """Sizes of the toy tree of life; the defaults train a tiny model to a clear zero-shot gain in
+    minutes."""
 
     species: int = 64
     images_per_species: int = 32

@@ -9,8 +9,8 @@ from __future__ import annotations
 import io
 import random
 import uuid as uuidlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 

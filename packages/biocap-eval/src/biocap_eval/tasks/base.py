@@ -7,13 +7,13 @@ metrics are percentages except INQUIRE's MRR (a fraction, as INQUIRE prints it).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 from biocap_core.errors import BioCAPError
 from biocap_core.taxonomy import TEMPLATES, read_templates
-
 from biocap_eval.benchmark import Benchmark, Status
 from biocap_eval.embedding import Encoder, ImageEmbeddings
 
@@ -22,7 +22,8 @@ SHOW_MISSING = 5
 
 
 class EvalError(BioCAPError, ValueError):
-    """A benchmark's input is unusable (missing images, empty after filtering, no candidates ...)."""
+    """A benchmark's input is unusable (missing images, empty after filtering, no candidates
+    ...)."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class Settings:
     skip_missing: bool = False
     strict: bool = False
 
-    def with_templates(self, path: Path) -> "Settings":
+    def with_templates(self, path: Path) -> Settings:
         """These settings with the zero-shot templates of a file (core's reader), failing as an
         :class:`EvalError` like every other bad eval input."""
         try:
@@ -101,8 +102,8 @@ class Task:
 
 def missing_error(source: Path | str, missing: list[str], total: int, root: Path) -> EvalError:
     return EvalError(
-        f"{source}: {len(missing)} of {total} image(s) missing under {root}; first: {missing[:SHOW_MISSING]} "
-        "(use --skip-missing to evaluate the rest)"
+        f"{source}: {len(missing)} of {total} image(s) missing under {root}; first:"
+        f" {missing[:SHOW_MISSING]} (use --skip-missing to evaluate the rest)"
     )
 
 

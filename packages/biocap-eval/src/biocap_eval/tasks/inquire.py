@@ -12,15 +12,14 @@ else from the candidates' own ``supercategory`` column).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from biocap_core import schemas
 from biocap_core.errors import BioCAPError
-
 from biocap_eval.benchmark import Benchmark, Status, hf_available
 from biocap_eval.embedding import Encoder, ImageEmbeddings
 from biocap_eval.metrics import rerank_metrics

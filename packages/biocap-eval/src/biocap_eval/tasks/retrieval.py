@@ -13,7 +13,6 @@ from pathlib import Path
 
 from biocap_core import schemas
 from biocap_core.errors import BioCAPError
-
 from biocap_eval.benchmark import Benchmark, Status
 from biocap_eval.embedding import Encoder
 from biocap_eval.metrics import recall_at_k
@@ -48,7 +47,8 @@ class Pairs:
 
 
 def read(bench: Benchmark, data_root: Path, skip_missing: bool = False) -> Pairs:
-    """The pairs of a retrieval benchmark; a missing image is an error, or dropped with ``skip_missing``."""
+    """The pairs of a retrieval benchmark; a missing image is an error, or dropped with
+    ``skip_missing``."""
     csv = data_root / bench.annotation
     table = schemas.RETRIEVAL.read(csv)
     root = bench.image_root(data_root)

@@ -15,7 +15,6 @@ import torch
 from biocap_core.errors import BioCAPError
 from biocap_core.taxonomy import LABEL_TYPES
 from biocap_core.zeroshot import ClassificationSet, per_class_recall, read_labels, topk_accuracy
-
 from biocap_eval.benchmark import Benchmark, Status
 from biocap_eval.embedding import Encoder
 from biocap_eval.tasks.base import (
@@ -40,10 +39,11 @@ def annotation_files(bench: Benchmark) -> list[tuple[str, str]]:
 
 
 def status(bench: Benchmark, data_root: Path) -> Status:
-    """Read every annotation table (labels built, images not opened) and count the images on disk."""
+    """Read every annotation table (labels built, images not opened) and count the images on
+    disk."""
     rows = found = expected = 0
     classes: list[str] = []
-    for name, rel in annotation_files(bench):
+    for _name, rel in annotation_files(bench):
         csv = data_root / rel
         if not csv.is_file():
             return Status("missing", detail=f"{csv} not found")

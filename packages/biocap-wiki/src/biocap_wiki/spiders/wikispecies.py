@@ -30,13 +30,13 @@ from typing import Any
 from urllib.parse import urlparse
 
 import scrapy
-from biocap_core.taxonomy import RANKS
 from scrapy import signals
 from scrapy.exceptions import CloseSpider, DontCloseSpider
 from scrapy.spidermiddlewares.httperror import HttpError
 from scrapy.utils.asyncio import sleep
 from scrapy.utils.defer import deferred_from_coro
 
+from biocap_core.taxonomy import RANKS
 from biocap_wiki import __version__, api
 from biocap_wiki.items import WikiDescription, WikiError
 from biocap_wiki.middlewares import CONNECT_ERRORS, status_message
@@ -138,7 +138,8 @@ class WikispeciesSpider(scrapy.Spider):
         # titles waiting for a batched query, each with the binomials that asked for it
         self.buffer: dict[str, list[str]] = self.state.setdefault("buffer", {})
 
-    # --- requests ----------------------------------------------------------------------------------
+    # --- requests
+    # ----------------------------------------------------------------------------------
 
     def _request(self, url: str, callback, meta: dict, priority: int, kind: str) -> scrapy.Request:
         self.crawler.stats.inc_value(f"wiki/requests/{kind}")
@@ -224,7 +225,8 @@ class WikispeciesSpider(scrapy.Spider):
             license=self.license,
         )
 
-    # --- start, callbacks --------------------------------------------------------------------------
+    # --- start, callbacks
+    # --------------------------------------------------------------------------
 
     async def start(self):
         self._open_state()
@@ -234,7 +236,8 @@ class WikispeciesSpider(scrapy.Spider):
             self.state["next"],
             len(self.lookups),
         )
-        # for the progress line: (binomial, taxonomy) rows in the list, and those ended in earlier runs
+        # for the progress line: (binomial, taxonomy) rows in the list, and those ended in earlier
+        # runs
         stats = self.crawler.stats
         stats.set_value("wiki/rows", sum(len(taxa) for _, taxa in self.species))
         stats.set_value(
@@ -354,7 +357,8 @@ class WikispeciesSpider(scrapy.Spider):
 
     def spider_idle(self) -> None:
         """Send the last partial batch; re-send what lookups restored from a JOBDIR still wait for
-        (requests lost with an interrupted run, or failed for good in an earlier run), once a run."""
+        (requests lost with an interrupted run, or failed for good in an earlier run), once a run.
+        """
         requests = list(self._flush(everything=True))
         if not requests:
             for binomial, lookup in list(self.lookups.items()):
@@ -368,7 +372,8 @@ class WikispeciesSpider(scrapy.Spider):
             raise DontCloseSpider
 
     def closed(self, reason: str) -> None:
-        """Log how the crawl ended, and leave it in the stats: ``scrapy crawl`` exits 0 either way."""
+        """Log how the crawl ended, and leave it in the stats: ``scrapy crawl`` exits 0 either
+        way."""
         stats = self.crawler.stats
         errors = {
             k.rsplit("/", 1)[1]: v
@@ -394,16 +399,20 @@ class WikispeciesSpider(scrapy.Spider):
                 "paused with %d species open and %d not started; %s",
                 len(lookups),
                 len(self.species) - state.get("next", 0),
-                f"the same command with JOBDIR={jobdir} resumes"
-                if jobdir
-                else "without a JOBDIR nothing is kept, the next run starts over",
+                (
+                    f"the same command with JOBDIR={jobdir} resumes"
+                    if jobdir
+                    else "without a JOBDIR nothing is kept, the next run starts over"
+                ),
             )
         elif reason == "finished" and lookups:
             self.logger.error(
                 "%d species ended with request failures (%s); %s",
                 len(lookups),
                 ", ".join(list(lookups)[:10]),
-                f"the same command with JOBDIR={jobdir} asks for them again"
-                if jobdir
-                else "set a JOBDIR to retry only them",
+                (
+                    f"the same command with JOBDIR={jobdir} asks for them again"
+                    if jobdir
+                    else "set a JOBDIR to retry only them"
+                ),
             )
