@@ -43,6 +43,10 @@ def toy(
     image_size: int = typer.Option(64, help="Side of the square images, in pixels."),
     shard_size: int = typer.Option(256, help="Samples per webdataset shard."),
     seed: int = typer.Option(0, help="Random seed; the same seed gives identical files."),
+    caption_noise: float = typer.Option(
+        0.0, min=0.0, max=1.0,
+        help="Share of trait phrases in the training captions made wrong or missing, as MLLM "
+             "captions sometimes are (0 to 1)."),
 ) -> None:
     """Generate the toy tree of life (shards, catalog and every benchmark layout)."""
     from biocap_core.toy import ToyConfig, generate
@@ -50,7 +54,8 @@ def toy(
     _make_out_dir(out)
     manifest = generate(out, ToyConfig(species=species, images_per_species=images_per_species,
                                        val_per_species=val_per_species, eval_per_species=eval_per_species,
-                                       image_size=image_size, shard_size=shard_size, seed=seed))
+                                       image_size=image_size, shard_size=shard_size, seed=seed,
+                                       caption_noise=caption_noise))
     typer.echo(json.dumps(manifest, indent=2))
     typer.echo(f"toy tree of life written to {out}")
 
