@@ -8,8 +8,11 @@ never with the code that wrote them, and compared with ``attributes.parquet``.
 from __future__ import annotations
 
 import io
+import json
 import random
 import re
+import subprocess
+import sys
 
 import numpy as np
 import polars as pl
@@ -251,3 +254,16 @@ def test_inquire_relevance_follows_the_images_true_attributes(toy_dir):
         texts = queries.filter(pl.col("supercategory") == name)["query_text"]
         assert any(t.startswith("a juvenile ") for t in texts), name
     assert rerank.group_by("query").agg(pl.col("relevant").sum())["relevant"].min() >= 1
+
+
+def test_cli_caption_noise(tmp_path):
+    args = [sys.executable, "-m", "biocap_core", "toy", "--out", str(tmp_path / "toy"),
+            "--species", "2", "--images-per-species", "5", "--val-per-species", "1",
+            "--eval-per-species", "1", "--image-size", "16", "--caption-noise", "0.5"]
+    subprocess.run(args, check=True, capture_output=True, text=True)
+    manifest = json.loads((tmp_path / "toy" / "manifest.json").read_text())
+    assert manifest["config"]["caption_noise"] == 0.5
+    train = attributes(tmp_path / "toy").filter(pl.col("split") == "train")
+    assert train["caption_errors"].sum() == round(0.5 * 10 * len(TRAITS))
+    refused = subprocess.run(args[:-1] + ["1.5"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "--caption-noise" in refused.stderr

@@ -11,7 +11,7 @@ MLLM captions sometimes are; pose, setting and life stage stay true.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from biocap_core.toy.render import ToyImage
 from biocap_core.toy.species import COLOURS, MARK_WORDS, PATTERN_COLOURS, PATTERNS, PLANS, SHAPES
@@ -63,8 +63,7 @@ def caption(
     for trait in noisy:
         wrong = [v for v in TRAIT_VALUES[trait] if v != stated[trait]]
         stated[trait] = None if rng.random() < 0.5 else rng.choice(wrong)
-    shape = rng.choice(_SHAPES)
-    return shape(image, stated, image.species.scientific if name else "")
+    return _write(rng.choice(_SHAPES), image, stated, image.species.scientific if name else "")
 
 
 def _a(phrase: str) -> str:
@@ -95,57 +94,31 @@ def _features(image: ToyImage, stated: Stated) -> str:
 
 
 def _juvenile(image: ToyImage) -> str:
-    return (
-        " Being a juvenile, it is smaller and paler than an adult."
-        if image.stage == "juvenile"
-        else ""
-    )
+    if image.stage != "juvenile":
+        return ""
+    return " Being a juvenile, it is smaller and paler than an adult."
 
 
-def _named_first(image: ToyImage, stated: Stated, name: str) -> str:
-    """A juvenile round red crawler (Name), leaning left, on a dark background. It has ..."""
-    features = _features(image, stated)
-    subject = _subject(image, stated)
-    text = (
-        f"{subject[0].upper()}{subject[1:]}{f' ({name})' if name else ''}, {image.tilt}, "
-        f"on a {image.background} background."
-    )
-    return text + (f" It has {features}." if features else "") + _juvenile(image)
-
-
-def _photo_shows(image: ToyImage, stated: Stated, name: str) -> str:
-    """This photo shows a round red crawler, Name, upright against a pale backdrop. Its body ..."""
-    features = _features(image, stated)
-    text = (
-        f"This photo shows {_subject(image, stated)}{f', {name},' if name else ''} {image.tilt} "
-        f"against a {image.background} backdrop."
-    )
-    return text + (f" Its body has {features}." if features else "") + _juvenile(image)
-
-
-def _pose_first(image: ToyImage, stated: Stated, name: str) -> str:
-    """Leaning right, a round red crawler of the species Name is seen on pale ground, with ..."""
-    features = _features(image, stated)
-    text = (
-        f"{image.tilt.capitalize()}, {_subject(image, stated)}"
-        f"{f' of the species {name}' if name else ''} is seen on {image.background} ground"
-    )
-    return text + (f", with {features}." if features else ".") + _juvenile(image)
-
-
-def _close_up(image: ToyImage, stated: Stated, name: str) -> str:
-    """Close-up of a round red crawler (Name) on a dark background, upright. Visible: ..."""
-    features = _features(image, stated)
-    text = (
-        f"Close-up of {_subject(image, stated)}{f' ({name})' if name else ''} "
-        f"on a {image.background} background, {image.tilt}."
-    )
-    return text + (f" Visible: {features}." if features else "") + _juvenile(image)
-
-
-_SHAPES: tuple[Callable[[ToyImage, Stated, str], str], ...] = (
-    _named_first,
-    _photo_shows,
-    _pose_first,
-    _close_up,
+#: The sentence shapes: (sentence, how it names the species, its features clause, what ends the
+#: sentence instead when no pattern or marks are stated). ``{subject}`` is "a juvenile round red
+#: crawler", ``{tilt}`` the pose, ``{background}`` the setting.
+_SHAPES = (
+    ("{Subject}{named}, {tilt}, on a {background} background.", " ({name})",
+     " It has {features}.", ""),
+    ("This photo shows {subject}{named} {tilt} against a {background} backdrop.", ", {name},",
+     " Its body has {features}.", ""),
+    ("{Tilt}, {subject}{named} is seen on {background} ground", " of the species {name}",
+     ", with {features}.", "."),
+    ("Close-up of {subject}{named} on a {background} background, {tilt}.", " ({name})",
+     " Visible: {features}.", ""),
 )
+
+
+def _write(shape: tuple[str, str, str, str], image: ToyImage, stated: Stated, name: str) -> str:
+    sentence, named, with_features, bare = shape
+    subject, features = _subject(image, stated), _features(image, stated)
+    text = sentence.format(
+        subject=subject, Subject=subject[0].upper() + subject[1:], tilt=image.tilt,
+        Tilt=image.tilt.capitalize(), background=image.background,
+        named=named.format(name=name) if name else "")
+    return text + (with_features.format(features=features) if features else bare) + _juvenile(image)
