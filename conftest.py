@@ -1,5 +1,6 @@
-"""Fixtures that tests of more than one package share: the no-argument demo's run, an app installed
-alone from wheels, and the environment for child processes.
+"""Fixtures that tests of more than one package share: the no-argument demo's run, a venv outside
+the workspace and an app installed alone from wheels in one, and the environment for child
+processes.
 
 ``biocap-train`` with no arguments (the README's main command) is the suite's most expensive step.
 biocap-train's test checks what it prints and writes, and biocap-predict's tests use the model it
@@ -106,40 +107,81 @@ class InstalledAlone:
 INSTALL_ROOT = Path(os.environ.get("BIOCAP_TEST_VENVS", "~/.cache/biocap/test-venvs")).expanduser()
 
 
+@dataclass(frozen=True)
+class ScratchVenv:
+    """A venv outside the workspace, and what installs into it and runs it."""
+
+    venv: Path
+    env: dict  #: a clean environment: no workspace venv, no project discovery, the kept bytecode
+    uv: str
+    cwd: Path
+
+    @property
+    def python(self) -> Path:
+        return self.venv / "bin" / "python"
+
+    def install(self, *requirements, constraints_of: str) -> None:
+        """``uv pip install`` (pip's interface) ``requirements``, with the workspace lock's versions
+        of ``constraints_of``'s dependencies as constraints, so every third-party wheel the lock has
+        comes from uv's cache (linked, not copied) instead of a multi-GB download. The constraints
+        pin versions; what gets installed is what the requirements' metadata asks for. A kept venv
+        that has installed the same requirements under the same constraints is left as it is."""
+        constraints = self.cwd / "constraints.txt"
+        constraints.write_text(_sh(self.uv, "export", "--package", constraints_of, "--no-hashes",
+                                   "--no-emit-workspace", "--no-dev", "--frozen", "--no-header",
+                                   "-q", cwd=REPO))
+        stamp = self.venv / "installed.json"
+        key = json.dumps([*map(str, requirements), constraints.read_text()])
+        if stamp.is_file() and stamp.read_text() == key:
+            return
+        _sh(self.uv, "pip", "install", "-q", "--python", self.python, "--link-mode", "symlink",
+            "-c", constraints, *requirements, cwd=self.cwd, env=self.env)
+        stamp.write_text(key)
+
+
 @pytest.fixture
-def install_alone(tmp_path):
-    """``install_alone("biocap-eval")``: builds the wheels of biocap-core and the app and installs them with
-    uv (``uv pip install``, pip's interface) into a new venv, the workspace lock's versions as
-    constraints, so every third-party wheel comes from uv's cache (linked, not copied) instead of a
-    multi-GB download. The constraints only pin versions; what gets installed is what the wheels'
-    metadata asks for, which is what the tests check."""
+def scratch_venv(tmp_path):
+    """``scratch_venv("name")``: a new venv at ``INSTALL_ROOT/name``, its bytecode kept beside it,
+    locked against other sessions until the test ends; ``keep=True`` reuses the venv of an
+    earlier run, for third-party packages at pinned versions (removing the venv, making it anew
+    and linking torch into it took 51 s on the 2-core development machine under load, measured)."""
     uv = os.environ.get("UV") or shutil.which("uv") or pytest.fail("uv is not on PATH")
 
-    def install(app: str) -> InstalledAlone:
-        wheels = tmp_path / "wheels"
-        for package in ("biocap-core", app):
-            _sh(uv, "build", "--package", package, "--wheel", "--out-dir", wheels, "-q", cwd=REPO)
-        constraints = tmp_path / "constraints.txt"
-        constraints.write_text(_sh(uv, "export", "--package", app, "--no-emit-workspace", "--no-hashes", "--no-dev",
-                                   "--frozen", "--no-header", "-q", cwd=REPO))
-        home = INSTALL_ROOT / app
+    def make(name: str, keep: bool = False) -> ScratchVenv:
+        home = INSTALL_ROOT / name
         home.mkdir(parents=True, exist_ok=True)
         lock = stack.enter_context(open(home / "lock", "w"))
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the test ends
-        # a clean environment: no workspace venv, no project discovery (cwd is outside the repo)
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("VIRTUAL_ENV", "UV_PROJECT", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "CONDA"))}
+        dropped = ("VIRTUAL_ENV", "UV_PROJECT", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "CONDA")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
         env["PYTHONPYCACHEPREFIX"] = str(home / "bytecode")
         venv = home / "venv"
-        shutil.rmtree(venv, ignore_errors=True)
-        _sh(uv, "venv", "-q", "--python", sys.executable, venv, cwd=tmp_path, env=env)
-        _sh(uv, "pip", "install", "-q", "--python", venv / "bin" / "python", "--link-mode", "symlink", "-c",
-            constraints, *sorted(wheels.glob("*.whl")), cwd=tmp_path, env=env)
-        assert (venv / "bin" / app).is_file()
-        return InstalledAlone(app, venv, env, tmp_path)
+        if not keep:
+            shutil.rmtree(venv, ignore_errors=True)
+        if not (venv / "bin" / "python").is_file():
+            _sh(uv, "venv", "-q", "--python", sys.executable, venv, cwd=tmp_path, env=env)
+        return ScratchVenv(venv, env, uv, tmp_path)
 
     with contextlib.ExitStack() as stack:
-        yield install
+        yield make
+
+
+@pytest.fixture
+def install_alone(scratch_venv, tmp_path):
+    """``install_alone("biocap-eval")``: builds the wheels of biocap-core and the app and installs
+    them into a new venv (:meth:`ScratchVenv.install`, the app's locked versions as constraints)."""
+
+    def install(app: str) -> InstalledAlone:
+        made = scratch_venv(app)
+        wheels = tmp_path / "wheels"
+        for package in ("biocap-core", app):
+            _sh(made.uv, "build", "--package", package, "--wheel", "--out-dir", wheels, "-q",
+                cwd=REPO)
+        made.install(*sorted(wheels.glob("*.whl")), constraints_of=app)
+        assert (made.venv / "bin" / app).is_file()
+        return InstalledAlone(app, made.venv, made.env, tmp_path)
+
+    return install
 
 
 def _sh(*args, cwd: Path, env: dict | None = None) -> str:

@@ -109,14 +109,14 @@ def trainer_comparison(root: Path, repeats: int, threads: str | None) -> None:
 def loader_comparison(root: Path, sizes=(512, 1024), n_images=128) -> None:
     import open_clip
     import torch
-    from biocap_core.preprocess import image_transform
     from biocap_core.shards import expand_sources
     from biocap_core.toy import ToyConfig, generate
-    from biocap_train.data import StreamSpec, TrainStream, loader
+    from biocap_train.image_prep import WorkerDecode
+    from biocap_train.schedule import TextSchedule
+    from biocap_train.streams import StreamSpec, TrainStream, loader
 
     torch.set_num_threads(1)  # as inside a DataLoader worker
     tokenizer = open_clip.SimpleTokenizer(context_length=77)
-    transform = image_transform(224, train=True)
     for size in sizes:
         toy = root / f"toy-{size}px"
         if not (toy / "manifest.json").is_file():
@@ -126,15 +126,17 @@ def loader_comparison(root: Path, sizes=(512, 1024), n_images=128) -> None:
         urls, _ = expand_sources("::".join(str(p) for p in sorted((toy / "train").glob("shard-*.tar"))))
         rates = {}
         for draft in (None, 224):
-            spec = StreamSpec(urls=urls, weights=None, resampled=False, batch_size=32, seed=0, epoch=0, rank=0,
-                              world_size=1, num_streams=1, microbatches=2 * n_images // 32, first_step=0,
-                              accum_freq=1, transform=transform, tokenizer=tokenizer, text_type=TEXT_TYPE,
-                              draft_size=draft, shuffle_buffer=64)
+            spec = StreamSpec(urls=urls, weights=None, resampled=False, batch_size=32, epoch=0,
+                              rank=0, world_size=1, num_streams=1,
+                              microbatches=2 * n_images // 32, first_step=0, accum_freq=1,
+                              prep=WorkerDecode(224, train=True, draft_size=draft),
+                              tokenizer=tokenizer, texts=TextSchedule(0, TEXT_TYPE),
+                              shuffle_buffer=64)
             best = 0.0
             for _ in range(3):
                 start, n = time.perf_counter(), 0
                 for batch in loader(TrainStream(spec), 0):
-                    n += len(batch["image"])
+                    n += len(batch.image)
                 best = max(best, n / (time.perf_counter() - start))
             rates[draft] = best
         print(f"loader, {size} px JPEGs -> 224 px crop, 1 process: full decode {rates[None]:.1f} samples/s, "
@@ -217,15 +219,18 @@ def make_trainer(route: dict, model: str, device, steps: int):
     return trainer
 
 
-def synthetic_batches(trainer, batch: int, n: int = 4) -> list[dict]:
+def synthetic_batches(trainer, batch: int, n: int = 4) -> list:
     """``n`` fixed random batches (seeded, so every route sees the same ones), cycled by the steps."""
     import torch
+    from biocap_train.batches import Batch
+    from biocap_train.schedule import StepText
 
     gen = torch.Generator().manual_seed(0)
     model = trainer.model
-    return [{"image": torch.randn(batch, 3, *model.image_size, generator=gen).to(trainer.device),
-             "text": torch.randint(1, model.vocab_size - 1, (batch, model.context_length), generator=gen
-                                   ).to(trainer.device), "text_type": TEXT_TYPE} for _ in range(n)]
+    shape, dev = (batch, model.context_length), trainer.device
+    return [Batch(image=torch.randn(batch, 3, *model.image_size, generator=gen).to(dev),
+                  text=torch.randint(1, model.vocab_size - 1, shape, generator=gen).to(dev),
+                  step_text=StepText(TEXT_TYPE)) for _ in range(n)]
 
 
 def step_flops(model: str, batch: int, device) -> float:
@@ -288,8 +293,9 @@ def end_to_end(trainer, urls: list[str], batch: int, steps: int, warmup: int, wo
     decode; without, PIL in draft mode in the workers), and the CPU cores kept busy meanwhile."""
     import dataclasses
 
-    from biocap_train.data import TrainBatches, plan_run
     from biocap_train.distributed import DistInfo
+    from biocap_train.run_plan import plan_run
+    from biocap_train.train_batches import TrainBatches
 
     # shards drawn with replacement, so the figure does not depend on the shard count per worker
     cfg = dataclasses.replace(trainer.cfg, train_data="::".join(urls), dataset_resampled=True, batch_size=batch,
@@ -302,7 +308,7 @@ def end_to_end(trainer, urls: list[str], batch: int, steps: int, warmup: int, wo
             sync()
             n, t0, cpu0 = 0, time.perf_counter(), _cpu_busy()
         trainer.train_step(step, micro)
-        n += sum(len(b["text"]) for b in micro)
+        n += sum(len(b.text) for b in micro)
     sync()
     seconds = time.perf_counter() - t0
     return {"decode": "device" if gpu_decode else "cpu (PIL, draft)", "workers": workers, "steps": steps,

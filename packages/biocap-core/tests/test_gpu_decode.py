@@ -8,6 +8,7 @@ chroma upsampling) a mean difference of 0.01 (below one uint8 level) and 0.25 pe
 
 from __future__ import annotations
 
+import gc
 import io
 import random
 
@@ -15,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from biocap_core.errors import GpuDecodeUnavailable, ShardError
-from biocap_core.gpu_decode import DevicePreprocess, decode_batch, require_cuda
+from biocap_core.errors import GpuDecodeUnavailable
+from biocap_core.gpu_decode import DevicePreprocess, require_cuda
 from biocap_core.preprocess import decode_image, image_transform
 from biocap_core.toy import BACKGROUNDS, TILTS, make_species, render
 
@@ -48,6 +49,13 @@ def _assert_close(out: torch.Tensor, ref: torch.Tensor, max_diff: float, mean_di
     assert diff.mean(dim=(1, 2, 3)).amax() <= mean_diff, diff.mean(dim=(1, 2, 3))
 
 
+def _device_batch(prep: DevicePreprocess, sources, device, dtype=torch.float32) -> torch.Tensor:
+    """The whole batch as the device path gives it: encoded in the workers, decoded on ``device``."""
+    images, kept, failed = prep.apply(prep.collate([prep.encode(s) for s in sources]), device, dtype)
+    assert kept == list(range(len(sources))) and not failed, failed
+    return images
+
+
 def _eval_reference(sources, size):
     return torch.stack([image_transform(size, train=False)(decode_image(s)) for s in sources])
 
@@ -56,14 +64,15 @@ def _train_pair(sources, size, device):
     """(device path, PIL path) of the train transform, each from the same seed."""
     prep, pil = DevicePreprocess(size, train=True), image_transform(size, train=True)
     torch.manual_seed(7)
-    batch = prep.collate([prep.encode(s) for s in sources])
+    out = _device_batch(prep, sources, device)
     torch.manual_seed(7)
     ref = torch.stack([pil(decode_image(s)) for s in sources])
-    return prep(batch, device), ref
+    return out, ref
 
 
 def test_eval_batch_matches_the_pil_transform_on_cpu(sources):
-    _assert_close(decode_batch(sources, 224, "cpu"), _eval_reference(sources, 224), CPU_MAX, CPU_MEAN)
+    out = _device_batch(DevicePreprocess(224, train=False), sources, "cpu")
+    _assert_close(out, _eval_reference(sources, 224), CPU_MAX, CPU_MEAN)
 
 
 def test_train_batch_draws_the_pil_transforms_crops_from_the_same_seed(sources):
@@ -76,6 +85,15 @@ def test_workers_hand_over_jpeg_bytes_and_decode_only_the_rest(sources):
     batch = prep.collate([prep.encode(s) for s in sources])
     assert [x.ndim for x in batch.images] == [1, 1, 1, 1, 1, 3, 3]
     assert bytes(batch.images[0].numpy()) == sources[0] and batch.boxes is None
+
+
+@pytest.mark.filterwarnings("error")  # an unclosed file warns (ResourceWarning) when collected
+def test_a_file_is_read_to_its_bytes_and_closed(sources, tmp_path):
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(sources[0])
+    pixels, box = DevicePreprocess(224, train=False).encode(path)
+    gc.collect()
+    assert bytes(pixels.numpy()) == sources[0] and box is None
 
 
 def test_a_truncated_jpeg_fails_in_the_worker_like_the_cpu_path(sources):
@@ -91,17 +109,16 @@ def test_a_jpeg_only_the_device_finds_broken_is_reported_at_its_position(sources
     images, kept, failed = prep.apply(batch, "cpu")
     assert kept == [0, 2] and [i for i, _ in failed] == [1] and "cannot decode as an image" in failed[0][1]
     _assert_close(images, _eval_reference([sources[0], sources[5]], 64), CPU_MAX, CPU_MEAN)
-    with pytest.raises(ShardError, match="cannot be decoded"):  # training's call: the batch fails
-        prep(batch, "cpu")
 
 
 def test_pure_bf16_runs_get_the_batch_in_their_dtype(sources):
-    assert decode_batch(sources[:2], 64, "cpu", dtype=torch.bfloat16).dtype == torch.bfloat16
+    prep = DevicePreprocess(64, train=False)
+    assert _device_batch(prep, sources[:2], "cpu", dtype=torch.bfloat16).dtype == torch.bfloat16
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (nvJPEG)")
 def test_eval_and_train_batches_match_the_pil_transform_on_cuda(sources):
-    out = decode_batch(sources, 224, "cuda")
+    out = _device_batch(DevicePreprocess(224, train=False), sources, "cuda")
     assert out.device.type == "cuda"
     _assert_close(out, _eval_reference(sources, 224), CUDA_MAX, CUDA_MEAN)
     _assert_close(*_train_pair(sources, 224, "cuda"), CUDA_MAX, CUDA_MEAN)

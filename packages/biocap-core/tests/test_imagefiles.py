@@ -72,6 +72,18 @@ def test_jpegs_are_drafted_to_the_crop_size(tiny_cfg, tmp_path):
     assert data.draft_size == 32 and data._decode(0).size == (128, 96) and data._decode(1).size == (128, 96)
 
 
+def test_without_draft_a_jpeg_crop_is_the_eval_transform_of_the_full_image(tiny_cfg, tmp_path):
+    big = tmp_path / "big.jpg"
+    gradient = np.linspace(0, 255, 1024 * 768 * 3).reshape(768, 1024, 3).astype(np.uint8)
+    Image.fromarray(gradient).save(big, quality=90)
+    model = build_model(tiny_cfg)
+    full = ImageFiles([big], model, draft=False)
+    assert full._decode(0).size == (1024, 768)
+    _, crop = full[0]
+    expected = image_transform(model, train=False)(Image.open(big))
+    assert torch.allclose(full.to_float(crop[None])[0], expected, atol=1e-6)
+
+
 def _device_only_corrupt(jpeg: bytes) -> bytes:
     """A JPEG whose header reads (so a ``gpu_decode`` worker hands it over) but whose scan names a
     component the frame lacks: only decoding, on the device, finds it broken."""

@@ -11,6 +11,7 @@ from hypothesis import assume, given, strategies as st
 from biocap_core import schemas
 from biocap_core.errors import SchemaError, TaxonParseError
 from biocap_core.taxonomy import (
+    OPENAI_TEMPLATES,
     RANKS,
     TEMPLATES,
     Taxon,
@@ -71,6 +72,7 @@ def test_81_templates_start_with_a_photo_of():
     assert TEMPLATES[0] == "a photo of {}."
     assert TEMPLATES[1] == "a bad photo of a {}."
     assert all(t.count("{}") == 1 for t in TEMPLATES)
+    assert TEMPLATES[1:] == OPENAI_TEMPLATES and len(set(OPENAI_TEMPLATES)) == 80
 
 
 _PLACEHOLDERS = ("unknown", "pleasehelp")  # cleaned away (see test_tol_cleaning.py)

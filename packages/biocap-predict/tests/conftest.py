@@ -1,7 +1,8 @@
 """Fixtures shared by the whole test run: the no-argument demo's toy tree of life and the
 BioCAP-toy checkpoint it trains (the root conftest.py runs the demo once for this package and
-biocap-train's demo test), a taxa index
-built from its catalog with that checkpoint (with trait captions), and a Predictor on them.
+biocap-train's demo test), a taxa index built from its catalog with that checkpoint (with trait
+captions), a Predictor on them, and the checkpoint exported as an OpenCLIP folder with the index's
+text embeddings in pybioclip's layout.
 
 The checkpoint comes from biocap-train, which biocap-predict does not depend on; the workspace's
 test environment has it, and tests needing it are skipped where it is not installed.
@@ -9,7 +10,9 @@ test environment has it, and tests needing it are skipped where it is not instal
 
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -90,3 +93,31 @@ def photo(zeroshot_images, toy_predictor) -> dict:
             return {"path": path, "name": path.name, "bytes": path.read_bytes(), "scientific": truth,
                     "others": others}
     pytest.fail("the demo's model gets no toy zero-shot photo right")
+
+
+@dataclass(frozen=True)
+class OpenClipToy:
+    """The toy model as pybioclip users hold a model: an OpenCLIP folder and published embeddings."""
+
+    model: str  #: ``local-dir:FOLDER``, the checkpoint exported by core (config + safetensors)
+    tol: Path  #: ``txt_emb_species.npy`` (dim, taxa) + ``.json``, the toy index's text embeddings
+    index: Path  #: the same embeddings imported as a taxa index for the exported model (--from-tol)
+    dim: int
+
+
+@pytest.fixture(scope="session")
+def open_clip_toy(toy_model, toy_index, tmp_path_factory) -> OpenClipToy:
+    import numpy as np
+    from biocap_core.checkpoints import export_open_clip, load_model
+    from biocap_predict import TaxaIndex
+
+    root = tmp_path_factory.mktemp("open-clip-toy")
+    model = f"local-dir:{export_open_clip(toy_model, root / 'model')}"
+    index = TaxaIndex.load(toy_index)
+    tol = root / "tol"
+    tol.mkdir()
+    np.save(tol / "txt_emb_species.npy", index.embeddings.T.numpy())
+    names = [[list(row[:7]), row[7]] for row in index.taxa.rows()]
+    (tol / "txt_emb_species.json").write_text(json.dumps(names))
+    TaxaIndex.from_tol(load_model(model), tol, root / "index", model_name=model)
+    return OpenClipToy(model, tol, root / "index", index.embeddings.shape[1])

@@ -188,6 +188,15 @@ def test_a_published_tree_of_life_embedding_pair_imports(tmp_path):
     assert torch.allclose(loaded.embeddings.norm(dim=1), torch.ones(3))
     rows = Predictor(model, index, device="cpu").predict_embeddings(torch.tensor(matrix.T[:1]), ["x"], rank="genus")
     assert rows[0]["genus"] == "Corvus" and rows[0]["score"] > 0.5
+    # a model's own pair (BioCAP publishes txt_emb_biocap.*): the folder's only pair, or the .npy
+    (tmp_path / "txt_emb_species.npy").rename(tmp_path / "txt_emb_biocap.npy")
+    (tmp_path / "txt_emb_species.json").rename(tmp_path / "txt_emb_biocap.json")
+    for source in (tmp_path, tmp_path / "txt_emb_biocap.npy"):
+        again = TaxaIndex.from_tol(model, source, tmp_path / "idx2")
+        assert torch.equal(again.embeddings, index.embeddings) and again.taxa.equals(index.taxa)
+    (tmp_path / "txt_emb_bioclip.npy").write_bytes(b"")
+    with pytest.raises(TaxaIndexError, match="expected one txt_emb_"):
+        TaxaIndex.from_tol(model, tmp_path, tmp_path / "idx3")
 
 
 def test_gpu_decode_is_refused_off_cuda_before_a_model_loads():

@@ -116,7 +116,7 @@ def test_labels_from_a_list_or_file_and_bins(folder, model_args, tmp_path):
     ("empty_labels", "the label file is empty"),
     ("rank", "unknown rank 'subspecies'"),
     ("other_model", "was built with model"),
-    ("two_sources", "exactly one of --index, --labels or --bins"),
+    ("two_sources", "one of --index, --labels or --bins, not several"),
     ("gpu_decode_predict", "--gpu-decode needs CUDA"),
     ("gpu_decode_embed", "--gpu-decode needs CUDA"),
 ])

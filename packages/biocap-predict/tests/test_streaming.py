@@ -13,10 +13,11 @@ from PIL import Image
 
 import biocap_predict.outputs as outputs
 import biocap_predict.predictor as predictor_module
+from biocap_core import schemas
 from biocap_core.checkpoints import load_model
 from biocap_predict import Predictor, TaxaIndex
 from biocap_predict.images import expand_paths
-from biocap_predict.index import FORMAT, TAXA_COLUMNS, weights_fingerprint
+from biocap_predict.index import FORMAT, weights_fingerprint
 from biocap_predict.outputs import RowWriter, read_rows
 from biocap_predict.rows import TAXON_COLUMNS
 
@@ -31,7 +32,8 @@ def random_predictor():
     taxa = pl.DataFrame({"kingdom": ["Animalia"] * n, "phylum": ["Chordata"] * n, "class": ["Aves"] * n,
                          "order": [f"order{i // 20}" for i in range(n)], "family": [f"family{i // 10}" for i in range(n)],
                          "genus": [f"Genus{i // 5}" for i in range(n)], "species": [f"sp{i}" for i in range(n)],
-                         "common_name": [f"bird {i}" for i in range(n)]}).select(TAXA_COLUMNS)
+                         "common_name": [f"bird {i}" for i in range(n)]}
+                        ).select(schemas.TAXA.column_names)
     emb = torch.nn.functional.normalize(torch.from_numpy(rng.standard_normal((n, 64), dtype=np.float32)), dim=-1)
     index = TaxaIndex(taxa, emb, {"format": FORMAT, "model_fingerprint": weights_fingerprint(model), "captions": 0})
     return Predictor(model, index, device="cpu", batch_size=4)

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import importlib
+import io
 import re
+import struct
 import sys
+import threading
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from biocap_core.taxonomy import RANKS
@@ -107,6 +112,76 @@ def test_an_upload_over_the_limit_without_content_length_is_413_too(client):
                            headers={"content-type": "multipart/form-data; boundary=b"})
     assert response.status_code == 413
     assert "too large" in response.json()["detail"]
+
+
+def png_of(width: int, height: int) -> bytes:
+    """A valid grayscale PNG of ``width`` x ``height`` black pixels, compressed row by row: a few
+    hundred kilobytes for 11,000 x 11,000 pixels, which take 121 MB once decoded."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    packer, row = zlib.compressobj(9), b"\0" * (width + 1)  # filter byte + one byte a pixel
+    pixels = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunks = chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunks
+
+
+def test_a_photo_of_too_many_pixels_is_413_from_its_header_without_decoding_it(client, monkeypatch):
+    from PIL import ImageFile
+
+    data = png_of(11_000, 11_000)
+    assert len(data) < MAX_UPLOAD_MB * 2**20  # small in bytes: the byte limit lets it through
+    decoded = []
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda im: decoded.append(im.size))
+    response = post(client, "bomb.png", data)
+    assert response.status_code == 413
+    detail = response.json()["detail"]
+    assert "bomb.png" in detail and "11,000 x 11,000" in detail
+    assert "at most 40 megapixels" in detail
+    assert decoded == []  # refused from the header: no pixel was decoded
+
+
+def test_the_pixel_cap_is_the_servers_setting(toy_predictor, photo):
+    from PIL import Image
+
+    width, height = Image.open(io.BytesIO(photo["bytes"])).size
+    for cap, status in ((width * height - 1, 413), (width * height, 200)):
+        app = create_app(toy_predictor, max_upload_pixels=cap)
+        response = post(TestClient(app), photo["name"], photo["bytes"])
+        assert response.status_code == status, response.text
+    assert TestClient(app).get("/api/health").json()["max_upload_pixels"] == width * height
+
+
+@pytest.mark.parametrize("slots", [1, 2])
+def test_uploads_are_decoded_a_few_at_a_time(slots, toy_predictor, photo, monkeypatch):
+    """Four uploads at once: never more than ``max_decodes`` decode together, and all answer."""
+    import biocap_predict.web as web
+
+    decode, inside, peak, lock = web._decode, [0], [0], threading.Lock()
+    full = threading.Event()
+
+    def counted(*args):
+        with lock:
+            inside[0] += 1
+            peak[0] = max(peak[0], inside[0])
+            if inside[0] == slots:
+                full.set()
+        full.wait(timeout=3)  # hold the slot until as many decodes as allowed run together
+        try:
+            return decode(*args)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    monkeypatch.setattr(web, "_decode", counted)
+    client = TestClient(create_app(toy_predictor, max_decodes=slots))
+    with ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(lambda _: post(client, photo["name"], photo["bytes"]), range(4)))
+    codes = [r.status_code for r in responses]
+    assert codes == [200] * 4
+    assert peak[0] == slots
 
 
 def test_a_request_without_a_photo_gets_a_readable_422(client):

@@ -13,13 +13,17 @@ import torch
 import webdataset as wds
 from biocap_core.errors import ShardError
 from biocap_core.model import build_model
-from biocap_core.preprocess import image_transform
 from biocap_core.shards import expand_sources, iter_samples
+from biocap_train import batches as batches_module
+from biocap_train.bad_data import DataUnusable
 from biocap_train.captions import CaptionIndex
 from biocap_train.config import TrainConfig
-from biocap_train import data
-from biocap_train.data import DataUnusable, StreamSpec, TrainBatches, TrainStream, loader, plan_run
 from biocap_train.distributed import DistInfo
+from biocap_train.image_prep import WorkerDecode
+from biocap_train.run_plan import plan_run
+from biocap_train.schedule import TextSchedule, text_type_for_step
+from biocap_train.streams import StreamSpec, TrainStream, loader
+from biocap_train.train_batches import TrainBatches
 
 
 @pytest.fixture(scope="module")
@@ -27,16 +31,17 @@ def model(tiny_cfg):
     return build_model(tiny_cfg)
 
 
-def make_spec(urls, model, **kw) -> StreamSpec:
-    args = dict(urls=urls, weights=None, resampled=False, batch_size=8, seed=3, epoch=1, rank=0, world_size=1,
-                num_streams=1, microbatches=4, first_step=40, accum_freq=1,
-                transform=image_transform(model, train=True), tokenizer=model.tokenizer(), shuffle_buffer=50)
+def make_spec(urls, model, text_type="random", joint=False, **kw) -> StreamSpec:
+    args = dict(urls=urls, weights=None, resampled=False, batch_size=8, epoch=1, rank=0,
+                world_size=1, num_streams=1, microbatches=4, first_step=40, accum_freq=1,
+                prep=WorkerDecode(model, train=True), tokenizer=model.tokenizer(),
+                texts=TextSchedule(3, text_type, joint=joint), shuffle_buffer=50)
     args.update(kw)
     return StreamSpec(**args)
 
 
 def collect(spec, workers):
-    return {b["index"]: b for b in loader(TrainStream(spec), workers)}
+    return {b.index: b for b in loader(TrainStream(spec), workers)}
 
 
 @pytest.mark.parametrize("resampled", [False, True])
@@ -45,32 +50,33 @@ def test_a_restarted_stream_continues_exactly_mid_epoch(toy_train, model, resamp
     spec = make_spec(urls, model, num_streams=2, microbatches=7, resampled=resampled)
     full = collect(spec, workers=2)
     assert sorted(full) == list(range(7))
-    assert {full[i]["stream"] for i in range(7)} == {0, 1}
+    assert {full[i].stream for i in range(7)} == {0, 1}
     # after 3 micro-batches: stream 0 produced 0 and 2, stream 1 produced 1
-    skip = {0: full[2]["consumed"], 1: full[1]["consumed"]}
+    skip = {0: full[2].consumed, 1: full[1].consumed}
     rest = collect(make_spec(urls, model, num_streams=2, microbatches=7, resampled=resampled, start=3, skip=skip),
                    workers=2)
     assert sorted(rest) == [3, 4, 5, 6]
     for i in rest:
-        assert rest[i]["keys"] == full[i]["keys"]
-        assert torch.equal(rest[i]["image"], full[i]["image"])  # augmentation seeded by the batch
-        assert torch.equal(rest[i]["text"], full[i]["text"])
+        assert rest[i].keys == full[i].keys
+        assert torch.equal(rest[i].image, full[i].image)  # augmentation seeded by the batch
+        assert torch.equal(rest[i].text, full[i].text)
 
 
 def test_batches_carry_only_the_text_of_their_step(toy_train, model):
-    from biocap_train.schedule import text_type_for_step
-
     urls, _ = expand_sources(toy_train)
     spec = make_spec(urls, model, microbatches=6, accum_freq=2)
     tok = model.tokenizer()
     for index, batch in collect(spec, workers=0).items():
         expected = text_type_for_step(40 + index // 2, seed=3)
-        assert batch["text_type"] == expected and "caption_text" not in batch
-        sample = next(s for s in iter_samples(urls) if s["__key__"] == batch["keys"][0])
+        assert batch.step_text.text_type == expected and batch.caption_text is None
+        assert batch.step_text.heads == ("caption" if expected == "caption" else "tax",)
+        sample = next(s for s in iter_samples(urls) if s["__key__"] == batch.keys[0])
         member = "caption.txt" if expected == "caption" else f"{expected.lower()}.txt"
-        assert torch.equal(batch["text"][0], tok([sample[member].decode()])[0])
+        assert torch.equal(batch.text[0], tok([sample[member].decode()])[0])
     joint = collect(make_spec(urls, model, joint=True, microbatches=2), workers=0)
-    assert all("caption_text" in b and b["text_type"] != "caption" for b in joint.values())
+    for b in joint.values():
+        assert b.caption_text is not None and b.step_text.text_type != "caption"
+        assert b.step_text.heads == ("tax", "caption")
 
 
 def test_captions_from_a_parquet_table_by_uuid(toy_train, model, tmp_path):
@@ -86,9 +92,9 @@ def test_captions_from_a_parquet_table_by_uuid(toy_train, model, tmp_path):
     tok = model.tokenizer()
     wanted = dict(zip(table["uuid"], table["caption"]))
     for batch in batches.values():
-        assert all(k in wanted for k in batch["keys"])
-        assert torch.equal(batch["text"], tok([wanted[k] for k in batch["keys"]]))
-    assert batches[2]["counts"]["counts"]["no_text"] > 0  # samples the table has no caption for
+        assert all(k in wanted for k in batch.keys)
+        assert torch.equal(batch.text, tok([wanted[k] for k in batch.keys]))
+    assert batches[2].counts["counts"]["no_text"] > 0  # samples the table has no caption for
 
 
 def test_duplicate_uuids_in_the_caption_table_are_an_error(tmp_path):
@@ -116,17 +122,19 @@ def write_bad_shards(toy: Path, out: Path) -> list[str]:
 def test_bad_samples_and_truncated_tars_are_skipped_and_counted(toy, model, tmp_path):
     urls = write_bad_shards(toy, tmp_path)
     batches = collect(make_spec(urls, model, text_type="sci", microbatches=6), workers=0)
-    assert sorted(batches) == list(range(6)) and all(len(b["keys"]) == 8 for b in batches.values())
-    counts = batches[5]["counts"]["counts"]
+    assert sorted(batches) == list(range(6)) and all(len(b.keys) == 8 for b in batches.values())
+    counts = batches[5].counts["counts"]
     assert counts["corrupt_image"] >= 1 and counts["no_text"] >= 1 and counts["tar_error"] >= 1
-    assert "bad-b.tar" in " ".join(batches[5]["counts"]["examples"]["tar_error"])
+    assert "bad-b.tar" in " ".join(batches[5].counts["examples"]["tar_error"])
 
 
 def test_unreadable_shards_fail_with_a_clear_error_not_a_hang(model, tmp_path):
+    """Raised in a worker process, the error comes out as itself: its type and its one line."""
     junk = tmp_path / "junk.tar"
     junk.write_bytes(b"not a tar file at all" * 100)
-    with pytest.raises(Exception, match="shards in a row gave no sample"):
-        collect(make_spec([str(junk)], model, text_type="sci"), workers=0)
+    with pytest.raises(ShardError, match="shards in a row gave no sample") as caught:
+        collect(make_spec([str(junk)], model, text_type="sci"), workers=1)
+    assert "\n" not in str(caught.value) and "Traceback" not in str(caught.value)
 
 
 def test_fewer_shards_than_readers_is_an_error_before_training(toy):
@@ -153,7 +161,8 @@ def test_a_text_no_sample_has_stops_the_stream_with_one_line_not_a_hang(no_capti
 
 @pytest.mark.timeout(120)
 def test_undecodable_images_everywhere_stop_the_stream(toy, model, tmp_path, rewrite_shards, monkeypatch):
-    monkeypatch.setattr(data, "MAX_UNUSABLE_IN_A_ROW", 500)  # failed decodes cost about 1 ms each
+    # failed decodes cost about 1 ms each
+    monkeypatch.setattr(batches_module, "MAX_UNUSABLE_IN_A_ROW", 500)
     urls = rewrite_shards(sorted(str(p) for p in (toy / "train").glob("shard-*.tar")), tmp_path,
                           lambda s: {**s, "jpg": b"\xff\xd8 not a jpeg"})
     with pytest.raises(DataUnusable, match="no image read from .* could be decoded"):
@@ -162,7 +171,7 @@ def test_undecodable_images_everywhere_stop_the_stream(toy, model, tmp_path, rew
 
 def test_a_few_bad_samples_in_a_row_do_not_stop_the_stream(toy, model, tmp_path, monkeypatch):
     """The bound counts skipped samples in a row: a good sample resets it."""
-    monkeypatch.setattr(data, "MAX_UNUSABLE_IN_A_ROW", 3)
+    monkeypatch.setattr(batches_module, "MAX_UNUSABLE_IN_A_ROW", 3)
     urls = write_bad_shards(toy, tmp_path)  # isolated bad samples between good ones
     batches = collect(make_spec(urls, model, text_type="sci", microbatches=4), workers=0)
     assert sorted(batches) == list(range(4))
@@ -235,12 +244,12 @@ def test_gpu_decode_gives_the_cpu_decodes_batches_and_resumes_exactly(toy_train,
         if step == 2:
             position = copy.deepcopy(data.position)
     for a, b in zip(cpu, device, strict=True):
-        assert a["keys"] == b["keys"] and torch.equal(a["text"], b["text"])
-        diff = (b["image"] - a["image"]).abs()  # the same crops, drawn in the workers from the same seed
+        assert a.keys == b.keys and torch.equal(a.text, b.text)
+        diff = (b.image - a.image).abs()  # the same crops, drawn in the workers from the same seed
         assert diff.amax() <= MAX_DIFF and diff.mean(dim=(1, 2, 3)).amax() <= MEAN_DIFF
     resumed = [m for m, in train_batches(toy_train, model, gpu_decode=True, restored=position).steps(3, 5)]
     for a, b in zip(device[3:], resumed, strict=True):
-        assert a["keys"] == b["keys"] and torch.equal(a["image"], b["image"])
+        assert a.keys == b.keys and torch.equal(a.image, b.image)
 
 
 def test_a_jpeg_only_the_device_cannot_decode_is_dropped_and_counted(toy, model, tmp_path, rewrite_shards,
@@ -251,9 +260,9 @@ def test_a_jpeg_only_the_device_cannot_decode_is_dropped_and_counted(toy, model,
                          if s["__key__"] in bad_keys else s)
     data = train_batches("::".join(bad), model, gpu_decode=True, workers=0)
     batches = [m for m, in data.steps(0, 8)]
-    assert not bad_keys & {k for b in batches for k in b["keys"]}
-    sizes = [len(b["image"]) for b in batches]
-    assert all(len(b["text"]) == len(b["keys"]) == n for b, n in zip(batches, sizes))
+    assert not bad_keys & {k for b in batches for k in b.keys}
+    sizes = [len(b.image) for b in batches]
+    assert all(len(b.text) == len(b.keys) == n for b, n in zip(batches, sizes))
     problems = data.problems()  # counted with the workers' skips, in the position a checkpoint saves
     assert problems.counts["corrupt_image"] == 8 * 8 - sum(sizes) > 0
     assert all("(on the device)" in e for e in problems.examples["corrupt_image"])

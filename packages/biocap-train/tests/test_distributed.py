@@ -1,14 +1,16 @@
 """torchrun with 2 CPU processes (gloo): ranks agree on text types, DDP with local loss and gathered
 features computes what one process computes on the same global batch, the CLI splits data and
-checkpoints every rank's position, and --gpu-decode's ranks trim to one batch size.
+checkpoints every rank's position, --gpu-decode's ranks trim to one batch size, and a run that would
+overwrite checkpoints stops on every rank.
 
-The three torchrun jobs share one launch (ddp_jobs.py): a launch starts three interpreters that import
-torch and OpenCLIP, which costs more CPU than the jobs themselves."""
+The four torchrun jobs share one launch (ddp_jobs.py): a launch starts three interpreters that
+import torch and OpenCLIP, which costs more CPU than the jobs themselves."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -88,6 +90,30 @@ def test_gpu_decode_ranks_trim_to_the_smallest_batch_when_a_jpeg_fails_on_one_de
     sizes = [n for micro in ranks[0]["sizes"] for n in micro]
     assert all(image == text == keys for image, text, keys in sizes)
     assert min(image for image, _, _ in sizes) < 8 and ranks[0]["failed"] == ranks[1]["failed"] > 0
+
+
+def test_a_run_one_rank_finds_wrong_stops_every_rank(torchrun_job):
+    """Rank 0 finds checkpoints of an earlier run (a fresh run must not overwrite them), the first
+    rank of the node a caption table with duplicate uuids: the other rank stops too, with the same
+    error, instead of waiting for it forever."""
+    _, out = torchrun_job
+    outcomes = [json.loads((out / f"refusals-rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert outcomes[0] == outcomes[1], outcomes
+    assert outcomes[0]["existing"].startswith("FileExistsError: ")
+    assert "existing already has checkpoints; pass --resume latest" in outcomes[0]["existing"]
+    assert outcomes[0]["captions"].startswith("SchemaError: ")
+    assert "1 duplicate uuid(s)" in outcomes[0]["captions"]
+
+
+def test_an_error_other_ranks_could_not_unpickle_reaches_them_as_its_type_and_message(tmp_path):
+    from biocap_core.errors import SchemaError, UnwritableFolder
+    from biocap_train.distributed import _sendable
+
+    plain = SchemaError("bad table")
+    assert _sendable(plain) is plain and _sendable(None) is None
+    odd = UnwritableFolder(tmp_path, PermissionError(13, "Permission denied"), "not writable")
+    sent = pickle.loads(pickle.dumps(_sendable(odd)))
+    assert isinstance(sent, RuntimeError) and str(sent).startswith("UnwritableFolder: [Errno 13]")
 
 
 def test_slurm_variables_give_the_ranks_without_torchrun(monkeypatch):

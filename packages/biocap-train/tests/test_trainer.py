@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from biocap_core.checkpoints import load_model, read_checkpoint
 from biocap_train import TrainConfig, TrainingDiverged, train
+from biocap_train.batches import Batch
 from biocap_train.distributed import DistInfo
 from biocap_train.loss import HeadLosses
-from biocap_train.schedule import text_type_for_step
+from biocap_train.schedule import TextSchedule
 from biocap_train.trainer import Trainer
 from biocap_train.validation import validation_loss
 
@@ -22,17 +25,16 @@ def make_trainer(tiny_model, **kw) -> Trainer:
     return Trainer(TrainConfig(**args), DistInfo(), total_steps=10)
 
 
-def batch(trainer: Trainer, n=8, seed=0, joint=False) -> dict:
-    """A micro-batch of step 0, with the text type the data stream would stamp on it."""
+def batch(trainer: Trainer, n=8, seed=0) -> Batch:
+    """A micro-batch of step 0, carrying what the data stream would draw for that step."""
     g = torch.Generator().manual_seed(seed)
     tok = trainer.model.tokenizer()
     cfg = trainer.cfg
-    out = {"image": torch.randn(n, 3, *trainer.model.image_size, generator=g),
-           "text": tok([f"a photo of species {seed}-{i}." for i in range(n)]),
-           "text_type": text_type_for_step(0, cfg.seed, cfg.text_type, cfg.caption_share, cfg.joint_loss)}
-    if joint:
-        out["caption_text"] = tok([f"a round body with {i} marks" for i in range(n)])
-    return out
+    step_text = TextSchedule(cfg.seed, cfg.text_type, cfg.caption_share, cfg.joint_loss).at(0)
+    captions = tok([f"a round body with {i} marks" for i in range(n)]) if step_text.joint else None
+    return Batch(image=torch.randn(n, 3, *trainer.model.image_size, generator=g),
+                 text=tok([f"a photo of species {seed}-{i}." for i in range(n)]),
+                 caption_text=captions, step_text=step_text)
 
 
 def params(trainer):
@@ -59,7 +61,7 @@ def test_a_step_trains_only_its_head(tiny_model, text_type, trained, frozen):
 def test_joint_loss_trains_both_heads(tiny_model):
     trainer = make_trainer(tiny_model, joint_loss=True, caption_loss_weight=0.5)
     before = params(trainer)
-    out = trainer.train_step(0, [batch(trainer, joint=True)])
+    out = trainer.train_step(0, [batch(trainer)])
     after = params(trainer)
     assert {"loss_tax", "loss_caption"} <= set(out)
     assert out["loss"] == pytest.approx(out["loss_tax"] + 0.5 * out["loss_caption"], rel=1e-5)
@@ -85,8 +87,8 @@ def test_accumulation_and_checkpointing_give_the_plain_step(tiny_model, option):
     plain.train_step(0, [whole])
     other = make_trainer(tiny_model, text_type="taxon", **option)
     if option.get("accum_freq") == 2:
-        halves = [{k: v if k == "text_type" else v[:6] for k, v in whole.items()},
-                  {k: v if k == "text_type" else v[6:] for k, v in whole.items()}]
+        halves = [dataclasses.replace(whole, image=whole.image[part], text=whole.text[part])
+                  for part in (slice(0, 6), slice(6, 12))]
         other.train_step(0, halves)
     else:
         other.train_step(0, [whole])
@@ -167,6 +169,14 @@ def test_an_existing_run_needs_resume_or_a_new_name(base_args):
     train(TrainConfig(**{**base_args, "steps": 2}))
     with pytest.raises(FileExistsError, match="--resume latest"):
         train(TrainConfig(**{**base_args, "steps": 2}))
+
+
+def test_train_leaves_the_callers_config_as_given(base_args):
+    cfg = TrainConfig(**{**base_args, "name": None, "steps": 1, "save_frequency": 0})
+    given = cfg.to_dict()
+    result = train(cfg)
+    assert cfg.to_dict() == given and cfg.name is None
+    assert result.run_dir.parent == Path(base_args["logs"]) and "-model_" in result.run_dir.name
 
 
 @pytest.mark.parametrize("precision", ["amp", "amp_bf16", "bf16"])

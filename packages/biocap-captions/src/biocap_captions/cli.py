@@ -12,7 +12,7 @@ from biocap_core.errors import BioCAPError
 
 from biocap_captions.engine import DEFAULT_MODEL, SamplingConfig
 from biocap_captions.engines import ENGINES, EngineSettings
-from biocap_captions.jobs import JobSpecError
+from biocap_core.jobs import JobSpecError
 from biocap_captions.prompt import PROMPT_VERSION, FormatExamples, PromptBuilder, PromptParts
 
 # Plain help text: rich's table cuts long option names ("--max-consecutive-fa…") at 80 columns

@@ -19,7 +19,7 @@ import polars as pl
 from biocap_core import schemas
 
 from biocap_captions.engines import EngineSettings
-from biocap_captions.jobs import resolve_job, select
+from biocap_core.jobs import resolve_job, select
 from biocap_captions.pipeline import Captioner, RunOptions, RunReport
 from biocap_captions.prompt import PROMPT_VERSION, FormatExamples, PromptBuilder
 from biocap_captions.sources import Unit, catalog_units, load_descriptions, shard_units
@@ -61,7 +61,7 @@ def run(inputs: Inputs, engine: EngineSettings, options: RunOptions,
     """Caption every image of this job's units; a rerun skips finished units and finishes partial ones.
 
     Raises :class:`~biocap_core.errors.BioCAPError` for bad input, an output that cannot be written
-    or an engine that cannot work, :class:`~biocap_captions.jobs.JobSpecError` for an inconsistent
+    or an engine that cannot work, :class:`~biocap_core.jobs.JobSpecError` for an inconsistent
     job split, and ImportError for the vllm engine without vLLM.
     """
     prepare_output(options.out)

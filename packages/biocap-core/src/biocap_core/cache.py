@@ -1,4 +1,5 @@
-"""The toolkit's cache folder, where generated data (the toy tree of life) is kept between runs.
+"""The toolkit's cache folder, where generated data (the toy tree of life) and taxa indexes imported
+from published embeddings are kept between runs.
 
 ``$BIOCAP_CACHE`` when set, else ``$XDG_CACHE_HOME/biocap``, else ``~/.cache/biocap`` (the XDG
 base-directory default). ``biocap-core cache-dir`` prints it, so scripts and docs need not

@@ -13,8 +13,10 @@ from biocap_core.errors import BioCAPError, UnwritableFolder
 from biocap_core.fileio import writable_folder
 
 app = typer.Typer(
-    help="BioCAP core tools: toy data, table validation, checkpoint export, the cache folder.",
-    no_args_is_help=True)
+    help="BioCAP core tools: toy data, training shards, table validation, checkpoint export, "
+    "the cache folder.",
+    no_args_is_help=True,
+)
 
 
 def _fail(message: str) -> NoReturn:
@@ -35,7 +37,16 @@ def _make_out_dir(out: Path) -> None:
 
 @app.command()
 def toy(
-    out: Path = typer.Option(..., "--out", help="Folder to write the toy tree of life into."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Folder to write the toy tree of life into."
+    ),
+    as_download: Optional[Path] = typer.Option(
+        None,
+        "--as-download",
+        help="Instead, write the toy species in the TreeOfLife-10M download's layout "
+        "(metadata/catalog.csv, dataset/eol|inat21|bioscan, captions/), broken files included, for "
+        "`biocap-core shards`.",
+    ),
     species: int = typer.Option(64, help="Number of species."),
     images_per_species: int = typer.Option(32, help="Training images per species."),
     val_per_species: int = typer.Option(4, help="Validation images per species."),
@@ -49,15 +60,199 @@ def toy(
              "captions sometimes are (0 to 1)."),
 ) -> None:
     """Generate the toy tree of life (shards, catalog and every benchmark layout)."""
-    from biocap_core.toy import ToyConfig, generate
+    from biocap_core.toy import ToyConfig, generate, write_download
 
-    _make_out_dir(out)
-    manifest = generate(out, ToyConfig(species=species, images_per_species=images_per_species,
-                                       val_per_species=val_per_species, eval_per_species=eval_per_species,
-                                       image_size=image_size, shard_size=shard_size, seed=seed,
-                                       caption_noise=caption_noise))
+    if (out is None) == (as_download is None):
+        _fail(
+            "give --out DIR (the toy tree of life) or --as-download DIR "
+            "(as the TreeOfLife-10M download)"
+        )
+    config = ToyConfig(
+        species=species,
+        images_per_species=images_per_species,
+        val_per_species=val_per_species,
+        eval_per_species=eval_per_species,
+        image_size=image_size,
+        shard_size=shard_size,
+        seed=seed,
+        caption_noise=caption_noise,
+    )
+    _make_out_dir(out or as_download)
+    if as_download is not None:
+        made = write_download(as_download, config)
+        typer.echo(
+            f"toy download written to {as_download}: {made['rows']} catalog rows "
+            f"(+{made['train_small_rows']} train_small), {len(made['defects'])} with defects"
+        )
+        return
+    manifest = generate(out, config)
     typer.echo(json.dumps(manifest, indent=2))
     typer.echo(f"toy tree of life written to {out}")
+
+
+@app.command()
+def shards(
+    catalog: Path = typer.Option(
+        ...,
+        "--catalog",
+        help="metadata/catalog.csv of the TreeOfLife-10M download, or "
+        "your own CSV/parquet with image_path, the 7 ranks and common.",
+    ),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        help="Output folder: <split>/shard-NNNNNN.tar + sizes.json, errors.parquet, manifest.json.",
+    ),
+    eol: Optional[Path] = typer.Option(None, help="Folder of the download's image_set_*.tar.gz."),
+    inat21: Optional[Path] = typer.Option(None, help="iNat21's train/ folder (class folders)."),
+    bioscan: Optional[Path] = typer.Option(None, help="BIOSCAN-1M's folder of part1 ... part113."),
+    image_root: Optional[Path] = typer.Option(
+        None, help="Where relative image_path values start (default: the catalog's folder)."
+    ),
+    key_column: Optional[str] = typer.Option(
+        None, help="Id column of your own catalog (default: uuid)."
+    ),
+    split: list[str] = typer.Option(
+        [],
+        "--split",
+        help="Split to build (repeatable); default: every split "
+        "in the catalog but train_small (a subset of train: ask for it by name).",
+    ),
+    captions: Optional[Path] = typer.Option(
+        None,
+        help="uuid, caption table (e.g. TreeOfLife-10M-Captions' "
+        "uuid_caption_description.parquet): adds caption.txt.",
+    ),
+    exclude: list[Path] = typer.Option(
+        [],
+        help="File of ids, 'Genus species' names or EOL file names to "
+        "leave out (text, one a line, or JSON such as the Rare Species "
+        "lists); repeatable.",
+    ),
+    image_size: int = typer.Option(224, help="Side of the stored images."),
+    keep_aspect: bool = typer.Option(
+        False,
+        help="Resize the short side and centre-crop, instead of "
+        "squashing to a square as the original.",
+    ),
+    keep_original: bool = typer.Option(
+        False, help="Store the JPEG bytes untouched (others re-encoded at their size)."
+    ),
+    draft: bool = typer.Option(
+        True, help="Decode JPEGs at a reduced scale (>= 2x the size) first."
+    ),
+    max_pixels: int = typer.Option(
+        30_000 * 30_000,
+        help="PIL's MAX_IMAGE_PIXELS: images over twice this "
+        "are refused as decompression bombs (the original's value).",
+    ),
+    shard_size: int = typer.Option(
+        10_000, help="Samples per shard (the last one of a split has fewer)."
+    ),
+    seed: int = typer.Option(0, help="Seed of the order of samples in the shards."),
+    workers: int = typer.Option(1, help="Processes on this machine."),
+    num_shards: Optional[int] = typer.Option(
+        None,
+        help="Split the work across this many jobs (default: "
+        "SLURM_ARRAY_TASK_COUNT, else 1); all must run at once.",
+    ),
+    shard_index: Optional[int] = typer.Option(
+        None, help="This job's index (default: SLURM_ARRAY_TASK_ID)."
+    ),
+    strict: bool = typer.Option(False, help="Exit 1 if any catalog row could not be written."),
+    keep_staging: bool = typer.Option(
+        False, help="Keep the converted EOL images (.build/staging) after the build."
+    ),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Build webdataset training shards from the TreeOfLife-10M download or your own photos."""
+    from biocap_core.jobs import resolve_job
+    from biocap_core.shard_builder import BuildOptions, ImagePolicy, Inputs, build
+
+    if keep_aspect and keep_original:
+        raise typer.BadParameter("--keep-aspect and --keep-original exclude each other")
+    _make_out_dir(out)
+    try:
+        num_jobs, job_index = resolve_job(num_shards, shard_index)
+        policy = ImagePolicy(
+            size=image_size,
+            resize="keep" if keep_original else "crop" if keep_aspect else "squash",
+            draft=draft,
+            max_pixels=max_pixels,
+        )
+        inputs = Inputs(
+            catalog=catalog,
+            eol=eol,
+            inat21=inat21,
+            bioscan=bioscan,
+            image_root=image_root,
+            key_column=key_column,
+            captions=captions,
+            exclude=tuple(exclude),
+        )
+        options = BuildOptions(
+            splits=tuple(split) or None,
+            policy=policy,
+            shard_size=shard_size,
+            seed=seed,
+            workers=workers,
+            num_jobs=num_jobs,
+            job_index=job_index,
+            progress=progress,
+            keep_staging=keep_staging,
+        )
+        result = build(inputs, out, options)
+    except (BioCAPError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    if not result.complete:
+        typer.echo(
+            f"wrote {result.written_now} shard(s); the other jobs write the rest, and the last "
+            f"to finish "
+            f"writes sizes.json and the manifest"
+        )
+        return
+    manifest = result.manifest
+    for name, counts in manifest["splits"].items():
+        typer.echo(
+            f"{name}: {counts['written']} samples in {counts['shards']} shard(s); "
+            f"{counts['errors']} failed"
+            + "".join(f", {n} {reason}" for reason, n in counts["errors_by_reason"].items())
+            + f"; {counts['excluded']} excluded"
+            + "".join(
+                f"; {n} {s} rows skipped (no --{s} folder)"
+                for s, n in counts.get("source_not_given", {}).items()
+            )
+        )
+    typer.echo(f"{out}: errors.parquet lists every failed row, manifest.json the inputs and counts")
+    if manifest["errors"] and strict:
+        _fail(
+            f"{manifest['errors']} catalog row(s) could not be written (--strict); "
+            f"see {out / 'errors.parquet'}"
+        )
+    if not any(c["written"] for c in manifest["splits"].values()):
+        _fail("no sample was written; see errors.parquet")
+
+
+@app.command("check-shards")
+def check_shards(
+    folder: Path = typer.Argument(
+        ..., help="A build's --out folder, or one split's folder of shards."
+    ),
+    workers: int = typer.Option(1, help="Processes reading shards."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Read back every shard: counts against sizes.json and the manifest, duplicate keys, members,
+    decodable JPEGs of the stated size, consistent texts. Exit 1 on any problem."""
+    from biocap_core.shard_builder import check
+
+    report = check(folder, workers=workers, progress=progress)
+    for split, n in report.samples.items():
+        typer.echo(f"{split}: {n} samples read")
+    for problem in report.problems:
+        typer.echo(f"problem: {problem}", err=True)
+    if not report.ok:
+        _fail(f"{len(report.problems)} problem(s) in {folder}")
+    typer.echo(f"{folder}: every shard checks out")
 
 
 @app.command()

@@ -6,7 +6,7 @@ data workers only read the JPEG header (to draw the train crop, as the CPU path 
 hand over the encoded bytes; :class:`DevicePreprocess` decodes the whole batch in one
 ``torchvision.io.decode_jpeg`` call (nvJPEG on CUDA), then crops, resizes and normalises on the
 device. Images nvJPEG may not take (PNG, CMYK JPEGs, files with data after the JPEG end marker)
-are decoded in the worker by core's :func:`~biocap_core.preprocess.decode_image`, as before.
+are decoded in the worker by core's :func:`~biocap_core.preprocess.decode_image`.
 
 The transform is not re-implemented: sizes, crop scale, interpolation, antialiasing and mean/std
 are read off :func:`~biocap_core.preprocess.image_transform`, and its own torchvision steps run
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import os
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -31,7 +32,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import CenterCrop, Compose, Normalize, PILToTensor, RandomResizedCrop, Resize
 from torchvision.transforms import functional as F
 
-from biocap_core.errors import GpuDecodeUnavailable, ShardError
+from biocap_core.errors import GpuDecodeUnavailable
 from biocap_core.preprocess import UInt8ToFloat, decode_image, image_transform
 
 #: JPEG colour modes nvJPEG decodes to RGB; others (CMYK, YCCK) go through PIL in the worker.
@@ -40,7 +41,7 @@ _JPEG_END = b"\xff\xd9"
 
 
 class EncodedBatch(NamedTuple):
-    """A batch as the data workers hand it over (a NamedTuple, so DataLoader pins its tensors).
+    """A batch as the data workers hand it over.
 
     ``images``: per sample, the JPEG file as a 1-D uint8 tensor, or the (3, H, W) uint8 pixels of
     an image decoded in the worker. ``boxes``: (B, 4) train crops (top, left, height, width) in
@@ -48,6 +49,11 @@ class EncodedBatch(NamedTuple):
 
     images: list[torch.Tensor]
     boxes: torch.Tensor | None
+
+    def pin_memory(self) -> EncodedBatch:
+        """What the DataLoader calls with ``pin_memory=True`` (CUDA), for a faster copy to the device."""
+        return EncodedBatch([x.pin_memory() for x in self.images],
+                            None if self.boxes is None else self.boxes.pin_memory())
 
 
 def require_cuda(device: str | torch.device) -> None:
@@ -61,7 +67,7 @@ def require_cuda(device: str | torch.device) -> None:
 
 class DevicePreprocess:
     """Core's train or eval transform, split at the JPEG bytes: :meth:`encode` in the data workers,
-    :meth:`collate` to batch, and calling the object on the device."""
+    :meth:`collate` to batch, and :meth:`apply` on the device."""
 
     def __init__(self, model_or_size, train: bool):
         steps = image_transform(model_or_size, train=train).transforms
@@ -78,7 +84,7 @@ class DevicePreprocess:
         """Worker side: (encoded JPEG or decoded pixels, train crop box). The crop is drawn from
         torch's RNG exactly where the PIL transform draws it, so seeded augmentation stays seeded.
         Raises what :func:`decode_image` raises for an unreadable file, so callers skip it the same way."""
-        data = source if isinstance(source, (bytes, bytearray)) else open(source, "rb").read()
+        data = source if isinstance(source, (bytes, bytearray)) else Path(source).read_bytes()
         img = Image.open(io.BytesIO(data))  # reads the header only
         if img.format == "JPEG" and img.mode in _DEVICE_JPEG_MODES and data.endswith(_JPEG_END):
             pixels = torch.frombuffer(bytearray(data), dtype=torch.uint8)
@@ -93,15 +99,6 @@ class DevicePreprocess:
         boxes = [box for _, box in encoded]
         return EncodedBatch([pixels for pixels, _ in encoded],
                             None if boxes[0] is None else torch.tensor(boxes, dtype=torch.int64))
-
-    def __call__(self, batch: EncodedBatch, device: str | torch.device,
-                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Device side: the normalised (B, 3, H, W) batch, the same values as the PIL transform.
-        A JPEG no decoder takes fails the batch (a :class:`ShardError`; training's shards are checked)."""
-        images, kept, failed = self.apply(batch, device, dtype)
-        if failed:
-            raise ShardError(f"a JPEG of this batch cannot be decoded: {failed[0][1]}")
-        return images
 
     def apply(self, batch: EncodedBatch, device: str | torch.device, dtype: torch.dtype = torch.float32
               ) -> tuple[torch.Tensor | None, list[int], list[tuple[int, str]]]:
@@ -147,10 +144,3 @@ def _decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor | str:
     except Exception as exc:  # PIL raises many types for bad bytes
         return f"cannot decode as an image ({type(exc).__name__}: {exc})"
 
-
-def decode_batch(sources: list[bytes | str | os.PathLike], model_or_size, device: str | torch.device,
-                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Encoded images (bytes or paths) to the normalised eval batch on ``device``, in one call;
-    the same values as core's eval transform applied to :func:`decode_image` of each."""
-    prep = DevicePreprocess(model_or_size, train=False)
-    return prep(prep.collate([prep.encode(s) for s in sources]), device, dtype)

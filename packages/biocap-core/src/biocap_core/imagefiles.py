@@ -45,14 +45,17 @@ class ImageFiles(Dataset):
     ``sources`` may be any sequence, read in the workers (e.g. rows of a Hugging Face dataset). With
     ``gpu_decode`` the tensor of an item is what :class:`~biocap_core.gpu_decode.DevicePreprocess`
     takes: a JPEG's bytes (1-D), an image's full-size pixels (uint8), or a preprocessed tensor (float).
+    ``draft`` False decodes every JPEG at full size (slower for large photos; the crop's pixels then
+    equal those of OpenCLIP's transform on the fully decoded image, as pybioclip computes them).
     """
 
-    def __init__(self, sources: Sequence[ImageSource], model_or_size, gpu_decode: bool = False):
+    def __init__(self, sources: Sequence[ImageSource], model_or_size, gpu_decode: bool = False,
+                 draft: bool = True):
         self.sources = sources
         self.to_uint8, self.to_float = split_eval_transform(model_or_size)
         size = model_or_size if isinstance(model_or_size, (int, tuple)) else model_or_size.image_size
         self.size = (size, size) if isinstance(size, int) else tuple(size)  # (H, W) of the crops
-        self.draft_size = short_side(size)
+        self.draft_size = short_side(size) if draft else None
         self.device_prep = DevicePreprocess(model_or_size, train=False) if gpu_decode else None
 
     def __len__(self) -> int:
@@ -95,9 +98,13 @@ class ImageFiles(Dataset):
 
 @dataclass
 class ImageBatch:
-    """One batch: the positions that decoded, their normalised float images on the device (None
-    when none decoded), and the positions that did not, with why. (Between the workers and
-    :func:`image_batches`, ``images`` may be a list of what the device decodes.)"""
+    """One batch: the positions that decoded, their images, and the positions that did not, with why.
+
+    ``images`` as :func:`image_batches` yields it: the normalised float (B, 3, H, W) batch on the
+    device, or None when no image decoded. Between the workers and :func:`image_batches` it is what
+    crosses the process boundary: the uint8 (or, mixed with preprocessed tensors, float) batch, the
+    number of the shared slot a worker stacked the uint8 batch into, or with ``gpu_decode`` the
+    packed images the device decodes."""
 
     positions: list[int]
     images: torch.Tensor | _Packed | int | None  # int: the shared slot the worker wrote them to

@@ -69,27 +69,7 @@ class Schema:
 
     def read(self, path: str | os.PathLike, require: Iterable[str] = ()) -> pl.DataFrame:
         """Read a CSV or parquet file and validate it; ``require`` adds required columns."""
-        path = Path(path)
-        if not path.is_file():
-            raise SchemaError(f"{path}: no such file (expected a {self.name} table)")
-        try:
-            if path.suffix == ".parquet":
-                df = pl.read_parquet(path)
-            elif path.suffix in (".csv", ".tsv"):
-                df = pl.read_csv(
-                    path,
-                    infer_schema=False,
-                    separator="\t" if path.suffix == ".tsv" else ",",
-                )
-            elif path.suffix in (".jsonl", ".ndjson"):
-                df = pl.read_ndjson(path, infer_schema_length=None)
-            else:
-                raise SchemaError(f"{path}: unsupported table format {path.suffix!r} (use .csv, .parquet or .jsonl)")
-        except SchemaError:
-            raise
-        except Exception as exc:  # polars raises several error types for unreadable files
-            raise SchemaError(f"{path}: cannot read as a {self.name} table: {exc}") from exc
-        return self.validate(df, source=path, require=require)
+        return self.validate(read_table(path, self.name), source=path, require=require)
 
     def validate(
         self, df: pl.DataFrame, source: str | os.PathLike = "<frame>", require: Iterable[str] = ()
@@ -129,6 +109,27 @@ class Schema:
                         f"value(s); first rows (0-based): {bad['_row'].head(_SHOW_ROWS).to_list()}"
                     )
         return df
+
+
+def read_table(path: str | os.PathLike, what: str = "table") -> pl.DataFrame:
+    """A CSV/TSV (every column as text), parquet or JSONL file as it is, before validation;
+    :class:`SchemaError` naming the file when it is missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise SchemaError(f"{path}: no such file (expected a {what} table)")
+    try:
+        if path.suffix == ".parquet":
+            return pl.read_parquet(path)
+        if path.suffix in (".csv", ".tsv"):
+            separator = "\t" if path.suffix == ".tsv" else ","
+            return pl.read_csv(path, infer_schema=False, separator=separator)
+        if path.suffix in (".jsonl", ".ndjson"):
+            return pl.read_ndjson(path, infer_schema_length=None)
+    except Exception as exc:  # polars raises several error types for unreadable files
+        raise SchemaError(f"{path}: cannot read as a {what} table: {exc}") from exc
+    raise SchemaError(
+        f"{path}: unsupported table format {path.suffix!r} (use .csv, .parquet or .jsonl)"
+    )
 
 
 def _drop_index_column(df: pl.DataFrame) -> pl.DataFrame:
@@ -188,6 +189,10 @@ def _ranks(required: bool, fill: object = None, class_name: str = "class", class
 S, I64, F64, B = pl.String, pl.Int64, pl.Float64, pl.Boolean
 UTC = pl.Datetime("us", "UTC")
 
+#: The image-location columns of the TreeOfLife-10M download's ``metadata/catalog.csv``.
+TOL_SOURCE_COLUMNS = ("eol_content_id", "eol_page_id", "inat21_filename", "inat21_cls_name",
+                      "inat21_cls_num", "bioscan_part", "bioscan_filename")
+
 CATALOG = Schema(
     "catalog",
     "One row per TreeOfLife image: uuid, the 7 ranks, names, split and shard.",
@@ -198,6 +203,20 @@ CATALOG = Schema(
         Column("split", S, required=False, nullable=True),
         Column("shard", S, required=False, nullable=True),
         Column("image_path", S, required=False, nullable=True),
+    )
+    # where the TreeOfLife-10M download's metadata/catalog.csv says each image is
+    + tuple(Column(name, S, required=False, nullable=True) for name in TOL_SOURCE_COLUMNS),
+)
+
+SHARD_ERRORS = Schema(
+    "shard_errors",
+    "Catalog rows the shard builder could not write (errors.parquet), with the reason.",
+    (
+        Column("uuid", S),
+        Column("split", S),
+        Column("source", S),
+        Column("path", S, nullable=True),
+        Column("reason", S),
     ),
 )
 
@@ -371,6 +390,7 @@ ALL: dict[str, Schema] = {
         CATALOG,
         CAPTIONS,
         CAPTION_ERRORS,
+        SHARD_ERRORS,
         SPECIES_LIST,
         TAXA,
         WIKI_DESCRIPTIONS,

@@ -35,7 +35,21 @@ from biocap_core.errors import EmptyTaxonError, SchemaError, TaxonParseError
 
 RANKS: tuple[str, ...] = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
 """The seven Linnaean ranks, as named in tags and in our tables."""
+#: Levels of the two lowest ranks in :data:`RANKS` (0 kingdom .. 6 species), for code that indexes
+#: ranks by level.
+GENUS, SPECIES = RANKS.index("genus"), RANKS.index("species")
 
+#: Text types stored as ``<type>.txt`` members of TreeOfLife-10M shards (the keys of
+#: :func:`tol_texts`).
+TOL_TEXT_TYPES: tuple[str, ...] = (
+    "sci",
+    "com",
+    "taxon",
+    "taxonTag",
+    "sci_com",
+    "taxon_com",
+    "taxonTag_com",
+)
 #: The taxonomic text types BioCAP samples from during training (taxonTag is unused).
 TRAIN_TAXONOMIC_TYPES: tuple[str, ...] = ("sci", "com", "taxon", "sci_com", "taxon_com")
 #: Label text types of the zero-shot benchmarks, with the classification-table columns each needs
@@ -56,13 +70,14 @@ TAXON_LABEL_TYPES: tuple[str, ...] = tuple(t for t in LABEL_TYPES if t != "asis"
 
 def __getattr__(name: str):
     """``TEMPLATES``, the 81 zero-shot templates ("a photo of {}." then OpenAI's 80 ImageNet ones),
+    and ``OPENAI_TEMPLATES``, those 80 alone (the ones pybioclip averages over for custom labels),
     built on first use so that importing text helpers does not import open_clip and torch."""
-    if name == "TEMPLATES":
+    if name in ("TEMPLATES", "OPENAI_TEMPLATES"):
         from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
-        templates = ("a photo of {}.",) + tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES)
-        globals()["TEMPLATES"] = templates
-        return templates
+        openai = tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES)
+        globals().update(OPENAI_TEMPLATES=openai, TEMPLATES=("a photo of {}.",) + openai)
+        return globals()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -1,8 +1,9 @@
 """biocap-predict: name the organism in a photo with any BioCAP/BioCLIP-style model.
 
 ``TaxaIndex`` and ``Predictor`` are the API; ``TreeOfLifeClassifier``, ``CustomLabelsClassifier``,
-``CustomLabelsBinningClassifier`` and ``Rank`` mirror pybioclip's names so its users can switch by
-changing an import. Names are imported on first use, so ``import biocap_predict`` stays cheap.
+``CustomLabelsBinningClassifier``, ``Rank`` and ``get_rank_labels`` mirror pybioclip's names so its
+users can switch by changing an import. Names are imported on first use, so
+``import biocap_predict`` stays cheap.
 """
 
 from importlib import import_module
@@ -17,6 +18,7 @@ _EXPORTS = {
     "CustomLabelsClassifier": "biocap_predict.classifiers",
     "CustomLabelsBinningClassifier": "biocap_predict.classifiers",
     "Rank": "biocap_predict.classifiers",
+    "get_rank_labels": "biocap_predict.classifiers",
 }
 __all__ = list(_EXPORTS)
 

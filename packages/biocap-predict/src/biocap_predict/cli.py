@@ -31,6 +31,9 @@ LOG = typer.Option(None, "--log", help="Write a JSON provenance record (versions
 QUIET = typer.Option(False, "--quiet", help="No progress bars.")
 RECURSIVE = typer.Option(False, "--recursive", "-r", help="Descend into sub-folders of folder inputs.")
 FROM_LIST = typer.Option(None, "--from-list", help="A file naming one image per line.")
+PUBLISHED_HELP = ("hf-hub:imageomics/bioclip, bioclip-2 and biocap use the tree-of-life embeddings "
+                  "published on the Hugging Face Hub (downloaded once into its cache, HF_HOME; "
+                  "HF_HUB_OFFLINE=1 uses the cache alone); other models need an index.")
 
 
 def _run(call):
@@ -55,8 +58,9 @@ def _options(model, pretrained, device, precision, batch_size, workers, quiet, g
 def index(
     out: Path = typer.Option(..., "--out", help="Index folder to write (resumed or reused when it matches)."),
     taxa: Optional[Path] = typer.Option(None, "--taxa", help="Catalog parquet, species CSV or any 7-rank table."),
-    from_tol: Optional[Path] = typer.Option(None, "--from-tol", help="Folder with a published "
-                                            "txt_emb_species.npy + .json pair to import instead."),
+    from_tol: Optional[Path] = typer.Option(
+        None, "--from-tol", help="Published tree-of-life embeddings to import instead: a "
+        "txt_emb_*.npy file (its .json beside it) or a folder holding one such pair."),
     label_type: str = typer.Option("taxon_com", "--label-type",
                                    help=f"Text per taxon: {', '.join(TAXON_LABEL_TYPES)}."),
     templates: Optional[Path] = typer.Option(None, "--templates", help="Templates file (.txt one per line, or "
@@ -72,14 +76,17 @@ def index(
     options = _options(model, pretrained, device, precision, batch_size, 0, quiet)
     built = _run(lambda: build_index(options, str(out), taxa=taxa and str(taxa), from_tol=from_tol and str(from_tol),
                                      label_type=label_type, templates=templates and str(templates),
-                                     captions=captions and str(captions), log=log and str(log)))
+                                     captions=captions and str(captions), log=log and str(log),
+                                     echo=lambda m: typer.echo(m, err=True)))
     typer.echo(f"{built!r}", err=True)
 
 
 @app.command()
 def predict(
     paths: List[str] = typer.Argument(None, help="Image files and folders."),
-    index: Optional[Path] = typer.Option(None, "--index", help="Taxa index: open-ended tree-of-life prediction."),
+    index: Optional[Path] = typer.Option(
+        None, "--index", help="Taxa index: open-ended tree-of-life prediction. Without it (and "
+        "without --labels/--bins), " + PUBLISHED_HELP),
     labels: Optional[str] = typer.Option(None, "--labels", help="Custom labels: 'a,b,c' or a file, one per line."),
     bins: Optional[Path] = typer.Option(None, "--bins", help="CSV of label,bin: probabilities summed per bin."),
     embeddings: Optional[Path] = typer.Option(None, "--embeddings", help="Stored image embeddings instead of images."),
@@ -153,12 +160,18 @@ def list_models() -> None:
 
 @app.command()
 def serve(
-    index: Path = typer.Option(..., "--index", help="Taxa index folder."),
+    index: Optional[Path] = typer.Option(None, "--index",
+                                         help="Taxa index folder. Without it, " + PUBLISHED_HELP),
     model: str = MODEL, pretrained: Optional[str] = PRETRAINED,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface; "
                              "the page has no login)."),
     port: int = typer.Option(8000, "--port", min=0, help="Port; 0 picks a free one. The URL is printed."),
     max_upload_mb: float = typer.Option(10.0, "--max-upload-mb", min=0.01, help="Largest upload accepted."),
+    max_upload_pixels: int = typer.Option(
+        40_000_000, "--max-upload-pixels", min=1,
+        help="Most pixels a photo may have (read from its header; more gets 413 before decoding)."),
+    max_decodes: int = typer.Option(2, "--max-decodes", min=1,
+                                    help="Uploads decoded at the same time (bounds memory)."),
     device: str = DEVICE, precision: Optional[str] = PRECISION,
 ) -> None:
     """Serve the demo page and its JSON API (needs the [web] extra: pip install 'biocap-predict[web]')."""
@@ -168,4 +181,5 @@ def serve(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     _run(lambda: run_serve(index, model, pretrained, host=host, port=port, device=device, precision=precision,
-                           max_upload_mb=max_upload_mb))
+                           max_upload_mb=max_upload_mb, max_upload_pixels=max_upload_pixels,
+                           max_decodes=max_decodes))

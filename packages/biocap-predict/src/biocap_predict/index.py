@@ -35,13 +35,12 @@ from biocap_core.embedding_cache import model_fingerprint
 from biocap_core.errors import SchemaError
 from biocap_core.fileio import atomic_write
 from biocap_core.runtime import default_precision, resolve_device
-from biocap_core.taxonomy import RANKS, TAXON_LABEL_TYPES, TEMPLATES, Taxon, label_text
+from biocap_core.taxonomy import RANKS, SPECIES, TAXON_LABEL_TYPES, TEMPLATES, Taxon, label_text
 from biocap_core.zeroshot import classifier_weights
 from biocap_predict.errors import TaxaIndexError
 from biocap_predict.provenance import now, versions
 
 FORMAT = 1
-TAXA_COLUMNS = (*RANKS, "common_name")
 _CHUNK_TAXA = 512
 
 
@@ -59,7 +58,8 @@ def read_taxa(source: str | os.PathLike | pl.DataFrame) -> pl.DataFrame:
              else schemas.TAXA.read(source))
     if "common_name" not in table.columns:
         table = table.with_columns(pl.lit("").alias("common_name"))
-    table = table.select(TAXA_COLUMNS).with_columns(pl.col(c).str.strip_chars() for c in TAXA_COLUMNS)
+    columns = schemas.TAXA.column_names  # the 7 ranks and common_name
+    table = table.select(columns).with_columns(pl.col(c).str.strip_chars() for c in columns)
     taxa = (table.with_columns(pl.when(pl.col("common_name") == "").then(None).otherwise(pl.col("common_name"))
                                .alias("common_name"))
             .group_by(list(RANKS), maintain_order=True)
@@ -114,7 +114,7 @@ class RankGroups:
     are two groups), as pybioclip groups them.
     """
 
-    ids: tuple[torch.Tensor, ...]  # per rank level 0..5: (taxa,) int64
+    ids: tuple[torch.Tensor, ...]  # per rank level kingdom..genus: (taxa,) int64
     first: tuple[np.ndarray, ...]  # per rank level: (groups,) row of the group's first taxon
     parent: tuple[torch.Tensor | None, ...]  # per rank level: (groups,) group id one rank up; None for kingdom
 
@@ -122,7 +122,7 @@ class RankGroups:
     def of(cls, taxa: pl.DataFrame) -> "RankGroups":
         ids, first, parent = [], [], []
         rows = np.arange(taxa.height)
-        for level in range(6):
+        for level in range(SPECIES):
             key = taxa.select(pl.concat_str(list(RANKS[:level + 1]), separator="\x1f")).to_series()
             gid = (key.rank("dense") - 1).cast(pl.Int64).to_numpy()
             head = np.zeros(int(gid.max()) + 1, dtype=np.int64)
@@ -168,7 +168,7 @@ class TaxaIndex:
 
     def rank_values(self, level: int) -> list[str]:
         """Distinct names at a rank (level 0..6); the species rank is named by its binomial."""
-        if level == 6:
+        if level == SPECIES:
             return self.binomials().unique(maintain_order=True).to_list()
         return self.taxa[RANKS[level]].unique(maintain_order=True).to_list()
 
@@ -194,7 +194,7 @@ class TaxaIndex:
         meta = json.loads(meta_path.read_text())
         if meta.get("format") != FORMAT:
             raise TaxaIndexError(f"{path}: index format {meta.get('format')!r}; this version reads {FORMAT}")
-        taxa = schemas.TAXA.read(path / "taxa.parquet").select(TAXA_COLUMNS)
+        taxa = schemas.TAXA.read(path / "taxa.parquet").select(schemas.TAXA.column_names)
         embeddings = load_file(str(path / "text.safetensors"))["embeddings"]
         captions = caption_embeddings = None
         if meta.get("captions"):
@@ -250,15 +250,13 @@ class TaxaIndex:
         return index
 
     @classmethod
-    def from_tol(cls, model, directory: str | os.PathLike, out: str | os.PathLike, *,
+    def from_tol(cls, model, source: str | os.PathLike, out: str | os.PathLike, *,
                  model_name: str = "", pretrained: str | None = None) -> "TaxaIndex":
-        """Import a published BioCLIP-style ``txt_emb_species.npy`` (dim, taxa) + ``txt_emb_species.json``
-        ([[kingdom, ..., genus, epithet], common name] per column) as an index for ``model``."""
-        directory = Path(directory)
-        npy, names_path = directory / "txt_emb_species.npy", directory / "txt_emb_species.json"
-        for p in (npy, names_path):
-            if not p.is_file():
-                raise TaxaIndexError(f"{p}: missing (--from-tol needs txt_emb_species.npy and .json)")
+        """Import published BioCLIP-style tree-of-life text embeddings as an index for ``model``: a
+        ``(dim, taxa)`` matrix ``txt_emb_*.npy`` and its names ``txt_emb_*.json`` (``[[kingdom, ...,
+        genus, epithet], common name]`` per column). ``source`` is the ``.npy`` file (its ``.json``
+        beside it) or a folder holding one such pair (``txt_emb_species`` first)."""
+        npy, names_path = tol_pair(Path(source))
         matrix = torch.from_numpy(np.load(npy)).float()
         names = json.loads(names_path.read_text())
         if matrix.ndim != 2 or matrix.shape[1] != len(names):
@@ -267,11 +265,13 @@ class TaxaIndex:
         bad = [i for i, n in enumerate(names) if not (isinstance(n, list) and len(n) == 2 and len(n[0]) == 7)]
         if bad:
             raise TaxaIndexError(f"{names_path}: entries {bad[:5]} are not [[7 rank names], common name]")
-        taxa = pl.DataFrame([dict(zip(TAXA_COLUMNS, [*(r or "" for r in n[0]), n[1] or ""])) for n in names],
-                            schema={c: pl.String for c in TAXA_COLUMNS}, orient="row")
+        columns = schemas.TAXA.column_names
+        taxa = pl.DataFrame([dict(zip(columns, [*(r or "" for r in n[0]), n[1] or ""]))
+                             for n in names], schema={c: pl.String for c in columns}, orient="row")
         meta = {"format": FORMAT, "model_fingerprint": weights_fingerprint(model), "label_type": "tol",
                 "templates": None, "model": model_name, "pretrained": pretrained, "n_taxa": taxa.height,
-                "embed_dim": matrix.shape[0], "captions": 0, "inputs": {"tol": str(directory.resolve())},
+                "embed_dim": matrix.shape[0], "captions": 0,
+                "inputs": {"tol": str(npy.absolute()), "tol_names": str(names_path.absolute())},
                 "source": "tol", "created_at": now(), "versions": versions()}
         index = cls(taxa, F.normalize(matrix.T.contiguous(), dim=-1), meta, path=Path(out))
         index.save(out)
@@ -293,6 +293,24 @@ class TaxaIndex:
 def _save_matrix(matrix: torch.Tensor, path: Path) -> None:
     tensor = matrix.detach().float().cpu().contiguous()
     atomic_write(path, lambda tmp: save_file({"embeddings": tensor}, str(tmp)))
+
+
+def tol_pair(source: Path) -> tuple[Path, Path]:
+    """The ``.npy`` matrix and ``.json`` names of a published tree-of-life embedding pair."""
+    if source.is_dir():
+        default = source / "txt_emb_species.npy"
+        found = [default] if default.is_file() else sorted(source.glob("txt_emb_*.npy"))
+        if len(found) != 1:
+            listed = [p.name for p in found] or "none"
+            raise TaxaIndexError(f"{source}: expected one txt_emb_*.npy + .json pair of published "
+                                 f"tree-of-life embeddings, found {listed}")
+        source = found[0]
+    pair = (source, source.with_suffix(".json"))
+    for p in pair:
+        if not p.is_file():
+            raise TaxaIndexError(f"{p}: missing (--from-tol needs a txt_emb_*.npy file and its "
+                                 ".json names)")
+    return pair
 
 
 def _finished(out: Path, key: dict) -> bool:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from biocap_core.gpu_decode import require_cuda
 from biocap_core.imagefiles import ImageFiles, encoded_batches
 from biocap_core.runtime import default_precision, resolve_device
-from biocap_core.taxonomy import TEMPLATES
+from biocap_core.taxonomy import RANKS, TEMPLATES
 from biocap_core.zeroshot import classifier_weights
 from biocap_predict.errors import ImageError, PredictInputError
 from biocap_predict.filters import parse_within, restrict
@@ -35,6 +35,8 @@ Features = dict[str, torch.Tensor]
 #: Images scored together (see :meth:`_Task.over`).
 SCORE_IMAGES = 256
 OnSkip = Callable[[ImageError], None] | None
+#: Called after each batch with the images processed so far and their total (pybioclip's callback).
+Progress = Callable[[int, int], None] | None
 
 
 @dataclass
@@ -62,6 +64,16 @@ class _Task:
             yield self.rows(names, _joined(parts))
 
 
+def _runtime(device: str | torch.device, precision: str | None,
+             gpu_decode: bool) -> tuple[torch.device, str]:
+    """Where and at what precision a predictor runs: ``auto`` is CUDA when available, precision amp
+    on GPU and fp32 on CPU; ``gpu_decode`` off CUDA is refused here, before any model loads."""
+    resolved = torch.device(resolve_device(str(device)))
+    if gpu_decode:
+        require_cuda(resolved)
+    return resolved, precision or default_precision(str(resolved))
+
+
 def _joined(parts: list[Features]) -> Features:
     return parts[0] if len(parts) == 1 else {h: torch.cat([p[h] for p in parts]) for h in parts[0]}
 
@@ -71,18 +83,17 @@ class Predictor:
 
     ``device`` ``"auto"`` picks CUDA when available; ``precision`` defaults to amp on GPU, fp32 on CPU.
     ``gpu_decode`` decodes JPEGs on the device (CUDA only; refused elsewhere with
-    :class:`~biocap_core.errors.GpuDecodeUnavailable`).
+    :class:`~biocap_core.errors.GpuDecodeUnavailable`). ``jpeg_draft`` False decodes large JPEGs at
+    full size before the resize (slower; the pixels pybioclip computes) instead of at the smallest
+    DCT scale that keeps the crop's size.
     """
 
     def __init__(self, model, index: TaxaIndex | str | os.PathLike | None = None, *, device: str = "auto",
                  precision: str | None = None, batch_size: int = 32, workers: int = 0,
                  templates: Sequence[str] | None = None, progress: bool = False, model_name: str = "the model",
-                 gpu_decode: bool = False):
-        self.device = torch.device(resolve_device(device))
-        if gpu_decode:
-            require_cuda(self.device)
-        self.gpu_decode = gpu_decode
-        self.precision = precision or default_precision(str(self.device))
+                 gpu_decode: bool = False, jpeg_draft: bool = True):
+        self.device, self.precision = _runtime(device, precision, gpu_decode)
+        self.gpu_decode, self.jpeg_draft = gpu_decode, jpeg_draft
         self.model = model.to(self.device).eval()
         self.batch_size, self.workers, self.progress = batch_size, workers, progress
         self.templates = tuple(templates or TEMPLATES)
@@ -97,10 +108,7 @@ class Predictor:
         """Load any model core can load (OpenCLIP name/tag, hf-hub:, local-dir:, a checkpoint file)."""
         from biocap_core.checkpoints import load_model
 
-        device = resolve_device(device)
-        if kwargs.get("gpu_decode"):
-            require_cuda(device)  # before the model loads
-        precision = precision or default_precision(device)
+        device, precision = _runtime(device, precision, kwargs.get("gpu_decode", False))
         net = load_model(model, pretrained, device=device, precision=precision)
         label = model + (f" ({pretrained})" if pretrained else "")
         return cls(net, index, device=device, precision=precision, batch_size=batch_size, model_name=label,
@@ -113,10 +121,13 @@ class Predictor:
 
     # ---- encoding ----
     def _encode(self, images: Iterable[Any], heads: Sequence[str], on_skip: OnSkip,
-                normalize: bool = True) -> Iterator[tuple[list[str], Features]]:
+                normalize: bool = True,
+                callback: Progress = None) -> Iterator[tuple[list[str], Features]]:
         items = name_inputs(images)
-        dataset = ImageFiles([item.data for item in items], self.model, gpu_decode=self.gpu_decode)
+        dataset = ImageFiles([item.data for item in items], self.model, gpu_decode=self.gpu_decode,
+                             draft=self.jpeg_draft)
         bar = tqdm(total=len(items), unit="img", desc="images", disable=not self.progress)
+        done = 0
         with bar:
             for batch, feats in encoded_batches(self.model, dataset, heads, self.batch_size, self.workers, self.device,
                                                 self.precision, normalize):
@@ -126,6 +137,9 @@ class Predictor:
                         raise error
                     on_skip(error)
                 bar.update(len(batch.positions) + len(batch.unreadable))
+                done += len(batch.positions) + len(batch.unreadable)
+                if callback is not None:
+                    callback(done, len(items))
                 if feats:
                     yield [items[p].name for p in batch.positions], feats
 
@@ -159,7 +173,8 @@ class Predictor:
             self._views[key] = view, view.embeddings.to(self.device, torch.float32), TaxonNames(view.taxa)
         return self._views[key]
 
-    def _tree_task(self, rank: str, k: int, within: Any, captions: int) -> _Task:
+    def _tree_task(self, rank: str, k: int, within: Any, captions: int,
+                   min_prob: float = 0.0) -> _Task:
         levels = parse_rank(rank)
         view, text, names_of = self._view(within)
         if captions and not view.has_captions:
@@ -167,29 +182,39 @@ class Predictor:
         scale = self.model.logit_scale.exp().item()
 
         def rows(names: list[str], feats: Features) -> pl.DataFrame:
-            tops = rank_topk(feats["tax"], text, scale, view.groups, levels, k)
+            tops = rank_topk(feats["tax"], text, scale, view.groups, levels, k, min_prob=min_prob)
             nearest = caption_rows(names, self._nearest(feats["caption"], captions), self.index.captions) \
                 if captions else None
-            return taxon_rows(names_of, view.groups.first, names, tops, nearest)
+            frame = taxon_rows(names_of, view.groups.first, names, tops, nearest)
+            # a group no species above min_prob falls in has no row, as in pybioclip
+            if min_prob:
+                frame = frame.filter(~pl.col("rank").is_in(RANKS[:-1]) | (pl.col("score") > 0))
+            return frame
 
         return _Task(("tax", "caption") if captions else ("tax",), rows)
 
     def iter_predict(self, images: Iterable[Any], rank: str = "all", k: int = 5, within: Any = None, *,
-                     captions: int = 0, on_skip: OnSkip = None) -> Iterator[pl.DataFrame]:
+                     captions: int = 0, on_skip: OnSkip = None, min_prob: float = 0.0,
+                     callback: Progress = None) -> Iterator[pl.DataFrame]:
         """The rows of each block of images (see :meth:`predict`) as a DataFrame; ``captions`` adds that
         many nearest captions per image (rows with ``rank`` ``caption`` and a ``caption`` column)."""
-        task = self._tree_task(rank, k, within, captions)
-        yield from task.over(self._encode(images, task.heads, on_skip))
+        task = self._tree_task(rank, k, within, captions, min_prob)
+        yield from task.over(self._encode(images, task.heads, on_skip, callback=callback))
 
     def predict(self, images: Iterable[Any], rank: str = "all", k: int = 5, within: Any = None, *,
-                on_skip: OnSkip = None) -> list[dict]:
+                on_skip: OnSkip = None, min_prob: float = 0.0,
+                callback: Progress = None) -> list[dict]:
         """One row per (image, rank, hit), sorted by image, rank (kingdom first) and score.
 
         Higher ranks sum the species probabilities of the index (restricted by ``within``, e.g.
-        ``"order=Lepidoptera"``) before taking the top ``k``. An undecodable image raises
-        :class:`ImageError`, unless ``on_skip`` is given: then it is passed the error and skipped.
+        ``"order=Lepidoptera"``) before taking the top ``k``; with ``min_prob``, only those above it
+        (pybioclip's ``min_prob``), so a rank may have fewer than ``k`` rows. An undecodable image
+        raises :class:`ImageError`, unless ``on_skip`` is given: then it is passed the error and
+        skipped. ``callback(processed, total)`` is called after each batch of images.
         """
-        return [row for rows in self.iter_predict(images, rank, k, within, on_skip=on_skip) for row in rows.to_dicts()]
+        blocks = self.iter_predict(images, rank, k, within, on_skip=on_skip, min_prob=min_prob,
+                                   callback=callback)
+        return [row for rows in blocks for row in rows.to_dicts()]
 
     def iter_predict_embeddings(self, names: Sequence[str], features: torch.Tensor | Features, rank: str = "all",
                                 k: int = 5, within: Any = None, *, captions: int = 0) -> Iterator[pl.DataFrame]:
@@ -239,15 +264,21 @@ class Predictor:
         return out
 
     # ---- custom labels and bins ----
+    def label_embeddings(self, labels: Sequence[str]) -> torch.Tensor:
+        """(labels, dim) unit rows on the device: per label, the re-normalised mean over the
+        templates (kept for the next call with the same labels)."""
+        key = tuple(labels)
+        if key not in self._labels:
+            weights = classifier_weights(self.model, key, self.templates, device=self.device,
+                                         precision=self.precision)
+            self._labels[key] = weights.T.contiguous().to(self.device)
+        return self._labels[key]
+
     def _label_task(self, labels: Sequence[str] | None, bins: Mapping[str, Sequence[str]] | None, k: int) -> _Task:
         if (labels is None) == (bins is None):
             raise PredictInputError("give exactly one of labels or bins")
         names, bin_ids, bin_names = _label_space(labels, bins)
-        key = tuple(names)
-        if key not in self._labels:
-            self._labels[key] = classifier_weights(self.model, names, self.templates, device=self.device,
-                                                   precision=self.precision).T.contiguous().to(self.device)
-        text, scale = self._labels[key], self.model.logit_scale.exp().item()
+        text, scale = self.label_embeddings(names), self.model.logit_scale.exp().item()
         shown = bin_names or names
 
         def rows(batch_names: list[str], feats: Features) -> pl.DataFrame:
@@ -257,20 +288,33 @@ class Predictor:
 
     def iter_classify(self, images: Iterable[Any], labels: Sequence[str] | None = None,
                       bins: Mapping[str, Sequence[str]] | None = None, k: int = 5, *,
-                      on_skip: OnSkip = None) -> Iterator[pl.DataFrame]:
+                      on_skip: OnSkip = None, callback: Progress = None) -> Iterator[pl.DataFrame]:
         task = self._label_task(labels, bins, k)
-        yield from task.over(self._encode(images, task.heads, on_skip))
+        yield from task.over(self._encode(images, task.heads, on_skip, callback=callback))
 
     def classify(self, images: Iterable[Any], labels: Sequence[str] | None = None,
-                 bins: Mapping[str, Sequence[str]] | None = None, k: int = 5, *, on_skip: OnSkip = None) -> list[dict]:
+                 bins: Mapping[str, Sequence[str]] | None = None, k: int = 5, *,
+                 on_skip: OnSkip = None, callback: Progress = None) -> list[dict]:
         """Rows ``file_name, classification, score``: the top ``k`` labels, or bins (``{bin: [labels]}``,
-        probabilities of a bin's labels summed), per image. Label texts go through the templates."""
-        return [r for rows in self.iter_classify(images, labels, bins, k, on_skip=on_skip) for r in rows.to_dicts()]
+        probabilities of a bin's labels summed), per image. Label texts go through the templates;
+        ``callback`` as in :meth:`predict`."""
+        blocks = self.iter_classify(images, labels, bins, k, on_skip=on_skip, callback=callback)
+        return [r for rows in blocks for r in rows.to_dicts()]
 
     def iter_classify_embeddings(self, names: Sequence[str], features: torch.Tensor | Features,
                                  labels: Sequence[str] | None = None, bins: Mapping[str, Sequence[str]] | None = None,
                                  k: int = 5) -> Iterator[pl.DataFrame]:
         yield from self._over_features(self._label_task(labels, bins, k), names, features)
+
+
+def bins_of(label_bins: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """``{bin: [labels]}``, what :meth:`Predictor.classify` takes as ``bins``, from (label, bin)
+    pairs (a bins CSV's rows, or pybioclip's ``{label: bin}.items()``): names stripped, bins in
+    order of first appearance."""
+    bins: dict[str, list[str]] = {}
+    for label, bin_name in label_bins:
+        bins.setdefault(bin_name.strip(), []).append(label.strip())
+    return bins
 
 
 def _rows_of(features: torch.Tensor | Features) -> int:

@@ -13,13 +13,16 @@ from typing import Sequence
 import numpy as np
 import polars as pl
 
-from biocap_core.taxonomy import RANKS
+from biocap_core.taxonomy import GENUS, RANKS, SPECIES
 from biocap_predict.errors import PredictInputError
-from biocap_predict.scoring import SPECIES, TopK
+from biocap_predict.scoring import TopK
 
-#: Columns of a tree-of-life prediction, in order.
-TAXON_COLUMNS = ("file_name", "kingdom", "phylum", "class", "order", "family", "genus", "species_epithet",
-                 "species", "common_name", "score", "rank")
+#: Columns of a tree-of-life prediction row, in order (pybioclip's, plus ``rank``): the ranks above
+#: species, then the species' epithet, binomial and common name. The index's own table is core's
+#: ``schemas.TAXA`` (the 7 ranks, species as the epithet, and common name).
+TAXON_COLUMNS = ("file_name", *RANKS[:SPECIES], "species_epithet", "species", "common_name",
+                 "score", "rank")
+_NAMES = TAXON_COLUMNS[1:-2]  # the taxon's names: kingdom .. common_name
 #: Columns of a custom-label or bin prediction.
 LABEL_COLUMNS = ("file_name", "classification", "score")
 ALL_RANKS = "all"
@@ -62,8 +65,9 @@ class TaxonNames:
             table = dict(zip(missing, self.taxa[missing].rows()))
             for row, level in set(keys) - self.known.keys():
                 names = table[row]  # (kingdom, ..., genus, epithet, common name)
-                ranks = tuple(names[i] if i <= level else "" for i in range(6))
-                species = (names[6], f"{names[5] or ''} {names[6] or ''}".strip(), names[7]) \
+                ranks = tuple(names[i] if i <= level else "" for i in range(SPECIES))
+                epithet, genus = names[SPECIES], names[GENUS]
+                species = (epithet, f"{genus or ''} {epithet or ''}".strip(), names[SPECIES + 1]) \
                     if level == SPECIES else ("", "", "")
                 self.known[row, level] = ranks + species
         return [self.known[k] for k in keys]
@@ -86,10 +90,10 @@ def taxon_rows(names_of: TaxonNames, first: Sequence[np.ndarray], names: Sequenc
     image = np.concatenate([np.repeat(np.arange(len(names)), ids[lv].shape[1]) for lv in levels])
     order = np.argsort(image, kind="stable")
     rows, scores, level, image = rows[order].tolist(), scores[order], level[order].tolist(), image[order]
-    columns = dict(zip(TAXON_COLUMNS[1:10], zip(*names_of(rows, level))))
+    columns = dict(zip(_NAMES, zip(*names_of(rows, level))))
     frame = pl.DataFrame({"file_name": [names[i] for i in image.tolist()], **columns,
                           "score": pl.Series(scores, dtype=pl.Float64), "rank": [RANKS[lv] for lv in level]},
-                         schema_overrides={c: pl.String for c in TAXON_COLUMNS[1:10]})
+                         schema_overrides={c: pl.String for c in _NAMES})
     if captions is None:
         return frame
     frame = frame.with_columns(image=pl.Series(image), caption=_EMPTY)
@@ -102,7 +106,7 @@ def caption_rows(names: Sequence[str], top: TopK, captions: Sequence[str]) -> pl
     fields empty, ``rank`` ``caption``; with an ``image`` column for :func:`taxon_rows` to order by."""
     hits = _per_hit(names, top)
     return pl.DataFrame(hits).select(
-        "image", "file_name", *[_EMPTY.alias(c) for c in TAXON_COLUMNS[1:-2]], "score",
+        "image", "file_name", *[_EMPTY.alias(c) for c in _NAMES], "score",
         rank=pl.lit("caption"), caption=_pick(captions, top))
 
 

@@ -17,10 +17,11 @@ import polars as pl
 from biocap_core.taxonomy import RANKS, read_templates
 from biocap_predict.errors import ImageError, PredictInputError
 from biocap_predict.filters import parse_within, read_subset
+from biocap_predict.hub import announce_weights, published_for
 from biocap_predict.images import expand_paths
 from biocap_predict.index import TaxaIndex
 from biocap_predict.outputs import EmbeddingWriter, RowWriter, read_embeddings
-from biocap_predict.predictor import Predictor
+from biocap_predict.predictor import Predictor, bins_of
 from biocap_predict.provenance import RunLog
 from biocap_predict.rows import LABEL_COLUMNS, TAXON_COLUMNS
 
@@ -40,7 +41,10 @@ class ModelOptions:
     progress: bool = True
     gpu_decode: bool = False
 
-    def load(self, index: TaxaIndex | None = None) -> Predictor:
+    def load(self, index: TaxaIndex | None = None, *, echo: Echo | None = None) -> Predictor:
+        """The predictor; through ``echo``, what is downloaded first (:func:`announce_weights`)."""
+        if echo is not None:
+            announce_weights(self.model, echo)
         return Predictor.from_pretrained(self.model, self.pretrained, index, device=self.device,
                                          precision=self.precision, batch_size=self.batch_size, workers=self.workers,
                                          progress=self.progress, gpu_decode=self.gpu_decode)
@@ -90,23 +94,22 @@ def read_bins(path: str | os.PathLike) -> dict[str, list[str]]:
         raise PredictInputError(f"{path}: cannot read the bins CSV: {exc}") from exc
     if table.width < 2 or table.height == 0:
         raise PredictInputError(f"{path}: the bins CSV needs rows of two columns: label, bin")
-    bins: dict[str, list[str]] = {}
-    for i, (label, bin_name) in enumerate(table.select(table.columns[:2]).iter_rows()):
+    rows = list(table.select(table.columns[:2]).iter_rows())
+    for i, (label, bin_name) in enumerate(rows):
         if not (label or "").strip() or not (bin_name or "").strip():
             raise PredictInputError(f"{path}: row {i + 1} has an empty label or bin")
-        bins.setdefault(bin_name.strip(), []).append(label.strip())
-    return bins
+    return bins_of(rows)
 
 
 def build_index(options: ModelOptions, out: str, *, taxa: str | None = None, from_tol: str | None = None,
                 label_type: str = "taxon_com", templates: str | None = None, captions: str | None = None,
-                log: str | None = None) -> TaxaIndex:
+                log: str | None = None, echo: Echo = print) -> TaxaIndex:
     """``biocap-predict index``: build (or resume, or reuse) an index, or import a published one."""
     if (taxa is None) == (from_tol is None):
         raise PredictInputError("give exactly one of --taxa or --from-tol")
     record = RunLog(log, model=options.model, pretrained=options.pretrained, out=out,
                     inputs={"taxa": taxa, "from_tol": from_tol, "captions": captions, "templates": templates})
-    predictor = options.load()
+    predictor = options.load(echo=echo)
     kwargs = {"model_name": options.model, "pretrained": options.pretrained}
     if from_tol:
         index = TaxaIndex.from_tol(predictor.model, from_tol, out, **kwargs)
@@ -138,18 +141,30 @@ class PredictRequest:
 
 def predict(options: ModelOptions, inputs: Inputs, request: PredictRequest, *, log: str | None = None,
             echo: Echo = print) -> RunSummary:
-    """``biocap-predict predict``: stream rows for every input image (or stored embedding)."""
-    if sum(x is not None for x in (request.index, request.labels, request.bins)) != 1:
-        raise PredictInputError("give exactly one of --index, --labels or --bins")
+    """``biocap-predict predict``: stream rows for every input image (or stored embedding).
+
+    Without ``--index``, ``--labels`` or ``--bins``, the released models whose tree-of-life text
+    embeddings are published predict over those (:mod:`biocap_predict.hub`: downloaded and imported
+    once, then reused); any other model needs an index, and the error says how to build one.
+    """
+    if sum(x is not None for x in (request.index, request.labels, request.bins)) > 1:
+        raise PredictInputError("give one of --index, --labels or --bins, not several")
+    published = None
+    if request.index is None and request.labels is None and request.bins is None:
+        published = published_for(options.model)  # a model without published embeddings: say so
     files = inputs.files()
     labels = read_label_list(request.labels) if request.labels is not None else None
     bins = read_bins(request.bins) if request.bins is not None else None
     within = {**parse_within(list(request.within)), **(read_subset(request.subset) if request.subset else {})}
     index = TaxaIndex.load(request.index) if request.index else None
+    tol_files = published.fetch(echo) if published else None  # before the model loads
     record = RunLog(log, model=options.model, pretrained=options.pretrained, request=request.__dict__,
                     inputs=inputs.embeddings or files)
-    predictor = options.load(index)
-    record.update(model_fingerprint=predictor.fingerprint)
+    predictor = options.load(index, echo=echo)
+    if tol_files is not None:
+        index = tol_files.index(predictor.model, fingerprint=predictor.fingerprint, echo=echo)
+        predictor.use_index(index)
+    record.update(model_fingerprint=predictor.fingerprint, index=str(index.path) if index else None)
     summary = RunSummary()
 
     def skip(error: ImageError) -> None:
@@ -190,7 +205,7 @@ def embed(options: ModelOptions, inputs: Inputs, out: str, *, head: str = "tax",
     """``biocap-predict embed``: image embeddings that ``predict --embeddings`` reads back."""
     files = inputs.files()
     record = RunLog(log, model=options.model, pretrained=options.pretrained, inputs=files, head=head)
-    predictor = options.load()
+    predictor = options.load(echo=echo)
     writer = EmbeddingWriter(out, fmt, predictor.fingerprint, normalize)
     summary = RunSummary()
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
+from biocap_core.taxonomy import GENUS, SPECIES
 from biocap_predict.index import RankGroups
 
 CHUNK = 65536
-SPECIES = 6
 
 
 @dataclass
@@ -38,18 +38,22 @@ def _merge_topk(best: TopK | None, logits: torch.Tensor, offset: int, k: int) ->
 
 @torch.no_grad()
 def rank_topk(image: torch.Tensor, text: torch.Tensor, scale: float, groups: RankGroups | None,
-              levels: tuple[int, ...], k: int, chunk: int = CHUNK) -> dict[int, TopK]:
+              levels: tuple[int, ...], k: int, chunk: int = CHUNK,
+              min_prob: float = 0.0) -> dict[int, TopK]:
     """Top-k probabilities at each rank level in ``levels`` (0 kingdom .. 6 species).
 
     ``image`` (batch, dim) and ``text`` (taxa, dim) are unit rows on the same device; probabilities
     are the softmax of ``scale`` times the cosine over all taxa, summed per group for higher ranks.
+    With ``min_prob``, higher ranks sum only the species above it, as pybioclip does (a group
+    without one scores 0); that needs the softmax's normaliser first, so the logits are made twice.
     """
     batch, n = image.shape[0], text.shape[0]
     higher = [lv for lv in levels if lv < SPECIES]
     run_max = torch.full((batch,), float("-inf"), device=image.device)
     run_sum = torch.zeros(batch, device=image.device)
-    genus = torch.zeros(batch, groups.size(5), device=image.device) if higher else None
-    genus_ids = groups.ids[5].to(image.device) if higher else None
+    summed = higher and not min_prob
+    genus = torch.zeros(batch, groups.size(GENUS), device=image.device) if summed else None
+    genus_ids = groups.ids[GENUS].to(image.device) if higher else None
     species: TopK | None = None
     image = image * scale  # scaled on the (batch, dim) side: one small multiply, not one per logit
     for start in range(0, n, chunk):
@@ -68,15 +72,29 @@ def rank_topk(image: torch.Tensor, text: torch.Tensor, scale: float, groups: Ran
     if species is not None:
         out[SPECIES] = TopK(torch.exp(species.scores - run_max[:, None]) / run_sum[:, None], species.ids)
     if higher:
-        mass = genus / run_sum[:, None]
-        for level in range(5, min(higher) - 1, -1):
-            if level < 5:
+        mass = genus / run_sum[:, None] if genus is not None else \
+            _genus_mass_above(image, text, groups, run_max + run_sum.log(), min_prob, chunk)
+        for level in range(GENUS, min(higher) - 1, -1):
+            if level < GENUS:
                 parent = groups.parent[level + 1].to(image.device)
                 mass = torch.zeros(batch, groups.size(level), device=image.device).index_add_(1, parent, mass)
             if level in higher:
                 scores, ids = mass.topk(min(k, mass.shape[1]), dim=1)
                 out[level] = TopK(scores, ids)
     return out
+
+
+def _genus_mass_above(image: torch.Tensor, text: torch.Tensor, groups: RankGroups,
+                      log_norm: torch.Tensor, min_prob: float, chunk: int) -> torch.Tensor:
+    """(batch, genera): each genus's summed probability of its species above ``min_prob``
+    (``image`` already scaled, ``log_norm`` the log of each image's softmax normaliser)."""
+    genus = torch.zeros(image.shape[0], groups.size(GENUS), device=image.device)
+    genus_ids = groups.ids[GENUS].to(image.device)
+    for start in range(0, text.shape[0], chunk):
+        probs = (image @ text[start:start + chunk].T - log_norm[:, None]).exp_()
+        probs.masked_fill_(probs <= min_prob, 0)
+        genus.index_add_(1, genus_ids[start:start + chunk], probs)
+    return genus
 
 
 @torch.no_grad()

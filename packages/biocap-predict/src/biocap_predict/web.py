@@ -12,14 +12,20 @@ API (``POST /api/predict`` takes a multipart form):
 - ``k``: how many answers per rank (or labels) to return, 1-50.
 
 A file that is not a readable image gets 422 with the decoder's message, a body over the upload limit
-413, and neither stops the server.
+413, and so does a photo of more pixels than ``max_upload_pixels`` (read from its header, before
+it is decoded); none of them stops the server. At most ``max_decodes`` uploads are decoded at a
+time, so memory stays bounded (each decode holds at most ``max_upload_pixels`` RGB pixels) however
+many arrive together.
 """
 
 from __future__ import annotations
 
+import io
 import re
 import socket
+import sys
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +41,16 @@ except ImportError as exc:  # the [web] extra is optional: the library and CLI w
         f"the demo page needs the web extra ({exc.name} is missing): pip install 'biocap-predict[web]'"
     ) from exc
 
+import torch
 from biocap_core.errors import BioCAPError
+from biocap_core.imagefiles import ImageFiles
 from biocap_core.taxonomy import RANKS
-
-from biocap_predict.errors import ImageError
+from PIL import Image
 
 STATIC = Path(__file__).with_name("static")
 DEFAULT_MAX_UPLOAD_MB = 10.0
+DEFAULT_MAX_UPLOAD_PIXELS = 40_000_000
+DEFAULT_MAX_DECODES = 2
 MAX_K = 50
 MAX_LABELS = 200
 # Pillow names an in-memory upload by its repr ("cannot identify image file <_io.BytesIO object at 0x…>");
@@ -108,12 +117,48 @@ def _labels(text: str) -> list[str]:
     return labels
 
 
-def create_app(predictor, *, model_name: str = "", max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> FastAPI:
-    """The demo app around a loaded ``predictor`` (anything with ``predict``, ``nearest_captions``,
-    ``classify``, and an ``index`` with ``len`` and ``has_captions``, as ``biocap_predict.Predictor`` has)."""
+def _check_pixels(name: str, data: bytes, max_pixels: int) -> None:
+    """Refuse (413) a photo of more than ``max_pixels`` pixels from the size in its header: a PNG
+    of a few hundred kilobytes can hold 11,000 x 11,000 pixels, hundreds of megabytes once decoded.
+    Data that is no image passes here; decoding it gives the 422 that names the file."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as header:  # reads the header, not the pixels
+                width, height = header.size
+    except Image.DecompressionBombError:  # Pillow's own refusal, far above any sensible cap
+        width = height = None
+    except Exception:  # noqa: BLE001 (PIL raises many types on bad data; the decode names it)
+        return
+    if width is None or width * height > max_pixels:
+        size = (f" ({width:,} x {height:,} pixels, {width * height / 1e6:.1f} megapixels)"
+                if width else "")
+        raise HTTPException(413, f"The photo {name} is too large to process{size}; this server "
+                                 f"takes at most {max_pixels / 1e6:g} megapixels. Scale it down "
+                                 "and try again.")
+
+
+def _decode(name: str, data: bytes, model) -> torch.Tensor:
+    """The upload decoded and cropped for ``model``, as the predictor decodes a file (core's
+    :class:`ImageFiles`: JPEGs drafted, the eval transform's resize and crop), to a uint8 tensor the
+    predictor takes as it is; 422 when it is not a readable image."""
+    _, crop = ImageFiles([data], model)[0]
+    if isinstance(crop, str):
+        raise HTTPException(422, f"Not a readable image: {name}: {_BUFFER_REPR.sub('', crop)}")
+    return crop
+
+
+def create_app(predictor, *, model_name: str = "", max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+               max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS,
+               max_decodes: int = DEFAULT_MAX_DECODES) -> FastAPI:
+    """The demo app around a loaded ``predictor`` (anything with ``model``, ``predict``,
+    ``nearest_captions``, ``classify``, and an ``index`` with ``len`` and ``has_captions``, as
+    ``biocap_predict.Predictor`` has)."""
     app = FastAPI(title="BioCAP predict", docs_url=None, redoc_url=None)  # /docs and /redoc load from a CDN
     # One inference at a time: the model is shared, and one batch already uses every core.
     model_lock = threading.Lock()
+    # Decodes run beside inference, a few at a time: each holds up to max_upload_pixels RGB pixels.
+    decode_slots = threading.BoundedSemaphore(max_decodes)
     max_upload = int(max_upload_mb * 2**20)
 
     @app.exception_handler(RequestValidationError)
@@ -135,6 +180,7 @@ def create_app(predictor, *, model_name: str = "", max_upload_mb: float = DEFAUL
             "captions": bool(predictor.index.has_captions),
             "ranks": list(RANKS),
             "max_upload_bytes": max_upload,
+            "max_upload_pixels": max_upload_pixels,
         }
 
     def taxa(upload, k: int) -> dict[str, Any]:
@@ -152,12 +198,13 @@ def create_app(predictor, *, model_name: str = "", max_upload_mb: float = DEFAUL
             raise HTTPException(422, f"k must be between 1 and {MAX_K}, not {k}.")
         label_list = None if labels is None else _labels(labels)
         name = image.filename or "upload"
-        upload = [(name, image.file.read())]
+        data = image.file.read()
+        _check_pixels(name, data, max_upload_pixels)
+        with decode_slots:
+            upload = [(name, _decode(name, data, predictor.model))]  # decoded once for every answer
         try:
             with model_lock:
                 result = taxa(upload, k) if label_list is None else custom_labels(upload, label_list, k)
-        except ImageError as exc:
-            raise HTTPException(422, f"Not a readable image: {_BUFFER_REPR.sub('', str(exc))}") from exc
         except BioCAPError as exc:
             raise HTTPException(422, str(exc)) from exc
         return {"file_name": name, **result}
@@ -180,16 +227,29 @@ def _listen(host: str, port: int) -> socket.socket:
 
 def serve(index, model: str, pretrained: str | None = None, host: str = "127.0.0.1", port: int = 0,
           device: str = "auto", precision: str | None = None,
-          max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> None:
-    """Load the model and index, then serve the demo page until interrupted.
+          max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+          max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS,
+          max_decodes: int = DEFAULT_MAX_DECODES) -> None:
+    """Load the model and index (``None``: the model's published tree of life, see
+    :mod:`biocap_predict.hub`), then serve the demo page until interrupted.
 
     The line ``BioCAP demo page: http://HOST:PORT/`` goes to stdout once the socket is listening, so a
     script (or a test) that started ``serve --port 0`` can read where to connect.
     """
     from biocap_predict import Predictor
+    from biocap_predict.hub import announce_weights, published_for
 
+    def say(message: str) -> None:  # stdout carries only the URL line
+        print(message, file=sys.stderr, flush=True)
+
+    tol_files = published_for(model).fetch(say) if index is None else None  # before the model loads
+    announce_weights(model, say)
     predictor = Predictor.from_pretrained(model, pretrained, index, device=device, precision=precision)
-    app = create_app(predictor, model_name=model, max_upload_mb=max_upload_mb)
+    if tol_files is not None:
+        index = tol_files.index(predictor.model, fingerprint=predictor.fingerprint, echo=say)
+        predictor.use_index(index)
+    app = create_app(predictor, model_name=model, max_upload_mb=max_upload_mb,
+                     max_upload_pixels=max_upload_pixels, max_decodes=max_decodes)
     sock = _listen(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host

@@ -155,11 +155,13 @@ def resume_checkpoint(cfg: TrainConfig, info: DistInfo, say) -> tuple[Path | Non
         if not path.is_file():
             raise FileNotFoundError(f"--resume {cfg.resume}: no such checkpoint file")
         return path, read_checkpoint(path)
-    path, ckpt, unreadable = None, None, []
-    if info.is_main:
+    read: dict[str, Any] = {}  # rank 0's checkpoint, read while choosing it
+
+    def newest_readable() -> Path | None:
+        path, unreadable = None, []
         for _, candidate in reversed(list_checkpoints(cfg.run_dir)):
             try:
-                ckpt = read_checkpoint(candidate)
+                read["ckpt"] = read_checkpoint(candidate)
             except CheckpointError as exc:
                 unreadable.append((candidate, exc))
                 continue
@@ -170,7 +172,10 @@ def resume_checkpoint(cfg: TrainConfig, info: DistInfo, say) -> tuple[Path | Non
                                   f"{unreadable[0][1]}")
         for bad, exc in unreadable:
             say(f"warning: {exc}; set aside as {set_aside(bad).name}, resuming from {path.name} instead")
-    path = distributed.broadcast_object(info, path)
+        return path
+
+    path = distributed.decided_on_main(info, newest_readable)
+    ckpt = read.get("ckpt")
     if ckpt is None and path is not None:
         ckpt = read_checkpoint(path)
     return path, ckpt

@@ -8,9 +8,12 @@ CUDA, gloo on CPU.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -93,6 +96,49 @@ def broadcast_object(info: DistInfo, obj: Any) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def failing_together(info: DistInfo) -> Iterator[None]:
+    """Around work that only some ranks do (``if info.is_main: ...``): an exception it raises on
+    any rank is raised on every rank, which a rank that went on alone would otherwise wait for
+    forever at its next collective. The ranks meet at the end of the block (one gather), so it
+    also takes the place of a barrier."""
+    error = None
+    try:
+        yield
+    except Exception as exc:  # raised again below, on every rank
+        error = exc
+    errors = [e for e in gather_objects(info, _sendable(error)) if e is not None]
+    if error is not None:
+        raise error
+    if errors:
+        raise errors[0]
+
+
+def _sendable(error: Exception | None) -> Exception | None:
+    """``error`` as the other ranks can receive it: itself if it survives pickling (which a
+    collective does to it), else a RuntimeError with its type and message."""
+    if error is None:
+        return None
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:  # e.g. an exception whose __init__ takes other arguments than its args
+        return RuntimeError(f"{type(error).__name__}: {error}")
+    return error
+
+
+def decided_on_main(info: DistInfo, decide: Callable[[], T]) -> T:
+    """``decide()`` run on rank 0 only, and its result on every rank (an exception on every rank,
+    see :func:`failing_together`)."""
+    result = None
+    with failing_together(info):
+        if info.is_main:
+            result = decide()
+    return broadcast_object(info, result)
 
 
 def gather_objects(info: DistInfo, obj: Any) -> list[Any]:

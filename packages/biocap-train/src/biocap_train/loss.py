@@ -1,9 +1,9 @@
 """The BioCAP loss: OpenCLIP's ``ClipLoss`` of each trained head's image features against its texts.
 
-A step trains the head of its text type (``tax`` for a taxonomic text, ``caption`` for a caption),
-with that head's temperature; with ``--joint-loss`` it trains both, the text batch holding the
-taxonomic texts followed by the captions, and the caption loss is weighted by
-``--caption-loss-weight``.
+A step trains the heads its batches name (:attr:`biocap_train.schedule.StepText.heads`): the head
+of its text type (``tax`` for a taxonomic text, ``caption`` for a caption), with that head's
+temperature; with ``--joint-loss`` both, the text batch holding the taxonomic texts followed by the
+captions, and the caption loss weighted by ``--caption-loss-weight``.
 """
 
 from __future__ import annotations
@@ -11,15 +11,8 @@ from __future__ import annotations
 import torch
 from open_clip import ClipLoss
 
-from biocap_train.schedule import head_of
-
 #: The model output holding each head's temperature.
 _SCALES = {"tax": "logit_scale", "caption": "logit_scale_caption"}
-
-
-def heads_of(text_type: str, joint: bool) -> tuple[str, ...]:
-    """The heads a step of ``text_type`` trains: its own, or both with ``--joint-loss``."""
-    return ("tax", "caption") if joint else (head_of(text_type),)
 
 
 def head_features(out: dict[str, torch.Tensor], heads: tuple[str, ...], n: int) -> dict[str, torch.Tensor]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass
 
 from biocap_core.taxonomy import TRAIN_TAXONOMIC_TYPES
 
@@ -51,9 +52,48 @@ def val_text_type(batch_index: int, seed: int) -> str:
     return step_rng(seed, batch_index, "val").choice(TRAIN_TAXONOMIC_TYPES)
 
 
-def head_of(text_type: str) -> str:
-    """The image head a text type trains: ``caption`` or ``tax``."""
+def head_trained_by(text_type: str) -> str:
+    """The image head that texts of ``text_type`` train: ``caption`` or ``tax``."""
     return "caption" if text_type == "caption" else "tax"
+
+
+@dataclass(frozen=True)
+class StepText:
+    """What one step trains on: drawn once, where the step's batches are made, and carried on them
+    to the trainer and the loss.
+
+    ``text_type``: the text every sample gives (a taxonomic type or ``caption``). ``joint``
+    (``--joint-loss``, and validation): each sample gives its caption as well, and both heads train.
+    """
+
+    text_type: str
+    joint: bool = False
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """The text types each sample must carry, in the order the batch holds their tokens."""
+        return (self.text_type, "caption") if self.joint else (self.text_type,)
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        """The image heads the step trains: the one its text type trains, or both when ``joint``."""
+        return ("tax", "caption") if self.joint else (head_trained_by(self.text_type),)
+
+
+@dataclass(frozen=True)
+class TextSchedule:
+    """A run's rule for the text of each step (``--seed``, ``--text-type``, ``--caption-share``,
+    ``--joint-loss``); small and picklable, so each data worker draws the text of its batches."""
+
+    seed: int
+    text_type: str = "random"
+    caption_share: float = 1 / 6
+    joint: bool = False
+
+    def at(self, step: int) -> StepText:
+        """What global step ``step`` trains on (:func:`text_type_for_step`)."""
+        drawn = text_type_for_step(step, self.seed, self.text_type, self.caption_share, self.joint)
+        return StepText(drawn, self.joint)
 
 
 def learning_rate(step: int, base_lr: float, warmup: int, total_steps: int, kind: str = "cosine") -> float:

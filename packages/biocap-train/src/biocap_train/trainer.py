@@ -1,11 +1,13 @@
 """The BioCAP training loop: one optimisation step, and the run that repeats it.
 
-The path of a sample: shards → batches (:mod:`biocap_train.data`: reading, decoding, augmenting,
-tokenizing) → model (:mod:`biocap_core.model`) → loss (:mod:`biocap_train.loss`) → this file's step.
+The path of a sample: shard → raw sample (:mod:`biocap_train.samples`) → micro-batch
+(:mod:`biocap_train.batches`: image prepared, texts tokenized) made by a data stream
+(:mod:`biocap_train.streams`) → one rank's steps (:mod:`biocap_train.train_batches`) → model
+(:mod:`biocap_core.model`) → loss (:mod:`biocap_train.loss`) → this file's step.
 
-One optimisation step trains one head, chosen by the text type its data stream drew for it
-(:mod:`biocap_train.schedule`): a caption step computes only the caption head
-and ``logit_scale_caption``, a taxonomic step only ``visual.proj`` and
+One optimisation step trains one head, chosen by the text its batches carry
+(:class:`biocap_train.schedule.StepText`, drawn where they are made): a caption step computes
+only the caption head and ``logit_scale_caption``, a taxonomic step only ``visual.proj`` and
 ``logit_scale``, so the other head's parameters stay out of the graph and
 AdamW leaves them untouched (grad None), as in the original. Under DDP this
 varying graph needs ``find_unused_parameters=True``; with ``--joint-loss``
@@ -17,6 +19,7 @@ gradient of the single-process loss on the global batch).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -37,6 +40,8 @@ from rich.console import Console
 from torch.nn.parallel import DistributedDataParallel
 
 from biocap_train import distributed
+from biocap_train.bad_data import DataCounts
+from biocap_train.batches import Batch
 from biocap_train.captions import CaptionIndex, index_dir_for
 from biocap_train.checkpointing import (
     latest_checkpoint,
@@ -46,12 +51,13 @@ from biocap_train.checkpointing import (
     save_checkpoint,
 )
 from biocap_train.config import TrainConfig
-from biocap_train.data import DataCounts, RunPlan, TrainBatches, plan_run, resume_position
 from biocap_train.distributed import DistInfo
-from biocap_train.loss import HeadLosses, head_features, heads_of
+from biocap_train.loss import HeadLosses, head_features
 from biocap_train.optim import make_optimizer
 from biocap_train.reporting import MetricsLog, ProgressDisplay, StepLog
-from biocap_train.schedule import learning_rate
+from biocap_train.run_plan import RunPlan, plan_run, resume_position
+from biocap_train.schedule import StepText, learning_rate
+from biocap_train.train_batches import TrainBatches
 from biocap_train.validation import validation_loss, zeroshot_set, zeroshot_top1
 
 
@@ -96,16 +102,23 @@ def prepare_run_dir(run_dir: Path) -> None:
         raise BioCAPError(f"--logs: cannot write the run folder {run_dir}: {exc.reason}") from exc
 
 
+def refuse_to_overwrite(run_dir: Path) -> None:
+    """A fresh run must not mix its checkpoints with an earlier run's under the same name."""
+    if list_checkpoints(run_dir):
+        raise FileExistsError(f"{run_dir} already has checkpoints; pass --resume latest to "
+                              "continue it or choose another --name")
+
+
 def default_name(cfg: TrainConfig) -> str:
     model = Path(cfg.model).stem if cfg.model.endswith(".json") else cfg.model.replace("/", "-")
     return f"{time.strftime('%Y_%m_%d-%H_%M_%S')}-model_{model}-lr_{cfg.lr:g}-b_{cfg.batch_size}"
 
 
-def step_text_type(micro: list[dict[str, Any]], step: int) -> str:
-    """The text type of a step: the one its data stream drew for it, stamped on every micro-batch."""
-    kinds = {b["text_type"] for b in micro}
+def step_text_of(micro: list[Batch], step: int) -> StepText:
+    """What a step trains on: what its micro-batches carry, the same on each."""
+    kinds = {b.step_text for b in micro}
     if len(kinds) != 1:
-        raise RuntimeError(f"step {step}: micro-batches of different text types {sorted(kinds)}")
+        raise RuntimeError(f"step {step}: micro-batches of different texts {kinds}")
     return kinds.pop()
 
 
@@ -154,11 +167,12 @@ class Trainer:
         self.input_dtype = input_dtype(cfg.precision)
 
     # ---- one step ----
-    def train_step(self, step: int, micro: list[dict[str, Any]]) -> dict[str, Any]:
-        """One optimiser step on ``accum_freq`` micro-batches of this rank, training the head(s) of their
-        text type; raises TrainingDiverged (before updating the weights) if the loss is not finite on any rank."""
-        text_type = step_text_type(micro, step)
-        heads = heads_of(text_type, self.cfg.joint_loss)
+    def train_step(self, step: int, micro: list[Batch]) -> dict[str, Any]:
+        """One optimiser step on ``accum_freq`` micro-batches of this rank, training the head(s)
+        their :class:`StepText` names; raises TrainingDiverged (before updating the weights) if the
+        loss is not finite on any rank."""
+        step_text = step_text_of(micro, step)
+        text_type, heads = step_text.text_type, step_text.heads
         lr = learning_rate(step, self.cfg.lr, self.cfg.warmup, self.total_steps, self.cfg.lr_scheduler)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -169,10 +183,11 @@ class Trainer:
         return {"loss": mean["loss"], "text_type": text_type, "heads": heads, "lr": lr,
                 **{f"loss_{h}": mean[h] for h in heads}}
 
-    def _forward_backward(self, micro: list[dict[str, Any]], heads: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        # with --gpu-decode the images arrive decoded on the device already (data.TrainBatches)
-        images = [b["image"].to(self.device, dtype=self.input_dtype, non_blocking=True) for b in micro]
-        texts = [(torch.cat([b["text"], b["caption_text"]]) if len(heads) == 2 else b["text"]).to(
+    def _forward_backward(self, micro: list[Batch], heads: tuple[str, ...]
+                          ) -> dict[str, torch.Tensor]:
+        # TrainBatches hands the images over on the device already (a no-op then)
+        images = [b.image.to(self.device, dtype=self.input_dtype, non_blocking=True) for b in micro]
+        texts = [(torch.cat([b.text, b.caption_text]) if len(heads) == 2 else b.text).to(
             self.device, non_blocking=True) for b in micro]
         amp = autocast(self.device, self.cfg.precision, inputs_cast=True)
         if len(micro) == 1:
@@ -254,9 +269,10 @@ class Trainer:
                 console.print(message, markup=False)
 
         resume, ckpt = resume_checkpoint(cfg, info, say)
-        if resume is None and info.is_main and list_checkpoints(cfg.run_dir):
-            raise FileExistsError(f"{cfg.run_dir} already has checkpoints; pass --resume latest to continue it "
-                                  "or choose another --name")
+        if resume is None:
+            with distributed.failing_together(info):
+                if info.is_main:
+                    refuse_to_overwrite(cfg.run_dir)
         if ckpt is not None and int(ckpt["step"]) >= plan.total_steps:
             # Saving again would rewrite the final checkpoint (new mtime, no data position), and eval
             # would take it for a new model.
@@ -265,8 +281,8 @@ class Trainer:
             return TrainResult(cfg.run_dir, resume, int(ckpt["step"]), rank=info.rank, finished=True)
         run, step = self._open_run(plan, resume, ckpt, say)
         result = TrainResult(cfg.run_dir, None, step, rank=info.rank)
-        self._zeroshot_before(run, step, result)
-        distributed.barrier(info)
+        with distributed.failing_together(info):  # rank 0's evaluation
+            self._zeroshot_before(run, step, result)
         global_batch = cfg.batch_size * cfg.accum_freq * info.world_size
         say(f"training {plan.total_steps} steps ({plan.steps_per_epoch}/epoch, global batch {global_batch}) on "
             f"{info.world_size} x {self.device}; logs in {cfg.run_dir}")
@@ -288,12 +304,13 @@ class Trainer:
         progress.close()
         result.checkpoint = self._save(run, step) if run.last_saved != step else latest_checkpoint(cfg.run_dir)
         result.step, result.data_problems = step, dict(run.problems.counts)
-        if run.zeroshot is not None:
-            result.zeroshot["after"] = top1 = zeroshot_top1(self.model, run.zeroshot, cfg, self.device)
-            run.metrics.write("zeroshot", step, top1=top1, when="after")
-        result.seconds = time.time() - started
-        run.metrics.close()
-        distributed.barrier(info)
+        with distributed.failing_together(info):  # rank 0's evaluation and logs
+            if run.zeroshot is not None:
+                result.zeroshot["after"] = top1 = zeroshot_top1(self.model, run.zeroshot, cfg,
+                                                                self.device)
+                run.metrics.write("zeroshot", step, top1=top1, when="after")
+            result.seconds = time.time() - started
+            run.metrics.close()
         return result
 
     def _open_run(self, plan: RunPlan, resume: Path | None, ckpt: dict[str, Any] | None,
@@ -301,14 +318,18 @@ class Trainer:
         """Clean the run folder of interrupted writes, start its logs, restore the checkpoint's state if
         resuming; the run and its first step."""
         cfg, info = self.cfg, self.info
-        if info.is_main:
-            removed = remove_partial_checkpoints(cfg.run_dir)
-            if removed:
-                say(f"removed {len(removed)} partial checkpoint file(s) of an interrupted write: "
-                    + ", ".join(p.name for p in removed))
-        metrics = MetricsLog(cfg.run_dir, cfg.report_to, cfg.to_dict(), cfg.wandb_project_name, enabled=info.is_main)
-        if info.is_main:
-            atomic_write(cfg.run_dir / "config.json", lambda tmp: tmp.write_text(json.dumps(cfg.to_dict(), indent=2)))
+        with distributed.failing_together(info):  # what rank 0 alone reads and writes
+            if info.is_main:
+                removed = remove_partial_checkpoints(cfg.run_dir)
+                if removed:
+                    say(f"removed {len(removed)} partial checkpoint file(s) of an interrupted "
+                        "write: " + ", ".join(p.name for p in removed))
+            metrics = MetricsLog(cfg.run_dir, cfg.report_to, cfg.to_dict(), cfg.wandb_project_name,
+                                 enabled=info.is_main)
+            if info.is_main:
+                text = json.dumps(cfg.to_dict(), indent=2)
+                atomic_write(cfg.run_dir / "config.json", lambda tmp: tmp.write_text(text))
+            zeroshot = zeroshot_set(cfg) if info.is_main else None
         start, position = 0, None
         if ckpt is not None:
             self.load_state(ckpt)
@@ -317,7 +338,7 @@ class Trainer:
             say(f"resumed from {resume} at step {start}")
         captions = self._caption_index(cfg.run_dir)
         data = TrainBatches(cfg, plan, info, self.model, captions, position, say)
-        return Run(cfg.run_dir, say, metrics, data, captions, zeroshot_set(cfg) if info.is_main else None), start
+        return Run(cfg.run_dir, say, metrics, data, captions, zeroshot), start
 
     def _zeroshot_before(self, run: Run, step: int, result: TrainResult) -> None:
         if run.zeroshot is None:
@@ -340,14 +361,15 @@ class Trainer:
         if step != (epoch + 1) * plan.steps_per_epoch:  # the run ended mid-epoch (--steps)
             return
         completed = epoch + 1
-        if cfg.val_data and (completed % cfg.val_frequency == 0 or step == plan.total_steps):
-            if info.is_main:
+        with distributed.failing_together(info):  # rank 0's evaluation
+            if info.is_main and cfg.val_data and (completed % cfg.val_frequency == 0
+                                                  or step == plan.total_steps):
                 self._validate(run, epoch, step)
-            distributed.barrier(info)
-        if run.zeroshot is not None and completed % cfg.zeroshot_frequency == 0 and step < plan.total_steps:
-            top1 = zeroshot_top1(self.model, run.zeroshot, cfg, self.device)
-            run.metrics.write("zeroshot", step, top1=top1, epoch=epoch)
-            run.say(f"epoch {epoch} zero-shot top-1: {100 * top1:.1f}%")
+            if (run.zeroshot is not None and completed % cfg.zeroshot_frequency == 0
+                    and step < plan.total_steps):
+                top1 = zeroshot_top1(self.model, run.zeroshot, cfg, self.device)
+                run.metrics.write("zeroshot", step, top1=top1, epoch=epoch)
+                run.say(f"epoch {epoch} zero-shot top-1: {100 * top1:.1f}%")
         if cfg.save_frequency and completed % cfg.save_frequency == 0 and run.last_saved != step:
             self._save(run, step)
         distributed.barrier(info)
@@ -365,9 +387,11 @@ class Trainer:
         """Save a checkpoint with every rank's stream position (rank 0 writes); its path on rank 0."""
         gathered = distributed.gather_objects(self.info, run.data.position)
         path = None
-        if self.info.is_main:
-            path = save_checkpoint(run.dir, step, self.state(step, gathered), self.cfg.keep_checkpoints)
-            run.metrics.write("checkpoint", step, path=str(path))
+        with distributed.failing_together(self.info):  # e.g. a full disk where rank 0 writes
+            if self.info.is_main:
+                path = save_checkpoint(run.dir, step, self.state(step, gathered),
+                                       self.cfg.keep_checkpoints)
+                run.metrics.write("checkpoint", step, path=str(path))
         run.last_saved = step
         return path
 
@@ -386,9 +410,9 @@ class Trainer:
         if not self.cfg.captions:
             return None
         directory = index_dir_for(self.cfg.captions, run_dir)
-        if self.info.local_rank == 0:
-            CaptionIndex.build(self.cfg.captions, directory)
-        distributed.barrier(self.info)
+        with distributed.failing_together(self.info):  # e.g. a table with duplicate uuids
+            if self.info.local_rank == 0:
+                CaptionIndex.build(self.cfg.captions, directory)
         return CaptionIndex(directory)
 
 
@@ -401,7 +425,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         if cfg.gpu_decode:
             require_cuda(info.device)
         plan = plan_run(cfg, info)
-        cfg.name = distributed.broadcast_object(info, cfg.name or default_name(cfg))
+        # the caller's config stays as given; every rank takes rank 0's default name (its clock)
+        name = distributed.broadcast_object(info, cfg.name or default_name(cfg))
+        cfg = dataclasses.replace(cfg, name=name)
         prepare_run_dir(cfg.run_dir)
         return Trainer(cfg, info, plan.total_steps).fit(plan)
     finally:

@@ -9,17 +9,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from biocap_core.gpu_decode import EncodedBatch
 from biocap_core.precision import autocast, input_dtype
 from biocap_core.shards import expand_sources
 from biocap_core.taxonomy import TEMPLATES
 from biocap_core.zeroshot import ClassificationSet, classifier_weights, encode_images, eval_mode, topk_accuracy
 from open_clip import ClipLoss
 
+from biocap_train.bad_data import DataCounts
+from biocap_train.batches import Batch
 from biocap_train.captions import CaptionIndex
 from biocap_train.config import TrainConfig
-from biocap_train.data import DataCounts, ValStream, decode_on_device, draft_size, image_prep, loader
+from biocap_train.image_prep import image_prep
 from biocap_train.loss import HeadLosses, head_features
+from biocap_train.streams import ValStream, loader
 
 
 def zeroshot_set(cfg: TrainConfig) -> ClassificationSet | None:
@@ -44,24 +46,22 @@ def validation_loss(model, cfg: TrainConfig, captions: CaptionIndex | None,
     """Mean taxonomic and caption CLIP loss over every ``--val-data`` sample (one process), their mix
     at ``--caption-share`` as ``loss``, and the validation samples skipped as bad."""
     urls, _ = expand_sources(cfg.val_data)
-    stream = ValStream(urls, cfg.batch_size, cfg.seed, image_prep(cfg, model, train=False), model.tokenizer(),
-                       captions, draft_size(cfg, model))
-    losses, heads, dtype = HeadLosses(ClipLoss()), ("tax", "caption"), input_dtype(cfg.precision)
+    prep = image_prep(cfg, model, train=False)
+    stream = ValStream(urls, cfg.batch_size, cfg.seed, prep, model.tokenizer(), captions)
+    losses, dtype = HeadLosses(ClipLoss()), input_dtype(cfg.precision)
     totals, n = {"tax": 0.0, "caption": 0.0}, 0
     counts = {}  # worker -> its skipped samples so far
     on_device = DataCounts()  # --gpu-decode: JPEGs that only the device found undecodable
     with eval_mode(model):
         for batch in loader(stream, min(cfg.workers, len(urls))):
-            counts[batch["worker"]] = batch["counts"]
-            if "image" not in batch:
+            counts[batch.stream] = batch.counts
+            if not isinstance(batch, Batch):  # a worker's last skips, with no batch
                 continue
-            if isinstance(batch["image"], EncodedBatch):
-                for detail in decode_on_device(batch, stream.transform, device, dtype):
-                    on_device.add("corrupt_image", detail)
-            size = len(batch["image"])
+            for detail in batch.prepare_images(prep, device, dtype):
+                on_device.add("corrupt_image", detail)
+            size, heads = len(batch.image), batch.step_text.heads
             with autocast(device, cfg.precision, inputs_cast=True):
-                out = model(batch["image"].to(device, dtype=dtype),
-                            torch.cat([batch["text"], batch["caption_text"]]).to(device))
+                out = model(batch.image, torch.cat([batch.text, batch.caption_text]).to(device))
                 batch_losses = losses(head_features(out, heads, size), out, heads)
             for h in heads:
                 totals[h] += batch_losses[h].item() * size

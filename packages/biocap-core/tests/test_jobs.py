@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from biocap_captions.jobs import JobSpecError, job_from_env, resolve_job, select
+from biocap_core.jobs import JobSpecError, job_from_env, resolve_job, select
 
 
 def test_every_unit_goes_to_exactly_one_job():

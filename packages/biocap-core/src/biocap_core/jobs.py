@@ -1,5 +1,8 @@
 """Splitting units across jobs: ``--num-shards/--shard-index`` or a SLURM job array.
 
+Every app that spreads work over jobs (captioning shards, building shards, predicting over a
+collection) splits it here, so the flags and the SLURM variables mean the same everywhere.
+
 Job ``i`` of ``n`` takes units ``i, i+n, i+2n, ...`` of the sorted unit list,
 so every unit belongs to exactly one job and the jobs get near-equal shares
 whatever the count.
@@ -8,12 +11,15 @@ whatever the count.
 from __future__ import annotations
 
 import os
-from typing import Mapping, Sequence, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import TypeVar
+
+from biocap_core.errors import BioCAPError
 
 T = TypeVar("T")
 
 
-class JobSpecError(ValueError):
+class JobSpecError(BioCAPError, ValueError):
     """The job split is inconsistent (index out of range, half-given, bad SLURM variables)."""
 
 
