@@ -64,6 +64,15 @@ def toy(
     image_size: int = typer.Option(64, help="Side of the square images, in pixels."),
     shard_size: int = typer.Option(256, help="Samples per webdataset shard."),
     seed: int = typer.Option(0, help="Random seed; the same seed gives identical files."),
+    caption_noise: float = typer.Option(
+        0.0,
+        min=0.0,
+        max=1.0,
+        help=(
+            "Share of trait phrases in the training captions made wrong or missing, as MLLM "
+            "captions sometimes are (0 to 1)."
+        ),
+    ),
 ) -> None:
     """Generate the toy tree of life (shards, catalog and every benchmark layout)."""
     from biocap_core.toy import ToyConfig, generate, write_download
@@ -81,6 +90,7 @@ def toy(
         image_size=image_size,
         shard_size=shard_size,
         seed=seed,
+        caption_noise=caption_noise,
     )
     _make_out_dir(out or as_download)
     if as_download is not None:

@@ -372,6 +372,28 @@ INQUIRE_RERANK = Schema(
     ),
 )
 
+TOY_ATTRIBUTES = Schema(
+    "toy_attributes",
+    "The toy tree of life's images as drawn: species traits, life stage, background, tilt, and "
+    "the caption with how many of its trait phrases are wrong or missing (null where none).",
+    (
+        Column("uuid", S),
+        Column("split", S),
+        Column("scientific_name", S),
+        Column("plan", S),
+        Column("colour", S),
+        Column("shape", S),
+        Column("pattern", S),
+        Column("pattern_colour", S),
+        Column("marks", I64),
+        Column("life_stage", S),
+        Column("background", S),
+        Column("tilt", S),
+        Column("caption", S, nullable=True),
+        Column("caption_errors", I64, nullable=True),
+    ),
+)
+
 EVAL_RESULTS = Schema(
     "eval_results",
     "One metric of one model on one benchmark.",
@@ -401,6 +423,7 @@ ALL: dict[str, Schema] = {
         RETRIEVAL,
         INQUIRE_QUERIES,
         INQUIRE_RERANK,
+        TOY_ATTRIBUTES,
         EVAL_RESULTS,
     )
 }

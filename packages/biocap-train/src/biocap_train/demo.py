@@ -21,7 +21,7 @@ from biocap_core.cache import cache_dir
 from biocap_core.toy import ToyConfig, generate
 from biocap_train.config import TrainConfig
 
-TOY_VERSION = "toy-v1"
+TOY_VERSION = "toy-v2"
 #: Demo settings (tuned so top-1 ends far above chance in about two minutes on 2 CPU cores).
 DEMO = {
     "model": "BioCAP-toy",
@@ -47,7 +47,7 @@ LATEST = Path("demo") / "latest"
 
 
 def toy_root(root: Path | None = None) -> Path:
-    """Where the demo's toy tree of life is (or will be): ``toy-v1`` under the cache folder."""
+    """Where the demo's toy tree of life is (or will be): ``toy-v2`` under the cache folder."""
     return (root or cache_dir()) / TOY_VERSION
 
 

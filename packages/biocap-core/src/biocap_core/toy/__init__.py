@@ -2,7 +2,8 @@
 
 It lets every stage (training, evaluation, captioning, prediction) run on a laptop with no
 download. One module per job: :mod:`.species` (the taxonomy and its traits), :mod:`.render`
-(images), :mod:`.benchmarks` (evaluation sets in the real layouts), :mod:`.dataset`
+(images, with each photo's pose, setting and life stage), :mod:`.captions` (each photo's caption,
+and caption noise), :mod:`.benchmarks` (evaluation sets in the real layouts), :mod:`.dataset`
 (:func:`generate`, which writes it all), :mod:`.download` (:func:`write_download`: the same
 species in the TreeOfLife-10M download's layout, for ``biocap-core shards``).
 """

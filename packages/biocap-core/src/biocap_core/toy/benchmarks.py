@@ -66,9 +66,8 @@ def write_classification(items: list[ToyImage], root: Path) -> None:
     ).write_csv(root / "rare_species.csv")
 
 
-def write_retrieval(items: list[ToyImage], root: Path) -> None:
-    """Image-caption pairs in the retrieval CSV layout (numeric ids, ``"<Species>, <traits>"``
-    captions)."""
+def write_retrieval(items: list[ToyImage], captions: list[str], root: Path) -> None:
+    """Image-caption pairs in the retrieval CSV layout (numeric ids, one caption per image)."""
     ids = {im.uuid: str(100000 + i) for i, im in enumerate(items)}
     _save_images(items, root, lambda im: f"images/{ids[im.uuid]}.jpg")
     pl.DataFrame(
@@ -76,39 +75,78 @@ def write_retrieval(items: list[ToyImage], root: Path) -> None:
             "": range(len(items)),
             "id": list(ids.values()),
             "source_url": [f"toy://retrieval/{i}.jpg" for i in ids.values()],
-            "captions": [f"{im.species.scientific}, {im.species.trait_caption()}" for im in items],
+            "captions": captions,
             "md5": [hashlib.md5(im.jpeg).hexdigest() for im in items],
         }
     ).write_csv(root / "toy_retrieval.csv")
 
 
+#: What an INQUIRE-style query can ask of an image, by the names its predicate uses.
+_ATTRIBUTES = {
+    "stage": lambda im: im.stage,
+    "plan": lambda im: im.species.plan,
+    "colour": lambda im: im.species.colour,
+    "pattern": lambda im: im.species.pattern,
+    "tilt": lambda im: im.tilt,
+    "background": lambda im: im.background,
+    "name": lambda im: im.species.taxon.common_name or im.species.scientific,  # may be shared
+}
+
+
+def _query(supercategory: str, im: ToyImage, staged: bool) -> tuple[str, dict[str, object]]:
+    """A query that ``im`` answers, and the attributes an image must share with ``im`` to be
+    relevant; ``staged`` queries name the life stage too (``a juvenile red sprout on a dark
+    background``)."""
+    sp = im.species
+    stage = f"{im.stage} " if staged else ""
+    if supercategory == "Appearance":
+        if staged:
+            text, keys = f"{stage}{sp.colour} {sp.plan}", ("colour", "plan")
+        else:
+            text, keys = f"{sp.colour} organism with a {sp.pattern} pattern", ("colour", "pattern")
+    elif supercategory == "Behavior":
+        text, keys = f"{stage}{sp.plan} {im.tilt}", ("plan", "tilt")
+    elif supercategory == "Context":
+        if staged:
+            text = f"{stage}{sp.colour} {sp.plan} on a {im.background} background"
+            keys = ("colour", "plan", "background")
+        else:
+            text = f"{sp.colour} organism on a {im.background} background"
+            keys = ("colour", "background")
+    else:
+        name = sp.taxon.common_name or sp.scientific
+        if staged and sp.taxon.common_name:  # "a juvenile two-marked striped red crawler"
+            name = name[0].lower() + name[1:]
+        text, keys = f"{stage}{name}", ("name",)
+    if staged:
+        keys = ("stage",) + keys
+    if supercategory != "Species" or staged:
+        text = ("an " if text[0] in "aeiou" else "a ") + text
+    return text, {key: _ATTRIBUTES[key](im) for key in keys}
+
+
 def _queries(pool: list[ToyImage], rng: random.Random, n_queries: int):
-    """Trait queries, each built from a pool image so it has a positive, spread over INQUIRE's
-    supercategories; the predicate decides relevance."""
-
-    def make(supercategory: str, im: ToyImage):
-        sp = im.species
-        if supercategory == "Appearance":
-            text = f"a {sp.colour} organism with a {sp.pattern} pattern"
-            return text, lambda o: (o.species.colour, o.species.pattern) == (sp.colour, sp.pattern)
-        if supercategory == "Behavior":
-            return (
-                f"a {sp.plan} {im.tilt}",
-                lambda o: (o.species.plan, o.tilt) == (sp.plan, im.tilt),
-            )
-        if supercategory == "Context":
-            text = f"a {sp.colour} organism on a {im.background} background"
-            return text, lambda o: (o.species.colour, o.background) == (sp.colour, im.background)
-        return sp.taxon.common_name or sp.scientific, lambda o: o.species.index == sp.index
-
+    """Queries about traits, life stage, pose and setting, each built from a pool image so it has a
+    positive, in turn over INQUIRE's supercategories; in each, one query in three is about juveniles
+    and one about adults. The predicate decides relevance from the image's true attributes."""
+    juveniles = [im for im in pool if im.stage == "juvenile"] or pool
+    adults = [im for im in pool if im.stage == "adult"] or pool
     queries, seen, tries = [], set(), 0
     while len(queries) < n_queries and tries < 100 * n_queries:
         tries += 1
         supercategory = SUPERCATEGORIES[len(queries) % len(SUPERCATEGORIES)]
-        text, predicate = make(supercategory, rng.choice(pool))
+        turn = len(queries) // len(SUPERCATEGORIES) % 3  # 0: any image, 1: a juvenile, 2: an adult
+        image = rng.choice((pool, juveniles, adults)[turn])
+        text, wanted = _query(supercategory, image, staged=turn > 0)
         if text not in seen:
             seen.add(text)
-            queries.append((text, supercategory, predicate))
+            queries.append(
+                (
+                    text,
+                    supercategory,
+                    lambda o, wanted=wanted: all(_ATTRIBUTES[k](o) == v for k, v in wanted.items()),
+                )
+            )
     return queries
 
 
@@ -167,7 +205,8 @@ def write_wiki(species: list[ToySpecies], root: Path) -> None:
                 else f" covered in a {sp.pattern_colour} {sp.pattern} pattern"
             )
             + f". A row of {MARK_WORDS[sp.marks - 1]} dark mark{'s' if sp.marks > 1 else ''} sits"
-            f" above the body. It is found in toy habitats across the {t.kingdom} collection."
+            " above the body. Juveniles are smaller and paler than adults and grow their marks"
+            f" as they mature. It is found in toy habitats across the {t.kingdom} collection."
         )
         binomial = sp.scientific
         species_rows.append({"binomial": binomial, **ranks})

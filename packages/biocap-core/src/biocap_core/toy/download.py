@@ -20,6 +20,7 @@ import polars as pl
 from PIL import Image
 
 from biocap_core.taxonomy import RANKS
+from biocap_core.toy.captions import caption
 from biocap_core.toy.dataset import ToyConfig
 from biocap_core.toy.render import images
 from biocap_core.toy.species import make_species
@@ -96,7 +97,12 @@ def write_download(out: str | Path, config: ToyConfig | None = None) -> dict:
                 _place(out, row, data, eol_members[i % EOL_SETS])
             rows.append(row)
             captions.append(
-                {"uuid": im.uuid, "caption": im.species.trait_caption(), "description": None}
+                {
+                    "uuid": im.uuid,
+                    # the photo's caption, as the toy's own shards carry it
+                    "caption": caption(im, random.Random(f"{config.seed}/{split}/{i}/caption")),
+                    "description": None,
+                }
             )
     # a member no catalog row names, and one that is not an image: both passed over
     eol_members[0] += [

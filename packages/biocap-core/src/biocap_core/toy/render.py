@@ -1,7 +1,10 @@
 """Drawing toy images: one species' traits on a varied background, as JPEG bytes.
 
-Position, size, tilt and background vary per image so that only the traits identify the
-species; every image has its own seeded generator, so the same arguments give the same bytes.
+Position, size, tilt, background and life stage vary per image. Tilt (the pose), background
+(the setting) and life stage are drawn per image and recorded, so that a caption of that photo
+can state them while the species name cannot: juveniles are smaller and paler than adults and
+have not grown their marks yet. Every image has its own seeded generator, so the same arguments
+give the same bytes.
 """
 
 from __future__ import annotations
@@ -18,30 +21,38 @@ from biocap_core.toy.species import COLOURS, PATTERN_COLOURS, ToySpecies
 
 BACKGROUNDS = {"pale": (215, 210, 195), "dark": (60, 62, 58)}
 TILTS = ("upright", "leaning left", "leaning right")
+STAGES = ("adult", "juvenile")
+#: Share of images that show a juvenile.
+JUVENILE_SHARE = 0.25
+#: Juveniles next to adults: body size, and how far their colour is blended towards white.
+_JUVENILE_SCALE, _JUVENILE_PALENESS = 0.7, 0.12
 
 
 @dataclass(frozen=True)
 class ToyImage:
-    """One rendered image with its nuisance variables (used by the INQUIRE-style queries)."""
+    """One rendered image with what varies per image (stated by its caption, used by the
+    INQUIRE-style queries)."""
 
     uuid: str
     species: ToySpecies
     background: str
     tilt: str
+    stage: str
     jpeg: bytes = field(repr=False)
 
 
 def render(
-    sp: ToySpecies, rng: random.Random, size: int, background: str, tilt: str
+    sp: ToySpecies, rng: random.Random, size: int, background: str, tilt: str, stage: str = "adult"
 ) -> Image.Image:
     """Draw one image of a species at ``size`` x ``size`` pixels (drawn at 2x, then downsampled)."""
+    juvenile = stage == "juvenile"
     s = size * 2
     bg = tuple(max(0, min(255, c + rng.randint(-20, 20))) for c in BACKGROUNDS[background])
     img = Image.new("RGB", (s, s), bg)
     body = Image.new("RGBA", (s, s), (0, 0, 0, 0))
     d = ImageDraw.Draw(body)
     cx, cy = s / 2 + rng.uniform(-0.06, 0.06) * s, s / 2 + rng.uniform(-0.06, 0.06) * s
-    scale = rng.uniform(0.85, 1.1) * s
+    scale = rng.uniform(0.85, 1.1) * s * (_JUVENILE_SCALE if juvenile else 1.0)
     w, h = {
         "round": (0.5, 0.5),
         "long": (0.66, 0.36),
@@ -50,6 +61,8 @@ def render(
     }[sp.shape]
     w, h = w * scale, h * scale
     colour = tuple(max(0, min(255, c + rng.randint(-15, 15))) for c in COLOURS[sp.colour])
+    if juvenile:
+        colour = tuple(round(c + (255 - c) * _JUVENILE_PALENESS) for c in colour)
     dark = tuple(c // 2 for c in colour)
     box = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
     lw = max(2, s // 40)
@@ -109,7 +122,7 @@ def render(
     body.paste(PATTERN_COLOURS[sp.pattern_colour], (0, 0), ImageChops.multiply(pattern, shape_mask))
     # marks: small dark dots in a row above the body
     r = max(3, s // 28)
-    for i in range(sp.marks):
+    for i in range(0 if juvenile else sp.marks):
         x = cx + (i - (sp.marks - 1) / 2) * r * 3
         d.ellipse((x - r, box[1] - r * 3, x + r, box[1] - r), fill=(15, 15, 15))
     angle = {"upright": 0.0, "leaning left": 18.0, "leaning right": -18.0}[tilt] + rng.uniform(
@@ -141,6 +154,7 @@ def images(
             rng = random.Random(f"{seed}/{split}/{sp.index}/{k}")
             background = rng.choice(list(BACKGROUNDS))
             tilt = rng.choice(TILTS)
-            yield ToyImage(
-                _uuid(rng), sp, background, tilt, _jpeg(render(sp, rng, size, background, tilt))
-            )
+            stage = "juvenile" if rng.random() < JUVENILE_SHARE else "adult"
+            uuid = _uuid(rng)
+            jpeg = _jpeg(render(sp, rng, size, background, tilt, stage))
+            yield ToyImage(uuid, sp, background, tilt, stage, jpeg)

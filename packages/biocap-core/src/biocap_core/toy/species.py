@@ -1,7 +1,7 @@
 """The toy taxonomy: species names and the visible traits each rank gives them.
 
-Every visible trait follows the taxonomy, so a model can learn it and a
-caption of traits is true of its image:
+Every visible trait follows the taxonomy, so a model can learn it from names
+or captions (what varies per image, see :mod:`.render` and :mod:`.captions`):
 
 ========  ==========================  ================================
 rank      trait                       example
@@ -108,19 +108,6 @@ class ToySpecies:
     @property
     def scientific(self) -> str:
         return self.taxon.scientific
-
-    def trait_caption(self) -> str:
-        """One sentence of visible traits, true of every image of the species."""
-        pattern = (
-            "no pattern"
-            if self.pattern == "plain"
-            else f"{self.pattern_colour} {self.pattern} pattern"
-        )
-        name = self.taxon.common_name or self.scientific
-        return (
-            f"{name} shows a {self.shape} {self.colour} {self.plan} body with {pattern} "
-            f"and {MARK_WORDS[self.marks - 1]} mark{'s' if self.marks > 1 else ''} on top."
-        )
 
 
 def _branching(n_species: int) -> dict[str, int]:
