@@ -205,7 +205,7 @@ class ScratchVenv:
 @pytest.fixture
 def scratch_venv(tmp_path):
     """``scratch_venv("name")``: a new venv at ``INSTALL_ROOT/name``, its bytecode kept beside it,
-    locked against other sessions until the test ends; ``keep=True`` reuses the venv of an
+    locked against other test runs until the test ends; ``keep=True`` reuses the venv of an
     earlier run, for third-party packages at pinned versions (removing the venv, making it anew
     and linking torch into it took 51 s on the 2-core development machine under load, measured)."""
     uv = os.environ.get("UV") or shutil.which("uv") or pytest.fail("uv is not on PATH")
