@@ -153,6 +153,12 @@ class FakeChatServer:
                     server.user_agents.add(self.headers["User-Agent"])
                 try:
                     status, payload, headers = server.answer(self.path, body)
+                finally:
+                    # done before the answer is sent: once the client has it, it may send its next
+                    # request, which must not find this one still counted
+                    with server.lock:
+                        server.in_flight -= 1
+                try:
                     data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                     if headers.pop("X-Cut-Body", None):
                         data = data[: len(data) // 2]
@@ -164,9 +170,6 @@ class FakeChatServer:
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout test)
-                finally:
-                    with server.lock:
-                        server.in_flight -= 1
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
