@@ -40,9 +40,9 @@ import os
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import time
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,12 +50,9 @@ from biocap_core.cache import cache_dir
 from biocap_core.fileio import atomic_write
 from biocap_core.taxonomy import Taxon
 from biocap_core.toy import ToyConfig, generate
-from biocap_eval.benchmark import Benchmark
-from biocap_eval.registry import load_registry, select
-from biocap_eval.runner import ModelSpec, RunOptions, run
-from biocap_eval.tasks import Settings
-from biocap_train.checkpointing import latest_checkpoint
-from biocap_train.demo import DEMO, ensure_toy, toy_root
+
+# biocap-train and biocap-eval are imported where a run needs them: importing them (OpenCLIP)
+# costs about 10 CPU seconds, which a command that only reports finished runs need not pay.
 
 
 @dataclass(frozen=True)
@@ -106,6 +103,8 @@ RUN_COLUMNS = ("arm", "arm_label", "seed", "head", "steps", "train_seconds", "tr
 def noisy_toy(clean: Path, cache: Path, noise: float) -> Path:
     """The demo's toy (``clean``, same generator settings) with ``noise`` caption noise, in the
     demo's layout under ``cache`` so the demo finds it there; generated once, atomically."""
+    from biocap_train.demo import toy_root
+
     target = toy_root(cache)
     if (target / "manifest.json").is_file():
         return target
@@ -117,7 +116,7 @@ def noisy_toy(clean: Path, cache: Path, noise: float) -> Path:
     return target
 
 
-def genus_benchmark(toy: Path, annotation: Path) -> Benchmark:
+def genus_benchmark(toy: Path, annotation: Path):
     """Zero-shot at the genus rank over the toy's zero-shot images: each image's class is the
     taxonomic name down to its genus (what a ``taxon`` text says at that rank). The table is
     written to ``annotation`` (in the results folder: the demo's toy stays as generated)."""
@@ -138,6 +137,8 @@ def genus_benchmark(toy: Path, annotation: Path) -> Benchmark:
                 out.writerows(rows)
 
         atomic_write(annotation, write)
+    from biocap_eval.benchmark import Benchmark
+
     return Benchmark(
         name="toy-zeroshot-genus",
         title="Toy tree of life, zero-shot at the genus rank",
@@ -152,25 +153,40 @@ def genus_benchmark(toy: Path, annotation: Path) -> Benchmark:
 
 # ---- one run ----
 def train(arm: Arm, seed: int, run_dir: Path, cache: Path, steps: int | None) -> dict:
-    """The demo with the arm's flags, as a child process; its wall and CPU seconds."""
-    command = [sys.executable, "-m", "biocap_train", *arm.flags, "--seed", str(seed)]
-    command += ["--logs", str(run_dir.parent), "--name", run_dir.name, "--resume", "latest"]
-    command += ["--no-progress"] + (["--steps", str(steps)] if steps else [])
-    env = {**os.environ, "BIOCAP_CACHE": str(cache)}
+    """The demo with the arm's flags (``biocap-train``'s command line, in this process: a child
+    process would import OpenCLIP again for each run), its output in ``train.log``; its wall and
+    CPU seconds (data workers included)."""
+    from biocap_train.cli import main as biocap_train
+
+    argv = [*arm.flags, "--seed", str(seed), "--logs", str(run_dir.parent), "--name"]
+    argv += [run_dir.name, "--resume", "latest", "--no-progress"]
+    argv += ["--steps", str(steps)] if steps else []
     run_dir.mkdir(parents=True, exist_ok=True)
-    cpu0, wall0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-    with open(run_dir / "train.log", "w") as log:
-        done = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if done.returncode != 0:
-        tail = (run_dir / "train.log").read_text().splitlines()[-15:]
-        sys.exit(f"training failed ({' '.join(command)}):\n" + "\n".join(tail))
+    log, user_cache = run_dir / "train.log", os.environ.get("BIOCAP_CACHE")
+    os.environ["BIOCAP_CACHE"] = str(cache)  # where the demo finds its toy
+    cpu0, wall0 = cpu_seconds(), time.perf_counter()
+    try:
+        with open(log, "w") as f, redirect_stdout(f), redirect_stderr(f):
+            biocap_train(argv)
+    except SystemExit as exc:
+        if exc.code not in (None, 0):
+            tail = "\n".join(log.read_text().splitlines()[-15:])
+            sys.exit(f"biocap-train {' '.join(argv)} failed: {exc.code}\n{tail}")
+    finally:
+        if user_cache is None:
+            os.environ.pop("BIOCAP_CACHE")
+        else:
+            os.environ["BIOCAP_CACHE"] = user_cache
     return {
         "train_seconds": round(time.perf_counter() - wall0, 1),
-        "train_cpu_seconds": round(
-            cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime, 1
-        ),
+        "train_cpu_seconds": round(cpu_seconds() - cpu0, 1),
     }
+
+
+def cpu_seconds() -> float:
+    """CPU seconds of this process and its finished children (the data workers)."""
+    usage = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return sum(u.ru_utime + u.ru_stime for u in usage)
 
 
 @dataclass(frozen=True)
@@ -179,11 +195,15 @@ class Toy:
     genus-level zero-shot set."""
 
     root: Path
-    genus: Benchmark
+    genus: object  #: a biocap_eval Benchmark
 
 
 def evaluate(checkpoint: Path, head: str, toy: Toy, out: Path) -> dict[str, float]:
     """The toy benchmarks and the genus set for one head, as ``biocap-eval run`` writes them."""
+    from biocap_eval.registry import load_registry, select
+    from biocap_eval.runner import ModelSpec, RunOptions, run
+    from biocap_eval.tasks import Settings
+
     benchmarks = select(load_registry(), ["toy"]) + [toy.genus]
     spec = ModelSpec(str(checkpoint), head=head)
     options = RunOptions(toy.root, out_dir=out, device="cpu", workers=0)
@@ -197,7 +217,9 @@ def evaluate(checkpoint: Path, head: str, toy: Toy, out: Path) -> dict[str, floa
 def run_once(name: str, seed: int, out: Path, toys: dict[float, Toy], steps: int | None) -> dict:
     """Train and evaluate one arm and seed; its result, also written atomically to
     ``result.json`` in its run folder."""
-    arm, run_dir = ARMS[name], out / "runs" / f"{name}-seed{seed}"
+    from biocap_train.checkpointing import latest_checkpoint
+
+    arm, run_dir, started = ARMS[name], result_path(out, name, seed).parent, time.perf_counter()
     toy = toys[arm.caption_noise]
     timing = train(arm, seed, run_dir, toy.root.parent, steps)
     checkpoint = latest_checkpoint(run_dir)
@@ -208,6 +230,7 @@ def run_once(name: str, seed: int, out: Path, toys: dict[float, Toy], steps: int
         for head in arm.heads
     ]
     result = {"arm": name, "seed": seed, "checkpoint": str(checkpoint), "rows": rows}
+    result["seconds"] = round(time.perf_counter() - started, 1)
     atomic_write(run_dir / "result.json", lambda tmp: tmp.write_text(json.dumps(result, indent=1)))
     return result
 
@@ -217,7 +240,7 @@ def collect(out: Path, names: list[str], seeds: list[int]) -> list[dict]:
     rows = []
     for name in names:
         for seed in seeds:
-            path = out / "runs" / f"{name}-seed{seed}" / "result.json"
+            path = result_path(out, name, seed)
             if path.is_file():
                 rows += json.loads(path.read_text())["rows"]
     return rows
@@ -327,32 +350,60 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    out, started = args.out.resolve(), time.perf_counter()
+def prepare_toys(args: argparse.Namespace, out: Path) -> dict[float, Toy]:
+    """The toys the chosen arms train on, by caption noise: the demo's own (generated into its
+    cache folder if absent) and a noisy copy of it under ``out``."""
+    from biocap_train.demo import ensure_toy
+
     clean = ensure_toy(args.cache.resolve() if args.cache else cache_dir())
     roots = {0.0: clean}
     for noise in {ARMS[a].caption_noise for a in args.arms} - {0.0}:
         roots[noise] = noisy_toy(clean, out / f"toy-caption-noise-{noise:g}", noise)
-    toys = {
+    return {
         noise: Toy(root, genus_benchmark(root, out / f"zeroshot-genus-noise-{noise:g}.csv"))
         for noise, root in roots.items()
     }
-    todo = [(a, s) for s in args.seeds for a in args.arms]
-    pending = [
-        (a, s) for a, s in todo if not (out / "runs" / f"{a}-seed{s}" / "result.json").exists()
+
+
+def print_plan(args: argparse.Namespace, out: Path, todo: list, pending: list) -> list[float]:
+    """Say what will run and how long it should take; the seconds of the runs finished earlier."""
+    from biocap_train.demo import DEMO
+
+    done = [
+        json.loads(result_path(out, a, s).read_text()) for a, s in todo if (a, s) not in pending
     ]
-    recipe = ", ".join(
-        f"{k} {v}" for k, v in DEMO.items() if k in ("model", "batch_size", "epochs", "lr")
+    seconds = [r["seconds"] for r in done if "seconds" in r]
+    recipe = ", ".join(f"{k} {v}" for k, v in DEMO.items() if k in ("model", "batch_size", "lr"))
+    steps = f"--steps {args.steps}" if args.steps else f"{DEMO.get('epochs')} epochs"
+    estimate = (
+        f"about {len(pending) * statistics.fmean(seconds) / 60:.0f} min at "
+        f"{statistics.fmean(seconds):.0f} s per run so far"
+        if seconds
+        else "time per run measured after the first"
     )
     print(
-        f"plan: {len(args.arms)} arm(s) {args.arms} x seeds {args.seeds} = {len(todo)} runs "
-        f"({len(todo) - len(pending)} finished earlier), each the demo ({recipe}"
-        + (f", --steps {args.steps}" if args.steps else "")
-        + f") and its evaluation; budget {args.budget_minutes:g} min; results in {out}",
+        f"plan: {len(args.arms)} arm(s) {args.arms} x seeds {args.seeds} = {len(todo)} runs, "
+        f"{len(todo) - len(pending)} finished earlier; each the demo ({recipe}, {steps}) and "
+        f"its evaluation; {estimate}; budget {args.budget_minutes:g} min; results in {out}",
         flush=True,
     )
-    seconds: list[float] = []
+    return seconds
+
+
+def result_path(out: Path, arm: str, seed: int) -> Path:
+    return out / "runs" / f"{arm}-seed{seed}" / "result.json"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    out, started = args.out.resolve(), time.perf_counter()
+    todo = [(a, s) for s in args.seeds for a in args.arms]
+    pending = [(a, s) for a, s in todo if not result_path(out, a, s).exists()]
+    if pending:
+        seconds = print_plan(args, out, todo, pending)
+        toys = prepare_toys(args, out)
+    else:
+        print(f"all {len(todo)} runs finished earlier; reporting them", flush=True)
     for i, (name, seed) in enumerate(pending):
         elapsed = time.perf_counter() - started
         if seconds and elapsed + statistics.fmean(seconds) > 60 * args.budget_minutes:
@@ -361,14 +412,13 @@ def main(argv: list[str] | None = None) -> None:
                 "min; run the same command again to continue (finished runs are kept)"
             )
             break
-        t0 = time.perf_counter()
         result = run_once(name, seed, out, toys, args.steps)
-        seconds.append(time.perf_counter() - t0)
+        seconds.append(result["seconds"])
         row = result["rows"][0]
         print(
             f"[{i + 1}/{len(pending)}] {name} seed {seed}: {row['steps']} steps, train "
             f"{row['train_seconds']:.0f} s ({row['train_cpu_seconds']:.0f} CPU s), with evaluation "
-            f"{seconds[-1]:.0f} s; species top-1 {row['species_top1']:.1f}% (tax head)",
+            f"{result['seconds']:.0f} s; species top-1 {row['species_top1']:.1f}% (tax head)",
             flush=True,
         )
     rows = collect(out, args.arms, args.seeds)
