@@ -22,9 +22,10 @@ Metrics: zero-shot species and genus top-1, INQUIRE AP per supercategory, retrie
 Runs go seed by seed (every arm's seed 0, then seed 1 ...), so a budget that runs out leaves the
 arms with the same seeds. Each finished run writes ``OUT/runs/<arm>-seed<S>/result.json``
 atomically; running the same command again skips finished runs and continues (a run killed during
-training restarts it). ``--budget-minutes`` stops before a run that would end past the budget
-(estimated from the runs so far). Written next to each other in OUT: ``runs.csv`` and
-``runs.json`` (every run and head), ``table.md`` (mean ± std per arm and head) and
+training restarts it; one killed while evaluating keeps its trained model, and its training seconds
+are then those of finding it finished, near 0). ``--budget-minutes`` stops before a run that would
+end past the budget (estimated from the runs so far). Written next to each other in OUT:
+``runs.csv`` and ``runs.json`` (every run and head), ``table.md`` (mean ± std per arm and head) and
 ``ablation.png`` (grouped bars with error bars, one panel per metric family).
 
 Prints figures only; nothing here is a test.
@@ -96,7 +97,17 @@ TICKS = {
     "retrieval_i2t_R@1": "image→text",
     "retrieval_t2i_R@1": "text→image",
 }
-RUN_COLUMNS = ("arm", "arm_label", "seed", "head", "steps", "train_seconds", "train_cpu_seconds")
+RUN_COLUMNS = (
+    "arm",
+    "arm_label",
+    "seed",
+    "head",
+    "steps",
+    "train_seconds",
+    "train_cpu_seconds",
+    "eval_seconds",
+    "eval_cpu_seconds",
+)
 
 
 # ---- the toy worlds ----
@@ -224,11 +235,20 @@ def run_once(name: str, seed: int, out: Path, toys: dict[float, Toy], steps: int
     timing = train(arm, seed, run_dir, toy.root.parent, steps)
     checkpoint = latest_checkpoint(run_dir)
     step = int(checkpoint.stem.split("_")[-1])
-    rows = [
-        {"arm": name, "arm_label": arm.label, "seed": seed, "head": head, "steps": step, **timing}
-        | evaluate(checkpoint, head, toy, run_dir / "eval")
-        for head in arm.heads
-    ]
+    rows = []
+    for head in arm.heads:
+        cpu0, wall0 = cpu_seconds(), time.perf_counter()
+        metrics = evaluate(checkpoint, head, toy, run_dir / "eval")
+        spent = {
+            "eval_seconds": round(time.perf_counter() - wall0, 1),
+            "eval_cpu_seconds": round(cpu_seconds() - cpu0, 1),
+        }
+        rows.append(
+            {"arm": name, "arm_label": arm.label, "seed": seed, "head": head, "steps": step}
+            | timing
+            | spent
+            | metrics
+        )
     result = {"arm": name, "seed": seed, "checkpoint": str(checkpoint), "rows": rows}
     result["seconds"] = round(time.perf_counter() - started, 1)
     atomic_write(run_dir / "result.json", lambda tmp: tmp.write_text(json.dumps(result, indent=1)))

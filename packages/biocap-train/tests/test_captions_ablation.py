@@ -59,6 +59,8 @@ def test_the_quick_ablation_writes_its_table_csv_and_plot_and_resumes(tmp_path, 
         "steps",
         "train_seconds",
         "train_cpu_seconds",
+        "eval_seconds",
+        "eval_cpu_seconds",
         *METRICS,
     ]
     # BioCAP with both heads; the shared projector with the taxonomic head only
