@@ -329,9 +329,11 @@ def plot(rows: list[dict], path: Path) -> None:
                 yerr=[s for _, s in stats],
                 capsize=2,
                 label=label,
+                hatch="//" if label.endswith("(caption head)") else None,
             )
         ax.set_xticks(range(len(cols)), [TICKS[c] for c in cols], fontsize=8)
         ax.set_title(title, fontsize=10)
+        ax.set_ylim(bottom=0)
     seeds = sorted({r["seed"] for r in rows})
     fig.suptitle(f"Do captions help? Toy tree of life, mean ± std over seeds {seeds}", fontsize=11)
     axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
@@ -396,7 +398,7 @@ def print_plan(args: argparse.Namespace, out: Path, todo: list, pending: list) -
     recipe = ", ".join(f"{k} {v}" for k, v in DEMO.items() if k in ("model", "batch_size", "lr"))
     steps = f"--steps {args.steps}" if args.steps else f"{DEMO.get('epochs')} epochs"
     estimate = (
-        f"about {len(pending) * statistics.fmean(seconds) / 60:.0f} min at "
+        f"about {len(pending) * statistics.fmean(seconds) / 60:.1f} min at "
         f"{statistics.fmean(seconds):.0f} s per run so far"
         if seconds
         else "time per run measured after the first"
