@@ -127,6 +127,16 @@ def test_invalid_values_are_rejected_with_the_flag_name():
         TrainConfig(caption_share=2.0).validate()
     with pytest.raises(ValueError, match="upsampling-factors needs --dataset-resampled"):
         TrainConfig(train_data_upsampling_factors="1::2").validate()
+    with pytest.raises(ValueError, match="--caption-head 'both'"):  # e.g. from a config file
+        TrainConfig(caption_head="both").validate()
+
+
+def test_the_caption_head_is_separate_unless_shared_is_asked_for(capsys):
+    assert parse_args([])[0].caption_head == "separate"
+    assert parse_args(["--caption-head", "shared"])[0].caption_head == "shared"
+    with pytest.raises(SystemExit):
+        parse_args(["--caption-head", "both"])
+    assert "invalid choice: 'both'" in capsys.readouterr().err
 
 
 def test_speed_options_parse_and_a_bad_compile_mode_is_named(tmp_path):

@@ -77,6 +77,46 @@ def test_joint_loss_trains_both_heads(tiny_model):
         assert not torch.equal(before[name], after[name]), name
 
 
+@pytest.mark.parametrize("joint", [False, True])
+def test_a_shared_caption_head_trains_the_taxonomic_projector(tiny_model, joint):
+    """``--caption-head shared``: caption steps (and the joint loss's captions) go through
+    ``visual.proj`` and ``logit_scale``; the caption projector and temperature stay bit-identical.
+    """
+    kind = {"joint_loss": True} if joint else {"text_type": "caption"}
+    trainer = make_trainer(tiny_model, caption_head="shared", **kind)
+    before = params(trainer)
+    out = trainer.train_step(0, [batch(trainer)])
+    after = params(trainer)
+    assert math.isfinite(out["loss"]) and math.isfinite(out["loss_caption"])
+    for name in ("visual.proj", "logit_scale", "visual.conv1.weight"):
+        assert not torch.equal(before[name], after[name]), name
+    for name in ("visual.caption_proj", "logit_scale_caption"):
+        assert torch.equal(before[name], after[name]), name
+        assert dict(trainer.model.named_parameters())[name].grad is None
+    # the caption loss is the CLIP loss of the taxonomic projector's features against captions
+    separate = make_trainer(tiny_model, **kind)
+    with torch.no_grad():
+        separate.model.visual.caption_proj.copy_(before["visual.proj"])
+        separate.model.logit_scale_caption.copy_(before["logit_scale"])
+    assert separate.train_step(0, [batch(separate)])["loss_caption"] == pytest.approx(
+        out["loss_caption"], rel=1e-5
+    )
+
+
+def test_a_shared_caption_head_validates_captions_through_the_taxonomic_projector(base_args, toy):
+    cfg = TrainConfig(**base_args, val_data=str(toy / "val" / "shard-000000.tar"))
+    model, cpu = Trainer(cfg, DistInfo(), total_steps=1).model, torch.device("cpu")
+    shared, _ = validation_loss(model, dataclasses.replace(cfg, caption_head="shared"), None, cpu)
+    separate, _ = validation_loss(model, cfg, None, cpu)
+    assert shared["loss_tax"] == pytest.approx(separate["loss_tax"], rel=1e-6)
+    assert shared["loss_caption"] != pytest.approx(separate["loss_caption"], rel=1e-3)
+    with torch.no_grad():  # a separate caption head equal to the taxonomic one: the shared loss
+        model.visual.caption_proj.copy_(model.visual.proj)
+        model.logit_scale_caption.copy_(model.logit_scale)
+    aligned, _ = validation_loss(model, cfg, None, cpu)
+    assert shared["loss_caption"] == pytest.approx(aligned["loss_caption"], rel=1e-5)
+
+
 def test_logit_scales_are_clamped_to_ln_100(tiny_model):
     trainer = make_trainer(tiny_model, text_type="caption", lr=0.5, warmup=1)
     with torch.no_grad():

@@ -26,6 +26,8 @@ TEXT_TYPES: tuple[str, ...] = ("random",) + TRAIN_TAXONOMIC_TYPES + ("caption",)
 #: Core's precisions but pure fp16: it has no loss scaler (``amp`` has one), so small fp16 gradients
 #: underflow to zero.
 TRAIN_PRECISIONS = tuple(p for p in PRECISIONS if p != "fp16")
+#: Where captions go (``--caption-head``): their own image projector, or the taxonomic one.
+CAPTION_HEADS = ("separate", "shared")
 #: torch.compile modes (``--torchcompile-mode``); "max-autotune" benchmarks kernels at start-up.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -87,6 +89,13 @@ class TrainConfig:
         "caption loss (instead of one head per step).",
     )
     caption_loss_weight: float = _f(1.0, "Weight of the caption loss with --joint-loss.")
+    caption_head: str = _f(
+        "separate",
+        "Image projector that captions train: 'separate' (BioCAP: visual.caption_proj and its "
+        "own temperature) or 'shared' (visual.proj and logit_scale, as the names: BioCLIP plus "
+        "captions; the caption head is left untouched).",
+        CAPTION_HEADS,
+    )
     captions: str | None = _f(
         None,
         "Parquet table (uuid, caption) giving captions by sample key, instead of "
@@ -207,6 +216,10 @@ class TrainConfig:
         if self.torchcompile_mode not in COMPILE_MODES:
             problems.append(
                 f"--torchcompile-mode {self.torchcompile_mode!r}: expected one of {COMPILE_MODES}"
+            )
+        if self.caption_head not in CAPTION_HEADS:
+            problems.append(
+                f"--caption-head {self.caption_head!r}: expected one of {CAPTION_HEADS}"
             )
         if not 0.0 <= self.caption_share <= 1.0:
             problems.append(f"--caption-share {self.caption_share}: must lie in [0, 1]")

@@ -9,7 +9,9 @@ One optimisation step trains one head, chosen by the text its batches carry
 (:class:`biocap_train.schedule.StepText`, drawn where they are made): a caption step computes
 only the caption head and ``logit_scale_caption``, a taxonomic step only ``visual.proj`` and
 ``logit_scale``, so the other head's parameters stay out of the graph and
-AdamW leaves them untouched (grad None), as in the original. Under DDP this
+AdamW leaves them untouched (grad None), as in the original. With ``--caption-head shared``
+captions train ``visual.proj`` and ``logit_scale`` too (:mod:`biocap_train.loss`), and the caption
+head is never in the graph. Under DDP this
 varying graph needs ``find_unused_parameters=True``; with ``--joint-loss``
 every parameter is used every step and it is off. The loss is OpenCLIP's
 ``ClipLoss`` (``--local-loss --gather-with-grad`` by default, which gives the
@@ -52,7 +54,7 @@ from biocap_train.checkpointing import (
 )
 from biocap_train.config import TrainConfig
 from biocap_train.distributed import DistInfo
-from biocap_train.loss import HeadLosses, head_features
+from biocap_train.loss import HeadLosses
 from biocap_train.optim import make_optimizer
 from biocap_train.reporting import MetricsLog, ProgressDisplay, StepLog
 from biocap_train.run_plan import RunPlan, plan_run, resume_position
@@ -167,13 +169,16 @@ class Trainer:
             rank=info.rank,
             world_size=info.world_size,
         )
-        self.loss = HeadLosses(clip_loss, cfg.caption_loss_weight if cfg.joint_loss else 1.0)
+        self.loss = HeadLosses(
+            clip_loss, cfg.caption_loss_weight if cfg.joint_loss else 1.0, cfg.caption_head
+        )
         self.ddp = None
         if info.enabled:
             self.ddp = DistributedDataParallel(
                 self.model,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=not cfg.joint_loss,
+                # a shared caption head leaves the caption projector out of every step
+                find_unused_parameters=not cfg.joint_loss or cfg.caption_head == "shared",
             )
         self.forward = self.ddp if self.ddp is not None else self.model
         if cfg.torchcompile:
@@ -216,16 +221,17 @@ class Trainer:
             for b in micro
         ]
         amp = autocast(self.device, self.cfg.precision, inputs_cast=True)
+        projectors = self.loss.projectors(heads)
         if len(micro) == 1:
             with amp:
-                out = self.forward(images[0], texts[0], heads=heads)
-                losses = self.loss(head_features(out, heads, len(images[0])), out, heads)
+                out = self.forward(images[0], texts[0], heads=projectors)
+                losses = self.loss(self.loss.features(out, heads, len(images[0])), out, heads)
             self._backward(losses["loss"])
             return losses
         # OpenCLIP's accumulation: every micro-batch sees the others' cached features as negatives
         with torch.no_grad(), amp:
             cached = [
-                head_features(self.forward(i, t, heads=heads), heads, len(i))
+                self.loss.features(self.forward(i, t, heads=projectors), heads, len(i))
                 for i, t in zip(images, texts)
             ]
         for j in range(len(micro)):
@@ -236,8 +242,8 @@ class Trainer:
                 else contextlib.nullcontext()
             )
             with sync, amp:
-                out = self.forward(images[j], texts[j], heads=heads)
-                mine = head_features(out, heads, len(images[j]))
+                out = self.forward(images[j], texts[j], heads=projectors)
+                mine = self.loss.features(out, heads, len(images[j]))
                 feats = {
                     k: torch.cat(
                         [c[k] for c in cached[:j]] + [mine[k]] + [c[k] for c in cached[j + 1 :]]

@@ -26,7 +26,7 @@ from biocap_train.batches import Batch
 from biocap_train.captions import CaptionIndex
 from biocap_train.config import TrainConfig
 from biocap_train.image_prep import image_prep
-from biocap_train.loss import HeadLosses, head_features
+from biocap_train.loss import HeadLosses
 from biocap_train.streams import ValStream, loader
 
 
@@ -65,7 +65,8 @@ def validation_loss(
     urls, _ = expand_sources(cfg.val_data)
     prep = image_prep(cfg, model, train=False)
     stream = ValStream(urls, cfg.batch_size, cfg.seed, prep, model.tokenizer(), captions)
-    losses, dtype = HeadLosses(ClipLoss()), input_dtype(cfg.precision)
+    losses = HeadLosses(ClipLoss(), caption_head=cfg.caption_head)
+    dtype = input_dtype(cfg.precision)
     totals, n = {"tax": 0.0, "caption": 0.0}, 0
     counts = {}  # worker -> its skipped samples so far
     on_device = DataCounts()  # --gpu-decode: JPEGs that only the device found undecodable
@@ -79,7 +80,7 @@ def validation_loss(
             size, heads = len(batch.image), batch.step_text.heads
             with autocast(device, cfg.precision, inputs_cast=True):
                 out = model(batch.image, torch.cat([batch.text, batch.caption_text]).to(device))
-                batch_losses = losses(head_features(out, heads, size), out, heads)
+                batch_losses = losses(losses.features(out, heads, size), out, heads)
             for h in heads:
                 totals[h] += batch_losses[h].item() * size
             n += size
