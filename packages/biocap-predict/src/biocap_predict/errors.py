@@ -1,8 +1,7 @@
 """Errors of biocap-predict; every one names the input that was wrong so the user can fix it."""
 
-from biocap_core.errors import (
-    BioCAPError,
-)  # noqa: F401 (ImageError: core's, part of this API)
+# ImageError is core's, re-exported as part of this package's API
+from biocap_core.errors import BioCAPError, ImageError  # noqa: F401
 
 
 class TaxaIndexError(BioCAPError, ValueError):
