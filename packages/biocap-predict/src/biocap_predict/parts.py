@@ -80,27 +80,27 @@ class PartStore:
         self.state: dict[str, Any] = {}
 
     def open(self, settings: dict[str, Any]) -> int:
-        """Start or resume; the number of this job's inputs its finished parts hold."""
+        """Start or resume; the number of this job's inputs its finished parts hold. The state file
+        is first written when a part is done, so a run that fails before may change its flags."""
+        settings = json.loads(json.dumps(settings))  # as the state file gives them back
         self.job_folder.mkdir(parents=True, exist_ok=True)
         if self.state_path.exists():
             state = json.loads(self.state_path.read_text())
             if state["settings"] != settings:
                 differ = sorted(
-                    k
-                    for k in settings.keys() | state["settings"].keys()
-                    if settings.get(k) != state["settings"].get(k)
+                    set(_flat(settings).items()) ^ set(_flat(state["settings"]).items())
                 )
                 raise PredictInputError(
                     f"{self.state_path}: an unfinished run with other inputs or flags "
-                    f"({', '.join(differ)} differ) writes {self.output}; rerun it with its own "
-                    f"command, or delete {self.folder} to start over"
+                    f"({', '.join(dict(differ))} differ) writes {self.output}; rerun it with its "
+                    f"own command, or delete {self.folder} to start over"
                 )
             self.state = state
         else:
             self.state = {"settings": settings, "parts": [], "finished": False}
         listed = {p["file"] for p in self.state["parts"]}
         for stray in self.job_folder.iterdir():  # written (or half-written) after the last record
-            if stray.name not in listed:
+            if str(stray.relative_to(self.folder)) not in listed:
                 shutil.rmtree(stray) if stray.is_dir() else stray.unlink()
         return sum(p["inputs"] for p in self.state["parts"])
 
@@ -119,6 +119,17 @@ class PartStore:
 
     def _save(self) -> None:
         atomic_write(self.state_path, lambda tmp: tmp.write_text(json.dumps(self.state)))
+
+
+def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"request.k": "5", ...}``: settings one value a key, to name the ones that differ."""
+    flat: dict[str, str] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = json.dumps(value)
+    return flat
 
 
 def parts_folder(output: str | os.PathLike) -> Path:
