@@ -21,6 +21,7 @@ import itertools
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,10 +109,13 @@ class PartStore:
     def next_part(self) -> Path:
         return self.job_folder / f"part-{len(self.state['parts']):06d}.parquet"
 
-    def commit(self, part: Path | None, inputs: int, skipped: list[str]) -> None:
-        """Record a finished part (None: every input of it was skipped, so it has no file)."""
+    def commit(self, part: Path | None, inputs: int, skipped: list[str], started: float) -> None:
+        """Record a finished part (None: every input of it was skipped, so it has no file), begun
+        at ``started`` (Unix time)."""
         name = str(part.relative_to(self.folder)) if part else None
-        self.state["parts"].append({"file": name, "inputs": inputs, "skipped": skipped})
+        took = round(time.time() - started, 3)
+        record = {"file": name, "inputs": inputs, "skipped": skipped, "started": started}
+        self.state["parts"].append({**record, "seconds": took})
         self._save()
 
     def finish(self) -> None:
@@ -159,9 +163,10 @@ def run_parts(
     write_part: WritePart,
     *,
     progress: bool,
-) -> int:
-    """Write the rest of this job's share of ``names`` (:func:`start` counted it) in parts; the
-    number of inputs skipped in all of its parts."""
+) -> dict[str, float]:
+    """Write the rest of this job's share of ``names`` (:func:`start` counted it) in parts; returns
+    what this run processed: ``inputs``, and the Unix times its first part ``started`` and its
+    last ``finished`` (the run's speed without its start-up, in the ``--log`` record)."""
     stream = iter(names)
     for _ in itertools.islice(stream, counts["resumed"]):  # the finished parts' inputs
         pass
@@ -169,13 +174,15 @@ def run_parts(
         total=counts["inputs"], initial=counts["resumed"], unit="img", desc="images",
         disable=not progress,
     )  # fmt: skip
+    processed = {"inputs": 0, "started": time.time(), "finished": time.time()}
     with bar:
         for chunk in chunks(stream, part_images):
-            part = store.next_part()
+            part, started = store.next_part(), time.time()
             skipped = write_part(chunk, part, bar.update)
-            store.commit(part if part.exists() else None, len(chunk), skipped)
+            store.commit(part if part.exists() else None, len(chunk), skipped, started)
+            processed.update(inputs=processed["inputs"] + len(chunk), finished=time.time())
     store.finish()
-    return sum(len(p["skipped"]) for p in store.state["parts"])
+    return processed
 
 
 # ---- joining the parts ----

@@ -109,6 +109,17 @@ class RunSummary:
     skipped: list[str] = field(default_factory=list)
     resumed: int = 0  #: inputs done by an earlier, killed run of the same command
     merged: dict | None = None  #: the joined output's counts (:func:`~biocap_predict.parts.merge`)
+    #: this run's inputs and the times of its parts (:func:`~biocap_predict.parts.run_parts`)
+    processed: dict | None = None
+
+    def logged(self) -> dict:
+        """What the ``--log`` record says of the run's inputs."""
+        return {
+            "images": self.images,
+            "skipped": self.skipped,
+            "resumed": self.resumed,
+            "processed": self.processed,
+        }
 
 
 def read_label_list(value: str) -> list[str]:
@@ -296,9 +307,7 @@ def _predict(options, inputs, request, job, record, echo) -> RunSummary:
 
         predictor.progress = False
         _in_parts(summary, store, inputs, counts, job, write_part, options.progress, echo)
-    record.update(
-        rows=summary.rows, images=summary.images, skipped=summary.skipped, job=list(split)
-    )
+    record.update(rows=summary.rows, job=list(split), **summary.logged())
     return summary
 
 
@@ -355,7 +364,9 @@ def _in_parts(summary, store, inputs, counts, job, write_part, progress, echo) -
         echo(f"resuming: {counts['resumed']} of this job's {counts['inputs']} inputs are done")
     summary.resumed = counts["resumed"]
     names = iter_select(inputs.names(), num_jobs, job_index)
-    run_parts(store, names, counts, job.part_images, write_part, progress=progress)
+    summary.processed = run_parts(
+        store, names, counts, job.part_images, write_part, progress=progress
+    )
     if num_jobs == 1:
         summary.merged = merge(store.output)
     else:
@@ -449,12 +460,7 @@ def embed(
             return skipped
 
         _in_parts(summary, store, inputs, counts, job, write_part, options.progress, echo)
-        record.update(
-            model_fingerprint=predictor.fingerprint,
-            images=summary.images,
-            skipped=summary.skipped,
-            job=list(split),
-        )
+        record.update(model_fingerprint=predictor.fingerprint, job=list(split), **summary.logged())
     record.write()
     return summary
 
