@@ -33,12 +33,13 @@ import numpy as np
 import polars as pl
 import torch
 
+from biocap_core import schemas
 from biocap_core.checkpoints import load_model, save_weights
 from biocap_core.precision import autocast
 from biocap_core.preprocess import decode_image, image_transform
 from biocap_core.runtime import default_precision, resolve_device
 from biocap_core.toy import BACKGROUNDS, TILTS, make_species, render
-from biocap_predict.index import FORMAT, TAXA_COLUMNS, TaxaIndex, weights_fingerprint
+from biocap_predict.index import FORMAT, TaxaIndex, weights_fingerprint
 from biocap_predict.predictor import Predictor
 from biocap_predict.runs import Inputs, ModelOptions, PredictRequest, predict
 
@@ -75,7 +76,7 @@ def random_index(n: int, dim: int, fingerprint: str, seed: int = 0) -> TaxaIndex
         columns[rank] = [f"{rank}{i}" for i in ids]
     columns["species"] = [f"sp{i}" for i in range(n)]
     columns["common_name"] = [""] * n
-    taxa = pl.DataFrame({c: columns[c] for c in TAXA_COLUMNS})
+    taxa = pl.DataFrame({c: columns[c] for c in schemas.TAXA.column_names})
     rng = np.random.default_rng(seed)
     emb = torch.nn.functional.normalize(
         torch.from_numpy(rng.standard_normal((n, dim), dtype=np.float32)), dim=-1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from biocap_core.jobs import JobSpecError, job_from_env, resolve_job, select
+from biocap_core.jobs import JobSpecError, iter_select, job_from_env, resolve_job, select
 
 
 def test_every_unit_goes_to_exactly_one_job():
@@ -57,3 +57,12 @@ def test_a_job_whose_share_is_empty_starts_no_engine_and_writes_no_manifest(toy_
     )
     assert (report.finished, report.captions) == ([], 0)
     assert (tmp_path / "out").is_dir() and not (tmp_path / "out" / "runs").exists()
+
+
+def test_torchrun_ranks_split_like_shards_and_a_stream_like_its_list():
+    assert job_from_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "3"}) == (4, 3)
+    slurm = {"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "2", "RANK": "0"}
+    assert job_from_env({**slurm, "WORLD_SIZE": "8"}) == (2, 1)  # an array task's own split wins
+    units = [f"photo-{i}.jpg" for i in range(23)]
+    for i in range(3):
+        assert list(iter_select(iter(units), 3, i)) == select(units, 3, i)

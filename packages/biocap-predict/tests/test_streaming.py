@@ -17,7 +17,7 @@ import biocap_predict.predictor as predictor_module
 from biocap_core import schemas
 from biocap_core.checkpoints import load_model
 from biocap_predict import Predictor, TaxaIndex
-from biocap_predict.images import expand_paths
+from biocap_predict.images import iter_paths
 from biocap_predict.index import FORMAT, weights_fingerprint
 from biocap_predict.outputs import RowWriter, read_rows
 from biocap_predict.rows import TAXON_COLUMNS
@@ -137,11 +137,11 @@ def test_a_folder_lists_its_visible_files_and_with_recursive_its_subfolders(tmp_
         tmp_path / "elsewhere" / "e.jpg", tmp_path / "photos" / "f.jpg"
     )  # a symlinked file is listed
     folder = tmp_path / "photos"
-    flat = [os.path.relpath(p, folder) for p in expand_paths([str(folder)])]
+    flat = [os.path.relpath(p, folder) for p in iter_paths([str(folder)])]
     assert flat == ["a.jpg", "b.jpg", "f.jpg"]
-    deep = [os.path.relpath(p, folder) for p in expand_paths([str(folder) + "/"], recursive=True)]
+    deep = [os.path.relpath(p, folder) for p in iter_paths([str(folder) + "/"], recursive=True)]
     assert deep == ["a.jpg", "b.jpg", "f.jpg", "site1/c.jpg", "site1/deep/d.png"]
     monkeypatch.chdir(tmp_path)
-    assert expand_paths(["./photos/site1"]) == [
+    assert list(iter_paths(["./photos/site1"])) == [
         "photos/site1/c.jpg"
     ]  # named as the folder is, normalised

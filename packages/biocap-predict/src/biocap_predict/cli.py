@@ -51,6 +51,21 @@ RECURSIVE = typer.Option(
     False, "--recursive", "-r", help="Descend into sub-folders of folder inputs."
 )
 FROM_LIST = typer.Option(None, "--from-list", help="A file naming one image per line.")
+NUM_SHARDS = typer.Option(
+    None,
+    "--num-shards",
+    min=1,
+    help="Split the inputs over this many jobs (default: a SLURM array's or torchrun's, else 1).",
+)
+SHARD_INDEX = typer.Option(
+    None, "--shard-index", min=0, help="This job's share, 0 .. --num-shards - 1."
+)
+PART_SIZE = typer.Option(
+    10_000,
+    "--part-size",
+    min=1,
+    help="Inputs per part of the output: what a killed run can lose, resumed by rerunning.",
+)
 PUBLISHED_HELP = (
     "hf-hub:imageomics/bioclip, bioclip-2 and biocap use the tree-of-life embeddings "
     "published on the Hugging Face Hub (downloaded once into its cache, HF_HOME; "
@@ -65,6 +80,12 @@ def _run(call):
     except (BioCAPError, FileNotFoundError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+def _job(num_shards, shard_index, part_size):
+    from biocap_predict.parts import Job
+
+    return Job(num_shards, shard_index, part_size)
 
 
 def _options(model, pretrained, device, precision, batch_size, workers, quiet, gpu_decode=False):
@@ -179,8 +200,14 @@ def predict(
     ),
     fmt: str = typer.Option("csv", "--format", help="csv, table, jsonl or parquet."),
     output: Path | None = typer.Option(
-        None, "--output", "-o", help="Output file (default: stdout)."
+        None,
+        "--output",
+        "-o",
+        help="Output file (default: stdout); written in parts a rerun resumes (OUTPUT.parts/).",
     ),
+    num_shards: int | None = NUM_SHARDS,
+    shard_index: int | None = SHARD_INDEX,
+    part_size: int = PART_SIZE,
     model: str = MODEL,
     pretrained: str | None = PRETRAINED,
     device: str = DEVICE,
@@ -211,9 +238,15 @@ def predict(
         fmt,
         output and str(output),
     )
+    job = _job(num_shards, shard_index, part_size)
     summary = _run(
         lambda: run_predict(
-            options, inputs, request, log=log and str(log), echo=lambda m: typer.echo(m, err=True)
+            options,
+            inputs,
+            request,
+            job=job,
+            log=log and str(log),
+            echo=lambda m: typer.echo(m, err=True),
         )
     )
     if summary.skipped:
@@ -235,6 +268,9 @@ def embed(
     ),
     recursive: bool = RECURSIVE,
     from_list: Path | None = FROM_LIST,
+    num_shards: int | None = NUM_SHARDS,
+    shard_index: int | None = SHARD_INDEX,
+    part_size: int = PART_SIZE,
     model: str = MODEL,
     pretrained: str | None = PRETRAINED,
     device: str = DEVICE,
@@ -260,11 +296,30 @@ def embed(
             head=head,
             normalize=normalize,
             fmt=fmt,
+            job=_job(num_shards, shard_index, part_size),
             log=log and str(log),
             echo=lambda m: typer.echo(m, err=True),
         )
     )
     typer.echo(f"{summary.images} image(s) embedded -> {output}", err=True)
+
+
+@app.command()
+def merge(
+    output: Path = typer.Argument(
+        ..., help="The --output every job of a predict or embed run was given."
+    ),
+) -> None:
+    """Join the parts of every job (--num-shards, a SLURM array, torchrun) into OUTPUT, after
+    checking that every job finished and every input is there exactly once."""
+    from biocap_predict.parts import merge as merge_parts
+
+    counts = _run(lambda: merge_parts(output))
+    typer.echo(
+        f"{counts['images']} image(s) of {counts['inputs']} input(s) -> {output}"
+        f" ({counts['skipped']} skipped)",
+        err=True,
+    )
 
 
 @app.command("list-taxa")

@@ -116,13 +116,18 @@ class RowWriter:
             self._fh.flush()
 
     def _schema(self) -> dict[str, pl.DataType]:
-        return {c: pl.Float64 if c == "score" else pl.String for c in self.columns}
+        return row_schema(self.columns)
 
     def _write_text(self, text: str) -> None:
         if self.path:
             self.path.write_text(text)
         else:
             sys.stdout.write(text)
+
+
+def row_schema(columns: Sequence[str]) -> dict[str, pl.DataType]:
+    """The types of prediction columns: scores are floats, the rest strings."""
+    return {c: pl.Float64 if c == "score" else pl.String for c in columns}
 
 
 def format_table(rows: list[dict], columns: Sequence[str]) -> str:

@@ -198,13 +198,14 @@ class Predictor:
         head: str = "tax",
         normalize: bool = True,
         on_skip: OnSkip = None,
+        callback: Progress = None,
     ) -> Iterator[tuple[list[str], Features]]:
         """Image embeddings per batch: (names, {head: (batch, dim)}); ``head`` is tax, caption or
-        both."""
+        both; ``callback`` as in :meth:`predict`."""
         heads = ("tax", "caption") if head == "both" else (head,)
         if not set(heads) <= {"tax", "caption"}:
             raise PredictInputError(f"unknown head {head!r}; expected tax, caption or both")
-        for names, feats in self._encode(images, heads, on_skip, normalize):
+        for names, feats in self._encode(images, heads, on_skip, normalize, callback):
             yield names, {h: f.cpu() for h, f in feats.items()}
 
     # ---- tree of life ----

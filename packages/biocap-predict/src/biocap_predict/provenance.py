@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,8 @@ def now() -> str:
 
 class RunLog:
     """A provenance record (versions, command, model, inputs, start and end) written as JSON at the
-    end."""
+    end: status ``ok``, or ``failed`` with the error when the run stops on one (see
+    :meth:`failing`)."""
 
     def __init__(self, path: str | Path | None, **details: Any):
         self.path = Path(path) if path else None
@@ -43,3 +46,14 @@ class RunLog:
         atomic_write(
             self.path, lambda tmp: tmp.write_text(json.dumps(self.record, indent=1, default=str))
         )
+
+    @contextmanager
+    def failing(self) -> Iterator[RunLog]:
+        """Around a run: an error (or Ctrl-C) ending it writes the record with status ``failed``
+        and the error, then goes on up."""
+        try:
+            yield self
+        except BaseException as exc:
+            self.update(error=f"{type(exc).__name__}: {exc}")
+            self.write("failed")
+            raise

@@ -1,27 +1,34 @@
 """What each command does, as functions: the CLI parses flags and calls exactly one of these.
 
-Each run reads its inputs, streams its outputs a block at a time, reports skipped images through
-``echo`` and, with ``log``, writes a provenance record (versions, command, model fingerprint,
-inputs, start and end).
+Each run streams its inputs (a list of millions of paths is never held) and its outputs a block at a
+time, reports skipped images through ``echo`` and, with ``log``, writes a provenance record
+(versions, command, model fingerprint, inputs, start and end; status ``failed`` and the error when
+it stops on one). With an output file, ``predict`` and ``embed`` write in parts that a rerun resumes
+and that several jobs share out (:mod:`biocap_predict.parts`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
+import torch
+from tqdm import tqdm
 
+from biocap_core.jobs import iter_select
 from biocap_core.taxonomy import RANKS, read_templates
 from biocap_predict.errors import ImageError, PredictInputError
 from biocap_predict.filters import parse_within, read_subset
 from biocap_predict.hub import announce_weights, published_for
-from biocap_predict.images import expand_paths
+from biocap_predict.images import iter_paths
 from biocap_predict.index import TaxaIndex
-from biocap_predict.outputs import EmbeddingWriter, RowWriter, read_embeddings
-from biocap_predict.predictor import Predictor, bins_of
+from biocap_predict.outputs import EMBEDDING_FORMATS, EmbeddingWriter, RowWriter, read_embeddings
+from biocap_predict.parts import Job, PartStore, Step, chunks, merge, run_parts, share_size, start
+from biocap_predict.predictor import Predictor, Progress, bins_of
 from biocap_predict.provenance import RunLog
 from biocap_predict.rows import LABEL_COLUMNS, TAXON_COLUMNS
 
@@ -49,7 +56,7 @@ class ModelOptions:
             self.model,
             self.pretrained,
             index,
-            device=self.device,
+            device=job_device(self.device),
             precision=self.precision,
             batch_size=self.batch_size,
             workers=self.workers,
@@ -67,10 +74,32 @@ class Inputs:
     from_list: str | None = None
     embeddings: str | None = None
 
-    def files(self) -> list[str]:
+    def check(self) -> None:
         if self.embeddings and (self.paths or self.from_list):
             raise PredictInputError("give images or --embeddings, not both")
-        return [] if self.embeddings else expand_paths(self.paths, self.recursive, self.from_list)
+
+    def names(self) -> Iterator[str]:
+        """The image files, streamed (:func:`~biocap_predict.images.iter_paths`)."""
+        return iter_paths(self.paths, self.recursive, self.from_list)
+
+    def described(self) -> dict:
+        """What the inputs are, for the log and a resumed run's check (absolute paths)."""
+        absolute = [os.path.abspath(p) for p in self.paths]
+        return {
+            "paths": absolute,
+            "recursive": self.recursive,
+            "from_list": self.from_list and os.path.abspath(self.from_list),
+            "embeddings": self.embeddings and os.path.abspath(self.embeddings),
+        }
+
+
+def job_device(device: str, env=os.environ) -> str:
+    """``torchrun --nproc-per-node N`` starts one process per GPU: ``LOCAL_RANK`` picks this one's
+    (for ``auto`` and ``cuda``); a SLURM array job sees its own GPU as ``cuda``."""
+    local = env.get("LOCAL_RANK")
+    if local is not None and device in ("auto", "cuda") and torch.cuda.is_available():
+        return f"cuda:{local}"
+    return device
 
 
 @dataclass
@@ -78,6 +107,19 @@ class RunSummary:
     rows: int = 0
     images: int = 0
     skipped: list[str] = field(default_factory=list)
+    resumed: int = 0  #: inputs done by an earlier, killed run of the same command
+    merged: dict | None = None  #: the joined output's counts (:func:`~biocap_predict.parts.merge`)
+    #: this run's inputs and the times of its parts (:func:`~biocap_predict.parts.run_parts`)
+    processed: dict | None = None
+
+    def logged(self) -> dict:
+        """What the ``--log`` record says of the run's inputs."""
+        return {
+            "images": self.images,
+            "skipped": self.skipped,
+            "resumed": self.resumed,
+            "processed": self.processed,
+        }
 
 
 def read_label_list(value: str) -> list[str]:
@@ -176,6 +218,7 @@ def predict(
     inputs: Inputs,
     request: PredictRequest,
     *,
+    job: Job = Job(),
     log: str | None = None,
     echo: Echo = print,
 ) -> RunSummary:
@@ -183,14 +226,30 @@ def predict(
 
     Without ``--index``, ``--labels`` or ``--bins``, the released models whose tree-of-life text
     embeddings are published predict over those (:mod:`biocap_predict.hub`: downloaded and imported
-    once, then reused); any other model needs an index, and the error says how to build one.
+    once, then reused); any other model needs an index, and the error says how to build one. With
+    an output file (CSV, JSONL or parquet) the run is written in parts, resumable and shared out
+    over ``job``'s jobs (:mod:`biocap_predict.parts`).
     """
+    record = RunLog(
+        log,
+        model=options.model,
+        pretrained=options.pretrained,
+        request=request.__dict__,
+        inputs=inputs.described(),
+    )
+    with record.failing():
+        summary = _predict(options, inputs, request, job, record, echo)
+    record.write()
+    return summary
+
+
+def _predict(options, inputs, request, job, record, echo) -> RunSummary:
     if sum(x is not None for x in (request.index, request.labels, request.bins)) > 1:
         raise PredictInputError("give one of --index, --labels or --bins, not several")
+    inputs.check()
     published = None
     if request.index is None and request.labels is None and request.bins is None:
         published = published_for(options.model)  # a model without published embeddings: say so
-    files = inputs.files()
     labels = read_label_list(request.labels) if request.labels is not None else None
     bins = read_bins(request.bins) if request.bins is not None else None
     within = {
@@ -198,14 +257,17 @@ def predict(
         **(read_subset(request.subset) if request.subset else {}),
     }
     index = TaxaIndex.load(request.index) if request.index else None
+    columns = LABEL_COLUMNS
+    if index is not None or published is not None:
+        columns = TAXON_COLUMNS + (("caption",) if request.captions else ())
+    split = job.resolved()
+    store, counts = None, None
+    if not inputs.embeddings and request.output and request.fmt != "table":
+        settings = _settings("predict", options, inputs, split, request.fmt)
+        settings.update(request={**request.__dict__, "output": None}, columns=list(columns))
+        store = PartStore(request.output, *split)
+        counts = start(store, inputs.names, settings)  # before the model: a refusal costs nothing
     tol_files = published.fetch(echo) if published else None  # before the model loads
-    record = RunLog(
-        log,
-        model=options.model,
-        pretrained=options.pretrained,
-        request=request.__dict__,
-        inputs=inputs.embeddings or files,
-    )
     predictor = options.load(index, echo=echo)
     if tol_files is not None:
         index = tol_files.index(predictor.model, fingerprint=predictor.fingerprint, echo=echo)
@@ -217,29 +279,106 @@ def predict(
         summary.skipped.append(str(error))
         echo(f"skipped: {error}")
 
-    columns = (
-        LABEL_COLUMNS
-        if index is None
-        else TAXON_COLUMNS + (("caption",) if request.captions else ())
-    )
-    writer = RowWriter(request.output, request.fmt, columns)
-    try:
-        for rows in _row_batches(
-            predictor, files, inputs.embeddings, labels, bins, within, request, skip
-        ):
+    def write(writer: RowWriter, names: list[str] | None, step: Step | None = None) -> None:
+        batches = _row_batches(
+            predictor, names, inputs.embeddings, labels, bins, within, request, skip, step
+        )
+        for rows in batches:
             writer.write(rows)
             summary.rows += rows.height
-            summary.images += len(
-                set(rows["file_name"].to_list())
-            )  # polars' n_unique: ~1 ms a call
-    finally:
-        writer.close()
-    record.update(rows=summary.rows, images=summary.images, skipped=summary.skipped)
-    record.write()
+            summary.images += len(set(rows["file_name"].to_list()))  # n_unique: ~1 ms a call
+
+    if inputs.embeddings:
+        with _closing(RowWriter(request.output, request.fmt, columns)) as writer:
+            write(writer, None)
+    elif store is None:
+        predictor.progress = False  # the run's own bar counts across parts
+        with _closing(RowWriter(request.output, request.fmt, columns)) as writer:
+            for names, step in _unresumable(inputs, split, job.part_images, options.progress):
+                write(writer, names, step)
+    else:
+
+        def write_part(names: list[str], part: Path, step: Step) -> list[str]:
+            before = len(summary.skipped)
+            writer = RowWriter(part, "parquet", columns)
+            write(writer, names, step)
+            writer.close()  # not on an error: what a failed part wrote goes at the next start
+            return summary.skipped[before:]
+
+        predictor.progress = False
+        _in_parts(summary, store, inputs, counts, job, write_part, options.progress, echo)
+    record.update(rows=summary.rows, job=list(split), **summary.logged())
     return summary
 
 
-def _row_batches(predictor: Predictor, files, embeddings, labels, bins, within, request, skip):
+def _settings(command: str, options: ModelOptions, inputs: Inputs, split, fmt: str) -> dict:
+    """What a resumed run must share with the run it resumes (and every job with the others)."""
+    return {
+        "command": command,
+        "inputs": inputs.described(),
+        "model": options.model,
+        "pretrained": options.pretrained,
+        "precision": options.precision,
+        "num_jobs": split[0],
+        "job_index": split[1],
+        "format": fmt,
+    }
+
+
+@contextmanager
+def _closing(writer: RowWriter) -> Iterator[RowWriter]:
+    """A writer closed on the way out, error or not (what was written stays readable)."""
+    try:
+        yield writer
+    finally:
+        writer.close()
+
+
+def _stepper(step: Step | None) -> Progress:
+    """The predictor's ``callback(done, total)`` as steps of the run's bar."""
+    if step is None:
+        return None
+    last = 0
+
+    def moved(done: int, _total: int) -> None:
+        nonlocal last
+        step(done - last)
+        last = done
+
+    return moved
+
+
+def _unresumable(inputs: Inputs, split, part_images: int, progress: bool):
+    """This job's inputs a part at a time, each with the step of one bar over all of them, for
+    runs with nothing to resume (stdout, ``--format table``)."""
+    total = share_size(sum(1 for _ in inputs.names()), *split)
+    with tqdm(total=total, unit="img", desc="images", disable=not progress) as bar:
+        for names in chunks(iter_select(inputs.names(), *split), part_images):
+            yield names, bar.update
+
+
+def _in_parts(summary, store, inputs, counts, job, write_part, progress, echo) -> None:
+    """Run (or resume) this job's parts; a single job then joins them into the output."""
+    num_jobs, job_index = store.split
+    if counts["resumed"]:
+        echo(f"resuming: {counts['resumed']} of this job's {counts['inputs']} inputs are done")
+    summary.resumed = counts["resumed"]
+    names = iter_select(inputs.names(), num_jobs, job_index)
+    summary.processed = run_parts(
+        store, names, counts, job.part_images, write_part, progress=progress
+    )
+    if num_jobs == 1:
+        summary.merged = merge(store.output)
+    else:
+        echo(
+            f"job {job_index} of {num_jobs} finished; once every job has, join their parts: "
+            f"biocap-predict merge {store.output}"
+        )
+
+
+def _row_batches(
+    predictor: Predictor, files, embeddings, labels, bins, within, request, skip, step=None
+):
     if embeddings:
         names, feats, fingerprint = read_embeddings(embeddings)
         if fingerprint and fingerprint != predictor.fingerprint:
@@ -252,10 +391,19 @@ def _row_batches(predictor: Predictor, files, embeddings, labels, bins, within, 
         return predictor.iter_predict_embeddings(
             names, feats, request.rank, request.k, within, captions=request.captions
         )
+    callback = _stepper(step)
     if predictor.index is None:
-        return predictor.iter_classify(files, labels, bins, request.k, on_skip=skip)
+        return predictor.iter_classify(
+            files, labels, bins, request.k, on_skip=skip, callback=callback
+        )
     return predictor.iter_predict(
-        files, request.rank, request.k, within, captions=request.captions, on_skip=skip
+        files,
+        request.rank,
+        request.k,
+        within,
+        captions=request.captions,
+        on_skip=skip,
+        callback=callback,
     )
 
 
@@ -267,29 +415,52 @@ def embed(
     head: str = "tax",
     normalize: bool = True,
     fmt: str = "parquet",
+    job: Job = Job(),
     log: str | None = None,
     echo: Echo = print,
 ) -> RunSummary:
-    """``biocap-predict embed``: image embeddings that ``predict --embeddings`` reads back."""
-    files = inputs.files()
+    """``biocap-predict embed``: image embeddings that ``predict --embeddings`` reads back,
+    written in parts, resumable and shared out over ``job``'s jobs as ``predict``'s rows are."""
     record = RunLog(
-        log, model=options.model, pretrained=options.pretrained, inputs=files, head=head
+        log,
+        model=options.model,
+        pretrained=options.pretrained,
+        inputs=inputs.described(),
+        head=head,
     )
-    predictor = options.load(echo=echo)
-    writer = EmbeddingWriter(out, fmt, predictor.fingerprint, normalize)
-    summary = RunSummary()
+    with record.failing():
+        if fmt not in EMBEDDING_FORMATS:
+            raise PredictInputError(
+                f"unknown embedding format {fmt!r}; expected one of {EMBEDDING_FORMATS}"
+            )
+        split = job.resolved()
+        settings = _settings("embed", options, inputs, split, fmt)
+        settings.update(head=head, normalize=normalize)
+        store = PartStore(out, *split)
+        counts = start(store, inputs.names, settings)
+        predictor = options.load(echo=echo)
+        predictor.progress = False  # the run's own bar counts across parts
+        summary = RunSummary()
 
-    def skip(error: ImageError) -> None:
-        summary.skipped.append(str(error))
-        echo(f"skipped: {error}")
+        def write_part(names: list[str], part: Path, step: Step) -> list[str]:
+            skipped: list[str] = []
+            writer = EmbeddingWriter(part, "parquet", predictor.fingerprint, normalize)
+            embedded = predictor.embed(
+                names, head, normalize, on_skip=lambda e: skipped.append(str(e)),
+                callback=_stepper(step),
+            )  # fmt: skip
+            for batch_names, feats in embedded:
+                writer.write(batch_names, feats)
+            if writer.count:  # a part whose every image was skipped has no file
+                writer.close()
+            for error in skipped:
+                echo(f"skipped: {error}")
+            summary.images += writer.count
+            summary.skipped += skipped
+            return skipped
 
-    for names, feats in predictor.embed(files, head, normalize, on_skip=skip):
-        writer.write(names, feats)
-        summary.images += len(names)
-    writer.close()
-    record.update(
-        model_fingerprint=predictor.fingerprint, images=summary.images, skipped=summary.skipped
-    )
+        _in_parts(summary, store, inputs, counts, job, write_part, options.progress, echo)
+        record.update(model_fingerprint=predictor.fingerprint, job=list(split), **summary.logged())
     record.write()
     return summary
 
