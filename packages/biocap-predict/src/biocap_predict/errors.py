@@ -2,7 +2,8 @@
 
 from biocap_core.errors import (
     BioCAPError,
-)  # noqa: F401 (ImageError: core's, part of this API)
+    ImageError,  # noqa: F401 (core's, part of this API)
+)
 
 
 class TaxaIndexError(BioCAPError, ValueError):
