@@ -50,7 +50,11 @@ QUIET = typer.Option(False, "--quiet", help="No progress bars.")
 RECURSIVE = typer.Option(
     False, "--recursive", "-r", help="Descend into sub-folders of folder inputs."
 )
-FROM_LIST = typer.Option(None, "--from-list", help="A file naming one image per line.")
+FROM_LIST = typer.Option(
+    None,
+    "--from-list",
+    help="A file naming one image per line (with --group-by: a CSV with a path column).",
+)
 PUBLISHED_HELP = (
     "hf-hub:imageomics/bioclip, bioclip-2 and biocap use the tree-of-life embeddings "
     "published on the Hugging Face Hub (downloaded once into its cache, HF_HOME; "
@@ -181,6 +185,37 @@ def predict(
     output: Path | None = typer.Option(
         None, "--output", "-o", help="Output file (default: stdout)."
     ),
+    rollup: float | None = typer.Option(
+        None,
+        "--rollup",
+        min=0.0,
+        max=1.0,
+        help=(
+            "Add rollup_rank, rollup, rollup_score: per photo, the deepest rank whose best taxon"
+            " has at least this probability (species if sure, else genus, family ...)."
+        ),
+    ),
+    prior: Path | None = typer.Option(
+        None,
+        "--prior",
+        help=(
+            "CSV rank,name,weight (e.g. a region's GBIF occurrence counts): multiplies each"
+            " species' probability by the weight of its deepest taxon listed, then renormalises."
+        ),
+    ),
+    prior_missing: float | None = typer.Option(
+        None,
+        "--prior-missing",
+        help="Weight of species the prior does not name (default: its smallest weight).",
+    ),
+    group_by: str | None = typer.Option(
+        None,
+        "--group-by",
+        help=(
+            "Column of the --from-list CSV naming the observation (several photos of one"
+            " organism): one prediction per observation, from its photos' mean log-probabilities."
+        ),
+    ),
     model: str = MODEL,
     pretrained: str | None = PRETRAINED,
     device: str = DEVICE,
@@ -210,6 +245,10 @@ def predict(
         captions,
         fmt,
         output and str(output),
+        rollup,
+        prior and str(prior),
+        prior_missing,
+        group_by,
     )
     summary = _run(
         lambda: run_predict(

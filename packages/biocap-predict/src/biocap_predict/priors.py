@@ -104,11 +104,9 @@ class Prior:
         fill = self.missing if self.missing is not None else min(self.weights.values())
         out = np.full(taxa.height, np.nan)
         names = {rank: taxa[rank].str.to_lowercase() for rank in RANKS[:SPECIES]}
-        names["species"] = (
-            pl.concat_str([taxa["genus"], taxa["species"]], separator=" ")
-            .str.strip_chars()
-            .str.to_lowercase()
-        )
+        names["species"] = taxa.select(
+            pl.concat_str(["genus", "species"], separator=" ").str.strip_chars().str.to_lowercase()
+        ).to_series()
         by_rank: dict[str, dict[str, float]] = {}
         for (rank, taxon), weight in self.weights.items():
             by_rank.setdefault(rank, {})[taxon] = weight

@@ -18,12 +18,13 @@ from biocap_core.taxonomy import RANKS, read_templates
 from biocap_predict.errors import ImageError, PredictInputError
 from biocap_predict.filters import parse_within, read_subset
 from biocap_predict.hub import announce_weights, published_for
-from biocap_predict.images import expand_paths
+from biocap_predict.images import expand_paths, read_observations
 from biocap_predict.index import TaxaIndex
 from biocap_predict.outputs import EmbeddingWriter, RowWriter, read_embeddings
 from biocap_predict.predictor import Predictor, bins_of
+from biocap_predict.priors import Prior
 from biocap_predict.provenance import RunLog
-from biocap_predict.rows import LABEL_COLUMNS, TAXON_COLUMNS
+from biocap_predict.rows import LABEL_COLUMNS, OBSERVATION_COLUMNS, ROLLUP_COLUMNS, TAXON_COLUMNS
 
 Echo = Callable[[str], None]
 
@@ -169,6 +170,38 @@ class PredictRequest:
     captions: int = 0
     fmt: str = "csv"
     output: str | None = None
+    rollup: float | None = None
+    prior: str | None = None
+    prior_missing: float | None = None
+    group_by: str | None = None
+
+    def columns(self, taxa: bool) -> tuple[str, ...]:
+        """The output columns: custom labels', or the taxon rows' with what the options add."""
+        if not taxa:
+            return LABEL_COLUMNS
+        first = OBSERVATION_COLUMNS if self.group_by else TAXON_COLUMNS[:1]
+        return (
+            first
+            + TAXON_COLUMNS[1:]
+            + (("caption",) if self.captions else ())
+            + (ROLLUP_COLUMNS if self.rollup is not None else ())
+        )
+
+    def answers(self, inputs: Inputs) -> tuple[Prior | None, dict[str, list[str]] | None]:
+        """The prior and the observations the request asks for (checked before the model loads)."""
+        taxa_only = [
+            flag
+            for flag, value in (("--rollup", self.rollup), ("--prior", self.prior))
+            if value is not None
+        ] + (["--group-by"] if self.group_by else [])
+        if taxa_only and (self.labels is not None or self.bins is not None):
+            raise PredictInputError(f"{', '.join(taxa_only)} need a taxa index, not labels or bins")
+        prior = Prior.read(self.prior, self.prior_missing) if self.prior else None
+        if not self.group_by:
+            return prior, None
+        if not inputs.from_list or inputs.paths or inputs.embeddings:
+            raise PredictInputError("--group-by needs --from-list CSV (and no other inputs)")
+        return prior, read_observations(inputs.from_list, self.group_by)
 
 
 def predict(
@@ -190,7 +223,8 @@ def predict(
     published = None
     if request.index is None and request.labels is None and request.bins is None:
         published = published_for(options.model)  # a model without published embeddings: say so
-    files = inputs.files()
+    prior, observations = request.answers(inputs)
+    files = [] if observations else inputs.files()
     labels = read_label_list(request.labels) if request.labels is not None else None
     bins = read_bins(request.bins) if request.bins is not None else None
     within = {
@@ -217,21 +251,24 @@ def predict(
         summary.skipped.append(str(error))
         echo(f"skipped: {error}")
 
-    columns = (
-        LABEL_COLUMNS
-        if index is None
-        else TAXON_COLUMNS + (("caption",) if request.captions else ())
-    )
-    writer = RowWriter(request.output, request.fmt, columns)
+    writer = RowWriter(request.output, request.fmt, request.columns(index is not None))
     try:
         for rows in _row_batches(
-            predictor, files, inputs.embeddings, labels, bins, within, request, skip
+            predictor,
+            files,
+            inputs.embeddings,
+            labels,
+            bins,
+            within,
+            request,
+            skip,
+            prior,
+            observations,
         ):
             writer.write(rows)
             summary.rows += rows.height
-            summary.images += len(
-                set(rows["file_name"].to_list())
-            )  # polars' n_unique: ~1 ms a call
+            # polars' n_unique: ~1 ms a call
+            summary.images += len(set(rows[rows.columns[0]].to_list()))
     finally:
         writer.close()
     record.update(rows=summary.rows, images=summary.images, skipped=summary.skipped)
@@ -239,7 +276,19 @@ def predict(
     return summary
 
 
-def _row_batches(predictor: Predictor, files, embeddings, labels, bins, within, request, skip):
+def _row_batches(
+    predictor: Predictor,
+    files,
+    embeddings,
+    labels,
+    bins,
+    within,
+    request,
+    skip,
+    prior=None,
+    observations=None,
+):
+    answers = {"rollup": request.rollup, "prior": prior}
     if embeddings:
         names, feats, fingerprint = read_embeddings(embeddings)
         if fingerprint and fingerprint != predictor.fingerprint:
@@ -250,12 +299,22 @@ def _row_batches(predictor: Predictor, files, embeddings, labels, bins, within, 
         if predictor.index is None:
             return predictor.iter_classify_embeddings(names, feats, labels, bins, request.k)
         return predictor.iter_predict_embeddings(
-            names, feats, request.rank, request.k, within, captions=request.captions
+            names, feats, request.rank, request.k, within, captions=request.captions, **answers
         )
     if predictor.index is None:
         return predictor.iter_classify(files, labels, bins, request.k, on_skip=skip)
+    if observations:
+        return predictor.iter_predict_observations(
+            observations,
+            request.rank,
+            request.k,
+            within,
+            captions=request.captions,
+            on_skip=skip,
+            **answers,
+        )
     return predictor.iter_predict(
-        files, request.rank, request.k, within, captions=request.captions, on_skip=skip
+        files, request.rank, request.k, within, captions=request.captions, on_skip=skip, **answers
     )
 
 
