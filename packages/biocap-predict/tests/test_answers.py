@@ -173,3 +173,22 @@ def test_the_cli_groups_rolls_up_and_weighs_like_the_api(
     for g, e in zip(got, expected):
         assert (g["genus"], g["photos"], g["rollup"]) == (e["genus"], e["photos"], e["rollup"])
         assert math.isclose(g["score"], e["score"], abs_tol=1e-5)
+
+
+def test_reference_photos_of_the_likeliest_species_nearest_first(
+    referenced_predictor, toy_model, photos
+):
+    from biocap_predict import Predictor
+
+    reloaded = Predictor(toy_model, referenced_predictor.index.path, device="cpu")
+    assert len(reloaded.references.paths) == 2 * len(set(reloaded.references.rows.tolist()))
+    for photo, nearest in zip(photos[:2], reloaded.nearest_references(photos[:2], k=3)):
+        species = reloaded.predict([photo], rank="species", k=1)[0]["species"]
+        assert [r["species"] for r in nearest] == [species] * len(nearest) and nearest
+        assert all(species.replace(" ", "_") in r["path"] for r in nearest)
+        (image,) = (f for _, f in reloaded.embed([photo]))
+        expected = [
+            float(reloaded.references.embeddings[r["id"]] @ image["tax"][0]) for r in nearest
+        ]
+        assert [r["score"] for r in nearest] == pytest.approx(expected, abs=1e-5)
+        assert expected == sorted(expected, reverse=True)

@@ -36,6 +36,8 @@ CHROMIUM_ARGS = [
 ]
 URL_LINE = re.compile(r"BioCAP demo page: (http://\S+)")
 K = 5
+#: Low enough for the briefly trained toy model to be that sure of some rank below the kingdom.
+ROLLUP = "0.3"
 
 
 def skip_or_fail(reason: str):
@@ -64,6 +66,8 @@ def server(toy_index, trained_checkpoint, tmp_path_factory):
         "0",
         "--device",
         "cpu",
+        "--rollup",
+        ROLLUP,
     ]
     with log.open("w") as out:  # a file, not a pipe: the access log must never block the server
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
@@ -84,10 +88,15 @@ def server(toy_index, trained_checkpoint, tmp_path_factory):
             process.kill()
 
 
-def api_predict(url: str, path: Path) -> dict:
-    """What /api/predict answers for ``path``, posted by hand as a multipart form."""
+def api_predict(url: str, path: Path, **fields: str) -> dict:
+    """What /api/predict answers for ``path`` (and form ``fields``), posted by hand as a multipart
+    form."""
     boundary = "biocap-test-boundary"
-    body = (
+    body = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        for k, v in fields.items()
+    )
+    body += (
         (
             f'--{boundary}\r\nContent-Disposition: form-data; name="image";'
             f' filename="{path.name}"\r\nContent-Type: image/jpeg\r\n\r\n'
@@ -148,6 +157,12 @@ def test_the_page_in_chromium(server, photo, tmp_path):
             expect(species).to_have_count(K)
             expect(species.first.locator(".name i")).to_have_text(photo["scientific"])
             expect(page.locator(".verdict")).to_contain_text(photo["scientific"])
+            # the rollup line: the deepest rank the model is 30% sure of, as the API says
+            rolled = api_predict(server, photo["path"], rollup=ROLLUP)["rollup"]
+            assert rolled["rank"] != "kingdom"
+            expect(page.locator(".rollup")).to_have_text(
+                f"confidently: {rolled['rank']} {rolled['name']} ({100 * rolled['score']:.1f}%)"
+            )
             top_bar = species.first.locator(".fill").evaluate(
                 "e => e.getBoundingClientRect().width"
             )

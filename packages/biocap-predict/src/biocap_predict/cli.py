@@ -115,6 +115,17 @@ def index(
     captions: Path | None = typer.Option(
         None, "--captions", help="Trait captions table to index too."
     ),
+    images: Path | None = typer.Option(
+        None,
+        "--images",
+        help=(
+            "Reference photos: one sub-folder per species named 'Genus epithet' (or"
+            " Genus_epithet); linked with their embeddings so the demo page can show them."
+        ),
+    ),
+    per_taxon: int = typer.Option(
+        3, "--images-per-taxon", min=1, help="Reference photos kept per species."
+    ),
     model: str = MODEL,
     pretrained: str | None = PRETRAINED,
     device: str = DEVICE,
@@ -136,6 +147,8 @@ def index(
             label_type=label_type,
             templates=templates and str(templates),
             captions=captions and str(captions),
+            images=images and str(images),
+            per_taxon=per_taxon,
             log=log and str(log),
             echo=lambda m: typer.echo(m, err=True),
         )
@@ -354,6 +367,13 @@ def serve(
     max_decodes: int = typer.Option(
         2, "--max-decodes", min=1, help="Uploads decoded at the same time (bounds memory)."
     ),
+    rollup: float = typer.Option(
+        0.8,
+        "--rollup",
+        min=0.01,
+        max=1.0,
+        help="The page's rollup line names the deepest rank at least this probable.",
+    ),
     device: str = DEVICE,
     precision: str | None = PRECISION,
 ) -> None:
@@ -378,5 +398,6 @@ def serve(
             max_upload_mb=max_upload_mb,
             max_upload_pixels=max_upload_pixels,
             max_decodes=max_decodes,
+            rollup=rollup,
         )
     )

@@ -17,6 +17,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import torch
 import torch.nn.functional as F
@@ -25,13 +26,14 @@ from tqdm import tqdm
 from biocap_core.gpu_decode import require_cuda
 from biocap_core.imagefiles import ImageFiles, encoded_batches
 from biocap_core.runtime import default_precision, resolve_device
-from biocap_core.taxonomy import RANKS, TEMPLATES
+from biocap_core.taxonomy import RANKS, SPECIES, TEMPLATES
 from biocap_core.zeroshot import classifier_weights
 from biocap_predict.errors import ImageError, PredictInputError
 from biocap_predict.filters import parse_within, restrict
 from biocap_predict.images import name_inputs
 from biocap_predict.index import TaxaIndex, weights_fingerprint
 from biocap_predict.priors import Prior, as_prior
+from biocap_predict.references import References, reference_photos
 from biocap_predict.rows import (
     TaxonNames,
     caption_rows,
@@ -226,6 +228,10 @@ class Predictor:
         self._views: dict[Any, tuple[TaxaIndex, torch.Tensor, TaxonNames]] = {}
         self._captions: torch.Tensor | None = None
         self._bias: tuple[Any, torch.Tensor] | None = None  # the last prior's, for its view
+        path = getattr(index, "path", None)
+        self.references: References | None = (
+            References.load(path, index.binomials().to_list()) if path else None
+        )
 
     def _prior_bias(self, within: Any, prior: Prior | None) -> torch.Tensor | None:
         """The log-weights of ``prior`` for the taxa of the view ``within`` (the last one kept)."""
@@ -559,6 +565,58 @@ class Predictor:
                 [{"caption": captions[i], "score": s} for s, i in zip(srow, irow)]
                 for srow, irow in zip(top.scores.tolist(), top.ids.tolist())
             ]
+        return out
+
+    # ---- reference photos ----
+    def add_references(
+        self, folder: str | os.PathLike, per_taxon: int = 3, *, on_skip: OnSkip = None
+    ) -> References:
+        """Link the first ``per_taxon`` photos of each species sub-folder of ``folder`` to the
+        index, with their embeddings, and keep them beside it (:mod:`biocap_predict.references`)."""
+        if self.index is None or self.index.path is None:
+            raise PredictInputError("reference photos need a taxa index saved in a folder")
+        binomials = self.index.binomials().to_list()
+        photos = reference_photos(folder, binomials, per_taxon)
+        row_of = dict(zip(photos["path"], photos["row"]))
+        names, feats = [], []
+        for batch, f in self.embed(photos["path"].to_list(), on_skip=on_skip):
+            names += batch
+            feats.append(f["tax"])
+        if not names:
+            raise PredictInputError(f"{folder}: none of the reference photos could be read")
+        rows = np.array([row_of[n] for n in names])
+        refs = References(rows, [binomials[r] for r in rows], names, torch.cat(feats))
+        refs.save(self.index.path)
+        self.references = refs
+        return refs
+
+    def nearest_references(self, images: Iterable[Any], k: int = 3) -> list[list[dict]]:
+        """Per image, up to ``k`` reference photos of its likeliest species, most alike first
+        (``id``, ``path``, ``species``, cosine ``score``); empty lists when the index has none."""
+        view, text, names_of = self._view(None)
+        scale = self.model.logit_scale.exp().item()
+        out = []
+        for _, feats in self._encode(images, ("tax",), None):
+            top = rank_topk(feats["tax"], text, scale, view.groups, (SPECIES,), 1)[SPECIES]
+            for image, row in zip(feats["tax"], top.ids[:, 0].tolist()):
+                mine = self.references.of_species(row) if self.references else np.array([], int)
+                if not len(mine):
+                    out.append([])
+                    continue
+                scores = self.references.embeddings[mine].to(image.device) @ image.float()
+                best = scores.argsort(descending=True)[:k].tolist()
+                species = names_of([row], [SPECIES])[0][-2]
+                out.append(
+                    [
+                        {
+                            "id": int(mine[b]),
+                            "path": self.references.paths[mine[b]],
+                            "species": species,
+                            "score": float(scores[b]),
+                        }
+                        for b in best
+                    ]
+                )
         return out
 
     # ---- custom labels and bins ----

@@ -121,6 +121,8 @@ def build_index(
     label_type: str = "taxon_com",
     templates: str | None = None,
     captions: str | None = None,
+    images: str | None = None,
+    per_taxon: int = 3,
     log: str | None = None,
     echo: Echo = print,
 ) -> TaxaIndex:
@@ -132,7 +134,13 @@ def build_index(
         model=options.model,
         pretrained=options.pretrained,
         out=out,
-        inputs={"taxa": taxa, "from_tol": from_tol, "captions": captions, "templates": templates},
+        inputs={
+            "taxa": taxa,
+            "from_tol": from_tol,
+            "captions": captions,
+            "templates": templates,
+            "images": images,
+        },
     )
     predictor = options.load(echo=echo)
     kwargs = {"model_name": options.model, "pretrained": options.pretrained}
@@ -151,6 +159,12 @@ def build_index(
             progress=options.progress,
             **kwargs,
         )
+    if images:
+        predictor.use_index(index)
+        refs = predictor.add_references(
+            images, per_taxon, on_skip=lambda error: echo(f"skipped: {error}")
+        )
+        echo(f"reference photos: {len(refs.paths)} linked from {images}")
     record.update(model_fingerprint=index.fingerprint, taxa=len(index))
     record.write()
     return index
