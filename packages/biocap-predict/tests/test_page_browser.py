@@ -48,14 +48,15 @@ def skip_or_fail(reason: str):
 
 
 @pytest.fixture(scope="module")
-def server(toy_index, trained_checkpoint, tmp_path_factory):
-    """``biocap-predict serve --port 0`` as a subprocess; yields the URL it printed."""
+def server(referenced_predictor, trained_checkpoint, tmp_path_factory):
+    """``biocap-predict serve --port 0`` as a subprocess, on the toy index with reference photos;
+    yields the URL it printed."""
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     command = [
         str(Path(sys.executable).with_name("biocap-predict")),
         "serve",
         "--index",
-        str(toy_index),
+        str(referenced_predictor.index.path),
         "--model",
         "BioCAP-toy",
         "--pretrained",
@@ -170,6 +171,14 @@ def test_the_page_in_chromium(server, photo, tmp_path):
             expect(page.locator("#captions .caption")).to_have_text(
                 [c["caption"] for c in expected["captions"]]
             )
+            # the compare strip: the photo, and the reference photos of the answer, drawn
+            references = page.locator("#references img")
+            expect(references).to_have_count(len(expected["references"]))
+            assert expected["references"]
+            assert references.evaluate_all("s => s.every(i => i.complete && i.naturalWidth > 0)")
+            expect(page.locator("#references figcaption").first).to_contain_text(
+                photo["scientific"]
+            )
             screenshot = tmp_path / "predict-page.png"
             page.screenshot(path=screenshot, full_page=True)
             print(f"screenshot: {screenshot}")
@@ -192,6 +201,18 @@ def test_the_page_in_chromium(server, photo, tmp_path):
             expect(page.locator("#error")).to_be_hidden()
             expect(page.locator("#taxa-results")).to_be_visible(timeout=60_000)
             expect(species.first.locator(".name i")).to_have_text(photo["scientific"])
+
+            # two photos at once: one observation, named as the API names it
+            other = next(
+                p for p in photo["path"].parent.parent.rglob("*.jpg") if p != photo["path"]
+            )
+            page.set_input_files("#file", [photo["path"], other])
+            expect(page.locator("#file-name")).to_contain_text("2 photos of one organism")
+            expect(page.locator("#status")).to_have_text("", timeout=60_000)
+            expect(page.locator("#error")).to_be_hidden()
+            expect(page.locator("#taxa-results")).to_be_visible()
+            page.set_input_files("#file", photo["path"])
+            expect(page.locator("#status")).to_have_text("", timeout=60_000)
 
             # custom labels: the photo's own species among others comes first
             page.click("#tab-labels")
