@@ -64,6 +64,14 @@ def test_rollup_is_the_deepest_rank_that_reaches_the_threshold(
                 assert score == pytest.approx(best[expected][1], abs=1e-5)
 
 
+def test_the_rollup_ignores_min_prob(toy_predictor, photos):
+    def rolled(**kwargs):
+        rows = toy_predictor.predict(photos[:2], rank="species", k=2, rollup=0.3, **kwargs)
+        return [(r["rollup_rank"], r["rollup"], round(r["rollup_score"], 5)) for r in rows]
+
+    assert rolled(min_prob=0.05) == rolled()
+
+
 def test_without_the_options_the_rows_keep_their_columns(toy_predictor, photos):
     plain = toy_predictor.predict(photos[:1], rank="all", k=2)
     rolled = toy_predictor.predict(photos[:1], rank="all", k=2, rollup=0.5)
@@ -71,7 +79,10 @@ def test_without_the_options_the_rows_keep_their_columns(toy_predictor, photos):
     assert [{k: r[k] for k in plain[0]} for r in rolled] == plain
 
 
-def test_a_prior_multiplies_and_renormalises(toy_predictor, photos, species_probs, n_species):
+@pytest.mark.parametrize("missing", [None, 0.5])
+def test_a_prior_multiplies_and_renormalises(
+    toy_predictor, photos, species_probs, n_species, missing
+):
     taxa = species_probs.filter(pl.col("file_name") == photos[0])
     genus, family = taxa["genus"][5], taxa["family"][20]
     species = taxa.filter(pl.col("genus") == genus)["species"][0]
@@ -88,12 +99,16 @@ def test_a_prior_multiplies_and_renormalises(toy_predictor, photos, species_prob
             return 2.0
         if row["genus"] == genus:
             return 20.0
-        return 4.0 if row["family"] == family else 2.0
+        if row["family"] == family:
+            return 4.0
+        return 2.0 if missing is None else missing  # by default the smallest weight of the prior
 
     weighted = species_probs.with_columns(
         p=pl.col("p") * pl.struct("species", "genus", "family").map_elements(weight, pl.Float64)
     ).with_columns(p=pl.col("p") / pl.col("p").sum().over("file_name"))
-    got = toy_predictor.predict(photos, rank="all", k=n_species, prior=prior)
+    got = toy_predictor.predict(
+        photos, rank="all", k=n_species, prior=Prior.read(prior, missing=missing)
+    )
     for photo in photos:
         rows = [r for r in got if r["file_name"] == photo]
         mine = weighted.filter(pl.col("file_name") == photo)
