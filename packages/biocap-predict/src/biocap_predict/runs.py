@@ -252,7 +252,7 @@ def predict(
         model=options.model,
         pretrained=options.pretrained,
         request=request.__dict__,
-        inputs=inputs.embeddings or files,
+        inputs=inputs.embeddings or (inputs.from_list if observations else files),
     )
     predictor = options.load(index, echo=echo)
     if tol_files is not None:
