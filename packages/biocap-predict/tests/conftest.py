@@ -141,3 +141,18 @@ def open_clip_toy(toy_model, toy_index, tmp_path_factory) -> OpenClipToy:
     (tol / "txt_emb_species.json").write_text(json.dumps(names))
     TaxaIndex.from_tol(load_model(model), tol, root / "index", model_name=model)
     return OpenClipToy(model, tol, root / "index", index.embeddings.shape[1])
+
+
+@pytest.fixture(scope="session")
+def referenced_predictor(toy_model, toy_index, toy_dir, tmp_path_factory):
+    """A Predictor on a copy of the toy index with two reference photos per species linked (the
+    toy's zero-shot images, one folder per species)."""
+    import shutil
+
+    from biocap_predict import Predictor
+
+    index = tmp_path_factory.mktemp("referenced") / "index"
+    shutil.copytree(toy_index, index)
+    predictor = Predictor(toy_model, index, device="cpu", batch_size=16, model_name=MODEL)
+    predictor.add_references(toy_dir / "zeroshot" / "images", per_taxon=2)
+    return predictor

@@ -36,6 +36,8 @@ CHROMIUM_ARGS = [
 ]
 URL_LINE = re.compile(r"BioCAP demo page: (http://\S+)")
 K = 5
+#: Low enough for the briefly trained toy model to be that sure of some rank below the kingdom.
+ROLLUP = "0.3"
 
 
 def skip_or_fail(reason: str):
@@ -46,14 +48,15 @@ def skip_or_fail(reason: str):
 
 
 @pytest.fixture(scope="module")
-def server(toy_index, trained_checkpoint, tmp_path_factory):
-    """``biocap-predict serve --port 0`` as a subprocess; yields the URL it printed."""
+def server(referenced_predictor, trained_checkpoint, tmp_path_factory):
+    """``biocap-predict serve --port 0`` as a subprocess, on the toy index with reference photos;
+    yields the URL it printed."""
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     command = [
         str(Path(sys.executable).with_name("biocap-predict")),
         "serve",
         "--index",
-        str(toy_index),
+        str(referenced_predictor.index.path),
         "--model",
         "BioCAP-toy",
         "--pretrained",
@@ -64,6 +67,8 @@ def server(toy_index, trained_checkpoint, tmp_path_factory):
         "0",
         "--device",
         "cpu",
+        "--rollup",
+        ROLLUP,
     ]
     with log.open("w") as out:  # a file, not a pipe: the access log must never block the server
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
@@ -84,10 +89,15 @@ def server(toy_index, trained_checkpoint, tmp_path_factory):
             process.kill()
 
 
-def api_predict(url: str, path: Path) -> dict:
-    """What /api/predict answers for ``path``, posted by hand as a multipart form."""
+def api_predict(url: str, path: Path, **fields: str) -> dict:
+    """What /api/predict answers for ``path`` (and form ``fields``), posted by hand as a multipart
+    form."""
     boundary = "biocap-test-boundary"
-    body = (
+    body = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        for k, v in fields.items()
+    )
+    body += (
         (
             f'--{boundary}\r\nContent-Disposition: form-data; name="image";'
             f' filename="{path.name}"\r\nContent-Type: image/jpeg\r\n\r\n'
@@ -148,12 +158,26 @@ def test_the_page_in_chromium(server, photo, tmp_path):
             expect(species).to_have_count(K)
             expect(species.first.locator(".name i")).to_have_text(photo["scientific"])
             expect(page.locator(".verdict")).to_contain_text(photo["scientific"])
+            # the rollup line: the deepest rank the model is 30% sure of, as the API says
+            rolled = api_predict(server, photo["path"], rollup=ROLLUP)["rollup"]
+            assert rolled["rank"] != "kingdom"
+            expect(page.locator(".rollup")).to_have_text(
+                f"confidently: {rolled['rank']} {rolled['name']} ({100 * rolled['score']:.1f}%)"
+            )
             top_bar = species.first.locator(".fill").evaluate(
                 "e => e.getBoundingClientRect().width"
             )
             assert top_bar > 0
             expect(page.locator("#captions .caption")).to_have_text(
                 [c["caption"] for c in expected["captions"]]
+            )
+            # the compare strip: the photo, and the reference photos of the answer, drawn
+            references = page.locator("#references img")
+            expect(references).to_have_count(len(expected["references"]))
+            assert expected["references"]
+            assert references.evaluate_all("s => s.every(i => i.complete && i.naturalWidth > 0)")
+            expect(page.locator("#references figcaption").first).to_contain_text(
+                photo["scientific"]
             )
             screenshot = tmp_path / "predict-page.png"
             page.screenshot(path=screenshot, full_page=True)
@@ -177,6 +201,18 @@ def test_the_page_in_chromium(server, photo, tmp_path):
             expect(page.locator("#error")).to_be_hidden()
             expect(page.locator("#taxa-results")).to_be_visible(timeout=60_000)
             expect(species.first.locator(".name i")).to_have_text(photo["scientific"])
+
+            # two photos at once: one observation, named as the API names it
+            other = next(
+                p for p in photo["path"].parent.parent.rglob("*.jpg") if p != photo["path"]
+            )
+            page.set_input_files("#file", [photo["path"], other])
+            expect(page.locator("#file-name")).to_contain_text("2 photos of one organism")
+            expect(page.locator("#status")).to_have_text("", timeout=60_000)
+            expect(page.locator("#error")).to_be_hidden()
+            expect(page.locator("#taxa-results")).to_be_visible()
+            page.set_input_files("#file", photo["path"])
+            expect(page.locator("#status")).to_have_text("", timeout=60_000)
 
             # custom labels: the photo's own species among others comes first
             page.click("#tab-labels")

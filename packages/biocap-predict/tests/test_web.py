@@ -72,6 +72,48 @@ def test_predict_returns_the_captions_the_library_finds(client, toy_predictor, p
     assert [c["score"] for c in captions] == pytest.approx([c["score"] for c in expected], abs=1e-5)
 
 
+def test_rollup_prior_and_several_photos_answer_as_the_library_does(
+    client, toy_predictor, photo, zeroshot_images
+):
+    genus = toy_predictor.predict([photo["path"]], rank="genus", k=2)[1]["genus"]
+    prior = f"rank,name,weight\ngenus,{genus},30\n"
+    response = post(client, photo["name"], photo["bytes"], rollup="0.3", prior=prior)
+    assert response.status_code == 200, response.text
+    row = toy_predictor.predict(
+        [(photo["name"], photo["bytes"])], rank="genus", k=1, rollup=0.3, prior=prior
+    )[0]
+    assert response.json()["rollup"] == {
+        "rank": row["rollup_rank"],
+        "name": row["rollup"],
+        "score": pytest.approx(row["rollup_score"], abs=1e-5),
+    }
+    assert response.json()["taxa"][-2]["predictions"][0]["name"] == row["genus"]
+
+    other = zeroshot_images[1][0]
+    files = [
+        ("image", (photo["name"], photo["bytes"])),
+        ("image", (other.name, other.read_bytes())),
+    ]
+    combined = client.post("/api/predict", files=files, data={"k": "2"}).json()
+    expected = toy_predictor.predict_observations(
+        {"upload": [(photo["name"], photo["bytes"]), (other.name, other.read_bytes())]},
+        rank="species",
+        k=2,
+    )
+    assert combined["photos"] == [photo["name"], other.name]
+    species = combined["taxa"][-1]["predictions"]
+    assert [p["name"] for p in species] == [r["species"] for r in expected]
+    assert [p["score"] for p in species] == pytest.approx([r["score"] for r in expected], abs=1e-5)
+    assert "rollup" in combined and combined["rollup"] is None  # none asked for
+
+
+def test_a_bad_prior_or_rollup_is_a_422_naming_it(client, photo):
+    response = post(client, photo["name"], photo["bytes"], prior="rank,name\ngenus,X\n")
+    assert response.status_code == 422 and "rank, name, weight" in response.json()["detail"]
+    response = post(client, photo["name"], photo["bytes"], rollup="1.5")
+    assert response.status_code == 422 and "rollup" in response.json()["detail"]
+
+
 def test_custom_labels_rank_the_photos_own_species_first(client, photo):
     labels = [*photo["others"], photo["scientific"]]
     response = post(client, photo["name"], photo["bytes"], labels="\n".join(labels) + "\n\n")
@@ -229,3 +271,20 @@ def test_the_web_module_says_how_to_install_the_extra_when_fastapi_is_missing(mo
     monkeypatch.delitem(sys.modules, "biocap_predict.web")
     with pytest.raises(ImportError, match=re.escape("pip install 'biocap-predict[web]'")):
         importlib.import_module("biocap_predict.web")
+
+
+def test_the_reference_photos_of_the_answer_are_served(referenced_predictor, photo):
+    client = TestClient(create_app(referenced_predictor))
+    assert client.get("/api/health").json()["references"] is True
+    result = post(client, photo["name"], photo["bytes"], k="2").json()
+    top = result["taxa"][-1]["predictions"][0]["name"]
+    assert [r["species"] for r in result["references"]] == [top, top]
+    served = client.get("/" + result["references"][0]["url"])
+    assert served.status_code == 200
+    (path,) = [
+        p
+        for i, p in enumerate(referenced_predictor.references.paths)
+        if result["references"][0]["url"].endswith(f"/{i}")
+    ]
+    assert served.content == open(path, "rb").read()
+    assert client.get("/api/reference/100000").status_code == 404

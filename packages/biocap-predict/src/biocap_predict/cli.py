@@ -50,7 +50,11 @@ QUIET = typer.Option(False, "--quiet", help="No progress bars.")
 RECURSIVE = typer.Option(
     False, "--recursive", "-r", help="Descend into sub-folders of folder inputs."
 )
-FROM_LIST = typer.Option(None, "--from-list", help="A file naming one image per line.")
+FROM_LIST = typer.Option(
+    None,
+    "--from-list",
+    help="A file naming one image per line (with --group-by: a CSV with a path column).",
+)
 NUM_SHARDS = typer.Option(
     None,
     "--num-shards",
@@ -132,6 +136,17 @@ def index(
     captions: Path | None = typer.Option(
         None, "--captions", help="Trait captions table to index too."
     ),
+    images: Path | None = typer.Option(
+        None,
+        "--images",
+        help=(
+            "Reference photos: one sub-folder per species named 'Genus epithet' (or"
+            " Genus_epithet); linked with their embeddings so the demo page can show them."
+        ),
+    ),
+    per_taxon: int = typer.Option(
+        3, "--images-per-taxon", min=1, help="Reference photos kept per species."
+    ),
     model: str = MODEL,
     pretrained: str | None = PRETRAINED,
     device: str = DEVICE,
@@ -153,6 +168,8 @@ def index(
             label_type=label_type,
             templates=templates and str(templates),
             captions=captions and str(captions),
+            images=images and str(images),
+            per_taxon=per_taxon,
             log=log and str(log),
             echo=lambda m: typer.echo(m, err=True),
         )
@@ -208,6 +225,37 @@ def predict(
     num_shards: int | None = NUM_SHARDS,
     shard_index: int | None = SHARD_INDEX,
     part_size: int = PART_SIZE,
+    rollup: float | None = typer.Option(
+        None,
+        "--rollup",
+        min=0.0,
+        max=1.0,
+        help=(
+            "Add rollup_rank, rollup, rollup_score: per photo, the deepest rank whose best taxon"
+            " has at least this probability (species if sure, else genus, family ...)."
+        ),
+    ),
+    prior: Path | None = typer.Option(
+        None,
+        "--prior",
+        help=(
+            "CSV rank,name,weight (e.g. a region's GBIF occurrence counts): multiplies each"
+            " species' probability by the weight of its deepest taxon listed, then renormalises."
+        ),
+    ),
+    prior_missing: float | None = typer.Option(
+        None,
+        "--prior-missing",
+        help="Weight of species the prior does not name (default: its smallest weight).",
+    ),
+    group_by: str | None = typer.Option(
+        None,
+        "--group-by",
+        help=(
+            "Column of the --from-list CSV naming the observation (several photos of one"
+            " organism): one prediction per observation, from its photos' mean log-probabilities."
+        ),
+    ),
     model: str = MODEL,
     pretrained: str | None = PRETRAINED,
     device: str = DEVICE,
@@ -237,6 +285,10 @@ def predict(
         captions,
         fmt,
         output and str(output),
+        rollup,
+        prior and str(prior),
+        prior_missing,
+        group_by,
     )
     job = _job(num_shards, shard_index, part_size)
     summary = _run(
@@ -370,6 +422,13 @@ def serve(
     max_decodes: int = typer.Option(
         2, "--max-decodes", min=1, help="Uploads decoded at the same time (bounds memory)."
     ),
+    rollup: float = typer.Option(
+        0.8,
+        "--rollup",
+        min=0.01,
+        max=1.0,
+        help="The page's rollup line names the deepest rank at least this probable.",
+    ),
     device: str = DEVICE,
     precision: str | None = PRECISION,
 ) -> None:
@@ -394,5 +453,6 @@ def serve(
             max_upload_mb=max_upload_mb,
             max_upload_pixels=max_upload_pixels,
             max_decodes=max_decodes,
+            rollup=rollup,
         )
     )

@@ -11,7 +11,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import polars as pl
 
 from biocap_predict.errors import ImageError
 
@@ -89,6 +92,34 @@ def _expanded(name: str, recursive: bool) -> Iterator[str]:
         raise ImageError(
             f"{name}: folder holds no files" + ("" if recursive else " (use --recursive?)")
         )
+
+
+#: Names the photo column of an observations CSV may have (the first one present is used).
+PHOTO_COLUMNS = ("path", "filepath", "file_name", "file", "image")
+
+
+def read_observations(from_list: str | os.PathLike, group_by: str) -> dict[str, list[str]]:
+    """``--from-list CSV --group-by COLUMN``: each value of ``COLUMN`` (an observation, several
+    photos of one organism) and its photos, in order of first appearance; the photos are in the
+    column named ``path`` (or ``filepath``, ``file_name``, ``file``, ``image``)."""
+    try:
+        table = pl.read_csv(from_list, infer_schema=False)
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        raise ImageError(f"{from_list}: cannot read the observations CSV: {exc}") from exc
+    photo = next((c for c in PHOTO_COLUMNS if c in table.columns), None)
+    if group_by not in table.columns or photo is None:
+        raise ImageError(
+            f"{from_list}: --group-by needs a CSV with the column {group_by!r} and a photo column "
+            f"({', '.join(PHOTO_COLUMNS)}); found {table.columns}"
+        )
+    observations: dict[str, list[str]] = {}
+    for line, (obs, path) in enumerate(table.select(group_by, photo).iter_rows(), start=2):
+        if not (obs or "").strip() or not (path or "").strip():
+            raise ImageError(f"{from_list}: line {line}: empty {group_by!r} or {photo!r}")
+        if not Path(path.strip()).is_file():
+            raise ImageError(f"{from_list}: line {line}: {path.strip()}: no such image file")
+        observations.setdefault(obs.strip(), []).append(path.strip())
+    return observations
 
 
 def _files_in(folder: str, recursive: bool) -> Iterator[str]:

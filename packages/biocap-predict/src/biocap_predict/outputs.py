@@ -30,6 +30,8 @@ ROW_FORMATS = ("csv", "table", "jsonl", "parquet")
 #: as 160 rows of a batch take to make (measured), so rows are written a few thousand at a time.
 BLOCK_ROWS = 4096
 EMBEDDING_FORMATS = ("parquet", "npz", "jsonl")
+#: Columns of numbers (the rest are text).
+SCORE_COLUMNS = ("score", "rollup_score")
 
 
 class RowWriter:
@@ -127,17 +129,23 @@ class RowWriter:
 
 def row_schema(columns: Sequence[str]) -> dict[str, pl.DataType]:
     """The types of prediction columns: scores are floats, the rest strings."""
-    return {c: pl.Float64 if c == "score" else pl.String for c in columns}
+    return {c: pl.Float64 if c in SCORE_COLUMNS else pl.String for c in columns}
 
 
 def format_table(rows: list[dict], columns: Sequence[str]) -> str:
     """A plain aligned text table (scores with 4 decimals)."""
-    cells = [[f"{r[c]:.4f}" if c == "score" else str(r.get(c, "")) for c in columns] for r in rows]
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
     return "\n".join(lines) + "\n"
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def read_rows(path: str | os.PathLike, fmt: str) -> list[dict]:

@@ -10,12 +10,14 @@ collect them as dicts, pybioclip's rows).
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import torch
 import torch.nn.functional as F
@@ -24,14 +26,23 @@ from tqdm import tqdm
 from biocap_core.gpu_decode import require_cuda
 from biocap_core.imagefiles import ImageFiles, encoded_batches
 from biocap_core.runtime import default_precision, resolve_device
-from biocap_core.taxonomy import RANKS, TEMPLATES
+from biocap_core.taxonomy import RANKS, SPECIES, TEMPLATES
 from biocap_core.zeroshot import classifier_weights
 from biocap_predict.errors import ImageError, PredictInputError
 from biocap_predict.filters import parse_within, restrict
 from biocap_predict.images import name_inputs
 from biocap_predict.index import TaxaIndex, weights_fingerprint
-from biocap_predict.rows import TaxonNames, caption_rows, label_rows, parse_rank, taxon_rows
-from biocap_predict.scoring import TopK, label_topk, rank_topk
+from biocap_predict.priors import Prior, as_prior
+from biocap_predict.references import References, reference_photos
+from biocap_predict.rows import (
+    TaxonNames,
+    caption_rows,
+    label_rows,
+    parse_rank,
+    rollup_frame,
+    taxon_rows,
+)
+from biocap_predict.scoring import TopK, label_topk, rank_topk, rollup
 
 Features = dict[str, torch.Tensor]
 #: Images scored together (see :meth:`_Task.over`).
@@ -217,6 +228,21 @@ class Predictor:
         self.index = index
         self._views: dict[Any, tuple[TaxaIndex, torch.Tensor, TaxonNames]] = {}
         self._captions: torch.Tensor | None = None
+        self._bias: tuple[Any, torch.Tensor] | None = None  # the last prior's, for its view
+        path = getattr(index, "path", None)
+        self.references: References | None = (
+            References.load(path, index.binomials().to_list()) if path else None
+        )
+
+    def _prior_bias(self, within: Any, prior: Prior | None) -> torch.Tensor | None:
+        """The log-weights of ``prior`` for the taxa of the view ``within`` (the last one kept)."""
+        if prior is None:
+            return None
+        view, _, _ = self._view(within)
+        key = (id(view), prior)
+        if self._bias is None or self._bias[0] != key:
+            self._bias = (key, prior.log_weights(view.taxa).to(self.device))
+        return self._bias[1]
 
     def _view(self, within: Any) -> tuple[TaxaIndex, torch.Tensor, TaxonNames]:
         """The index restricted by ``within``, its text matrix on the device and its hits' names
@@ -237,7 +263,14 @@ class Predictor:
         return self._views[key]
 
     def _tree_task(
-        self, rank: str, k: int, within: Any, captions: int, min_prob: float = 0.0
+        self,
+        rank: str,
+        k: int,
+        within: Any,
+        captions: int,
+        min_prob: float = 0.0,
+        rollup_at: float | None = None,
+        prior: Any = None,
     ) -> _Task:
         levels = parse_rank(rank)
         view, text, names_of = self._view(within)
@@ -245,16 +278,28 @@ class Predictor:
             raise PredictInputError(
                 f"{view.path or 'the index'} has no trait captions; build it with --captions"
             )
+        if rollup_at is not None and not 0 < rollup_at <= 1:
+            raise PredictInputError(f"rollup must be a probability in (0, 1], not {rollup_at}")
+        bias = self._prior_bias(within, as_prior(prior))
         scale = self.model.logit_scale.exp().item()
+        # the rollup needs every rank's best taxon, from the plain sums (not min_prob's)
+        every_rank = tuple(range(len(RANKS)))
+        scored = every_rank if rollup_at is not None and not min_prob else levels
 
         def rows(names: list[str], feats: Features) -> pl.DataFrame:
-            tops = rank_topk(feats["tax"], text, scale, view.groups, levels, k, min_prob=min_prob)
+            args = (feats["tax"], text, scale, view.groups)
+            tops = rank_topk(*args, scored, k, min_prob=min_prob, bias=bias)
+            rolled = None
+            if rollup_at is not None:
+                every = rank_topk(*args, every_rank, 1, bias=bias) if min_prob else tops
+                rolled = rollup_frame(names_of, view.groups.first, *rollup(every, rollup_at))
             nearest = (
                 caption_rows(names, self._nearest(feats["caption"], captions), self.index.captions)
                 if captions
                 else None
             )
-            frame = taxon_rows(names_of, view.groups.first, names, tops, nearest)
+            tops = {lv: tops[lv] for lv in levels}
+            frame = taxon_rows(names_of, view.groups.first, names, tops, nearest, rolled)
             # a group no species above min_prob falls in has no row, as in pybioclip
             if min_prob:
                 frame = frame.filter(~pl.col("rank").is_in(RANKS[:-1]) | (pl.col("score") > 0))
@@ -273,12 +318,14 @@ class Predictor:
         on_skip: OnSkip = None,
         min_prob: float = 0.0,
         callback: Progress = None,
+        rollup: float | None = None,
+        prior: Any = None,
     ) -> Iterator[pl.DataFrame]:
         """The rows of each block of images (see :meth:`predict`) as a DataFrame; ``captions`` adds
         that many nearest captions per image (rows with ``rank`` ``caption`` and a ``caption``
         column).
         """
-        task = self._tree_task(rank, k, within, captions, min_prob)
+        task = self._tree_task(rank, k, within, captions, min_prob, rollup, prior)
         yield from task.over(self._encode(images, task.heads, on_skip, callback=callback))
 
     def predict(
@@ -291,6 +338,8 @@ class Predictor:
         on_skip: OnSkip = None,
         min_prob: float = 0.0,
         callback: Progress = None,
+        rollup: float | None = None,
+        prior: Any = None,
     ) -> list[dict]:
         """One row per (image, rank, hit), sorted by image, rank (kingdom first) and score.
 
@@ -299,11 +348,131 @@ class Predictor:
         (pybioclip's ``min_prob``), so a rank may have fewer than ``k`` rows. An undecodable image
         raises :class:`ImageError`, unless ``on_skip`` is given: then it is passed the error and
         skipped. ``callback(processed, total)`` is called after each batch of images.
+
+        ``rollup=T`` adds :data:`~biocap_predict.rows.ROLLUP_COLUMNS` to each row: the deepest rank
+        whose best taxon has probability >= T (species when the model is sure, else genus, family
+        ...). ``prior`` (a :class:`~biocap_predict.priors.Prior`, or a ``rank,name,weight`` CSV
+        path or DataFrame) multiplies the species probabilities by its weights and renormalises
+        them before anything is ranked.
         """
         blocks = self.iter_predict(
-            images, rank, k, within, on_skip=on_skip, min_prob=min_prob, callback=callback
+            images,
+            rank,
+            k,
+            within,
+            on_skip=on_skip,
+            min_prob=min_prob,
+            callback=callback,
+            rollup=rollup,
+            prior=prior,
         )
         return [row for rows in blocks for row in rows.to_dicts()]
+
+    def iter_predict_observations(
+        self,
+        observations: Mapping[str, Sequence[Any]] | Iterable[tuple[str, Sequence[Any]]],
+        rank: str = "all",
+        k: int = 5,
+        within: Any = None,
+        *,
+        captions: int = 0,
+        on_skip: OnSkip = None,
+        callback: Progress = None,
+        rollup: float | None = None,
+        prior: Any = None,
+    ) -> Iterator[pl.DataFrame]:
+        """The rows of each block of observations (see :meth:`predict_observations`)."""
+        task = self._tree_task(rank, k, within, captions, rollup_at=rollup, prior=prior)
+        photos: dict[str, list[str]] = {}
+        encoded = self._encode_observations(observations, task.heads, on_skip, callback, photos)
+        for frame in task.over(encoded):
+            ids = frame["file_name"]
+            listed = ids.replace_strict({o: ";".join(photos[o]) for o in ids.unique()})
+            frame = frame.rename({"file_name": "observation"})
+            yield frame.insert_column(1, listed.alias("photos"))
+            for o in ids.unique():
+                photos.pop(o, None)
+
+    def predict_observations(
+        self,
+        observations: Mapping[str, Sequence[Any]] | Iterable[tuple[str, Sequence[Any]]],
+        rank: str = "all",
+        k: int = 5,
+        within: Any = None,
+        **kwargs: Any,
+    ) -> list[dict]:
+        """One prediction per observation (several photos of one organism), as rows of
+        :meth:`predict` whose ``file_name`` is replaced by ``observation`` (its id) and ``photos``
+        (the photos it combines, joined by ``;``).
+
+        ``observations`` maps an id to its photos (or is a sequence of such pairs). The photos'
+        log-probabilities are averaged per species and renormalised: p(s) is proportional to
+        exp(mean over photos of log p_photo(s)), so a species must fit every photo, and one blurred
+        photo cannot outvote the rest. As a logit is linear in the image embedding, this is the
+        softmax of the mean of the photos' unit embeddings, which is how it is computed (a prior
+        multiplies the result once). Keyword arguments are those of :meth:`predict`
+        (``captions``, ``on_skip``, ``callback``, ``rollup``, ``prior``); an observation none of
+        whose photos can be read gets no row (``on_skip`` is told).
+        """
+        blocks = self.iter_predict_observations(observations, rank, k, within, **kwargs)
+        return [row for rows in blocks for row in rows.to_dicts()]
+
+    def _encode_observations(
+        self,
+        observations: Mapping[str, Sequence[Any]] | Iterable[tuple[str, Sequence[Any]]],
+        heads: Sequence[str],
+        on_skip: OnSkip,
+        callback: Progress,
+        photos: dict[str, list[str]],
+    ) -> Iterator[tuple[list[str], Features]]:
+        """Per finished observation, its id and the mean of its photos' unit embeddings (the
+        photos read are put in ``photos``). Photos are encoded in input order, so an observation is
+        finished once a photo of a later one comes out."""
+        pairs = list(observations.items() if isinstance(observations, Mapping) else observations)
+        ids = [str(o) for o, _ in pairs]
+        if len(set(ids)) != len(ids):
+            raise PredictInputError("observation ids must be unique")
+        items, owner = [], deque()  # every photo in order; whose it is, and its name
+        for o, (obs, images) in enumerate(pairs):
+            named = name_inputs(images)
+            if not named:
+                raise PredictInputError(f"observation {obs!r} has no photos")
+            items += named
+            owner += [(o, item.name) for item in named]
+        sums: dict[int, Features] = {}
+        count: dict[int, int] = {}
+        done = 0  # observations before this one are finished
+
+        def finished(upto: int) -> Iterator[tuple[list[str], Features]]:
+            nonlocal done
+            ready = [o for o in range(done, upto) if o in sums]
+            for o in range(done, upto):
+                if o not in sums and on_skip is not None:
+                    on_skip(ImageError(f"observation {ids[o]}: none of its photos could be read"))
+            done = upto
+            if ready:
+                n = [count.pop(o) for o in ready]
+                means = [{h: f / c for h, f in sums.pop(o).items()} for o, c in zip(ready, n)]
+                yield (
+                    [ids[o] for o in ready],
+                    {h: torch.stack([m[h] for m in means]) for h in heads},
+                )
+
+        for names, feats in self._encode(items, heads, on_skip, callback=callback):
+            for row, name in enumerate(names):
+                while True:  # photos skipped as unreadable come out of the queue unused
+                    o, queued = owner.popleft()
+                    if queued == name:
+                        break
+                photos.setdefault(ids[o], []).append(name)
+                count[o] = count.get(o, 0) + 1
+                if o in sums:
+                    for h in heads:
+                        sums[o][h] += feats[h][row].float()
+                else:
+                    sums[o] = {h: feats[h][row].float().clone() for h in heads}
+            yield from finished(owner[0][0] if owner else len(pairs))
+        yield from finished(len(pairs))
 
     def iter_predict_embeddings(
         self,
@@ -314,10 +483,12 @@ class Predictor:
         within: Any = None,
         *,
         captions: int = 0,
+        rollup: float | None = None,
+        prior: Any = None,
     ) -> Iterator[pl.DataFrame]:
         """As :meth:`iter_predict`, from stored image embeddings (``tax`` head; ``caption`` for
         captions)."""
-        task = self._tree_task(rank, k, within, captions)
+        task = self._tree_task(rank, k, within, captions, rollup_at=rollup, prior=prior)
         yield from self._over_features(task, names, features)
 
     def predict_embeddings(
@@ -327,13 +498,15 @@ class Predictor:
         rank: str = "all",
         k: int = 5,
         within: Any = None,
+        *,
+        rollup: float | None = None,
+        prior: Any = None,
     ) -> list[dict]:
         names = names or [str(i) for i in range(_rows_of(features))]
-        return [
-            r
-            for rows in self.iter_predict_embeddings(names, features, rank, k, within)
-            for r in rows.to_dicts()
-        ]
+        blocks = self.iter_predict_embeddings(
+            names, features, rank, k, within, rollup=rollup, prior=prior
+        )
+        return [r for rows in blocks for r in rows.to_dicts()]
 
     def _over_features(self, task: _Task, names: Sequence[str], features: torch.Tensor | Features):
         feats = features if isinstance(features, Mapping) else {"tax": features}
@@ -393,6 +566,58 @@ class Predictor:
                 [{"caption": captions[i], "score": s} for s, i in zip(srow, irow)]
                 for srow, irow in zip(top.scores.tolist(), top.ids.tolist())
             ]
+        return out
+
+    # ---- reference photos ----
+    def add_references(
+        self, folder: str | os.PathLike, per_taxon: int = 3, *, on_skip: OnSkip = None
+    ) -> References:
+        """Link the first ``per_taxon`` photos of each species sub-folder of ``folder`` to the
+        index, with their embeddings, and keep them beside it (:mod:`biocap_predict.references`)."""
+        if self.index is None or self.index.path is None:
+            raise PredictInputError("reference photos need a taxa index saved in a folder")
+        binomials = self.index.binomials().to_list()
+        photos = reference_photos(folder, binomials, per_taxon)
+        row_of = dict(zip(photos["path"], photos["row"]))
+        names, feats = [], []
+        for batch, f in self.embed(photos["path"].to_list(), on_skip=on_skip):
+            names += batch
+            feats.append(f["tax"])
+        if not names:
+            raise PredictInputError(f"{folder}: none of the reference photos could be read")
+        rows = np.array([row_of[n] for n in names])
+        refs = References(rows, [binomials[r] for r in rows], names, torch.cat(feats))
+        refs.save(self.index.path)
+        self.references = refs
+        return refs
+
+    def nearest_references(self, images: Iterable[Any], k: int = 3) -> list[list[dict]]:
+        """Per image, up to ``k`` reference photos of its likeliest species, most alike first
+        (``id``, ``path``, ``species``, cosine ``score``); empty lists when the index has none."""
+        view, text, names_of = self._view(None)
+        scale = self.model.logit_scale.exp().item()
+        out = []
+        for _, feats in self._encode(images, ("tax",), None):
+            top = rank_topk(feats["tax"], text, scale, view.groups, (SPECIES,), 1)[SPECIES]
+            for image, row in zip(feats["tax"], top.ids[:, 0].tolist()):
+                mine = self.references.of_species(row) if self.references else np.array([], int)
+                if not len(mine):
+                    out.append([])
+                    continue
+                scores = self.references.embeddings[mine].to(image.device) @ image.float()
+                best = scores.argsort(descending=True)[:k].tolist()
+                species = names_of([row], [SPECIES])[0][-2]
+                out.append(
+                    [
+                        {
+                            "id": int(mine[b]),
+                            "path": self.references.paths[mine[b]],
+                            "species": species,
+                            "score": float(scores[b]),
+                        }
+                        for b in best
+                    ]
+                )
         return out
 
     # ---- custom labels and bins ----

@@ -30,6 +30,13 @@ TAXON_COLUMNS = (
     "rank",
 )
 _NAMES = TAXON_COLUMNS[1:-2]  # the taxon's names: kingdom .. common_name
+#: Columns added to every row of an image with ``--rollup T``: the deepest rank whose best taxon
+#: has probability >= T, that taxon's name (a binomial at species) and its probability; empty (and
+#: a null score) when not even the kingdom reaches T.
+ROLLUP_COLUMNS = ("rollup_rank", "rollup", "rollup_score")
+#: Columns that start a row of an observation (several photos of one organism) instead of
+#: ``file_name``: its id and its photos, joined by ``;``.
+OBSERVATION_COLUMNS = ("observation", "photos")
 #: Columns of a custom-label or bin prediction.
 LABEL_COLUMNS = ("file_name", "classification", "score")
 ALL_RANKS = "all"
@@ -94,11 +101,13 @@ def taxon_rows(
     names: Sequence[str],
     tops: dict[int, TopK],
     captions: pl.DataFrame | None = None,
+    rolled: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """One block's rows, by image, then rank (kingdom first; nearest ``captions`` last), then score.
 
     ``first[level]`` is each group's first row of the index: a hit at a higher rank shows the names
     of its first species down to that rank. ``species`` is the binomial, as in pybioclip.
+    ``rolled`` (one row per image, :func:`rollup_frame`) adds its columns to each image's rows.
     """
     levels = sorted(tops)
     # every hit's (image, level, row, score), put in (image, level, hit) order with one stable sort
@@ -127,11 +136,46 @@ def taxon_rows(
         },
         schema_overrides={c: pl.String for c in _NAMES},
     )
-    if captions is None:
-        return frame
-    frame = frame.with_columns(image=pl.Series(image), caption=_EMPTY)
-    frame = pl.concat([frame, captions.select(frame.columns)]).sort("image", maintain_order=True)
-    return frame.drop("image")
+    if captions is not None:
+        frame = frame.with_columns(image=pl.Series(image), caption=_EMPTY)
+        frame = pl.concat([frame, captions.select(frame.columns)])
+        frame = frame.sort("image", maintain_order=True)
+        image = frame["image"].to_numpy()
+        frame = frame.drop("image")
+    if rolled is not None:
+        frame = frame.with_columns(rolled[image.tolist()])
+    return frame
+
+
+def rollup_frame(
+    names_of: TaxonNames,
+    first: Sequence[np.ndarray],
+    levels: Sequence[int | None],
+    ids: Sequence[int],
+    scores: Sequence[float | None],
+) -> pl.DataFrame:
+    """One row per image of :data:`ROLLUP_COLUMNS` from :func:`~biocap_predict.scoring.rollup`'s
+    levels, group ids and probabilities."""
+    known = [
+        (int(first[lv][g]) if lv < SPECIES else int(g), lv)
+        for lv, g in zip(levels, ids)
+        if lv is not None
+    ]
+    found = iter(names_of([r for r, _ in known], [lv for _, lv in known]))
+    names = []
+    for level in levels:
+        if level is None:
+            names.append("")
+            continue
+        taxon = next(found)
+        names.append(taxon[-2] if level == SPECIES else taxon[level])
+    return pl.DataFrame(
+        {
+            "rollup_rank": ["" if lv is None else RANKS[lv] for lv in levels],
+            "rollup": names,
+            "rollup_score": pl.Series(scores, dtype=pl.Float64),
+        }
+    )
 
 
 def caption_rows(names: Sequence[str], top: TopK, captions: Sequence[str]) -> pl.DataFrame:

@@ -24,13 +24,14 @@ from biocap_core.taxonomy import RANKS, read_templates
 from biocap_predict.errors import ImageError, PredictInputError
 from biocap_predict.filters import parse_within, read_subset
 from biocap_predict.hub import announce_weights, published_for
-from biocap_predict.images import iter_paths
+from biocap_predict.images import iter_paths, read_observations
 from biocap_predict.index import TaxaIndex
 from biocap_predict.outputs import EMBEDDING_FORMATS, EmbeddingWriter, RowWriter, read_embeddings
 from biocap_predict.parts import Job, PartStore, Step, chunks, merge, run_parts, share_size, start
 from biocap_predict.predictor import Predictor, Progress, bins_of
+from biocap_predict.priors import Prior
 from biocap_predict.provenance import RunLog
-from biocap_predict.rows import LABEL_COLUMNS, TAXON_COLUMNS
+from biocap_predict.rows import LABEL_COLUMNS, OBSERVATION_COLUMNS, ROLLUP_COLUMNS, TAXON_COLUMNS
 
 Echo = Callable[[str], None]
 
@@ -162,6 +163,8 @@ def build_index(
     label_type: str = "taxon_com",
     templates: str | None = None,
     captions: str | None = None,
+    images: str | None = None,
+    per_taxon: int = 3,
     log: str | None = None,
     echo: Echo = print,
 ) -> TaxaIndex:
@@ -173,7 +176,13 @@ def build_index(
         model=options.model,
         pretrained=options.pretrained,
         out=out,
-        inputs={"taxa": taxa, "from_tol": from_tol, "captions": captions, "templates": templates},
+        inputs={
+            "taxa": taxa,
+            "from_tol": from_tol,
+            "captions": captions,
+            "templates": templates,
+            "images": images,
+        },
     )
     predictor = options.load(echo=echo)
     kwargs = {"model_name": options.model, "pretrained": options.pretrained}
@@ -192,6 +201,12 @@ def build_index(
             progress=options.progress,
             **kwargs,
         )
+    if images:
+        predictor.use_index(index)
+        refs = predictor.add_references(
+            images, per_taxon, on_skip=lambda error: echo(f"skipped: {error}")
+        )
+        echo(f"reference photos: {len(refs.paths)} linked from {images}")
     record.update(model_fingerprint=index.fingerprint, taxa=len(index))
     record.write()
     return index
@@ -211,6 +226,38 @@ class PredictRequest:
     captions: int = 0
     fmt: str = "csv"
     output: str | None = None
+    rollup: float | None = None
+    prior: str | None = None
+    prior_missing: float | None = None
+    group_by: str | None = None
+
+    def columns(self, taxa: bool) -> tuple[str, ...]:
+        """The output columns: custom labels', or the taxon rows' with what the options add."""
+        if not taxa:
+            return LABEL_COLUMNS
+        first = OBSERVATION_COLUMNS if self.group_by else TAXON_COLUMNS[:1]
+        return (
+            first
+            + TAXON_COLUMNS[1:]
+            + (("caption",) if self.captions else ())
+            + (ROLLUP_COLUMNS if self.rollup is not None else ())
+        )
+
+    def answers(self, inputs: Inputs) -> tuple[Prior | None, dict[str, list[str]] | None]:
+        """The prior and the observations the request asks for (checked before the model loads)."""
+        taxa_only = [
+            flag
+            for flag, value in (("--rollup", self.rollup), ("--prior", self.prior))
+            if value is not None
+        ] + (["--group-by"] if self.group_by else [])
+        if taxa_only and (self.labels is not None or self.bins is not None):
+            raise PredictInputError(f"{', '.join(taxa_only)} need a taxa index, not labels or bins")
+        prior = Prior.read(self.prior, self.prior_missing) if self.prior else None
+        if not self.group_by:
+            return prior, None
+        if not inputs.from_list or inputs.paths or inputs.embeddings:
+            raise PredictInputError("--group-by needs --from-list CSV (and no other inputs)")
+        return prior, read_observations(inputs.from_list, self.group_by)
 
 
 def predict(
@@ -250,6 +297,7 @@ def _predict(options, inputs, request, job, record, echo) -> RunSummary:
     published = None
     if request.index is None and request.labels is None and request.bins is None:
         published = published_for(options.model)  # a model without published embeddings: say so
+    prior, observations = request.answers(inputs)
     labels = read_label_list(request.labels) if request.labels is not None else None
     bins = read_bins(request.bins) if request.bins is not None else None
     within = {
@@ -257,12 +305,10 @@ def _predict(options, inputs, request, job, record, echo) -> RunSummary:
         **(read_subset(request.subset) if request.subset else {}),
     }
     index = TaxaIndex.load(request.index) if request.index else None
-    columns = LABEL_COLUMNS
-    if index is not None or published is not None:
-        columns = TAXON_COLUMNS + (("caption",) if request.captions else ())
+    columns = request.columns(index is not None or published is not None)
     split = job.resolved()
     store, counts = None, None
-    if not inputs.embeddings and request.output and request.fmt != "table":
+    if not inputs.embeddings and not observations and request.output and request.fmt != "table":
         settings = _settings("predict", options, inputs, split, request.fmt)
         settings.update(request={**request.__dict__, "output": None}, columns=list(columns))
         store = PartStore(request.output, *split)
@@ -281,14 +327,25 @@ def _predict(options, inputs, request, job, record, echo) -> RunSummary:
 
     def write(writer: RowWriter, names: list[str] | None, step: Step | None = None) -> None:
         batches = _row_batches(
-            predictor, names, inputs.embeddings, labels, bins, within, request, skip, step
+            predictor,
+            names,
+            inputs.embeddings,
+            labels,
+            bins,
+            within,
+            request,
+            skip,
+            step,
+            prior=prior,
+            observations=observations,
         )
         for rows in batches:
             writer.write(rows)
             summary.rows += rows.height
-            summary.images += len(set(rows["file_name"].to_list()))  # n_unique: ~1 ms a call
+            # the file (or observation) column; polars' n_unique: ~1 ms a call
+            summary.images += len(set(rows[rows.columns[0]].to_list()))
 
-    if inputs.embeddings:
+    if inputs.embeddings or observations:  # stored embeddings, observations: one pass, no parts
         with _closing(RowWriter(request.output, request.fmt, columns)) as writer:
             write(writer, None)
     elif store is None:
@@ -377,8 +434,19 @@ def _in_parts(summary, store, inputs, counts, job, write_part, progress, echo) -
 
 
 def _row_batches(
-    predictor: Predictor, files, embeddings, labels, bins, within, request, skip, step=None
+    predictor: Predictor,
+    files,
+    embeddings,
+    labels,
+    bins,
+    within,
+    request,
+    skip,
+    step=None,
+    prior=None,
+    observations=None,
 ):
+    answers = {"rollup": request.rollup, "prior": prior}
     if embeddings:
         names, feats, fingerprint = read_embeddings(embeddings)
         if fingerprint and fingerprint != predictor.fingerprint:
@@ -389,12 +457,22 @@ def _row_batches(
         if predictor.index is None:
             return predictor.iter_classify_embeddings(names, feats, labels, bins, request.k)
         return predictor.iter_predict_embeddings(
-            names, feats, request.rank, request.k, within, captions=request.captions
+            names, feats, request.rank, request.k, within, captions=request.captions, **answers
         )
     callback = _stepper(step)
     if predictor.index is None:
         return predictor.iter_classify(
             files, labels, bins, request.k, on_skip=skip, callback=callback
+        )
+    if observations:
+        return predictor.iter_predict_observations(
+            observations,
+            request.rank,
+            request.k,
+            within,
+            captions=request.captions,
+            on_skip=skip,
+            **answers,
         )
     return predictor.iter_predict(
         files,
@@ -404,6 +482,7 @@ def _row_batches(
         captions=request.captions,
         on_skip=skip,
         callback=callback,
+        **answers,
     )
 
 

@@ -11,6 +11,13 @@ API (``POST /api/predict`` takes a multipart form):
 - ``labels``: optional; one label per line. When given, the photo is classified among these labels
   instead of the taxa index (the page's "My labels" mode).
 - ``k``: how many answers per rank (or labels) to return, 1-50.
+- ``rollup``: optional probability T; the answer's ``rollup`` is then the deepest rank whose best
+  taxon has probability >= T (``{"rank", "name", "score"}``, null when no rank reaches T).
+- ``prior``: optional CSV text ``rank,name,weight`` (a regional prior, see
+  :mod:`biocap_predict.priors`): probabilities are multiplied by the weights and renormalised.
+
+Several ``image`` parts are one observation (photos of one organism): the answer combines them
+(the mean of their log-probabilities, renormalised) and lists them under ``photos``.
 
 A file that is not a readable image gets 422 with the decoder's message, a body over the upload
 limit 413, and so does a photo of more pixels than ``max_upload_pixels`` (read from its header,
@@ -49,11 +56,13 @@ from PIL import Image
 from biocap_core.errors import BioCAPError
 from biocap_core.imagefiles import ImageFiles
 from biocap_core.taxonomy import RANKS
+from biocap_predict.priors import Prior
 
 STATIC = Path(__file__).with_name("static")
 DEFAULT_MAX_UPLOAD_MB = 10.0
 DEFAULT_MAX_UPLOAD_PIXELS = 40_000_000
 DEFAULT_MAX_DECODES = 2
+DEFAULT_ROLLUP = 0.8
 MAX_K = 50
 MAX_LABELS = 200
 # Pillow names an in-memory upload by its repr ("cannot identify image file <_io.BytesIO object at
@@ -100,15 +109,40 @@ class _BodyLimit:
         await self.app(scope, counted, send)
 
 
+#: Row fields that say which photo or observation a row is of, or what it rolls up to: not part of
+#: an answer.
+_NOT_ANSWER = {
+    "file_name",
+    "rank",
+    "observation",
+    "photos",
+    "caption",
+    "rollup_rank",
+    "rollup",
+    "rollup_score",
+}
+
+
 def _group_by_rank(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Predictor rows (one per answer, each tagged with its rank) as one list per rank, kingdom
     first, each answer with the ``name`` of its taxon at that rank (for species, the binomial)."""
     by_rank: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
-        answer = {key: value for key, value in row.items() if key not in ("file_name", "rank")}
+        answer = {key: value for key, value in row.items() if key not in _NOT_ANSWER}
         answer["name"] = row[row["rank"]]
         by_rank.setdefault(row["rank"], []).append(answer)
     return [{"rank": rank, "predictions": by_rank[rank]} for rank in RANKS if rank in by_rank]
+
+
+def _rollup(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The rollup of the rows of one photo (or observation): its rank, name and probability."""
+    if not rows or not rows[0].get("rollup_rank"):
+        return None
+    return {
+        "rank": rows[0]["rollup_rank"],
+        "name": rows[0]["rollup"],
+        "score": rows[0]["rollup_score"],
+    }
 
 
 def _labels(text: str) -> list[str]:
@@ -164,10 +198,11 @@ def create_app(
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS,
     max_decodes: int = DEFAULT_MAX_DECODES,
+    rollup: float = DEFAULT_ROLLUP,
 ) -> FastAPI:
     """The demo app around a loaded ``predictor`` (anything with ``model``, ``predict``,
     ``nearest_captions``, ``classify``, and an ``index`` with ``len`` and ``has_captions``, as
-    ``biocap_predict.Predictor`` has)."""
+    ``biocap_predict.Predictor`` has); the page asks for the rollup at ``rollup``."""
     app = FastAPI(
         title="BioCAP predict", docs_url=None, redoc_url=None
     )  # /docs and /redoc load from a CDN
@@ -199,17 +234,49 @@ def create_app(
             "ranks": list(RANKS),
             "max_upload_bytes": max_upload,
             "max_upload_pixels": max_upload_pixels,
+            "rollup": rollup,
+            "references": getattr(predictor, "references", None) is not None,
         }
 
-    def taxa(upload, k: int) -> dict[str, Any]:
-        captions = (
-            predictor.nearest_captions(upload, k=k)[0] if predictor.index.has_captions else []
-        )
+    def taxa(uploads, k: int, answers: dict[str, Any]) -> dict[str, Any]:
+        with_captions = predictor.index.has_captions
+        if len(uploads) == 1:
+            rows = predictor.predict(uploads, rank="all", k=k, **answers)
+            captions = predictor.nearest_captions(uploads, k=k)[0] if with_captions else []
+        else:
+            rows = predictor.predict_observations(
+                {"upload": uploads}, rank="all", k=k, captions=k if with_captions else 0, **answers
+            )
+            captions = [
+                {"caption": r["caption"], "score": r["score"]}
+                for r in rows
+                if r["rank"] == "caption"
+            ]
+            rows = [r for r in rows if r["rank"] != "caption"]
         return {
             "mode": "taxa",
-            "taxa": _group_by_rank(predictor.predict(upload, rank="all", k=k)),
+            "taxa": _group_by_rank(rows),
             "captions": captions,
+            "rollup": _rollup(rows),
+            "references": references(uploads[:1], k),
         }
+
+    def references(uploads, k: int) -> list[dict[str, Any]]:
+        """The reference photos of the likeliest species nearest to the (first) photo."""
+        if getattr(predictor, "references", None) is None:
+            return []
+        nearest = predictor.nearest_references(uploads, k=min(k, 6))[0]
+        return [
+            {"url": f"api/reference/{r['id']}", "species": r["species"], "score": r["score"]}
+            for r in nearest
+        ]
+
+    @app.get("/api/reference/{ref}", include_in_schema=False)
+    def reference(ref: int):
+        refs = getattr(predictor, "references", None)
+        if refs is None or not 0 <= ref < len(refs.paths) or not Path(refs.paths[ref]).is_file():
+            raise HTTPException(404, f"No reference photo {ref}.")
+        return FileResponse(refs.paths[ref])
 
     def custom_labels(upload, labels: list[str], k: int) -> dict[str, Any]:
         rows = predictor.classify(upload, labels=labels, k=min(k, len(labels)))
@@ -220,24 +287,40 @@ def create_app(
 
     @app.post("/api/predict")
     def predict(
-        image: UploadFile = File(...), labels: str | None = Form(None), k: int = Form(5)
+        image: list[UploadFile] = File(...),
+        labels: str | None = Form(None),
+        k: int = Form(5),
+        rollup: float | None = Form(None),
+        prior: str | None = Form(None),
     ) -> dict[str, Any]:
         if not 1 <= k <= MAX_K:
             raise HTTPException(422, f"k must be between 1 and {MAX_K}, not {k}.")
+        if rollup is not None and not 0 < rollup <= 1:
+            raise HTTPException(422, f"rollup must be a probability in (0, 1], not {rollup}.")
         label_list = None if labels is None else _labels(labels)
-        name = image.filename or "upload"
-        data = image.file.read()
-        _check_pixels(name, data, max_upload_pixels)
-        with decode_slots:
-            upload = [(name, _decode(name, data, predictor.model))]  # decoded once for every answer
+        if label_list is not None and len(image) > 1:
+            raise HTTPException(422, "Custom labels take one photo at a time.")
+        uploads = []
+        for part in image:
+            name = part.filename or "upload"
+            data = part.file.read()
+            _check_pixels(name, data, max_upload_pixels)
+            with decode_slots:  # decoded once for every answer
+                uploads.append((name, _decode(name, data, predictor.model)))
+        answers = {"rollup": rollup} if rollup is not None else {}
         try:
+            if prior:
+                answers["prior"] = Prior.read(prior)
             with model_lock:
                 result = (
-                    taxa(upload, k) if label_list is None else custom_labels(upload, label_list, k)
+                    taxa(uploads, k, answers)
+                    if label_list is None
+                    else custom_labels(uploads, label_list, k)
                 )
         except BioCAPError as exc:
             raise HTTPException(422, str(exc)) from exc
-        return {"file_name": name, **result}
+        photos = {"photos": [n for n, _ in uploads]} if len(uploads) > 1 else {}
+        return {"file_name": uploads[0][0], **photos, **result}
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     # The limit is on the photo; the slack covers the form's other fields and boundaries.
@@ -267,6 +350,7 @@ def serve(
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS,
     max_decodes: int = DEFAULT_MAX_DECODES,
+    rollup: float = DEFAULT_ROLLUP,
 ) -> None:
     """Load the model and index (``None``: the model's published tree of life, see
     :mod:`biocap_predict.hub`), then serve the demo page until interrupted.
@@ -294,6 +378,7 @@ def serve(
         max_upload_mb=max_upload_mb,
         max_upload_pixels=max_upload_pixels,
         max_decodes=max_decodes,
+        rollup=rollup,
     )
     sock = _listen(host, port)
     bound_host, bound_port = sock.getsockname()[:2]

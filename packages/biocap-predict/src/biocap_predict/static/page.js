@@ -1,4 +1,5 @@
-// The demo page: send the chosen photo to /api/predict and draw the answer.
+// The demo page: send the chosen photo (or photos of one organism) to /api/predict and draw the
+// answer.
 // Plain DOM code, no framework or build step, so the page ships as package data and runs offline.
 "use strict";
 
@@ -7,7 +8,8 @@ const RANK_TITLES = {kingdom: "Kingdom", phylum: "Phylum", class: "Class", order
                      family: "Family", genus: "Genus", species: "Species"};
 const ITALIC_RANKS = new Set(["genus", "species"]);  // the convention for scientific names
 
-let photo = null;         // the File being named
+let photos = [];          // the Files being named: one photo, or several of one organism
+let rollupAt = 0.8;       // the rollup line names the deepest rank at least this probable (/api/health)
 let mode = "taxa";        // "taxa" (the index) or "labels" (typed by the user)
 let maxUpload = Infinity; // bytes, from /api/health; the server enforces it too
 let latest = 0;           // id of the newest request: an older answer arriving late is dropped
@@ -53,6 +55,17 @@ function clearMessages() {
   $("status").textContent = "";
 }
 
+function rollupLine(rollup) {
+  // "confidently: genus Distrous (84%)": the most precise answer the model is that sure of
+  if (!rollup) {
+    return element("p", {className: "rollup"},
+                   `not ${Math.round(100 * rollupAt)}% sure of any rank, not even the kingdom`);
+  }
+  return element("p", {className: "rollup"}, `confidently: ${rollup.rank} `,
+                 ITALIC_RANKS.has(rollup.rank) ? element("i", {}, rollup.name) : rollup.name,
+                 ` (${percent(rollup.score)})`);
+}
+
 function drawTaxa(result) {
   const ranks = $("ranks");
   ranks.replaceChildren();
@@ -74,13 +87,20 @@ function drawTaxa(result) {
               ITALIC_RANKS.has(finest.rank) ? element("i", {}, best.name) : best.name,
               best.common_name ? ` (${best.common_name})` : "",
               element("span", {className: "score"}, percent(best.score))),
-      element("p", {className: "lineage"}, lineage));
+      element("p", {className: "lineage"}, lineage), rollupLine(result.rollup));
   }
   const captions = $("captions");
   captions.replaceChildren(...result.captions.map(
     (c) => element("li", {}, element("span", {className: "caption"}, c.caption),
                    element("span", {className: "similarity", title: "cosine similarity"}, c.score.toFixed(3)))));
-  $("captions-block").hidden = result.captions.length === 0;
+  $("compare-photo").src = $("preview").src;
+  const references = result.references || [];
+  $("references").replaceChildren(...references.map(
+    (r) => element("figure", {className: "reference"},
+                   element("img", {src: r.url, alt: `A reference photo of ${r.species}`}),
+                   element("figcaption", {}, element("i", {}, r.species), ` ${r.score.toFixed(3)}`))));
+  $("references").hidden = references.length === 0;
+  $("captions-block").hidden = result.captions.length === 0 && references.length === 0;
   $("taxa-results").hidden = false;
 }
 
@@ -99,26 +119,34 @@ async function detail(response) {
 }
 
 async function run() {
-  if (!photo) return;
+  if (!photos.length) return;
   clearMessages();
-  if (photo.size > maxUpload) {
-    showError(`${photo.name} is too large (${(photo.size / 2 ** 20).toFixed(1)} MB; ` +
+  const size = photos.reduce((total, p) => total + p.size, 0);
+  const names = photos.map((p) => p.name).join(", ");
+  if (size > maxUpload) {
+    showError(`${names} is too large (${(size / 2 ** 20).toFixed(1)} MB; ` +
               `the limit is ${(maxUpload / 2 ** 20).toFixed(0)} MB). Choose a smaller photo.`);
     return;
   }
   const form = new FormData();
-  form.append("image", photo, photo.name);
+  for (const p of photos) form.append("image", p, p.name);
   if (mode === "labels") {
+    if (photos.length > 1) {
+      showError("Custom labels take one photo at a time.");
+      return;
+    }
     if (!$("labels").value.trim()) {
       $("status").textContent = "Type some labels, one per line, then Classify.";
       $("labels").focus();
       return;
     }
     form.append("labels", $("labels").value);
+  } else {
+    form.append("rollup", String(rollupAt));
   }
   const id = ++latest;
   document.body.setAttribute("aria-busy", "true");
-  $("status").textContent = `Looking at ${photo.name}…`;
+  $("status").textContent = `Looking at ${names}…`;
   let response;
   try {
     response = await fetch("api/predict", {method: "POST", body: form});
@@ -145,10 +173,14 @@ async function run() {
   else drawTaxa(result);
 }
 
-function choose(file) {
+function choose(files) {
+  // several photos at once are one observation: the server combines them into one answer
+  const file = files && files[0];
   if (!file) return;
-  photo = file;
-  $("file-name").textContent = file.name;
+  photos = Array.from(files);
+  $("file-name").textContent = photos.length > 1
+    ? `${photos.length} photos of one organism: ${photos.map((p) => p.name).join(", ")}`
+    : file.name;
   const preview = $("preview");
   if (preview.src) URL.revokeObjectURL(preview.src);
   preview.hidden = false;
@@ -172,13 +204,13 @@ function setMode(next) {
 
 function init() {
   const drop = $("drop");
-  $("file").addEventListener("change", (e) => choose(e.target.files[0]));
+  $("file").addEventListener("change", (e) => choose(e.target.files));
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
   drop.addEventListener("drop", (e) => {
     e.preventDefault();
     drop.classList.remove("over");
-    choose(e.dataTransfer.files[0]);
+    choose(e.dataTransfer.files);
   });
   // A file the browser cannot draw gets no preview; the server's message says why.
   $("preview").addEventListener("error", () => { $("preview").hidden = true; $("drop-hint").hidden = false; });
@@ -187,6 +219,7 @@ function init() {
   $("labels-form").addEventListener("submit", (e) => { e.preventDefault(); run(); });
   fetch("api/health").then((r) => r.json()).then((health) => {
     maxUpload = health.max_upload_bytes;
+    if (health.rollup) rollupAt = health.rollup;
     $("model").textContent = [health.model && `model ${health.model}`, `${health.taxa} taxa`,
                               health.captions ? "trait captions" : "no trait captions"].filter(Boolean).join(" · ");
   }).catch(() => showError("Could not reach the server. Is biocap-predict serve still running?"));
