@@ -1,8 +1,6 @@
 """Errors of biocap-predict; every one names the input that was wrong so the user can fix it."""
 
-from biocap_core.errors import (
-    BioCAPError,
-)  # noqa: F401 (ImageError: core's, part of this API)
+from biocap_core.errors import BioCAPError, ImageError  # noqa: F401 (ImageError: part of this API)
 
 
 class TaxaIndexError(BioCAPError, ValueError):
