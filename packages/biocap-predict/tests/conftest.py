@@ -22,7 +22,7 @@ MODEL = "BioCAP-toy"
 
 @pytest.fixture(scope="session")
 def trained_checkpoint(demo) -> Path:
-    """The demo's BioCAP-toy checkpoint: 512 steps on the toy tree of life, far from good, well
+    """The demo's BioCAP-toy checkpoint: 1,024 steps on the toy tree of life, far from good, well
     above chance."""
     if demo.run.returncode != 0:
         pytest.fail(f"the no-argument demo failed:\n{demo.run.stderr[-3000:]}")

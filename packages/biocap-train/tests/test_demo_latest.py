@@ -37,7 +37,7 @@ def test_latest_is_a_file_naming_the_run_where_symlinks_cannot_be_made(tmp_path,
 
 def test_the_next_commands_quote_their_paths_and_use_uv_run_only_under_uv(tmp_path, monkeypatch):
     toy = tmp_path / "my cache" / "toy-v2"
-    checkpoint = tmp_path / "logs" / "demo-1" / "checkpoints" / "step_00000512.pt"
+    checkpoint = tmp_path / "logs" / "demo-1" / "checkpoints" / "step_00001024.pt"
     monkeypatch.delenv("UV", raising=False)
     plain = next_commands(checkpoint, "BioCAP-toy", toy)
     assert [shlex.split(c)[:2] for c in plain][0] == ["biocap-eval", "run"]

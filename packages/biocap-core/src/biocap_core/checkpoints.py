@@ -279,7 +279,7 @@ def load_model(
 
     Examples: ``load_model("hf-hub:imageomics/biocap")``,
     ``load_model("ViT-B-16", "openai")``, ``load_model("ViT-B-16", "ckpt/epoch_50.pt")``,
-    ``load_model("logs/run/checkpoints/step_00000512.pt")`` (a biocap-train checkpoint carries its
+    ``load_model("logs/run/checkpoints/step_00001024.pt")`` (a biocap-train checkpoint carries its
     config), ``load_model("local-dir:exported/")``, ``load_model(config_dict)`` (random init).
     """
     if isinstance(model, Mapping):

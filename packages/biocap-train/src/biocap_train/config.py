@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="biocap-train",
         description=(
             "Train BioCAP (one backbone, a taxonomic and a caption head) on TreeOfLife-style"
-            " shards. With no arguments: a 2-minute CPU demo on the toy tree of life."
+            " shards. With no arguments: a 1-minute CPU demo on the toy tree of life."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
