@@ -38,9 +38,8 @@ def pytest_configure(config):
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups into the node ids
 def pytest_collection_modifyitems(items):
     for item in items:
-        if "demo" in getattr(
-            item, "fixturenames", ()
-        ):  # the whole fixture closure of a test function
+        # fixturenames: the whole fixture closure of a test function
+        if "demo" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group(DEMO_GROUP))
 
 
@@ -54,8 +53,7 @@ class DemoRun:
 @pytest.fixture(scope="session")
 def child_env() -> dict:
     """Environment for child processes: on one thread as the parent (:func:`pytest_configure`), no
-    stray
-    torchrun variables."""
+    stray torchrun variables."""
     return {
         k: v
         for k, v in os.environ.items()
@@ -77,9 +75,8 @@ def demo(tmp_path_factory, child_env) -> DemoRun:
     biocap-train."""
     pytest.importorskip("biocap_train")
     cwd = tmp_path_factory.mktemp("demo")
-    env = {
-        k: v for k, v in child_env.items() if k != "OMP_NUM_THREADS"
-    }  # the demo picks its own thread count
+    # the demo picks its own thread count
+    env = {k: v for k, v in child_env.items() if k != "OMP_NUM_THREADS"}
     env["BIOCAP_CACHE"] = str(cwd / "cache")
     run = subprocess.run(
         [sys.executable, "-m", "biocap_train"],
