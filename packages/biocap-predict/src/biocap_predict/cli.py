@@ -53,7 +53,7 @@ RECURSIVE = typer.Option(
 FROM_LIST = typer.Option(
     None,
     "--from-list",
-    help="A file naming one image per line (with --group-by: a CSV with a path column).",
+    help="A file naming one image per line (predict --group-by: a CSV with a path column).",
 )
 NUM_SHARDS = typer.Option(
     None,
