@@ -147,11 +147,12 @@ def test_a_request_waiting_to_retry_leaves_its_slot_to_the_others(chat_server):
         engine.close()
     assert all(isinstance(r, Completion) for r in results)
     order = [body["messages"][0]["content"][1]["text"] for body in server.bodies]
-    assert (
-        sorted(order[:2]) == throttled
-        and sorted(order[2:8]) == plain
-        and sorted(order[8:]) == throttled
-    )
+    # The first tries of the throttled two may reach the server in either order, and the first
+    # plain request may overtake the second throttled one (its slot frees as soon as the 429
+    # comes back); what matters is that both retries come after every plain request.
+    assert len(order) == 10
+    assert sorted(order[-2:]) == throttled
+    assert sorted(order[:-2]) == sorted(throttled + plain)
 
 
 def test_a_throttled_request_does_not_hold_up_the_next_batch(toy_dir, tmp_path, chat_server):
