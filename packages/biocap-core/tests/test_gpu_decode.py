@@ -22,7 +22,10 @@ from biocap_core.gpu_decode import DevicePreprocess, require_cuda
 from biocap_core.preprocess import decode_image, image_transform
 from biocap_core.toy import BACKGROUNDS, TILTS, make_species, render
 
-CPU_MAX, CPU_MEAN = 3 / 255 / 0.2613, 0.002
+# At most 5 levels of 255 on any pixel: PIL's and torchvision's antialiased resizes differ most on
+# hard high-contrast edges (a toy's dark marks with their pale rim); the mean bound keeps the whole
+# image within 0.002.
+CPU_MAX, CPU_MEAN = 5 / 255 / 0.2613, 0.002
 CUDA_MAX, CUDA_MEAN = 0.25, 0.01
 
 

@@ -53,6 +53,17 @@ def test_shards_have_the_treeoflife_members(toy_dir):
         assert Image.open(io.BytesIO(s["jpg"])).size == (48, 48)
 
 
+def test_training_shards_mix_the_species(toy_dir):
+    """A shuffle buffer holds a few shards' worth of samples; with species-major shards its batches
+    would come from a handful of species at a time. Each 20-image shard of the 12-species toy holds
+    most species (4 or fewer if written species by species), and every image is there once."""
+    shards = sorted((toy_dir / "train").glob("shard-*.tar"))
+    species = [{s["scientific_name.txt"] for s in iter_samples([str(p)])} for p in shards[:3]]
+    assert all(len(names) >= 8 for names in species), [len(names) for names in species]
+    catalog = pl.read_parquet(toy_dir / "catalog.parquet").filter(pl.col("split") == "train")
+    assert catalog.group_by("genus", "species").len()["len"].to_list() == [6] * 12
+
+
 def test_catalog_and_every_table_validate(toy_dir):
     # the layouts readers know, column for column; what else the generator records (each image's
     # life stage, background, tilt) is in attributes.parquet, which no reader needs

@@ -1,7 +1,8 @@
 """The whole toy tree of life on disk: :class:`ToyConfig` and :func:`generate`.
 
 Training and validation shards in the TreeOfLife-10M layout (written by
-:mod:`biocap_core.shards`, like every shard) with one caption per image, the catalog,
+:mod:`biocap_core.shards`, like every shard) with one caption per image and the species mixed
+across shards, the catalog,
 every evaluation set, a table of each image's true attributes and a manifest, all from
 one seed, so the same config gives byte-identical files.
 """
@@ -105,7 +106,9 @@ def _write_split(
     noisy = noisy_phrases(len(species) * per, config.caption_noise, noise_rng)
 
     def samples():
-        for i, im in enumerate(images(species, per, config.seed, split, config.image_size)):
+        for i, im in enumerate(
+            images(species, per, config.seed, split, config.image_size, shuffle=True)
+        ):
             t = im.species.taxon
             rng = random.Random(f"{config.seed}/{split}/{i}/caption")
             text = caption(im, rng, noisy.get(i, ()))

@@ -55,8 +55,8 @@ def render(
     scale = rng.uniform(0.85, 1.1) * s * (_JUVENILE_SCALE if juvenile else 1.0)
     w, h = {
         "round": (0.5, 0.5),
-        "long": (0.66, 0.36),
-        "tall": (0.36, 0.62),
+        "long": (0.76, 0.32),
+        "tall": (0.32, 0.7),
         "square": (0.48, 0.48),
     }[sp.shape]
     w, h = w * scale, h * scale
@@ -120,11 +120,17 @@ def render(
             elif sp.pattern == "checked" and (i + j) % 2 == 0:
                 p.rectangle((x, y, x + step - 1, y + step - 1), fill=255)
     body.paste(PATTERN_COLOURS[sp.pattern_colour], (0, 0), ImageChops.multiply(pattern, shape_mask))
-    # marks: small dark dots in a row above the body
-    r = max(3, s // 28)
+    # marks: dark dots with a pale rim in a row above the body, big enough (a tenth of the image
+    # across) to be counted at 64 px on a pale or a dark background
+    r = max(3, s // 13)
     for i in range(0 if juvenile else sp.marks):
         x = cx + (i - (sp.marks - 1) / 2) * r * 3
-        d.ellipse((x - r, box[1] - r * 3, x + r, box[1] - r), fill=(15, 15, 15))
+        d.ellipse(
+            (x - r, box[1] - r * 3, x + r, box[1] - r),
+            fill=(15, 15, 15),
+            outline=(240, 240, 240),
+            width=max(1, r // 3),
+        )
     angle = {"upright": 0.0, "leaning left": 18.0, "leaning right": -18.0}[tilt] + rng.uniform(
         -5, 5
     )
@@ -146,15 +152,24 @@ def _jpeg(img: Image.Image) -> bytes:
 
 
 def images(
-    species: list[ToySpecies], per_species: int, seed: int, split: str, size: int
+    species: list[ToySpecies],
+    per_species: int,
+    seed: int,
+    split: str,
+    size: int,
+    shuffle: bool = False,
 ) -> Iterator[ToyImage]:
-    """Rendered images, species-major, each from its own seeded generator."""
-    for sp in species:
-        for k in range(per_species):
-            rng = random.Random(f"{seed}/{split}/{sp.index}/{k}")
-            background = rng.choice(list(BACKGROUNDS))
-            tilt = rng.choice(TILTS)
-            stage = "juvenile" if rng.random() < JUVENILE_SHARE else "adult"
-            uuid = _uuid(rng)
-            jpeg = _jpeg(render(sp, rng, size, background, tilt, stage))
-            yield ToyImage(uuid, sp, background, tilt, stage, jpeg)
+    """Rendered images, each from its own seeded generator: species-major, or with ``shuffle`` in
+    an order drawn from the seed (training shards: a species' images spread over every shard, as
+    the shard builder writes them, so a shuffle buffer's batches mix all species)."""
+    order = [(sp, k) for sp in species for k in range(per_species)]
+    if shuffle:
+        random.Random(f"{seed}/{split}/order").shuffle(order)
+    for sp, k in order:
+        rng = random.Random(f"{seed}/{split}/{sp.index}/{k}")
+        background = rng.choice(list(BACKGROUNDS))
+        tilt = rng.choice(TILTS)
+        stage = "juvenile" if rng.random() < JUVENILE_SHARE else "adult"
+        uuid = _uuid(rng)
+        jpeg = _jpeg(render(sp, rng, size, background, tilt, stage))
+        yield ToyImage(uuid, sp, background, tilt, stage, jpeg)
