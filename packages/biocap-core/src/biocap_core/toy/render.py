@@ -41,6 +41,9 @@ class ToyImage:
     jpeg: bytes = field(repr=False)
 
 
+Box = tuple[float, float, float, float]  # left, top, right, bottom
+
+
 def render(
     sp: ToySpecies, rng: random.Random, size: int, background: str, tilt: str, stage: str = "adult"
 ) -> Image.Image:
@@ -53,84 +56,18 @@ def render(
     d = ImageDraw.Draw(body)
     cx, cy = s / 2 + rng.uniform(-0.06, 0.06) * s, s / 2 + rng.uniform(-0.06, 0.06) * s
     scale = rng.uniform(0.85, 1.1) * s * (_JUVENILE_SCALE if juvenile else 1.0)
-    w, h = {
-        "round": (0.5, 0.5),
-        "long": (0.76, 0.32),
-        "tall": (0.32, 0.7),
-        "square": (0.48, 0.48),
-    }[sp.shape]
+    w, h = _SHAPE_SIZES[sp.shape]
     w, h = w * scale, h * scale
     colour = tuple(max(0, min(255, c + rng.randint(-15, 15))) for c in COLOURS[sp.colour])
     if juvenile:
         colour = tuple(round(c + (255 - c) * _JUVENILE_PALENESS) for c in colour)
-    dark = tuple(c // 2 for c in colour)
     box = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
-    lw = max(2, s // 40)
-    if sp.plan == "crawler":  # legs under an oval body, a head on the right
-        for i in range(3):
-            x = box[0] + w * (0.25 + 0.25 * i)
-            d.line((x, cy, x - w * 0.1, box[3] + h * 0.25), fill=dark, width=lw)
-            d.line((x, cy, x + w * 0.1, box[3] + h * 0.25), fill=dark, width=lw)
-        d.ellipse((box[2] - w * 0.08, cy - h * 0.18, box[2] + w * 0.22, cy + h * 0.18), fill=dark)
-    elif sp.plan == "sprout":  # a stem with two leaves under the body
-        d.line((cx, cy, cx, min(s - 2, box[3] + h * 0.45)), fill=(60, 120, 40), width=lw * 2)
-        d.polygon(
-            [
-                (cx, box[3] + h * 0.2),
-                (cx - w * 0.45, box[3] + h * 0.05),
-                (cx - w * 0.2, box[3] + h * 0.35),
-            ],
-            fill=(60, 140, 50),
-        )
-        d.polygon(
-            [
-                (cx, box[3] + h * 0.25),
-                (cx + w * 0.45, box[3] + h * 0.1),
-                (cx + w * 0.2, box[3] + h * 0.4),
-            ],
-            fill=(60, 140, 50),
-        )
-    else:  # cap: a pale stalk under the body
-        d.rectangle(
-            (cx - w * 0.1, cy, cx + w * 0.1, min(s - 2, box[3] + h * 0.5)), fill=(230, 220, 200)
-        )
-    shape_mask = Image.new("L", (s, s), 0)
-    m = ImageDraw.Draw(shape_mask)
-    if sp.shape == "square":
-        m.rectangle(box, fill=255)
-    elif sp.plan == "cap":
-        m.chord((box[0], box[1], box[2], box[3] + h * 0.6), 180, 360, fill=255)
-    else:
-        m.ellipse(box, fill=255)
+    _draw_plan(d, sp.plan, (cx, cy, w, h), s, tuple(c // 2 for c in colour))
+    shape_mask = _shape_mask(sp, box, h, s)
     body.paste(colour, (0, 0), shape_mask)
-    # the pattern is drawn over the whole box, then clipped to the body shape
-    pattern = Image.new("L", (s, s), 0)
-    p = ImageDraw.Draw(pattern)
-    step = max(4, int(min(w, h) / 4))
-    xs = range(int(box[0]), int(box[2]), step)
-    ys = range(int(box[1]), int(box[3]), step)
-    for i, x in enumerate(xs):
-        if sp.pattern == "striped":
-            p.rectangle((x, box[1], x + step // 2 - 1, box[3]), fill=255)
-        for j, y in enumerate(ys):
-            if sp.pattern == "spotted":
-                p.ellipse(
-                    (x + step / 4, y + step / 4, x + 3 * step / 4, y + 3 * step / 4), fill=255
-                )
-            elif sp.pattern == "checked" and (i + j) % 2 == 0:
-                p.rectangle((x, y, x + step - 1, y + step - 1), fill=255)
+    pattern = _pattern_mask(sp.pattern, box, min(w, h), s)
     body.paste(PATTERN_COLOURS[sp.pattern_colour], (0, 0), ImageChops.multiply(pattern, shape_mask))
-    # marks: dark dots with a pale rim in a row above the body, big enough (a tenth of the image
-    # across) to be counted at 64 px on a pale or a dark background
-    r = max(3, s // 13)
-    for i in range(0 if juvenile else sp.marks):
-        x = cx + (i - (sp.marks - 1) / 2) * r * 3
-        d.ellipse(
-            (x - r, box[1] - r * 3, x + r, box[1] - r),
-            fill=(15, 15, 15),
-            outline=(240, 240, 240),
-            width=max(1, r // 3),
-        )
+    _draw_marks(d, 0 if juvenile else sp.marks, cx, box[1], s)
     angle = {"upright": 0.0, "leaning left": 18.0, "leaning right": -18.0}[tilt] + rng.uniform(
         -5, 5
     )
@@ -139,6 +76,90 @@ def render(
     return img.resize((size, size), Image.LANCZOS).filter(
         ImageFilter.GaussianBlur(rng.uniform(0, 0.4))
     )
+
+
+#: Body width and height per shape, as fractions of the body's scale.
+_SHAPE_SIZES = {
+    "round": (0.5, 0.5),
+    "long": (0.76, 0.32),
+    "tall": (0.32, 0.7),
+    "square": (0.48, 0.48),
+}
+
+
+def _draw_plan(
+    d: ImageDraw.ImageDraw,
+    plan: str,
+    centre: tuple[float, float, float, float],
+    s: int,
+    dark: tuple,
+) -> None:
+    """What the body plan adds around the body (``centre``: x, y, width, height): legs and a head,
+    a stem and leaves, or a stalk."""
+    cx, cy, w, h = centre
+    box = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+    lw = max(2, s // 40)
+    if plan == "crawler":  # legs under an oval body, a head on the right
+        for i in range(3):
+            x = box[0] + w * (0.25 + 0.25 * i)
+            d.line((x, cy, x - w * 0.1, box[3] + h * 0.25), fill=dark, width=lw)
+            d.line((x, cy, x + w * 0.1, box[3] + h * 0.25), fill=dark, width=lw)
+        d.ellipse((box[2] - w * 0.08, cy - h * 0.18, box[2] + w * 0.22, cy + h * 0.18), fill=dark)
+    elif plan == "sprout":  # a stem with two leaves under the body
+        d.line((cx, cy, cx, min(s - 2, box[3] + h * 0.45)), fill=(60, 120, 40), width=lw * 2)
+        for leaf in (((0, 0.2), (-0.45, 0.05), (-0.2, 0.35)), ((0, 0.25), (0.45, 0.1), (0.2, 0.4))):
+            d.polygon([(cx + w * x, box[3] + h * y) for x, y in leaf], fill=(60, 140, 50))
+    else:  # cap: a pale stalk under the body
+        d.rectangle(
+            (cx - w * 0.1, cy, cx + w * 0.1, min(s - 2, box[3] + h * 0.5)), fill=(230, 220, 200)
+        )
+
+
+def _shape_mask(sp: ToySpecies, box: Box, h: float, s: int) -> Image.Image:
+    """The body's outline as a mask: a square, a cap's dome, or an oval."""
+    mask = Image.new("L", (s, s), 0)
+    m = ImageDraw.Draw(mask)
+    if sp.shape == "square":
+        m.rectangle(box, fill=255)
+    elif sp.plan == "cap":
+        m.chord((box[0], box[1], box[2], box[3] + h * 0.6), 180, 360, fill=255)
+    else:
+        m.ellipse(box, fill=255)
+    return mask
+
+
+def _pattern_mask(pattern: str, box: Box, short_side: float, s: int) -> Image.Image:
+    """The pattern drawn over the whole box (the caller clips it to the body shape)."""
+    mask = Image.new("L", (s, s), 0)
+    p = ImageDraw.Draw(mask)
+    step = max(4, int(short_side / 4))
+    xs = range(int(box[0]), int(box[2]), step)
+    ys = range(int(box[1]), int(box[3]), step)
+    for i, x in enumerate(xs):
+        if pattern == "striped":
+            p.rectangle((x, box[1], x + step // 2 - 1, box[3]), fill=255)
+        for j, y in enumerate(ys):
+            if pattern == "spotted":
+                p.ellipse(
+                    (x + step / 4, y + step / 4, x + 3 * step / 4, y + 3 * step / 4), fill=255
+                )
+            elif pattern == "checked" and (i + j) % 2 == 0:
+                p.rectangle((x, y, x + step - 1, y + step - 1), fill=255)
+    return mask
+
+
+def _draw_marks(d: ImageDraw.ImageDraw, marks: int, cx: float, top: float, s: int) -> None:
+    """Dark dots with a pale rim in a row above the body, big enough (a tenth of the image across)
+    to be counted at 64 px on a pale or a dark background."""
+    r = max(3, s // 13)
+    for i in range(marks):
+        x = cx + (i - (marks - 1) / 2) * r * 3
+        d.ellipse(
+            (x - r, top - r * 3, x + r, top - r),
+            fill=(15, 15, 15),
+            outline=(240, 240, 240),
+            width=max(1, r // 3),
+        )
 
 
 def _uuid(rng: random.Random) -> str:
