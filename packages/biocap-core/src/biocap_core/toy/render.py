@@ -149,8 +149,8 @@ def _pattern_mask(pattern: str, box: Box, short_side: float, s: int) -> Image.Im
 
 
 def _draw_marks(d: ImageDraw.ImageDraw, marks: int, cx: float, top: float, s: int) -> None:
-    """Dark dots with a pale rim in a row above the body, big enough (a tenth of the image across)
-    to be counted at 64 px on a pale or a dark background."""
+    """Dark dots with a pale rim in a row above the body, big enough (about a seventh of the image
+    across) to be counted at 64 px on a pale or a dark background."""
     r = max(3, s // 13)
     for i in range(marks):
         x = cx + (i - (marks - 1) / 2) * r * 3
