@@ -57,9 +57,10 @@ def toy_train(toy) -> str:
     return "::".join(str(p) for p in sorted((toy / "train").glob("shard-*.tar")))
 
 
-@pytest.fixture
-def base_args(toy_train, tiny_model, tmp_path) -> dict:
-    """TrainConfig keyword arguments for a few fast fp32 CPU steps on the toy shards."""
+@pytest.fixture(scope="session")
+def fast_args(toy_train, tiny_model) -> dict:
+    """TrainConfig keyword arguments for a few fast fp32 CPU steps on the toy shards, all but
+    ``logs`` (module-scoped fixtures give their own folder)."""
     return dict(
         train_data=toy_train,
         model=tiny_model,
@@ -71,12 +72,17 @@ def base_args(toy_train, tiny_model, tmp_path) -> dict:
         precision="fp32",
         workers=0,
         shuffle_buffer=64,
-        logs=str(tmp_path / "logs"),
         name="run",
         log_every_n_steps=1,
         progress=False,
         device="cpu",
     )
+
+
+@pytest.fixture
+def base_args(fast_args, tmp_path) -> dict:
+    """:func:`fast_args` logging under this test's own folder."""
+    return {**fast_args, "logs": str(tmp_path / "logs")}
 
 
 def _rewrite_shards(urls, out: Path, change) -> list[str]:

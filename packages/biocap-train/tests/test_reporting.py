@@ -16,7 +16,7 @@ PER_HEAD = ("loss_tax", "loss_caption", "scale_tax", "scale_caption", "share_tax
 
 
 @pytest.fixture(scope="module")
-def reported_run(toy, toy_train, tiny_model, tmp_path_factory) -> Path:
+def reported_run(toy, fast_args, tmp_path_factory) -> Path:
     """One short run with validation and zero-shot, reporting to both TensorBoard and W&B
     (offline)."""
     root = tmp_path_factory.mktemp("reporting")
@@ -32,21 +32,8 @@ def reported_run(toy, toy_train, tiny_model, tmp_path_factory) -> Path:
             mp.setenv(var, value)
         result = train(
             TrainConfig(
-                train_data=toy_train,
-                model=tiny_model,
-                batch_size=16,
-                train_num_samples=80,
-                epochs=2,
-                lr=2e-3,
-                warmup=2,
-                precision="fp32",
-                workers=0,
-                shuffle_buffer=64,
+                **fast_args,
                 logs=str(root / "logs"),
-                name="run",
-                log_every_n_steps=1,
-                progress=False,
-                device="cpu",
                 report_to="tensorboard,wandb",
                 val_data=str(toy / "val" / "shard-000000.tar"),
                 zeroshot_data=str(toy / "zeroshot" / "rare_species.csv"),
