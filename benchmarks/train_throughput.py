@@ -63,42 +63,23 @@ def bench_shards(root: Path) -> str:
     return str(out / f"shard-{{000000..{len(sizes) - 1:06d}}}.tar")
 
 
+def _shared_flags(shards: str, logs: Path, name: str) -> list[str]:
+    """The run's flags, which both trainers take under the same names (biocap-train uses OpenCLIP's
+    wherever OpenCLIP has the option)."""
+    return [
+        *("--train-data", shards, "--model", "BioCAP-toy"),
+        *("--batch-size", str(BATCH), "--workers", str(WORKERS), "--precision", PRECISION),
+        *("--epochs", "1", "--train-num-samples", str(SAMPLES), "--lr", "1e-3", "--warmup", "10"),
+        *("--logs", str(logs), "--name", name, "--log-every-n-steps", "4"),
+        *("--save-frequency", "0", "--device", "cpu"),
+    ]
+
+
 def run_ours(shards: str, logs: Path, name: str, env: dict) -> float:
     cmd = [
-        sys.executable,
-        "-m",
-        "biocap_train",
-        "--train-data",
-        shards,
-        "--model",
-        "BioCAP-toy",
-        "--text-type",
-        TEXT_TYPE,
-        "--batch-size",
-        str(BATCH),
-        "--workers",
-        str(WORKERS),
-        "--precision",
-        PRECISION,
-        "--epochs",
-        "1",
-        "--train-num-samples",
-        str(SAMPLES),
-        "--lr",
-        "1e-3",
-        "--warmup",
-        "10",
-        "--logs",
-        str(logs),
-        "--name",
-        name,
-        "--log-every-n-steps",
-        "4",
-        "--save-frequency",
-        "0",
-        "--device",
-        "cpu",
-        "--no-progress",
+        *(sys.executable, "-m", "biocap_train"),
+        *_shared_flags(shards, logs, name),
+        *("--text-type", TEXT_TYPE, "--no-progress"),
     ]
     subprocess.run(cmd, env=env, check=True, capture_output=True)
     rates = [
@@ -118,39 +99,9 @@ _OPEN_CLIP_MAIN = (
 
 def run_open_clip(shards: str, logs: Path, name: str, env: dict) -> float:
     cmd = [
-        sys.executable,
-        "-c",
-        _OPEN_CLIP_MAIN,
-        "--train-data",
-        shards,
-        "--dataset-type",
-        "webdataset",
-        "--model",
-        "BioCAP-toy",
-        "--batch-size",
-        str(BATCH),
-        "--workers",
-        str(WORKERS),
-        "--precision",
-        PRECISION,
-        "--epochs",
-        "1",
-        "--train-num-samples",
-        str(SAMPLES),
-        "--lr",
-        "1e-3",
-        "--warmup",
-        "10",
-        "--logs",
-        str(logs),
-        "--name",
-        name,
-        "--log-every-n-steps",
-        "4",
-        "--save-frequency",
-        "0",
-        "--device",
-        "cpu",
+        *(sys.executable, "-c", _OPEN_CLIP_MAIN),
+        *_shared_flags(shards, logs, name),
+        *("--dataset-type", "webdataset"),
     ]
     subprocess.run(cmd, env=env, check=True, capture_output=True)
     text = (logs / name / "out.log").read_text()
