@@ -47,37 +47,22 @@ CHAT_TEMPLATE = (
 
 IMAGE_SIZE, PATCH = 112, 14  # tiny: (112/14)^2 * 0.5^2 = 16 tokens per image
 
+_TINY = dict(
+    vision=dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256),
+    text=dict(
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    ),
+    image=IMAGE_SIZE,
+)
 #: Vision and text sizes: tiny (tests), and InternVL3-1B / -2B (InternViT-300M + Qwen2.5-0.5B /
 #: -1.5B).
 SIZES = {
-    "tiny": dict(
-        vision=dict(
-            hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256
-        ),
-        text=dict(
-            hidden_size=128,
-            intermediate_size=256,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-        ),
-        image=IMAGE_SIZE,
-        tiles=1,
-    ),
-    "tiny-tiled": dict(
-        vision=dict(
-            hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256
-        ),
-        text=dict(
-            hidden_size=128,
-            intermediate_size=256,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-        ),
-        image=IMAGE_SIZE,
-        tiles=12,
-    ),
+    "tiny": {**_TINY, "tiles": 1},
+    "tiny-tiled": {**_TINY, "tiles": 12},
     "1b": dict(
         vision=dict(
             hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096
