@@ -23,7 +23,7 @@ from biocap_core.preprocess import decode_image, image_transform
 from biocap_core.toy import BACKGROUNDS, TILTS, make_species, render
 
 # At most 5 levels of 255 on any pixel: PIL's and torchvision's antialiased resizes differ most on
-# hard high-contrast edges (a toy's dark marks with their pale rim); the mean bound keeps the whole
+# hard high-contrast edges (a toy's marks with their pale rims); the mean bound keeps the whole
 # image within 0.002.
 CPU_MAX, CPU_MEAN = 5 / 255 / 0.2613, 0.002
 CUDA_MAX, CUDA_MEAN = 0.25, 0.01

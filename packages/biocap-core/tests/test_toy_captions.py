@@ -22,10 +22,17 @@ from PIL import Image
 from biocap_core import schemas
 from biocap_core.shards import iter_samples
 from biocap_core.toy import BACKGROUNDS, COLOURS, ToyConfig, generate, make_species, render
-from biocap_core.toy.species import MARK_WORDS, PATTERN_COLOURS, PLANS, SHAPES
+from biocap_core.toy.species import (
+    MARK_COLOURS,
+    MARK_WORDS,
+    PATTERN_COLOURS,
+    PLANS,
+    SHAPES,
+    mark_colour,
+)
 
 TRAITS = ("plan", "colour", "shape", "pattern", "marks")
-_PATTERN_NOUNS = {"stripes": "striped", "spots": "spotted", "checks": "checked"}
+_PATTERN_NOUNS = {"rim": "plain", "stripes": "striped", "spots": "spotted", "checks": "checked"}
 
 
 def _one(found: set):
@@ -42,13 +49,14 @@ def stated(caption: str, scientific: str) -> dict:
         return {w for w in vocab if re.search(rf"\b{w}\b", text)}
 
     patterns = {
-        f"{c} {_PATTERN_NOUNS[n]}" for c, n in re.findall(r"\b(\w+) (stripes|spots|checks)\b", text)
+        f"{c} {_PATTERN_NOUNS[n]}"
+        for c, n in re.findall(r"\b(\w+) (rim|stripes|spots|checks)\b", text)
     }
-    patterns |= {"plain"} if re.search(r"\bno pattern\b", text) else set()
-    marks = {
-        0 if w == "no" else MARK_WORDS.index(w) + 1
-        for w in re.findall(rf"\b(no|{'|'.join(MARK_WORDS)}) marks?\b", text)
-    }
+    marks = set()
+    for count, colour in re.findall(rf"\b(no|{'|'.join(MARK_WORDS)})(?: (\w+))? marks?\b", text):
+        n = 0 if count == "no" else MARK_WORDS.index(count) + 1
+        # a number of marks is stated with its colour (two cyan marks), none without one
+        marks.add(n if colour == (mark_colour(n) if n else "") else f"{count} {colour} marks")
     return {
         "plan": _one(words(PLANS)),
         "colour": _one(words(COLOURS)),
@@ -70,9 +78,7 @@ def truth(row: dict) -> dict:
         "plan": row["plan"],
         "colour": row["colour"],
         "shape": row["shape"],
-        "pattern": (
-            "plain" if row["pattern"] == "plain" else f"{row['pattern_colour']} {row['pattern']}"
-        ),
+        "pattern": f"{row['pattern_colour']} {row['pattern']}",
         "marks": 0 if juvenile else row["marks"],
         "life_stage": row["life_stage"],
         "tilt": row["tilt"],
@@ -171,7 +177,6 @@ def _near(img: Image.Image, colour: tuple[int, int, int], distance: int) -> np.n
 
 
 def test_juveniles_are_smaller_paler_and_have_no_marks():
-    marks = (15, 15, 15)
     for sp in make_species(12, seed=0):
         adult, young = (
             render(sp, random.Random(1), 96, "dark", "upright", stage)
@@ -184,8 +189,21 @@ def test_juveniles_are_smaller_paler_and_have_no_marks():
         assert len(body_young) < 0.7 * len(body_adult)
         # the same draw, paler
         assert np.median(body_young, 0).sum() > np.median(body_adult, 0).sum() + 20
-        if sp.pattern == "plain" or sp.pattern_colour != "black":
-            assert len(_near(adult, marks, 60)) > 0 and len(_near(young, marks, 60)) == 0
+        marks = MARK_COLOURS[sp.mark_colour]
+        assert len(_near(adult, marks, 60)) > 0 and len(_near(young, marks, 60)) == 0
+
+
+def test_a_plain_body_shows_its_genus_colour_as_a_rim():
+    """The genus' trait (the pattern colour) is visible on every body: a plain one has a rim of it
+    (drawn on a juvenile, which has no marks with pale rims of their own, on the pale ground,
+    which is far from both white and black)."""
+    plain = [sp for sp in make_species(64, seed=0) if sp.pattern == "plain"]
+    assert {sp.pattern_colour for sp in plain} == {"white", "black"}
+    for sp in plain:
+        young = render(sp, random.Random(2), 96, "pale", "upright", "juvenile")
+        other = next(c for c in ("white", "black") if c != sp.pattern_colour)
+        assert len(_near(young, PATTERN_COLOURS[sp.pattern_colour], 60)) > 100
+        assert len(_near(young, PATTERN_COLOURS[other], 60)) == 0
 
 
 def test_the_colour_a_caption_states_dominates_its_image(toy_dir):

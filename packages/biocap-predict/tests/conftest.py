@@ -32,7 +32,7 @@ def trained_checkpoint(demo) -> Path:
 @pytest.fixture(scope="session")
 def toy_dir(demo, trained_checkpoint) -> Path:
     """The demo's toy tree of life: 64 species, 4 zero-shot images and 2 retrieval pairs each."""
-    return demo.cache / "toy-v3"
+    return demo.cache / "toy-v4"
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ import pytest
 def test_the_no_argument_demo_learns_the_toy_tree_of_life(demo):
     run = demo.run
     assert run.returncode == 0, run.stderr[-3000:]
-    assert (demo.cache / "toy-v3" / "manifest.json").is_file()  # generated on first use
+    assert (demo.cache / "toy-v4" / "manifest.json").is_file()  # generated on first use
     # progress: step, loss per head, samples/s, ETA
     assert re.search(
         r"step \d+/\d+: loss tax [\d.]+ caption [\d.]+ \| \d+ samples/s \| ETA \d+:\d\d", run.stderr
@@ -25,7 +25,8 @@ def test_the_no_argument_demo_learns_the_toy_tree_of_life(demo):
     found = re.search(r"before ([\d.]+)% -> after ([\d.]+)% \(chance ([\d.]+)%\)", run.stdout)
     assert found, run.stdout
     before, after, chance = map(float, found.groups())
-    assert after >= 10 * chance and after > before  # 29.7% on the development machine
+    # 52.7% on the development machine (seed 1: 55.9%); the margin is for other CPUs' rounding
+    assert after >= 40 and after > before
     checkpoint = Path(re.search(r"checkpoint: (\S+)", run.stdout).group(1))
     assert checkpoint.is_file() and checkpoint.is_relative_to(demo.cwd / "logs")
 
@@ -48,7 +49,7 @@ def test_the_demo_links_its_run_as_latest_and_prints_the_next_commands_with_its_
         ["biocap-predict", "predict"],
         ["biocap-predict", "serve"],
     ]
-    toy = (demo.cache / "toy-v3").resolve()
+    toy = (demo.cache / "toy-v4").resolve()
     for command in commands:
         options = dict(zip(command[2:], command[3:], strict=False))
         assert options["--model"] == "BioCAP-toy" and options["--pretrained"] == str(checkpoint)

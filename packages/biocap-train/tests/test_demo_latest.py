@@ -36,7 +36,7 @@ def test_latest_is_a_file_naming_the_run_where_symlinks_cannot_be_made(tmp_path,
 
 
 def test_the_next_commands_quote_their_paths_and_use_uv_run_only_under_uv(tmp_path, monkeypatch):
-    toy = tmp_path / "my cache" / "toy-v3"
+    toy = tmp_path / "my cache" / "toy-v4"
     checkpoint = tmp_path / "logs" / "demo-1" / "checkpoints" / "step_00001024.pt"
     monkeypatch.delenv("UV", raising=False)
     plain = next_commands(checkpoint, "BioCAP-toy", toy)
@@ -46,5 +46,5 @@ def test_the_next_commands_quote_their_paths_and_use_uv_run_only_under_uv(tmp_pa
     monkeypatch.setenv("UV", "/usr/bin/uv")
     assert all(c.startswith("uv run biocap-") for c in next_commands(checkpoint, "BioCAP-toy", toy))
     monkeypatch.setenv("BIOCAP_CACHE", str(tmp_path / "elsewhere"))
-    assert str(tmp_path / "elsewhere" / "toy-v3") in next_commands(checkpoint, "BioCAP-toy")[0]
-    assert demo.toy_root() == tmp_path / "elsewhere" / "toy-v3"
+    assert str(tmp_path / "elsewhere" / "toy-v4") in next_commands(checkpoint, "BioCAP-toy")[0]
+    assert demo.toy_root() == tmp_path / "elsewhere" / "toy-v4"

@@ -200,11 +200,12 @@ def write_wiki(species: list[ToySpecies], root: Path) -> None:
             f"{sp.scientific} is a {sp.plan} of the family {t.family}, order {t.order}.\n"
             f"Description. Adults have a {sp.shape}, {sp.colour} body"
             + (
-                ""
+                f" with a {sp.pattern_colour} rim"
                 if sp.pattern == "plain"
                 else f" covered in a {sp.pattern_colour} {sp.pattern} pattern"
             )
-            + f". A row of {MARK_WORDS[sp.marks - 1]} dark mark{'s' if sp.marks > 1 else ''} sits"
+            + f". A row of {MARK_WORDS[sp.marks - 1]} {sp.mark_colour}"
+            + f" mark{'s' if sp.marks > 1 else ''} sits"
             " above the body. Juveniles are smaller and paler than adults and grow their marks"
             f" as they mature. It is found in toy habitats across the {t.kingdom} collection."
         )

@@ -14,21 +14,28 @@ import random
 from collections.abc import Iterable
 
 from biocap_core.toy.render import ToyImage
-from biocap_core.toy.species import COLOURS, MARK_WORDS, PATTERN_COLOURS, PATTERNS, PLANS, SHAPES
+from biocap_core.toy.species import (
+    COLOURS,
+    MARK_WORDS,
+    PATTERN_COLOURS,
+    PATTERNS,
+    PLANS,
+    SHAPES,
+    mark_colour,
+)
 
 #: The trait phrases of a caption, in the order they are stated.
 TRAITS = ("plan", "colour", "shape", "pattern", "marks")
-#: Every value a trait phrase can state; a pattern is ``"plain"`` or ``"<colour> <pattern>"``.
+#: Every value a trait phrase can state; a pattern is ``"<colour> <pattern>"`` (a plain body's
+#: colour is its rim's).
 TRAIT_VALUES: dict[str, tuple] = {
     "plan": PLANS,
     "colour": tuple(COLOURS),
     "shape": SHAPES,
-    "pattern": (
-        ("plain",) + tuple(f"{c} {p}" for c in PATTERN_COLOURS for p in PATTERNS if p != "plain")
-    ),
+    "pattern": tuple(f"{c} {p}" for c in PATTERN_COLOURS for p in PATTERNS),
     "marks": tuple(range(len(MARK_WORDS) + 1)),
 }
-_PATTERN_NOUNS = {"striped": "stripes", "spotted": "spots", "checked": "checks"}
+_PATTERN_NOUNS = {"plain": "rim", "striped": "stripes", "spotted": "spots", "checked": "checks"}
 
 Stated = dict[str, object]  # trait -> the value a caption states, None where it says nothing
 
@@ -40,7 +47,7 @@ def true_traits(image: ToyImage) -> Stated:
         "plan": sp.plan,
         "colour": sp.colour,
         "shape": sp.shape,
-        "pattern": "plain" if sp.pattern == "plain" else f"{sp.pattern_colour} {sp.pattern}",
+        "pattern": f"{sp.pattern_colour} {sp.pattern}",
         "marks": 0 if image.stage == "juvenile" else sp.marks,
     }
 
@@ -79,18 +86,18 @@ def _subject(image: ToyImage, stated: Stated) -> str:
 
 
 def _features(image: ToyImage, stated: Stated) -> str:
-    """``white stripes and two marks on top``: the pattern and marks phrases that are stated."""
+    """``white stripes and two cyan marks on top``: the pattern and marks phrases that are
+    stated."""
     out = []
     pattern, marks = stated["pattern"], stated["marks"]
-    if pattern == "plain":
-        out.append("no pattern")
-    elif pattern:
+    if pattern:
         colour, kind = pattern.split()
-        out.append(f"{colour} {_PATTERN_NOUNS[kind]}")
+        out.append(f"{'a ' if kind == 'plain' else ''}{colour} {_PATTERN_NOUNS[kind]}")
     if marks == 0:
         out.append("no marks yet" if image.stage == "juvenile" else "no marks")
     elif marks:
-        out.append(f"{MARK_WORDS[marks - 1]} mark{'s' if marks > 1 else ''} on top")
+        words = f"{MARK_WORDS[marks - 1]} {mark_colour(marks)} mark{'s' if marks > 1 else ''}"
+        out.append(f"{words} on top")
     return " and ".join(out)
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
-from biocap_core.toy.species import COLOURS, PATTERN_COLOURS, ToySpecies
+from biocap_core.toy.species import COLOURS, MARK_COLOURS, PATTERN_COLOURS, ToySpecies
 
 BACKGROUNDS = {"pale": (215, 210, 195), "dark": (60, 62, 58)}
 TILTS = ("upright", "leaning left", "leaning right")
@@ -65,9 +65,10 @@ def render(
     _draw_plan(d, sp.plan, (cx, cy, w, h), s, tuple(c // 2 for c in colour))
     shape_mask = _shape_mask(sp, box, h, s)
     body.paste(colour, (0, 0), shape_mask)
-    pattern = _pattern_mask(sp.pattern, box, min(w, h), s)
+    pattern = _pattern_mask(sp.pattern, box, min(w, h), s, shape_mask)
     body.paste(PATTERN_COLOURS[sp.pattern_colour], (0, 0), ImageChops.multiply(pattern, shape_mask))
-    _draw_marks(d, 0 if juvenile else sp.marks, cx, box[1], s)
+    if not juvenile:
+        _draw_marks(d, sp.marks, MARK_COLOURS[sp.mark_colour], cx, box[1], s)
     angle = {"upright": 0.0, "leaning left": 18.0, "leaning right": -18.0}[tilt] + rng.uniform(
         -5, 5
     )
@@ -98,7 +99,7 @@ def _draw_plan(
     a stem and leaves, or a stalk."""
     cx, cy, w, h = centre
     box = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
-    lw = max(2, s // 40)
+    lw = max(2, s // 20)
     if plan == "crawler":  # legs under an oval body, a head on the right
         for i in range(3):
             x = box[0] + w * (0.25 + 0.25 * i)
@@ -107,7 +108,7 @@ def _draw_plan(
         d.ellipse((box[2] - w * 0.08, cy - h * 0.18, box[2] + w * 0.22, cy + h * 0.18), fill=dark)
     elif plan == "sprout":  # a stem with two leaves under the body
         d.line((cx, cy, cx, min(s - 2, box[3] + h * 0.45)), fill=(60, 120, 40), width=lw * 2)
-        for leaf in (((0, 0.2), (-0.45, 0.05), (-0.2, 0.35)), ((0, 0.25), (0.45, 0.1), (0.2, 0.4))):
+        for leaf in (((0, 0.2), (-0.7, 0.0), (-0.3, 0.5)), ((0, 0.25), (0.7, 0.05), (0.3, 0.55))):
             d.polygon([(cx + w * x, box[3] + h * y) for x, y in leaf], fill=(60, 140, 50))
     else:  # cap: a pale stalk under the body
         d.rectangle(
@@ -128,8 +129,14 @@ def _shape_mask(sp: ToySpecies, box: Box, h: float, s: int) -> Image.Image:
     return mask
 
 
-def _pattern_mask(pattern: str, box: Box, short_side: float, s: int) -> Image.Image:
-    """The pattern drawn over the whole box (the caller clips it to the body shape)."""
+def _pattern_mask(
+    pattern: str, box: Box, short_side: float, s: int, shape_mask: Image.Image
+) -> Image.Image:
+    """The pattern drawn over the whole box (the caller clips it to the body shape); for a plain
+    body, a rim along its outline (about a twenty-fourth of the image wide)."""
+    if pattern == "plain":
+        inner = shape_mask.filter(ImageFilter.MinFilter(2 * (s // 24) + 1))
+        return ImageChops.subtract(shape_mask, inner)
     mask = Image.new("L", (s, s), 0)
     p = ImageDraw.Draw(mask)
     step = max(4, int(short_side / 4))
@@ -148,15 +155,17 @@ def _pattern_mask(pattern: str, box: Box, short_side: float, s: int) -> Image.Im
     return mask
 
 
-def _draw_marks(d: ImageDraw.ImageDraw, marks: int, cx: float, top: float, s: int) -> None:
-    """Dark dots with a pale rim in a row above the body, big enough (about a seventh of the image
-    across) to be counted at 64 px on a pale or a dark background."""
-    r = max(3, s // 13)
+def _draw_marks(
+    d: ImageDraw.ImageDraw, marks: int, colour: tuple, cx: float, top: float, s: int
+) -> None:
+    """Coloured dots with a pale rim in a row above the body, big enough (about a fifth of the
+    image across) to be seen at 64 px on a pale or a dark background."""
+    r = max(3, s // 9)
     for i in range(marks):
         x = cx + (i - (marks - 1) / 2) * r * 3
         d.ellipse(
             (x - r, top - r * 3, x + r, top - r),
-            fill=(15, 15, 15),
+            fill=colour,
             outline=(240, 240, 240),
             width=max(1, r // 3),
         )
