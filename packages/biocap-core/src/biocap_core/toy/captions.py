@@ -63,10 +63,18 @@ def noisy_phrases(n_images: int, share: float, rng: random.Random) -> dict[int, 
 
 
 def caption(
-    image: ToyImage, rng: random.Random, noisy: Iterable[str] = (), name: bool = True
+    image: ToyImage,
+    seed: int,
+    split: str,
+    index: int,
+    noisy: Iterable[str] = (),
+    name: bool = True,
 ) -> str:
-    """The caption of one photo. Each trait in ``noisy`` is missing or wrong, at even odds;
-    ``name=False`` leaves out the species name (for ``"<species>, <caption>"`` tables)."""
+    """The caption of the ``index``-th photo of ``split``, from a generator seeded by those alone,
+    so every layout that carries the photo (the toy's shards, its download) gives the same text.
+    Each trait in ``noisy`` is missing or wrong, at even odds; ``name=False`` leaves out the species
+    name (for ``"<species>, <caption>"`` tables)."""
+    rng = random.Random(f"{seed}/{split}/{index}/caption")
     stated = true_traits(image)
     for trait in noisy:
         wrong = [v for v in TRAIT_VALUES[trait] if v != stated[trait]]

@@ -110,8 +110,7 @@ def _write_split(
             images(species, per, config.seed, split, config.image_size, shuffle=True)
         ):
             t = im.species.taxon
-            rng = random.Random(f"{config.seed}/{split}/{i}/caption")
-            text = caption(im, rng, noisy.get(i, ()))
+            text = caption(im, config.seed, split, i, noisy.get(i, ()))
             catalog.append(
                 {
                     "uuid": im.uuid,
@@ -152,8 +151,7 @@ def generate(out: str | Path, config: ToyConfig = ToyConfig()) -> dict[str, obje
     write_classification(eval_images, out / "zeroshot")
     retrieval_images = list(images(species, 2, config.seed, "retrieval", config.image_size))
     retrieval_captions = [  # "<species>, <caption>", as in the real retrieval tables
-        f"{im.species.scientific}, "
-        + caption(im, random.Random(f"{config.seed}/retrieval/{i}/caption"), name=False)
+        f"{im.species.scientific}, " + caption(im, config.seed, "retrieval", i, name=False)
         for i, im in enumerate(retrieval_images)
     ]
     write_retrieval(retrieval_images, retrieval_captions, out / "retrieval")

@@ -100,7 +100,7 @@ def write_download(out: str | Path, config: ToyConfig | None = None) -> dict:
                 {
                     "uuid": im.uuid,
                     # the photo's caption, as the toy's own shards carry it
-                    "caption": caption(im, random.Random(f"{config.seed}/{split}/{i}/caption")),
+                    "caption": caption(im, config.seed, split, i),
                     "description": None,
                 }
             )

@@ -21,7 +21,6 @@ from biocap_core.toy.species import COLOURS, MARK_COLOURS, PATTERN_COLOURS, ToyS
 
 BACKGROUNDS = {"pale": (215, 210, 195), "dark": (60, 62, 58)}
 TILTS = ("upright", "leaning left", "leaning right")
-STAGES = ("adult", "juvenile")
 #: Share of images that show a juvenile.
 JUVENILE_SHARE = 0.25
 #: Juveniles next to adults: body size, and how far their colour is blended towards white.
