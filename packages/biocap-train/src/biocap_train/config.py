@@ -21,13 +21,15 @@ from typing import Any
 
 from biocap_core.precision import PRECISIONS
 from biocap_core.taxonomy import LABEL_TYPES, TRAIN_TAXONOMIC_TYPES
+from biocap_train.loss import PROJECTORS
 
 TEXT_TYPES: tuple[str, ...] = ("random",) + TRAIN_TAXONOMIC_TYPES + ("caption",)
 #: Core's precisions but pure fp16: it has no loss scaler (``amp`` has one), so small fp16 gradients
 #: underflow to zero.
 TRAIN_PRECISIONS = tuple(p for p in PRECISIONS if p != "fp16")
-#: Where captions go (``--caption-head``): their own image projector, or the taxonomic one.
-CAPTION_HEADS = ("separate", "shared")
+#: Where captions go (``--caption-head``): their own image projector, or the taxonomic one; the
+#: names of the loss's projector maps.
+CAPTION_HEADS = tuple(PROJECTORS)
 #: torch.compile modes (``--torchcompile-mode``); "max-autotune" benchmarks kernels at start-up.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
