@@ -39,7 +39,6 @@ import dataclasses
 import json
 import os
 import resource
-import shutil
 import statistics
 import sys
 import time
@@ -50,7 +49,7 @@ from pathlib import Path
 from biocap_core.cache import cache_dir
 from biocap_core.fileio import atomic_write
 from biocap_core.taxonomy import Taxon
-from biocap_core.toy import ToyConfig, generate
+from biocap_core.toy import ToyConfig
 
 # biocap-train and biocap-eval are imported where a run needs them: importing them (OpenCLIP)
 # costs about 10 CPU seconds, which a command that only reports finished runs need not pay.
@@ -114,17 +113,10 @@ RUN_COLUMNS = (
 def noisy_toy(clean: Path, cache: Path, noise: float) -> Path:
     """The demo's toy (``clean``, same generator settings) with ``noise`` caption noise, in the
     demo's layout under ``cache`` so the demo finds it there; generated once, atomically."""
-    from biocap_train.demo import toy_root
+    from biocap_train.demo import ensure_toy
 
-    target = toy_root(cache)
-    if (target / "manifest.json").is_file():
-        return target
     config = json.loads((clean / "manifest.json").read_text())["config"]
-    staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    generate(staging, dataclasses.replace(ToyConfig(**config), caption_noise=noise))
-    staging.rename(target)
-    return target
+    return ensure_toy(cache, dataclasses.replace(ToyConfig(**config), caption_noise=noise))
 
 
 def genus_benchmark(toy: Path, annotation: Path):

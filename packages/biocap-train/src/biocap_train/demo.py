@@ -54,15 +54,15 @@ def toy_root(root: Path | None = None) -> Path:
     return (root or cache_dir()) / TOY_VERSION
 
 
-def ensure_toy(root: Path | None = None) -> Path:
-    """The toy tree of life under the cache folder, generated (atomically, as a folder) if
-    absent."""
+def ensure_toy(root: Path | None = None, config: ToyConfig = ToyConfig()) -> Path:
+    """The toy tree of life under the cache folder ``root``, generated with ``config``
+    (atomically, as a folder) if absent."""
     target = toy_root(root)
     if (target / "manifest.json").is_file():
         return target
     staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
-    generate(staging, ToyConfig())
+    generate(staging, config)
     try:
         staging.rename(target)
     except OSError:  # another process finished first
